@@ -1,0 +1,201 @@
+//! The manager's configuration: every flag, with its environment fallback and default.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// engine-manager: runs one strategy-executor per strategy, driven by the
+/// `strategy_commands` table, and publishes status, health and metrics on Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct ManagerConfig {
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/strategy_engine",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Redis URL (`redis://`, `rediss://` for TLS; a password goes in the URL).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix for every Redis channel and key (empty gives the contract's names).
+    #[arg(long, env = "ENGINE_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// The strategy-executor binary [default: the one beside this binary].
+    #[arg(long, env = "ENGINE_EXECUTOR_PATH")]
+    pub executor_path: Option<PathBuf>,
+
+    /// Directory for the control socket and the executors' logs (`logs/<name>.log`).
+    #[arg(long, env = "ENGINE_STATE_DIR", default_value = "engine-state")]
+    pub state_dir: PathBuf,
+
+    /// How often health is sampled and published.
+    #[arg(long, env = "ENGINE_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// How often executors publish their strategy's metrics.
+    #[arg(long, env = "ENGINE_METRICS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub metrics_interval: Duration,
+
+    /// Safety-net poll of `strategy_commands` (NOTIFY wakes the manager at once).
+    #[arg(long, env = "ENGINE_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// How long an executor may take to initialise its strategy before it is killed.
+    #[arg(long, env = "ENGINE_START_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+
+    /// How long a running executor may take to acknowledge pause, resume or update.
+    #[arg(long, env = "ENGINE_ACK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+
+    /// `strategy_metrics` rows older than this are deleted.
+    #[arg(long, env = "ENGINE_METRICS_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub metrics_retention: Duration,
+
+    /// First automatic restart delay after a crash.
+    #[arg(long, env = "ENGINE_RESTART_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub restart_delay: Duration,
+
+    /// Longest automatic restart delay (the delay doubles up to this).
+    #[arg(long, env = "ENGINE_RESTART_MAX_DELAY", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub restart_max_delay: Duration,
+
+    /// Random spread of each restart delay, as a fraction (0.1 = ±10 %).
+    #[arg(long, env = "ENGINE_RESTART_JITTER", default_value_t = 0.1)]
+    pub restart_jitter: f64,
+
+    /// A run this long resets the delay and the consecutive-crash count.
+    #[arg(long, env = "ENGINE_RESTART_STABLE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub restart_stable_after: Duration,
+
+    /// After this many consecutive crashes the strategy goes to `error`.
+    #[arg(long, env = "ENGINE_RESTART_MAX_CRASHES", default_value_t = 8)]
+    pub restart_max_crashes: u32,
+
+    /// On SIGTERM/SIGINT, stop every strategy before exiting (by default they keep
+    /// running and the next manager adopts them).
+    #[arg(long, env = "ENGINE_STOP_STRATEGIES_ON_EXIT")]
+    pub stop_strategies_on_exit: bool,
+
+    /// Log format.
+    #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// Create the database if needed, apply migrations, and exit.
+    #[arg(long)]
+    pub migrate_only: bool,
+}
+
+impl ManagerConfig {
+    /// The executor binary: the flag, or `strategy-executor` beside this binary.
+    pub fn executor_path(&self) -> PathBuf {
+        if let Some(path) = &self.executor_path {
+            return path.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("strategy-executor")))
+            .unwrap_or_else(|| PathBuf::from("strategy-executor"))
+    }
+
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            delay: self.restart_delay,
+            max_delay: self.restart_max_delay,
+            jitter: self.restart_jitter.clamp(0.0, 1.0),
+            stable_after: self.restart_stable_after,
+            max_crashes: self.restart_max_crashes.max(1),
+        }
+    }
+}
+
+/// How crashed executors are restarted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    pub delay: Duration,
+    pub max_delay: Duration,
+    pub jitter: f64,
+    pub stable_after: Duration,
+    pub max_crashes: u32,
+}
+
+impl RestartPolicy {
+    /// The delay before restart number `crash` (1-based) of a run of consecutive
+    /// crashes, before jitter: delay · 2^(crash-1), capped.
+    pub fn base_delay(&self, crash: u32) -> Duration {
+        let factor = 2u32.saturating_pow(crash.saturating_sub(1).min(30));
+        self.delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    /// [`Self::base_delay`] spread by ±jitter; `unit` is a random number in [0, 1).
+    pub fn jittered_delay(&self, crash: u32, unit: f64) -> Duration {
+        let base = self.base_delay(crash).as_secs_f64();
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        Duration::from_secs_f64((base * spread).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            jitter: 0.1,
+            stable_after: Duration::from_secs(600),
+            max_crashes: 8,
+        }
+    }
+
+    #[test]
+    fn delay_doubles_and_caps() {
+        let p = policy();
+        let secs: Vec<u64> = (1..=9).map(|n| p.base_delay(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.base_delay(1000), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let p = policy();
+        assert_eq!(p.jittered_delay(3, 0.5), Duration::from_secs(4));
+        assert!((p.jittered_delay(3, 0.0).as_secs_f64() - 3.6).abs() < 1e-9);
+        assert!((p.jittered_delay(3, 0.999_999).as_secs_f64() - 4.4).abs() < 1e-5);
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = ManagerConfig::parse_from(["engine-manager"]);
+        assert_eq!(c.health_interval, Duration::from_secs(2));
+        assert_eq!(c.metrics_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(c.restart_policy(), policy());
+        assert!(!c.stop_strategies_on_exit);
+    }
+}

@@ -1,0 +1,275 @@
+//! The [`CommandIntake`]: claims command rows (woken by NOTIFY, with a poll as the
+//! safety net), checks them, hands each to its strategy's supervisor in `created_at`
+//! order, and records each outcome on the row.
+
+use crate::commands::{parse_command, CommandKind};
+use crate::db::{self, CommandRow};
+use crate::supervisor::{
+    Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
+};
+use crate::Shared;
+use sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const CLAIM_BATCH: i64 = 256;
+
+pub struct CommandIntake {
+    shared: Arc<Shared>,
+    supervisors: HashMap<Uuid, SupervisorHandle>,
+}
+
+impl CommandIntake {
+    pub fn new(shared: Arc<Shared>, supervisors: HashMap<Uuid, SupervisorHandle>) -> Self {
+        CommandIntake {
+            shared,
+            supervisors,
+        }
+    }
+
+    /// Finish the rows a previous manager left `processing`, then serve new ones
+    /// until cancelled.
+    pub async fn run(mut self, recovered: Vec<CommandRow>) {
+        for row in recovered {
+            tracing::info!(command_id = %row.id, command = %row.command, "finishing a command the previous manager left processing");
+            let from = Some(row.created_at);
+            self.dispatch(row, from).await;
+        }
+        let cancel = self.shared.cancel.clone();
+        let mut listener = None;
+        let mut db_down = false;
+        loop {
+            if listener.is_none() {
+                listener = listen(&self.shared).await;
+            }
+            match db::claim_pending(&self.shared.pool, CLAIM_BATCH).await {
+                Ok(rows) => {
+                    if db_down {
+                        tracing::info!("database is back; taking commands again");
+                        db_down = false;
+                    }
+                    let full = rows.len() as i64 == CLAIM_BATCH;
+                    for row in rows {
+                        self.dispatch(row, None).await;
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(err) => {
+                    if !db_down {
+                        tracing::error!(error = %err, "cannot claim commands; retrying every poll interval");
+                        db_down = true;
+                    }
+                    listener = None;
+                }
+            }
+            let poll = tokio::time::sleep(self.shared.config.poll_interval);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = poll => {}
+                notified = recv(&mut listener) => {
+                    if notified.is_err() {
+                        listener = None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        row: CommandRow,
+        recovered_from: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let kind = match parse_command(&row.command, &row.parameters, row.strategy_id.is_none()) {
+            Ok(kind) => kind,
+            Err(message) => {
+                self.finish(row.id, Err(message));
+                return;
+            }
+        };
+        match row.strategy_id {
+            Some(strategy_id) => {
+                let Some(handle) = self.supervisor(strategy_id).await else {
+                    self.finish(
+                        row.id,
+                        Err(format!(
+                            "unknown strategy id {strategy_id}: no row in strategy_configs has it"
+                        )),
+                    );
+                    return;
+                };
+                let (reply, rx) = oneshot::channel();
+                let cmd = SupervisorCommand {
+                    command_id: row.id,
+                    kind,
+                    global: false,
+                    recovered_from,
+                    reply,
+                };
+                if handle.tx.send(cmd).await.is_err() {
+                    return; // shutting down: the row stays `processing` for the next manager
+                }
+                let shared = self.shared.clone();
+                let id = row.id;
+                self.shared.tracker.spawn(async move {
+                    if let Ok(outcome) = rx.await {
+                        let result = match outcome {
+                            Outcome::Failed(e) => Err(e),
+                            Outcome::Done | Outcome::NotApplicable => Ok(()),
+                        };
+                        finish_with_retry(&shared, id, result).await;
+                    }
+                });
+            }
+            None => self.dispatch_global(row.id, kind, recovered_from).await,
+        }
+    }
+
+    /// A global command takes its place in every supervisor's queue; the row is
+    /// `executed` when it took effect on every strategy it applied to.
+    async fn dispatch_global(
+        &mut self,
+        id: Uuid,
+        kind: CommandKind,
+        recovered_from: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let mut waits = Vec::with_capacity(self.supervisors.len());
+        for (strategy_id, handle) in &self.supervisors {
+            let (reply, rx) = oneshot::channel();
+            let cmd = SupervisorCommand {
+                command_id: id,
+                kind: kind.clone(),
+                global: true,
+                recovered_from,
+                reply,
+            };
+            if handle.tx.send(cmd).await.is_ok() {
+                waits.push((*strategy_id, rx));
+            }
+        }
+        let shared = self.shared.clone();
+        self.shared.tracker.spawn(async move {
+            let mut failures = Vec::new();
+            for (strategy_id, rx) in waits {
+                match rx.await {
+                    Ok(Outcome::Failed(e)) => {
+                        let name = shared
+                            .live
+                            .lock()
+                            .expect("live lock")
+                            .get(&strategy_id)
+                            .map(|e| e.name.clone())
+                            .unwrap_or_else(|| strategy_id.to_string());
+                        failures.push(format!("{name}: {e}"));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return, // shutting down; the next manager finishes it
+                }
+            }
+            let result = if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "did not take effect on {} strateg{}: {}",
+                    failures.len(),
+                    if failures.len() == 1 { "y" } else { "ies" },
+                    failures.join("; ")
+                ))
+            };
+            // Tell every executor too (e.g. one run by hand), now that the supervised
+            // ones took it in order; they ignore a command id they already applied.
+            let (command, mode) = match &kind {
+                CommandKind::Stop { mode, .. } => (ExecutorCommandKind::Shutdown, Some(*mode)),
+                CommandKind::Pause => (ExecutorCommandKind::Pause, None),
+                _ => (ExecutorCommandKind::Resume, None),
+            };
+            shared.publisher.publish(
+                shared.channels.global_commands(),
+                &ExecutorCommand {
+                    strategy_id: None,
+                    name: "global".to_string(),
+                    timestamp: chrono::Utc::now(),
+                    command,
+                    command_id: id,
+                    config: None,
+                    mode,
+                    reason: mode.map(|_| "stop".to_string()),
+                },
+            );
+            finish_with_retry(&shared, id, result).await;
+        });
+    }
+
+    /// The supervisor of `id`, started on first use for a strategy added after boot.
+    async fn supervisor(&mut self, id: Uuid) -> Option<SupervisorHandle> {
+        if let Some(handle) = self.supervisors.get(&id) {
+            if !handle.tx.is_closed() {
+                return Some(handle.clone());
+            }
+        }
+        let row = match db::load_strategy(&self.shared.pool, id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot load strategy {id}");
+                return None;
+            }
+        };
+        let handle = StrategySupervisor::spawn(self.shared.clone(), row, Initial::Idle);
+        self.supervisors.insert(id, handle.clone());
+        Some(handle)
+    }
+
+    fn finish(&self, id: Uuid, result: Result<(), String>) {
+        if let Err(e) = &result {
+            tracing::warn!(command_id = %id, error = %e, "command refused");
+        }
+        let shared = self.shared.clone();
+        self.shared
+            .tracker
+            .spawn(async move { finish_with_retry(&shared, id, result).await });
+    }
+}
+
+/// Record the outcome, retrying while the database is away (until shutdown, after
+/// which the row stays `processing` and the next manager finishes it).
+async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), String>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match db::finish_command(&shared.pool, id, &result).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn listen(shared: &Shared) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(&shared.pool).await.ok()?;
+    listener.listen("strategy_commands").await.ok()?;
+    Some(listener)
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(l) => {
+            l.recv().await?;
+            // Several inserts may have notified: one claim serves them all.
+            while l.next_buffered().is_some() {}
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,260 @@
+//! `engine-manager`: the supervisor daemon.
+//!
+//! # Layout
+//! - [`run`] wires everything together and runs until the shutdown token fires.
+//! - [`config`]: flags and defaults. [`db`]: every SQL statement. [`lease`]: one
+//!   manager per database.
+//! - [`intake`]: the [`intake::CommandIntake`] (claims command rows, routes them).
+//! - [`supervisor`]: one [`supervisor::StrategySupervisor`] task per strategy (owns
+//!   its executor process, applies its commands in order, restarts crashes).
+//! - [`process`]: spawning, adopting, signalling and watching executor processes.
+//! - [`link`]: the control socket executors connect to (readiness and acks).
+//! - [`publisher`]: the one task that talks to Redis for sending.
+//! - [`health`]: the health sampler. [`recorder`]: metrics into `strategy_metrics`.
+//!
+//! Architecture invariant: executors never touch the database; the manager is its
+//! only client, and correctness never depends on a pub/sub message.
+
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod intake;
+pub mod lease;
+pub mod link;
+pub mod process;
+pub mod publisher;
+pub mod recorder;
+pub mod redact;
+pub mod supervisor;
+
+use crate::config::{ManagerConfig, RestartPolicy};
+use crate::db::{DbError, Desired};
+use crate::lease::{LeaseError, ManagerLease};
+use crate::link::{ControlServer, LinkRoutes};
+use crate::process::ExecutorProcess;
+use crate::publisher::Publisher;
+use crate::supervisor::{Initial, LiveEntry, StrategySupervisor};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use strategy_sdk::{Channels, Status};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+pub use config::LogFormat;
+
+/// What every task of the manager shares.
+pub struct Shared {
+    pub config: ManagerConfig,
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub channels: Channels,
+    pub executor_path: PathBuf,
+    pub node: String,
+    pub boot_id: String,
+    pub policy: RestartPolicy,
+    pub live: Mutex<HashMap<Uuid, LiveEntry>>,
+    pub link_routes: LinkRoutes,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("invalid Redis URL {url}")]
+    RedisUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot listen on the control socket {path}")]
+    ControlSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read strategies from the database")]
+    Load(#[source] sqlx::Error),
+}
+
+impl ManagerError {
+    /// 3 when another manager serves the database, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ManagerError::Lease(LeaseError::Held { .. } | LeaseError::HeldUnknown) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// The error and its causes on one line: `a: b: c`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Run the manager until `shutdown` fires.
+pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
+    let pool = db::connect(&config.database_url, 10).await?;
+    db::migrate(&pool).await?;
+    if config.migrate_only {
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
+    let node = strategy_sdk::protocol::node_name();
+    let boot_id = process::boot_id();
+    let options = db::connect_options(&config.database_url)?;
+    let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
+    let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
+    let redis_client = redis::Client::open(config.redis_url.as_str()).map_err(|source| {
+        ManagerError::RedisUrl {
+            url: redact::redact_url(&config.redis_url),
+            source,
+        }
+    })?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let publisher_cancel = CancellationToken::new();
+    let publisher_tracker = TaskTracker::new();
+    let publisher = publisher::start(
+        redis_client.clone(),
+        &config.redis_url,
+        publisher_cancel.clone(),
+        &publisher_tracker,
+    );
+    let executor_path = config.executor_path();
+    let shared = Arc::new(Shared {
+        channels: Channels::new(config.redis_prefix.clone()),
+        policy: config.restart_policy(),
+        executor_path,
+        config,
+        pool: pool.clone(),
+        publisher,
+        node,
+        boot_id: boot_id.clone(),
+        live: Mutex::new(HashMap::new()),
+        link_routes: Arc::new(Mutex::new(HashMap::new())),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+    });
+    tracing::info!(
+        node = %shared.node,
+        executor = %shared.executor_path.display(),
+        redis = %redact::redact_url(&shared.config.redis_url),
+        host_boot = is_boot,
+        "engine-manager starting"
+    );
+    if !shared.executor_path.is_file() {
+        tracing::warn!(path = %shared.executor_path.display(), "executor binary not found; starts will fail until it exists (set --executor-path)");
+    }
+
+    let socket = shared.config.control_socket_path();
+    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
+        ManagerError::ControlSocket {
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    tracker.spawn(server.run(cancel.clone()));
+
+    let rows = db::load_strategies(&pool)
+        .await
+        .map_err(ManagerError::Load)?;
+    let recovered = db::load_processing(&pool)
+        .await
+        .map_err(ManagerError::Load)?;
+    let mut supervisors = HashMap::new();
+    for row in rows {
+        let initial = initial_action(&shared, &row, is_boot).await;
+        let id = row.id;
+        supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
+    }
+
+    let recorder = recorder::start(shared.clone(), redis_client);
+    tracker.spawn(health::HealthSampler::new(shared.clone(), recorder).run());
+    tracker.spawn(lease.keep(shared.config.health_interval, cancel.clone()));
+    tracker.spawn(intake::CommandIntake::new(shared.clone(), supervisors).run(recovered));
+    tracker.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        stop_strategies = shared.config.stop_strategies_on_exit,
+        "engine-manager shutting down"
+    );
+    cancel.cancel();
+    tracker.wait().await;
+    publisher_cancel.cancel();
+    publisher_tracker.close();
+    publisher_tracker.wait().await;
+    let _ = std::fs::remove_file(&socket);
+    pool.close().await;
+    tracing::info!("engine-manager stopped");
+    Ok(())
+}
+
+/// The start-up rule (CONTRACT.md): what to do with one strategy when the manager
+/// starts. A live executor of ours is adopted; after a host reboot only `auto_start`
+/// strategies not stopped by an operator come back; after a manager restart every
+/// strategy whose desired state is running or paused does.
+async fn initial_action(shared: &Shared, row: &db::StrategyRow, is_boot: bool) -> Initial {
+    let desired = Desired::parse(&row.desired_state);
+    let status: Status = row.status.parse().unwrap_or(Status::Stopped);
+    let auto = row.auto_start && !row.operator_stopped;
+    let log_path = shared
+        .config
+        .logs_dir()
+        .join(process::log_file_name(&row.name, row.id));
+    let live = match (row.pid, row.pid_start_ticks, row.pid_boot_id.as_deref()) {
+        (Some(pid), Some(ticks), Some(boot)) if boot == shared.boot_id && pid > 0 => {
+            ExecutorProcess::adopt(pid as u32, ticks as u64, log_path)
+        }
+        _ => None,
+    };
+    let target = if is_boot {
+        if auto {
+            if desired == Desired::Paused {
+                Desired::Paused
+            } else {
+                Desired::Running
+            }
+        } else {
+            Desired::Stopped
+        }
+    } else {
+        match desired {
+            Desired::Running | Desired::Paused => desired,
+            Desired::Stopped if auto && status != Status::Error => Desired::Running,
+            Desired::Stopped => Desired::Stopped,
+        }
+    };
+    if target != desired {
+        if let Err(err) =
+            db::write_desired(&shared.pool, row.id, target, row.operator_stopped).await
+        {
+            tracing::error!(strategy = %row.name, error = %err, "could not record desired_state");
+        }
+    }
+    match live {
+        Some(proc) => Initial::Adopt(Box::new(proc), target),
+        None if target == Desired::Stopped => Initial::Idle,
+        None if status == Status::Error && !is_boot => Initial::Idle,
+        None => Initial::Start(target),
+    }
+}

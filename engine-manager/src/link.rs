@@ -1,0 +1,160 @@
+//! The manager's end of the control link: a Unix socket every executor connects to.
+//!
+//! The server reads the first frame (`hello`), checks with SO_PEERCRED that the peer
+//! really is the pid it claims, and hands the connection to the strategy's supervisor,
+//! which checks that pid against the executor it supervises.
+
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strategy_sdk::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
+use strategy_sdk::Status;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A connected executor.
+pub struct ControlLink {
+    pub peer_pid: u32,
+    /// The status the executor reported in its hello.
+    pub hello_status: Status,
+    reader: FramedRead<OwnedReadHalf, LinesCodec>,
+    writer: FramedWrite<OwnedWriteHalf, LinesCodec>,
+}
+
+impl ControlLink {
+    /// Send one frame; an error means the link is gone.
+    pub async fn send(&mut self, msg: &ManagerMessage) -> std::io::Result<()> {
+        let line = serde_json::to_string(msg).expect("control frames serialize");
+        tokio::time::timeout(Duration::from_secs(2), self.writer.send(line))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "control link write timed out")
+            })?
+            .map_err(std::io::Error::other)
+    }
+
+    /// The next frame; `None` when the executor closed the link. Frames that do not
+    /// parse are logged and skipped (cancel-safe).
+    pub async fn next(&mut self) -> Option<ExecutorMessage> {
+        loop {
+            match self.reader.next().await? {
+                Ok(line) => match serde_json::from_str::<ExecutorMessage>(&line) {
+                    Ok(msg) => return Some(msg),
+                    Err(err) => {
+                        tracing::warn!(peer_pid = self.peer_pid, error = %err, "dropped a malformed control frame")
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(peer_pid = self.peer_pid, error = %err, "control link broken");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Where connections for each strategy go.
+pub type LinkRoutes = Arc<Mutex<HashMap<Uuid, mpsc::Sender<ControlLink>>>>;
+
+/// Accepts executor connections on `path` until `cancel`.
+pub struct ControlServer {
+    listener: UnixListener,
+    routes: LinkRoutes,
+}
+
+impl ControlServer {
+    pub fn bind(path: &Path, routes: LinkRoutes) -> std::io::Result<ControlServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // A socket file left by a previous manager: we hold the database lease, so
+        // nobody else is listening on it.
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        Ok(ControlServer { listener, routes })
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let routes = self.routes.clone();
+                    tokio::spawn(async move { handshake(stream, routes).await });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn handshake(stream: UnixStream, routes: LinkRoutes) {
+    let peer_pid = match stream.peer_cred().ok().and_then(|c| c.pid()) {
+        Some(pid) if pid > 0 => pid as u32,
+        _ => {
+            tracing::warn!("control connection without peer credentials dropped");
+            return;
+        }
+    };
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME_BYTES));
+    let writer = FramedWrite::new(write, LinesCodec::new_with_max_length(MAX_FRAME_BYTES));
+    let first = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
+    let hello = match first {
+        Ok(Some(Ok(line))) => serde_json::from_str::<ExecutorMessage>(&line),
+        _ => {
+            tracing::warn!(peer_pid, "control connection closed before its hello");
+            return;
+        }
+    };
+    let (strategy_id, status) = match hello {
+        Ok(ExecutorMessage::Hello {
+            strategy_id,
+            pid,
+            status,
+        }) if pid == peer_pid => (strategy_id, status),
+        Ok(ExecutorMessage::Hello { pid, .. }) => {
+            tracing::warn!(
+                peer_pid,
+                claimed_pid = pid,
+                "control hello claims another pid; dropped"
+            );
+            return;
+        }
+        _ => {
+            tracing::warn!(
+                peer_pid,
+                "control connection did not start with a hello; dropped"
+            );
+            return;
+        }
+    };
+    let route = routes
+        .lock()
+        .expect("routes lock")
+        .get(&strategy_id)
+        .cloned();
+    let Some(route) = route else {
+        tracing::warn!(peer_pid, %strategy_id, "control hello for a strategy this manager does not supervise; dropped");
+        return;
+    };
+    let link = ControlLink {
+        peer_pid,
+        hello_status: status,
+        reader,
+        writer,
+    };
+    let _ = route.send(link).await;
+}

@@ -1,0 +1,365 @@
+//! Executor processes: spawning one (config on stdin, output to its log file, its own
+//! process group), recognising one again after a manager restart (pid plus start
+//! time), awaiting its exit, signalling it, and reading the tail of its log.
+
+use rustix::process::{Pid, Signal};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+/// The current boot's id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-boot".to_string())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state); field 22 is the 20th after that.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None; // a zombie is not alive
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive and is the process that started at `ticks`.
+pub fn is_same_process(pid: u32, ticks: u64) -> bool {
+    start_ticks(pid) == Some(ticks)
+}
+
+/// What one spawn needs.
+pub struct SpawnSpec<'a> {
+    pub executor_path: &'a Path,
+    pub strategy_id: Uuid,
+    pub name: &'a str,
+    pub strategy_type: &'a str,
+    pub config: &'a serde_json::Value,
+    pub control_socket: &'a Path,
+    pub redis_url: &'a str,
+    pub redis_prefix: &'a str,
+    pub metrics_interval: std::time::Duration,
+    pub log_path: &'a Path,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("executor binary not found at {path}; build it (cargo build --release) or set --executor-path / ENGINE_EXECUTOR_PATH")]
+    NotFound { path: PathBuf },
+    #[error("cannot run the executor binary {path}")]
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the executor log {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How an executor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    Code(i32),
+    Signal(i32),
+    /// An adopted process (not our child): its exit status cannot be read.
+    Unknown,
+}
+
+impl ExitInfo {
+    fn from_status(status: ExitStatus) -> ExitInfo {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitInfo::Code(code),
+            (None, Some(sig)) => ExitInfo::Signal(sig),
+            _ => ExitInfo::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitInfo::Code(c) => write!(f, "exit code {c}"),
+            ExitInfo::Signal(s) => {
+                let name = match *s {
+                    1 => "SIGHUP",
+                    2 => "SIGINT",
+                    6 => "SIGABRT",
+                    9 => "SIGKILL",
+                    11 => "SIGSEGV",
+                    15 => "SIGTERM",
+                    _ => "",
+                };
+                if name.is_empty() {
+                    write!(f, "killed by signal {s}")
+                } else {
+                    write!(f, "killed by signal {s} ({name})")
+                }
+            }
+            ExitInfo::Unknown => write!(f, "exited (status unknown: adopted process)"),
+        }
+    }
+}
+
+enum ExitWatch {
+    Child(tokio::process::Child),
+    Pidfd(AsyncFd<OwnedFd>),
+    Exited(ExitInfo),
+}
+
+/// A live executor process that this manager supervises.
+pub struct ExecutorProcess {
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// Where its log was when it started: the lines after it are this run's.
+    pub log_path: PathBuf,
+    pub log_offset: u64,
+    watch: ExitWatch,
+}
+
+impl ExecutorProcess {
+    /// Spawn an executor: its own process group (so a terminal's Ctrl-C or the
+    /// manager's death never reaches it), stdout and stderr appended to `log_path`,
+    /// the config written on stdin (never in argv).
+    pub async fn spawn(spec: &SpawnSpec<'_>) -> Result<ExecutorProcess, SpawnError> {
+        if !spec.executor_path.is_file() {
+            return Err(SpawnError::NotFound {
+                path: spec.executor_path.to_path_buf(),
+            });
+        }
+        let log_err = |source| SpawnError::Log {
+            path: spec.log_path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = spec.log_path.parent() {
+            fs::create_dir_all(dir).map_err(log_err)?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.log_path)
+            .map_err(log_err)?;
+        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let log2 = log.try_clone().map_err(log_err)?;
+
+        let mut cmd = tokio::process::Command::new(spec.executor_path);
+        cmd.arg("--strategy-id")
+            .arg(spec.strategy_id.to_string())
+            .arg("--name")
+            .arg(spec.name)
+            .arg("--strategy-type")
+            .arg(spec.strategy_type)
+            .arg("--config-file")
+            .arg("-")
+            .arg("--control-socket")
+            .arg(spec.control_socket)
+            .arg("--metrics-interval")
+            .arg(format!("{}ms", spec.metrics_interval.as_millis()))
+            // Secrets stay out of argv: the Redis URL (it may hold a password) goes
+            // in the environment, the config on stdin.
+            .env("REDIS_URL", spec.redis_url)
+            .env("ENGINE_REDIS_PREFIX", spec.redis_prefix)
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            path: spec.executor_path.to_path_buf(),
+            source,
+        })?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        if let Some(mut stdin) = child.stdin.take() {
+            let config = serde_json::to_vec(spec.config).expect("a JSON value serializes");
+            // If the executor died at once, the write fails; its exit tells why.
+            let _ = stdin.write_all(&config).await;
+            let _ = stdin.shutdown().await;
+        }
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        Ok(ExecutorProcess {
+            pid,
+            start_ticks,
+            log_path: spec.log_path.to_path_buf(),
+            log_offset,
+            watch: ExitWatch::Child(child),
+        })
+    }
+
+    /// Take over an executor a previous manager started, if `pid` is still that
+    /// process (same start time). Its exit is watched through a pidfd.
+    pub fn adopt(pid: u32, ticks: u64, log_path: PathBuf) -> Option<ExecutorProcess> {
+        if !is_same_process(pid, ticks) {
+            return None;
+        }
+        let rpid = Pid::from_raw(pid as i32)?;
+        let fd = rustix::process::pidfd_open(rpid, rustix::process::PidfdFlags::empty()).ok()?;
+        // Checked again after opening the pidfd: the pid cannot be reused any more.
+        if !is_same_process(pid, ticks) {
+            return None;
+        }
+        // `AsyncFd::new` is deprecated because a borrowed fd could be closed while
+        // registered; here AsyncFd owns the OwnedFd, so it stays open until dropped.
+        #[allow(deprecated)]
+        let watch = ExitWatch::Pidfd(AsyncFd::new(fd).ok()?);
+        let log_offset = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        Some(ExecutorProcess {
+            pid,
+            start_ticks: ticks,
+            log_path,
+            log_offset,
+            watch,
+        })
+    }
+
+    /// Wait until the process exits (cancel-safe; returns at once if it already did).
+    pub async fn wait(&mut self) -> ExitInfo {
+        let info = match &mut self.watch {
+            ExitWatch::Exited(info) => return *info,
+            ExitWatch::Child(child) => match child.wait().await {
+                Ok(status) => ExitInfo::from_status(status),
+                Err(_) => ExitInfo::Unknown,
+            },
+            ExitWatch::Pidfd(fd) => match fd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    ExitInfo::Unknown
+                }
+                Err(_) => ExitInfo::Unknown,
+            },
+        };
+        self.watch = ExitWatch::Exited(info);
+        info
+    }
+
+    /// Send `signal` to the executor's process group (it leads its own group).
+    pub fn signal(&self, signal: Signal) {
+        if matches!(self.watch, ExitWatch::Exited(_)) {
+            return;
+        }
+        if let Some(pid) = Pid::from_raw(self.pid as i32) {
+            if is_same_process(self.pid, self.start_ticks) || self.start_ticks == 0 {
+                let _ = rustix::process::kill_process_group(pid, signal);
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+
+    /// The last `lines` non-empty lines this run wrote to its log (stderr and stdout).
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, self.log_offset, lines)
+    }
+}
+
+/// The last `lines` non-empty lines of `path` after byte `offset` (at most 64 KiB read).
+pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = offset.max(len.saturating_sub(64 * 1024));
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = file.take(64 * 1024).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let kept: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let start = kept.len().saturating_sub(lines);
+    strip_ansi(&kept[start..].join(" | "))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A file name for a strategy's log: its name with anything odd replaced.
+pub fn log_file_name(name: &str, id: Uuid) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe.is_empty() {
+        format!("{id}.log")
+    } else {
+        format!("{safe}.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable_and_stable() {
+        let me = std::process::id();
+        let t = start_ticks(me).expect("our own /proc entry");
+        assert!(is_same_process(me, t));
+        assert!(!is_same_process(me, t + 1));
+    }
+
+    #[test]
+    fn log_names_are_safe() {
+        let id = Uuid::nil();
+        assert_eq!(log_file_name("demo-sma_btc.1", id), "demo-sma_btc.1.log");
+        assert_eq!(log_file_name("../etc/passwd", id), "_etc_passwd.log");
+        assert_eq!(log_file_name("a b", id), "a_b.log");
+    }
+
+    #[test]
+    fn tail_reads_only_this_run_and_strips_colours() {
+        let dir = std::env::temp_dir().join(format!("tail-{}", Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.log");
+        fs::write(&path, "old line\n").unwrap();
+        let offset = fs::metadata(&path).unwrap().len();
+        fs::write(
+            &path,
+            "old line\n\u{1b}[31merror\u{1b}[0m: one\n\ntwo\nthree\n",
+        )
+        .unwrap();
+        assert_eq!(log_tail(&path, offset, 2), "two | three");
+        assert_eq!(log_tail(&path, offset, 10), "error: one | two | three");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,346 @@
+//! `heartbeat`: a strategy that does nothing but stay alive, counting timer beats
+//! (and the ticks of one token, if it is given one).
+//!
+//! It is the cheapest thing the engine can run, for smoke tests and load tests, and
+//! it carries two test hooks for the engine's failure paths: `halt_after_beats` halts
+//! the strategy for good (the engine's `error` path), and `fail_after_s` panics (the
+//! crash-and-restart path).
+
+use super::{check_positive, check_token};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+
+pub const STRATEGY_TYPE: &str = "heartbeat";
+pub const DESCRIPTION: &str =
+    "does nothing but stay alive: counts timer beats (and a token's ticks, if given one)";
+
+/// Shortest and longest timer interval a config may ask for, in milliseconds.
+pub const MIN_INTERVAL_MS: u64 = 10;
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+
+/// Longest `fail_after_s` a config may ask for (a week).
+pub const MAX_FAIL_AFTER_S: f64 = 604_800.0;
+
+pub fn example_config() -> Value {
+    json!({ "interval_ms": 1000 })
+}
+
+/// The `config` of a `heartbeat` strategy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Time between beats: 10 to 3 600 000 ms.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Subscribe to this token and count its ticks.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Test hook: halt for good after this many beats (at least 1).
+    #[serde(default)]
+    pub halt_after_beats: Option<u64>,
+    /// Test hook: panic once this many seconds of beats have passed (above 0, at most
+    /// a week), to exercise the engine's crash handling.
+    #[serde(default)]
+    pub fail_after_s: Option<f64>,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+impl HeartbeatConfig {
+    /// Parse and validate a whole config.
+    pub fn parse(config: &Value) -> Result<Self, ConfigError> {
+        let parsed: Self = parse_config(config)?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::check_range(
+            "interval_ms",
+            self.interval_ms,
+            MIN_INTERVAL_MS,
+            MAX_INTERVAL_MS,
+        )?;
+        if let Some(token) = &self.token {
+            check_token("token", token)?;
+        }
+        if self.halt_after_beats == Some(0) {
+            return Err(ConfigError::new(
+                "halt_after_beats",
+                "0 is out of range; allowed: a whole number of at least 1",
+            ));
+        }
+        if let Some(seconds) = self.fail_after_s {
+            check_positive("fail_after_s", seconds, MAX_FAIL_AFTER_S)?;
+        }
+        Ok(())
+    }
+}
+
+/// Build a `heartbeat` strategy from its config (the registry's constructor).
+pub fn create(config: &Value) -> Result<Box<dyn Strategy>, ConfigError> {
+    Ok(Box::new(Heartbeat::new(HeartbeatConfig::parse(config)?)))
+}
+
+#[derive(Debug)]
+pub struct Heartbeat {
+    config: HeartbeatConfig,
+    beats: u64,
+    ticks: u64,
+    /// Milliseconds of beats so far (beats × the interval at the time of each beat).
+    beat_ms: u64,
+}
+
+impl Heartbeat {
+    pub fn new(config: HeartbeatConfig) -> Self {
+        Heartbeat {
+            config,
+            beats: 0,
+            ticks: 0,
+            beat_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &HeartbeatConfig {
+        &self.config
+    }
+
+    fn report(&self, ctx: &mut Context) {
+        ctx.set_metric("beats", self.beats);
+        if self.config.token.is_some() {
+            ctx.set_metric("ticks", self.ticks);
+        }
+    }
+}
+
+impl Strategy for Heartbeat {
+    fn on_start(&mut self, ctx: &mut Context) {
+        if let Some(token) = &self.config.token {
+            ctx.subscribe(token);
+        }
+        self.report(ctx);
+    }
+
+    fn on_tick(&mut self, _ctx: &mut Context, tick: &Tick) {
+        // Kept to a comparison and an add: the `ticks` metric is refreshed on beats.
+        if self.config.token.as_deref() == Some(tick.token.as_str()) {
+            self.ticks += 1;
+        }
+    }
+
+    fn timer_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.config.interval_ms))
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context) {
+        if ctx.halt_reason().is_some() {
+            return;
+        }
+        self.beats += 1;
+        self.beat_ms = self.beat_ms.saturating_add(self.config.interval_ms);
+        self.report(ctx);
+        if let Some(limit) = self.config.halt_after_beats {
+            if self.beats >= limit {
+                ctx.halt(format!("heartbeat: halt_after_beats {limit} reached"));
+                return;
+            }
+        }
+        if let Some(seconds) = self.config.fail_after_s {
+            if self.beat_ms as f64 >= seconds * 1000.0 - 1e-6 {
+                panic!(
+                    "heartbeat: fail_after_s {seconds} reached after {} beats; failing on purpose (a test hook)",
+                    self.beats
+                );
+            }
+        }
+    }
+
+    /// Counts are kept; a new token replaces the old subscription. The runtime reads
+    /// the new [`Strategy::timer_interval`] after a successful update.
+    fn update_config(&mut self, ctx: &mut Context, config: &Value) -> Result<(), ConfigError> {
+        let new = HeartbeatConfig::parse(config)?;
+        if new.token != self.config.token {
+            if let Some(old) = &self.config.token {
+                ctx.unsubscribe(old);
+            }
+            if let Some(token) = &new.token {
+                ctx.subscribe(token);
+            }
+        }
+        self.config = new;
+        self.report(ctx);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategies::test_support::{feed, started};
+
+    fn heartbeat(config: Value) -> Heartbeat {
+        Heartbeat::new(HeartbeatConfig::parse(&config).unwrap())
+    }
+
+    fn metric(ctx: &Context, key: &str) -> Value {
+        ctx.metrics().extra.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = HeartbeatConfig::parse(&json!({})).unwrap();
+        assert_eq!(
+            c,
+            HeartbeatConfig {
+                interval_ms: 1000,
+                token: None,
+                halt_after_beats: None,
+                fail_after_s: None,
+            }
+        );
+        let s = Heartbeat::new(c);
+        assert_eq!(s.timer_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let err = HeartbeatConfig::parse(&json!({"interval": 100})).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("interval"), "{text}");
+        for allowed in ["interval_ms", "token", "halt_after_beats", "fail_after_s"] {
+            assert!(text.contains(allowed), "{allowed} missing from: {text}");
+        }
+        let cases = [
+            (json!({"interval_ms": "1s"}), "interval_ms", "invalid type"),
+            (json!({"interval_ms": 1.5}), "interval_ms", "invalid type"),
+            (json!({"interval_ms": 9}), "interval_ms", "10 to 3600000"),
+            (
+                json!({"interval_ms": 3_600_001}),
+                "interval_ms",
+                "10 to 3600000",
+            ),
+            (json!({"token": ""}), "token", "must not be empty"),
+            (json!({"token": 5}), "token", "invalid type"),
+            (
+                json!({"halt_after_beats": 0}),
+                "halt_after_beats",
+                "at least 1",
+            ),
+            (
+                json!({"halt_after_beats": -1}),
+                "halt_after_beats",
+                "invalid value",
+            ),
+            (json!({"fail_after_s": 0}), "fail_after_s", "above 0"),
+            (json!({"fail_after_s": 1e7}), "fail_after_s", "at most"),
+        ];
+        for (config, key, needle) in cases {
+            let err = HeartbeatConfig::parse(&config).unwrap_err();
+            assert_eq!(err.key, key, "{config}: {err}");
+            assert!(err.to_string().contains(needle), "{config}: {err}");
+        }
+    }
+
+    #[test]
+    fn beats_on_the_timer_and_counts_its_tokens_ticks() {
+        let mut s = heartbeat(json!({"interval_ms": 10, "token": "SOL"}));
+        let mut ctx = started(&mut s);
+        assert!(ctx.subscriptions().contains("SOL"));
+        assert_eq!(s.timer_interval(), Some(Duration::from_millis(10)));
+        assert_eq!(metric(&ctx, "beats"), json!(0));
+        for _ in 0..3 {
+            feed(&mut ctx, &mut s, "SOL", 150.0);
+        }
+        feed(&mut ctx, &mut s, "BTC", 65_000.0);
+        for _ in 0..5 {
+            s.on_timer(&mut ctx);
+        }
+        assert_eq!(metric(&ctx, "beats"), json!(5));
+        assert_eq!(metric(&ctx, "ticks"), json!(3));
+        assert_eq!(ctx.broker().orders_count(), 0);
+        assert!(ctx.halt_reason().is_none());
+    }
+
+    #[test]
+    fn without_a_token_it_subscribes_to_nothing() {
+        let mut s = heartbeat(json!({}));
+        let mut ctx = started(&mut s);
+        assert!(ctx.subscriptions().is_empty());
+        s.on_timer(&mut ctx);
+        assert_eq!(metric(&ctx, "beats"), json!(1));
+        assert_eq!(metric(&ctx, "ticks"), Value::Null);
+    }
+
+    #[test]
+    fn halts_after_the_given_beats() {
+        let mut s = heartbeat(json!({"interval_ms": 10, "halt_after_beats": 3}));
+        let mut ctx = started(&mut s);
+        s.on_timer(&mut ctx);
+        s.on_timer(&mut ctx);
+        assert!(ctx.halt_reason().is_none());
+        s.on_timer(&mut ctx);
+        assert_eq!(
+            ctx.halt_reason(),
+            Some("heartbeat: halt_after_beats 3 reached")
+        );
+        s.on_timer(&mut ctx);
+        assert_eq!(metric(&ctx, "beats"), json!(3), "no beats once halted");
+    }
+
+    #[test]
+    #[should_panic(expected = "heartbeat: fail_after_s 0.05 reached after 5 beats")]
+    fn fails_on_purpose_after_the_given_time() {
+        let mut s = heartbeat(json!({"interval_ms": 10, "fail_after_s": 0.05}));
+        let mut ctx = started(&mut s);
+        for _ in 0..4 {
+            s.on_timer(&mut ctx);
+        }
+        assert_eq!(metric(&ctx, "beats"), json!(4));
+        s.on_timer(&mut ctx);
+    }
+
+    #[test]
+    fn update_config_accepts_and_rejects() {
+        let mut s = heartbeat(json!({"interval_ms": 100, "token": "BTC"}));
+        let mut ctx = started(&mut s);
+        s.on_timer(&mut ctx);
+        let before = s.config().clone();
+        for bad in [
+            json!({"interval_ms": 5}),
+            json!({"interval_ms": 100, "halt_after_beats": 0}),
+            json!({"interval_ms": 100, "extra": 1}),
+        ] {
+            assert!(s.update_config(&mut ctx, &bad).is_err(), "{bad}");
+            assert_eq!(s.config(), &before);
+        }
+        assert_eq!(s.timer_interval(), Some(Duration::from_millis(100)));
+
+        ctx.take_subscriptions_changed();
+        s.update_config(&mut ctx, &json!({"interval_ms": 250, "token": "ETH"}))
+            .unwrap();
+        assert_eq!(s.timer_interval(), Some(Duration::from_millis(250)));
+        assert!(ctx.take_subscriptions_changed());
+        assert_eq!(ctx.subscriptions().iter().collect::<Vec<_>>(), vec!["ETH"]);
+        s.on_timer(&mut ctx);
+        assert_eq!(metric(&ctx, "beats"), json!(2), "beats are kept");
+
+        s.update_config(&mut ctx, &json!({})).unwrap();
+        assert!(ctx.subscriptions().is_empty());
+    }
+
+    #[test]
+    fn create_through_the_registry() {
+        let registry = crate::strategies::builtin_registry();
+        let s = registry
+            .create("heartbeat", &json!({"interval_ms": 50}))
+            .unwrap();
+        assert_eq!(s.timer_interval(), Some(Duration::from_millis(50)));
+        assert!(registry
+            .create("heartbeat", &json!({"interval_ms": 1}))
+            .is_err());
+    }
+}

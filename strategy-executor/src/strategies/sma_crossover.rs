@@ -1,0 +1,540 @@
+//! `sma_crossover`: long when the fast simple moving average of a token's price
+//! crosses above the slow one, short (or flat) when it crosses below.
+//!
+//! A crossover needs two observations: the first time both averages exist the
+//! strategy only notes which one is on top, and trades at the next change. Equal
+//! averages keep the previous side. Orders move the position straight to its target
+//! (`+order_qty`, `-order_qty` or flat) in one fill, so a short is bought back and a
+//! long opened by the same order.
+
+use super::{
+    abandon_token, check_max_loss, check_order_qty, check_token, enforce_max_loss, move_to_target,
+    RollingWindow,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+
+pub const STRATEGY_TYPE: &str = "sma_crossover";
+pub const DESCRIPTION: &str =
+    "goes long when the fast SMA crosses above the slow SMA, short (or flat) when it crosses below";
+
+/// Longest moving average a config may ask for, in ticks.
+pub const MAX_PERIOD: u32 = 10_000;
+
+pub fn example_config() -> Value {
+    json!({
+        "token": "BTC-USD",
+        "fast_period": 5,
+        "slow_period": 20,
+        "order_qty": 0.1,
+        "allow_short": true,
+        "max_loss": 5000.0
+    })
+}
+
+/// The `config` of an `sma_crossover` strategy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmaCrossoverConfig {
+    /// The token traded (its ticks come from `live_data:{token}`).
+    pub token: String,
+    /// Ticks in the fast average: 1 to 10 000, less than `slow_period`.
+    #[serde(default = "default_fast_period")]
+    pub fast_period: u32,
+    /// Ticks in the slow average: 1 to 10 000.
+    #[serde(default = "default_slow_period")]
+    pub slow_period: u32,
+    /// Size of the position taken on a signal: above 0, at most 1e9.
+    #[serde(default = "default_order_qty")]
+    pub order_qty: f64,
+    /// Go short on a downward cross; when false, only go flat.
+    #[serde(default = "default_allow_short")]
+    pub allow_short: bool,
+    /// Halt for good (after closing the position) once the PnL reaches `-max_loss`.
+    #[serde(default)]
+    pub max_loss: Option<f64>,
+}
+
+fn default_fast_period() -> u32 {
+    5
+}
+
+fn default_slow_period() -> u32 {
+    20
+}
+
+fn default_order_qty() -> f64 {
+    1.0
+}
+
+fn default_allow_short() -> bool {
+    true
+}
+
+impl SmaCrossoverConfig {
+    /// Parse and validate a whole config.
+    pub fn parse(config: &Value) -> Result<Self, ConfigError> {
+        let parsed: Self = parse_config(config)?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_token("token", &self.token)?;
+        ConfigError::check_range("fast_period", self.fast_period, 1, MAX_PERIOD)?;
+        ConfigError::check_range("slow_period", self.slow_period, 1, MAX_PERIOD)?;
+        if self.fast_period >= self.slow_period {
+            return Err(ConfigError::new(
+                "fast_period",
+                format!(
+                    "{} must be less than slow_period ({})",
+                    self.fast_period, self.slow_period
+                ),
+            ));
+        }
+        check_order_qty("order_qty", self.order_qty)?;
+        check_max_loss("max_loss", self.max_loss)
+    }
+}
+
+/// Build an `sma_crossover` strategy from its config (the registry's constructor).
+pub fn create(config: &Value) -> Result<Box<dyn Strategy>, ConfigError> {
+    Ok(Box::new(SmaCrossover::new(SmaCrossoverConfig::parse(
+        config,
+    )?)))
+}
+
+/// Which average is on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    FastAbove,
+    FastBelow,
+}
+
+#[derive(Debug)]
+pub struct SmaCrossover {
+    config: SmaCrossoverConfig,
+    fast: RollingWindow,
+    slow: RollingWindow,
+    /// The side seen at the last tick where the averages differed.
+    side: Option<Side>,
+    ticks: u64,
+}
+
+impl SmaCrossover {
+    pub fn new(config: SmaCrossoverConfig) -> Self {
+        SmaCrossover {
+            fast: RollingWindow::new(config.fast_period as usize),
+            slow: RollingWindow::new(config.slow_period as usize),
+            config,
+            side: None,
+            ticks: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SmaCrossoverConfig {
+        &self.config
+    }
+
+    fn fast_sma(&self) -> Option<f64> {
+        self.fast.is_full().then(|| self.fast.mean()).flatten()
+    }
+
+    fn slow_sma(&self) -> Option<f64> {
+        self.slow.is_full().then(|| self.slow.mean()).flatten()
+    }
+
+    fn report(&self, ctx: &mut Context) {
+        ctx.set_metric("fast_sma", self.fast_sma());
+        ctx.set_metric("slow_sma", self.slow_sma());
+        ctx.set_metric("ticks", self.ticks);
+    }
+}
+
+impl Strategy for SmaCrossover {
+    fn on_start(&mut self, ctx: &mut Context) {
+        ctx.subscribe(&self.config.token);
+        self.report(ctx);
+    }
+
+    fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+        if tick.token != self.config.token || ctx.halt_reason().is_some() {
+            return;
+        }
+        if !(tick.price.is_finite() && tick.price > 0.0) {
+            return;
+        }
+        self.ticks += 1;
+        self.fast.push(tick.price);
+        self.slow.push(tick.price);
+        let halted = enforce_max_loss(ctx, STRATEGY_TYPE, &self.config.token, self.config.max_loss);
+        if !halted {
+            if let (Some(fast), Some(slow)) = (self.fast_sma(), self.slow_sma()) {
+                let now = if fast > slow {
+                    Some(Side::FastAbove)
+                } else if fast < slow {
+                    Some(Side::FastBelow)
+                } else {
+                    self.side
+                };
+                let target = match (self.side, now) {
+                    (Some(Side::FastBelow), Some(Side::FastAbove)) => Some(self.config.order_qty),
+                    (Some(Side::FastAbove), Some(Side::FastBelow)) => {
+                        Some(if self.config.allow_short {
+                            -self.config.order_qty
+                        } else {
+                            0.0
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(target) = target {
+                    move_to_target(ctx, &self.config.token, target);
+                }
+                self.side = now;
+            }
+        }
+        self.report(ctx);
+    }
+
+    /// A new token starts afresh (the old token's position is closed); new periods
+    /// keep the price history and wait for the next crossover; `order_qty` and
+    /// `allow_short` apply from the next crossover.
+    fn update_config(&mut self, ctx: &mut Context, config: &Value) -> Result<(), ConfigError> {
+        let new = SmaCrossoverConfig::parse(config)?;
+        if new.token != self.config.token {
+            abandon_token(ctx, STRATEGY_TYPE, &self.config.token, &new.token);
+            self.fast = RollingWindow::new(new.fast_period as usize);
+            self.slow = RollingWindow::new(new.slow_period as usize);
+            self.side = None;
+        } else if new.fast_period != self.config.fast_period
+            || new.slow_period != self.config.slow_period
+        {
+            // The slow window holds every price the fast one does, and more.
+            self.fast = self.slow.resized(new.fast_period as usize);
+            self.slow = self.slow.resized(new.slow_period as usize);
+            self.side = None;
+        }
+        self.config = new;
+        self.report(ctx);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategies::test_support::{context, feed, feed_all, started};
+
+    const TOL: f64 = 1e-9;
+
+    fn strategy(config: Value) -> SmaCrossover {
+        SmaCrossover::new(SmaCrossoverConfig::parse(&config).unwrap())
+    }
+
+    fn metric(ctx: &Context, key: &str) -> Value {
+        ctx.metrics().extra.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = SmaCrossoverConfig::parse(&json!({"token": "BTC-USD"})).unwrap();
+        assert_eq!(
+            c,
+            SmaCrossoverConfig {
+                token: "BTC-USD".into(),
+                fast_period: 5,
+                slow_period: 20,
+                order_qty: 1.0,
+                allow_short: true,
+                max_loss: None,
+            }
+        );
+        assert_eq!(
+            SmaCrossoverConfig::parse(&json!({"token": "BTC-USD", "max_loss": null}))
+                .unwrap()
+                .max_loss,
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_allowed_ones() {
+        let err =
+            SmaCrossoverConfig::parse(&json!({"token": "BTC-USD", "fast_perod": 3})).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("fast_perod"), "{text}");
+        for allowed in [
+            "token",
+            "fast_period",
+            "slow_period",
+            "order_qty",
+            "allow_short",
+            "max_loss",
+        ] {
+            assert!(text.contains(allowed), "{allowed} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = SmaCrossoverConfig::parse(&json!({"token": "BTC-USD", "fast_period": "5"}))
+            .unwrap_err();
+        assert_eq!(err.key, "fast_period");
+        assert!(err.message.contains("invalid type"), "{}", err.message);
+
+        let err = SmaCrossoverConfig::parse(&json!({"token": "BTC-USD", "allow_short": "no"}))
+            .unwrap_err();
+        assert_eq!(err.key, "allow_short");
+
+        let err = SmaCrossoverConfig::parse(&json!({"token": 7})).unwrap_err();
+        assert_eq!(err.key, "token");
+
+        let err = SmaCrossoverConfig::parse(&json!({})).unwrap_err();
+        assert!(err.to_string().contains("missing field `token`"), "{err}");
+
+        let err = SmaCrossoverConfig::parse(&json!("BTC-USD")).unwrap_err();
+        assert!(err.to_string().contains("expected a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let cases = [
+            (
+                json!({"token": "BTC-USD", "fast_period": 0}),
+                "fast_period",
+                "1 to 10000",
+            ),
+            (
+                json!({"token": "BTC-USD", "slow_period": 10_001}),
+                "slow_period",
+                "1 to 10000",
+            ),
+            (
+                json!({"token": "BTC-USD", "fast_period": -1}),
+                "fast_period",
+                "invalid value",
+            ),
+            (
+                json!({"token": "BTC-USD", "order_qty": 0}),
+                "order_qty",
+                "above 0",
+            ),
+            (
+                json!({"token": "BTC-USD", "order_qty": -2.5}),
+                "order_qty",
+                "above 0",
+            ),
+            (
+                json!({"token": "BTC-USD", "max_loss": 0}),
+                "max_loss",
+                "above 0",
+            ),
+            (
+                json!({"token": "BTC-USD", "max_loss": -10}),
+                "max_loss",
+                "above 0",
+            ),
+            (json!({"token": ""}), "token", "must not be empty"),
+        ];
+        for (config, key, needle) in cases {
+            let err = SmaCrossoverConfig::parse(&config).unwrap_err();
+            assert_eq!(err.key, key, "{config}: {err}");
+            assert!(err.to_string().contains(needle), "{config}: {err}");
+        }
+    }
+
+    #[test]
+    fn fast_period_must_be_below_slow_period() {
+        for (fast, slow) in [(20, 20), (30, 20), (2, 1)] {
+            let err = SmaCrossoverConfig::parse(
+                &json!({"token": "BTC-USD", "fast_period": fast, "slow_period": slow}),
+            )
+            .unwrap_err();
+            assert_eq!(err.key, "fast_period");
+            assert!(err.message.contains("less than slow_period"), "{err}");
+        }
+        assert!(create(&json!({"token": "BTC-USD", "fast_period": 19})).is_ok());
+    }
+
+    /// fast 2, slow 4: 10 10 10 10 (equal) 9 (below, first side: no trade) 12 (cross
+    /// up) 8 (still above) 7 (cross down) 20 (cross up).
+    const SERIES: [f64; 9] = [10.0, 10.0, 10.0, 10.0, 9.0, 12.0, 8.0, 7.0, 20.0];
+
+    #[test]
+    fn trades_on_crossovers_long_and_short() {
+        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut ctx = started(&mut s);
+        assert!(ctx.subscriptions().contains("BTC"));
+
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..5]);
+        assert_eq!(ctx.broker().orders_count(), 0, "no crossover seen yet");
+        assert_eq!(metric(&ctx, "fast_sma"), json!(9.5));
+        assert_eq!(metric(&ctx, "slow_sma"), json!(9.75));
+
+        feed(&mut ctx, &mut s, "BTC", 12.0);
+        assert_eq!(ctx.broker().orders_count(), 1);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+        assert_eq!(ctx.position("BTC").avg_price, 12.0);
+
+        feed(&mut ctx, &mut s, "BTC", 8.0);
+        assert_eq!(ctx.broker().orders_count(), 1, "no cross, no order");
+
+        // Cross down: one order of 2 sells the long and opens the short.
+        feed(&mut ctx, &mut s, "BTC", 7.0);
+        assert_eq!(ctx.broker().orders_count(), 2);
+        assert_eq!(ctx.position("BTC").qty, -1.0);
+        assert_eq!(ctx.position("BTC").avg_price, 7.0);
+        assert!((ctx.broker().realised_pnl() - -5.0).abs() < TOL);
+
+        // Cross up: buys back the short and goes long.
+        feed(&mut ctx, &mut s, "BTC", 20.0);
+        assert_eq!(ctx.broker().orders_count(), 3);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+        assert_eq!(ctx.position("BTC").avg_price, 20.0);
+        assert!((ctx.broker().realised_pnl() - -18.0).abs() < TOL);
+
+        assert_eq!(metric(&ctx, "ticks"), json!(9));
+        assert_eq!(metric(&ctx, "fast_sma"), json!(13.5));
+        assert_eq!(metric(&ctx, "slow_sma"), json!(11.75));
+    }
+
+    #[test]
+    fn without_shorts_a_downward_cross_only_flattens() {
+        let mut s = strategy(json!({
+            "token": "BTC", "fast_period": 2, "slow_period": 4,
+            "order_qty": 0.5, "allow_short": false
+        }));
+        let mut ctx = started(&mut s);
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
+        assert_eq!(ctx.position("BTC").qty, 0.5);
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[6..8]);
+        assert_eq!(ctx.position("BTC").qty, 0.0);
+        assert_eq!(ctx.broker().positions_count(), 0);
+        feed(&mut ctx, &mut s, "BTC", 20.0);
+        assert_eq!(ctx.position("BTC").qty, 0.5);
+        assert_eq!(ctx.broker().orders_count(), 3);
+    }
+
+    #[test]
+    fn ignores_other_tokens_and_reports_null_averages_until_full() {
+        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut ctx = started(&mut s);
+        assert_eq!(metric(&ctx, "ticks"), json!(0));
+        assert_eq!(metric(&ctx, "fast_sma"), Value::Null);
+        feed_all(&mut ctx, &mut s, "ETH", &SERIES);
+        assert_eq!(metric(&ctx, "ticks"), json!(0));
+        assert_eq!(ctx.broker().orders_count(), 0);
+        feed_all(&mut ctx, &mut s, "BTC", &[10.0, 11.0]);
+        assert_eq!(metric(&ctx, "fast_sma"), json!(10.5));
+        assert_eq!(metric(&ctx, "slow_sma"), Value::Null);
+    }
+
+    #[test]
+    fn halts_and_closes_when_the_loss_limit_is_reached() {
+        let mut s = strategy(json!({
+            "token": "BTC", "fast_period": 2, "slow_period": 4, "max_loss": 5
+        }));
+        let mut ctx = started(&mut s);
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+
+        // A loss of 4: below the limit.
+        feed(&mut ctx, &mut s, "BTC", 8.0);
+        assert!(ctx.halt_reason().is_none());
+
+        // A loss of 6: halts, and the long is closed (not flipped short).
+        feed(&mut ctx, &mut s, "BTC", 6.0);
+        let reason = ctx.halt_reason().expect("halted").to_string();
+        assert!(reason.contains("max_loss"), "{reason}");
+        assert!(reason.contains("6.00"), "{reason}");
+        assert!(reason.contains("limit 5"), "{reason}");
+        assert_eq!(ctx.position("BTC").qty, 0.0);
+        assert_eq!(ctx.broker().orders_count(), 2);
+        assert!((ctx.broker().pnl() - -6.0).abs() < TOL);
+
+        // Halted: no more trading.
+        feed_all(&mut ctx, &mut s, "BTC", &[30.0, 1.0, 30.0]);
+        assert_eq!(ctx.broker().orders_count(), 2);
+    }
+
+    #[test]
+    fn update_config_applies_a_valid_config_and_keeps_history() {
+        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut ctx = started(&mut s);
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+
+        s.update_config(
+            &mut ctx,
+            &json!({"token": "BTC", "fast_period": 1, "slow_period": 3, "order_qty": 2}),
+        )
+        .unwrap();
+        assert_eq!(s.config().fast_period, 1);
+        assert_eq!(s.config().order_qty, 2.0);
+        // The last prices are kept: both averages exist at once.
+        assert_eq!(metric(&ctx, "fast_sma"), json!(12.0));
+        assert_eq!(metric(&ctx, "slow_sma"), json!((10.0 + 9.0 + 12.0) / 3.0));
+        // The position is kept; the new size applies at the next crossover.
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+        assert_eq!(ctx.broker().orders_count(), 1);
+        // No trade on the first observation after the change (11 vs 10.67), then a
+        // cross down (5 vs 9.33) goes to the new size short.
+        feed(&mut ctx, &mut s, "BTC", 11.0);
+        assert_eq!(ctx.broker().orders_count(), 1);
+        feed(&mut ctx, &mut s, "BTC", 5.0);
+        assert_eq!(ctx.broker().orders_count(), 2);
+        assert_eq!(ctx.position("BTC").qty, -2.0);
+    }
+
+    #[test]
+    fn update_config_rejects_a_bad_config_and_keeps_the_old_one() {
+        let config = json!({"token": "BTC", "fast_period": 2, "slow_period": 4});
+        let mut s = strategy(config.clone());
+        let mut ctx = started(&mut s);
+        let before = s.config().clone();
+        for bad in [
+            json!({"token": "BTC", "fast_period": 30}),
+            json!({"token": "BTC", "fast_period": 2, "slow_period": 4, "fast_perod": 1}),
+            json!({"token": "BTC", "order_qty": "1"}),
+            json!({"fast_period": 2}),
+        ] {
+            assert!(s.update_config(&mut ctx, &bad).is_err(), "{bad}");
+            assert_eq!(s.config(), &before);
+        }
+        // Still trading with the old config.
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+    }
+
+    #[test]
+    fn update_config_to_another_token_closes_the_old_position() {
+        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut ctx = started(&mut s);
+        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
+        assert_eq!(ctx.position("BTC").qty, 1.0);
+        ctx.take_subscriptions_changed();
+
+        s.update_config(
+            &mut ctx,
+            &json!({"token": "ETH", "fast_period": 2, "slow_period": 4}),
+        )
+        .unwrap();
+        assert_eq!(ctx.position("BTC").qty, 0.0);
+        assert!(ctx.take_subscriptions_changed());
+        assert_eq!(ctx.subscriptions().iter().collect::<Vec<_>>(), vec!["ETH"]);
+        assert_eq!(metric(&ctx, "fast_sma"), Value::Null);
+        feed_all(&mut ctx, &mut s, "ETH", &SERIES[..6]);
+        assert_eq!(ctx.position("ETH").qty, 1.0);
+    }
+
+    #[test]
+    fn create_builds_a_boxed_strategy() {
+        let mut s = create(&json!({"token": "BTC"})).unwrap();
+        let mut ctx = context();
+        s.on_start(&mut ctx);
+        assert!(ctx.subscriptions().contains("BTC"));
+        assert!(s.timer_interval().is_none());
+    }
+}

@@ -1,0 +1,507 @@
+//! A paper broker: fills market orders at the last known price and keeps positions,
+//! realised and unrealised PnL, the orders count and the success rate (the share of
+//! closed trades that made money).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+/// An open position: signed quantity (negative = short) at an average entry price.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Position {
+    pub qty: f64,
+    pub avg_price: f64,
+}
+
+/// A filled order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fill {
+    pub token: String,
+    pub side: Side,
+    pub qty: f64,
+    pub price: f64,
+    /// Profit or loss this fill realised by reducing a position.
+    pub realised_pnl: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderError {
+    /// No tick has been seen for the token yet, so there is no price to fill at.
+    NoPrice { token: String },
+    /// Quantity must be a finite number above zero.
+    BadQuantity { qty: f64 },
+}
+
+impl fmt::Display for OrderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrderError::NoPrice { token } => {
+                write!(f, "no price yet for '{token}'; wait for its first tick")
+            }
+            OrderError::BadQuantity { qty } => {
+                write!(f, "order quantity {qty} must be a finite number above zero")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OrderError {}
+
+const EPSILON: f64 = 1e-12;
+
+#[derive(Debug, Clone, Default)]
+pub struct PaperBroker {
+    positions: BTreeMap<String, Position>,
+    last_prices: BTreeMap<String, f64>,
+    realised_pnl: f64,
+    orders_count: u64,
+    closed_trades: u64,
+    winning_trades: u64,
+}
+
+impl PaperBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record the latest price of `token` (called for every tick).
+    pub fn mark(&mut self, token: &str, price: f64) {
+        if price.is_finite() && price > 0.0 {
+            match self.last_prices.get_mut(token) {
+                Some(p) => *p = price,
+                None => {
+                    self.last_prices.insert(token.to_string(), price);
+                }
+            }
+        }
+    }
+
+    pub fn last_price(&self, token: &str) -> Option<f64> {
+        self.last_prices.get(token).copied()
+    }
+
+    /// Fill a market order at the last price.
+    pub fn submit(&mut self, token: &str, side: Side, qty: f64) -> Result<Fill, OrderError> {
+        if !qty.is_finite() || qty <= 0.0 {
+            return Err(OrderError::BadQuantity { qty });
+        }
+        let price = self.last_price(token).ok_or_else(|| OrderError::NoPrice {
+            token: token.to_string(),
+        })?;
+        self.orders_count += 1;
+        let delta = match side {
+            Side::Buy => qty,
+            Side::Sell => -qty,
+        };
+        let pos = self.positions.entry(token.to_string()).or_default();
+        let mut realised = 0.0;
+        if pos.qty.abs() < EPSILON || pos.qty.signum() == delta.signum() {
+            // Opening or adding: a new weighted average entry price.
+            let new_qty = pos.qty + delta;
+            pos.avg_price = (pos.qty * pos.avg_price + delta * price) / new_qty;
+            pos.qty = new_qty;
+        } else {
+            // Reducing, closing or flipping.
+            let closed = delta.abs().min(pos.qty.abs());
+            realised = closed * (price - pos.avg_price) * pos.qty.signum();
+            let remainder = pos.qty + delta;
+            if remainder.abs() < EPSILON {
+                pos.qty = 0.0;
+                pos.avg_price = 0.0;
+            } else if remainder.signum() == pos.qty.signum() {
+                pos.qty = remainder;
+            } else {
+                pos.qty = remainder;
+                pos.avg_price = price;
+            }
+            self.realised_pnl += realised;
+            self.closed_trades += 1;
+            if realised > 0.0 {
+                self.winning_trades += 1;
+            }
+        }
+        if pos.qty.abs() < EPSILON {
+            self.positions.remove(token);
+        }
+        Ok(Fill {
+            token: token.to_string(),
+            side,
+            qty,
+            price,
+            realised_pnl: realised,
+        })
+    }
+
+    /// Close the position in `token`, if any, at the last price.
+    pub fn close(&mut self, token: &str) -> Result<Option<Fill>, OrderError> {
+        let Some(pos) = self.positions.get(token).copied() else {
+            return Ok(None);
+        };
+        let side = if pos.qty > 0.0 { Side::Sell } else { Side::Buy };
+        self.submit(token, side, pos.qty.abs()).map(Some)
+    }
+
+    /// Close every open position; returns the fills and the tokens it could not close.
+    pub fn close_all(&mut self) -> (Vec<Fill>, Vec<OrderError>) {
+        let tokens: Vec<String> = self.positions.keys().cloned().collect();
+        let mut fills = Vec::new();
+        let mut errors = Vec::new();
+        for token in tokens {
+            match self.close(&token) {
+                Ok(Some(fill)) => fills.push(fill),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        (fills, errors)
+    }
+
+    pub fn position(&self, token: &str) -> Position {
+        self.positions.get(token).copied().unwrap_or_default()
+    }
+
+    pub fn positions(&self) -> &BTreeMap<String, Position> {
+        &self.positions
+    }
+
+    pub fn positions_count(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn orders_count(&self) -> u64 {
+        self.orders_count
+    }
+
+    pub fn realised_pnl(&self) -> f64 {
+        self.realised_pnl
+    }
+
+    /// Mark-to-market PnL of the open positions at the last prices.
+    pub fn unrealised_pnl(&self) -> f64 {
+        self.positions
+            .iter()
+            .map(|(token, pos)| {
+                let last = self.last_price(token).unwrap_or(pos.avg_price);
+                pos.qty * (last - pos.avg_price)
+            })
+            .sum()
+    }
+
+    /// Realised plus unrealised.
+    pub fn pnl(&self) -> f64 {
+        self.realised_pnl + self.unrealised_pnl()
+    }
+
+    pub fn closed_trades(&self) -> u64 {
+        self.closed_trades
+    }
+
+    /// Share of closed trades that made money, 0 to 1 (0 before any trade closed).
+    pub fn success_rate(&self) -> f64 {
+        if self.closed_trades == 0 {
+            0.0
+        } else {
+            self.winning_trades as f64 / self.closed_trades as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOL: f64 = 1e-9;
+
+    #[track_caller]
+    fn assert_close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() < TOL,
+            "expected {expected}, got {actual}"
+        );
+    }
+
+    fn broker_with(prices: &[(&str, f64)]) -> PaperBroker {
+        let mut b = PaperBroker::new();
+        for (token, price) in prices {
+            b.mark(token, *price);
+        }
+        b
+    }
+
+    #[test]
+    fn open_long_fills_at_last_price() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        let fill = b.submit("BTC", Side::Buy, 2.0).unwrap();
+        assert_eq!(fill.token, "BTC");
+        assert_eq!(fill.side, Side::Buy);
+        assert_close(fill.qty, 2.0);
+        assert_close(fill.price, 100.0);
+        assert_close(fill.realised_pnl, 0.0);
+        let pos = b.position("BTC");
+        assert_close(pos.qty, 2.0);
+        assert_close(pos.avg_price, 100.0);
+        assert_eq!(b.positions_count(), 1);
+        assert_eq!(b.orders_count(), 1);
+        assert_eq!(b.closed_trades(), 0);
+        assert_close(b.success_rate(), 0.0);
+        assert_close(b.pnl(), 0.0);
+    }
+
+    #[test]
+    fn adding_averages_the_entry_price() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        b.submit("BTC", Side::Buy, 2.0).unwrap();
+        b.mark("BTC", 110.0);
+        let fill = b.submit("BTC", Side::Buy, 1.0).unwrap();
+        assert_close(fill.realised_pnl, 0.0);
+        let pos = b.position("BTC");
+        assert_close(pos.qty, 3.0);
+        assert_close(pos.avg_price, 310.0 / 3.0);
+        // 3 × (110 − 103.33…) = 20
+        assert_close(b.unrealised_pnl(), 20.0);
+        assert_close(b.realised_pnl(), 0.0);
+        assert_eq!(b.closed_trades(), 0, "adding is not a closed trade");
+    }
+
+    #[test]
+    fn partial_then_full_close_realise_pnl() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        b.submit("BTC", Side::Buy, 2.0).unwrap();
+        b.mark("BTC", 110.0);
+        b.submit("BTC", Side::Buy, 1.0).unwrap();
+        let avg = 310.0 / 3.0;
+
+        // Partial close: 1 of 3 at 120.
+        b.mark("BTC", 120.0);
+        let fill = b.submit("BTC", Side::Sell, 1.0).unwrap();
+        assert_close(fill.realised_pnl, 120.0 - avg);
+        let pos = b.position("BTC");
+        assert_close(pos.qty, 2.0);
+        assert_close(pos.avg_price, avg);
+        assert_close(b.realised_pnl(), 120.0 - avg);
+        assert_close(b.unrealised_pnl(), 2.0 * (120.0 - avg));
+        assert_eq!(b.closed_trades(), 1);
+        assert_close(b.success_rate(), 1.0);
+
+        // Full close of the remaining 2 at 90: a loss.
+        b.mark("BTC", 90.0);
+        let fill = b.submit("BTC", Side::Sell, 2.0).unwrap();
+        assert_close(fill.realised_pnl, 2.0 * (90.0 - avg));
+        assert_eq!(b.position("BTC"), Position::default());
+        assert_eq!(b.positions_count(), 0);
+        assert!(b.positions().is_empty());
+        // 16.67 − 26.67 = −10 in all: 3 bought for 310, sold for 120 + 180 = 300.
+        assert_close(b.realised_pnl(), -10.0);
+        assert_close(b.unrealised_pnl(), 0.0);
+        assert_close(b.pnl(), -10.0);
+        assert_eq!(b.orders_count(), 4);
+        assert_eq!(b.closed_trades(), 2);
+        assert_close(b.success_rate(), 0.5);
+    }
+
+    #[test]
+    fn flip_long_to_short_realises_the_long_and_opens_at_the_fill_price() {
+        let mut b = broker_with(&[("ETH", 100.0)]);
+        b.submit("ETH", Side::Buy, 1.0).unwrap();
+        b.mark("ETH", 105.0);
+        let fill = b.submit("ETH", Side::Sell, 3.0).unwrap();
+        assert_close(fill.qty, 3.0);
+        assert_close(fill.realised_pnl, 5.0);
+        let pos = b.position("ETH");
+        assert_close(pos.qty, -2.0);
+        assert_close(pos.avg_price, 105.0);
+        assert_close(b.realised_pnl(), 5.0);
+        assert_close(b.unrealised_pnl(), 0.0);
+        assert_eq!(b.closed_trades(), 1);
+        assert_close(b.success_rate(), 1.0);
+
+        // And back: short 2 at 105, buy 3 at 100 → +10 realised, long 1 at 100.
+        b.mark("ETH", 100.0);
+        let fill = b.submit("ETH", Side::Buy, 3.0).unwrap();
+        assert_close(fill.realised_pnl, 10.0);
+        let pos = b.position("ETH");
+        assert_close(pos.qty, 1.0);
+        assert_close(pos.avg_price, 100.0);
+        assert_close(b.realised_pnl(), 15.0);
+        assert_eq!(b.closed_trades(), 2);
+    }
+
+    #[test]
+    fn short_positions_gain_when_the_price_falls() {
+        let mut b = broker_with(&[("SOL", 50.0)]);
+        b.submit("SOL", Side::Sell, 2.0).unwrap();
+        b.mark("SOL", 40.0);
+        b.submit("SOL", Side::Sell, 2.0).unwrap();
+        let pos = b.position("SOL");
+        assert_close(pos.qty, -4.0);
+        assert_close(pos.avg_price, 45.0);
+        // −4 × (40 − 45) = +20
+        assert_close(b.unrealised_pnl(), 20.0);
+
+        let fill = b.submit("SOL", Side::Buy, 1.0).unwrap();
+        assert_close(fill.realised_pnl, 5.0);
+        assert_close(b.position("SOL").qty, -3.0);
+        assert_close(b.position("SOL").avg_price, 45.0);
+
+        b.mark("SOL", 60.0);
+        // −3 × (60 − 45) = −45
+        assert_close(b.unrealised_pnl(), -45.0);
+        assert_close(b.pnl(), 5.0 - 45.0);
+        let fill = b.close("SOL").unwrap().unwrap();
+        assert_eq!(fill.side, Side::Buy);
+        assert_close(fill.qty, 3.0);
+        assert_close(fill.realised_pnl, -45.0);
+        assert_close(b.realised_pnl(), -40.0);
+        assert_eq!(b.positions_count(), 0);
+        assert_eq!(b.closed_trades(), 2);
+        assert_close(b.success_rate(), 0.5);
+    }
+
+    #[test]
+    fn unrealised_pnl_uses_each_tokens_last_price() {
+        let mut b = broker_with(&[("BTC", 100.0), ("ETH", 10.0)]);
+        b.submit("BTC", Side::Buy, 1.5).unwrap();
+        b.submit("ETH", Side::Sell, 4.0).unwrap();
+        b.mark("BTC", 102.0);
+        b.mark("ETH", 9.5);
+        // 1.5 × 2 + (−4) × (−0.5) = 3 + 2
+        assert_close(b.unrealised_pnl(), 5.0);
+        assert_close(b.pnl(), 5.0);
+        assert_eq!(b.positions_count(), 2);
+        // A third token's price changes nothing.
+        b.mark("SOL", 1.0);
+        assert_close(b.unrealised_pnl(), 5.0);
+    }
+
+    #[test]
+    fn invalid_marks_are_ignored() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        b.mark("BTC", 0.0);
+        b.mark("BTC", -5.0);
+        b.mark("BTC", f64::NAN);
+        b.mark("BTC", f64::INFINITY);
+        assert_eq!(b.last_price("BTC"), Some(100.0));
+        b.mark("ETH", f64::NAN);
+        assert_eq!(b.last_price("ETH"), None);
+    }
+
+    #[test]
+    fn break_even_close_is_a_closed_trade_but_not_a_win() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        b.submit("BTC", Side::Buy, 1.0).unwrap();
+        b.submit("BTC", Side::Sell, 1.0).unwrap();
+        assert_eq!(b.closed_trades(), 1);
+        assert_close(b.success_rate(), 0.0);
+        assert_close(b.realised_pnl(), 0.0);
+    }
+
+    #[test]
+    fn success_rate_is_winning_over_closed_trades() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        // Three round trips: win, loss, win.
+        for (entry, exit) in [(100.0, 110.0), (110.0, 105.0), (105.0, 106.0)] {
+            b.mark("BTC", entry);
+            b.submit("BTC", Side::Buy, 1.0).unwrap();
+            b.mark("BTC", exit);
+            b.submit("BTC", Side::Sell, 1.0).unwrap();
+        }
+        assert_eq!(b.orders_count(), 6);
+        assert_eq!(b.closed_trades(), 3);
+        assert_close(b.success_rate(), 2.0 / 3.0);
+        assert_close(b.realised_pnl(), 10.0 - 5.0 + 1.0);
+    }
+
+    #[test]
+    fn close_all_flattens_every_position() {
+        let mut b = broker_with(&[("BTC", 100.0), ("ETH", 10.0)]);
+        b.submit("BTC", Side::Buy, 2.0).unwrap();
+        b.submit("ETH", Side::Sell, 3.0).unwrap();
+        b.mark("BTC", 101.0);
+        b.mark("ETH", 11.0);
+        let (fills, errors) = b.close_all();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(fills.len(), 2);
+        let btc = fills.iter().find(|f| f.token == "BTC").unwrap();
+        assert_eq!(btc.side, Side::Sell);
+        assert_close(btc.qty, 2.0);
+        assert_close(btc.realised_pnl, 2.0);
+        let eth = fills.iter().find(|f| f.token == "ETH").unwrap();
+        assert_eq!(eth.side, Side::Buy);
+        assert_close(eth.qty, 3.0);
+        assert_close(eth.realised_pnl, -3.0);
+        assert_eq!(b.positions_count(), 0);
+        assert_close(b.realised_pnl(), -1.0);
+        assert_close(b.unrealised_pnl(), 0.0);
+        assert_eq!(b.orders_count(), 4);
+        assert_eq!(b.closed_trades(), 2);
+        assert_close(b.success_rate(), 0.5);
+
+        // Nothing left: a no-op that places no order.
+        let (fills, errors) = b.close_all();
+        assert!(fills.is_empty() && errors.is_empty());
+        assert_eq!(b.close("BTC"), Ok(None));
+        assert_eq!(b.orders_count(), 4);
+    }
+
+    #[test]
+    fn rejected_orders_are_not_counted() {
+        let mut b = PaperBroker::new();
+        assert_eq!(
+            b.submit("BTC", Side::Buy, 1.0),
+            Err(OrderError::NoPrice {
+                token: "BTC".into()
+            })
+        );
+        b.mark("BTC", 100.0);
+        for qty in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = b.submit("BTC", Side::Sell, qty).unwrap_err();
+            assert!(
+                matches!(err, OrderError::BadQuantity { .. }),
+                "qty {qty}: {err:?}"
+            );
+        }
+        // A bad quantity is rejected even before the price is looked up.
+        assert!(matches!(
+            b.submit("ETH", Side::Buy, 0.0),
+            Err(OrderError::BadQuantity { .. })
+        ));
+        assert_eq!(b.orders_count(), 0);
+        assert_eq!(b.positions_count(), 0);
+        assert_eq!(b.closed_trades(), 0);
+        assert_close(b.pnl(), 0.0);
+    }
+
+    #[test]
+    fn order_errors_say_what_to_do() {
+        let e = OrderError::NoPrice {
+            token: "BTC".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no price yet for 'BTC'; wait for its first tick"
+        );
+        let e = OrderError::BadQuantity { qty: -1.0 };
+        assert_eq!(
+            e.to_string(),
+            "order quantity -1 must be a finite number above zero"
+        );
+    }
+
+    #[test]
+    fn fractional_quantities_close_to_exactly_flat() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        for _ in 0..10 {
+            b.submit("BTC", Side::Buy, 0.1).unwrap();
+        }
+        b.submit("BTC", Side::Sell, 1.0).unwrap();
+        assert_eq!(b.positions_count(), 0, "{:?}", b.positions());
+        assert_eq!(b.position("BTC").qty, 0.0);
+    }
+}
