@@ -145,6 +145,44 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
+    /// This policy with a strategy's `restart_policy` object applied on top: keys
+    /// `delay_s`, `max_delay_s`, `jitter` (0 to 1), `stable_after_s`, `max_crashes`.
+    pub fn with_overrides(&self, overrides: &serde_json::Value) -> Result<RestartPolicy, String> {
+        let Some(map) = overrides.as_object() else {
+            return Err("restart_policy must be a JSON object".to_string());
+        };
+        let mut policy = *self;
+        for (key, value) in map {
+            let number = value
+                .as_f64()
+                .filter(|n| n.is_finite() && *n >= 0.0)
+                .ok_or_else(|| {
+                    format!("restart_policy.{key} must be a number >= 0, got {value}")
+                })?;
+            let secs = || {
+                Duration::try_from_secs_f64(number)
+                    .map_err(|e| format!("restart_policy.{key}: {e}"))
+            };
+            match key.as_str() {
+                "delay_s" => policy.delay = secs()?,
+                "max_delay_s" => policy.max_delay = secs()?,
+                "stable_after_s" => policy.stable_after = secs()?,
+                "jitter" if number <= 1.0 => policy.jitter = number,
+                "jitter" => return Err(format!("restart_policy.jitter must be between 0 and 1, got {value}")),
+                "max_crashes" if number >= 1.0 && number.fract() == 0.0 => policy.max_crashes = number as u32,
+                "max_crashes" => {
+                    return Err(format!("restart_policy.max_crashes must be a whole number >= 1, got {value}"))
+                }
+                other => {
+                    return Err(format!(
+                        "unknown restart_policy key '{other}'; allowed: delay_s, max_delay_s, jitter, stable_after_s, max_crashes"
+                    ))
+                }
+            }
+        }
+        Ok(policy)
+    }
+
     /// The delay before restart number `crash` (1-based) of a run of consecutive
     /// crashes, before jitter: delay · 2^(crash-1), capped.
     pub fn base_delay(&self, crash: u32) -> Duration {
@@ -188,6 +226,30 @@ mod tests {
         assert_eq!(p.jittered_delay(3, 0.5), Duration::from_secs(4));
         assert!((p.jittered_delay(3, 0.0).as_secs_f64() - 3.6).abs() < 1e-9);
         assert!((p.jittered_delay(3, 0.999_999).as_secs_f64() - 4.4).abs() < 1e-5);
+    }
+
+    #[test]
+    fn per_strategy_overrides() {
+        let p = policy();
+        let o = p
+            .with_overrides(&serde_json::json!({"delay_s": 0.5, "max_crashes": 3, "jitter": 0}))
+            .unwrap();
+        assert_eq!(o.delay, Duration::from_millis(500));
+        assert_eq!(o.max_crashes, 3);
+        assert_eq!(o.jitter, 0.0);
+        assert_eq!(o.max_delay, p.max_delay);
+        let err = p
+            .with_overrides(&serde_json::json!({"delay": 1}))
+            .unwrap_err();
+        assert!(err.contains("allowed: delay_s"), "{err}");
+        let err = p
+            .with_overrides(&serde_json::json!({"max_crashes": 0}))
+            .unwrap_err();
+        assert!(err.contains("whole number >= 1"), "{err}");
+        let err = p
+            .with_overrides(&serde_json::json!({"jitter": "x"}))
+            .unwrap_err();
+        assert!(err.contains("must be a number"), "{err}");
     }
 
     #[test]

@@ -127,11 +127,13 @@ pub struct StrategyRow {
     pub pid_boot_id: Option<String>,
     pub operator_stopped: bool,
     pub started_at: Option<DateTime<Utc>>,
+    /// Per-strategy overrides of the restart policy (see `RestartPolicy::with_overrides`).
+    pub restart_policy: Option<Value>,
 }
 
 const STRATEGY_COLUMNS: &str =
     "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
-     restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at";
+     restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy";
 
 pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -221,25 +223,55 @@ pub struct ObservedState {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// A transition to record in `strategy_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionEvent<'a> {
+    pub old_status: Status,
+    pub reason: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub command_id: Option<Uuid>,
+    pub node: &'a str,
+}
+
+/// Write the observed state, and the event that led to it, in one statement.
 pub async fn write_observed(
     pool: &PgPool,
     id: Uuid,
     state: &ObservedState,
+    event: Option<&TransitionEvent<'_>>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, pid_boot_id = $5, \
-         last_error = $6, restart_count = $7, started_at = $8, updated_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .bind(state.status.as_str())
-    .bind(state.pid.map(|p| p as i32))
-    .bind(state.pid_start_ticks.map(|t| t as i64))
-    .bind(state.pid_boot_id.as_deref())
-    .bind(state.last_error.as_deref())
-    .bind(state.restart_count)
-    .bind(state.started_at)
-    .execute(pool)
-    .await?;
+    const UPDATE: &str = "UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
+         pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
+         WHERE id = $1";
+    let query = match event {
+        None => sqlx::query(UPDATE),
+        Some(_) => sqlx::query(
+            "WITH changed AS (UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
+                 pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
+                 WHERE id = $1 RETURNING id) \
+             INSERT INTO strategy_events (strategy_id, old_status, new_status, reason, error, command_id, pid, node) \
+             SELECT id, $9, $2, $10, $11, $12, $3, $13 FROM changed",
+        ),
+    };
+    let query = query
+        .bind(id)
+        .bind(state.status.as_str())
+        .bind(state.pid.map(|p| p as i32))
+        .bind(state.pid_start_ticks.map(|t| t as i64))
+        .bind(state.pid_boot_id.as_deref())
+        .bind(state.last_error.as_deref())
+        .bind(state.restart_count)
+        .bind(state.started_at);
+    let query = match event {
+        None => query,
+        Some(e) => query
+            .bind(e.old_status.as_str())
+            .bind(e.reason)
+            .bind(e.error)
+            .bind(e.command_id)
+            .bind(e.node),
+    };
+    query.execute(pool).await?;
     Ok(())
 }
 
@@ -364,12 +396,17 @@ pub async fn insert_metrics(pool: &PgPool, rows: &[MetricsRow]) -> Result<u64, s
     Ok(result.rows_affected())
 }
 
-pub async fn prune_metrics(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query("DELETE FROM strategy_metrics WHERE \"timestamp\" < $1")
+/// Delete metrics and events older than `older_than`; returns the rows deleted.
+pub async fn prune_history(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let metrics = sqlx::query("DELETE FROM strategy_metrics WHERE \"timestamp\" < $1")
         .bind(older_than)
         .execute(pool)
         .await?;
-    Ok(result.rows_affected())
+    let events = sqlx::query("DELETE FROM strategy_events WHERE at < $1")
+        .bind(older_than)
+        .execute(pool)
+        .await?;
+    Ok(metrics.rows_affected() + events.rows_affected())
 }
 
 /// The previous holder of the lease, if any: (host, pid, boot_id, started_at).

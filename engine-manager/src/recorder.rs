@@ -169,8 +169,8 @@ async fn write_batches(shared: Arc<Shared>, mut rx: mpsc::Receiver<MetricsRow>) 
                 closing = true;
             }
             _ = prune.tick() => {
-                match db::prune_metrics(&shared.pool, Utc::now() - retention).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old strategy_metrics rows"),
+                match db::prune_history(&shared.pool, Utc::now() - retention).await {
+                    Ok(n) if n > 0 => tracing::info!(rows = n, "pruned strategy_metrics and strategy_events rows past the retention period"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "could not prune strategy_metrics"),
                 }

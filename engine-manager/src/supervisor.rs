@@ -4,6 +4,7 @@
 //! every transition (database row, `strategy:status:{id}`, `strategy:state:{id}`).
 
 use crate::commands::CommandKind;
+use crate::config::RestartPolicy;
 use crate::db::{self, Desired, ObservedState};
 use crate::link::ControlLink;
 use crate::process::{self, ExecutorProcess, ExitInfo, SpawnSpec};
@@ -86,6 +87,7 @@ pub struct StrategySupervisor {
     backoff_until: Option<Instant>,
     halt_reason: Option<String>,
     db_dirty: bool,
+    policy: RestartPolicy,
 }
 
 /// Why a start did not reach `running`.
@@ -113,6 +115,7 @@ impl StrategySupervisor {
             .expect("routes lock")
             .insert(row.id, link_tx);
         let status = row.status.parse().unwrap_or(Status::Stopped);
+        let row_policy = row.restart_policy.clone();
         let observed = ObservedState {
             status,
             pid: row.pid.map(|p| p as u32),
@@ -123,7 +126,7 @@ impl StrategySupervisor {
             started_at: row.started_at,
         };
         let span = tracing::info_span!("strategy", strategy_id = %row.id, name = %row.name);
-        let supervisor = StrategySupervisor {
+        let mut supervisor = StrategySupervisor {
             shared: shared.clone(),
             id: row.id,
             name: row.name,
@@ -140,7 +143,9 @@ impl StrategySupervisor {
             backoff_until: None,
             halt_reason: None,
             db_dirty: false,
+            policy: shared.policy,
         };
+        supervisor.apply_restart_policy(row_policy.as_ref());
         shared
             .tracker
             .spawn(supervisor.run(initial).instrument(span));
@@ -392,12 +397,23 @@ impl StrategySupervisor {
                 self.name = row.name;
                 self.strategy_type = row.strategy_type;
                 self.config = row.config;
+                self.apply_restart_policy(row.restart_policy.as_ref());
             }
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "could not reload the strategy's row; using the last known config")
             }
         }
+    }
+
+    fn apply_restart_policy(&mut self, overrides: Option<&Value>) {
+        self.policy = match overrides {
+            None => self.shared.policy,
+            Some(o) => self.shared.policy.with_overrides(o).unwrap_or_else(|err| {
+                tracing::warn!("ignoring this strategy's restart_policy: {err}");
+                self.shared.policy
+            }),
+        };
     }
 
     /// Ask the executor binary whether it accepts `config` (`--validate`).
@@ -805,7 +821,7 @@ impl StrategySupervisor {
 
     /// Count a crash and schedule a restart, or give up.
     async fn crashed(&mut self, message: String) {
-        let policy = self.shared.policy;
+        let policy = self.policy;
         if self
             .running_since
             .is_some_and(|since| since.elapsed() >= policy.stable_after)
@@ -907,7 +923,15 @@ impl StrategySupervisor {
         if previous != status {
             tracing::info!(from = %previous, to = %status, reason, "status");
         }
-        self.write_observed().await;
+        let shared = self.shared.clone();
+        let event = (previous != status || reason.is_some()).then(|| db::TransitionEvent {
+            old_status: previous,
+            reason,
+            error: error.as_deref(),
+            command_id,
+            node: &shared.node,
+        });
+        self.record(event.as_ref()).await;
         let msg = StatusMessage {
             strategy_id: self.id,
             name: self.name.clone(),
@@ -954,7 +978,11 @@ impl StrategySupervisor {
     }
 
     async fn write_observed(&mut self) {
-        match db::write_observed(&self.shared.pool, self.id, &self.observed).await {
+        self.record(None).await;
+    }
+
+    async fn record(&mut self, event: Option<&db::TransitionEvent<'_>>) {
+        match db::write_observed(&self.shared.pool, self.id, &self.observed, event).await {
             Ok(()) => {
                 if self.db_dirty {
                     tracing::info!("recorded state again after a database outage");

@@ -108,10 +108,14 @@ async fn sigkilled_executor_is_noticed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_ends_in_error() {
-    let mut engine = TestEngine::new().await;
-    engine.config.restart_max_crashes = 3;
-    engine.start_manager().await;
+    let engine = TestEngine::started().await;
     let id = engine.add_heartbeat("hb-loop").await;
+    // A per-strategy restart policy overrides the manager's flags (8 crashes).
+    sqlx::query("UPDATE strategy_configs SET restart_policy = '{\"max_crashes\": 3, \"delay_s\": 0.05}' WHERE id = $1")
+        .bind(id)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
     engine.run_ok(Some(id), "start", json!({})).await;
     for crash in 1..=3 {
         let row = engine.wait_status(id, "running").await;
@@ -141,6 +145,42 @@ async fn crash_loop_ends_in_error() {
     assert!(err.contains("gave up after 3 consecutive crashes"), "{err}");
     assert_eq!(row.pid, None);
     assert_eq!(row.restart_count, 2);
+
+    // The history says why, transition by transition.
+    let events: Vec<(Option<String>, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT old_status, new_status, reason, error FROM strategy_events WHERE strategy_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    let path: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        path,
+        [
+            "starting", "running", "backoff", "starting", "running", "backoff", "starting",
+            "running", "error"
+        ]
+    );
+    let backoff = &events[2];
+    assert_eq!(backoff.0.as_deref(), Some("running"));
+    assert!(
+        backoff
+            .2
+            .as_deref()
+            .unwrap()
+            .starts_with("crashed; restarting in"),
+        "{backoff:?}"
+    );
+    assert!(
+        backoff.3.as_deref().unwrap().contains("SIGKILL"),
+        "{backoff:?}"
+    );
+    assert!(
+        events[8].3.as_deref().unwrap().contains("gave up"),
+        "{:?}",
+        events[8]
+    );
     engine.finish().await;
 }
 
