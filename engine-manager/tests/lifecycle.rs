@@ -147,7 +147,8 @@ async fn crash_loop_ends_in_error() {
     assert_eq!(row.restart_count, 2);
 
     // The history says why, transition by transition.
-    let events: Vec<(Option<String>, String, Option<String>, Option<String>)> = sqlx::query_as(
+    type Event = (Option<String>, String, Option<String>, Option<String>);
+    let events: Vec<Event> = sqlx::query_as(
         "SELECT old_status, new_status, reason, error FROM strategy_events WHERE strategy_id = $1 ORDER BY id",
     )
     .bind(id)
