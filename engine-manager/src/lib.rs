@@ -57,6 +57,8 @@ pub struct Shared {
     pub boot_id: String,
     pub policy: RestartPolicy,
     pub live: Mutex<HashMap<Uuid, LiveEntry>>,
+    /// The latest metrics each executor reported (for health, staleness and APIs).
+    pub last_metrics: Mutex<HashMap<Uuid, recorder::LastMetrics>>,
     pub link_routes: LinkRoutes,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -150,6 +152,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         node,
         boot_id: boot_id.clone(),
         live: Mutex::new(HashMap::new()),
+        last_metrics: Mutex::new(HashMap::new()),
         link_routes: Arc::new(Mutex::new(HashMap::new())),
         cancel: cancel.clone(),
         tracker: tracker.clone(),

@@ -19,6 +19,35 @@ const BATCH: usize = 5_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const MAX_BUFFERED: usize = 200_000;
 
+/// The latest metrics an executor reported, kept in memory for health and APIs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastMetrics {
+    /// When the manager received them.
+    pub received_at: chrono::DateTime<Utc>,
+    pub pnl: Option<f64>,
+    pub positions_count: Option<i32>,
+    pub orders_count: Option<i32>,
+    pub success_rate: Option<f64>,
+    /// `last_tick_age_ms` as the executor reported it (None before its first tick).
+    pub last_tick_age_ms: Option<f64>,
+    /// The whole `metrics` object.
+    pub metrics: Value,
+}
+
+impl LastMetrics {
+    pub fn from_row(row: &MetricsRow) -> LastMetrics {
+        LastMetrics {
+            received_at: Utc::now(),
+            pnl: row.pnl,
+            positions_count: row.positions_count,
+            orders_count: row.orders_count,
+            success_rate: row.success_rate,
+            last_tick_age_ms: row.metrics.get("last_tick_age_ms").and_then(Value::as_f64),
+            metrics: row.metrics.clone(),
+        }
+    }
+}
+
 /// Why an executor's message was dropped.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
@@ -134,6 +163,11 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<
                 msg.get_payload_bytes(),
             ) {
                 Ok(row) => {
+                    shared
+                        .last_metrics
+                        .lock()
+                        .expect("last_metrics lock")
+                        .insert(row.strategy_id, LastMetrics::from_row(&row));
                     if tx.try_send(row).is_err() {
                         dropped += 1;
                         if dropped.is_power_of_two() {
