@@ -111,9 +111,10 @@ SQL
     say "database: demo strategies registered (demo-sma-btc, demo-sma-eth, demo-meanrev-sol)"
 }
 
-# auto_start does not bring back a strategy whose last command was `stop` (e.g. after
-# `demo.sh stop`), nor one in `error`: queue a start (or resume) for those. A start for
-# a strategy that is already running is a no-op, so this is safe to repeat.
+# Fresh demo strategies come up through auto_start alone. auto_start does not bring back
+# a strategy whose last command was `stop` (e.g. after `demo.sh stop`), nor one in
+# `error`: queue a start (or resume) for those only. A start for a strategy that is
+# already running is a no-op, so this is safe to repeat.
 queue_start_commands() {
     local queued
     queued="$(db_value "
@@ -121,7 +122,7 @@ queue_start_commands() {
         SELECT id, CASE WHEN desired_state = 'paused' AND status = 'paused' THEN 'resume' ELSE 'start' END
         FROM strategy_configs
         WHERE name IN ($DEMO_NAMES_SQL)
-          AND NOT (desired_state = 'running' AND status <> 'error')
+          AND (operator_stopped OR status = 'error')
         RETURNING id;")"
     QUEUED_COMMAND_IDS="$(printf '%s\n' "$queued" | grep . | sed "s/.*/'&'/" | paste -sd, - || true)"
     if [ -n "$QUEUED_COMMAND_IDS" ]; then

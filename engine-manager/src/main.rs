@@ -3,6 +3,7 @@
 use clap::Parser;
 use engine_manager::config::ManagerConfig;
 use engine_manager::{error_chain, LogFormat};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -15,7 +16,10 @@ fn main() -> ExitCode {
             .with_env_filter(filter)
             .json()
             .init(),
-        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,8 +2,9 @@
 //! the market data simulator.
 //!
 //! # Layout
-//! - [`runtime`]: `run(registry)` — the whole executor: flags, config from stdin, the
-//!   control link to the manager, Redis subscriptions, the event loop, shutdown.
+//! - [`runtime`]: the whole executor — flags, config from stdin, the control link to
+//!   the manager, Redis subscriptions, the event loop, shutdown. `main_with(registry)`
+//!   is the entry point (see `examples/custom_executor.rs`).
 //! - [`strategies`]: `sma_crossover`, `mean_reversion`, `heartbeat` and
 //!   [`strategies::builtin_registry`].
 //! - [`market_sim`]: geometric Brownian motion ticks on `live_data:{token}`.

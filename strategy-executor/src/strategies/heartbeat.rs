@@ -2,9 +2,10 @@
 //! (and the ticks of one token, if it is given one).
 //!
 //! It is the cheapest thing the engine can run, for smoke tests and load tests, and
-//! it carries two test hooks for the engine's failure paths: `halt_after_beats` halts
-//! the strategy for good (the engine's `error` path), and `fail_after_s` panics (the
-//! crash-and-restart path).
+//! it carries test hooks for the engine's failure paths: `halt_after_beats` halts
+//! the strategy for good (the engine's `error` path), `fail_after_s` panics (the
+//! crash-and-restart path), `start_delay_ms` hangs in initialisation (the start
+//! timeout) and `shutdown_delay_ms` hangs in shutdown (SIGTERM, then SIGKILL).
 
 use super::{check_positive, check_token};
 use serde::Deserialize;
@@ -44,6 +45,14 @@ pub struct HeartbeatConfig {
     /// a week), to exercise the engine's crash handling.
     #[serde(default)]
     pub fail_after_s: Option<f64>,
+    /// Test hook: block this long in initialisation (0 to 3 600 000 ms), as a strategy
+    /// stuck connecting to something would.
+    #[serde(default)]
+    pub start_delay_ms: Option<u64>,
+    /// Test hook: block this long when shutting down (0 to 3 600 000 ms), as a
+    /// strategy that ignores shutdown would.
+    #[serde(default)]
+    pub shutdown_delay_ms: Option<u64>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -76,6 +85,14 @@ impl HeartbeatConfig {
         }
         if let Some(seconds) = self.fail_after_s {
             check_positive("fail_after_s", seconds, MAX_FAIL_AFTER_S)?;
+        }
+        for (key, value) in [
+            ("start_delay_ms", self.start_delay_ms),
+            ("shutdown_delay_ms", self.shutdown_delay_ms),
+        ] {
+            if let Some(ms) = value {
+                ConfigError::check_range(key, ms, 0, MAX_INTERVAL_MS)?;
+            }
         }
         Ok(())
     }
@@ -119,6 +136,10 @@ impl Heartbeat {
 
 impl Strategy for Heartbeat {
     fn on_start(&mut self, ctx: &mut Context) {
+        if let Some(ms) = self.config.start_delay_ms {
+            // Deliberately blocking: this hook stands for a strategy stuck in its set-up.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if let Some(token) = &self.config.token {
             ctx.subscribe(token);
         }
@@ -156,6 +177,13 @@ impl Strategy for Heartbeat {
                     self.beats
                 );
             }
+        }
+    }
+
+    fn on_shutdown(&mut self, _ctx: &mut Context, _reason: strategy_sdk::ShutdownReason) {
+        if let Some(ms) = self.config.shutdown_delay_ms {
+            // Deliberately blocking: this hook stands for a strategy that ignores shutdown.
+            std::thread::sleep(Duration::from_millis(ms));
         }
     }
 
@@ -200,6 +228,8 @@ mod tests {
                 token: None,
                 halt_after_beats: None,
                 fail_after_s: None,
+                start_delay_ms: None,
+                shutdown_delay_ms: None,
             }
         );
         let s = Heartbeat::new(c);
