@@ -183,11 +183,25 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let recovered = db::load_processing(&pool)
         .await
         .map_err(ManagerError::Load)?;
+    // The process table is the truth about what runs, whatever the rows say.
+    let mut found = process::scan_executors(&socket);
     let mut supervisors = HashMap::new();
     for row in rows {
-        let initial = initial_action(&shared, &row, is_boot).await;
+        let running = found.remove(&row.id).unwrap_or_default();
+        let initial = initial_action(&shared, &row, is_boot, running).await;
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
+    }
+
+    for (id, strays) in found {
+        for (pid, ticks) in strays {
+            kill_stray(
+                pid,
+                ticks,
+                &id.to_string(),
+                "an executor of a strategy that is not in the database",
+            );
+        }
     }
 
     let recorder = recorder::start(shared.clone(), redis_client);
@@ -212,11 +226,27 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     Ok(())
 }
 
+/// SIGKILL an executor that must not run (checked to be the same process first).
+fn kill_stray(pid: u32, ticks: u64, name: &str, why: &str) {
+    if !process::is_same_process(pid, ticks) {
+        return;
+    }
+    tracing::warn!(pid, strategy = name, "killing {why}");
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
 /// The start-up rule (CONTRACT.md): what to do with one strategy when the manager
 /// starts. A live executor of ours is adopted; after a host reboot only `auto_start`
 /// strategies not stopped by an operator come back; after a manager restart every
 /// strategy whose desired state is running or paused does.
-async fn initial_action(shared: &Shared, row: &db::StrategyRow, is_boot: bool) -> Initial {
+async fn initial_action(
+    shared: &Shared,
+    row: &db::StrategyRow,
+    is_boot: bool,
+    mut running: Vec<(u32, u64)>,
+) -> Initial {
     let desired = Desired::parse(&row.desired_state);
     let status: Status = row.status.parse().unwrap_or(Status::Stopped);
     let auto = row.auto_start && !row.operator_stopped;
@@ -224,12 +254,37 @@ async fn initial_action(shared: &Shared, row: &db::StrategyRow, is_boot: bool) -
         .config
         .logs_dir()
         .join(process::log_file_name(&row.name, row.id));
-    let live = match (row.pid, row.pid_start_ticks, row.pid_boot_id.as_deref()) {
+    // The executor the row names, if it still runs; else one found in the process
+    // table (the manager died before recording its pid). Never more than one.
+    let recorded = match (row.pid, row.pid_start_ticks, row.pid_boot_id.as_deref()) {
         (Some(pid), Some(ticks), Some(boot)) if boot == shared.boot_id && pid > 0 => {
-            ExecutorProcess::adopt(pid as u32, ticks as u64, log_path)
+            Some((pid as u32, ticks as u64))
         }
         _ => None,
     };
+    if let Some(recorded) = recorded {
+        if !running.contains(&recorded) && process::is_same_process(recorded.0, recorded.1) {
+            running.insert(0, recorded);
+        }
+        if let Some(i) = running.iter().position(|r| *r == recorded) {
+            running.swap(0, i);
+        }
+    }
+    let mut live = None;
+    for (pid, ticks) in running {
+        if live.is_none() {
+            live = ExecutorProcess::adopt(pid, ticks, log_path.clone());
+            if live.is_some() {
+                continue;
+            }
+        }
+        kill_stray(
+            pid,
+            ticks,
+            &row.name,
+            "a second executor for the same strategy",
+        );
+    }
     let target = if is_boot {
         if auto {
             if desired == Desired::Paused {

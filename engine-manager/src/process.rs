@@ -37,6 +37,51 @@ pub fn is_same_process(pid: u32, ticks: u64) -> bool {
     start_ticks(pid) == Some(ticks)
 }
 
+/// Every live executor whose command line names `control_socket` (that is, one a
+/// manager of this state directory started), by strategy id: `(pid, start ticks)`.
+///
+/// The process table is the truth about what runs: this finds executors even when
+/// the database never heard of their pid (a manager that died between the spawn and
+/// the write).
+pub fn scan_executors(control_socket: &Path) -> std::collections::HashMap<Uuid, Vec<(u32, u64)>> {
+    let mut found: std::collections::HashMap<Uuid, Vec<(u32, u64)>> = Default::default();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    let socket = control_socket.as_os_str().as_encoded_bytes();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let value_of = |flag: &[u8]| {
+            args.windows(2)
+                .find(|pair| pair[0] == flag)
+                .map(|pair| pair[1])
+        };
+        if value_of(b"--control-socket") != Some(socket) {
+            continue;
+        }
+        let Some(id) = value_of(b"--strategy-id")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        if let Some(ticks) = start_ticks(pid) {
+            found.entry(id).or_default().push((pid, ticks));
+        }
+    }
+    found
+}
+
 /// What one spawn needs.
 pub struct SpawnSpec<'a> {
     pub executor_path: &'a Path,
@@ -270,6 +315,9 @@ pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A file shorter than the offset was rotated (copied, then truncated) since the
+    // run began: everything it holds now is this run's.
+    let offset = if len < offset { 0 } else { offset };
     let from = offset.max(len.saturating_sub(64 * 1024));
     if file.seek(SeekFrom::Start(from)).is_err() {
         return String::new();
@@ -336,6 +384,30 @@ mod tests {
         let t = start_ticks(me).expect("our own /proc entry");
         assert!(is_same_process(me, t));
         assert!(!is_same_process(me, t + 1));
+    }
+
+    #[test]
+    fn scan_finds_processes_by_their_control_socket() {
+        let dir = std::env::temp_dir().join(format!("scan-{}", Uuid::new_v4()));
+        let socket = dir.join("control.sock");
+        let id = Uuid::new_v4();
+        // `sh -c SCRIPT ARGS…` keeps ARGS in its own command line (the `; true`
+        // stops the shell from replacing itself with `sleep`).
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; true")
+            .arg("--strategy-id")
+            .arg(id.to_string())
+            .arg("--control-socket")
+            .arg(&socket)
+            .spawn()
+            .unwrap();
+        let found = scan_executors(&socket);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.get(&id).map(|v| v.len()), Some(1), "{found:?}");
+        assert_eq!(found[&id][0].0, child.id());
+        assert!(!scan_executors(&dir.join("other.sock")).contains_key(&id));
     }
 
     #[test]

@@ -202,6 +202,9 @@ impl StrategySupervisor {
             }
             Initial::Adopt(proc, desired) => {
                 tracing::info!(pid = proc.pid, "adopted a running executor");
+                self.observed.pid = Some(proc.pid);
+                self.observed.pid_start_ticks = Some(proc.start_ticks);
+                self.observed.pid_boot_id = Some(self.shared.boot_id.clone());
                 self.proc = Some(*proc);
                 self.running_since = Some(Instant::now());
                 let status = match self.status {

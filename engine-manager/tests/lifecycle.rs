@@ -397,3 +397,63 @@ async fn a_strategy_that_halts_itself_is_not_restarted() {
     assert_eq!(row.pid, None);
     engine.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_the_database_forgot_is_adopted_and_duplicates_are_killed() {
+    let mut engine = TestEngine::started().await;
+    let id = engine.add_heartbeat("hb-forgotten").await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    let pid = engine.state(id).await.pid.unwrap();
+    engine.stop_manager().await;
+    // The manager died between spawning and recording: the row knows no pid.
+    sqlx::query("UPDATE strategy_configs SET pid = NULL, pid_start_ticks = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    // And somebody started a second executor for the same strategy by hand.
+    let mut twin = std::process::Command::new(common::executor_path())
+        .arg("--strategy-id")
+        .arg(id.to_string())
+        .arg("--strategy-type")
+        .arg("heartbeat")
+        .arg("--control-socket")
+        .arg(engine.state_dir.join("control.sock"))
+        .env("ENGINE_REDIS_PREFIX", &engine.prefix)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    engine.start_manager().await;
+    let pool = engine.pool.clone();
+    let adopted = wait_for("the manager to adopt an executor", DEADLINE, || {
+        let pool = pool.clone();
+        async move {
+            let (status, pid): (String, Option<i32>) =
+                sqlx::query_as("SELECT status, pid FROM strategy_configs WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (status == "running").then_some(pid? as u32)
+        }
+    })
+    .await;
+    let candidates = [pid as u32, twin.id()];
+    assert!(
+        candidates.contains(&adopted),
+        "adopted {adopted}, not one of {candidates:?}"
+    );
+    let other = candidates.into_iter().find(|p| *p != adopted).unwrap();
+    wait_for(
+        "the duplicate executor to be killed",
+        DEADLINE,
+        || async move { (!process_alive(other)).then_some(()) },
+    )
+    .await;
+    assert!(process_alive(adopted));
+    engine.run_ok(Some(id), "pause", json!({})).await;
+    let _ = twin.kill();
+    let _ = twin.wait();
+    engine.finish().await;
+}
