@@ -198,6 +198,8 @@ wait_until_running() {
 
 print_next_steps() {
     local redis_cli="redis-cli -u $REDIS_URL"
+    local dashboard="(HTTP is off: ENGINE_HTTP_ADDR=off)"
+    [ -s "$STATE_DIR/http.addr" ] && dashboard="http://$(tr -d '[:space:]' <"$STATE_DIR/http.addr")/"
     cat <<EOF
 
 The engine is running with three demo strategies on simulated market data.
@@ -212,6 +214,9 @@ and read the outcome (status goes pending -> processing -> executed or failed):
   SELECT command, status, error, executed_at FROM strategy_commands ORDER BY created_at DESC LIMIT 10;
   SELECT name, status, pid, last_error FROM strategy_configs ORDER BY name;
 (start it again with the same INSERT and 'start'.)
+
+Open the live web dashboard (same port: /metrics, /health, /api/strategies):
+  $dashboard
 
 Watch it live from another terminal:
   $redis_cli SUBSCRIBE ${REDIS_PREFIX}strategy:health

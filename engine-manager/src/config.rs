@@ -94,9 +94,34 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_STOP_STRATEGIES_ON_EXIT")]
     pub stop_strategies_on_exit: bool,
 
+    /// Address of the HTTP API, Prometheus `/metrics` and the web dashboard; `off`
+    /// (or empty) disables it. Port 0 picks a free port; the address actually bound
+    /// is logged and written to `{state_dir}/http.addr`.
+    #[arg(long, env = "ENGINE_HTTP_ADDR", default_value = "127.0.0.1:8080", value_parser = HttpAddr::parse)]
+    pub http_addr: HttpAddr,
+
+    /// Bearer token required by every HTTP request that changes state (the command
+    /// API); without it, anyone who can reach `--http-addr` can send commands.
+    #[arg(long, env = "ENGINE_HTTP_TOKEN", hide_env_values = true, value_parser = HttpToken::parse)]
+    pub http_token: Option<HttpToken>,
+
     /// Log format.
     #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+
+    /// Rotate an executor log (`logs/<name>.log`) once it is larger than this
+    /// (`10MiB`, `500k`, `1048576`; 0 turns rotation off). Checked every health interval.
+    #[arg(long, env = "ENGINE_LOG_MAX_SIZE", default_value = "10MiB", value_parser = crate::log_rotation::parse_size)]
+    pub log_max_size: u64,
+
+    /// Rotated copies kept per executor log (`<name>.log.1` is the newest).
+    #[arg(long, env = "ENGINE_LOG_KEEP", default_value_t = 5)]
+    pub log_keep: u32,
+
+    /// A running strategy that takes market data is marked `stale` in its health
+    /// when no tick has arrived for this long.
+    #[arg(long, env = "ENGINE_STALE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stale_after: Duration,
 
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
@@ -131,6 +156,45 @@ impl ManagerConfig {
             stable_after: self.restart_stable_after,
             max_crashes: self.restart_max_crashes.max(1),
         }
+    }
+}
+
+/// Where the HTTP server listens (`None`: disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+impl HttpAddr {
+    /// `off`, `none` or an empty value disable it; else `host:port`, an IP address.
+    pub fn parse(value: &str) -> Result<HttpAddr, String> {
+        let value = value.trim();
+        if value.is_empty()
+            || value.eq_ignore_ascii_case("off")
+            || value.eq_ignore_ascii_case("none")
+        {
+            return Ok(HttpAddr(None));
+        }
+        value.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+            format!("'{value}' is not an address like 127.0.0.1:8080 or [::1]:8080 (or 'off' to disable HTTP)")
+        })
+    }
+}
+
+/// The HTTP bearer token; its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken(pub String);
+
+impl HttpToken {
+    pub fn parse(value: &str) -> Result<HttpToken, String> {
+        if value.trim().is_empty() {
+            return Err("the HTTP token must not be empty (leave it unset for none)".to_string());
+        }
+        Ok(HttpToken(value.to_string()))
+    }
+}
+
+impl std::fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpToken(***)")
     }
 }
 

@@ -1,15 +1,32 @@
 //! The [`HealthSampler`]: every health interval, samples CPU and resident memory of
 //! the supervised executors only (never the whole process table), publishes
 //! `strategy:health` per live strategy and `engine:health`, refreshes the state
-//! hashes, and hands the samples to the metrics recorder.
+//! hashes, and hands the samples to the metrics recorder. On the same tick it marks
+//! strategies whose market data stopped as stale ([`tick_verdict`]) and rotates the
+//! executors' logs ([`crate::log_rotation`]).
+//!
+//! # The stale rule
+//! A live strategy is stale when, in its current run, it has received at least one
+//! market tick and either
+//! - the executor's latest metrics say its last tick is `--stale-after` old or older
+//!   (`last_tick_age_ms`, measured when the metrics were sent), or
+//! - the executor has sent no metrics for `--stale-after` (and at least two metrics
+//!   intervals): it is hung or cut off from Redis, so it gets no ticks either.
+//!
+//! Before its first tick the manager cannot tell a strategy that takes no market
+//! data (a `heartbeat` without `token`) from one whose feed never delivered, so such
+//! a strategy is never stale. `--stale-after 0` turns the check off.
 
 use crate::db::MetricsRow;
+use crate::log_rotation::{self, RotationPolicy};
+use crate::recorder::LastMetrics;
 use crate::Shared;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use strategy_sdk::protocol::{EngineHealthMessage, HealthMessage};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::sync::mpsc;
@@ -21,6 +38,8 @@ pub struct HealthSampler {
     /// Pids sampled at least once: CPU % is a delta, so a first sample is not published.
     seen: HashSet<u32>,
     started: Instant,
+    /// Logs whose rotation failed on the last pass (warned about once, not every tick).
+    rotation_failing: HashSet<PathBuf>,
 }
 
 impl HealthSampler {
@@ -31,6 +50,7 @@ impl HealthSampler {
             system: System::new(),
             seen: HashSet::new(),
             started: Instant::now(),
+            rotation_failing: HashSet::new(),
         }
     }
 
@@ -41,9 +61,42 @@ impl HealthSampler {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = interval.tick() => self.sample(),
+                _ = interval.tick() => {
+                    self.sample();
+                    self.rotate_logs().await;
+                }
             }
         }
+    }
+
+    /// Rotate the executors' logs that outgrew `--log-max-size` (file I/O, so on the
+    /// blocking pool).
+    async fn rotate_logs(&mut self) {
+        let policy = RotationPolicy {
+            max_size: self.shared.config.log_max_size,
+            keep: self.shared.config.log_keep,
+        };
+        if !policy.is_enabled() {
+            return;
+        }
+        let dir = self.shared.config.logs_dir();
+        let Ok(report) =
+            tokio::task::spawn_blocking(move || log_rotation::rotate_dir(&dir, policy)).await
+        else {
+            return;
+        };
+        for (path, size) in &report.rotated {
+            self.rotation_failing.remove(path);
+            tracing::info!(log = %path.display(), size = %log_rotation::format_size(*size), keep = policy.keep, "rotated an executor log");
+        }
+        let mut failing = HashSet::with_capacity(report.failed.len());
+        for (path, err) in report.failed {
+            if !self.rotation_failing.contains(&path) {
+                tracing::warn!(log = %path.display(), error = %err, "cannot rotate an executor log; retrying every health interval");
+            }
+            failing.insert(path);
+        }
+        self.rotation_failing = failing;
     }
 
     fn sample(&mut self) {
@@ -66,10 +119,30 @@ impl HealthSampler {
             ProcessRefreshKind::nothing().with_cpu().with_memory(),
         );
         let now = Utc::now();
+        let (stale_after, metrics_interval) = (
+            self.shared.config.stale_after,
+            self.shared.config.metrics_interval,
+        );
+        let verdicts: Vec<TickVerdict> = {
+            let metrics = self.shared.last_metrics.lock().expect("last_metrics lock");
+            entries
+                .iter()
+                .map(|(id, entry)| {
+                    let reported = metrics.get(id);
+                    tick_verdict(
+                        reported,
+                        entry.started_at,
+                        now,
+                        stale_after,
+                        metrics_interval,
+                    )
+                })
+                .collect()
+        };
         let channels = &self.shared.channels;
         let mut still_seen = HashSet::with_capacity(entries.len() + 1);
         let mut rows = Vec::with_capacity(entries.len());
-        for (id, entry) in &entries {
+        for ((id, entry), verdict) in entries.iter().zip(verdicts) {
             let pid = entry.pid.expect("filtered");
             let Some(process) = self.system.process(Pid::from_u32(pid)) else {
                 continue;
@@ -82,6 +155,10 @@ impl HealthSampler {
                 .started_at
                 .map(|t| (now - t).num_seconds().max(0) as u64)
                 .unwrap_or(0);
+            let TickVerdict {
+                age_ms: tick_age_ms,
+                stale,
+            } = verdict;
             let msg = HealthMessage {
                 strategy_id: *id,
                 name: entry.name.clone(),
@@ -93,6 +170,8 @@ impl HealthSampler {
                 uptime_s,
                 restart_count: entry.restart_count,
                 node: self.shared.node.clone(),
+                stale,
+                last_tick_age_ms: tick_age_ms,
             };
             self.shared.publisher.set_state(
                 channels.state_key(*id),
@@ -101,6 +180,11 @@ impl HealthSampler {
                     ("memory_mb".into(), msg.memory_mb.to_string()),
                     ("uptime_s".into(), uptime_s.to_string()),
                     ("health_at".into(), now.to_rfc3339()),
+                    ("stale".into(), stale.to_string()),
+                    (
+                        "last_tick_age_ms".into(),
+                        tick_age_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+                    ),
                     (
                         "health_message".into(),
                         serde_json::to_string(&msg).unwrap_or_default(),
@@ -119,7 +203,12 @@ impl HealthSampler {
                     success_rate: None,
                     cpu_percent: Some(msg.cpu_percent),
                     memory_mb: Some(msg.memory_mb),
-                    metrics: json!({"uptime_s": uptime_s, "restart_count": entry.restart_count}),
+                    metrics: json!({
+                        "uptime_s": uptime_s,
+                        "restart_count": entry.restart_count,
+                        "stale": stale,
+                        "last_tick_age_ms": tick_age_ms,
+                    }),
                 });
             }
         }
@@ -152,4 +241,154 @@ impl HealthSampler {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// What the health message says about a strategy's market data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TickVerdict {
+    /// Milliseconds since the last tick: as the executor last reported it, plus the
+    /// time since that report once the executor has gone silent. `None` before the
+    /// first tick of the current run.
+    pub age_ms: Option<f64>,
+    pub stale: bool,
+}
+
+/// The stale rule (see the module docs). Metrics received before `started_at`
+/// belong to an earlier run and are ignored.
+pub fn tick_verdict(
+    metrics: Option<&LastMetrics>,
+    started_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+    metrics_interval: Duration,
+) -> TickVerdict {
+    let nothing = TickVerdict {
+        age_ms: None,
+        stale: false,
+    };
+    let Some(metrics) = metrics else {
+        return nothing;
+    };
+    if started_at.is_some_and(|started| metrics.received_at < started) {
+        return nothing;
+    }
+    let Some(reported) = metrics
+        .last_tick_age_ms
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    else {
+        return nothing;
+    };
+    let since_report = (now - metrics.received_at).num_milliseconds().max(0) as f64;
+    let stale_ms = stale_after.as_secs_f64() * 1000.0;
+    let silent_ms = stale_ms.max(2.0 * metrics_interval.as_secs_f64() * 1000.0);
+    let silent = since_report >= silent_ms;
+    TickVerdict {
+        age_ms: Some(if silent {
+            reported + since_report
+        } else {
+            reported
+        }),
+        stale: !stale_after.is_zero() && (reported >= stale_ms || silent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(age_ms: Option<f64>, received_at: DateTime<Utc>) -> LastMetrics {
+        LastMetrics {
+            received_at,
+            pnl: None,
+            positions_count: None,
+            orders_count: None,
+            success_rate: None,
+            last_tick_age_ms: age_ms,
+            metrics: json!({}),
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const METRICS: Duration = Duration::from_secs(5);
+
+    fn verdict(
+        m: Option<&LastMetrics>,
+        started: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> TickVerdict {
+        tick_verdict(m, started, now, MINUTE, METRICS)
+    }
+
+    #[test]
+    fn no_tick_yet_is_never_stale() {
+        let now = Utc::now();
+        // A heartbeat without a token: metrics arrive, ticks never do.
+        let m = reported(None, now - chrono::Duration::hours(1));
+        let v = verdict(Some(&m), None, now);
+        assert_eq!((v.age_ms, v.stale), (None, false));
+        // No metrics at all yet (just started or adopted).
+        assert!(!verdict(None, None, now).stale);
+    }
+
+    #[test]
+    fn an_old_last_tick_is_stale() {
+        let now = Utc::now();
+        // Fresh metrics, fresh tick: the reported age as it is.
+        let m = reported(Some(120.0), now - chrono::Duration::seconds(3));
+        assert_eq!(
+            verdict(Some(&m), None, now),
+            TickVerdict {
+                age_ms: Some(120.0),
+                stale: false
+            }
+        );
+        // The executor says the last tick is a minute old.
+        let m = reported(Some(60_000.0), now - chrono::Duration::seconds(1));
+        assert_eq!(
+            verdict(Some(&m), None, now),
+            TickVerdict {
+                age_ms: Some(60_000.0),
+                stale: true
+            }
+        );
+        let m = reported(Some(59_999.0), now);
+        assert!(!verdict(Some(&m), None, now).stale);
+    }
+
+    #[test]
+    fn a_silent_executor_is_stale() {
+        let now = Utc::now();
+        let m = reported(Some(100.0), now - chrono::Duration::seconds(61));
+        assert_eq!(
+            verdict(Some(&m), None, now),
+            TickVerdict {
+                age_ms: Some(61_100.0),
+                stale: true
+            }
+        );
+        // Silence is judged against at least two metrics intervals.
+        let m = reported(Some(100.0), now - chrono::Duration::seconds(3));
+        let v = tick_verdict(Some(&m), None, now, Duration::from_secs(1), METRICS);
+        assert_eq!((v.age_ms, v.stale), (Some(100.0), false));
+    }
+
+    #[test]
+    fn metrics_of_an_earlier_run_do_not_count() {
+        let now = Utc::now();
+        let m = reported(Some(100.0), now - chrono::Duration::hours(2));
+        let started = now - chrono::Duration::seconds(5);
+        assert_eq!(verdict(Some(&m), Some(started), now).age_ms, None);
+        let fresh = reported(Some(100.0), now - chrono::Duration::seconds(1));
+        assert_eq!(
+            verdict(Some(&fresh), Some(started), now).age_ms,
+            Some(100.0)
+        );
+    }
+
+    #[test]
+    fn zero_turns_the_check_off() {
+        let now = Utc::now();
+        let m = reported(Some(1e9), now - chrono::Duration::hours(1));
+        assert!(!tick_verdict(Some(&m), None, now, Duration::ZERO, METRICS).stale);
+    }
 }

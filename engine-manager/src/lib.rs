@@ -10,18 +10,24 @@
 //! - [`process`]: spawning, adopting, signalling and watching executor processes.
 //! - [`link`]: the control socket executors connect to (readiness and acks).
 //! - [`publisher`]: the one task that talks to Redis for sending.
-//! - [`health`]: the health sampler. [`recorder`]: metrics into `strategy_metrics`.
+//! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
+//!   [`recorder`]: metrics into `strategy_metrics`.
+//! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
+//! - [`ctl`]: the `enginectl` operator tool (a database and Redis client).
 //!
 //! Architecture invariant: executors never touch the database; the manager is its
 //! only client, and correctness never depends on a pub/sub message.
 
 pub mod commands;
 pub mod config;
+pub mod ctl;
 pub mod db;
 pub mod health;
+pub mod http;
 pub mod intake;
 pub mod lease;
 pub mod link;
+pub mod log_rotation;
 pub mod process;
 pub mod publisher;
 pub mod recorder;
@@ -176,6 +182,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         }
     })?;
     tracker.spawn(server.run(cancel.clone()));
+    tracker.spawn(http::run(shared.clone(), redis_client.clone()));
 
     let rows = db::load_strategies(&pool)
         .await

@@ -173,6 +173,14 @@ pub struct HealthMessage {
     pub uptime_s: u64,
     pub restart_count: i32,
     pub node: String,
+    /// True when the strategy takes market data but no tick has arrived for the
+    /// manager's `--stale-after` (an additive field; see the README).
+    #[serde(default)]
+    pub stale: bool,
+    /// Milliseconds since the strategy's last market tick, as of this message; absent
+    /// before its first tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_age_ms: Option<f64>,
 }
 
 /// `engine:health`: the manager's own health every health interval.

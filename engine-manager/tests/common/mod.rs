@@ -125,6 +125,8 @@ impl TestEngine {
         config.restart_delay = Duration::from_millis(100);
         config.restart_max_delay = Duration::from_secs(1);
         config.stop_strategies_on_exit = false;
+        // Every test's manager serves HTTP on a free loopback port (see `http_base`).
+        config.http_addr = engine_manager::config::HttpAddr(Some(([127, 0, 0, 1], 0).into()));
         TestEngine {
             pool,
             db_name,
@@ -321,6 +323,21 @@ impl TestEngine {
             }
         });
         Subscription { rx, task }
+    }
+
+    /// The manager's HTTP base URL (`http://127.0.0.1:{port}`), from the address it
+    /// wrote to `{state_dir}/http.addr` once it was listening.
+    pub async fn http_base(&self) -> String {
+        let path = self.state_dir.join(engine_manager::http::ADDR_FILE);
+        let addr = wait_for("the manager to write http.addr", DEADLINE, || {
+            let path = path.clone();
+            async move {
+                let text = std::fs::read_to_string(&path).ok()?;
+                text.trim().parse::<std::net::SocketAddr>().ok()
+            }
+        })
+        .await;
+        format!("http://{addr}")
     }
 
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {

@@ -1,0 +1,546 @@
+//! The JSON API: strategies (their row, live health, latest metrics, last error),
+//! the command API (a `POST` inserts a `strategy_commands` row and answers 202 with
+//! its id; `GET /api/commands/{id}` tells its outcome), and recent history for the
+//! dashboard's sparklines. Values of secret-looking config keys are never shown.
+
+use super::error::ApiError;
+use super::events::HealthSample;
+use super::AppState;
+use crate::commands::parse_command;
+use crate::recorder::LastMetrics;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The command words the API accepts (the contract's vocabulary).
+pub const COMMANDS: [&str; 6] = ["start", "stop", "restart", "pause", "resume", "update"];
+
+/// How many recent commands and events the detail view shows.
+const RECENT: i64 = 20;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct StrategyListRow {
+    id: Uuid,
+    name: String,
+    strategy_type: String,
+    config: Value,
+    auto_start: bool,
+    desired_state: String,
+    status: String,
+    pid: Option<i32>,
+    last_error: Option<String>,
+    restart_count: i32,
+    started_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    metrics_at: Option<DateTime<Utc>>,
+    pnl: Option<f64>,
+    positions_count: Option<i32>,
+    orders_count: Option<i32>,
+    success_rate: Option<f64>,
+    metrics: Option<Value>,
+}
+
+/// The newest `strategy` metrics row among a strategy's last 64 rows (health rows
+/// interleave): bounded work per strategy however long the history is.
+const STRATEGY_SELECT: &str = "SELECT c.id, c.name, c.strategy_type, c.config, c.auto_start, \
+       c.desired_state, c.status, c.pid, c.last_error, c.restart_count, c.started_at, \
+       c.created_at, c.updated_at, m.\"timestamp\" AS metrics_at, m.pnl::float8 AS pnl, \
+       m.positions_count, m.orders_count, m.success_rate, m.metrics \
+     FROM strategy_configs c \
+     LEFT JOIN LATERAL ( \
+       SELECT * FROM ( \
+         SELECT \"timestamp\", source, pnl, positions_count, orders_count, success_rate, metrics \
+         FROM strategy_metrics WHERE strategy_id = c.id ORDER BY \"timestamp\" DESC LIMIT 64) recent \
+       WHERE source = 'strategy' ORDER BY \"timestamp\" DESC LIMIT 1) m ON true";
+
+/// Hide the values of config keys that look like credentials, at any depth.
+pub fn redact_secrets(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let shown = if is_secret_key(k) && !v.is_null() {
+                        Value::String("***".into())
+                    } else {
+                        redact_secrets(v)
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "password",
+        "passwd",
+        "passphrase",
+        "api_key",
+        "apikey",
+        "private_key",
+        "credential",
+        "authorization",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+        || key.ends_with("_token")
+        || key.ends_with("-token")
+        || key == "key"
+}
+
+fn health_json(state: &AppState, sample: Option<&HealthSample>, live: bool) -> Value {
+    let Some(sample) = sample else {
+        return Value::Null;
+    };
+    let age = (Utc::now() - sample.received_at)
+        .to_std()
+        .unwrap_or_default();
+    let stale_after =
+        (state.shared.config.health_interval * 3).max(std::time::Duration::from_secs(5));
+    json!({
+        "cpu_percent": sample.message.cpu_percent,
+        "memory_mb": sample.message.memory_mb,
+        "uptime_s": sample.message.uptime_s,
+        "pid": sample.message.pid,
+        "stale": sample.message.stale,
+        "last_tick_age_ms": sample.message.last_tick_age_ms,
+        "at": sample.message.timestamp,
+        "fresh": live && age <= stale_after,
+    })
+}
+
+/// Tick age now: what the executor reported, plus the time since it reported it.
+fn tick_age_now(reported_ms: Option<f64>, reported_at: DateTime<Utc>) -> Option<f64> {
+    let since = (Utc::now() - reported_at).num_milliseconds().max(0) as f64;
+    reported_ms.map(|ms| ms + since)
+}
+
+fn metrics_json(row: &StrategyListRow, memory: Option<&LastMetrics>) -> Value {
+    if let Some(m) = memory {
+        return json!({
+            "pnl": m.pnl,
+            "positions_count": m.positions_count,
+            "orders_count": m.orders_count,
+            "success_rate": m.success_rate,
+            "tick_age_ms": tick_age_now(m.last_tick_age_ms, m.received_at),
+            "at": m.received_at,
+            "source": "live",
+            "metrics": m.metrics,
+        });
+    }
+    let Some(at) = row.metrics_at else {
+        return Value::Null;
+    };
+    let metrics = row.metrics.clone().unwrap_or(Value::Null);
+    let reported = metrics.get("last_tick_age_ms").and_then(Value::as_f64);
+    json!({
+        "pnl": row.pnl,
+        "positions_count": row.positions_count,
+        "orders_count": row.orders_count,
+        "success_rate": row.success_rate,
+        "tick_age_ms": tick_age_now(reported, at),
+        "at": at,
+        "source": "database",
+        "metrics": metrics,
+    })
+}
+
+fn strategy_json(
+    state: &AppState,
+    row: &StrategyListRow,
+    health: Option<&HealthSample>,
+    memory: Option<&LastMetrics>,
+) -> Value {
+    let live = matches!(row.status.as_str(), "running" | "paused");
+    let uptime_s = row
+        .started_at
+        .filter(|_| live)
+        .map(|t| (Utc::now() - t).num_seconds().max(0));
+    json!({
+        "id": row.id,
+        "name": row.name,
+        "strategy_type": row.strategy_type,
+        "config": redact_secrets(&row.config),
+        "auto_start": row.auto_start,
+        "desired_state": row.desired_state,
+        "status": row.status,
+        "pid": row.pid,
+        "last_error": row.last_error,
+        "restart_count": row.restart_count,
+        "started_at": row.started_at,
+        "uptime_s": uptime_s,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "health": health_json(state, health, live),
+        "metrics": metrics_json(row, memory),
+    })
+}
+
+/// `GET /api/strategies`: every strategy, by name.
+pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let rows: Vec<StrategyListRow> = sqlx::query_as(&format!("{STRATEGY_SELECT} ORDER BY c.name"))
+        .fetch_all(&state.shared.pool)
+        .await
+        .map_err(|e| ApiError::database("cannot list strategies", e))?;
+    let health = state.live.all_health();
+    let metrics = state
+        .shared
+        .last_metrics
+        .lock()
+        .expect("last_metrics lock")
+        .clone();
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|row| strategy_json(&state, row, health.get(&row.id), metrics.get(&row.id)))
+        .collect();
+    Ok(Json(json!({
+        "generated_at": Utc::now(),
+        "node": state.shared.node,
+        "strategies": list,
+    })))
+}
+
+/// Find a strategy by name (or, failing that, by id); 404 with suggestions.
+async fn find_strategy(state: &AppState, name: &str) -> Result<StrategyListRow, ApiError> {
+    let by_name: Option<StrategyListRow> =
+        sqlx::query_as(&format!("{STRATEGY_SELECT} WHERE c.name = $1"))
+            .bind(name)
+            .fetch_optional(&state.shared.pool)
+            .await
+            .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+    if let Some(row) = by_name {
+        return Ok(row);
+    }
+    if let Ok(id) = name.parse::<Uuid>() {
+        let by_id: Option<StrategyListRow> =
+            sqlx::query_as(&format!("{STRATEGY_SELECT} WHERE c.id = $1"))
+                .bind(id)
+                .fetch_optional(&state.shared.pool)
+                .await
+                .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+        if let Some(row) = by_id {
+            return Ok(row);
+        }
+    }
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM strategy_configs ORDER BY name LIMIT 1000")
+            .fetch_all(&state.shared.pool)
+            .await
+            .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+    let wanted = name.to_lowercase();
+    let close: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            let n = n.to_lowercase();
+            !wanted.is_empty() && (n.contains(&wanted) || wanted.contains(&n))
+        })
+        .take(10)
+        .collect();
+    let mut err = ApiError::not_found(format!("no strategy named '{name}'"));
+    err = if !close.is_empty() {
+        err.with("did_you_mean", json!(close))
+    } else if names.is_empty() {
+        err.with(
+            "hint",
+            "there are no strategies yet: INSERT INTO strategy_configs (name, strategy_type, config) VALUES (...)",
+        )
+    } else {
+        err.with(
+            "hint",
+            format!(
+                "names are case-sensitive; GET /api/strategies lists all {} (first: {})",
+                names.len(),
+                names
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    };
+    Err(err)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct CommandView {
+    id: Uuid,
+    strategy_id: Option<Uuid>,
+    strategy: Option<String>,
+    command: String,
+    parameters: Value,
+    status: String,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    executed_at: Option<DateTime<Utc>>,
+}
+
+impl CommandView {
+    fn to_json(&self) -> Value {
+        let latency_ms = self
+            .executed_at
+            .map(|t| (t - self.created_at).num_milliseconds());
+        json!({
+            "id": self.id,
+            "strategy_id": self.strategy_id,
+            "strategy": self.strategy,
+            "command": self.command,
+            "parameters": redact_secrets(&self.parameters),
+            "status": self.status,
+            "error": self.error,
+            "created_at": self.created_at,
+            "executed_at": self.executed_at,
+            "latency_ms": latency_ms,
+            "finished": matches!(self.status.as_str(), "executed" | "failed"),
+        })
+    }
+}
+
+/// One row of `strategy_events`.
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+struct EventView {
+    at: DateTime<Utc>,
+    old_status: Option<String>,
+    new_status: String,
+    reason: Option<String>,
+    error: Option<String>,
+    command_id: Option<Uuid>,
+    pid: Option<i32>,
+}
+
+const COMMAND_SELECT: &str = "SELECT k.id, k.strategy_id, c.name AS strategy, k.command, \
+     k.parameters, k.status, k.error, k.created_at, k.executed_at \
+     FROM strategy_commands k LEFT JOIN strategy_configs c ON c.id = k.strategy_id";
+
+/// `GET /api/strategies/{name}`: one strategy, with its recent commands and events.
+pub async fn get_strategy(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = find_strategy(&state, &name).await?;
+    let health = state.live.health(row.id);
+    let metrics = state
+        .shared
+        .last_metrics
+        .lock()
+        .expect("last_metrics lock")
+        .get(&row.id)
+        .cloned();
+    let mut body = strategy_json(&state, &row, health.as_ref(), metrics.as_ref());
+    let commands: Vec<CommandView> = sqlx::query_as(&format!(
+        "{COMMAND_SELECT} WHERE k.strategy_id = $1 ORDER BY k.created_at DESC, k.seq DESC LIMIT $2"
+    ))
+    .bind(row.id)
+    .bind(RECENT)
+    .fetch_all(&state.shared.pool)
+    .await
+    .map_err(|e| ApiError::database("cannot read recent commands", e))?;
+    let events: Vec<EventView> = sqlx::query_as(
+        "SELECT at, old_status, new_status, reason, error, command_id, pid FROM strategy_events \
+         WHERE strategy_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(row.id)
+    .bind(RECENT)
+    .fetch_all(&state.shared.pool)
+    .await
+    .map_err(|e| ApiError::database("cannot read recent events", e))?;
+    let obj = body.as_object_mut().expect("an object");
+    obj.insert(
+        "recent_commands".into(),
+        Value::Array(commands.iter().map(CommandView::to_json).collect()),
+    );
+    obj.insert("recent_events".into(), json!(events));
+    Ok(Json(body))
+}
+
+/// `POST /api/strategies/{name}/{command}`: the body (optional, a JSON object) is the
+/// command's `parameters`. Inserts the row and answers 202 with its id.
+pub async fn post_command(
+    State(state): State<Arc<AppState>>,
+    Path((name, command)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !COMMANDS.contains(&command.as_str()) {
+        return Err(
+            ApiError::bad_request(format!("unknown command '{command}'"))
+                .with("allowed", json!(COMMANDS)),
+        );
+    }
+    let parameters: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the body is not valid JSON: {e}")).with(
+                "hint",
+                "send the command's parameters as a JSON object, e.g. {\"timeout_s\": 30} for stop or {\"config\": {...}} for update; or no body",
+            )
+        })?
+    };
+    if let Err(message) = parse_command(&command, &parameters, false) {
+        return Err(ApiError::bad_request(message));
+    }
+    let strategy = find_strategy(&state, &name).await?;
+    let (id, created_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
+        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) \
+         RETURNING id, created_at",
+    )
+    .bind(strategy.id)
+    .bind(&command)
+    .bind(&parameters)
+    .fetch_one(&state.shared.pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+            ApiError::not_found(format!("strategy '{}' was deleted", strategy.name))
+        }
+        _ => ApiError::database("cannot insert the command", e),
+    })?;
+    tracing::info!(command_id = %id, strategy = %strategy.name, command = %command, "command received over HTTP");
+    let url = format!("/api/commands/{id}");
+    let body = json!({
+        "id": id,
+        "strategy_id": strategy.id,
+        "strategy": strategy.name,
+        "command": command,
+        "parameters": redact_secrets(&parameters),
+        "status": "pending",
+        "created_at": created_at,
+        "url": url,
+    });
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(body)).into_response())
+}
+
+/// `GET /api/commands/{id}`: a command's status, error and timestamps.
+pub async fn get_command(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("'{id}' is not a command id (a UUID)")))?;
+    let row: Option<CommandView> = sqlx::query_as(&format!("{COMMAND_SELECT} WHERE k.id = $1"))
+        .bind(id)
+        .fetch_optional(&state.shared.pool)
+        .await
+        .map_err(|e| ApiError::database("cannot read the command", e))?;
+    match row {
+        Some(row) => Ok(Json(row.to_json())),
+        None => Err(ApiError::not_found(format!("no command with id {id}"))),
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct HistoryBucket {
+    strategy_id: Uuid,
+    bucket: DateTime<Utc>,
+    cpu: Option<f64>,
+    mem: Option<f64>,
+    pnl: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    minutes: Option<u32>,
+}
+
+/// `GET /api/history?minutes=10`: CPU, memory and PnL of every strategy over the
+/// last minutes (1 to 120), in 60 buckets, from `strategy_metrics`.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let minutes = query.minutes.unwrap_or(10);
+    if !(1..=120).contains(&minutes) {
+        return Err(ApiError::bad_request(format!(
+            "minutes must be between 1 and 120, got {minutes}"
+        )));
+    }
+    let window_s = f64::from(minutes) * 60.0;
+    let bucket_s = (window_s / 60.0).max(2.0);
+    let rows: Vec<HistoryBucket> = sqlx::query_as(
+        "SELECT strategy_id, \
+                date_bin(make_interval(secs => $2), \"timestamp\", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, \
+                avg(cpu_percent) FILTER (WHERE source = 'health') AS cpu, \
+                avg(memory_mb) FILTER (WHERE source = 'health') AS mem, \
+                (array_agg(pnl::float8 ORDER BY \"timestamp\" DESC) \
+                    FILTER (WHERE source = 'strategy' AND pnl IS NOT NULL))[1] AS pnl \
+         FROM strategy_metrics WHERE \"timestamp\" > now() - make_interval(secs => $1) \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(window_s)
+    .bind(bucket_s)
+    .fetch_all(&state.shared.pool)
+    .await
+    .map_err(|e| ApiError::database("cannot read the metrics history", e))?;
+    let mut series: BTreeMap<Uuid, [Vec<Value>; 4]> = BTreeMap::new();
+    for b in rows {
+        let s = series.entry(b.strategy_id).or_default();
+        s[0].push(json!(b.bucket.timestamp_millis()));
+        s[1].push(json!(b.cpu.map(round2)));
+        s[2].push(json!(b.mem.map(round2)));
+        s[3].push(json!(b.pnl));
+    }
+    let strategies: Map<String, Value> = series
+        .into_iter()
+        .map(|(id, [t, cpu, mem, pnl])| {
+            (
+                id.to_string(),
+                json!({"t": t, "cpu": cpu, "mem": mem, "pnl": pnl}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "minutes": minutes,
+        "bucket_s": bucket_s,
+        "strategies": strategies,
+    })))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden_at_any_depth() {
+        let config = json!({
+            "token": "BTC-USD",
+            "api_key": "k",
+            "exchange": {"Secret": "s", "password": null, "access_token": "t", "fast": 5},
+            "list": [{"key": "x"}],
+        });
+        let shown = redact_secrets(&config);
+        assert_eq!(shown["token"], "BTC-USD");
+        assert_eq!(shown["api_key"], "***");
+        assert_eq!(shown["exchange"]["Secret"], "***");
+        assert_eq!(shown["exchange"]["password"], Value::Null);
+        assert_eq!(shown["exchange"]["access_token"], "***");
+        assert_eq!(shown["exchange"]["fast"], 5);
+        assert_eq!(shown["list"][0]["key"], "***");
+    }
+
+    #[test]
+    fn tick_age_grows_with_time_since_the_report() {
+        let at = Utc::now() - chrono::Duration::seconds(2);
+        let age = tick_age_now(Some(100.0), at).unwrap();
+        assert!(age >= 2100.0, "{age}");
+        assert_eq!(tick_age_now(None, at), None);
+    }
+}

@@ -1,0 +1,669 @@
+// The engine's live dashboard: a snapshot from /api/strategies (+ /api/history for
+// the sparklines), then live updates from /api/events (server-sent events relayed
+// from Redis). Rows are created once and updated in place. Redraws are batched (at
+// most one pass every REDRAW_MS, only for rows that changed) and skip rows that are
+// off screen (drawn when they scroll into view), so a table of hundreds of
+// strategies stays cheap. Commands go to the command API and the row shows their
+// outcome.
+"use strict";
+
+(function () {
+  const REDRAW_MS = 500;
+  const WINDOW_MS = 10 * 60 * 1000; // sparkline window
+  const MIN_SPAN_MS = 60 * 1000; // narrowest x axis of a sparkline
+  const REFRESH_MS = 30 * 1000; // full snapshot, as a safety net under the stream
+  const POLL_MS = 300;
+  const POLL_LIMIT_MS = 10 * 60 * 1000;
+  const STATUSES = ["running", "paused", "starting", "stopping", "backoff", "error", "stopped"];
+  const LIVE = new Set(["running", "paused"]);
+  const ACTIONS = ["start", "stop", "pause", "resume"];
+  const ENABLED = {
+    start: (s) => !LIVE.has(s) && s !== "starting",
+    stop: (s) => s !== "stopped",
+    pause: (s) => s === "running",
+    resume: (s) => s === "paused",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const tbody = $("rows");
+  const byId = new Map(); // strategy id -> row model
+  const byTr = new WeakMap(); // <tr> -> row model
+  // Rows within a screen of the viewport are "visible"; the others are drawn when
+  // they come near it.
+  const onScreen = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const row = byTr.get(entry.target);
+      if (!row) continue;
+      row.visible = entry.isIntersecting;
+      if (row.visible && row.behind) markDirty(row);
+    }
+  }, { rootMargin: "100% 0px" });
+  let dirty = new Set();
+  let redrawTimer = null;
+  let healthIntervalMs = 2000;
+  let sortKey = "name";
+  let snapshotTimer = null;
+  let engine = null;
+
+  // ---------- formatting ----------
+  function fmtNum(v, digits) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "–";
+    return Number(v).toFixed(digits);
+  }
+  function fmtMoney(v) {
+    if (v === null || v === undefined) return "–";
+    const sign = v > 0 ? "+" : "";
+    return sign + Number(v).toFixed(2);
+  }
+  function fmtDuration(s) {
+    if (s === null || s === undefined) return "–";
+    s = Math.max(0, Math.floor(s));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s";
+    if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+    return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
+  }
+  function fmtAge(ms) {
+    if (ms === null || ms === undefined) return "–";
+    if (ms < 1000) return Math.round(ms) + "ms";
+    return fmtDuration(ms / 1000);
+  }
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+  function setClass(el, cls, on) {
+    if (el.classList.contains(cls) !== on) el.classList.toggle(cls, on);
+  }
+
+  // ---------- row model ----------
+  function svgSpark(cls) {
+    const wrap = document.createElement("div");
+    wrap.className = "metric " + cls;
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", "0 0 100 24");
+    svg.setAttribute("preserveAspectRatio", "none");
+    const line = document.createElementNS(ns, "polyline");
+    svg.appendChild(line);
+    const val = document.createElement("span");
+    val.className = "val";
+    wrap.append(svg, val);
+    return { wrap, line, val };
+  }
+
+  function td(cls) {
+    const c = document.createElement("td");
+    if (cls) c.className = cls;
+    return c;
+  }
+
+  function createRow(id) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = id;
+    const nameCell = td();
+    const name = document.createElement("div");
+    name.className = "name";
+    const sub = document.createElement("div");
+    sub.className = "sub";
+    nameCell.append(name, sub);
+    const statusCell = td();
+    const badge = document.createElement("span");
+    badge.className = "badge status";
+    statusCell.append(badge);
+    const cpu = svgSpark("cpu");
+    const mem = svgSpark("mem");
+    const pnl = svgSpark("pnl");
+    const cpuCell = td();
+    cpuCell.append(cpu.wrap);
+    const memCell = td();
+    memCell.append(mem.wrap);
+    const pnlCell = td();
+    pnlCell.append(pnl.wrap);
+    const pos = td("num positions");
+    const orders = td("num orders");
+    const restarts = td("num restarts");
+    const tick = td("num tick-age");
+    const errCell = td();
+    const err = document.createElement("div");
+    err.className = "error last-error";
+    errCell.append(err);
+    const actCell = td("actions");
+    const buttons = {};
+    for (const cmd of ACTIONS) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.cmd = cmd;
+      b.textContent = cmd;
+      buttons[cmd] = b;
+      actCell.append(b);
+    }
+    const outcome = document.createElement("div");
+    outcome.className = "outcome";
+    actCell.append(outcome);
+    tr.append(nameCell, statusCell, cpuCell, memCell, pnlCell, pos, orders, restarts, tick, errCell, actCell);
+    const row = {
+      id,
+      data: null,
+      hist: { cpu: [], mem: [], pnl: [] },
+      sparkDirty: true,
+      lastStatus: null,
+      visible: true, // until the observer says otherwise
+      behind: false, // changed while off screen
+      tr,
+      els: { name, sub, badge, cpu, mem, pnl, pos, orders, restarts, tick, err, outcome, buttons },
+    };
+    byTr.set(tr, row);
+    onScreen.observe(tr);
+    return row;
+  }
+
+  function pushPoint(series, t, v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return;
+    if (series.length && series[series.length - 1][0] >= t) return;
+    series.push([t, v]);
+  }
+
+  function pruneSeries(series, now) {
+    let cut = 0;
+    while (cut < series.length && series[cut][0] < now - WINDOW_MS) cut++;
+    if (cut) series.splice(0, cut);
+  }
+
+  function sparkPoints(series, now) {
+    pruneSeries(series, now);
+    if (series.length === 0) return "";
+    let lo = Infinity, hi = -Infinity;
+    for (const [, v] of series) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    const span = hi - lo || Math.abs(hi) || 1;
+    const mid = hi === lo;
+    // The x axis spans the data we have, up to the window: a young series fills the
+    // width instead of hugging the right edge.
+    const t0 = Math.min(now - MIN_SPAN_MS, Math.max(now - WINDOW_MS, series[0][0]));
+    const width = now - t0;
+    let out = "";
+    for (const [t, v] of series) {
+      const x = ((t - t0) / width) * 100;
+      const y = mid ? 12 : 22 - ((v - lo) / span) * 20;
+      out += x.toFixed(1) + "," + y.toFixed(1) + " ";
+    }
+    if (series.length === 1) {
+      // One point: draw a short flat tick so it is visible.
+      const [t] = series[0];
+      const x = ((t - t0) / width) * 100;
+      out += Math.min(100, x + 1.5).toFixed(1) + "," + (mid ? 12 : 22).toFixed(1);
+    }
+    return out.trim();
+  }
+
+  // ---------- rendering ----------
+  function markDirty(row) {
+    dirty.add(row);
+    if (redrawTimer === null) redrawTimer = setTimeout(flush, REDRAW_MS);
+  }
+
+  function flush() {
+    redrawTimer = null;
+    if (document.hidden) return; // caught up on visibilitychange
+    const rows = dirty;
+    dirty = new Set();
+    const now = Date.now();
+    requestAnimationFrame(() => {
+      for (const row of rows) {
+        if (row.visible) {
+          row.behind = false;
+          render(row, now);
+        } else {
+          row.behind = true;
+          applyFilter(row);
+        }
+      }
+      renderCounts();
+    });
+  }
+
+  function render(row, now) {
+    const d = row.data;
+    if (!d) return;
+    const e = row.els;
+    setText(e.name, d.name);
+    e.name.title = d.name + " (" + d.id + ")";
+    const pid = d.pid ? "pid " + d.pid : "";
+    const up = LIVE.has(d.status) && d.started_at ? "up " + fmtDuration((now - Date.parse(d.started_at)) / 1000) : "";
+    setText(e.sub, [d.strategy_type, pid, up].filter(Boolean).join(" · "));
+    if (row.lastStatus !== d.status) {
+      e.badge.className = "badge status st-" + d.status;
+      setText(e.badge, d.status);
+      if (row.lastStatus !== null) {
+        row.tr.classList.remove("flash");
+        void row.tr.offsetWidth; // restart the animation
+        row.tr.classList.add("flash");
+      }
+      row.lastStatus = d.status;
+      for (const cmd of ACTIONS) e.buttons[cmd].disabled = row.pending || !ENABLED[cmd](d.status);
+    }
+    const h = d.health;
+    const fresh = h && LIVE.has(d.status);
+    setText(e.cpu.val, fresh ? fmtNum(h.cpu_percent, 1) + "%" : "–");
+    setText(e.mem.val, fresh ? fmtNum(h.memory_mb, 1) + " MB" : "–");
+    const m = d.metrics;
+    const pnl = m ? m.pnl : null;
+    setText(e.pnl.val, fmtMoney(pnl));
+    setClass(e.pnl.wrap, "neg", pnl !== null && pnl !== undefined && pnl < 0);
+    setClass(e.pnl.wrap, "pos", pnl !== null && pnl !== undefined && pnl > 0);
+    setText(e.pos, m && m.positions_count !== null && m.positions_count !== undefined ? String(m.positions_count) : "–");
+    setText(e.orders, m && m.orders_count !== null && m.orders_count !== undefined ? String(m.orders_count) : "–");
+    setText(e.restarts, String(d.restart_count ?? 0));
+    renderTick(row, now);
+    const err = d.last_error || "";
+    setText(e.err, err);
+    e.err.title = err;
+    if (row.sparkDirty) {
+      row.sparkDirty = false;
+      e.cpu.line.setAttribute("points", sparkPoints(row.hist.cpu, now));
+      e.mem.line.setAttribute("points", sparkPoints(row.hist.mem, now));
+      e.pnl.line.setAttribute("points", sparkPoints(row.hist.pnl, now));
+    }
+    applyFilter(row);
+  }
+
+  function tickAgeMs(row, now) {
+    const m = row.data && row.data.metrics;
+    if (!m || m.tick_age_ms === null || m.tick_age_ms === undefined || !LIVE.has(row.data.status)) return null;
+    return m.tick_age_ms + Math.max(0, now - row.metricsSeenAt);
+  }
+
+  function renderTick(row, now) {
+    const age = tickAgeMs(row, now);
+    setText(row.els.tick, fmtAge(age));
+    const stale = !!(row.data.health && row.data.health.stale && LIVE.has(row.data.status));
+    setClass(row.els.tick, "tick-old", stale || (age !== null && age > 30000));
+    row.els.tick.title = stale ? "stale: no market data for longer than the manager's --stale-after" : "";
+  }
+
+  function renderCounts() {
+    const counts = {};
+    for (const row of byId.values()) {
+      const s = row.data ? row.data.status : "?";
+      counts[s] = (counts[s] || 0) + 1;
+    }
+    const parts = [byId.size + " strategies"];
+    for (const s of STATUSES) if (counts[s]) parts.push(counts[s] + " " + s);
+    setText($("counts"), parts.join(" · "));
+    $("empty").hidden = byId.size !== 0;
+  }
+
+  function applyFilter(row) {
+    const q = $("filter").value.trim().toLowerCase();
+    const d = row.data;
+    const show = !q || (d && (d.name.toLowerCase().includes(q) || d.strategy_type.toLowerCase().includes(q) || d.status === q));
+    setClass(row.tr, "filtered", !show);
+  }
+
+  function sortValue(row) {
+    const d = row.data || {};
+    switch (sortKey) {
+      case "status": return STATUSES.indexOf(d.status) * 1e6 + 0;
+      case "pnl": return -((d.metrics && d.metrics.pnl) || 0);
+      case "restarts": return -(d.restart_count || 0);
+      default: return 0;
+    }
+  }
+
+  function resort() {
+    const rows = [...byId.values()];
+    rows.sort((a, b) => {
+      const k = sortValue(a) - sortValue(b);
+      if (k !== 0) return k;
+      const an = (a.data && a.data.name) || "", bn = (b.data && b.data.name) || "";
+      return an < bn ? -1 : an > bn ? 1 : 0;
+    });
+    const frag = document.createDocumentFragment();
+    for (const r of rows) frag.appendChild(r.tr);
+    tbody.appendChild(frag);
+    for (const th of document.querySelectorAll("th.sortable")) setClass(th, "sorted", th.dataset.sort === sortKey);
+  }
+
+  // ---------- data in ----------
+  function applySnapshot(list) {
+    const now = Date.now();
+    const seen = new Set();
+    let added = false;
+    for (const s of list) {
+      seen.add(s.id);
+      let row = byId.get(s.id);
+      if (!row) {
+        row = createRow(s.id);
+        byId.set(s.id, row);
+        added = true;
+      }
+      row.data = s;
+      row.metricsSeenAt = now;
+      if (s.health && LIVE.has(s.status)) {
+        pushPoint(row.hist.cpu, Date.parse(s.health.at), s.health.cpu_percent);
+        pushPoint(row.hist.mem, Date.parse(s.health.at), s.health.memory_mb);
+      }
+      if (s.metrics && s.metrics.pnl !== null && s.metrics.pnl !== undefined) {
+        pushPoint(row.hist.pnl, Date.parse(s.metrics.at), s.metrics.pnl);
+      }
+      row.sparkDirty = true;
+      markDirty(row);
+    }
+    for (const [id, row] of byId) {
+      if (!seen.has(id)) {
+        onScreen.unobserve(row.tr);
+        row.tr.remove();
+        byId.delete(id);
+      }
+    }
+    if (added) resort();
+    renderCounts();
+  }
+
+  async function loadSnapshot() {
+    clearTimeout(snapshotTimer);
+    snapshotTimer = setTimeout(loadSnapshot, REFRESH_MS);
+    try {
+      const r = await fetch("/api/strategies", { cache: "no-store" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      const body = await r.json();
+      applySnapshot(body.strategies);
+      if (body.node) setText($("eng-node"), body.node);
+    } catch (err) {
+      setConn("reconnecting", "snapshot failed: " + err.message);
+    }
+  }
+
+  let snapshotSoon = null;
+  function loadSnapshotSoon() {
+    if (snapshotSoon) return;
+    snapshotSoon = setTimeout(() => {
+      snapshotSoon = null;
+      loadSnapshot();
+    }, 500);
+  }
+
+  async function loadHistory() {
+    try {
+      const r = await fetch("/api/history?minutes=10", { cache: "no-store" });
+      if (!r.ok) return;
+      const body = await r.json();
+      for (const [id, h] of Object.entries(body.strategies)) {
+        const row = byId.get(id);
+        if (!row) continue;
+        const merge = (series, ts, vs) => {
+          const old = series.splice(0);
+          for (let i = 0; i < ts.length; i++) pushPoint(series, ts[i], vs[i]);
+          for (const p of old) pushPoint(series, p[0], p[1]);
+        };
+        merge(row.hist.cpu, h.t, h.cpu);
+        merge(row.hist.mem, h.t, h.mem);
+        merge(row.hist.pnl, h.t, h.pnl);
+        row.sparkDirty = true;
+        markDirty(row);
+      }
+    } catch (_) {
+      // Sparklines then start from the live stream.
+    }
+  }
+
+  function onStatus(msg) {
+    const row = byId.get(msg.strategy_id);
+    if (!row || !row.data) return loadSnapshotSoon();
+    const d = row.data;
+    d.status = msg.status;
+    d.pid = msg.pid ?? null;
+    if (msg.error) d.last_error = msg.error;
+    if (msg.status === "starting" || (LIVE.has(msg.status) && !d.started_at)) d.started_at = msg.timestamp;
+    if (!LIVE.has(msg.status)) d.started_at = null;
+    markDirty(row);
+  }
+
+  function onHealth(msg) {
+    const row = byId.get(msg.strategy_id);
+    if (!row || !row.data) return loadSnapshotSoon();
+    const d = row.data;
+    const t = Date.parse(msg.timestamp);
+    d.health = {
+      cpu_percent: msg.cpu_percent, memory_mb: msg.memory_mb, uptime_s: msg.uptime_s,
+      stale: msg.stale === true, at: msg.timestamp,
+    };
+    d.restart_count = msg.restart_count;
+    if (msg.pid) d.pid = msg.pid;
+    if (LIVE.has(msg.status) && msg.status !== d.status) d.status = msg.status;
+    pushPoint(row.hist.cpu, t, msg.cpu_percent);
+    pushPoint(row.hist.mem, t, msg.memory_mb);
+    row.sparkDirty = true;
+    markDirty(row);
+  }
+
+  function onMetrics(msg) {
+    const row = byId.get(msg.strategy_id);
+    if (!row || !row.data) return loadSnapshotSoon();
+    const m = msg.metrics || {};
+    row.data.metrics = {
+      pnl: m.pnl, positions_count: m.positions_count, orders_count: m.orders_count,
+      success_rate: m.success_rate, tick_age_ms: m.last_tick_age_ms ?? null, at: msg.timestamp,
+    };
+    row.metricsSeenAt = Date.now();
+    pushPoint(row.hist.pnl, Date.parse(msg.timestamp), m.pnl);
+    row.sparkDirty = true;
+    markDirty(row);
+  }
+
+  function onEngine(msg) {
+    engine = { msg, at: Date.now() };
+    setText($("eng-node"), msg.node);
+    setText($("eng-uptime"), fmtDuration(msg.uptime_s));
+    setText($("eng-cpu"), fmtNum(msg.cpu_percent, 1) + "%");
+    setText($("eng-mem"), fmtNum(msg.memory_mb, 1) + " MB");
+    setText($("eng-running"), String(msg.strategies_running));
+  }
+
+  function setConn(state, text) {
+    const el = $("conn");
+    el.dataset.state = state;
+    setText(el, text);
+  }
+
+  let source = null;
+  function connect() {
+    if (source) source.close();
+    source = new EventSource("/api/events");
+    source.addEventListener("hello", (ev) => {
+      try {
+        const h = JSON.parse(ev.data);
+        if (h.health_interval_ms) healthIntervalMs = h.health_interval_ms;
+        if (h.node) setText($("eng-node"), h.node);
+      } catch (_) { /* optional */ }
+      setConn("live", "live");
+      loadSnapshot().then(loadHistory);
+    });
+    const handler = (fn) => (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      fn(msg);
+    };
+    source.addEventListener("status", handler(onStatus));
+    source.addEventListener("health", handler(onHealth));
+    source.addEventListener("metrics", handler(onMetrics));
+    source.addEventListener("engine", handler(onEngine));
+    source.addEventListener("resync", () => loadSnapshot());
+    source.onerror = () => setConn("reconnecting", "reconnecting…");
+  }
+
+  // ---------- commands ----------
+  function token() {
+    return $("token").value.trim();
+  }
+
+  function showOutcome(row, state, text) {
+    row.els.outcome.dataset.state = state;
+    setText(row.els.outcome, text);
+    row.els.outcome.title = text;
+  }
+
+  function setPending(row, pending) {
+    row.pending = pending;
+    for (const cmd of ACTIONS) {
+      row.els.buttons[cmd].disabled = pending || !ENABLED[cmd](row.data ? row.data.status : "stopped");
+    }
+  }
+
+  async function send(row, cmd) {
+    const name = row.data.name;
+    const headers = { "Content-Type": "application/json" };
+    if (token()) headers.Authorization = "Bearer " + token();
+    setPending(row, true);
+    showOutcome(row, "pending", cmd + ": sending…");
+    try {
+      const r = await fetch("/api/strategies/" + encodeURIComponent(name) + "/" + cmd, {
+        method: "POST", headers, body: "{}",
+      });
+      const body = await r.json().catch(() => ({}));
+      if (r.status === 401) {
+        showOutcome(row, "refused", cmd + ": " + (body.error || "token required") + " — enter the bearer token above");
+        $("token").focus();
+        return;
+      }
+      if (r.status !== 202) {
+        showOutcome(row, "refused", cmd + ": " + (body.error || "HTTP " + r.status));
+        return;
+      }
+      showOutcome(row, "pending", cmd + ": pending…");
+      const outcome = await poll(body.id, (status) => showOutcome(row, "pending", cmd + ": " + status + "…"));
+      if (outcome.status === "executed") {
+        const ms = outcome.latency_ms !== null && outcome.latency_ms !== undefined ? " in " + fmtAge(outcome.latency_ms) : "";
+        showOutcome(row, "executed", cmd + ": executed" + ms);
+      } else if (outcome.status === "failed") {
+        showOutcome(row, "failed", cmd + ": failed — " + (outcome.error || "no error text"));
+      } else {
+        showOutcome(row, "pending", cmd + ": still " + outcome.status + " (command " + body.id + ")");
+      }
+      loadSnapshotSoon();
+    } catch (err) {
+      showOutcome(row, "refused", cmd + ": " + err.message);
+    } finally {
+      setPending(row, false);
+    }
+  }
+
+  async function poll(id, progress) {
+    const until = Date.now() + POLL_LIMIT_MS;
+    let last = null;
+    while (Date.now() < until) {
+      const r = await fetch("/api/commands/" + id, { cache: "no-store" });
+      if (r.ok) {
+        last = await r.json();
+        if (last.finished) return last;
+        progress(last.status);
+      }
+      await new Promise((res) => setTimeout(res, POLL_MS));
+    }
+    return last || { status: "unknown" };
+  }
+
+  // ---------- details ----------
+  async function showDetail(row) {
+    const panel = $("detail");
+    setText($("detail-name"), row.data.name);
+    const body = $("detail-body");
+    body.textContent = "loading…";
+    panel.hidden = false;
+    try {
+      const r = await fetch("/api/strategies/" + encodeURIComponent(row.data.name), { cache: "no-store" });
+      const d = await r.json();
+      if (!r.ok) throw new Error(d.error || "HTTP " + r.status);
+      body.textContent = "";
+      const section = (title, node) => {
+        const h = document.createElement("h3");
+        h.textContent = title;
+        body.append(h, node);
+      };
+      const pre = (v) => {
+        const p = document.createElement("pre");
+        p.textContent = JSON.stringify(v, null, 2);
+        return p;
+      };
+      const table = (rows, cols) => {
+        const t = document.createElement("table");
+        for (const item of rows) {
+          const tr = document.createElement("tr");
+          for (const [key, fmt] of cols) {
+            const c = document.createElement("td");
+            const v = item[key];
+            c.textContent = fmt ? fmt(v, item) : (v ?? "");
+            if (key === "error" && v) c.className = "err";
+            tr.append(c);
+          }
+          t.append(tr);
+        }
+        return t;
+      };
+      const time = (v) => (v ? new Date(v).toLocaleTimeString() : "");
+      section("state", pre({
+        status: d.status, desired_state: d.desired_state, pid: d.pid, restart_count: d.restart_count,
+        auto_start: d.auto_start, started_at: d.started_at, last_error: d.last_error,
+      }));
+      section("config", pre(d.config));
+      section("latest metrics", pre(d.metrics ? d.metrics.metrics : null));
+      section("recent commands", table(d.recent_commands, [
+        ["created_at", time], ["command"], ["status"], ["error"],
+      ]));
+      section("recent events", table(d.recent_events, [
+        ["at", time], ["old_status", (v, e) => (v || "") + " → " + e.new_status], ["reason"], ["error"],
+      ]));
+    } catch (err) {
+      body.textContent = "could not load: " + err.message;
+    }
+  }
+
+  // ---------- wiring ----------
+  tbody.addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-id]");
+    if (!tr) return;
+    const row = byId.get(tr.dataset.id);
+    if (!row || !row.data) return;
+    const button = ev.target.closest("button[data-cmd]");
+    if (button && !button.disabled) {
+      send(row, button.dataset.cmd);
+    } else if (ev.target.closest(".name")) {
+      showDetail(row);
+    }
+  });
+  $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("detail").hidden = true; });
+  $("filter").addEventListener("input", () => { for (const row of byId.values()) applyFilter(row); });
+  for (const th of document.querySelectorAll("th.sortable")) {
+    th.addEventListener("click", () => { sortKey = th.dataset.sort; resort(); });
+  }
+  const tokenInput = $("token");
+  tokenInput.value = localStorage.getItem("engine.token") || "";
+  tokenInput.addEventListener("change", () => {
+    if (tokenInput.value.trim()) localStorage.setItem("engine.token", tokenInput.value.trim());
+    else localStorage.removeItem("engine.token");
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      for (const row of byId.values()) { row.sparkDirty = true; markDirty(row); }
+    }
+  });
+  // Ages, uptimes and the sparkline window move with the clock, not only with messages.
+  let clockTicks = 0;
+  setInterval(() => {
+    if (document.hidden) return;
+    const now = Date.now();
+    const slide = ++clockTicks % 5 === 0; // sparklines slide every 10 s without data
+    for (const row of byId.values()) {
+      if (slide) row.sparkDirty = true;
+      markDirty(row);
+    }
+    if (engine) setText($("eng-uptime"), fmtDuration(engine.msg.uptime_s + (now - engine.at) / 1000));
+  }, 2000);
+
+  resort();
+  connect();
+})();

@@ -1,0 +1,126 @@
+//! Who may talk to the HTTP server. Every request: on a loopback address, the `Host`
+//! must be a loopback name or an IP address (a web page whose domain resolves to
+//! 127.0.0.1 must not read or drive the API: DNS rebinding). Requests that change
+//! state (anything but GET/HEAD): a browser's `Origin`, when sent, must be the
+//! server's own (no cross-site posts), and the bearer token, when one is configured,
+//! is required.
+
+use super::error::ApiError;
+use super::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Err(err) = allowed(&state, request.method(), request.headers()) {
+        return err.into_response();
+    }
+    next.run(request).await
+}
+
+fn allowed(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if state.loopback && !is_local_host(host) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("host '{host}' is not allowed: this server listens on a loopback address and answers only to localhost or an IP address"),
+        ));
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let own = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host));
+        if !own {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin request from '{origin}' refused: send commands from this server's own dashboard, or without an Origin header (curl, scripts)"),
+            ));
+        }
+    }
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), token.0.as_bytes()) => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong bearer token",
+                )
+                .with("hint", "send the --http-token / ENGINE_HTTP_TOKEN value as 'Authorization: Bearer <token>'"))
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this server requires a bearer token for commands",
+                )
+                .with("hint", "send the --http-token / ENGINE_HTTP_TOKEN value as 'Authorization: Bearer <token>'"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `*.localhost` or an IP address, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<IpAddr>().is_ok()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "app.localhost:1",
+            "10.0.0.5:80",
+        ] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8080", "", "localhost.evil.com", "[zz]:1"] {
+            assert!(!is_local_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,351 @@
+//! The web dashboard in a real browser: Debian's Chromium, headless, driven through
+//! chromedriver (WebDriver, with `fantoccini`). The page lists the strategies with
+//! their status, follows a status published on Redis within a bounded wait, refuses a
+//! stop without the bearer token and shows why, stops a strategy with it (the row in
+//! the database says `stopped`), and leaves a screenshot in `target/dashboard.png`
+//! (`UPDATE_DASHBOARD_SCREENSHOT=1` also copies it to `engine-manager/docs/`).
+//!
+//! It needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`ops/test.sh` installs
+//! them); without them it fails and says how to install them, it never skips.
+
+mod common;
+
+use common::{wait_for, TestEngine, DEADLINE};
+use engine_manager::config::HttpToken;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const TOKEN: &str = "dashboard-test-token";
+
+fn require_browser() {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard browser test needs Chromium and chromedriver, missing: {}. \
+         Install them with `sudo apt-get install -y chromium chromium-driver` \
+         (bash ops/test.sh does this for you)",
+        missing.join(", ")
+    );
+}
+
+/// chromedriver on a free loopback port, and the Chromium profile it uses. Dropping
+/// it ends both (and any browser process left on that profile).
+struct Browser {
+    driver: tokio::process::Child,
+    profile: PathBuf,
+    client: Option<Client>,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        require_browser();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let driver = tokio::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let profile =
+            std::env::temp_dir().join(format!("engine-dashboard-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut browser = Browser {
+            driver,
+            profile,
+            client: None,
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("chromedriver to listen", DEADLINE, || {
+            let url = url.clone();
+            async move {
+                tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                    "--window-size=1500,700",
+                    format!("--user-data-dir={}", browser.profile.display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&url)
+            .await
+            .expect("start a Chromium session through chromedriver");
+        browser.client = Some(client);
+        browser
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("session")
+    }
+
+    async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
+    }
+
+    /// The text of the first element matching `css`, once `check` accepts it.
+    async fn wait_text(&self, what: &str, css: &str, check: impl Fn(&str) -> bool) -> String {
+        let client = self.client().clone();
+        let check = &check;
+        wait_for(what, DEADLINE, || {
+            let client = client.clone();
+            async move {
+                let text = client
+                    .find(Locator::Css(css))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                check(&text).then_some(text)
+            }
+        })
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        self.client()
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.start_kill();
+        // A browser left by a failed test: its command line names our unique profile.
+        kill_processes_mentioning(&self.profile);
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// SIGKILL the processes whose command line contains `needle` (a unique path).
+fn kill_processes_mentioning(needle: &Path) {
+    let needle = needle.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // target/debug/deps/dashboard-<hash> → target
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+fn row(id: Uuid) -> String {
+    format!("tr[data-id=\"{id}\"]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_state_and_sends_commands() {
+    require_browser();
+    let mut engine = TestEngine::new().await;
+    engine.config.http_token = Some(HttpToken(TOKEN.into()));
+    engine.start_manager().await;
+    let running = engine.add_heartbeat("dash-running").await;
+    let idle = engine.add_heartbeat("dash-idle").await;
+    let broken = engine
+        .add_strategy("dash-broken", "sma_crosover", json!({}), false)
+        .await;
+    engine.run_ok(Some(running), "start", json!({})).await;
+    engine.run_failed(Some(broken), "start", json!({})).await;
+    engine.wait_status(broken, "error").await;
+    let base = engine.http_base().await;
+
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+
+    // Every strategy is listed with its status.
+    browser
+        .wait_text(
+            "the running strategy's row",
+            &format!("{} .status", row(running)),
+            |t| t == "running",
+        )
+        .await;
+    browser
+        .wait_text(
+            "the idle strategy's row",
+            &format!("{} .status", row(idle)),
+            |t| t == "stopped",
+        )
+        .await;
+    browser
+        .wait_text(
+            "the broken strategy's row",
+            &format!("{} .status", row(broken)),
+            |t| t == "error",
+        )
+        .await;
+    let error = browser
+        .wait_text(
+            "the broken strategy's error",
+            &format!("{} .last-error", row(broken)),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(error.contains("sma_crosover"), "{error}");
+    browser
+        .wait_text("the live connection", "#conn", |t| t == "live")
+        .await;
+
+    // A status published on Redis shows up (relayed by the manager over SSE).
+    let mut redis = engine.redis_conn().await;
+    let message = json!({
+        "strategy_id": idle, "name": "dash-idle", "timestamp": chrono::Utc::now(),
+        "status": "backoff", "pid": null, "node": "test", "error": "published on redis by the test",
+    });
+    let _: () = redis::cmd("PUBLISH")
+        .arg(engine.channels.status(idle))
+        .arg(message.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    browser
+        .wait_text(
+            "the published status on the page",
+            &format!("{} .status", row(idle)),
+            |t| t == "backoff",
+        )
+        .await;
+    browser
+        .wait_text(
+            "the published error on the page",
+            &format!("{} .last-error", row(idle)),
+            |t| t.contains("published on redis"),
+        )
+        .await;
+
+    // Health arrives live for the running strategy.
+    browser
+        .wait_text(
+            "CPU of the running strategy",
+            &format!("{} .cpu .val", row(running)),
+            |t| t.ends_with('%'),
+        )
+        .await;
+
+    // Stop without the token: refused, and the row says why; nothing was inserted.
+    browser
+        .click(&format!("{} button[data-cmd=\"stop\"]", row(running)))
+        .await;
+    let refused = browser
+        .wait_text(
+            "the refusal",
+            &format!("{} .outcome[data-state=\"refused\"]", row(running)),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(refused.contains("token"), "{refused}");
+    assert_eq!(engine.state(running).await.status, "running");
+
+    // With the token: the command runs and the outcome is shown.
+    browser
+        .client()
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    browser
+        .click(&format!("{} button[data-cmd=\"stop\"]", row(running)))
+        .await;
+    let outcome = browser
+        .wait_text(
+            "the stop outcome",
+            &format!("{} .outcome[data-state=\"executed\"]", row(running)),
+            |t| t.starts_with("stop: executed"),
+        )
+        .await;
+    assert!(outcome.contains("executed"), "{outcome}");
+    let state = engine.state(running).await;
+    assert_eq!(state.status, "stopped");
+    assert_eq!(state.desired_state, "stopped");
+    browser
+        .wait_text(
+            "the stopped status on the page",
+            &format!("{} .status", row(running)),
+            |t| t == "stopped",
+        )
+        .await;
+
+    // A command that fails shows its error text.
+    browser
+        .click(&format!("{} button[data-cmd=\"start\"]", row(broken)))
+        .await;
+    let failed = browser
+        .wait_text(
+            "the failed start",
+            &format!("{} .outcome[data-state=\"failed\"]", row(broken)),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(
+        failed.contains("failed") && failed.contains("sma_crosover"),
+        "{failed}"
+    );
+
+    // The screenshot: a test artifact, and optionally the README's picture.
+    let png = browser.client().screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let artifact = target_dir().join("dashboard.png");
+    std::fs::write(&artifact, &png).unwrap();
+    eprintln!("dashboard screenshot: {}", artifact.display());
+    if std::env::var_os("UPDATE_DASHBOARD_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join("dashboard.png"), &png).unwrap();
+    }
+
+    browser.close().await;
+    engine.finish().await;
+}
