@@ -8,8 +8,9 @@ use sqlx::{Connection, PgConnection};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The advisory lock key ("STRATENG" in ASCII).
-const LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
+/// The advisory lock key ("STRATENG" in ASCII). A session holding it is the live
+/// manager of the database (`enginectl doctor` looks for it in `pg_locks`).
+pub const LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

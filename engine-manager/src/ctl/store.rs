@@ -298,10 +298,6 @@ pub async fn latest_metrics(
     Ok((strategy, health))
 }
 
-/// The manager's advisory lock key ("STRATENG"); it must equal `LOCK_KEY` in
-/// `lease.rs`. A session holding it is a live manager.
-pub const MANAGER_LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
-
 /// The manager that serves (or last served) the database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseInfo {
@@ -370,8 +366,8 @@ pub async fn lease(pool: &PgPool) -> anyhow::Result<Option<LeaseInfo>> {
                    AND l.classid::text::int8 = $1 AND l.objid::text::int8 = $2 AND l.objsubid = 1) \
          FROM engine_manager_lease WHERE id = 1",
     )
-    .bind(MANAGER_LOCK_KEY >> 32)
-    .bind(MANAGER_LOCK_KEY & 0xffff_ffff)
+    .bind(crate::lease::LOCK_KEY >> 32)
+    .bind(crate::lease::LOCK_KEY & 0xffff_ffff)
     .fetch_optional(pool)
     .await
     .map_err(|e| query_error(e, "read engine_manager_lease"))?;
