@@ -87,8 +87,17 @@ pub struct StrategySupervisor {
     backoff_until: Option<Instant>,
     halt_reason: Option<String>,
     db_dirty: bool,
+    /// What operators asked for, kept here too: re-applied after a crash restart and
+    /// written again if the database was away when it changed.
+    desired: Desired,
+    operator_stopped: bool,
+    desired_dirty: bool,
     policy: RestartPolicy,
 }
+
+/// How long one database write may hold up a supervisor: past it the write is
+/// retried every second, and the supervisor goes on serving its executor.
+const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a start did not reach `running`.
 struct StartFailure {
@@ -115,6 +124,11 @@ impl StrategySupervisor {
             .expect("routes lock")
             .insert(row.id, link_tx);
         let status = row.status.parse().unwrap_or(Status::Stopped);
+        let desired = match &initial {
+            Initial::Adopt(_, d) | Initial::Start(d) => *d,
+            Initial::Idle => Desired::parse(&row.desired_state),
+        };
+        let operator_stopped = row.operator_stopped;
         let row_policy = row.restart_policy.clone();
         let observed = ObservedState {
             status,
@@ -143,6 +157,9 @@ impl StrategySupervisor {
             backoff_until: None,
             halt_reason: None,
             db_dirty: false,
+            desired,
+            operator_stopped,
+            desired_dirty: false,
             policy: shared.policy,
         };
         supervisor.apply_restart_policy(row_policy.as_ref());
@@ -173,7 +190,14 @@ impl StrategySupervisor {
                     None => break,
                 },
                 _ = sleep_until(self.backoff_until) => self.restart_after_backoff().await,
-                _ = db_retry.tick(), if self.db_dirty => self.write_observed().await,
+                _ = db_retry.tick(), if self.db_dirty || self.desired_dirty => {
+                    if self.desired_dirty {
+                        self.write_desired().await;
+                    }
+                    if self.db_dirty {
+                        self.write_observed().await;
+                    }
+                }
             }
         }
         self.on_manager_exit().await;
@@ -354,11 +378,19 @@ impl StrategySupervisor {
         self.observed.last_error = None;
         match self.start(command_id, "started by an operator").await {
             Ok(()) => Ok(()),
-            Err(failure) => {
+            Err(failure) if self.shared.cancel.is_cancelled() => Err(failure.message),
+            Err(failure) if failure.is_permanent() => {
                 let message = failure.message.clone();
                 self.transition(Status::Error, None, Some(message.clone()), command_id)
                     .await;
                 Err(message)
+            }
+            Err(failure) => {
+                // Killed or crashed in its start-up: a crash like any other, restarted
+                // with backoff; the command says it did not take.
+                let message = failure.message.clone();
+                self.crashed(message.clone()).await;
+                Err(format!("{message}; an automatic restart is scheduled"))
             }
         }
     }
@@ -395,7 +427,12 @@ impl StrategySupervisor {
     /// Operators may edit `strategy_configs` directly: start from what the row says
     /// now (keeping what we had if the database cannot be read).
     async fn reload_definition(&mut self) {
-        match db::load_strategy(&self.shared.pool, self.id).await {
+        let load = db::load_strategy(&self.shared.pool, self.id);
+        let loaded = match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        match loaded {
             Ok(Some(row)) => {
                 self.name = row.name;
                 self.strategy_type = row.strategy_type;
@@ -854,12 +891,22 @@ impl StrategySupervisor {
 
     async fn restart_after_backoff(&mut self) {
         self.backoff_until = None;
-        if let Err(failure) = self.start(None, "automatic restart after a crash").await {
-            self.after_failed_start(failure, None).await;
+        match self.start(None, "automatic restart after a crash").await {
+            Ok(()) if self.desired == Desired::Paused => {
+                // It crashed while paused: it comes back paused.
+                let _ = self
+                    .request(ExecutorCommandKind::Pause, None, Uuid::new_v4())
+                    .await;
+            }
+            Ok(()) => {}
+            Err(failure) => self.after_failed_start(failure, None).await,
         }
     }
 
     async fn after_failed_start(&mut self, failure: StartFailure, command_id: Option<Uuid>) {
+        if self.shared.cancel.is_cancelled() {
+            return;
+        }
         if failure.is_permanent() {
             self.transition(Status::Error, None, Some(failure.message), command_id)
                 .await;
@@ -892,10 +939,32 @@ impl StrategySupervisor {
     // ---------------------------------------------------------------- recording
 
     async fn set_desired(&mut self, desired: Desired, operator_stopped: bool) {
-        if let Err(err) =
-            db::write_desired(&self.shared.pool, self.id, desired, operator_stopped).await
-        {
-            tracing::error!(error = %err, "could not record desired_state");
+        self.desired = desired;
+        self.operator_stopped = operator_stopped;
+        self.write_desired().await;
+    }
+
+    async fn write_desired(&mut self) {
+        let write = db::write_desired(
+            &self.shared.pool,
+            self.id,
+            self.desired,
+            self.operator_stopped,
+        );
+        match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => self.desired_dirty = false,
+            Ok(Err(err)) => {
+                if !self.desired_dirty {
+                    tracing::warn!(error = %err, "could not record desired_state; retrying every second");
+                }
+                self.desired_dirty = true;
+            }
+            Err(_) => {
+                if !self.desired_dirty {
+                    tracing::warn!("could not record desired_state (the database did not answer within 1s); retrying every second");
+                }
+                self.desired_dirty = true;
+            }
         }
     }
 
@@ -985,7 +1054,12 @@ impl StrategySupervisor {
     }
 
     async fn record(&mut self, event: Option<&db::TransitionEvent<'_>>) {
-        match db::write_observed(&self.shared.pool, self.id, &self.observed, event).await {
+        let write = db::write_observed(&self.shared.pool, self.id, &self.observed, event);
+        let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        match result {
             Ok(()) => {
                 if self.db_dirty {
                     tracing::info!("recorded state again after a database outage");

@@ -23,7 +23,7 @@
 //! argv, and is never logged.
 
 use clap::{CommandFactory, Parser};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -31,7 +31,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strategy_sdk::control::{self, ExecutorMessage, ManagerMessage};
@@ -52,8 +52,14 @@ use uuid::Uuid;
 const EXIT_FAILURE: u8 = 1;
 
 /// Capacity of the tick channel between the Redis subscriber and the loop; when it is
-/// full the newest tick is dropped and counted in `ticks_dropped`.
-const TICK_CHANNEL_CAPACITY: usize = 1024;
+/// full the newest tick is dropped and counted in `ticks_dropped`. Deep enough to
+/// ride out a few tens of milliseconds without CPU at a few hundred thousand ticks
+/// per second (BENCHMARKS.md); tokio allocates its blocks only as they fill.
+const TICK_CHANNEL_CAPACITY: usize = 16_384;
+/// Ticks the loop takes from the channel at once: a burst is handled in batches, and
+/// the other branches of the loop (commands, signals, timers) are looked at between
+/// two batches.
+const TICK_BATCH: usize = 256;
 /// Capacity of the command channel (commands are rare).
 const COMMAND_CHANNEL_CAPACITY: usize = 64;
 /// Capacity of the outgoing control-link frame channel.
@@ -481,6 +487,9 @@ async fn run_async(
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
     let counters = Arc::new(TickCounters::default());
+    // True while the control link to the manager is connected: the manager then
+    // delivers global commands itself, in order, and the Redis broadcast is ignored.
+    let link_up = Arc::new(AtomicBool::new(false));
 
     let link = options.control_socket.clone().map(|path| {
         let (status_tx, status_rx) = watch::channel(Status::Starting);
@@ -493,6 +502,7 @@ async fn run_async(
             commands: command_tx.clone(),
             pending: VecDeque::new(),
             flush_waiters: Vec::new(),
+            link_up: link_up.clone(),
             cancel: cancel.clone(),
         };
         tracker.spawn(task.run().in_current_span());
@@ -519,12 +529,15 @@ async fn run_async(
     let (subscriptions_tx, subscriptions_rx) = watch::channel(base_channels.clone());
     let subscriber = RedisSubscriber {
         client: redis_client,
-        channels: options.channels.clone(),
+        commands_channel: options.channels.commands(options.strategy_id),
+        global_channel: options.channels.global_commands(),
+        live_data_prefix: options.channels.live_data(""),
         strategy_id: options.strategy_id,
         desired: subscriptions_rx,
         commands: command_tx.clone(),
         ticks: tick_tx,
         counters: counters.clone(),
+        link_up,
         cancel: cancel.clone(),
     };
     tracker.spawn(subscriber.run().in_current_span());
@@ -725,6 +738,8 @@ impl StrategyHost {
         let period = metrics_interval.max(MIN_PERIOD);
         let mut metrics = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         metrics.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut tick_batch = Vec::with_capacity(TICK_BATCH);
+        let mut ticks_open = true;
 
         loop {
             let exit = tokio::select! {
@@ -741,7 +756,10 @@ impl StrategyHost {
                     None
                 }
                 Some(inbound) = commands.recv() => self.handle_command(inbound).await,
-                Some(tick) = ticks.recv() => self.handle_tick(tick).await,
+                n = ticks.recv_many(&mut tick_batch, TICK_BATCH), if ticks_open => {
+                    ticks_open = n > 0;
+                    self.handle_ticks(&mut tick_batch).await
+                }
                 _ = next_timer_tick(&mut self.timer) => self.handle_timer().await,
                 _ = metrics.tick() => {
                     self.publish_metrics();
@@ -769,6 +787,16 @@ impl StrategyHost {
         }
         let reason = self.ctx.halt_reason()?.to_string();
         Some(self.halt(reason).await)
+    }
+
+    /// Hand a batch of ticks to the strategy, in order (the batch is left empty).
+    async fn handle_ticks(&mut self, batch: &mut Vec<Tick>) -> Option<Exit> {
+        for tick in batch.drain(..) {
+            if let Some(exit) = self.handle_tick(tick).await {
+                return Some(exit);
+            }
+        }
+        None
     }
 
     async fn handle_tick(&mut self, tick: Tick) -> Option<Exit> {
@@ -1105,6 +1133,8 @@ struct ControlLink {
     pending: VecDeque<ExecutorMessage>,
     /// Flushes waiting for `pending` to go out on the next connection.
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Set while connected (read by the Redis subscriber).
+    link_up: Arc<AtomicBool>,
     cancel: CancellationToken,
 }
 
@@ -1128,7 +1158,10 @@ impl ControlLink {
                     tracing::info!(socket = %self.path.display(), "control link connected");
                     failure_logged = false;
                     delay = LINK_RETRY_MIN;
-                    match self.serve(stream).await {
+                    self.link_up.store(true, Ordering::Relaxed);
+                    let served = self.serve(stream).await;
+                    self.link_up.store(false, Ordering::Relaxed);
+                    match served {
                         Served::Cancelled => return,
                         Served::Disconnected(why) => {
                             tracing::info!("control link lost ({why}); reconnecting");
@@ -1378,13 +1411,19 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
 /// Reconnects with backoff and logs once per outage.
 struct RedisSubscriber {
     client: redis::Client,
-    channels: Channels,
+    /// `strategy:commands:{id}`, `strategy:global:commands` and `live_data:` with the
+    /// prefix, named once rather than for every message.
+    commands_channel: String,
+    global_channel: String,
+    live_data_prefix: String,
     strategy_id: Uuid,
     /// The channels the loop wants, kept in sync on every (re)connection.
     desired: watch::Receiver<BTreeSet<String>>,
     commands: mpsc::Sender<InboundCommand>,
     ticks: mpsc::Sender<Tick>,
     counters: Arc<TickCounters>,
+    /// Whether the control link is connected (see `route_command`).
+    link_up: Arc<AtomicBool>,
     cancel: CancellationToken,
 }
 
@@ -1449,7 +1488,18 @@ impl RedisSubscriber {
         loop {
             tokio::select! {
                 message = stream.next() => match message {
-                    Some(message) => self.route(&message),
+                    Some(message) => {
+                        self.route(&message);
+                        // Whatever else has already arrived, without going round
+                        // the select! for each message.
+                        for _ in 1..TICK_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(message)) => self.route(&message),
+                                Some(None) => return Err("connection closed".to_string()),
+                                None => break,
+                            }
+                        }
+                    }
                     None => return Err("connection closed".to_string()),
                 },
                 changed = self.desired.changed() => {
@@ -1481,15 +1531,10 @@ impl RedisSubscriber {
             );
             return;
         }
-        if channel == self.channels.commands(self.strategy_id)
-            || channel == self.channels.global_commands()
-        {
-            self.route_command(channel, payload);
-        } else if let Some(token) = channel
-            .strip_prefix(self.channels.prefix())
-            .and_then(|rest| rest.strip_prefix("live_data:"))
-        {
+        if let Some(token) = channel.strip_prefix(self.live_data_prefix.as_str()) {
             self.route_tick(token, payload);
+        } else if channel == self.commands_channel || channel == self.global_channel {
+            self.route_command(channel, payload);
         } else {
             tracing::debug!(channel, "message on an unexpected channel ignored");
         }
@@ -1508,6 +1553,14 @@ impl RedisSubscriber {
                 tracing::debug!(channel, %target, "command for another strategy ignored");
                 return;
             }
+        }
+        // Under a manager, a global command reaches this executor through its
+        // supervisor, in order with the strategy's other commands (or not at all, when
+        // it does not apply). The broadcast is for executors no manager serves: applied
+        // here it could overtake, or undo, commands given after it.
+        if channel == self.global_channel && self.link_up.load(Ordering::Relaxed) {
+            tracing::debug!(channel, command_id = %command.command_id, "global broadcast ignored: the manager delivers it over the control link");
+            return;
         }
         let inbound = InboundCommand {
             command,

@@ -830,7 +830,28 @@ async fn metrics_and_status_are_published_on_redis() {
     assert_eq!(message.node, "test-node");
     assert_eq!(message.source.as_deref(), Some("executor"));
 
-    // A global command for another strategy is ignored; one without a target is not.
+    // While the manager is connected, it delivers global commands itself: the Redis
+    // broadcast is ignored (it could overtake commands given after it).
+    let mut early = command(Uuid::nil(), ExecutorCommandKind::Resume);
+    early.strategy_id = None;
+    publish(
+        &channels.global_commands(),
+        &serde_json::to_string(&early).unwrap(),
+    )
+    .await;
+    // A marker on the strategy's own channel, behind it on the same subscription:
+    // once it is acknowledged, the broadcast was seen (and ignored).
+    let marker = command(executor.strategy_id, ExecutorCommandKind::Pause);
+    publish(
+        &channels.commands(executor.strategy_id),
+        &serde_json::to_string(&marker).unwrap(),
+    )
+    .await;
+    assert_eq!(link.expect_ack(marker.command_id).await, (true, None));
+    // With the manager gone, the broadcast counts: a global command for another
+    // strategy is ignored; one without a target is not.
+    drop(link);
+    drop(listener);
     let other = command(Uuid::new_v4(), ExecutorCommandKind::Resume);
     publish(
         &channels.global_commands(),
@@ -849,7 +870,11 @@ async fn metrics_and_status_are_published_on_redis() {
         m.status == Status::Running
     })
     .await;
-    assert_eq!(message.command_id, Some(global.command_id));
+    assert_eq!(
+        message.command_id,
+        Some(global.command_id),
+        "the broadcast sent while linked must not have resumed it"
+    );
 
     executor.signal("TERM");
     let message: StatusMessage = next_json(&mut status, "status stopped", |m: &StatusMessage| {

@@ -1,0 +1,499 @@
+//! Latency: command claim, start, stop and crash detection, one sample at a time on
+//! a quiet engine (the origin of a command is its row's `created_at`), with each
+//! path broken down by the manager's own `strategy_events` timestamps; and the
+//! executors' resident memory.
+
+use super::{mb, ms, BenchContext, EVENT_DEADLINE, WARMUP};
+use crate::engine::{BenchEngine, EngineOptions, StatusEvent, StrategySpec};
+use crate::probe::{self, ProcId};
+use crate::report::{num, summarize, Figure, Goal, Progress, Results};
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use rustix::process::Signal;
+use serde_json::json;
+use sqlx::Connection;
+use std::time::Duration;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Command latencies and crash detection, one sample at a time.
+pub async fn latency(ctx: &BenchContext, results: &mut Results) -> anyhow::Result<()> {
+    let samples = ctx.args.samples;
+    let n = samples + WARMUP;
+    eprintln!(
+        "\n== latency: {samples} samples per figure (+{WARMUP} warm-up), heartbeat strategies, {n} executors at most =="
+    );
+    let options = EngineOptions {
+        label: "latency".into(),
+        health_interval: None,
+        metrics_interval: None,
+        // Only shortens the wait for the restart between two SIGKILL samples.
+        restart_delay: Some(Duration::from_millis(200)),
+        strategies: (0..n)
+            .map(|i| StrategySpec::heartbeat(format!("lat-{i:04}")))
+            .collect(),
+    };
+    let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
+    let outcome = latency_on(&mut engine, results).await;
+    let shutdown = engine.shutdown().await;
+    outcome?;
+    shutdown
+}
+
+async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::Result<()> {
+    let ids = engine.strategies.clone();
+    let busy = MachineBusy::start();
+
+    // start: INSERT → running (manager's and executor's message) → row executed, and
+    // where the time went, from the manager's own `strategy_events` timestamps.
+    let mut s = StartSeries::default();
+    let mut progress = Progress::new("start", ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        engine.status_feed.drain();
+        let cmd = engine
+            .insert_command_timed(Some(*id), "start", json!({}))
+            .await?;
+        let seen = wait_running(engine, *id).await?;
+        let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
+        if end.status != "executed" {
+            bail!("start of {id} ended {}: {:?}", end.status, end.error);
+        }
+        let executed = end.executed_at.context("executed without executed_at")?;
+        if i >= WARMUP {
+            let created = cmd.created_at;
+            s.insert_commit.push(ms(cmd.committed_at, created));
+            s.to_running.push(ms(seen.manager, created));
+            let first = seen.executor.map_or(seen.manager, |e| e.min(seen.manager));
+            s.to_first_running.push(ms(first, created));
+            s.to_executed.push(ms(executed, created));
+            let events = engine.events_of_command(cmd.id).await;
+            let at = |status: &str| events.iter().find(|(s, _)| s == status).map(|(_, at)| *at);
+            if let (Some(starting), Some(running)) = (at("starting"), at("running")) {
+                s.to_starting.push(ms(starting, created));
+                s.starting_to_running.push(ms(running, starting));
+                s.running_to_message.push(ms(seen.manager, running));
+                s.message_to_executed.push(ms(executed, seen.manager));
+            }
+        }
+        progress.set(i + 1);
+    }
+    progress.finish();
+
+    // claim: a no-op command (start of a running strategy), polled in a tight loop on
+    // a connection of its own until it leaves 'pending'.
+    let mut poller = sqlx::PgConnection::connect(engine.db_url()).await?;
+    let mut to_claim = Vec::new();
+    let mut to_claim_from_created = Vec::new();
+    let mut poll_gaps = Vec::new();
+    let mut noop_executed = Vec::new();
+    let mut progress = Progress::new("claim", ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let cmd = engine
+            .insert_command_timed(Some(*id), "start", json!({}))
+            .await?;
+        let until = Utc::now() + chrono::Duration::seconds(30);
+        let mut last_poll = cmd.committed_at;
+        let claimed_at = loop {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+                    .bind(cmd.id)
+                    .fetch_one(&mut poller)
+                    .await?;
+            let now = Utc::now();
+            if status != "pending" {
+                if i >= WARMUP {
+                    poll_gaps.push(ms(now, last_poll));
+                }
+                break now;
+            }
+            if now > until {
+                bail!(
+                    "command {} stayed pending for 30 s: {}",
+                    cmd.id,
+                    engine.manager_log_tail(5)
+                );
+            }
+            last_poll = now;
+        };
+        let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
+        if i >= WARMUP {
+            to_claim.push(ms(claimed_at, cmd.committed_at));
+            to_claim_from_created.push(ms(claimed_at, cmd.created_at));
+            if let Some(at) = end.executed_at {
+                noop_executed.push(ms(at, cmd.created_at));
+            }
+        }
+        progress.set(i + 1);
+    }
+    progress.finish();
+    let _ = poller.close().await;
+
+    // Executors' memory, every one that runs now.
+    let pids = engine.running_pids().await?;
+    let mut rss = Vec::new();
+    let mut pss = Vec::new();
+    for pid in pids.values() {
+        if let Some(kib) = probe::rss_kib(*pid) {
+            rss.push(mb(kib));
+        }
+        if let Some(kib) = probe::pss_kib(*pid) {
+            pss.push(mb(kib));
+        }
+    }
+
+    // SIGKILL → backoff, each strategy killed once; the next sample waits until
+    // the killed one runs again, so that every sample starts on a quiet engine.
+    let mut to_backoff = Vec::new();
+    let mut kill_to_recorded = Vec::new();
+    let mut recorded_to_message = Vec::new();
+    let mut progress = Progress::new("sigkill", ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let pid = engine.running_pid(*id).await?;
+        let Some(victim) = ProcId::of(pid) else {
+            bail!("the executor of {id} (pid {pid}) is gone before it was killed");
+        };
+        engine.status_feed.drain();
+        let killed_at = Utc::now();
+        probe::signal(victim.pid, Signal::KILL);
+        let backoff = wait_status(engine, *id, "backoff", true).await?;
+        wait_status(engine, *id, "running", true).await?;
+        if i >= WARMUP {
+            to_backoff.push(ms(backoff, killed_at));
+            if let Some(recorded) = engine.last_event(*id, "backoff").await {
+                kill_to_recorded.push(ms(recorded, killed_at));
+                recorded_to_message.push(ms(backoff, recorded));
+            }
+        }
+        progress.set(i + 1);
+    }
+    progress.finish();
+
+    // stop: INSERT → the process has exited (watched in /proc every ms) and the row
+    // is executed.
+    let mut to_stopped = Vec::new();
+    let mut to_stopping = Vec::new();
+    let mut stopping_to_exit = Vec::new();
+    let mut exit_to_executed = Vec::new();
+    let mut executed_before_exit = 0;
+    let mut progress = Progress::new("stop", ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let pid = engine.running_pid(*id).await?;
+        let victim = ProcId::of(pid).with_context(|| format!("the executor of {id} is gone"))?;
+        let (cmd, created) = engine.insert_command(Some(*id), "stop", json!({})).await?;
+        let until = Instant::now() + EVENT_DEADLINE;
+        let mut exited_at = None;
+        let mut end = None;
+        while exited_at.is_none() || end.is_none() {
+            if exited_at.is_none() && !victim.alive() {
+                exited_at = Some(Utc::now());
+            }
+            if end.is_none() {
+                end = engine.command_end(cmd).await?;
+                if end.is_some() && exited_at.is_none() && victim.alive() {
+                    executed_before_exit += 1;
+                }
+            }
+            if Instant::now() > until {
+                bail!(
+                    "stop of {id} did not finish in 30 s: {}",
+                    engine.manager_log_tail(5)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let end = end.expect("loop ends with the row");
+        if end.status != "executed" {
+            bail!("stop of {id} ended {}: {:?}", end.status, end.error);
+        }
+        let exited = exited_at.expect("loop ends with the exit");
+        let executed = end.executed_at.context("executed without executed_at")?;
+        if i >= WARMUP {
+            to_stopped.push(ms(exited.max(executed), created));
+            exit_to_executed.push(ms(executed, exited));
+            let events = engine.events_of_command(cmd).await;
+            if let Some((_, stopping)) = events.iter().find(|(s, _)| s == "stopping") {
+                to_stopping.push(ms(*stopping, created));
+                stopping_to_exit.push(ms(exited, *stopping));
+            }
+        }
+        progress.set(i + 1);
+    }
+    progress.finish();
+    let busy = busy.finish();
+
+    let gap = summarize(&poll_gaps).map(|s| s.p50).unwrap_or(0.0);
+    results.push(
+        Figure::series(
+            "claim_ms",
+            "command INSERT → row claimed (leaves 'pending')",
+            "ms",
+            &to_claim,
+            Some(Goal::P50AtMost(2.0)),
+        )
+        .with_note(format!(
+            "from the INSERT's return (its commit) to the first poll that saw the row claimed: an upper bound (a tight loop of SELECTs on a connection of its own; median gap between the last two polls {gap:.2} ms); the command is a no-op start of a running strategy; the machine was {busy} busy during the latency part"
+        )),
+    );
+    results.push(sub(
+        "claim_from_created_ms",
+        "same, from the row's created_at (adds the INSERT's own commit)",
+        &to_claim_from_created,
+    ));
+    results.push(sub(
+        "insert_commit_ms",
+        "the operator's INSERT itself (created_at → it returned: WAL flush)",
+        &s.insert_commit,
+    ));
+    results.push(Figure::series(
+        "noop_executed_ms",
+        "no-op command INSERT → row executed",
+        "ms",
+        &noop_executed,
+        None,
+    ));
+    results.push(
+        Figure::series(
+            "start_running_ms",
+            "`start` INSERT → `running` on strategy:status (manager's)",
+            "ms",
+            &s.to_running,
+            Some(Goal::P50P99AtMost(20.0, 60.0)),
+        )
+        .with_note(
+            "from the row's created_at to the manager's message, which it publishes after recording `running` in the row; the subscription was open before the INSERT",
+        ),
+    );
+    results.push(sub(
+        "start_to_starting_ms",
+        "INSERT → `starting` recorded (claim, desired_state, reload, spawn)",
+        &s.to_starting,
+    ));
+    results.push(sub(
+        "starting_to_running_ms",
+        "`starting` → `running` recorded (executor start-up, control link)",
+        &s.starting_to_running,
+    ));
+    results.push(sub(
+        "running_to_message_ms",
+        "`running` recorded → manager's message received (commit, publish)",
+        &s.running_to_message,
+    ));
+    results.push(
+        Figure::series(
+            "start_first_running_ms",
+            "`start` INSERT → first `running` on strategy:status (either publisher)",
+            "ms",
+            &s.to_first_running,
+            None,
+        )
+        .with_note("usually the executor's own message, a little before the manager's"),
+    );
+    results.push(Figure::series(
+        "start_executed_ms",
+        "`start` INSERT → row `executed`",
+        "ms",
+        &s.to_executed,
+        Some(Goal::P50AtMost(25.0)),
+    ));
+    results.push(sub(
+        "message_to_executed_ms",
+        "manager's `running` message → row executed_at",
+        &s.message_to_executed,
+    ));
+    let mut stop_note = "the later of: the process left the process table (checked every 1 ms), the row's executed_at".to_string();
+    if executed_before_exit > 0 {
+        stop_note.push_str(&format!(
+            "; CONTRACT BREACH: {executed_before_exit} rows were executed while the process was still alive"
+        ));
+    }
+    results.push(
+        Figure::series(
+            "stop_gone_ms",
+            "`stop` INSERT → process gone and row `executed`",
+            "ms",
+            &to_stopped,
+            Some(Goal::P50AtMost(30.0)),
+        )
+        .with_note(stop_note),
+    );
+    results.push(sub(
+        "stop_to_stopping_ms",
+        "INSERT → `stopping` recorded (claim, desired_state)",
+        &to_stopping,
+    ));
+    results.push(sub(
+        "stopping_to_exit_ms",
+        "`stopping` → process exited (shutdown frame, strategy's on_shutdown, exit)",
+        &stopping_to_exit,
+    ));
+    results.push(sub(
+        "exit_to_executed_ms",
+        "process exited → row executed_at",
+        &exit_to_executed,
+    ));
+    results.push(
+        Figure::series(
+            "sigkill_backoff_ms",
+            "executor SIGKILLed → `backoff` on strategy:status",
+            "ms",
+            &to_backoff,
+            Some(Goal::P99AtMost(50.0)),
+        )
+        .with_note("from just before kill(2) to the manager's `backoff` message"),
+    );
+    results.push(sub(
+        "kill_to_recorded_ms",
+        "kill → `backoff` recorded (exit noticed, log tail read)",
+        &kill_to_recorded,
+    ));
+    results.push(sub(
+        "backoff_recorded_to_message_ms",
+        "`backoff` recorded → message received (commit, publish)",
+        &recorded_to_message,
+    ));
+    let pss_median = summarize(&pss).map(|s| s.p50);
+    results.push(
+        Figure::series(
+            "executor_rss_mb",
+            "executor resident memory (heartbeat)",
+            "MB",
+            &rss,
+            Some(Goal::MaxAtMost(8.0)),
+        )
+        .with_note(format!(
+            "VmRSS of every running executor; proportional share (PSS: shared library and binary pages split among the executors) median {} MB",
+            pss_median.map(num).unwrap_or_else(|| "?".into())
+        )),
+    );
+    results
+        .extra
+        .insert("latency_machine_busy".into(), json!(busy));
+    Ok(())
+}
+
+/// A breakdown row under a figure: no goal of its own.
+fn sub(key: &str, label: &str, values: &[f64]) -> Figure {
+    Figure::series(key, &format!("  ↳ {label}"), "ms", values, None)
+}
+
+/// The series of the start samples.
+#[derive(Default)]
+struct StartSeries {
+    insert_commit: Vec<f64>,
+    to_running: Vec<f64>,
+    to_first_running: Vec<f64>,
+    to_executed: Vec<f64>,
+    to_starting: Vec<f64>,
+    starting_to_running: Vec<f64>,
+    running_to_message: Vec<f64>,
+    message_to_executed: Vec<f64>,
+}
+
+/// How busy the whole machine was (both cores, everything on it) over a part.
+struct MachineBusy {
+    from: Option<u64>,
+    at: std::time::Instant,
+}
+
+impl MachineBusy {
+    fn start() -> MachineBusy {
+        MachineBusy {
+            from: probe::machine_busy_ns(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// E.g. `73 %`, or `?`.
+    fn finish(self) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+        match (self.from, probe::machine_busy_ns()) {
+            (Some(a), Some(b)) => format!(
+                "{:.0} %",
+                b.saturating_sub(a) as f64 / (self.at.elapsed().as_nanos() as f64 * cores) * 100.0
+            ),
+            _ => "?".to_string(),
+        }
+    }
+}
+
+/// When the manager's (and, if it comes within a second of it, the executor's)
+/// `running` message for `id` arrived.
+struct RunningSeen {
+    manager: DateTime<Utc>,
+    executor: Option<DateTime<Utc>>,
+}
+
+async fn wait_running(engine: &mut BenchEngine, id: Uuid) -> anyhow::Result<RunningSeen> {
+    let until = Instant::now() + EVENT_DEADLINE;
+    let mut manager = None;
+    let mut executor = None;
+    let mut grace_until = until;
+    loop {
+        if manager.is_some() && executor.is_some() {
+            break;
+        }
+        let Some(msg) = engine.status_feed.next_until(grace_until).await else {
+            if manager.is_some() {
+                break;
+            }
+            bail!(
+                "no `running` for strategy {id} within 30 s: {}",
+                engine.manager_log_tail(5)
+            );
+        };
+        let Some(event) = StatusEvent::parse(&msg) else {
+            continue;
+        };
+        if event.strategy_id != id {
+            continue;
+        }
+        match event.status.as_str() {
+            "running" if event.is_from_manager() => {
+                manager.get_or_insert(event.at);
+                grace_until = Instant::now() + Duration::from_secs(1);
+            }
+            "running" => {
+                executor.get_or_insert(event.at);
+            }
+            "error" | "backoff" => {
+                bail!(
+                    "strategy {id} went to {} while starting: {}",
+                    event.status,
+                    engine.manager_log_tail(5)
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(RunningSeen {
+        manager: manager.expect("loop ends with the manager's message"),
+        executor,
+    })
+}
+
+/// When a `status` message for `id` (from the manager, if `manager_only`) arrived.
+async fn wait_status(
+    engine: &mut BenchEngine,
+    id: Uuid,
+    status: &str,
+    manager_only: bool,
+) -> anyhow::Result<DateTime<Utc>> {
+    let until = Instant::now() + EVENT_DEADLINE;
+    loop {
+        let Some(msg) = engine.status_feed.next_until(until).await else {
+            bail!(
+                "no `{status}` for strategy {id} within 30 s: {}",
+                engine.manager_log_tail(5)
+            );
+        };
+        let Some(event) = StatusEvent::parse(&msg) else {
+            continue;
+        };
+        if event.strategy_id == id
+            && event.status == status
+            && (!manager_only || event.is_from_manager())
+        {
+            return Ok(event.at);
+        }
+    }
+}
