@@ -184,12 +184,25 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     tracker.spawn(server.run(cancel.clone()));
     tracker.spawn(http::run(shared.clone(), redis_client.clone()));
 
-    let rows = db::load_strategies(&pool)
-        .await
-        .map_err(ManagerError::Load)?;
-    let recovered = db::load_processing(&pool)
-        .await
-        .map_err(ManagerError::Load)?;
+    // PostgreSQL may go away right now too: wait for it rather than exit.
+    let (rows, recovered) = loop {
+        let loaded = async {
+            Ok::<_, sqlx::Error>((
+                db::load_strategies(&pool).await?,
+                db::load_processing(&pool).await?,
+            ))
+        };
+        match loaded.await {
+            Ok(loaded) => break loaded,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read strategies yet; retrying every second");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(ManagerError::Load(err)),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     // The process table is the truth about what runs, whatever the rows say.
     let mut found = process::scan_executors(&socket);
     let mut supervisors = HashMap::new();

@@ -402,7 +402,15 @@ mod tests {
             .arg(&socket)
             .spawn()
             .unwrap();
-        let found = scan_executors(&socket);
+        // Until the child has exec'd, its /proc entry shows our own command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = scan_executors(&socket);
+            if found.contains_key(&id) || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.get(&id).map(|v| v.len()), Some(1), "{found:?}");

@@ -190,13 +190,14 @@ impl StrategySupervisor {
                     None => break,
                 },
                 _ = sleep_until(self.backoff_until) => self.restart_after_backoff().await,
-                _ = db_retry.tick(), if self.db_dirty || self.desired_dirty => {
+                _ = db_retry.tick() => {
                     if self.desired_dirty {
                         self.write_desired().await;
                     }
                     if self.db_dirty {
                         self.write_observed().await;
                     }
+                    self.reconcile_pause().await;
                 }
             }
         }
@@ -341,9 +342,15 @@ impl StrategySupervisor {
                     Ok(())
                 }
                 Status::Running => {
-                    self.set_desired(Desired::Paused, false).await;
-                    self.request(ExecutorCommandKind::Pause, None, cmd.command_id)
-                        .await
+                    // desired_state changes only once the effect is real, so a pause
+                    // that fails leaves status and desired_state agreeing.
+                    let done = self
+                        .request(ExecutorCommandKind::Pause, None, cmd.command_id)
+                        .await;
+                    if done.is_ok() {
+                        self.set_desired(Desired::Paused, false).await;
+                    }
+                    done
                 }
                 other => Err(format!(
                     "cannot pause: the strategy is {other}, not running; start it first"
@@ -355,9 +362,13 @@ impl StrategySupervisor {
                     Ok(())
                 }
                 Status::Paused => {
-                    self.set_desired(Desired::Running, false).await;
-                    self.request(ExecutorCommandKind::Resume, None, cmd.command_id)
-                        .await
+                    let done = self
+                        .request(ExecutorCommandKind::Resume, None, cmd.command_id)
+                        .await;
+                    if done.is_ok() {
+                        self.set_desired(Desired::Running, false).await;
+                    }
+                    done
                 }
                 other => Err(format!(
                     "cannot resume: the strategy is {other}, not running; start it instead"
@@ -575,7 +586,9 @@ impl StrategySupervisor {
                         message: format!(
                             "the executor did not finish initialising within {secs}s (start timeout) and was killed"
                         ),
-                        exit: Some(ExitInfo::Signal(9)),
+                        // Our own kill, not a crash: a strategy that hangs in set-up is
+                        // not restarted into the same hang.
+                        exit: None,
                     });
                 }
                 _ = self.shared.cancel.cancelled() => {
@@ -887,6 +900,22 @@ impl StrategySupervisor {
         tracing::warn!(error = %message, "{reason}");
         self.transition(Status::Backoff, Some(&reason), Some(message), None)
             .await;
+    }
+
+    /// The reconciler's last word on pause: a live executor whose paused/running
+    /// state differs from what operators asked for (a re-pause after a crash restart
+    /// that did not get through, say) is asked again, once a second.
+    async fn reconcile_pause(&mut self) {
+        if self.proc.is_none() || self.link.is_none() || self.backoff_until.is_some() {
+            return;
+        }
+        let kind = match (self.status, self.desired) {
+            (Status::Running, Desired::Paused) => ExecutorCommandKind::Pause,
+            (Status::Paused, Desired::Running) => ExecutorCommandKind::Resume,
+            _ => return,
+        };
+        tracing::info!(status = %self.status, desired = self.desired.as_str(), "bringing the executor back to the desired state");
+        let _ = self.request(kind, None, Uuid::new_v4()).await;
     }
 
     async fn restart_after_backoff(&mut self) {

@@ -438,7 +438,10 @@ fn expected_desired(rows: &[CommandRow], id: Uuid) -> Option<&'static str> {
     for cmd in rows {
         let ok = cmd.status == "executed";
         match cmd.strategy_id {
-            None => expected = None, // depends on the status at that moment
+            // A global stop applies to every strategy not stopped (or in error).
+            None if cmd.command == "stop" => expected = Some("stopped"),
+            // A global pause or resume depends on the status at that moment.
+            None => expected = None,
             Some(s) if s == id => match (cmd.command.as_str(), ok) {
                 // start on a paused strategy is a no-op: it stays paused.
                 ("start", _) if expected == Some("paused") || expected.is_none() => expected = None,
