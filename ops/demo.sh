@@ -6,6 +6,11 @@
 #   bash ops/demo.sh status   show the demo strategies and the background processes
 #   bash ops/demo.sh stop     global stop command (every strategy), then stop
 #                             engine-manager and market-sim
+#   bash ops/demo.sh restart-check
+#                             with the demo up: SIGKILL the manager and start a new
+#                             one, then SIGTERM it and start another, and check that
+#                             every demo strategy kept its executor (same pid, same
+#                             process start time) through both
 #
 # Running it again restarts market-sim and engine-manager cleanly. Strategies outlive
 # the manager: the new manager adopts the executors that are still running.
@@ -230,6 +235,14 @@ Tear down:
 EOF
 }
 
+launch_manager() {
+    local prefix_args=()
+    [ -z "$REDIS_PREFIX" ] || prefix_args=(--redis-prefix "$REDIS_PREFIX")
+    start_background engine-manager "$MANAGER_PID_FILE" "$MANAGER_LOG" \
+        "$MANAGER_BIN" --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
+        "${prefix_args[@]}" --state-dir "$STATE_DIR"
+}
+
 cmd_start() {
     mkdir -p "$STATE_DIR"
     bash "$ROOT/ops/ensure-services.sh"
@@ -262,9 +275,7 @@ cmd_start() {
     start_background market-sim "$SIM_PID_FILE" "$SIM_LOG" \
         "$SIM_BIN" --redis-url "$REDIS_URL" "${prefix_args[@]}" \
         --tokens BTC-USD,ETH-USD,SOL-USD
-    start_background engine-manager "$MANAGER_PID_FILE" "$MANAGER_LOG" \
-        "$MANAGER_BIN" --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
-        "${prefix_args[@]}" --state-dir "$STATE_DIR"
+    launch_manager
 
     wait_until_running "$(cat "$MANAGER_PID_FILE")"
     say ""
@@ -308,6 +319,55 @@ cmd_stop() {
     stop_process "$SIM_PID_FILE" market-sim 10
 }
 
+# --- restart-check -----------------------------------------------------------------
+
+# name|pid|process start time (field 22 of /proc/<pid>/stat) of each demo strategy.
+executor_snapshot() {
+    local name pid start
+    while IFS='|' read -r name pid; do
+        start="$(sed -E 's/.*\) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $20}')"
+        printf '%s|%s|%s\n' "$name" "$pid" "${start:-gone}"
+    done < <(db_value "SELECT name, coalesce(pid, 0) FROM strategy_configs WHERE name IN ($DEMO_NAMES_SQL) ORDER BY name;")
+}
+
+# Kill the manager with $1 (KILL or TERM), start a new one, and compare the executors.
+restart_and_compare() {
+    local signal=$1 manager_pid before after
+    manager_pid="$(live_pid "$MANAGER_PID_FILE" engine-manager)" ||
+        die "engine-manager is not running: start the demo first (bash ops/demo.sh)"
+    before="$(executor_snapshot)"
+    say "SIG$signal to engine-manager (pid $manager_pid)"
+    kill "-$signal" "$manager_pid"
+    local deadline=$((SECONDS + 40))
+    while [ -d "/proc/$manager_pid" ] && [ "$(awk '{print $3}' "/proc/$manager_pid/stat" 2>/dev/null)" != "Z" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || die "engine-manager (pid $manager_pid) did not exit after SIG$signal"
+        sleep 0.1
+    done
+    launch_manager
+    QUEUED_COMMAND_IDS=""
+    wait_until_running "$(cat "$MANAGER_PID_FILE")"
+    after="$(executor_snapshot)"
+    printf '%-18s %-22s %-22s\n' strategy "before (pid@start)" "after (pid@start)"
+    local failed=0 name pid start a_name a_pid a_start
+    while IFS='|' read -r name pid start && IFS='|' read -r a_name a_pid a_start <&3; do
+        printf '%-18s %-22s %-22s\n' "$name" "$pid@$start" "$a_pid@$a_start"
+        if [ "$name" != "$a_name" ] || [ "$pid" != "$a_pid" ] || [ "$start" != "$a_start" ] || [ "$start" = gone ]; then
+            failed=1
+        fi
+    done < <(printf '%s\n' "$before") 3< <(printf '%s\n' "$after")
+    [ "$failed" -eq 0 ] || die "after SIG$signal to the manager, an executor changed (see the table)"
+    grep -q "adopted a running executor" "$MANAGER_LOG" ||
+        die "the new manager's log ($MANAGER_LOG) does not say it adopted the executors"
+    say "SIG$signal: every demo strategy kept its executor (same pid, same start time), adopted by the new manager"
+}
+
+cmd_restart_check() {
+    [ -x "$MANAGER_BIN" ] || die "$MANAGER_BIN is missing: start the demo first (bash ops/demo.sh)"
+    restart_and_compare KILL
+    restart_and_compare TERM
+    say "restart-check: passed"
+}
+
 # --- status ------------------------------------------------------------------------
 
 cmd_status() {
@@ -321,6 +381,7 @@ case "${1:-start}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    -h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown argument '$1' (use: start, stop, status)" ;;
+    restart-check) cmd_restart_check ;;
+    -h | --help | help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown argument '$1' (use: start, stop, status, restart-check)" ;;
 esac

@@ -110,9 +110,15 @@ pub struct ManagerConfig {
     pub log_format: LogFormat,
 
     /// Rotate an executor log (`logs/<name>.log`) once it is larger than this
-    /// (`10MiB`, `500k`, `1048576`; 0 turns rotation off). Checked every health interval.
+    /// (`10MiB`, `500k`, `1048576`; 0 turns rotation off). Checked every
+    /// `--log-check-interval`.
     #[arg(long, env = "ENGINE_LOG_MAX_SIZE", default_value = "10MiB", value_parser = crate::log_rotation::parse_size)]
     pub log_max_size: u64,
+
+    /// How often the executor logs are checked against `--log-max-size` (on the
+    /// health tick, so never more often than `--health-interval`).
+    #[arg(long, env = "ENGINE_LOG_CHECK_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub log_check_interval: Duration,
 
     /// Rotated copies kept per executor log (`<name>.log.1` is the newest).
     #[arg(long, env = "ENGINE_LOG_KEEP", default_value_t = 5)]

@@ -59,6 +59,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings a connection when it goes back to the pool (and drops a
+            // broken one there); a second ping before every statement only adds a
+            // round trip to every command's path.
+            .test_before_acquire(false)
     };
     match pool_options().connect_with(options.clone()).await {
         Ok(pool) => Ok(pool),
@@ -78,6 +82,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
             source,
         }),
     }
+}
+
+/// A one-connection pool for claiming commands, with `synchronous_commit = off`.
+///
+/// A claim is the first write of a command's path, and waiting for its WAL flush
+/// (0.4–12 ms on a shared disk) is most of the claim's latency. Giving it up is
+/// safe: WAL is written in order, so the next synchronous commit of anything —
+/// the command's own `desired_state` or status write, or its outcome — makes the
+/// claim durable too. Only a PostgreSQL crash within those few milliseconds can
+/// undo a claim: the row is `pending` again, and the intake, which remembers the
+/// commands it dispatched, does not apply it twice.
+pub fn connect_claimer(url: &str) -> Result<PgPool, DbError> {
+    let options = connect_options(url)?.options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
 }
 
 async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {

@@ -19,25 +19,25 @@
 
 use crate::db::MetricsRow;
 use crate::log_rotation::{self, RotationPolicy};
+use crate::process::ProcStat;
 use crate::recorder::LastMetrics;
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strategy_sdk::protocol::{EngineHealthMessage, HealthMessage};
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::sync::mpsc;
 
 pub struct HealthSampler {
     shared: Arc<Shared>,
     recorder: mpsc::Sender<MetricsRow>,
-    system: System,
-    /// Pids sampled at least once: CPU % is a delta, so a first sample is not published.
-    seen: HashSet<u32>,
+    cpu: CpuMeter,
     started: Instant,
+    /// When the executors' logs were last checked for rotation.
+    rotation_checked: Option<Instant>,
     /// Logs whose rotation failed on the last pass (warned about once, not every tick).
     rotation_failing: HashSet<PathBuf>,
 }
@@ -47,9 +47,9 @@ impl HealthSampler {
         HealthSampler {
             shared,
             recorder,
-            system: System::new(),
-            seen: HashSet::new(),
+            cpu: CpuMeter::default(),
             started: Instant::now(),
+            rotation_checked: None,
             rotation_failing: HashSet::new(),
         }
     }
@@ -63,7 +63,12 @@ impl HealthSampler {
                 _ = cancel.cancelled() => break,
                 _ = interval.tick() => {
                     self.sample();
-                    self.rotate_logs().await;
+                    // A `readdir` and a `stat` per log: not on every tick.
+                    let every = self.shared.config.log_check_interval;
+                    if self.rotation_checked.is_none_or(|at| at.elapsed() >= every) {
+                        self.rotation_checked = Some(Instant::now());
+                        self.rotate_logs().await;
+                    }
                 }
             }
         }
@@ -108,16 +113,7 @@ impl HealthSampler {
                 .map(|(id, e)| (*id, e.clone()))
                 .collect()
         };
-        let mut pids: Vec<Pid> = entries
-            .iter()
-            .filter_map(|(_, e)| e.pid.map(Pid::from_u32))
-            .collect();
-        pids.push(Pid::from_u32(own_pid));
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&pids),
-            true,
-            ProcessRefreshKind::nothing().with_cpu().with_memory(),
-        );
+        let sampled_at = Instant::now();
         let now = Utc::now();
         let (stale_after, metrics_interval) = (
             self.shared.config.stale_after,
@@ -140,17 +136,17 @@ impl HealthSampler {
                 .collect()
         };
         let channels = &self.shared.channels;
-        let mut still_seen = HashSet::with_capacity(entries.len() + 1);
         let mut rows = Vec::with_capacity(entries.len());
         for ((id, entry), verdict) in entries.iter().zip(verdicts) {
             let pid = entry.pid.expect("filtered");
-            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+            let Some(stat) = ProcStat::read(pid) else {
                 continue;
             };
-            let first = !self.seen.contains(&pid);
-            still_seen.insert(pid);
-            let cpu = process.cpu_usage() as f64;
-            let memory_mb = process.memory() as f64 / (1024.0 * 1024.0);
+            // CPU % is a delta: a first sample has none, and is not published as one.
+            let cpu = self.cpu.percent(pid, &stat, sampled_at);
+            let first = cpu.is_none();
+            let cpu = cpu.unwrap_or(0.0);
+            let memory_mb = self.cpu.memory_mb(&stat);
             let uptime_s = entry
                 .started_at
                 .map(|t| (now - t).num_seconds().max(0) as u64)
@@ -212,10 +208,11 @@ impl HealthSampler {
                 });
             }
         }
-        let (cpu, mem) = self
-            .system
-            .process(Pid::from_u32(own_pid))
-            .map(|p| (p.cpu_usage() as f64, p.memory() as f64 / (1024.0 * 1024.0)))
+        let (cpu, mem) = ProcStat::read(own_pid)
+            .map(|stat| {
+                let cpu = self.cpu.percent(own_pid, &stat, sampled_at);
+                (cpu.unwrap_or(0.0), self.cpu.memory_mb(&stat))
+            })
             .unwrap_or((0.0, 0.0));
         let engine = EngineHealthMessage {
             name: "engine-manager".to_string(),
@@ -230,12 +227,59 @@ impl HealthSampler {
         self.shared
             .publisher
             .publish(channels.engine_health(), &engine);
-        self.seen = still_seen;
+        self.cpu.forget_unsampled(sampled_at);
         for row in rows {
             if self.recorder.try_send(row).is_err() {
                 break;
             }
         }
+    }
+}
+
+/// CPU % of processes from successive reads of `/proc/<pid>/stat` (the way `top`
+/// computes it: CPU time used between two samples over the wall time between them;
+/// 100 is one core). Only the supervised pids are read, one small file each.
+#[derive(Debug)]
+pub struct CpuMeter {
+    ticks_per_second: f64,
+    page_size: f64,
+    /// pid → (its start time, CPU ticks at the last sample, when that was).
+    last: HashMap<u32, (u64, u64, Instant)>,
+}
+
+impl Default for CpuMeter {
+    fn default() -> Self {
+        CpuMeter {
+            ticks_per_second: rustix::param::clock_ticks_per_second() as f64,
+            page_size: rustix::param::page_size() as f64,
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl CpuMeter {
+    /// CPU % since this pid's previous sample; `None` on its first sample (or the
+    /// first of a new process that reuses the pid).
+    pub fn percent(&mut self, pid: u32, stat: &ProcStat, at: Instant) -> Option<f64> {
+        let previous = self
+            .last
+            .insert(pid, (stat.start_ticks, stat.cpu_ticks, at));
+        let (start_ticks, cpu_ticks, then) = previous?;
+        let wall = at.checked_duration_since(then)?.as_secs_f64();
+        if start_ticks != stat.start_ticks || wall <= 0.0 || self.ticks_per_second <= 0.0 {
+            return None;
+        }
+        let used = stat.cpu_ticks.saturating_sub(cpu_ticks) as f64 / self.ticks_per_second;
+        Some(100.0 * used / wall)
+    }
+
+    pub fn memory_mb(&self, stat: &ProcStat) -> f64 {
+        stat.rss_pages as f64 * self.page_size / (1024.0 * 1024.0)
+    }
+
+    /// Drop the pids not sampled at `at` (gone, or no longer live).
+    pub fn forget_unsampled(&mut self, at: Instant) {
+        self.last.retain(|_, (_, _, then)| *then == at);
     }
 }
 
@@ -295,6 +339,46 @@ pub fn tick_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_meter_measures_busy_time_between_samples() {
+        let me = std::process::id();
+        let mut meter = CpuMeter::default();
+        let first = ProcStat::read(me).expect("own stat");
+        assert_eq!(
+            meter.percent(me, &first, Instant::now()),
+            None,
+            "no delta yet"
+        );
+        // Burn CPU until the kernel has counted at least 20 more ticks for us.
+        let mut x = 0u64;
+        let now = loop {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            let now = ProcStat::read(me).expect("own stat");
+            if now.cpu_ticks >= first.cpu_ticks + 20 {
+                break now;
+            }
+        };
+        let cpu = meter
+            .percent(me, &now, Instant::now())
+            .expect("a second sample has a delta");
+        // One busy thread: above zero, and at most every core of the machine.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(cpu > 0.0 && cpu <= 100.0 * cores + 1.0, "cpu {cpu}");
+        assert!(meter.memory_mb(&now) > 0.1);
+
+        // A new process under the same pid starts from scratch.
+        let reused = ProcStat {
+            start_ticks: now.start_ticks + 1,
+            ..now
+        };
+        assert_eq!(meter.percent(me, &reused, Instant::now()), None);
+        let at = Instant::now();
+        meter.forget_unsampled(at);
+        assert!(meter.last.is_empty());
+    }
 
     fn reported(age_ms: Option<f64>, received_at: DateTime<Utc>) -> LastMetrics {
         LastMetrics {

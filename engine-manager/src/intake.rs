@@ -18,9 +18,41 @@ use uuid::Uuid;
 
 const CLAIM_BATCH: i64 = 256;
 
+/// How many dispatched command ids the intake remembers (see [`Dispatched`]).
+const REMEMBERED: usize = 8192;
+
 pub struct CommandIntake {
     shared: Arc<Shared>,
     supervisors: HashMap<Uuid, SupervisorHandle>,
+    dispatched: Dispatched,
+}
+
+/// The commands this manager has dispatched, most recent [`REMEMBERED`].
+///
+/// Claims commit with `synchronous_commit = off` ([`db::connect_claimer`]): if
+/// PostgreSQL crashes before anything flushes the claim, the row is `pending` again
+/// when it comes back, and the next claim would hand the same command out a second
+/// time. Its first dispatch still records the outcome; it must not run twice.
+#[derive(Default)]
+struct Dispatched {
+    ids: std::collections::HashSet<Uuid>,
+    order: std::collections::VecDeque<Uuid>,
+}
+
+impl Dispatched {
+    /// Whether `id` is new (and remember it).
+    fn first_time(&mut self, id: Uuid) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl CommandIntake {
@@ -28,6 +60,7 @@ impl CommandIntake {
         CommandIntake {
             shared,
             supervisors,
+            dispatched: Dispatched::default(),
         }
     }
 
@@ -35,6 +68,7 @@ impl CommandIntake {
     /// until cancelled.
     pub async fn run(mut self, recovered: Vec<CommandRow>) {
         for row in recovered {
+            self.dispatched.first_time(row.id);
             tracing::info!(command_id = %row.id, command = %row.command, "finishing a command the previous manager left processing");
             let from = Some(row.created_at);
             self.dispatch(row, from).await;
@@ -46,7 +80,7 @@ impl CommandIntake {
             if listener.is_none() {
                 listener = listen(&self.shared).await;
             }
-            match db::claim_pending(&self.shared.pool, CLAIM_BATCH).await {
+            match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH).await {
                 Ok(rows) => {
                     if db_down {
                         tracing::info!("database is back; taking commands again");
@@ -54,6 +88,10 @@ impl CommandIntake {
                     }
                     let full = rows.len() as i64 == CLAIM_BATCH;
                     for row in rows {
+                        if !self.dispatched.first_time(row.id) {
+                            tracing::warn!(command_id = %row.id, command = %row.command, "a command came back as pending (a database crash undid its claim); it was already taken, and is not applied twice");
+                            continue;
+                        }
                         self.dispatch(row, None).await;
                     }
                     if full {
@@ -271,5 +309,24 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
             Ok(())
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_dispatched_once_and_old_ids_are_forgotten() {
+        let mut seen = Dispatched::default();
+        let first = Uuid::new_v4();
+        assert!(seen.first_time(first));
+        assert!(!seen.first_time(first), "the same command twice");
+        for _ in 0..REMEMBERED {
+            assert!(seen.first_time(Uuid::new_v4()));
+        }
+        assert_eq!(seen.ids.len(), REMEMBERED);
+        assert_eq!(seen.order.len(), REMEMBERED);
+        assert!(seen.first_time(first), "the oldest id was forgotten");
     }
 }

@@ -56,6 +56,8 @@ pub use config::LogFormat;
 pub struct Shared {
     pub config: ManagerConfig,
     pub pool: PgPool,
+    /// Claims only: `synchronous_commit = off` (see [`db::connect_claimer`]).
+    pub claim_pool: PgPool,
     pub publisher: Publisher,
     pub channels: Channels,
     pub executor_path: PathBuf,
@@ -148,12 +150,14 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         &publisher_tracker,
     );
     let executor_path = config.executor_path();
+    let claim_pool = db::connect_claimer(&config.database_url)?;
     let shared = Arc::new(Shared {
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
         executor_path,
         config,
         pool: pool.clone(),
+        claim_pool: claim_pool.clone(),
         publisher,
         node,
         boot_id: boot_id.clone(),
@@ -241,6 +245,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     publisher_tracker.close();
     publisher_tracker.wait().await;
     let _ = std::fs::remove_file(&socket);
+    claim_pool.close().await;
     pool.close().await;
     tracing::info!("engine-manager stopped");
     Ok(())

@@ -19,17 +19,43 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown-boot".to_string())
 }
 
+/// What one read of `/proc/<pid>/stat` says about a live process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Start time in clock ticks since boot (field 22).
+    pub start_ticks: u64,
+    /// User plus system CPU time in clock ticks (fields 14 and 15).
+    pub cpu_ticks: u64,
+    /// Resident set size in pages (field 24).
+    pub rss_pages: u64,
+}
+
+impl ProcStat {
+    /// `/proc/<pid>/stat` of a live process (`None` if it is gone or a zombie).
+    pub fn read(pid: u32) -> Option<ProcStat> {
+        Self::parse(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    pub fn parse(stat: &str) -> Option<ProcStat> {
+        // The command name (field 2) may hold spaces and parentheses: skip past the
+        // last ')'. `fields[0]` is then field 3 (state), and field n is `fields[n - 3]`.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+            return None; // a zombie is not alive
+        }
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some(ProcStat {
+            start_ticks: field(22)?,
+            cpu_ticks: field(14)? + field(15)?,
+            rss_pages: field(24)?,
+        })
+    }
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3 (state); field 22 is the 20th after that.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return None; // a zombie is not alive
-    }
-    fields.get(19)?.parse().ok()
+    ProcStat::read(pid).map(|s| s.start_ticks)
 }
 
 /// Whether `pid` is alive and is the process that started at `ticks`.
@@ -94,6 +120,8 @@ pub struct SpawnSpec<'a> {
     pub redis_prefix: &'a str,
     pub metrics_interval: std::time::Duration,
     pub log_path: &'a Path,
+    /// Pass `--start-paused`: the executor comes up `paused`.
+    pub start_paused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +241,7 @@ impl ExecutorProcess {
             .arg(spec.control_socket)
             .arg("--metrics-interval")
             .arg(format!("{}ms", spec.metrics_interval.as_millis()))
+            .args(spec.start_paused.then_some("--start-paused"))
             // Secrets stay out of argv: the Redis URL (it may hold a password) goes
             // in the environment, the config on stdin.
             .env("REDIS_URL", spec.redis_url)
@@ -377,6 +406,30 @@ pub fn log_file_name(name: &str, id: Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_survive_a_hostile_command_name() {
+        // Fields 14/15 (utime/stime) = 700/50, 22 (starttime) = 123456, 24 (rss) = 2048.
+        let line = "4242 (we ird) (name) S 1 4242 4242 0 -1 4194560 100 0 0 0 700 50 0 0 20 0 1 0 123456 9000000 2048 18446744073709551615";
+        assert_eq!(
+            ProcStat::parse(line),
+            Some(ProcStat {
+                start_ticks: 123456,
+                cpu_ticks: 750,
+                rss_pages: 2048
+            })
+        );
+        let zombie = line.replace(") S ", ") Z ");
+        assert_eq!(ProcStat::parse(&zombie), None);
+        assert_eq!(ProcStat::parse("4242 (truncated) S 1 2"), None);
+    }
+
+    #[test]
+    fn own_stat_is_read() {
+        let me = ProcStat::read(std::process::id()).expect("our own /proc entry");
+        assert!(me.rss_pages > 0, "{me:?}");
+        assert_eq!(Some(me.start_ticks), start_ticks(std::process::id()));
+    }
 
     #[test]
     fn own_start_time_is_readable_and_stable() {

@@ -262,14 +262,9 @@ impl StrategySupervisor {
                 }
             }
             Initial::Start(desired) => {
-                if let Err(failure) = self.start(None, "starting at manager start").await {
+                let paused = desired == Desired::Paused;
+                if let Err(failure) = self.start(None, "starting at manager start", paused).await {
                     self.after_failed_start(failure, None).await;
-                    return;
-                }
-                if desired == Desired::Paused {
-                    let _ = self
-                        .request(ExecutorCommandKind::Pause, None, Uuid::new_v4())
-                        .await;
                 }
             }
         }
@@ -387,7 +382,10 @@ impl StrategySupervisor {
         self.observed.restart_count = 0;
         self.consecutive_crashes = 0;
         self.observed.last_error = None;
-        match self.start(command_id, "started by an operator").await {
+        match self
+            .start(command_id, "started by an operator", false)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(failure) if self.shared.cancel.is_cancelled() => Err(failure.message),
             Err(failure) if failure.is_permanent() => {
@@ -518,8 +516,14 @@ impl StrategySupervisor {
             .join(process::log_file_name(&self.name, self.id))
     }
 
-    /// Spawn an executor and wait until its strategy is initialised.
-    async fn start(&mut self, command_id: Option<Uuid>, reason: &str) -> Result<(), StartFailure> {
+    /// Spawn an executor and wait until its strategy is initialised; with `paused`
+    /// it comes up paused (`--start-paused`) and the status goes straight to `paused`.
+    async fn start(
+        &mut self,
+        command_id: Option<Uuid>,
+        reason: &str,
+        paused: bool,
+    ) -> Result<(), StartFailure> {
         self.backoff_until = None;
         self.reload_definition().await;
         self.halt_reason = None;
@@ -537,6 +541,7 @@ impl StrategySupervisor {
             redis_prefix: &self.shared.config.redis_prefix,
             metrics_interval: self.shared.config.metrics_interval,
             log_path: &log_path,
+            start_paused: paused,
         };
         let proc = match ExecutorProcess::spawn(&spec).await {
             Ok(p) => p,
@@ -556,7 +561,7 @@ impl StrategySupervisor {
             .await;
 
         let deadline = Instant::now() + self.shared.config.start_timeout;
-        loop {
+        let reported = loop {
             tokio::select! {
                 exit = wait_exit(&mut self.proc) => {
                     let tail = self.proc.as_ref().map(|p| p.log_tail(5)).unwrap_or_default();
@@ -566,15 +571,15 @@ impl StrategySupervisor {
                 }
                 link = self.link_rx.recv() => {
                     if let Some(link) = link {
-                        let ready = link.hello_status.is_live();
+                        let hello = link.hello_status;
                         self.accept_link(link).await;
-                        if ready {
-                            break;
+                        if hello.is_live() && self.link.is_some() {
+                            break hello;
                         }
                     }
                 }
                 frame = next_frame(&mut self.link) => match frame {
-                    Some(ExecutorMessage::State { status, .. }) if status.is_live() => break,
+                    Some(ExecutorMessage::State { status, .. }) if status.is_live() => break status,
                     Some(ExecutorMessage::Halted { reason }) => self.halt_reason = Some(reason),
                     Some(_) => {}
                     None => self.link = None,
@@ -595,11 +600,15 @@ impl StrategySupervisor {
                     return Err(StartFailure { message: "the manager is shutting down".into(), exit: None });
                 }
             }
-        }
+        };
         self.running_since = Some(Instant::now());
         self.observed.started_at = Some(Utc::now());
-        self.transition(Status::Running, None, None, command_id)
-            .await;
+        let status = if reported == Status::Paused {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        self.transition(status, None, None, command_id).await;
         Ok(())
     }
 
@@ -920,15 +929,13 @@ impl StrategySupervisor {
 
     async fn restart_after_backoff(&mut self) {
         self.backoff_until = None;
-        match self.start(None, "automatic restart after a crash").await {
-            Ok(()) if self.desired == Desired::Paused => {
-                // It crashed while paused: it comes back paused.
-                let _ = self
-                    .request(ExecutorCommandKind::Pause, None, Uuid::new_v4())
-                    .await;
-            }
-            Ok(()) => {}
-            Err(failure) => self.after_failed_start(failure, None).await,
+        // It crashed while paused: it comes back paused, and never trades on the way.
+        let paused = self.desired == Desired::Paused;
+        if let Err(failure) = self
+            .start(None, "automatic restart after a crash", paused)
+            .await
+        {
+            self.after_failed_start(failure, None).await;
         }
     }
 
@@ -1083,6 +1090,16 @@ impl StrategySupervisor {
     }
 
     async fn record(&mut self, event: Option<&db::TransitionEvent<'_>>) {
+        // desired_state goes to the row before any status that follows from it: a
+        // row saying `stopped` with a stale `desired_state = running` would make the
+        // next manager start the strategy again (and apply its stop twice).
+        if self.desired_dirty {
+            self.write_desired().await;
+            if self.desired_dirty {
+                self.db_dirty = true;
+                return;
+            }
+        }
         let write = db::write_observed(&self.shared.pool, self.id, &self.observed, event);
         let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(result) => result,

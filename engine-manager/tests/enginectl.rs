@@ -730,8 +730,10 @@ fn token_of(channel: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_logs_are_rotated_and_still_readable() {
     let mut engine = TestEngine::new().await;
-    // Any line makes the log "too large": it is rotated on the next health tick.
+    // Any line makes the log "too large": it is rotated on the next check, which
+    // is every health tick here.
     engine.config.log_max_size = 1;
+    engine.config.log_check_interval = Duration::ZERO;
     engine.config.log_keep = 2;
     engine.start_manager().await;
     let id = engine.add_heartbeat("hb-rot").await;

@@ -431,8 +431,9 @@ async fn command_rows(op: &Operator) -> Vec<CommandRow> {
 }
 
 /// What the operators' commands imply for one strategy's `desired_state`, when that
-/// is certain (a global command, or a failed pause or resume, leaves it open until
-/// the next command that settles it).
+/// is certain (a global pause or resume, which applies only to strategies running or
+/// paused at that moment, leaves it open until the next command that settles it; a
+/// failed pause or resume leaves it as it was).
 fn expected_desired(rows: &[CommandRow], id: Uuid) -> Option<&'static str> {
     let mut expected = Some("stopped");
     for cmd in rows {
@@ -449,7 +450,8 @@ fn expected_desired(rows: &[CommandRow], id: Uuid) -> Option<&'static str> {
                 ("stop", _) => expected = Some("stopped"),
                 ("pause", true) => expected = Some("paused"),
                 ("resume", true) => expected = Some("running"),
-                ("pause" | "resume", false) => expected = None,
+                // A failed pause or resume leaves desired_state as it was.
+                ("pause" | "resume", false) => {}
                 _ => {}
             },
             Some(_) => {}

@@ -40,8 +40,6 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
         DEADLINE,
         || async {
             let row = engine.op.try_state(id).await?;
-            // Restarted, then paused again (it passes through `running` for the few
-            // milliseconds between the two).
             let back = row.pid.is_some() && row.pid != Some(pid as i32);
             (back && row.status == "paused").then_some(row)
         },
@@ -53,6 +51,24 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
         "the operator paused it, it crashed, and it came back {}",
         row.status
     );
+    // It comes up paused (`--start-paused`): not even a moment of `running`, so not
+    // one tick traded while the operator wants it paused.
+    let path: Vec<(String, Option<i32>)> = sqlx::query_as(
+        "SELECT new_status, pid FROM strategy_events WHERE strategy_id = $1 \
+         AND id > (SELECT max(id) FROM strategy_events WHERE strategy_id = $1 AND new_status = 'backoff') \
+         ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&engine.op.pool)
+    .await
+    .unwrap();
+    let statuses: Vec<&str> = path.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["starting", "paused"],
+        "after the crash: {path:?}"
+    );
+    assert_eq!(path[1].1, row.pid);
     engine.finish().await;
 }
 

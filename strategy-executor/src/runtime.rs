@@ -162,6 +162,12 @@ pub struct Cli {
     /// The `node` reported in status messages (defaults to the host name).
     #[arg(long)]
     pub node: Option<String>,
+
+    /// Come up paused: `on_start` runs, then `on_pause`, and the first status is
+    /// `paused`. The manager uses it to restart a paused strategy that crashed, so
+    /// that it never trades, even for a moment, while operators want it paused.
+    #[arg(long)]
+    pub start_paused: bool,
 }
 
 fn parse_period(text: &str) -> Result<Duration, String> {
@@ -214,6 +220,7 @@ pub fn run_cli(cli: Cli, registry: &Registry) -> ExitCode {
         control_socket: cli.control_socket,
         metrics_interval: cli.metrics_interval,
         node: cli.node.unwrap_or_else(strategy_sdk::protocol::node_name),
+        start_paused: cli.start_paused,
     };
     run(options, registry)
 }
@@ -378,6 +385,8 @@ pub struct RunOptions {
     pub control_socket: Option<PathBuf>,
     pub metrics_interval: Duration,
     pub node: String,
+    /// Come up `paused` rather than `running` (`--start-paused`).
+    pub start_paused: bool,
 }
 
 /// Run mode: build the strategy, then run the event loop until shutdown or halt.
@@ -572,6 +581,7 @@ async fn run_async(
             command_rx,
             tick_rx,
             options.metrics_interval,
+            options.start_paused,
             signals,
             command_tx,
         )
@@ -722,6 +732,7 @@ impl StrategyHost {
         mut commands: mpsc::Receiver<InboundCommand>,
         mut ticks: mpsc::Receiver<Tick>,
         metrics_interval: Duration,
+        start_paused: bool,
         mut signals: ProcessSignals,
         _keep_commands_open: mpsc::Sender<InboundCommand>,
     ) -> u8 {
@@ -732,8 +743,22 @@ impl StrategyHost {
             return code;
         }
         self.reset_timer();
-        self.set_status(Status::Running, Cause::default());
-        tracing::info!("strategy running");
+        if start_paused {
+            self.ctx.set_now(chrono::Utc::now());
+            self.strategy.on_pause(&mut self.ctx);
+            if let Some(Exit(code)) = self.after_callback().await {
+                return code;
+            }
+            let cause = Cause {
+                reason: Some("started paused".to_string()),
+                ..Cause::default()
+            };
+            self.set_status(Status::Paused, cause);
+            tracing::info!("strategy started paused");
+        } else {
+            self.set_status(Status::Running, Cause::default());
+            tracing::info!("strategy running");
+        }
 
         let period = metrics_interval.max(MIN_PERIOD);
         let mut metrics = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
