@@ -212,6 +212,27 @@ pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Err
     .await
 }
 
+/// For the commands left `processing`: the strategies on which each has provably
+/// been applied already, as `(command id, strategy id)`. A supervisor applies its
+/// commands in order, so a strategy whose events show a *later* command (or, for a
+/// global command, that command itself) has been through it. Applying it again
+/// there would undo what came after, e.g. a recovered global stop stopping a
+/// strategy that a later `start` had started.
+pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT c.id, e.strategy_id \
+         FROM strategy_commands c \
+         JOIN strategy_events e ON e.at >= c.created_at \
+              AND (c.strategy_id IS NULL OR e.strategy_id = c.strategy_id) \
+         JOIN strategy_commands later ON later.id = e.command_id \
+         WHERE c.status = 'processing' \
+           AND ((later.created_at, later.seq) > (c.created_at, c.seq) \
+                OR (c.strategy_id IS NULL AND later.id = c.id))",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Record a command's outcome: `executed`, or `failed` with `error`.
 pub async fn finish_command(
     pool: &PgPool,

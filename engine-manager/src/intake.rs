@@ -9,7 +9,7 @@ use crate::supervisor::{
 };
 use crate::Shared;
 use sqlx::postgres::PgListener;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind};
@@ -17,6 +17,14 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 const CLAIM_BATCH: i64 = 256;
+
+/// A command the previous manager left `processing`.
+struct Recovery<'a> {
+    /// Its `created_at`.
+    from: chrono::DateTime<chrono::Utc>,
+    /// The strategies that have been through it already.
+    superseded: &'a HashSet<Uuid>,
+}
 
 /// How many dispatched command ids the intake remembers (see [`Dispatched`]).
 const REMEMBERED: usize = 8192;
@@ -35,7 +43,7 @@ pub struct CommandIntake {
 /// time. Its first dispatch still records the outcome; it must not run twice.
 #[derive(Default)]
 struct Dispatched {
-    ids: std::collections::HashSet<Uuid>,
+    ids: HashSet<Uuid>,
     order: std::collections::VecDeque<Uuid>,
 }
 
@@ -66,12 +74,22 @@ impl CommandIntake {
 
     /// Finish the rows a previous manager left `processing`, then serve new ones
     /// until cancelled.
-    pub async fn run(mut self, recovered: Vec<CommandRow>) {
+    /// `superseded`: for each recovered command, the strategies that have been
+    /// through it already ([`db::superseded_recovered`]).
+    pub async fn run(
+        mut self,
+        recovered: Vec<CommandRow>,
+        superseded: HashMap<Uuid, HashSet<Uuid>>,
+    ) {
+        let none = HashSet::new();
         for row in recovered {
             self.dispatched.first_time(row.id);
             tracing::info!(command_id = %row.id, command = %row.command, "finishing a command the previous manager left processing");
-            let from = Some(row.created_at);
-            self.dispatch(row, from).await;
+            let recovery = Recovery {
+                from: row.created_at,
+                superseded: superseded.get(&row.id).unwrap_or(&none),
+            };
+            self.dispatch(row, Some(recovery)).await;
         }
         let cancel = self.shared.cancel.clone();
         let mut listener = None;
@@ -119,11 +137,13 @@ impl CommandIntake {
         }
     }
 
-    async fn dispatch(
-        &mut self,
-        row: CommandRow,
-        recovered_from: Option<chrono::DateTime<chrono::Utc>>,
-    ) {
+    async fn dispatch(&mut self, row: CommandRow, recovery: Option<Recovery<'_>>) {
+        let recovered_from = recovery.as_ref().map(|r| r.from);
+        let superseded = |strategy_id: &Uuid| {
+            recovery
+                .as_ref()
+                .is_some_and(|r| r.superseded.contains(strategy_id))
+        };
         let kind = match parse_command(&row.command, &row.parameters, row.strategy_id.is_none()) {
             Ok(kind) => kind,
             Err(message) => {
@@ -148,6 +168,7 @@ impl CommandIntake {
                     kind,
                     global: false,
                     recovered_from,
+                    superseded: superseded(&strategy_id),
                     reply,
                 };
                 if handle.tx.send(cmd).await.is_err() {
@@ -165,7 +186,16 @@ impl CommandIntake {
                     }
                 });
             }
-            None => self.dispatch_global(row.id, kind, recovered_from).await,
+            None => {
+                let superseded: HashSet<Uuid> = self
+                    .supervisors
+                    .keys()
+                    .filter(|id| superseded(id))
+                    .copied()
+                    .collect();
+                self.dispatch_global(row.id, kind, recovered_from, superseded)
+                    .await
+            }
         }
     }
 
@@ -176,6 +206,7 @@ impl CommandIntake {
         id: Uuid,
         kind: CommandKind,
         recovered_from: Option<chrono::DateTime<chrono::Utc>>,
+        superseded: HashSet<Uuid>,
     ) {
         let mut waits = Vec::with_capacity(self.supervisors.len());
         for (strategy_id, handle) in &self.supervisors {
@@ -185,6 +216,7 @@ impl CommandIntake {
                 kind: kind.clone(),
                 global: true,
                 recovered_from,
+                superseded: superseded.contains(strategy_id),
                 reply,
             };
             if handle.tx.send(cmd).await.is_ok() {
@@ -238,6 +270,7 @@ impl CommandIntake {
                     config: None,
                     mode,
                     reason: mode.map(|_| "stop".to_string()),
+                    source: Some("manager".to_string()),
                 },
             );
             finish_with_retry(&shared, id, result).await;

@@ -42,7 +42,7 @@ use crate::process::ExecutorProcess;
 use crate::publisher::Publisher;
 use crate::supervisor::{Initial, LiveEntry, StrategySupervisor};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use strategy_sdk::{Channels, Status};
@@ -189,12 +189,15 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     tracker.spawn(http::run(shared.clone(), redis_client.clone()));
 
     // PostgreSQL may go away right now too: wait for it rather than exit.
-    let (rows, recovered) = loop {
+    let (rows, recovered, superseded) = loop {
         let loaded = async {
-            Ok::<_, sqlx::Error>((
-                db::load_strategies(&pool).await?,
-                db::load_processing(&pool).await?,
-            ))
+            let recovered = db::load_processing(&pool).await?;
+            let superseded = if recovered.is_empty() {
+                Vec::new()
+            } else {
+                db::superseded_recovered(&pool).await?
+            };
+            Ok::<_, sqlx::Error>((db::load_strategies(&pool).await?, recovered, superseded))
         };
         match loaded.await {
             Ok(loaded) => break loaded,
@@ -209,10 +212,20 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     };
     // The process table is the truth about what runs, whatever the rows say.
     let mut found = process::scan_executors(&socket);
+    let mut applied: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
+    for (command_id, strategy_id) in superseded {
+        applied.entry(command_id).or_default().insert(strategy_id);
+    }
     let mut supervisors = HashMap::new();
     for row in rows {
         let running = found.remove(&row.id).unwrap_or_default();
-        let initial = initial_action(&shared, &row, is_boot, running).await;
+        let desired = recovered_desired(
+            Desired::parse(&row.desired_state),
+            row.id,
+            &recovered,
+            &applied,
+        );
+        let initial = initial_action(&shared, &row, is_boot, running, desired).await;
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
     }
@@ -231,7 +244,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let recorder = recorder::start(shared.clone(), redis_client);
     tracker.spawn(health::HealthSampler::new(shared.clone(), recorder).run());
     tracker.spawn(lease.keep(shared.config.health_interval, cancel.clone()));
-    tracker.spawn(intake::CommandIntake::new(shared.clone(), supervisors).run(recovered));
+    tracker.spawn(intake::CommandIntake::new(shared.clone(), supervisors).run(recovered, applied));
     tracker.close();
 
     shutdown.cancelled().await;
@@ -262,6 +275,40 @@ fn kill_stray(pid: u32, ticks: u64, name: &str, why: &str) {
     }
 }
 
+/// The desired state of one strategy once the commands the previous manager left
+/// `processing` are applied again (the intake does that next). The start-up acts on
+/// it, not on the row: the previous manager may have died after a command's effect
+/// and before writing its `desired_state` (a pause that paused the executor), and
+/// acting on the row would undo the effect and then redo it. Commands the strategy
+/// has provably been through already (`applied`: command → strategies) do not count.
+fn recovered_desired(
+    mut desired: Desired,
+    strategy_id: Uuid,
+    recovered: &[db::CommandRow],
+    applied: &HashMap<Uuid, HashSet<Uuid>>,
+) -> Desired {
+    for row in recovered {
+        if row.strategy_id.is_some_and(|id| id != strategy_id)
+            || applied
+                .get(&row.id)
+                .is_some_and(|s| s.contains(&strategy_id))
+        {
+            continue;
+        }
+        desired = match (row.command.trim().to_ascii_lowercase().as_str(), desired) {
+            ("stop", _) => Desired::Stopped,
+            // start on a paused strategy is a no-op
+            ("start", Desired::Paused) => Desired::Paused,
+            ("start" | "restart", _) => Desired::Running,
+            // pause and resume only act on a running or paused strategy
+            ("pause", Desired::Running) => Desired::Paused,
+            ("resume", Desired::Paused) => Desired::Running,
+            (_, unchanged) => unchanged,
+        };
+    }
+    desired
+}
+
 /// The start-up rule (CONTRACT.md): what to do with one strategy when the manager
 /// starts. A live executor of ours is adopted; after a host reboot only `auto_start`
 /// strategies not stopped by an operator come back; after a manager restart every
@@ -271,8 +318,9 @@ async fn initial_action(
     row: &db::StrategyRow,
     is_boot: bool,
     mut running: Vec<(u32, u64)>,
+    desired: Desired,
 ) -> Initial {
-    let desired = Desired::parse(&row.desired_state);
+    let row_desired = Desired::parse(&row.desired_state);
     let status: Status = row.status.parse().unwrap_or(Status::Stopped);
     let auto = row.auto_start && !row.operator_stopped;
     let log_path = shared
@@ -327,7 +375,7 @@ async fn initial_action(
             Desired::Stopped => Desired::Stopped,
         }
     };
-    if target != desired {
+    if target != row_desired {
         if let Err(err) =
             db::write_desired(&shared.pool, row.id, target, row.operator_stopped).await
         {
@@ -339,5 +387,80 @@ async fn initial_action(
         None if target == Desired::Stopped => Initial::Idle,
         None if status == Status::Error && !is_boot => Initial::Idle,
         None => Initial::Start(target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(strategy_id: Option<Uuid>, command: &str) -> db::CommandRow {
+        db::CommandRow {
+            id: Uuid::new_v4(),
+            strategy_id,
+            command: command.to_string(),
+            parameters: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn recovered_commands_decide_the_desired_state_at_start_up() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let none = HashMap::new();
+        let at = |desired, rows: &[db::CommandRow], applied| {
+            recovered_desired(desired, a, rows, applied)
+        };
+        assert_eq!(at(Desired::Running, &[], &none), Desired::Running);
+        assert_eq!(
+            at(Desired::Running, &[row(Some(a), "stop")], &none),
+            Desired::Stopped
+        );
+        assert_eq!(
+            at(Desired::Running, &[row(Some(b), "stop")], &none),
+            Desired::Running
+        );
+        assert_eq!(
+            at(Desired::Running, &[row(Some(a), "pause")], &none),
+            Desired::Paused
+        );
+        // pause does not start a stopped strategy; start does not resume a paused one
+        assert_eq!(
+            at(Desired::Stopped, &[row(Some(a), "pause")], &none),
+            Desired::Stopped
+        );
+        assert_eq!(
+            at(Desired::Paused, &[row(Some(a), "start")], &none),
+            Desired::Paused
+        );
+        assert_eq!(
+            at(Desired::Paused, &[row(Some(a), "restart")], &none),
+            Desired::Running
+        );
+        assert_eq!(
+            at(Desired::Paused, &[row(Some(a), "update")], &none),
+            Desired::Paused
+        );
+        // in order, globals included
+        let rows = [
+            row(Some(a), "stop"),
+            row(None, "stop"),
+            row(Some(a), "start"),
+        ];
+        assert_eq!(at(Desired::Paused, &rows, &none), Desired::Running);
+        let rows = [row(Some(a), "start"), row(None, "pause")];
+        assert_eq!(at(Desired::Stopped, &rows, &none), Desired::Paused);
+        // a global stop this strategy has been through already (a later start since)
+        let global = row(None, "stop");
+        let applied = HashMap::from([(global.id, HashSet::from([a]))]);
+        assert_eq!(
+            at(Desired::Running, std::slice::from_ref(&global), &applied),
+            Desired::Running
+        );
+        assert_eq!(
+            recovered_desired(Desired::Running, b, &[global], &applied),
+            Desired::Stopped
+        );
     }
 }

@@ -40,6 +40,9 @@ pub struct SupervisorCommand {
     pub global: bool,
     /// Left `processing` by a previous manager and being finished now.
     pub recovered_from: Option<DateTime<Utc>>,
+    /// Recovered, and this strategy has provably been through it already
+    /// ([`crate::db::superseded_recovered`]): not applied again.
+    pub superseded: bool,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -92,6 +95,11 @@ pub struct StrategySupervisor {
     desired: Desired,
     operator_stopped: bool,
     desired_dirty: bool,
+    /// Outcomes of commands applied while `desired_state` could not be written: a
+    /// command is `executed` only once what it asked for is durable, so they wait
+    /// for that write (if the manager dies first, the rows stay `processing` and the
+    /// next manager applies them again).
+    held_replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
     policy: RestartPolicy,
 }
 
@@ -160,6 +168,7 @@ impl StrategySupervisor {
             desired,
             operator_stopped,
             desired_dirty: false,
+            held_replies: Vec::new(),
             policy: shared.policy,
         };
         supervisor.apply_restart_policy(row_policy.as_ref());
@@ -285,11 +294,22 @@ impl StrategySupervisor {
             }
             Outcome::NotApplicable => {}
         }
-        let _ = cmd.reply.send(outcome);
+        if self.desired_dirty {
+            tracing::info!(command_id = %cmd.command_id, "the outcome waits until desired_state is recorded");
+            self.held_replies.push((cmd.reply, outcome));
+        } else {
+            let _ = cmd.reply.send(outcome);
+        }
     }
 
     async fn apply(&mut self, cmd: &SupervisorCommand) -> Outcome {
         let id = Some(cmd.command_id);
+        if cmd.superseded {
+            tracing::info!(
+                "applied by the previous manager, and later commands since: not applied again"
+            );
+            return Outcome::Done;
+        }
         if cmd.global {
             let applies = match cmd.kind {
                 CommandKind::Stop { .. } => !matches!(self.status, Status::Stopped | Status::Error),
@@ -337,13 +357,16 @@ impl StrategySupervisor {
                     Ok(())
                 }
                 Status::Running => {
-                    // desired_state changes only once the effect is real, so a pause
-                    // that fails leaves status and desired_state agreeing.
+                    // desired_state first (a manager that dies after the effect must
+                    // not undo it at adoption), and back if the pause fails, so a
+                    // failed pause leaves status and desired_state agreeing.
+                    let before = (self.desired, self.operator_stopped);
+                    self.set_desired(Desired::Paused, false).await;
                     let done = self
                         .request(ExecutorCommandKind::Pause, None, cmd.command_id)
                         .await;
-                    if done.is_ok() {
-                        self.set_desired(Desired::Paused, false).await;
+                    if done.is_err() {
+                        self.set_desired(before.0, before.1).await;
                     }
                     done
                 }
@@ -357,11 +380,13 @@ impl StrategySupervisor {
                     Ok(())
                 }
                 Status::Paused => {
+                    let before = (self.desired, self.operator_stopped);
+                    self.set_desired(Desired::Running, false).await;
                     let done = self
                         .request(ExecutorCommandKind::Resume, None, cmd.command_id)
                         .await;
-                    if done.is_ok() {
-                        self.set_desired(Desired::Running, false).await;
+                    if done.is_err() {
+                        self.set_desired(before.0, before.1).await;
                     }
                     done
                 }
@@ -732,6 +757,7 @@ impl StrategySupervisor {
             config,
             mode: None,
             reason: None,
+            source: None,
         }
     }
 
@@ -988,7 +1014,12 @@ impl StrategySupervisor {
             self.operator_stopped,
         );
         match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => self.desired_dirty = false,
+            Ok(Ok(())) => {
+                self.desired_dirty = false;
+                for (reply, outcome) in self.held_replies.drain(..) {
+                    let _ = reply.send(outcome);
+                }
+            }
             Ok(Err(err)) => {
                 if !self.desired_dirty {
                     tracing::warn!(error = %err, "could not record desired_state; retrying every second");

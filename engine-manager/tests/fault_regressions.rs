@@ -80,10 +80,7 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
     let mut engine = PrivateEngine::new().await;
-    let env = manager_env(&engine.config);
-    let log = engine.state_dir.join("manager.log");
-    let mut manager = spawn_manager_binary(&env, &log);
-    wait_lease(&engine.op, manager.id().unwrap(), DEADLINE).await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats("hb-double", 1, json!({"interval_ms": 50}))
         .await[0];
@@ -111,8 +108,7 @@ async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
     manager.start_kill().unwrap();
     manager.wait().await.unwrap();
     engine.services.pg.start_again().await;
-    let manager = spawn_manager_binary(&env, &log);
-    wait_lease(&engine.op, manager.id().unwrap(), DEADLINE).await;
+    let manager = respawn_manager(&engine, &env, &log).await;
 
     let settled = try_wait_for(DEADLINE, || async {
         let row = engine.op.try_state(id).await?;
@@ -196,6 +192,275 @@ async fn a_stop_applied_during_a_database_outage_is_remembered() {
         "the operator's stop was executed but desired_state says {}",
         row.desired_state
     );
+    engine.finish().await;
+}
+
+/// Bug (the full-size fault run: a `stop` whose `stopped` appeared twice): when the
+/// `desired_state` write of a command failed (each write gives up after 1 s) and the
+/// status writes after it landed, the row said `stopped` with `desired_state =
+/// running`; the command could even end `executed`. A manager killed then left the
+/// next one to start the strategy again, and then apply the recovered stop a second
+/// time. Now a command's outcome waits until its `desired_state` is written, status
+/// writes wait for it too, and a manager does not start a strategy whose recovered
+/// command is a stop. The database here refuses every change of `desired_state`
+/// (and nothing else), as a write lost to a blip would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_desired_state_was_not_recorded_is_neither_executed_nor_undone() {
+    let engine = PrivateEngine::new().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats("hb-desired-first", 1, json!({"interval_ms": 50}))
+        .await[0];
+    let pid = engine.live_pid(id).await;
+    let op = &engine.op;
+    refuse_desired_state_changes(&op.pool).await;
+    let last_event: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM strategy_events")
+        .fetch_one(&op.pool)
+        .await
+        .unwrap();
+
+    let stop = op.command(Some(id), "stop", json!({})).await;
+    // Until the stop is applied and its outcome held, or the command ends (the bug).
+    let held: String = wait_for(
+        "the stop to be applied, and its outcome held or recorded",
+        DEADLINE,
+        || async {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+                    .bind(stop)
+                    .fetch_one(&op.pool)
+                    .await
+                    .ok()?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let held = text.contains("the outcome waits until desired_state is recorded");
+            (status != "processing" || (held && !process_alive(pid))).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        held, "processing",
+        "the stop's desired_state is not recorded, yet the command is {held}"
+    );
+    assert!(!process_alive(pid));
+
+    // The manager dies; the database takes desired_state again; a new manager.
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    allow_desired_state_changes(&op.pool).await;
+    let manager = respawn_manager(&engine, &env, &log).await;
+
+    let out = op.outcome(stop, DEADLINE).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    let row = op.state(id).await;
+    assert_eq!(
+        (row.status.as_str(), row.desired_state.as_str()),
+        ("stopped", "stopped")
+    );
+    let started: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT new_status, reason FROM strategy_events WHERE strategy_id = $1 AND id > $2 \
+         AND new_status IN ('starting', 'running') ORDER BY id",
+    )
+    .bind(id)
+    .bind(last_event)
+    .fetch_all(&op.pool)
+    .await
+    .unwrap();
+    assert!(
+        started.is_empty(),
+        "the new manager started the strategy its recovered stop then stopped: {started:?}"
+    );
+    assert_eq!(
+        executors_by_strategy(&engine.control_socket()).get(&id),
+        None,
+        "an executor runs for the stopped strategy"
+    );
+    drop(manager);
+    engine.finish().await;
+}
+
+/// The real `engine-manager` binary as a subprocess (so it can be SIGKILLed), once it
+/// holds the lease: its environment, its log file, the process.
+async fn binary_manager(
+    engine: &PrivateEngine,
+) -> (
+    Vec<(String, String)>,
+    std::path::PathBuf,
+    tokio::process::Child,
+) {
+    let env = manager_env(&engine.config);
+    let log = engine.state_dir.join("manager.log");
+    let manager = respawn_manager(engine, &env, &log).await;
+    (env, log, manager)
+}
+
+/// A new manager process with the same environment and log, once it holds the lease.
+async fn respawn_manager(
+    engine: &PrivateEngine,
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let manager = spawn_manager_binary(env, log);
+    wait_lease(&engine.op, manager.id().unwrap(), DEADLINE).await;
+    manager
+}
+
+/// The database refuses every change of `strategy_configs.desired_state` (and
+/// nothing else), as a write lost to a blip would be.
+async fn refuse_desired_state_changes(pool: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "CREATE OR REPLACE FUNCTION refuse_desired() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.desired_state IS DISTINCT FROM OLD.desired_state THEN \
+             RAISE EXCEPTION 'test: desired_state refused'; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_desired BEFORE UPDATE ON strategy_configs \
+           FOR EACH ROW EXECUTE FUNCTION refuse_desired();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn allow_desired_state_changes(pool: &sqlx::PgPool) {
+    sqlx::raw_sql("DROP TRIGGER refuse_desired ON strategy_configs")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn last_event_id(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM strategy_events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `(new_status, command_id, reason)` of one strategy's events after `after`.
+async fn events_since(
+    pool: &sqlx::PgPool,
+    id: uuid::Uuid,
+    after: i64,
+) -> Vec<(String, Option<uuid::Uuid>, Option<String>)> {
+    sqlx::query_as(
+        "SELECT new_status, command_id, reason FROM strategy_events WHERE strategy_id = $1 AND id > $2 ORDER BY id",
+    )
+    .bind(id)
+    .bind(after)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Bug (full-size fault run: a `pause` whose `paused` appeared twice): a pause wrote
+/// `desired_state` only after the executor had paused; a manager killed in between
+/// left `paused` with `desired_state = running`, and the next one resumed the
+/// strategy at adoption, then applied the recovered pause again. Now `desired_state`
+/// is written first (and put back if the pause fails), and the start-up acts on the
+/// desired state the recovered commands imply. Here the `desired_state` write fails,
+/// so the pause's outcome is held and the manager is killed with it `processing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_pause_is_not_undone_at_adoption() {
+    let engine = PrivateEngine::new().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats("hb-pause-recovered", 1, json!({"interval_ms": 50}))
+        .await[0];
+    let pid = engine.live_pid(id).await;
+    let op = &engine.op;
+    refuse_desired_state_changes(&op.pool).await;
+    let mark = last_event_id(&op.pool).await;
+    let pause = op.command(Some(id), "pause", json!({})).await;
+    wait_for(
+        "the pause to be applied, its outcome held",
+        DEADLINE,
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("the outcome waits until desired_state is recorded")
+                .then_some(())
+        },
+    )
+    .await;
+
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    allow_desired_state_changes(&op.pool).await;
+    let manager = respawn_manager(&engine, &env, &log).await;
+
+    let out = op.outcome(pause, DEADLINE).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    let row = op.wait_status(id, "paused").await;
+    assert_eq!(row.desired_state, "paused");
+    assert_eq!(row.pid, Some(pid as i32), "the executor was replaced");
+    let events = events_since(&op.pool, id, mark).await;
+    // The new manager records what the row said when it adopts ("adopted"), then
+    // what the executor reports; a resume would be a `running` of its own.
+    assert!(
+        events
+            .iter()
+            .all(|(status, _, reason)| status != "running" || reason.as_deref() == Some("adopted")),
+        "the paused strategy was resumed on the way: {events:?}"
+    );
+    let paused_by_it = events
+        .iter()
+        .filter(|(s, c, _)| s == "paused" && *c == Some(pause))
+        .count();
+    assert!(
+        paused_by_it <= 1,
+        "the pause took effect {paused_by_it} times: {events:?}"
+    );
+    drop(manager);
+    engine.finish().await;
+}
+
+/// Bug (full-size fault run: a global `stop` whose `stopped` appeared twice): a
+/// global command ends only when every strategy has been through it; a manager
+/// killed while one strategy was slow left it `processing`, and the next manager
+/// applied it again to every strategy — stopping one that a later `start` had
+/// started. Now a recovered command skips the strategies whose events show they
+/// have been through it (or through a later command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_global_stop_does_not_undo_a_later_start() {
+    let engine = PrivateEngine::new().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let ids = engine
+        .start_heartbeats("hb-global-recovered", 2, json!({"interval_ms": 50}))
+        .await;
+    let (slow, quick) = (ids[0], ids[1]);
+    let op = &engine.op;
+    // A frozen executor holds the global stop up (it waits out its grace period).
+    let frozen = engine.live_pid(slow).await;
+    let frozen_pid = rustix::process::Pid::from_raw(frozen as i32).unwrap();
+    rustix::process::kill_process(frozen_pid, rustix::process::Signal::STOP).unwrap();
+
+    let global = op.command(None, "stop", json!({"timeout_s": 20})).await;
+    op.wait_status(quick, "stopped").await;
+    let start = op.run_ok(Some(quick), "start", json!({})).await;
+    let restarted = engine.live_pid(quick).await;
+    let still: String = sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+        .bind(global)
+        .fetch_one(&op.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        still, "processing",
+        "the global stop must still wait for {slow}"
+    );
+
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    rustix::process::kill_process(frozen_pid, rustix::process::Signal::CONT).unwrap();
+    let manager = respawn_manager(&engine, &env, &log).await;
+
+    let out = op.outcome(global, DEADLINE).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    op.wait_status(slow, "stopped").await;
+    let row = op.state(quick).await;
+    assert_eq!(
+        (row.status.as_str(), row.pid),
+        ("running", Some(restarted as i32)),
+        "the start ({start}) that came after the global stop was undone"
+    );
+    assert!(process_alive(restarted));
+    drop(manager);
     engine.finish().await;
 }
 

@@ -547,6 +547,7 @@ async fn run_async(
         ticks: tick_tx,
         counters: counters.clone(),
         link_up,
+        managed: options.control_socket.is_some(),
         cancel: cancel.clone(),
     };
     tracker.spawn(subscriber.run().in_current_span());
@@ -1449,6 +1450,8 @@ struct RedisSubscriber {
     counters: Arc<TickCounters>,
     /// Whether the control link is connected (see `route_command`).
     link_up: Arc<AtomicBool>,
+    /// Started by a manager (`--control-socket`).
+    managed: bool,
     cancel: CancellationToken,
 }
 
@@ -1582,8 +1585,13 @@ impl RedisSubscriber {
         // Under a manager, a global command reaches this executor through its
         // supervisor, in order with the strategy's other commands (or not at all, when
         // it does not apply). The broadcast is for executors no manager serves: applied
-        // here it could overtake, or undo, commands given after it.
-        if channel == self.global_channel && self.link_up.load(Ordering::Relaxed) {
+        // here it could overtake, or undo, commands given after it. That holds for the
+        // manager's own broadcast (`source: manager`) even while the link is down (a
+        // manager restarting): it applied the command before publishing it.
+        let manager_sent = command.source.as_deref() == Some("manager");
+        if channel == self.global_channel
+            && (self.link_up.load(Ordering::Relaxed) || (self.managed && manager_sent))
+        {
             tracing::debug!(channel, command_id = %command.command_id, "global broadcast ignored: the manager delivers it over the control link");
             return;
         }

@@ -342,6 +342,7 @@ fn command(strategy_id: Uuid, kind: ExecutorCommandKind) -> ExecutorCommand {
         config: None,
         mode: None,
         reason: None,
+        source: None,
     }
 }
 
@@ -859,6 +860,17 @@ async fn metrics_and_status_are_published_on_redis() {
     )
     .await;
     publish(&channels.global_commands(), "{\"command\": \"resume\"}").await;
+    // The manager's own broadcast is ignored even then: a restarting manager publishes
+    // what its supervisors applied already, and it must not reach an executor that
+    // has not reconnected yet (it could undo later commands).
+    let mut from_manager = command(Uuid::nil(), ExecutorCommandKind::Resume);
+    from_manager.strategy_id = None;
+    from_manager.source = Some("manager".to_string());
+    publish(
+        &channels.global_commands(),
+        &serde_json::to_string(&from_manager).unwrap(),
+    )
+    .await;
     let mut global = command(Uuid::nil(), ExecutorCommandKind::Resume);
     global.strategy_id = None;
     publish(
@@ -873,7 +885,7 @@ async fn metrics_and_status_are_published_on_redis() {
     assert_eq!(
         message.command_id,
         Some(global.command_id),
-        "the broadcast sent while linked must not have resumed it"
+        "neither the broadcast sent while linked nor the manager's own may have resumed it"
     );
 
     executor.signal("TERM");

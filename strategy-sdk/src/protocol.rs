@@ -245,6 +245,12 @@ pub struct ExecutorCommand {
     /// For `shutdown`: why (`stop`, `restart`, `host_shutdown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who sent it: `manager` on the manager's own `strategy:global:commands`
+    /// broadcast, which it publishes after its supervisors applied the command (an
+    /// executor under a manager then ignores it: it got the command over its control
+    /// link, in order). Absent elsewhere. Additive to the contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `live_data:{token}`: one market tick.
@@ -313,6 +319,7 @@ mod tests {
             config: Some(serde_json::json!({"x": 1})),
             mode: None,
             reason: None,
+            source: None,
         };
         let v = serde_json::to_value(&cmd).unwrap();
         assert_eq!(v["command"], "update_config");
