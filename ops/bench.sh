@@ -38,7 +38,7 @@ if [ "$json_given" -eq 0 ]; then
     args+=(--json "target/bench-results/$stamp.json")
 fi
 
-target/release/engine-bench "${args[@]}"
+"${CARGO_TARGET_DIR:-target}/release/engine-bench" "${args[@]}"
 
 if [ "$json_given" -eq 0 ]; then
     cp "target/bench-results/$stamp.json" target/bench-results/latest.json

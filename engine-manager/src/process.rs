@@ -444,11 +444,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("scan-{}", Uuid::new_v4()));
         let socket = dir.join("control.sock");
         let id = Uuid::new_v4();
-        // `sh -c SCRIPT ARGS…` keeps ARGS in its own command line (the `; true`
-        // stops the shell from replacing itself with `sleep`).
+        // `sh -c SCRIPT ARGS…` keeps ARGS in its own command line. The script is a
+        // builtin that waits on stdin: a shell that forked (`sleep`) would show the
+        // same command line in its child until that child exec'd, two matches.
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg("sleep 30; true")
+            .arg("read _")
+            .stdin(std::process::Stdio::piped())
             .arg("--strategy-id")
             .arg(id.to_string())
             .arg("--control-socket")
