@@ -215,14 +215,16 @@ pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Err
 /// For the commands left `processing`: the strategies on which each has provably
 /// been applied already, as `(command id, strategy id)`. A supervisor applies its
 /// commands in order, so a strategy whose events show a *later* command (or, for a
-/// global command, that command itself) has been through it. Applying it again
+/// global command, that command itself) has been through it (`at` is the manager's
+/// clock and `created_at` the database's: the window allows for skew between the
+/// two hosts; the order itself comes from `created_at, seq`). Applying it again
 /// there would undo what came after, e.g. a recovered global stop stopping a
 /// strategy that a later `start` had started.
 pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT c.id, e.strategy_id \
          FROM strategy_commands c \
-         JOIN strategy_events e ON e.at >= c.created_at \
+         JOIN strategy_events e ON e.at >= c.created_at - interval '5 minutes' \
               AND (c.strategy_id IS NULL OR e.strategy_id = c.strategy_id) \
          JOIN strategy_commands later ON later.id = e.command_id \
          WHERE c.status = 'processing' \
@@ -266,35 +268,50 @@ pub struct ObservedState {
     pub started_at: Option<DateTime<Utc>>,
 }
 
-/// A transition to record in `strategy_events`.
+/// A transition to record in `strategy_events`, with the id and time the manager
+/// gave it when it happened (so a write retried after an outage inserts it once,
+/// with its own time).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TransitionEvent<'a> {
+pub struct TransitionEvent {
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
     pub old_status: Status,
-    pub reason: Option<&'a str>,
-    pub error: Option<&'a str>,
+    pub new_status: Status,
+    pub reason: Option<String>,
+    pub error: Option<String>,
     pub command_id: Option<Uuid>,
-    pub node: &'a str,
+    pub pid: Option<u32>,
 }
 
-/// Write the observed state, and the event that led to it, in one statement.
+/// Write the observed state, and the events not written yet, in one statement.
+/// Events already in the table (a write that timed out on our side but committed)
+/// are skipped by their `event_id`.
 pub async fn write_observed(
     pool: &PgPool,
     id: Uuid,
     state: &ObservedState,
-    event: Option<&TransitionEvent<'_>>,
+    events: &[TransitionEvent],
+    node: &str,
 ) -> Result<(), sqlx::Error> {
     const UPDATE: &str = "UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
          pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
          WHERE id = $1";
-    let query = match event {
-        None => sqlx::query(UPDATE),
-        Some(_) => sqlx::query(
+    let query = if events.is_empty() {
+        sqlx::query(UPDATE)
+    } else {
+        sqlx::query(
             "WITH changed AS (UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
                  pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
                  WHERE id = $1 RETURNING id) \
-             INSERT INTO strategy_events (strategy_id, old_status, new_status, reason, error, command_id, pid, node) \
-             SELECT id, $9, $2, $10, $11, $12, $3, $13 FROM changed",
-        ),
+             INSERT INTO strategy_events \
+                 (event_id, at, strategy_id, old_status, new_status, reason, error, command_id, pid, node) \
+             SELECT e.event_id, e.at, changed.id, e.old_status, e.new_status, e.reason, e.error, \
+                    e.command_id, e.pid, $17 \
+             FROM changed, UNNEST($9::uuid[], $10::timestamptz[], $11::text[], $12::text[], \
+                                  $13::text[], $14::text[], $15::uuid[], $16::int4[]) \
+                  AS e(event_id, at, old_status, new_status, reason, error, command_id, pid) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
     };
     let query = query
         .bind(id)
@@ -305,14 +322,34 @@ pub async fn write_observed(
         .bind(state.last_error.as_deref())
         .bind(state.restart_count)
         .bind(state.started_at);
-    let query = match event {
-        None => query,
-        Some(e) => query
-            .bind(e.old_status.as_str())
-            .bind(e.reason)
-            .bind(e.error)
-            .bind(e.command_id)
-            .bind(e.node),
+    let query = if events.is_empty() {
+        query
+    } else {
+        query
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.old_status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.new_status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.error.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.command_id).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.pid.map(|p| p as i32))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(node)
     };
     query.execute(pool).await?;
     Ok(())

@@ -100,8 +100,16 @@ pub struct StrategySupervisor {
     /// for that write (if the manager dies first, the rows stay `processing` and the
     /// next manager applies them again).
     held_replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// Transitions not in `strategy_events` yet (the database was away), oldest
+    /// first, at most [`MAX_PENDING_EVENTS`].
+    pending_events: Vec<db::TransitionEvent>,
+    events_dropped: u64,
     policy: RestartPolicy,
 }
+
+/// How many unwritten transitions a supervisor keeps through an outage (a crash
+/// loop makes four a restart); past it the oldest go, and the loss is logged.
+const MAX_PENDING_EVENTS: usize = 512;
 
 /// How long one database write may hold up a supervisor: past it the write is
 /// retried every second, and the supervisor goes on serving its executor.
@@ -169,6 +177,8 @@ impl StrategySupervisor {
             operator_stopped,
             desired_dirty: false,
             held_replies: Vec::new(),
+            pending_events: Vec::new(),
+            events_dropped: 0,
             policy: shared.policy,
         };
         supervisor.apply_restart_policy(row_policy.as_ref());
@@ -455,7 +465,25 @@ impl StrategySupervisor {
             .await
             .map_err(|e| format!("the config was accepted but could not be stored: {e}"))?;
         self.config = merged;
+        // The history says when the config changed, and a recovered update can tell
+        // that a later one has been applied since (`db::superseded_recovered`).
+        self.record_event("config updated", command_id).await;
         Ok(())
+    }
+
+    /// An event that is not a transition (the status stays), e.g. a config change.
+    async fn record_event(&mut self, reason: &str, command_id: Uuid) {
+        self.push_event(db::TransitionEvent {
+            event_id: Uuid::new_v4(),
+            at: Utc::now(),
+            old_status: self.status,
+            new_status: self.status,
+            reason: Some(reason.to_string()),
+            error: None,
+            command_id: Some(command_id),
+            pid: self.observed.pid,
+        });
+        self.record().await;
     }
 
     /// Operators may edit `strategy_configs` directly: start from what the row says
@@ -1062,15 +1090,19 @@ impl StrategySupervisor {
         if previous != status {
             tracing::info!(from = %previous, to = %status, reason, "status");
         }
-        let shared = self.shared.clone();
-        let event = (previous != status || reason.is_some()).then(|| db::TransitionEvent {
-            old_status: previous,
-            reason,
-            error: error.as_deref(),
-            command_id,
-            node: &shared.node,
-        });
-        self.record(event.as_ref()).await;
+        if previous != status || reason.is_some() {
+            self.push_event(db::TransitionEvent {
+                event_id: Uuid::new_v4(),
+                at: Utc::now(),
+                old_status: previous,
+                new_status: status,
+                reason: reason.map(str::to_string),
+                error: error.clone(),
+                command_id,
+                pid: self.observed.pid,
+            });
+        }
+        self.record().await;
         let msg = StatusMessage {
             strategy_id: self.id,
             name: self.name.clone(),
@@ -1116,11 +1148,22 @@ impl StrategySupervisor {
         self.publish_live();
     }
 
-    async fn write_observed(&mut self) {
-        self.record(None).await;
+    /// Queue an event for the next write, keeping at most [`MAX_PENDING_EVENTS`].
+    fn push_event(&mut self, event: db::TransitionEvent) {
+        if self.pending_events.len() >= MAX_PENDING_EVENTS {
+            self.pending_events.remove(0);
+            self.events_dropped += 1;
+        }
+        self.pending_events.push(event);
     }
 
-    async fn record(&mut self, event: Option<&db::TransitionEvent<'_>>) {
+    async fn write_observed(&mut self) {
+        self.record().await;
+    }
+
+    /// Write the observed state and the events not written yet (kept, in order,
+    /// until a write succeeds: an outage loses no history).
+    async fn record(&mut self) {
         // desired_state goes to the row before any status that follows from it: a
         // row saying `stopped` with a stale `desired_state = running` would make the
         // next manager start the strategy again (and apply its stop twice).
@@ -1131,7 +1174,13 @@ impl StrategySupervisor {
                 return;
             }
         }
-        let write = db::write_observed(&self.shared.pool, self.id, &self.observed, event);
+        let write = db::write_observed(
+            &self.shared.pool,
+            self.id,
+            &self.observed,
+            &self.pending_events,
+            &self.shared.node,
+        );
         let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::PoolTimedOut),
@@ -1139,8 +1188,20 @@ impl StrategySupervisor {
         match result {
             Ok(()) => {
                 if self.db_dirty {
-                    tracing::info!("recorded state again after a database outage");
+                    tracing::info!(
+                        events = self.pending_events.len(),
+                        "recorded state again after a database outage"
+                    );
                 }
+                if self.events_dropped > 0 {
+                    tracing::warn!(
+                        dropped = self.events_dropped,
+                        kept = MAX_PENDING_EVENTS,
+                        "strategy_events lost the oldest transitions of the outage"
+                    );
+                    self.events_dropped = 0;
+                }
+                self.pending_events.clear();
                 self.db_dirty = false;
             }
             Err(err) => {

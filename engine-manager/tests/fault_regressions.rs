@@ -464,6 +464,63 @@ async fn a_recovered_global_stop_does_not_undo_a_later_start() {
     engine.finish().await;
 }
 
+/// Limit found while fixing bug 12: a recovered command is skipped where events prove
+/// it was applied, but an `update` left no event, so a recovered update whose
+/// strategy had applied a later update since was applied again, over the later one.
+/// Now an update records a `config updated` event. Here the first update's outcome
+/// cannot be recorded (a trigger refuses it), the second goes through, and the
+/// manager is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_update_does_not_undo_a_later_update() {
+    let engine = PrivateEngine::new().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats("hb-update-recovered", 1, json!({"interval_ms": 50}))
+        .await[0];
+    let op = &engine.op;
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.command = 'update' AND NEW.parameters->'config'->>'interval_ms' = '70' \
+              AND NEW.status IN ('executed', 'failed') THEN \
+             RAISE EXCEPTION 'test: outcome refused'; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER hold_update BEFORE UPDATE ON strategy_commands \
+           FOR EACH ROW EXECUTE FUNCTION hold_update();",
+    )
+    .execute(&op.pool)
+    .await
+    .unwrap();
+    let first = op
+        .command(Some(id), "update", json!({"config": {"interval_ms": 70}}))
+        .await;
+    op.run_ok(Some(id), "update", json!({"config": {"interval_ms": 90}}))
+        .await;
+    assert_eq!(op.state(id).await.config["interval_ms"], 90);
+    let held: String = sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+        .bind(first)
+        .fetch_one(&op.pool)
+        .await
+        .unwrap();
+    assert_eq!(held, "processing");
+
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    sqlx::raw_sql("DROP TRIGGER hold_update ON strategy_commands")
+        .execute(&op.pool)
+        .await
+        .unwrap();
+    let manager = respawn_manager(&engine, &env, &log).await;
+    let out = op.outcome(first, DEADLINE).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    assert_eq!(
+        op.state(id).await.config["interval_ms"],
+        90,
+        "the recovered first update was applied over the later one"
+    );
+    drop(manager);
+    engine.finish().await;
+}
+
 /// Bug: while PostgreSQL is down every database call of a supervisor waits out the
 /// pool's 10 s acquire timeout (`transition` → `record`, `start` →
 /// `reload_definition`), so a crashed executor is restarted about 20 s late instead of

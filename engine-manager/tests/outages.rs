@@ -282,6 +282,7 @@ async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
     let socket = engine.control_socket();
 
     let mark = log.mark();
+    let outage_from = chrono::Utc::now();
     engine.services.pg.stop(PgStop::Fast).await;
     let outage_start = Instant::now();
     let outage_len = outage(PG_OUTAGE);
@@ -310,6 +311,7 @@ async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
     );
     let during: Vec<String> = log.lines_since(mark);
 
+    let outage_to = chrono::Utc::now();
     engine.services.pg.start_again().await;
     let back = Instant::now();
 
@@ -358,6 +360,33 @@ async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
     assert_ne!(by_id[&crashed].pid, Some(pids[&crashed] as i32));
     assert_eq!(by_id[&crashed].config["interval_ms"], 80);
     assert!(by_id[&crashed].restart_count >= 1);
+
+    // The history lost nothing: the crash and the restart, recorded when they
+    // happened (during the outage), were written once the database was back.
+    let history: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT new_status, at FROM strategy_events WHERE strategy_id = $1 AND at >= $2 ORDER BY at, id",
+    )
+    .bind(crashed)
+    .bind(outage_from)
+    .fetch_all(&op.pool)
+    .await
+    .unwrap();
+    let during_outage: Vec<&str> = history
+        .iter()
+        .filter(|(_, at)| *at <= outage_to)
+        .map(|(status, _)| status.as_str())
+        .collect();
+    assert_eq!(
+        during_outage.first(),
+        Some(&"backoff"),
+        "the crash during the outage is missing from strategy_events: {history:?}"
+    );
+    if restarted_after.is_some() {
+        assert!(
+            during_outage.ends_with(&["starting", "running"]),
+            "the restart during the outage is missing from strategy_events: {history:?}"
+        );
+    }
 
     // The log during the outage: a line per task and per outage, not one per retry.
     let mut kinds: HashMap<String, usize> = HashMap::new();
