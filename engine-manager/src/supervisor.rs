@@ -610,6 +610,10 @@ impl StrategySupervisor {
         self.observed.pid_start_ticks = Some(proc.start_ticks);
         self.observed.pid_boot_id = Some(self.shared.boot_id.clone());
         self.proc = Some(proc);
+        // The spawn's time, recorded with `starting`: a manager killed before
+        // `running` leaves the next one able to tell that a recovered restart
+        // already got this far (see `apply`).
+        self.observed.started_at = Some(Utc::now());
         self.transition(Status::Starting, Some(reason), None, command_id)
             .await;
 
@@ -655,7 +659,6 @@ impl StrategySupervisor {
             }
         };
         self.running_since = Some(Instant::now());
-        self.observed.started_at = Some(Utc::now());
         let status = if reported == Status::Paused {
             Status::Paused
         } else {

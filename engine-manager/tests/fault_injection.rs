@@ -250,6 +250,8 @@ struct ManagerFigures {
     /// Seconds from a restarted manager taking its lease until the rows the killed
     /// one left `processing` were finished.
     processing_recovery: Vec<f64>,
+    /// The rows of the slowest recovery, for a look at the manager's log.
+    slowest_recovery: Vec<Uuid>,
     processing_rows: usize,
     /// Rows left `processing` that a restarted manager did not finish in time.
     processing_stuck: Vec<Uuid>,
@@ -375,8 +377,12 @@ impl ManagerKeeper {
                 }
             })
             .await;
-            let stuck = if done.is_none() { rows } else { Vec::new() };
-            (up_at.elapsed().as_secs_f64(), stuck)
+            let secs = up_at.elapsed().as_secs_f64();
+            if done.is_none() {
+                (secs, rows.clone(), rows)
+            } else {
+                (secs, Vec::new(), rows)
+            }
         });
         self.watches.lock().unwrap().push((task, count));
     }
@@ -384,10 +390,13 @@ impl ManagerKeeper {
     async fn collect_watches(&self) {
         let watches: Vec<Watch> = std::mem::take(&mut *self.watches.lock().unwrap());
         for (task, count) in watches {
-            if let Ok((secs, stuck)) = task.await {
+            if let Ok((secs, stuck, rows)) = task.await {
                 let mut f = self.figures.lock().unwrap();
                 f.processing_rows += count;
                 if stuck.is_empty() {
+                    if f.processing_recovery.iter().all(|s| *s < secs) {
+                        f.slowest_recovery = rows;
+                    }
                     f.processing_recovery.push(secs);
                 } else {
                     f.processing_stuck.extend(stuck);
@@ -407,8 +416,8 @@ impl ManagerKeeper {
 }
 
 /// A measurement of the rows one killed manager left `processing`: seconds until the
-/// next one finished them and the rows it did not finish; how many rows.
-type Watch = (tokio::task::JoinHandle<(f64, Vec<Uuid>)>, usize);
+/// next one finished them, the rows it did not finish, all its rows; how many rows.
+type Watch = (tokio::task::JoinHandle<(f64, Vec<Uuid>, Vec<Uuid>)>, usize);
 
 // ------------------------------------------------------------------ checkpoints
 
@@ -1054,6 +1063,10 @@ async fn run_suite(options: SuiteOptions) {
         figures.manager_kills_mid
     );
     println!("rows left processing by a killed manager: {} (finished by the next one in max {:.2}s; {} stuck)", mf.processing_rows, max(&mf.processing_recovery), mf.processing_stuck.len());
+    println!(
+        "  the slowest of those recoveries: {:?}",
+        mf.slowest_recovery
+    );
     println!("max recovery (faults repaired -> commands ended -> rows match): {:.2}s (drain max {:.2}s, settle max {:.2}s)", max(&recovery), max(&figures.drain), max(&figures.settle));
     let refused_starts: Vec<&SelfExit> = mf.self_exits.iter().filter(|e| !e.was_up).collect();
     let crashes: Vec<&SelfExit> = mf.self_exits.iter().filter(|e| e.was_up).collect();

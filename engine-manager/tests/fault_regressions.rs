@@ -521,6 +521,58 @@ async fn a_recovered_update_does_not_undo_a_later_update() {
     engine.finish().await;
 }
 
+/// Found by the slowest recovery of a full-size run: a manager killed while a
+/// `restart` had its new executor still starting left the next manager unable to
+/// tell that the restart had got that far (`started_at` was written only at
+/// `running`): it restarted the new executor again, a second restart, and its
+/// shutdown of an executor still in start-up took the SIGTERM grace period. Now
+/// `started_at` is the spawn's time, recorded with `starting`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_restart_whose_executor_is_starting_is_not_restarted_again() {
+    let engine = PrivateEngine::new().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats(
+            "hb-restart-starting",
+            1,
+            json!({"interval_ms": 50, "start_delay_ms": 1500}),
+        )
+        .await[0];
+    let op = &engine.op;
+    let first = engine.live_pid(id).await;
+    let restart = op.command(Some(id), "restart", json!({})).await;
+    let spawned = wait_for(
+        "the restart's new executor to be starting",
+        DEADLINE,
+        || async {
+            let row = op.try_state(id).await?;
+            let pid = row.pid? as u32;
+            (row.status == "starting" && pid != first).then_some(pid)
+        },
+    )
+    .await;
+    let mark = last_event_id(&op.pool).await;
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    let manager = respawn_manager(&engine, &env, &log).await;
+
+    let out = op.outcome(restart, DEADLINE).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    let row = op.wait_status(id, "running").await;
+    assert_eq!(
+        row.pid,
+        Some(spawned as i32),
+        "the restart was applied a second time after the manager restart"
+    );
+    let events = events_since(&op.pool, id, mark).await;
+    assert!(
+        events.iter().all(|(status, _, _)| status != "stopping"),
+        "the new manager stopped the restarted executor: {events:?}"
+    );
+    drop(manager);
+    engine.finish().await;
+}
+
 /// Bug: while PostgreSQL is down every database call of a supervisor waits out the
 /// pool's 10 s acquire timeout (`transition` → `record`, `start` →
 /// `reload_definition`), so a crashed executor is restarted about 20 s late instead of
