@@ -233,7 +233,8 @@ async fn a_stop_whose_desired_state_was_not_recorded_is_neither_executed_nor_und
                     .ok()?;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let held = text.contains("the outcome waits until desired_state is recorded");
-            (status != "processing" || (held && !process_alive(pid))).then_some(status)
+            let ended = status == "executed" || status == "failed";
+            (ended || (held && !process_alive(pid))).then_some(status)
         },
     )
     .await;
