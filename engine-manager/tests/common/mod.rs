@@ -9,7 +9,6 @@ use engine_manager::db;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use strategy_sdk::Channels;
@@ -19,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+mod operator;
+#[allow(unused_imports)] // re-exported for the test crates, each uses some
+pub use operator::{process_alive, wait_for, CommandState, Operator, StrategyState};
 
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL")
@@ -40,45 +43,6 @@ pub fn executor_path() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Poll `check` until it yields `Some`, or panic naming `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() >= until {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-pub fn process_alive(pid: u32) -> bool {
-    engine_manager::process::start_ticks(pid).is_some()
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StrategyState {
-    pub status: String,
-    pub desired_state: String,
-    pub pid: Option<i32>,
-    pub last_error: Option<String>,
-    pub restart_count: i32,
-    pub config: Value,
-    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CommandState {
-    pub status: String,
-    pub error: Option<String>,
 }
 
 /// One test's engine: its database, its Redis prefix, its state directory, and the
@@ -208,39 +172,25 @@ impl TestEngine {
             .await
     }
 
+    /// The operator's side of this engine's database.
+    pub fn op(&self) -> Operator {
+        Operator {
+            pool: self.pool.clone(),
+        }
+    }
+
     pub async fn command(
         &self,
         strategy_id: Option<Uuid>,
         command: &str,
         parameters: Value,
     ) -> Uuid {
-        sqlx::query_scalar(
-            "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(strategy_id)
-        .bind(command)
-        .bind(parameters)
-        .fetch_one(&self.pool)
-        .await
-        .expect("insert command")
+        self.op().command(strategy_id, command, parameters).await
     }
 
     /// Wait until the command ends; returns its final row.
     pub async fn outcome(&self, id: Uuid) -> CommandState {
-        let pool = self.pool.clone();
-        wait_for(&format!("command {id} to finish"), DEADLINE, || {
-            let pool = pool.clone();
-            async move {
-                let row: CommandState =
-                    sqlx::query_as("SELECT status, error FROM strategy_commands WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&pool)
-                        .await
-                        .ok()?;
-                matches!(row.status.as_str(), "executed" | "failed").then_some(row)
-            }
-        })
-        .await
+        self.op().outcome(id, DEADLINE).await
     }
 
     /// Insert a command and require that it ends `executed`.
@@ -271,36 +221,13 @@ impl TestEngine {
     }
 
     pub async fn state(&self, id: Uuid) -> StrategyState {
-        sqlx::query_as(
-            "SELECT status, desired_state, pid, last_error, restart_count, config, started_at FROM strategy_configs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await
-        .expect("strategy row")
+        self.op().state(id).await
     }
 
     pub async fn wait_status(&self, id: Uuid, status: &str) -> StrategyState {
-        let pool = self.pool.clone();
-        let want = status.to_string();
-        wait_for(&format!("strategy {id} to be {status}"), DEADLINE, || {
-            let pool = pool.clone();
-            let want = want.clone();
-            async move {
-                let row: StrategyState = sqlx::query_as(
-                    "SELECT status, desired_state, pid, last_error, restart_count, config, started_at FROM strategy_configs WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-                (row.status == want).then_some(row)
-            }
-        })
-        .await
+        self.op().wait_status_within(id, status, DEADLINE).await
     }
 
-    /// Subscribe to `channel` (or a pattern if it holds `*`); messages arrive as JSON.
     pub async fn subscribe(&self, channel: &str) -> Subscription {
         let mut pubsub = self.redis.get_async_pubsub().await.expect("redis pubsub");
         if channel.contains('*') {

@@ -7,7 +7,6 @@
 //! Declare it beside the servers module in a test crate:
 //!
 //! ```ignore
-//! mod common;
 //! #[path = "common/private_services.rs"]
 //! mod private_services;
 //! #[path = "common/private_engine.rs"]
@@ -15,52 +14,24 @@
 //! ```
 #![allow(dead_code)]
 
+#[path = "operator.rs"]
+mod operator;
+#[allow(unused_imports)] // re-exported for the test crates, each uses some
+pub use operator::{
+    process_alive, try_wait_for, wait_for, CommandState, Operator, StrategyState, DEADLINE,
+};
+
 use crate::private_services::PrivateServices;
 use clap::Parser;
 use engine_manager::config::ManagerConfig;
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Deadline of the waits for what should happen promptly (a command, a status).
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Poll `check` every 20 ms until it yields `Some`, or panic naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    match try_wait_for(deadline, &mut check).await {
-        Some(v) => v,
-        None => panic!("timed out after {deadline:?} waiting for {what}"),
-    }
-}
-
-/// Poll `check` every 20 ms until it yields `Some`; `None` after `deadline`.
-pub async fn try_wait_for<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The workspace's binaries (`strategy-executor`, `engine-manager`) sit one level
 /// above the test binary (`target/debug/deps/…`).
@@ -190,154 +161,6 @@ pub fn kill_all_executors(control_socket: &Path) {
 pub fn sigkill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-}
-
-pub fn process_alive(pid: u32) -> bool {
-    engine_manager::process::start_ticks(pid).is_some()
-}
-
-// ------------------------------------------------------------------ database rows
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StrategyState {
-    pub id: Uuid,
-    pub name: String,
-    pub status: String,
-    pub desired_state: String,
-    pub pid: Option<i32>,
-    pub last_error: Option<String>,
-    pub restart_count: i32,
-    pub config: Value,
-}
-
-const STATE_COLUMNS: &str =
-    "id, name, status, desired_state, pid, last_error, restart_count, config";
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CommandState {
-    pub status: String,
-    pub error: Option<String>,
-}
-
-/// The operator's side of the database: inserts strategies and commands, reads rows.
-#[derive(Clone)]
-pub struct Operator {
-    pub pool: PgPool,
-}
-
-impl Operator {
-    /// A small pool that gives up quickly while the database is away.
-    pub async fn connect(url: &str) -> Operator {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(2))
-            .connect(url)
-            .await
-            .expect("operator connection");
-        Operator { pool }
-    }
-
-    pub async fn add_strategy(&self, name: &str, strategy_type: &str, config: Value) -> Uuid {
-        sqlx::query_scalar(
-            "INSERT INTO strategy_configs (name, strategy_type, config) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(name)
-        .bind(strategy_type)
-        .bind(config)
-        .fetch_one(&self.pool)
-        .await
-        .expect("insert strategy")
-    }
-
-    /// Insert a command; `Err` if the database refused or is away.
-    pub async fn try_command(
-        &self,
-        strategy_id: Option<Uuid>,
-        command: &str,
-        parameters: &Value,
-    ) -> Result<Uuid, sqlx::Error> {
-        sqlx::query_scalar(
-            "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(strategy_id)
-        .bind(command)
-        .bind(parameters)
-        .fetch_one(&self.pool)
-        .await
-    }
-
-    pub async fn command(
-        &self,
-        strategy_id: Option<Uuid>,
-        command: &str,
-        parameters: Value,
-    ) -> Uuid {
-        self.try_command(strategy_id, command, &parameters)
-            .await
-            .expect("insert command")
-    }
-
-    /// Wait until the command ends (`executed` or `failed`); returns its row.
-    pub async fn outcome(&self, id: Uuid, deadline: Duration) -> CommandState {
-        let pool = self.pool.clone();
-        wait_for(&format!("command {id} to finish"), deadline, || {
-            let pool = pool.clone();
-            async move {
-                let row: CommandState =
-                    sqlx::query_as("SELECT status, error FROM strategy_commands WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&pool)
-                        .await
-                        .ok()?;
-                matches!(row.status.as_str(), "executed" | "failed").then_some(row)
-            }
-        })
-        .await
-    }
-
-    /// Insert a command and require that it ends `executed`.
-    pub async fn run_ok(
-        &self,
-        strategy_id: Option<Uuid>,
-        command: &str,
-        parameters: Value,
-    ) -> Uuid {
-        let id = self.command(strategy_id, command, parameters).await;
-        let out = self.outcome(id, DEADLINE).await;
-        assert_eq!(out.status, "executed", "{command} failed: {:?}", out.error);
-        id
-    }
-
-    pub async fn try_state(&self, id: Uuid) -> Option<StrategyState> {
-        sqlx::query_as(&format!(
-            "SELECT {STATE_COLUMNS} FROM strategy_configs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await
-        .ok()
-    }
-
-    pub async fn state(&self, id: Uuid) -> StrategyState {
-        self.try_state(id).await.expect("strategy row")
-    }
-
-    pub async fn states(&self) -> Result<Vec<StrategyState>, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "SELECT {STATE_COLUMNS} FROM strategy_configs ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await
-    }
-
-    pub async fn wait_status(&self, id: Uuid, status: &str) -> StrategyState {
-        let want = status.to_string();
-        wait_for(&format!("strategy {id} to be {status}"), DEADLINE, || {
-            let want = want.clone();
-            async move { self.try_state(id).await.filter(|s| s.status == want) }
-        })
-        .await
     }
 }
 
