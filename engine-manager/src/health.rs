@@ -17,18 +17,18 @@
 //! data (a `heartbeat` without `token`) from one whose feed never delivered, so such
 //! a strategy is never stale. `--stale-after 0` turns the check off.
 
-use crate::db::MetricsRow;
 use crate::log_rotation::{self, RotationPolicy};
 use crate::process::ProcStat;
 use crate::recorder::LastMetrics;
 use crate::Shared;
 use chrono::{DateTime, Utc};
+use engine_protocol::{EngineHealthMessage, HealthMessage};
+use engine_store::manager::MetricsRow;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strategy_sdk::protocol::{EngineHealthMessage, HealthMessage};
 use tokio::sync::mpsc;
 
 pub struct HealthSampler {

@@ -2,17 +2,17 @@
 //! safety net), checks them, hands each to its strategy's supervisor in `created_at`
 //! order, and records each outcome on the row.
 
-use crate::commands::{parse_command, CommandKind};
-use crate::db::{self, CommandRow};
 use crate::supervisor::{
     Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
 };
 use crate::Shared;
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
+use engine_store::commands::{parse_command, CommandKind};
+use engine_store::manager::{self as db, CommandRow};
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 

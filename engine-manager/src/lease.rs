@@ -1,16 +1,14 @@
 //! One manager per database: a session-level advisory lock held on a dedicated
 //! connection, plus a lease row saying which host and pid hold it.
 
-use crate::db;
 use chrono::{DateTime, Utc};
+use engine_store::manager as db;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The advisory lock key ("STRATENG" in ASCII). A session holding it is the live
-/// manager of the database (`enginectl doctor` looks for it in `pg_locks`).
-pub const LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
+pub use engine_store::LOCK_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

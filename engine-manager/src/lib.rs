@@ -18,10 +18,7 @@
 //! Architecture invariant: executors never touch the database; the manager is its
 //! only client, and correctness never depends on a pub/sub message.
 
-pub mod commands;
 pub mod config;
-pub mod ctl;
-pub mod db;
 pub mod health;
 pub mod http;
 pub mod intake;
@@ -31,21 +28,20 @@ pub mod log_rotation;
 pub mod process;
 pub mod publisher;
 pub mod recorder;
-pub mod redact;
 pub mod supervisor;
 
 use crate::config::{ManagerConfig, RestartPolicy};
-use crate::db::{DbError, Desired};
 use crate::lease::{LeaseError, ManagerLease};
 use crate::link::{ControlServer, LinkRoutes};
 use crate::process::ExecutorProcess;
 use crate::publisher::Publisher;
 use crate::supervisor::{Initial, LiveEntry, StrategySupervisor};
+use engine_protocol::{Channels, Status};
+use engine_store::manager::{self as db, DbError, Desired};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use strategy_sdk::{Channels, Status};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -127,14 +123,14 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let node = strategy_sdk::protocol::node_name();
+    let node = engine_protocol::node_name();
     let boot_id = process::boot_id();
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
     let redis_client = redis::Client::open(config.redis_url.as_str()).map_err(|source| {
         ManagerError::RedisUrl {
-            url: redact::redact_url(&config.redis_url),
+            url: engine_protocol::redact::redact_url(&config.redis_url),
             source,
         }
     })?;
@@ -170,7 +166,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     tracing::info!(
         node = %shared.node,
         executor = %shared.executor_path.display(),
-        redis = %redact::redact_url(&shared.config.redis_url),
+        redis = %engine_protocol::redact::redact_url(&shared.config.redis_url),
         host_boot = is_boot,
         "engine-manager starting"
     );
@@ -326,7 +322,7 @@ async fn initial_action(
     let log_path = shared
         .config
         .logs_dir()
-        .join(process::log_file_name(&row.name, row.id));
+        .join(engine_protocol::state_dir::log_file_name(&row.name, row.id));
     // The executor the row names, if it still runs; else one found in the process
     // table (the manager died before recording its pid). Never more than one.
     let recorded = match (row.pid, row.pid_start_ticks, row.pid_boot_id.as_deref()) {

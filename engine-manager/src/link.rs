@@ -4,13 +4,13 @@
 //! really is the pid it claims, and hands the connection to the strategy's supervisor,
 //! which checks that pid against the executor it supervises.
 
+use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
+use engine_protocol::Status;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use strategy_sdk::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
-use strategy_sdk::Status;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;

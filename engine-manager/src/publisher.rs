@@ -3,7 +3,7 @@
 //! strategy in `strategy:state:{id}` (kept here and rewritten whenever Redis comes
 //! back, so a dashboard that connects late still sees the present).
 
-use crate::redact::redact_url;
+use engine_protocol::redact::redact_url;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::Serialize;

@@ -10,17 +10,17 @@
 //! written at once, each on its own pooled connection, because PostgreSQL spends an
 //! insert in its own backend and two backends use two cores.
 
-use crate::db::{self, MetricsRow};
 use crate::Shared;
 use chrono::{DateTime, Utc};
+use engine_protocol::Channels;
+use engine_protocol::{MetricsMessage, MAX_MESSAGE_BYTES};
+use engine_store::manager::{self as db, MetricsRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use strategy_sdk::protocol::{MetricsMessage, MAX_MESSAGE_BYTES};
-use strategy_sdk::Channels;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -104,7 +104,7 @@ pub fn parse_metrics(
         serde_json::from_slice(payload).map_err(|e| Rejected::NotAnObject(e.to_string()))?;
     if !value.is_object() {
         return Err(Rejected::NotAnObject(
-            strategy_sdk::config::json_kind(&value).to_string(),
+            engine_protocol::json_kind(&value).to_string(),
         ));
     }
     let claimed = value.get("strategy_id").unwrap_or(&Value::Null);

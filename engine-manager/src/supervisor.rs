@@ -3,21 +3,21 @@
 //! notices an exit the moment it happens, restarts crashes with backoff, and records
 //! every transition (database row, `strategy:status:{id}`, `strategy:state:{id}`).
 
-use crate::commands::CommandKind;
 use crate::config::RestartPolicy;
-use crate::db::{self, Desired, ObservedState};
 use crate::link::ControlLink;
-use crate::process::{self, ExecutorProcess, ExitInfo, SpawnSpec};
+use crate::process::{ExecutorProcess, ExitInfo, SpawnSpec};
 use crate::Shared;
 use chrono::{DateTime, Utc};
+use engine_protocol::control::{ExecutorMessage, ManagerMessage, EXIT_BAD_CONFIG, EXIT_HALTED};
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind, StatusMessage};
+use engine_protocol::{ShutdownReason, Status, StopMode};
+use engine_store::commands::CommandKind;
+use engine_store::manager::{self as db, Desired, ObservedState};
 use rustix::process::Signal;
 use serde_json::Value;
 use std::future::pending;
 use std::sync::Arc;
 use std::time::Duration;
-use strategy_sdk::control::{ExecutorMessage, ManagerMessage, EXIT_BAD_CONFIG, EXIT_HALTED};
-use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind, StatusMessage};
-use strategy_sdk::{ShutdownReason, Status, StopMode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -41,7 +41,7 @@ pub struct SupervisorCommand {
     /// Left `processing` by a previous manager and being finished now.
     pub recovered_from: Option<DateTime<Utc>>,
     /// Recovered, and this strategy has provably been through it already
-    /// ([`crate::db::superseded_recovered`]): not applied again.
+    /// ([`engine_store::manager::superseded_recovered`]): not applied again.
     pub superseded: bool,
     pub reply: oneshot::Sender<Outcome>,
 }
@@ -260,7 +260,7 @@ impl StrategySupervisor {
                     Desired::Stopped => {
                         let _ = self
                             .stop(
-                                crate::commands::DEFAULT_STOP_TIMEOUT,
+                                engine_store::commands::DEFAULT_STOP_TIMEOUT,
                                 StopMode::Leave,
                                 ShutdownReason::Stop,
                                 None,
@@ -566,7 +566,9 @@ impl StrategySupervisor {
         self.shared
             .config
             .logs_dir()
-            .join(process::log_file_name(&self.name, self.id))
+            .join(engine_protocol::state_dir::log_file_name(
+                &self.name, self.id,
+            ))
     }
 
     /// Spawn an executor and wait until its strategy is initialised; with `paused`
@@ -1015,7 +1017,7 @@ impl StrategySupervisor {
             );
             let _ = self
                 .stop(
-                    crate::commands::DEFAULT_STOP_TIMEOUT,
+                    engine_store::commands::DEFAULT_STOP_TIMEOUT,
                     StopMode::Leave,
                     ShutdownReason::HostShutdown,
                     None,

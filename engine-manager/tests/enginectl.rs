@@ -43,7 +43,7 @@ impl Run {
 
 /// Run `enginectl args…` against `engine` (and `env` on top of its variables).
 async fn ctl_with(engine: &TestEngine, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_enginectl"));
+    let mut command = tokio::process::Command::new(common::workspace_bin("enginectl"));
     command
         .args(args)
         .env("DATABASE_URL", &engine.db_url)
@@ -437,7 +437,7 @@ async fn history_and_logs() {
     let log = engine
         .state_dir
         .join("logs")
-        .join(engine_manager::process::log_file_name("hb-hist", id));
+        .join(engine_protocol::state_dir::log_file_name("hb-hist", id));
     let whole = std::fs::read_to_string(&log).unwrap();
     let last_two: Vec<&str> = whole
         .lines()
@@ -580,7 +580,7 @@ async fn doctor_watch_and_types() {
 async fn watch_runs_until_interrupted() {
     let engine = TestEngine::started().await;
     engine.add_heartbeat("hb-live").await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_enginectl"))
+    let mut child = tokio::process::Command::new(common::workspace_bin("enginectl"))
         .args(["watch", "--interval", "200ms"])
         .env("DATABASE_URL", &engine.db_url)
         .env("REDIS_URL", &engine.config.redis_url)
@@ -741,7 +741,7 @@ async fn executor_logs_are_rotated_and_still_readable() {
     let log = engine
         .state_dir
         .join("logs")
-        .join(engine_manager::process::log_file_name("hb-rot", id));
+        .join(engine_protocol::state_dir::log_file_name("hb-rot", id));
     let copies: Vec<_> = (1..=2)
         .map(|n| engine_manager::log_rotation::rotated_path(&log, n))
         .collect();

@@ -729,10 +729,12 @@ async fn run_suite(options: SuiteOptions) {
     let mut services = PrivateServices::start().await;
     let db_url = services.pg.url("strategy_engine");
     {
-        let pool = engine_manager::db::connect(&db_url, 2)
+        let pool = engine_store::manager::connect(&db_url, 2)
             .await
             .expect("create database");
-        engine_manager::db::migrate(&pool).await.expect("migrate");
+        engine_store::manager::migrate(&pool)
+            .await
+            .expect("migrate");
         pool.close().await;
     }
     let op = Operator::connect(&db_url).await;

@@ -255,10 +255,7 @@ async fn a_second_manager_refuses_to_run() {
         stderr.contains(&format!("pid {}", std::process::id())),
         "{stderr}"
     );
-    assert!(
-        stderr.contains(&strategy_sdk::protocol::node_name()),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&engine_protocol::node_name()), "{stderr}");
     engine.finish().await;
 }
 

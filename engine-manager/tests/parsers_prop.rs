@@ -2,12 +2,12 @@
 //! metrics messages, control-link frames and strategy configs. None may panic, and
 //! every rejection must explain itself.
 
-use engine_manager::commands::parse_command;
 use engine_manager::recorder::parse_metrics;
+use engine_protocol::control::ExecutorMessage;
+use engine_protocol::Channels;
+use engine_store::commands::parse_command;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use strategy_sdk::control::ExecutorMessage;
-use strategy_sdk::Channels;
 use uuid::Uuid;
 
 fn arb_json() -> impl Strategy<Value = Value> {

@@ -1,5 +1,4 @@
-//! The runtime that hosts one strategy in one process, the built-in strategies, and
-//! the market data simulator.
+//! The runtime that hosts one strategy in one process, and the built-in strategies.
 //!
 //! # Layout
 //! - [`runtime`]: the whole executor — flags, config from stdin, the control link to
@@ -7,11 +6,9 @@
 //!   is the entry point (see `examples/custom_executor.rs`).
 //! - [`strategies`]: `sma_crossover`, `mean_reversion`, `heartbeat` and
 //!   [`strategies::builtin_registry`].
-//! - [`market_sim`]: geometric Brownian motion ticks on `live_data:{token}`.
 //!
 //! A user with their own strategies writes a `main` that builds a
 //! [`strategy_sdk::Registry`], registers them, and calls [`runtime::main_with`].
 
-pub mod market_sim;
 pub mod runtime;
 pub mod strategies;

@@ -23,6 +23,9 @@
 //! argv, and is never logged.
 
 use clap::{CommandFactory, Parser};
+use engine_protocol::control::{self, ExecutorMessage, ManagerMessage};
+use engine_protocol::{Channels, Status, StopMode};
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind, MetricsMessage, StatusMessage};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::AsyncCommands;
@@ -34,9 +37,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strategy_sdk::control::{self, ExecutorMessage, ManagerMessage};
-use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind, MetricsMessage, StatusMessage};
-use strategy_sdk::{Channels, Context, Registry, ShutdownReason, Status, StopMode, Strategy, Tick};
+use strategy_sdk::{Context, Registry, ShutdownReason, Strategy, Tick};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
@@ -219,7 +220,7 @@ pub fn run_cli(cli: Cli, registry: &Registry) -> ExitCode {
         channels: Channels::new(cli.redis_prefix),
         control_socket: cli.control_socket,
         metrics_interval: cli.metrics_interval,
-        node: cli.node.unwrap_or_else(strategy_sdk::protocol::node_name),
+        node: cli.node.unwrap_or_else(engine_protocol::node_name),
         start_paused: cli.start_paused,
     };
     run(options, registry)
@@ -336,7 +337,7 @@ pub fn read_config(path: Option<&Path>) -> Result<Value, ConfigReadError> {
     if !value.is_object() {
         return Err(ConfigReadError::NotAnObject {
             source_name,
-            kind: strategy_sdk::config::json_kind(&value),
+            kind: engine_protocol::json_kind(&value),
         });
     }
     Ok(value)

@@ -5,14 +5,14 @@
 //! Each test uses its own Redis prefix and its own temporary directory, so the tests
 //! run in parallel. Every wait is bounded by a deadline.
 
+use engine_protocol::control::{self, ExecutorMessage, ManagerMessage};
+use engine_protocol::{Channels, Status, StopMode};
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind, MetricsMessage, StatusMessage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use strategy_sdk::control::{self, ExecutorMessage, ManagerMessage};
-use strategy_sdk::protocol::{ExecutorCommand, ExecutorCommandKind, MetricsMessage, StatusMessage};
-use strategy_sdk::{Channels, Status, StopMode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};

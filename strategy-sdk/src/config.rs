@@ -75,17 +75,7 @@ pub fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T, ConfigErro
     })
 }
 
-/// "a string", "an array", … for messages.
-pub fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+pub use engine_protocol::json_kind;
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,8 @@
 //! logging, custom metrics, and ending itself for good.
 
 use crate::broker::{Fill, OrderError, PaperBroker, Position, Side};
-use crate::protocol::StrategyMetrics;
 use chrono::{DateTime, Utc};
+use engine_protocol::StrategyMetrics;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use uuid::Uuid;

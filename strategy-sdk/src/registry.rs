@@ -112,7 +112,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::context::Context;
-    use crate::protocol::Tick;
+    use engine_protocol::Tick;
     use serde_json::json;
 
     struct Nop;

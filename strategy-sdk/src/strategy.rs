@@ -6,47 +6,10 @@
 
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::protocol::Tick;
-use serde::{Deserialize, Serialize};
+pub use engine_protocol::{ShutdownReason, Tick};
+
 use serde_json::Value;
-use std::fmt;
 use std::time::Duration;
-
-/// Why a strategy is being shut down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShutdownReason {
-    /// An operator's `stop`.
-    Stop,
-    /// An operator's `restart`: it will be started again at once.
-    Restart,
-    /// The host or the executor process is going down (SIGTERM, SIGINT).
-    HostShutdown,
-}
-
-impl ShutdownReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShutdownReason::Stop => "stop",
-            ShutdownReason::Restart => "restart",
-            ShutdownReason::HostShutdown => "host_shutdown",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stop" => Some(ShutdownReason::Stop),
-            "restart" => Some(ShutdownReason::Restart),
-            "host_shutdown" => Some(ShutdownReason::HostShutdown),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ShutdownReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A trading strategy. Constructed from its config by the function registered in the
 /// [`crate::Registry`], which is where a bad config is rejected.

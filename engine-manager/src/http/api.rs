@@ -6,7 +6,6 @@
 use super::error::ApiError;
 use super::events::HealthSample;
 use super::AppState;
-use crate::commands::parse_command;
 use crate::recorder::LastMetrics;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -14,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use engine_store::commands::parse_command;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ use super::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
+use engine_protocol::{EngineHealthMessage, HealthMessage, MAX_MESSAGE_BYTES};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use strategy_sdk::protocol::{EngineHealthMessage, HealthMessage, MAX_MESSAGE_BYTES};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -69,7 +69,7 @@ enum Kind {
     Engine,
 }
 
-fn classify(channels: &strategy_sdk::Channels, channel: &str) -> Option<Kind> {
+fn classify(channels: &engine_protocol::Channels, channel: &str) -> Option<Kind> {
     if channel == channels.health() {
         return Some(Kind::Health);
     }
@@ -268,7 +268,7 @@ pub async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strategy_sdk::Channels;
+    use engine_protocol::Channels;
 
     #[test]
     fn classifies_channels() {

@@ -97,7 +97,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         }
         (
             live.values()
-                .filter(|e| e.status == strategy_sdk::Status::Running)
+                .filter(|e| e.status == engine_protocol::Status::Running)
                 .count(),
             live.len(),
         )

@@ -13,11 +13,11 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::Utc;
+use engine_protocol::Status;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use strategy_sdk::Status;
 use uuid::Uuid;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -5,13 +5,13 @@
 
 use clap::Parser;
 use engine_manager::config::ManagerConfig;
-use engine_manager::db;
+use engine_protocol::Channels;
+use engine_store::manager as db;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::time::Duration;
-use strategy_sdk::Channels;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,9 +34,15 @@ pub fn redis_url() -> String {
 
 /// The workspace's `strategy-executor` (built by `cargo build --workspace`).
 pub fn executor_path() -> PathBuf {
+    workspace_bin("strategy-executor")
+}
+
+/// A binary of the workspace (`strategy-executor`, `enginectl`, `engine-manager`),
+/// found beside the test binary's directory (`target/debug/deps/…` → `target/debug`).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("strategy-executor");
+    let path = dir.join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace --all-targets` before the tests",

@@ -245,7 +245,7 @@ pub struct PrivateEngine {
     pub op: Operator,
     pub db_url: String,
     pub redis: redis::Client,
-    pub channels: strategy_sdk::Channels,
+    pub channels: engine_protocol::Channels,
     pub state_dir: PathBuf,
     pub config: ManagerConfig,
     manager: Option<(
@@ -260,10 +260,12 @@ impl PrivateEngine {
     pub async fn new() -> PrivateEngine {
         let services = PrivateServices::start().await;
         let db_url = services.pg.url("strategy_engine");
-        let pool = engine_manager::db::connect(&db_url, 2)
+        let pool = engine_store::manager::connect(&db_url, 2)
             .await
             .expect("create the engine database");
-        engine_manager::db::migrate(&pool).await.expect("migrate");
+        engine_store::manager::migrate(&pool)
+            .await
+            .expect("migrate");
         pool.close().await;
         let op = Operator::connect(&db_url).await;
         let state_dir =
@@ -290,7 +292,7 @@ impl PrivateEngine {
             services,
             op,
             db_url,
-            channels: strategy_sdk::Channels::new(""),
+            channels: engine_protocol::Channels::new(""),
             state_dir,
             config,
             manager: None,

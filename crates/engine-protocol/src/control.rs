@@ -1,0 +1,65 @@
+//! The private control link between the manager and each executor.
+//!
+//! The manager listens on a Unix socket; every executor connects to it (and reconnects
+//! after a manager restart), says [`ExecutorMessage::Hello`], then reports its state
+//! changes and acknowledges commands. Readiness and acknowledgements therefore never
+//! depend on Redis pub/sub, which is lossy. Frames are JSON objects, one per line.
+//! The manager checks the peer's pid (SO_PEERCRED) against the pid it supervises, so
+//! a process cannot speak for a strategy it does not run.
+
+use crate::messages::{ExecutorCommand, Status};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The longest frame either side accepts.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Exit code of an executor whose strategy could not be created: unknown
+/// `strategy_type` or a config it rejects. Restarting would not help.
+pub const EXIT_BAD_CONFIG: i32 = 2;
+/// Exit code of an executor whose strategy halted itself (`ctx.halt(reason)`): the
+/// engine must not start it again until an operator does.
+pub const EXIT_HALTED: i32 = 4;
+
+/// Executor → manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecutorMessage {
+    /// First frame on every connection.
+    Hello {
+        strategy_id: Uuid,
+        pid: u32,
+        status: Status,
+    },
+    /// A state transition of the strategy (e.g. `running` once initialised).
+    State {
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command_id: Option<Uuid>,
+    },
+    /// The outcome of a command.
+    Ack {
+        command_id: Uuid,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The strategy ended itself for good; the executor exits with [`EXIT_HALTED`].
+    Halted { reason: String },
+}
+
+/// Manager → executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ManagerMessage {
+    Command(ExecutorCommand),
+}
+
+/// One frame as a line (JSON plus `\n`).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(msg).expect("control frames always serialize");
+    line.push(b'\n');
+    line
+}

@@ -1,0 +1,35 @@
+//! The engine's wire formats and the conventions its binaries share: Redis channel
+//! names and payloads (the public contract), the private manager ⇄ executor control
+//! link, and small rules every binary must apply the same way (URL redaction, log
+//! file names, the wording of JSON kinds).
+//!
+//! # Layout
+//! - [`messages`]: Redis channel names ([`Channels`]) and payload structs, the status
+//!   words ([`Status`]) and stop modes ([`StopMode`]).
+//! - [`control`]: the private control link (a Unix socket, one JSON object per line).
+//! - [`redact`]: credentials never reach a log line.
+//! - [`state_dir`]: the layout of the manager's state directory (log file names).
+//!
+//! Strategy authors never need this crate: `strategy-sdk` re-exports the one type they
+//! touch ([`Tick`]).
+
+pub mod control;
+pub mod messages;
+pub mod redact;
+pub mod state_dir;
+
+pub use messages::*;
+
+use serde_json::Value;
+
+/// "a string", "an array", … for messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,365 @@
+//! The engine's public Redis contract: channel names and the JSON payloads on them.
+//!
+//! Every name here is fixed by CONTRACT.md; the optional prefix exists so that tests
+//! (and several engines sharing one Redis) can keep their traffic apart. The default
+//! prefix is empty, which gives exactly the contract's names.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// Largest executor message the manager accepts (64 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The names of every channel and key, with an optional namespace prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Channels {
+    prefix: String,
+}
+
+impl Channels {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Channels {
+            prefix: prefix.into(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn status(&self, id: Uuid) -> String {
+        format!("{}strategy:status:{id}", self.prefix)
+    }
+    pub fn status_pattern(&self) -> String {
+        format!("{}strategy:status:*", self.prefix)
+    }
+    pub fn health(&self) -> String {
+        format!("{}strategy:health", self.prefix)
+    }
+    pub fn metrics(&self, id: Uuid) -> String {
+        format!("{}strategy:metrics:{id}", self.prefix)
+    }
+    pub fn metrics_pattern(&self) -> String {
+        format!("{}strategy:metrics:*", self.prefix)
+    }
+    pub fn commands(&self, id: Uuid) -> String {
+        format!("{}strategy:commands:{id}", self.prefix)
+    }
+    pub fn global_commands(&self) -> String {
+        format!("{}strategy:global:commands", self.prefix)
+    }
+    pub fn engine_health(&self) -> String {
+        format!("{}engine:health", self.prefix)
+    }
+    pub fn live_data(&self, token: &str) -> String {
+        format!("{}live_data:{token}", self.prefix)
+    }
+    pub fn state_key(&self, id: Uuid) -> String {
+        format!("{}strategy:state:{id}", self.prefix)
+    }
+    /// The strategy id a `strategy:metrics:{id}` channel names, if it is one.
+    pub fn strategy_id_of_metrics_channel(&self, channel: &str) -> Option<Uuid> {
+        channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("strategy:metrics:")?
+            .parse()
+            .ok()
+    }
+}
+
+/// The observed state of a strategy (the `status` vocabulary of the contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Stopped,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    Backoff,
+    Error,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Stopped,
+        Status::Starting,
+        Status::Running,
+        Status::Paused,
+        Status::Stopping,
+        Status::Backoff,
+        Status::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Stopped => "stopped",
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopping => "stopping",
+            Status::Backoff => "backoff",
+            Status::Error => "error",
+        }
+    }
+    /// Running or paused: a live executor whose strategy is initialised.
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Running | Status::Paused)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status '{s}'; expected one of stopped, starting, running, paused, stopping, backoff, error"
+                )
+            })
+    }
+}
+
+/// What a `stop` does with open positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// Keep open positions as they are (the default).
+    #[default]
+    Leave,
+    /// Close every open position through the broker before exiting.
+    Flatten,
+}
+
+/// `strategy:status:{strategy_id}`: a state transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    pub strategy_id: Uuid,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    pub status: Status,
+    pub pid: Option<u32>,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// Who published it: `manager` or `executor` (an additive field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// `strategy:health`: one message per running strategy every health interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthMessage {
+    pub strategy_id: Uuid,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    pub pid: Option<u32>,
+    pub status: Status,
+    pub cpu_percent: f64,
+    pub memory_mb: f64,
+    pub uptime_s: u64,
+    pub restart_count: i32,
+    pub node: String,
+    /// True when the strategy takes market data but no tick has arrived for the
+    /// manager's `--stale-after` (an additive field; see the README).
+    #[serde(default)]
+    pub stale: bool,
+    /// Milliseconds since the strategy's last market tick, as of this message; absent
+    /// before its first tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_age_ms: Option<f64>,
+}
+
+/// `engine:health`: the manager's own health every health interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineHealthMessage {
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    pub node: String,
+    pub pid: u32,
+    pub strategies_running: usize,
+    pub cpu_percent: f64,
+    pub memory_mb: f64,
+    pub uptime_s: u64,
+}
+
+/// The numbers every strategy reports, plus whatever else it adds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StrategyMetrics {
+    pub pnl: f64,
+    pub positions_count: i64,
+    pub orders_count: i64,
+    pub success_rate: f64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `strategy:metrics:{strategy_id}`: published by the executor every metrics interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsMessage {
+    pub strategy_id: Uuid,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    pub metrics: StrategyMetrics,
+}
+
+/// The words of `strategy:commands:{id}` and `strategy:global:commands`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorCommandKind {
+    Shutdown,
+    UpdateConfig,
+    Pause,
+    Resume,
+}
+
+/// A command from the manager to an executor (on Redis and on the control link).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorCommand {
+    /// The target; absent on `strategy:global:commands`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy_id: Option<Uuid>,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    pub command: ExecutorCommandKind,
+    pub command_id: Uuid,
+    /// The whole new config, for `update_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// For `shutdown`: what to do with open positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StopMode>,
+    /// For `shutdown`: why (`stop`, `restart`, `host_shutdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who sent it: `manager` on the manager's own `strategy:global:commands`
+    /// broadcast, which it publishes after its supervisors applied the command (an
+    /// executor under a manager then ignores it: it got the command over its control
+    /// link, in order). Absent elsewhere. Additive to the contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// `live_data:{token}`: one market tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub token: String,
+    pub price: f64,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<f64>,
+}
+
+/// Why a strategy is being shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownReason {
+    /// An operator's `stop`.
+    Stop,
+    /// An operator's `restart`: it will be started again at once.
+    Restart,
+    /// The host or the executor process is going down (SIGTERM, SIGINT).
+    HostShutdown,
+}
+
+impl ShutdownReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownReason::Stop => "stop",
+            ShutdownReason::Restart => "restart",
+            ShutdownReason::HostShutdown => "host_shutdown",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stop" => Some(ShutdownReason::Stop),
+            "restart" => Some(ShutdownReason::Restart),
+            "host_shutdown" => Some(ShutdownReason::HostShutdown),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ShutdownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The host name reported as `node`.
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_match_the_contract() {
+        let c = Channels::default();
+        let id = Uuid::nil();
+        assert_eq!(c.status(id), format!("strategy:status:{id}"));
+        assert_eq!(c.health(), "strategy:health");
+        assert_eq!(c.metrics(id), format!("strategy:metrics:{id}"));
+        assert_eq!(c.commands(id), format!("strategy:commands:{id}"));
+        assert_eq!(c.global_commands(), "strategy:global:commands");
+        assert_eq!(c.engine_health(), "engine:health");
+        assert_eq!(c.live_data("BTC"), "live_data:BTC");
+        assert_eq!(c.state_key(id), format!("strategy:state:{id}"));
+        let p = Channels::new("t1:");
+        assert_eq!(p.health(), "t1:strategy:health");
+        assert_eq!(p.strategy_id_of_metrics_channel(&p.metrics(id)), Some(id));
+        assert_eq!(c.strategy_id_of_metrics_channel(&p.metrics(id)), None);
+    }
+
+    #[test]
+    fn status_words_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), Value::from(s.as_str()));
+        }
+        assert!("runing".parse::<Status>().unwrap_err().contains("running"));
+    }
+
+    #[test]
+    fn command_payload_uses_contract_field_names() {
+        let cmd = ExecutorCommand {
+            strategy_id: Some(Uuid::nil()),
+            name: "a".into(),
+            timestamp: Utc::now(),
+            command: ExecutorCommandKind::UpdateConfig,
+            command_id: Uuid::nil(),
+            config: Some(serde_json::json!({"x": 1})),
+            mode: None,
+            reason: None,
+            source: None,
+        };
+        let v = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(v["command"], "update_config");
+        assert_eq!(v["config"]["x"], 1);
+        assert!(v.get("command_id").is_some());
+    }
+}

@@ -1,0 +1,501 @@
+//! Everything the manager says to PostgreSQL: connecting (creating the database when
+//! it is missing), migrations, claiming commands, and recording observed state.
+
+use chrono::{DateTime, Utc};
+use engine_protocol::redact::redact_url;
+use engine_protocol::Status;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL {url}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create database {name}")]
+    CreateDatabase {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying migrations failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Connection options for `url`.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url)
+        .map(|o| o.log_statements(tracing::log::LevelFilter::Debug))
+        .map_err(|source| DbError::BadUrl {
+            url: redact_url(url),
+            source,
+        })
+}
+
+fn is_missing_database(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"))
+}
+
+/// Open a pool on `url`, creating the database first if it does not exist.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = connect_options(url)?;
+    let pool_options = || {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings a connection when it goes back to the pool (and drops a
+            // broken one there); a second ping before every statement only adds a
+            // round trip to every command's path.
+            .test_before_acquire(false)
+    };
+    match pool_options().connect_with(options.clone()).await {
+        Ok(pool) => Ok(pool),
+        Err(err) if is_missing_database(&err) => {
+            let name = options.get_database().unwrap_or("postgres").to_string();
+            create_database(&options, &name).await?;
+            pool_options()
+                .connect_with(options)
+                .await
+                .map_err(|source| DbError::Connect {
+                    url: redact_url(url),
+                    source,
+                })
+        }
+        Err(source) => Err(DbError::Connect {
+            url: redact_url(url),
+            source,
+        }),
+    }
+}
+
+/// A one-connection pool for claiming commands, with `synchronous_commit = off`.
+///
+/// A claim is the first write of a command's path, and waiting for its WAL flush
+/// (0.4–12 ms on a shared disk) is most of the claim's latency. Giving it up is
+/// safe: WAL is written in order, so the next synchronous commit of anything —
+/// the command's own `desired_state` or status write, or its outcome — makes the
+/// claim durable too. Only a PostgreSQL crash within those few milliseconds can
+/// undo a claim: the row is `pending` again, and the intake, which remembers the
+/// commands it dispatched, does not apply it twice.
+pub fn connect_claimer(url: &str) -> Result<PgPool, DbError> {
+    let options = connect_options(url)?.options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
+}
+
+async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {
+    let admin = options.clone().database("postgres");
+    let mut conn =
+        PgConnection::connect_with(&admin)
+            .await
+            .map_err(|source| DbError::CreateDatabase {
+                name: name.to_string(),
+                source,
+            })?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(database = name, "created database");
+            Ok(())
+        }
+        // Someone else created it in the meantime.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
+        Err(source) => Err(DbError::CreateDatabase {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await.map_err(DbError::Migrate)
+}
+
+/// One row of `strategy_configs`, as the manager needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StrategyRow {
+    pub id: Uuid,
+    pub name: String,
+    pub strategy_type: String,
+    pub config: Value,
+    pub auto_start: bool,
+    pub desired_state: String,
+    pub status: String,
+    pub pid: Option<i32>,
+    pub restart_count: i32,
+    pub pid_start_ticks: Option<i64>,
+    pub pid_boot_id: Option<String>,
+    pub operator_stopped: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Per-strategy overrides of the restart policy (see `RestartPolicy::with_overrides`).
+    pub restart_policy: Option<Value>,
+}
+
+const STRATEGY_COLUMNS: &str =
+    "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
+     restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy";
+
+pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {STRATEGY_COLUMNS} FROM strategy_configs ORDER BY name"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn load_strategy(pool: &PgPool, id: Uuid) -> Result<Option<StrategyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {STRATEGY_COLUMNS} FROM strategy_configs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A command row the manager has claimed (now `processing`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CommandRow {
+    pub id: Uuid,
+    pub strategy_id: Option<Uuid>,
+    pub command: String,
+    pub parameters: Value,
+    pub created_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+/// Claim up to `limit` pending commands, oldest first, marking them `processing` in
+/// this statement's own transaction (so a crash leaves them visibly `processing`).
+pub async fn claim_pending(pool: &PgPool, limit: i64) -> Result<Vec<CommandRow>, sqlx::Error> {
+    let mut rows: Vec<CommandRow> = sqlx::query_as(
+        "WITH next AS ( \
+             SELECT id FROM strategy_commands WHERE status = 'pending' \
+             ORDER BY created_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE strategy_commands c SET status = 'processing' FROM next WHERE c.id = next.id \
+         RETURNING c.id, c.strategy_id, c.command, c.parameters, c.created_at, c.seq",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.sort_by_key(|r| (r.created_at, r.seq));
+    Ok(rows)
+}
+
+/// Commands a previous manager left `processing` (it died in the middle of them).
+pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, strategy_id, command, parameters, created_at, seq FROM strategy_commands \
+         WHERE status = 'processing' ORDER BY created_at, seq",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// For the commands left `processing`: the strategies on which each has provably
+/// been applied already, as `(command id, strategy id)`. A supervisor applies its
+/// commands in order, so a strategy whose events show a *later* command (or, for a
+/// global command, that command itself) has been through it (`at` is the manager's
+/// clock and `created_at` the database's: the window allows for skew between the
+/// two hosts; the order itself comes from `created_at, seq`). Applying it again
+/// there would undo what came after, e.g. a recovered global stop stopping a
+/// strategy that a later `start` had started.
+pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT c.id, e.strategy_id \
+         FROM strategy_commands c \
+         JOIN strategy_events e ON e.at >= c.created_at - interval '5 minutes' \
+              AND (c.strategy_id IS NULL OR e.strategy_id = c.strategy_id) \
+         JOIN strategy_commands later ON later.id = e.command_id \
+         WHERE c.status = 'processing' \
+           AND ((later.created_at, later.seq) > (c.created_at, c.seq) \
+                OR (c.strategy_id IS NULL AND later.id = c.id))",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Record a command's outcome: `executed`, or `failed` with `error`.
+pub async fn finish_command(
+    pool: &PgPool,
+    id: Uuid,
+    outcome: &Result<(), String>,
+) -> Result<(), sqlx::Error> {
+    let (status, error) = match outcome {
+        Ok(()) => ("executed", None),
+        Err(e) => ("failed", Some(e.as_str())),
+    };
+    sqlx::query(
+        "UPDATE strategy_commands SET status = $2, error = $3, executed_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The observed state of one strategy, as written to its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedState {
+    pub status: Status,
+    pub pid: Option<u32>,
+    pub pid_start_ticks: Option<u64>,
+    pub pid_boot_id: Option<String>,
+    pub last_error: Option<String>,
+    pub restart_count: i32,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A transition to record in `strategy_events`, with the id and time the manager
+/// gave it when it happened (so a write retried after an outage inserts it once,
+/// with its own time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionEvent {
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub old_status: Status,
+    pub new_status: Status,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub command_id: Option<Uuid>,
+    pub pid: Option<u32>,
+}
+
+/// Write the observed state, and the events not written yet, in one statement.
+/// Events already in the table (a write that timed out on our side but committed)
+/// are skipped by their `event_id`.
+pub async fn write_observed(
+    pool: &PgPool,
+    id: Uuid,
+    state: &ObservedState,
+    events: &[TransitionEvent],
+    node: &str,
+) -> Result<(), sqlx::Error> {
+    const UPDATE: &str = "UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
+         pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
+         WHERE id = $1";
+    let query = if events.is_empty() {
+        sqlx::query(UPDATE)
+    } else {
+        sqlx::query(
+            "WITH changed AS (UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
+                 pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
+                 WHERE id = $1 RETURNING id) \
+             INSERT INTO strategy_events \
+                 (event_id, at, strategy_id, old_status, new_status, reason, error, command_id, pid, node) \
+             SELECT e.event_id, e.at, changed.id, e.old_status, e.new_status, e.reason, e.error, \
+                    e.command_id, e.pid, $17 \
+             FROM changed, UNNEST($9::uuid[], $10::timestamptz[], $11::text[], $12::text[], \
+                                  $13::text[], $14::text[], $15::uuid[], $16::int4[]) \
+                  AS e(event_id, at, old_status, new_status, reason, error, command_id, pid) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+    };
+    let query = query
+        .bind(id)
+        .bind(state.status.as_str())
+        .bind(state.pid.map(|p| p as i32))
+        .bind(state.pid_start_ticks.map(|t| t as i64))
+        .bind(state.pid_boot_id.as_deref())
+        .bind(state.last_error.as_deref())
+        .bind(state.restart_count)
+        .bind(state.started_at);
+    let query = if events.is_empty() {
+        query
+    } else {
+        query
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.old_status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.new_status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.error.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.command_id).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.pid.map(|p| p as i32))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(node)
+    };
+    query.execute(pool).await?;
+    Ok(())
+}
+
+/// What operators asked for, as set by a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Paused => "paused",
+            Desired::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Desired {
+        match s {
+            "running" => Desired::Running,
+            "paused" => Desired::Paused,
+            _ => Desired::Stopped,
+        }
+    }
+}
+
+/// Set `desired_state`; `operator_stopped` is true exactly when it was an operator's stop.
+pub async fn write_desired(
+    pool: &PgPool,
+    id: Uuid,
+    desired: Desired,
+    operator_stopped: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE strategy_configs SET desired_state = $2, operator_stopped = $3, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(desired.as_str())
+    .bind(operator_stopped)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn write_config(pool: &PgPool, id: Uuid, config: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET config = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(config)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A row for `strategy_metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsRow {
+    pub strategy_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub source: &'static str,
+    pub pnl: Option<f64>,
+    pub positions_count: Option<i32>,
+    pub orders_count: Option<i32>,
+    pub success_rate: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub metrics: Value,
+}
+
+/// Insert a batch in one statement (rows of strategies that no longer exist are skipped).
+pub async fn insert_metrics(pool: &PgPool, rows: &[MetricsRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut ts = Vec::with_capacity(rows.len());
+    let mut sources = Vec::with_capacity(rows.len());
+    let mut pnl = Vec::with_capacity(rows.len());
+    let mut positions = Vec::with_capacity(rows.len());
+    let mut orders = Vec::with_capacity(rows.len());
+    let mut success = Vec::with_capacity(rows.len());
+    let mut cpu = Vec::with_capacity(rows.len());
+    let mut mem = Vec::with_capacity(rows.len());
+    let mut metrics = Vec::with_capacity(rows.len());
+    for r in rows {
+        ids.push(r.strategy_id);
+        ts.push(r.timestamp);
+        sources.push(r.source.to_string());
+        pnl.push(r.pnl);
+        positions.push(r.positions_count);
+        orders.push(r.orders_count);
+        success.push(r.success_rate);
+        cpu.push(r.cpu_percent);
+        mem.push(r.memory_mb);
+        metrics.push(r.metrics.clone());
+    }
+    let result = sqlx::query(
+        "INSERT INTO strategy_metrics (strategy_id, \"timestamp\", source, pnl, positions_count, \
+             orders_count, success_rate, cpu_percent, memory_mb, metrics) \
+         SELECT u.strategy_id, u.ts, u.source, u.pnl::numeric, u.positions_count, u.orders_count, \
+             u.success_rate, u.cpu_percent, u.memory_mb, u.metrics \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], \
+             $6::int4[], $7::float8[], $8::float8[], $9::float8[], $10::jsonb[]) \
+             AS u(strategy_id, ts, source, pnl, positions_count, orders_count, success_rate, \
+                  cpu_percent, memory_mb, metrics) \
+         WHERE EXISTS (SELECT 1 FROM strategy_configs c WHERE c.id = u.strategy_id)",
+    )
+    .bind(&ids)
+    .bind(&ts)
+    .bind(&sources)
+    .bind(&pnl)
+    .bind(&positions)
+    .bind(&orders)
+    .bind(&success)
+    .bind(&cpu)
+    .bind(&mem)
+    .bind(&metrics)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Delete metrics and events older than `older_than`; returns the rows deleted.
+pub async fn prune_history(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let metrics = sqlx::query("DELETE FROM strategy_metrics WHERE \"timestamp\" < $1")
+        .bind(older_than)
+        .execute(pool)
+        .await?;
+    let events = sqlx::query("DELETE FROM strategy_events WHERE at < $1")
+        .bind(older_than)
+        .execute(pool)
+        .await?;
+    Ok(metrics.rows_affected() + events.rows_affected())
+}
+
+/// The previous holder of the lease, if any: (host, pid, boot_id, started_at).
+pub async fn read_lease(
+    conn: &mut PgConnection,
+) -> Result<Option<(String, i32, String, DateTime<Utc>)>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT host, pid, boot_id, started_at FROM engine_manager_lease WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+}

@@ -1,0 +1,521 @@
+//! Every SQL statement `enginectl` runs: reading strategies, their latest metrics and
+//! history, the manager's lease, and inserting commands and strategies.
+
+use anyhow::{anyhow, Context};
+use chrono::{DateTime, Utc};
+use engine_protocol::redact::redact_url;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long a connection attempt may take before the tool gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A manager whose lease heartbeat is older than this is taken for dead. The manager
+/// beats every health interval (2 s by default), so this is several missed beats.
+pub const MANAGER_FRESH: Duration = Duration::from_secs(10);
+
+/// Open a small pool on `url`. Unlike the manager, never creates the database.
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let shown = redact_url(url);
+    let options =
+        PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {shown}"))?;
+    let database = options.get_database().unwrap_or("postgres").to_string();
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|err| connect_error(err, &shown, &database))
+}
+
+fn connect_error(err: sqlx::Error, shown: &str, database: &str) -> anyhow::Error {
+    if sql_state(&err).as_deref() == Some("3D000") {
+        return anyhow!(
+            "database '{database}' does not exist at {shown}; start engine-manager once (it creates \
+             the database) or run `engine-manager --migrate-only`"
+        );
+    }
+    anyhow::Error::new(err).context(format!(
+        "cannot connect to PostgreSQL at {shown} (is it running? check --database-url / DATABASE_URL)"
+    ))
+}
+
+/// The SQLSTATE of a database error.
+pub fn sql_state(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// A query error, with a hint when the engine's tables are missing.
+pub fn query_error(err: sqlx::Error, what: &str) -> anyhow::Error {
+    if sql_state(&err).as_deref() == Some("42P01") {
+        return anyhow!(
+            "cannot {what}: the database has no engine tables yet; start engine-manager once or run \
+             `engine-manager --migrate-only`"
+        );
+    }
+    anyhow::Error::new(err).context(format!("cannot {what}"))
+}
+
+/// One row of `strategy_configs`, as the tool shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StrategyRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub strategy_type: String,
+    pub config: Value,
+    pub auto_start: bool,
+    pub desired_state: String,
+    pub status: String,
+    pub pid: Option<i32>,
+    pub last_error: Option<String>,
+    pub restart_count: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl StrategyRecord {
+    /// Running or paused: an executor is up with its strategy initialised.
+    pub fn is_live(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "paused")
+    }
+}
+
+const COLUMNS: &str = "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
+                       last_error, restart_count, started_at, created_at";
+
+pub async fn strategies(pool: &PgPool) -> anyhow::Result<Vec<StrategyRecord>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM strategy_configs ORDER BY name"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_configs"))
+}
+
+pub async fn strategy(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<StrategyRecord>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM strategy_configs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_configs"))
+}
+
+/// The strategies called `names`, in that order; an unknown name is an error that
+/// lists the known ones (and the closest, if one is close).
+pub async fn resolve(pool: &PgPool, names: &[String]) -> anyhow::Result<Vec<StrategyRecord>> {
+    let all = strategies(pool).await?;
+    names
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|s| &s.name == name)
+                .cloned()
+                .ok_or_else(|| unknown_name(name, &all))
+        })
+        .collect()
+}
+
+pub async fn resolve_one(pool: &PgPool, name: &str) -> anyhow::Result<StrategyRecord> {
+    let mut found = resolve(pool, &[name.to_string()]).await?;
+    Ok(found.remove(0))
+}
+
+/// "no strategy named 'x'; known: a, b" (plus "did you mean" for a near miss).
+pub fn unknown_name(name: &str, all: &[StrategyRecord]) -> anyhow::Error {
+    if all.is_empty() {
+        return anyhow!(
+            "no strategy named '{name}'; there are no strategies yet (add one with `enginectl add`)"
+        );
+    }
+    const SHOWN: usize = 20;
+    let mut known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    known.sort_unstable();
+    let mut list = known
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if known.len() > SHOWN {
+        list.push_str(&format!(", … ({} in all; `enginectl list`)", known.len()));
+    }
+    let closest = known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min();
+    match closest {
+        Some((_, near)) => {
+            anyhow!("no strategy named '{name}' (did you mean '{near}'?); known: {list}")
+        }
+        None => anyhow!("no strategy named '{name}'; known: {list}"),
+    }
+}
+
+/// Levenshtein distance (for "did you mean").
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Insert a command row; returns its id.
+pub async fn insert_command(
+    pool: &PgPool,
+    strategy_id: Option<Uuid>,
+    command: &str,
+    parameters: &Value,
+) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(strategy_id)
+    .bind(command)
+    .bind(parameters)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| query_error(e, "insert into strategy_commands"))
+}
+
+/// A command row's progress.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CommandProgress {
+    pub id: Uuid,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+impl CommandProgress {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "executed" | "failed")
+    }
+}
+
+pub async fn command_progress(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<CommandProgress>> {
+    sqlx::query_as("SELECT id, status, error FROM strategy_commands WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| query_error(e, "read strategy_commands"))
+}
+
+/// The newest row a strategy reported (`source = 'strategy'`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestStrategyMetrics {
+    pub at: DateTime<Utc>,
+    pub pnl: Option<f64>,
+    pub last_tick_age_ms: Option<f64>,
+}
+
+/// The newest health sample of a strategy (`source = 'health'`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestHealth {
+    pub at: DateTime<Utc>,
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub stale: Option<bool>,
+    pub last_tick_age_ms: Option<f64>,
+}
+
+/// The newest metrics and health rows of every strategy (one index probe each).
+pub async fn latest_metrics(
+    pool: &PgPool,
+) -> anyhow::Result<(
+    HashMap<Uuid, LatestStrategyMetrics>,
+    HashMap<Uuid, LatestHealth>,
+)> {
+    type Row = (
+        Uuid,
+        Option<DateTime<Utc>>,
+        Option<f64>,
+        Option<f64>,
+        Option<DateTime<Utc>>,
+        Option<f64>,
+        Option<f64>,
+        Option<bool>,
+        Option<f64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'last_tick_age_ms')::float8, \
+                h.\"timestamp\", h.cpu_percent, h.memory_mb, (h.metrics->>'stale')::boolean, \
+                (h.metrics->>'last_tick_age_ms')::float8 \
+         FROM strategy_configs c \
+         LEFT JOIN LATERAL (SELECT \"timestamp\", pnl, metrics FROM strategy_metrics m \
+             WHERE m.strategy_id = c.id AND m.source = 'strategy' \
+             ORDER BY \"timestamp\" DESC LIMIT 1) s ON true \
+         LEFT JOIN LATERAL (SELECT \"timestamp\", cpu_percent, memory_mb, metrics FROM strategy_metrics m \
+             WHERE m.strategy_id = c.id AND m.source = 'health' \
+             ORDER BY \"timestamp\" DESC LIMIT 1) h ON true",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_metrics"))?;
+    let mut strategy = HashMap::new();
+    let mut health = HashMap::new();
+    for (id, s_at, pnl, tick, h_at, cpu, mem, stale, h_tick) in rows {
+        if let Some(at) = s_at {
+            strategy.insert(
+                id,
+                LatestStrategyMetrics {
+                    at,
+                    pnl,
+                    last_tick_age_ms: tick,
+                },
+            );
+        }
+        if let Some(at) = h_at {
+            health.insert(
+                id,
+                LatestHealth {
+                    at,
+                    cpu_percent: cpu,
+                    memory_mb: mem,
+                    stale,
+                    last_tick_age_ms: h_tick,
+                },
+            );
+        }
+    }
+    Ok((strategy, health))
+}
+
+/// The manager that serves (or last served) the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseInfo {
+    pub host: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_s: f64,
+    /// Whether a session holds the manager's advisory lock right now.
+    pub lock_held: bool,
+}
+
+/// What the lease row and the lock say about the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerState {
+    /// It holds the lock and beats.
+    Alive,
+    /// Nobody holds the lock: it exited or died.
+    Gone,
+    /// It holds the lock but has not beaten for [`MANAGER_FRESH`]: hung, or its
+    /// database connection is stuck.
+    Silent,
+}
+
+impl LeaseInfo {
+    pub fn state(&self) -> ManagerState {
+        match (
+            self.lock_held,
+            self.heartbeat_age_s < MANAGER_FRESH.as_secs_f64(),
+        ) {
+            (true, true) => ManagerState::Alive,
+            (true, false) => ManagerState::Silent,
+            (false, _) => ManagerState::Gone,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.state() == ManagerState::Alive
+    }
+}
+
+pub async fn lease(pool: &PgPool) -> anyhow::Result<Option<LeaseInfo>> {
+    let row: Option<(String, i32, DateTime<Utc>, f64, bool)> = sqlx::query_as(
+        "SELECT host, pid, started_at, EXTRACT(EPOCH FROM (now() - heartbeat_at))::float8, \
+             EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
+                   AND l.classid::text::int8 = $1 AND l.objid::text::int8 = $2 AND l.objsubid = 1) \
+         FROM engine_manager_lease WHERE id = 1",
+    )
+    .bind(crate::LOCK_KEY >> 32)
+    .bind(crate::LOCK_KEY & 0xffff_ffff)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| query_error(e, "read engine_manager_lease"))?;
+    Ok(row.map(
+        |(host, pid, started_at, heartbeat_age_s, lock_held)| LeaseInfo {
+            host,
+            pid,
+            started_at,
+            heartbeat_age_s,
+            lock_held,
+        },
+    ))
+}
+
+/// Insert a strategy; a taken name or a refused row gets an error that says so.
+pub async fn insert_strategy(
+    pool: &PgPool,
+    name: &str,
+    strategy_type: &str,
+    config: &Value,
+    auto_start: bool,
+) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO strategy_configs (name, strategy_type, config, auto_start) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(name)
+    .bind(strategy_type)
+    .bind(config)
+    .bind(auto_start)
+    .fetch_one(pool)
+    .await
+    .map_err(|err| match sql_state(&err).as_deref() {
+        Some("23505") => anyhow!("a strategy named '{name}' already exists; pick another name"),
+        Some("23514") => anyhow::Error::new(err).context(format!(
+            "the database refused strategy '{name}' (the name must not be blank and the config must be a JSON object)"
+        )),
+        _ => query_error(err, "insert into strategy_configs"),
+    })
+}
+
+/// Delete a strategy (its commands, metrics and events go with it).
+pub async fn delete_strategy(pool: &PgPool, id: Uuid) -> anyhow::Result<bool> {
+    let done = sqlx::query("DELETE FROM strategy_configs WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(|err| match &err {
+            // The delete guard's own message says what to do.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55006") => {
+                anyhow!("{}", db.message())
+            }
+            _ => query_error(err, "delete from strategy_configs"),
+        })?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A command row of one strategy's history (or a global one that touched it).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CommandRecord {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub executed_at: Option<DateTime<Utc>>,
+    pub command: String,
+    pub parameters: Value,
+    pub status: String,
+    pub error: Option<String>,
+    pub global: bool,
+}
+
+/// A row of `strategy_events`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRecord {
+    pub at: DateTime<Utc>,
+    pub old_status: Option<String>,
+    pub new_status: String,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub command_id: Option<Uuid>,
+    pub pid: Option<i32>,
+    pub node: String,
+}
+
+/// The newest `limit` commands for `strategy` (its own, and global ones since it
+/// exists) and the newest `limit` events.
+pub async fn history(
+    pool: &PgPool,
+    strategy: &StrategyRecord,
+    limit: i64,
+) -> anyhow::Result<(Vec<CommandRecord>, Vec<EventRecord>)> {
+    let commands = sqlx::query_as(
+        "SELECT id, created_at, executed_at, command, parameters, status, error, \
+                strategy_id IS NULL AS global \
+         FROM strategy_commands \
+         WHERE strategy_id = $1 OR (strategy_id IS NULL AND created_at >= $2) \
+         ORDER BY created_at DESC, seq DESC LIMIT $3",
+    )
+    .bind(strategy.id)
+    .bind(strategy.created_at)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_commands"))?;
+    let events = sqlx::query_as(
+        "SELECT at, old_status, new_status, reason, error, command_id, pid, node \
+         FROM strategy_events WHERE strategy_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(strategy.id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_events"))?;
+    Ok((commands, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> StrategyRecord {
+        StrategyRecord {
+            id: Uuid::new_v4(),
+            name: name.to_string(),
+            strategy_type: "heartbeat".into(),
+            config: serde_json::json!({}),
+            auto_start: false,
+            desired_state: "stopped".into(),
+            status: "stopped".into(),
+            pid: None,
+            last_error: None,
+            restart_count: 0,
+            started_at: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn unknown_names_list_the_known_ones() {
+        let all = vec![record("demo-sma-eth"), record("demo-sma-btc")];
+        let err = unknown_name("nope", &all).to_string();
+        assert_eq!(
+            err,
+            "no strategy named 'nope'; known: demo-sma-btc, demo-sma-eth"
+        );
+        let err = unknown_name("demo-sma-bt", &all).to_string();
+        assert!(err.contains("did you mean 'demo-sma-btc'?"), "{err}");
+        let err = unknown_name("x", &[]).to_string();
+        assert!(err.contains("no strategies yet"), "{err}");
+    }
+
+    #[test]
+    fn the_manager_is_alive_only_with_its_lock_and_a_fresh_heartbeat() {
+        let lease = |lock_held, heartbeat_age_s| LeaseInfo {
+            host: "h".into(),
+            pid: 7,
+            started_at: Utc::now(),
+            heartbeat_age_s,
+            lock_held,
+        };
+        assert_eq!(lease(true, 1.0).state(), ManagerState::Alive);
+        assert_eq!(lease(false, 1.0).state(), ManagerState::Gone);
+        assert_eq!(lease(true, 30.0).state(), ManagerState::Silent);
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}

@@ -1,0 +1,229 @@
+//! `enginectl`: the operators' tool. It speaks to the engine the way an operator
+//! with `psql` and `redis-cli` would: it reads `strategy_configs`, inserts rows in
+//! `strategy_commands` and waits for their outcome, reads the state hashes and
+//! subscribes to the channels on Redis, and reads the executors' log files. It never
+//! talks to the manager directly, so it works the same against a manager on another
+//! host (except `logs`, which reads files).
+//!
+//! # Layout
+//! - [`Cli`] / [`Command`]: the flags (clap); [`run`] dispatches.
+//! - [`store`]: every SQL statement of the tool. [`state`]: Redis reads.
+//! - [`control`]: `start` … `update`, `add`, `remove` (insert rows, wait, report).
+//! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
+//!   text tables; [`spinner`]: progress on stderr.
+//! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
+
+pub mod control;
+pub mod doctor;
+pub mod executor;
+pub mod history;
+pub mod lease_words;
+pub mod logs;
+pub mod spinner;
+pub mod state;
+pub use engine_store::operator as store;
+pub mod table;
+pub mod view;
+pub mod watch;
+
+use clap::{Parser, Subcommand};
+use engine_protocol::Channels;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// enginectl: list, start, stop, update and watch the engine's strategies.
+///
+/// It works through the database (commands are rows in `strategy_commands`, carried
+/// out by the running engine-manager) and Redis, with the same flags and environment
+/// variables as engine-manager.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "enginectl", version, about, long_about)]
+pub struct Cli {
+    /// PostgreSQL URL of the engine's database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/strategy_engine",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Redis URL (for `list`, `watch` and `doctor`).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis channel and key (the manager's --redis-prefix).
+    #[arg(long, env = "ENGINE_REDIS_PREFIX", default_value = "", global = true)]
+    pub redis_prefix: String,
+
+    /// The manager's state directory (`logs` reads `<state-dir>/logs/<name>.log`).
+    #[arg(
+        long,
+        env = "ENGINE_STATE_DIR",
+        default_value = "engine-state",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+
+    /// The strategy-executor binary (for `add`, `types`, `doctor`) [default: the one
+    /// beside this binary, else `strategy-executor` on PATH].
+    #[arg(long, env = "ENGINE_EXECUTOR_PATH", global = true)]
+    pub executor_path: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Every strategy: status, desired state, pid, uptime, CPU, memory, restarts,
+    /// PnL, tick age, last error.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a new strategy (its config is checked by the executor first).
+    Add(control::AddArgs),
+    /// Stop a strategy (if it runs), then delete it with its history.
+    Remove {
+        name: String,
+        /// How long to wait for the stop.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Start strategies (a no-op for running ones).
+    Start(control::TargetArgs),
+    /// Stop strategies; `--all` is the global kill switch.
+    Stop(control::StopArgs),
+    /// Stop, then start strategies (new pid).
+    Restart(control::StopArgs),
+    /// Pause strategies (the process stays up, the strategy does not trade).
+    Pause(control::TargetArgs),
+    /// Resume paused strategies.
+    Resume(control::TargetArgs),
+    /// Change a strategy's config with a JSON merge patch, live if it runs.
+    Update(control::UpdateArgs),
+    /// The registered strategy types, with a description and an example config.
+    Types {
+        /// Print the executor's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live table of every strategy, fed by Redis (Ctrl-C to quit).
+    Watch {
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// How often the table is redrawn.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Print a strategy's executor log (stdout and stderr).
+    Logs {
+        name: String,
+        /// Keep printing what is appended (Ctrl-C to quit).
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines from the end.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// A strategy's commands and state transitions, newest first.
+    History {
+        name: String,
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
+    Doctor,
+}
+
+/// What every subcommand shares: the flags that say where the engine is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub database_url: String,
+    pub redis_url: String,
+    pub channels: Channels,
+    pub state_dir: PathBuf,
+    pub executor_path: PathBuf,
+}
+
+impl Target {
+    pub fn from_cli(cli: &Cli) -> Target {
+        Target {
+            database_url: cli.database_url.clone(),
+            redis_url: cli.redis_url.clone(),
+            channels: Channels::new(cli.redis_prefix.clone()),
+            state_dir: cli.state_dir.clone(),
+            executor_path: executor::default_path(cli.executor_path.as_deref()),
+        }
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        store::connect(&self.database_url).await
+    }
+}
+
+/// How a subcommand ended when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Exit code 0.
+    Ok,
+    /// Something the tool reported (a failed command, a failed check): exit code 1.
+    Failed,
+}
+
+impl Finished {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Finished::Ok => 0,
+            Finished::Failed => 1,
+        }
+    }
+}
+
+/// Run one subcommand. `shutdown` ends the long-running ones (`watch`, `logs -f`).
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finished> {
+    let target = Target::from_cli(&cli);
+    match cli.command {
+        Command::List { json } => view::list(&target, json).await,
+        Command::Add(args) => control::add(&target, args).await,
+        Command::Remove { name, timeout } => control::remove(&target, &name, timeout).await,
+        Command::Start(args) => control::simple(&target, control::Verb::Start, args).await,
+        Command::Pause(args) => control::simple(&target, control::Verb::Pause, args).await,
+        Command::Resume(args) => control::simple(&target, control::Verb::Resume, args).await,
+        Command::Stop(args) => control::stop_or_restart(&target, control::Verb::Stop, args).await,
+        Command::Restart(args) => {
+            control::stop_or_restart(&target, control::Verb::Restart, args).await
+        }
+        Command::Update(args) => control::update(&target, args).await,
+        Command::Types { json } => executor::types(&target, json).await,
+        Command::Watch { once, interval } => watch::watch(&target, once, interval, shutdown).await,
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => logs::logs(&target, &name, follow, lines, shutdown).await,
+        Command::History { name, lines, json } => {
+            history::history(&target, &name, lines, json).await
+        }
+        Command::Doctor => doctor::doctor(&target).await,
+    }
+}

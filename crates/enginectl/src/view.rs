@@ -1,0 +1,330 @@
+//! One strategy as `list` (and `watch`) show it, merged from its row, its Redis state
+//! hash, and its newest `strategy_metrics` rows; and the `list` subcommand.
+//!
+//! Where each number comes from:
+//! - status, desired state, pid, restarts, last error: `strategy_configs`;
+//! - uptime: `started_at` of the row (the state hash's `uptime_s` if it is missing);
+//! - CPU, memory, tick age, stale: the state hash, else the newest `source='health'`
+//!   row (only samples of the current run count, and only while a process is up);
+//! - PnL: the newest `source='strategy'` row (kept after a stop: the last run's PnL).
+
+use super::state::{self, StateHash};
+use super::table::{self, Align, Table};
+use super::{Finished, Target};
+use chrono::{DateTime, Utc};
+use engine_protocol::Channels;
+use engine_store::operator::{self as store, LatestHealth, LatestStrategyMetrics, StrategyRecord};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A strategy as operators see it (`list --json` prints an array of these).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StrategyView {
+    pub id: Uuid,
+    pub name: String,
+    pub strategy_type: String,
+    pub status: String,
+    pub desired_state: String,
+    pub auto_start: bool,
+    pub pid: Option<i32>,
+    pub uptime_s: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub restart_count: i32,
+    pub pnl: Option<f64>,
+    pub last_tick_age_ms: Option<f64>,
+    pub stale: bool,
+    pub last_error: Option<String>,
+}
+
+/// Where a view's numbers come from besides the row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    pub hash: Option<&'a StateHash>,
+    pub metrics: Option<&'a LatestStrategyMetrics>,
+    pub health: Option<&'a LatestHealth>,
+}
+
+impl StrategyView {
+    pub fn build(
+        record: &StrategyRecord,
+        sources: Sources<'_>,
+        now: DateTime<Utc>,
+    ) -> StrategyView {
+        let alive = record.pid.is_some()
+            && matches!(
+                record.status.as_str(),
+                "starting" | "running" | "paused" | "stopping"
+            );
+        // A sample counts only if it was taken during the current run.
+        let this_run = |at: Option<DateTime<Utc>>| match (at, record.started_at) {
+            (Some(at), Some(started)) => at >= started,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let hash = sources.hash.filter(|h| {
+            alive
+                && this_run(
+                    h.get("health_at")
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc)),
+                )
+        });
+        let health = sources.health.filter(|h| alive && this_run(Some(h.at)));
+        let uptime_s = if alive {
+            record
+                .started_at
+                .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+                .or_else(|| state::number(hash, "uptime_s"))
+        } else {
+            None
+        };
+        let cpu_percent =
+            state::number(hash, "cpu_percent").or_else(|| health.and_then(|h| h.cpu_percent));
+        let memory_mb =
+            state::number(hash, "memory_mb").or_else(|| health.and_then(|h| h.memory_mb));
+        let (last_tick_age_ms, stale) = if hash.is_some() {
+            (
+                state::number(hash, "last_tick_age_ms"),
+                state::flag(hash, "stale").unwrap_or(false),
+            )
+        } else if let Some(h) = health {
+            (h.last_tick_age_ms, h.stale.unwrap_or(false))
+        } else {
+            let tick = sources
+                .metrics
+                .filter(|m| alive && this_run(Some(m.at)))
+                .and_then(|m| m.last_tick_age_ms);
+            (tick, false)
+        };
+        StrategyView {
+            id: record.id,
+            name: record.name.clone(),
+            strategy_type: record.strategy_type.clone(),
+            status: record.status.clone(),
+            desired_state: record.desired_state.clone(),
+            auto_start: record.auto_start,
+            pid: record.pid,
+            uptime_s,
+            cpu_percent,
+            memory_mb,
+            restart_count: record.restart_count,
+            pnl: sources.metrics.and_then(|m| m.pnl),
+            last_tick_age_ms,
+            stale,
+            last_error: record.last_error.clone().filter(|e| !e.is_empty()),
+        }
+    }
+}
+
+/// The tick age column: `-`, `0.4s`, or `75s stale`.
+pub fn tick_cell(age_ms: Option<f64>, stale: bool) -> String {
+    match age_ms {
+        None if stale => "stale".into(),
+        None => table::NONE.into(),
+        Some(ms) if stale => format!("{} stale", table::duration(ms / 1000.0)),
+        Some(ms) => table::duration(ms / 1000.0),
+    }
+}
+
+/// Every strategy merged from its row, its newest metrics rows and, when `redis`
+/// is given and answers, its state hash. A Redis failure is returned beside the
+/// views (they are still useful without it).
+pub async fn collect_views(
+    pool: &PgPool,
+    redis: Option<&mut MultiplexedConnection>,
+    channels: &Channels,
+) -> anyhow::Result<(Vec<StrategyView>, Option<anyhow::Error>)> {
+    let records = store::strategies(pool).await?;
+    let (metrics, health) = store::latest_metrics(pool).await?;
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let (hashes, redis_error) = match redis {
+        Some(conn) => match state::state_hashes(conn, channels, &ids).await {
+            Ok(hashes) => (hashes, None),
+            Err(err) => (HashMap::new(), Some(err)),
+        },
+        None => (HashMap::new(), None),
+    };
+    let now = Utc::now();
+    let views = records
+        .iter()
+        .map(|r| {
+            let sources = Sources {
+                hash: hashes.get(&r.id),
+                metrics: metrics.get(&r.id),
+                health: health.get(&r.id),
+            };
+            StrategyView::build(r, sources, now)
+        })
+        .collect();
+    Ok((views, redis_error))
+}
+
+/// Every strategy, with what Redis and the metrics table know about it; a note on
+/// stderr when Redis cannot help.
+pub async fn load_views(target: &Target) -> anyhow::Result<Vec<StrategyView>> {
+    let pool = target.pool().await?;
+    let mut redis = match state::connect(&target.redis_url).await {
+        Ok(conn) => Some(conn),
+        Err(err) => {
+            eprintln!("note: {err:#}; CPU, memory and tick age come from the database instead");
+            None
+        }
+    };
+    let result = collect_views(&pool, redis.as_mut(), &target.channels).await;
+    pool.close().await;
+    let (views, redis_error) = result?;
+    if let Some(err) = redis_error {
+        eprintln!("note: {err:#}; CPU, memory and tick age come from the database instead");
+    }
+    Ok(views)
+}
+
+/// The `list` table.
+pub fn list_table(views: &[StrategyView]) -> Table {
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("TYPE", Align::Left),
+        ("STATUS", Align::Left),
+        ("DESIRED", Align::Left),
+        ("PID", Align::Right),
+        ("UPTIME", Align::Right),
+        ("CPU", Align::Right),
+        ("MEM", Align::Right),
+        ("RESTARTS", Align::Right),
+        ("PNL", Align::Right),
+        ("TICK", Align::Right),
+        ("LAST ERROR", Align::Left),
+    ]);
+    for v in views {
+        t.push(vec![
+            v.name.clone(),
+            v.strategy_type.clone(),
+            v.status.clone(),
+            v.desired_state.clone(),
+            v.pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| table::NONE.into()),
+            v.uptime_s
+                .map(table::duration)
+                .unwrap_or_else(|| table::NONE.into()),
+            table::percent(v.cpu_percent),
+            table::megabytes(v.memory_mb),
+            v.restart_count.to_string(),
+            table::money(v.pnl),
+            tick_cell(v.last_tick_age_ms, v.stale),
+            v.last_error
+                .as_deref()
+                .map(|e| table::shorten(e, 60))
+                .unwrap_or_default(),
+        ]);
+    }
+    t
+}
+
+/// `enginectl list [--json]`.
+pub async fn list(target: &Target, json: bool) -> anyhow::Result<Finished> {
+    let views = load_views(target).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else if views.is_empty() {
+        println!("no strategies yet; add one with `enginectl add NAME --type TYPE` (`enginectl types` lists the types)");
+    } else {
+        print!("{}", list_table(&views).render());
+    }
+    Ok(Finished::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: &str, pid: Option<i32>, started_at: Option<DateTime<Utc>>) -> StrategyRecord {
+        StrategyRecord {
+            id: Uuid::new_v4(),
+            name: "a".into(),
+            strategy_type: "heartbeat".into(),
+            config: serde_json::json!({}),
+            auto_start: false,
+            desired_state: "running".into(),
+            status: status.into(),
+            pid,
+            last_error: Some(String::new()),
+            restart_count: 2,
+            started_at,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_live_strategy_takes_health_from_its_hash() {
+        let now = Utc::now();
+        let started = now - chrono::Duration::seconds(90);
+        let r = record("running", Some(42), Some(started));
+        let hash: StateHash = HashMap::from([
+            ("cpu_percent".into(), "1.5".into()),
+            ("memory_mb".into(), "9.25".into()),
+            (
+                "health_at".into(),
+                (now - chrono::Duration::seconds(1)).to_rfc3339(),
+            ),
+            ("stale".into(), "true".into()),
+            ("last_tick_age_ms".into(), "61000".into()),
+        ]);
+        let metrics = LatestStrategyMetrics {
+            at: now,
+            pnl: Some(12.5),
+            last_tick_age_ms: Some(5.0),
+        };
+        let v = StrategyView::build(
+            &r,
+            Sources {
+                hash: Some(&hash),
+                metrics: Some(&metrics),
+                health: None,
+            },
+            now,
+        );
+        assert_eq!(v.cpu_percent, Some(1.5));
+        assert_eq!(v.memory_mb, Some(9.25));
+        assert_eq!(v.uptime_s, Some(90.0));
+        assert_eq!(v.pnl, Some(12.5));
+        assert!(v.stale);
+        assert_eq!(v.last_tick_age_ms, Some(61_000.0));
+        assert_eq!(v.last_error, None, "an empty error is no error");
+        assert_eq!(tick_cell(v.last_tick_age_ms, v.stale), "1m01s stale");
+    }
+
+    #[test]
+    fn samples_of_an_earlier_run_or_a_stopped_strategy_are_not_shown() {
+        let now = Utc::now();
+        let health = LatestHealth {
+            at: now - chrono::Duration::hours(1),
+            cpu_percent: Some(3.0),
+            memory_mb: Some(8.0),
+            stale: Some(true),
+            last_tick_age_ms: None,
+        };
+        let sources = Sources {
+            hash: None,
+            metrics: None,
+            health: Some(&health),
+        };
+        let restarted = record("running", Some(7), Some(now - chrono::Duration::seconds(5)));
+        let v = StrategyView::build(&restarted, sources, now);
+        assert_eq!((v.cpu_percent, v.stale), (None, false));
+        let stopped = record("stopped", None, None);
+        let v = StrategyView::build(&stopped, sources, now);
+        assert_eq!((v.cpu_percent, v.uptime_s), (None, None));
+        // Without a hash, a health row of this run is the fallback.
+        let running = record("running", Some(7), Some(now - chrono::Duration::hours(2)));
+        let v = StrategyView::build(&running, sources, now);
+        assert_eq!(
+            (v.cpu_percent, v.memory_mb, v.stale),
+            (Some(3.0), Some(8.0), true)
+        );
+    }
+}
