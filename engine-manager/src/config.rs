@@ -69,6 +69,11 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_METRICS_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub metrics_retention: Duration,
 
+    /// Finished (`executed` or `failed`) `strategy_commands` rows older than this are
+    /// deleted; pending and processing rows are kept whatever their age.
+    #[arg(long, env = "ENGINE_COMMAND_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub command_retention: Duration,
+
     /// First automatic restart delay after a crash.
     #[arg(long, env = "ENGINE_RESTART_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub restart_delay: Duration,
@@ -327,6 +332,7 @@ mod tests {
         let c = ManagerConfig::parse_from(["engine-manager"]);
         assert_eq!(c.health_interval, Duration::from_secs(2));
         assert_eq!(c.metrics_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(c.command_retention, Duration::from_secs(30 * 86400));
         assert_eq!(c.restart_policy(), policy());
         assert!(!c.stop_strategies_on_exit);
     }

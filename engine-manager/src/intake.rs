@@ -314,7 +314,7 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), String>
     let mut delay = Duration::from_millis(100);
     loop {
         match db::finish_command(&shared.pool, id, &result).await {
-            Ok(()) => return,
+            Ok(written) => return shared.command_metrics.record(written.as_ref()),
             Err(err) => {
                 tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");
                 tokio::select! {

@@ -12,12 +12,14 @@
 //! - [`publisher`]: the one task that talks to Redis for sending.
 //! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
 //!   [`recorder`]: metrics into `strategy_metrics`.
+//! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`ctl`]: the `enginectl` operator tool (a database and Redis client).
 //!
 //! Architecture invariant: executors never touch the database; the manager is its
 //! only client, and correctness never depends on a pub/sub message.
 
+pub mod command_metrics;
 pub mod config;
 pub mod health;
 pub mod http;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub live: Mutex<HashMap<Uuid, LiveEntry>>,
     /// The latest metrics each executor reported (for health, staleness and APIs).
     pub last_metrics: Mutex<HashMap<Uuid, recorder::LastMetrics>>,
+    /// Finished commands, for `/metrics` (seeded at start-up, counted by the intake).
+    pub command_metrics: command_metrics::CommandMetrics,
     pub link_routes: LinkRoutes,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -159,6 +163,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         boot_id: boot_id.clone(),
         live: Mutex::new(HashMap::new()),
         last_metrics: Mutex::new(HashMap::new()),
+        command_metrics: Default::default(),
         link_routes: Arc::new(Mutex::new(HashMap::new())),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
@@ -193,6 +198,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
             } else {
                 db::superseded_recovered(&pool).await?
             };
+            shared.command_metrics.seed(&pool).await?;
             Ok::<_, sqlx::Error>((db::load_strategies(&pool).await?, recovered, superseded))
         };
         match loaded.await {

@@ -1,7 +1,8 @@
-//! The metrics recorder: subscribes to `strategy:metrics:*`, checks each message (at
-//! most 64 KiB, a JSON object whose `strategy_id` matches its channel, the contract's
-//! fields with the right types), and writes them with the health samples into
-//! `strategy_metrics` in batches; prunes rows past the retention period.
+//! The metrics recorder: subscribes to `strategy:metrics:*`, checks each message
+//! ([`check_message`]: at most 64 KiB, a JSON object whose `strategy_id` matches its
+//! channel; then the contract's fields with the right types), and writes them with
+//! the health samples into `strategy_metrics` in batches; prunes metrics, events and
+//! finished commands past their retention periods.
 //!
 //! Built for bursts (BENCHMARKS.md): waiting rows are kept compact, in batch-sized
 //! chunks that hold the fixed-size fields in one vector and every `metrics` object as
@@ -12,13 +13,14 @@
 
 use crate::Shared;
 use chrono::{DateTime, Utc};
-use engine_protocol::Channels;
-use engine_protocol::{MetricsMessage, MAX_MESSAGE_BYTES};
+use engine_protocol::inbound::{check_message, MessageRejected};
+use engine_protocol::{Channels, MetricsMessage};
 use engine_store::manager::{self as db, MetricsRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -74,18 +76,14 @@ impl LastMetrics {
 }
 
 /// Why an executor's message was dropped.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Rejected {
-    #[error("message of {0} bytes is over the 64 KiB limit")]
-    TooLarge(usize),
     #[error("channel is not strategy:metrics:{{uuid}}")]
     BadChannel,
-    #[error("not a JSON object: {0}")]
-    NotAnObject(String),
-    #[error("strategy_id {claimed} does not match the channel's {channel}")]
-    WrongStrategy { claimed: String, channel: Uuid },
-    #[error("fields do not match the metrics payload: {0}")]
-    BadFields(String),
+    #[error(transparent)]
+    Message(#[from] MessageRejected),
+    #[error("fields do not match the metrics payload")]
+    BadFields(#[source] serde_json::Error),
 }
 
 /// Check one message from `strategy:metrics:{id}` and turn it into a row.
@@ -94,30 +92,13 @@ pub fn parse_metrics(
     channel: &str,
     payload: &[u8],
 ) -> Result<MetricsRow, Rejected> {
-    if payload.len() > MAX_MESSAGE_BYTES {
-        return Err(Rejected::TooLarge(payload.len()));
-    }
     let channel_id = channels
         .strategy_id_of_metrics_channel(channel)
         .ok_or(Rejected::BadChannel)?;
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| Rejected::NotAnObject(e.to_string()))?;
-    if !value.is_object() {
-        return Err(Rejected::NotAnObject(
-            engine_protocol::json_kind(&value).to_string(),
-        ));
-    }
-    let claimed = value.get("strategy_id").unwrap_or(&Value::Null);
-    if claimed.as_str() != Some(channel_id.to_string().as_str()) {
-        return Err(Rejected::WrongStrategy {
-            claimed: claimed.to_string(),
-            channel: channel_id,
-        });
-    }
+    let value = Value::Object(check_message(payload, Some(channel_id))?);
     // Checked in place (no copy of the message); then the `metrics` object is moved
     // out of it for the row.
-    let msg =
-        MetricsMessage::deserialize(&value).map_err(|e| Rejected::BadFields(e.to_string()))?;
+    let msg = MetricsMessage::deserialize(&value).map_err(Rejected::BadFields)?;
     let metrics = match value {
         Value::Object(mut object) => object.remove("metrics").unwrap_or(Value::Null),
         _ => Value::Null,
@@ -310,6 +291,8 @@ pub fn start(shared: Arc<Shared>, client: redis::Client) -> mpsc::Sender<Metrics
     health_tx
 }
 
+/// Subscribe to `strategy:metrics:*` and forward every checked message to the
+/// writer, reconnecting whenever Redis goes away, until the manager stops.
 async fn subscribe(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<PendingRow>) {
     let pattern = shared.channels.metrics_pattern();
     let mut down_logged = false;
@@ -324,7 +307,7 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<
             _ = shared.cancel.cancelled() => return,
             r = connected => r,
         };
-        let mut pubsub = match pubsub {
+        let pubsub = match pubsub {
             Ok(p) => {
                 if down_logged {
                     tracing::info!("metrics subscription is back");
@@ -343,52 +326,82 @@ async fn subscribe(shared: Arc<Shared>, client: redis::Client, tx: mpsc::Sender<
                 }
             }
         };
-        let mut stream = pubsub.on_message();
-        loop {
-            let msg = tokio::select! {
-                _ = shared.cancel.cancelled() => return,
-                msg = stream.next() => msg,
-            };
-            let Some(msg) = msg else { break };
-            match parse_metrics(
-                &shared.channels,
-                msg.get_channel_name(),
-                msg.get_payload_bytes(),
-            ) {
-                Ok(row) => {
-                    let (pending, metrics) = PendingRow::split(row);
-                    let last = LastMetrics {
-                        received_at: Utc::now(),
-                        pnl: pending.pnl,
-                        positions_count: pending.positions_count,
-                        orders_count: pending.orders_count,
-                        success_rate: pending.success_rate,
-                        last_tick_age_ms: metrics.get("last_tick_age_ms").and_then(Value::as_f64),
-                        metrics,
-                    };
-                    shared
-                        .last_metrics
-                        .lock()
-                        .expect("last_metrics lock")
-                        .insert(pending.strategy_id, last);
-                    if tx.try_send(pending).is_err() {
-                        dropped += 1;
-                        if dropped.is_power_of_two() {
-                            tracing::warn!(
-                                dropped,
-                                "metrics writer is behind ({MAX_BUFFERED} rows waiting); samples dropped"
-                            );
-                        }
-                    }
-                }
-                Err(why) => {
-                    tracing::warn!(channel = msg.get_channel_name(), reason = %why, "dropped an executor message")
-                }
-            }
+        if forward(&shared, pubsub, &tx, &mut dropped).await.is_break() {
+            return;
         }
         if !down_logged {
             tracing::warn!("metrics subscription lost; reconnecting");
             down_logged = true;
+        }
+    }
+}
+
+/// Forward one subscription's messages: `Break` once the manager stops, `Continue`
+/// when Redis ended the subscription (reconnect).
+async fn forward(
+    shared: &Shared,
+    mut pubsub: redis::aio::PubSub,
+    tx: &mpsc::Sender<PendingRow>,
+    dropped: &mut u64,
+) -> ControlFlow<()> {
+    let mut stream = pubsub.on_message();
+    loop {
+        let msg = tokio::select! {
+            _ = shared.cancel.cancelled() => return ControlFlow::Break(()),
+            msg = stream.next() => msg,
+        };
+        let Some(msg) = msg else {
+            return ControlFlow::Continue(());
+        };
+        accept(
+            shared,
+            msg.get_channel_name(),
+            msg.get_payload_bytes(),
+            tx,
+            dropped,
+        );
+    }
+}
+
+/// Check one message; keep it as the strategy's latest metrics and pass it to the
+/// writer (dropped, and counted, when the writer is [`MAX_BUFFERED`] behind).
+fn accept(
+    shared: &Shared,
+    channel: &str,
+    payload: &[u8],
+    tx: &mpsc::Sender<PendingRow>,
+    dropped: &mut u64,
+) {
+    let row = match parse_metrics(&shared.channels, channel, payload) {
+        Ok(row) => row,
+        Err(why) => {
+            let reason = crate::error_chain(&why);
+            tracing::warn!(channel, reason, "dropped an executor message");
+            return;
+        }
+    };
+    let (pending, metrics) = PendingRow::split(row);
+    let last = LastMetrics {
+        received_at: Utc::now(),
+        pnl: pending.pnl,
+        positions_count: pending.positions_count,
+        orders_count: pending.orders_count,
+        success_rate: pending.success_rate,
+        last_tick_age_ms: metrics.get("last_tick_age_ms").and_then(Value::as_f64),
+        metrics,
+    };
+    shared
+        .last_metrics
+        .lock()
+        .expect("last_metrics lock")
+        .insert(pending.strategy_id, last);
+    if tx.try_send(pending).is_err() {
+        *dropped += 1;
+        if dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped = *dropped,
+                "metrics writer is behind ({MAX_BUFFERED} rows waiting); samples dropped"
+            );
         }
     }
 }
@@ -399,117 +412,193 @@ type InsertOutcome = Result<(), (Chunk, sqlx::Error)>;
 /// Empties the channel into the backlog continuously and keeps up to
 /// [`INSERTS_IN_FLIGHT`] batches being written; a batch that fails goes back to the
 /// front and is tried again after [`RETRY_AFTER`]. At shutdown, what is waiting is
-/// written once more (not retried).
+/// written once more (not retried). Prunes what is past its retention every hour.
 async fn write_batches(
     shared: Arc<Shared>,
     mut health_rx: mpsc::Receiver<MetricsRow>,
     mut rx: mpsc::Receiver<PendingRow>,
 ) {
-    let retention = chrono::Duration::from_std(shared.config.metrics_retention)
-        .unwrap_or(chrono::Duration::days(7));
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
-    let mut backlog = Backlog::default();
-    let mut inflight: JoinSet<InsertOutcome> = JoinSet::new();
+    let mut writer = BatchWriter::new(shared.clone());
     let mut incoming: Vec<PendingRow> = Vec::with_capacity(1024);
     let mut health: Vec<MetricsRow> = Vec::new();
     let mut health_open = true;
-    let mut failing = false;
-    let mut retry_at: Option<Instant> = None;
-    let mut closing = false;
     loop {
-        let room = backlog.len() < MAX_BUFFERED && !closing;
-        // Wake for a due partial batch or a retry only when a write could start.
-        let wake_at = if inflight.len() < INSERTS_IN_FLIGHT {
-            match (retry_at, backlog.due_at()) {
-                (Some(r), Some(d)) => Some(r.max(d)),
-                (r, d) => r.or(d),
-            }
-        } else {
-            None
-        };
+        let room = writer.has_room();
+        let wake_at = writer.wake_at();
         tokio::select! {
-            _ = shared.cancel.cancelled(), if !closing => {
+            _ = shared.cancel.cancelled(), if !writer.closing => {
                 while let Ok(row) = health_rx.try_recv() {
-                    backlog.push(&PendingRow::split(row).0);
+                    writer.backlog.push(&PendingRow::split(row).0);
                 }
                 while let Ok(row) = rx.try_recv() {
-                    backlog.push(&row);
+                    writer.backlog.push(&row);
                 }
-                closing = true;
-                retry_at = None;
+                writer.close();
             }
-            Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
-                Ok(Ok(())) => {
-                    if failing {
-                        tracing::info!("writing strategy_metrics again");
-                        failing = false;
-                    }
-                }
-                Ok(Err((chunk, err))) => {
-                    if !failing {
-                        tracing::warn!(error = %err, buffered = backlog.len() + chunk.len(), "cannot write strategy_metrics; keeping samples and retrying");
-                        failing = true;
-                    }
-                    if closing {
-                        tracing::warn!(rows = chunk.len(), "metrics samples not written at shutdown");
-                    } else {
-                        backlog.put_back(chunk);
-                        retry_at = Some(Instant::now() + RETRY_AFTER);
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "a metrics insert task failed"),
-            },
+            Some(done) = writer.inflight.join_next(), if !writer.inflight.is_empty() => {
+                writer.insert_done(done);
+            }
             n = rx.recv_many(&mut incoming, 1024), if room => {
                 if n == 0 {
                     // The subscriber is gone: only at shutdown.
-                    closing = true;
-                    retry_at = None;
+                    writer.close();
                 }
                 for row in incoming.drain(..) {
-                    backlog.push(&row);
+                    writer.backlog.push(&row);
                 }
             }
             n = health_rx.recv_many(&mut health, 1024), if room && health_open => {
                 health_open = n > 0;
                 for row in health.drain(..) {
-                    backlog.push(&PendingRow::split(row).0);
+                    writer.backlog.push(&PendingRow::split(row).0);
                 }
             }
-            _ = prune.tick(), if !closing => {
-                match db::prune_history(&shared.pool, Utc::now() - retention).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, "pruned strategy_metrics and strategy_events rows past the retention period"),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "could not prune strategy_metrics"),
-                }
-            }
+            _ = prune.tick(), if !writer.closing => prune_past_retention(&shared).await,
             _ = sleep_until(wake_at) => {}
             else => break,
         }
-        let now = Instant::now();
-        if retry_at.is_none_or(|r| now >= r) {
-            retry_at = None;
-            while inflight.len() < INSERTS_IN_FLIGHT && !(closing && failing) {
-                let Some(chunk) = backlog.take_due(now, closing) else {
-                    break;
-                };
-                let pool = shared.pool.clone();
-                inflight.spawn(async move {
-                    match db::insert_metrics(&pool, &chunk.to_rows()).await {
-                        Ok(_) => Ok(()),
-                        Err(err) => Err((chunk, err)),
-                    }
-                });
-            }
-        }
-        if closing && inflight.is_empty() && (backlog.len() == 0 || failing) {
+        writer.start_due_inserts();
+        if writer.is_done() {
             break;
         }
     }
-    if backlog.len() > 0 {
+    if writer.backlog.len() > 0 {
         tracing::warn!(
-            rows = backlog.len(),
+            rows = writer.backlog.len(),
             "metrics samples not written at shutdown"
         );
+    }
+}
+
+/// The batch writer's state between two wake-ups: the backlog, the inserts in
+/// flight, and whether the database is failing.
+struct BatchWriter {
+    shared: Arc<Shared>,
+    backlog: Backlog,
+    inflight: JoinSet<InsertOutcome>,
+    /// The last insert failed (logged once, until one succeeds).
+    failing: bool,
+    /// When a failed batch may be tried again.
+    retry_at: Option<Instant>,
+    /// Shutting down: nothing new is taken, what waits is written once more.
+    closing: bool,
+}
+
+impl BatchWriter {
+    fn new(shared: Arc<Shared>) -> BatchWriter {
+        BatchWriter {
+            shared,
+            backlog: Backlog::default(),
+            inflight: JoinSet::new(),
+            failing: false,
+            retry_at: None,
+            closing: false,
+        }
+    }
+
+    /// Whether more rows may be taken from the channels.
+    fn has_room(&self) -> bool {
+        self.backlog.len() < MAX_BUFFERED && !self.closing
+    }
+
+    /// When to wake for a due partial batch or a retry: only when a write could start.
+    fn wake_at(&self) -> Option<Instant> {
+        if self.inflight.len() >= INSERTS_IN_FLIGHT {
+            return None;
+        }
+        match (self.retry_at, self.backlog.due_at()) {
+            (Some(r), Some(d)) => Some(r.max(d)),
+            (r, d) => r.or(d),
+        }
+    }
+
+    fn close(&mut self) {
+        self.closing = true;
+        self.retry_at = None;
+    }
+
+    /// An insert ended: a failed batch goes back to the front (or, at shutdown, is
+    /// given up).
+    fn insert_done(&mut self, done: Result<InsertOutcome, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(())) => {
+                if self.failing {
+                    tracing::info!("writing strategy_metrics again");
+                    self.failing = false;
+                }
+            }
+            Ok(Err((chunk, err))) => {
+                if !self.failing {
+                    tracing::warn!(error = %err, buffered = self.backlog.len() + chunk.len(), "cannot write strategy_metrics; keeping samples and retrying");
+                    self.failing = true;
+                }
+                if self.closing {
+                    tracing::warn!(
+                        rows = chunk.len(),
+                        "metrics samples not written at shutdown"
+                    );
+                } else {
+                    self.backlog.put_back(chunk);
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "a metrics insert task failed"),
+        }
+    }
+
+    /// Start inserting the batches that are due, up to [`INSERTS_IN_FLIGHT`] (none
+    /// before a retry is due, nor at shutdown once the database failed).
+    fn start_due_inserts(&mut self) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|r| now < r) {
+            return;
+        }
+        self.retry_at = None;
+        while self.inflight.len() < INSERTS_IN_FLIGHT && !(self.closing && self.failing) {
+            let Some(chunk) = self.backlog.take_due(now, self.closing) else {
+                break;
+            };
+            let pool = self.shared.pool.clone();
+            self.inflight.spawn(async move {
+                match db::insert_metrics(&pool, &chunk.to_rows()).await {
+                    Ok(_) => Ok(()),
+                    Err(err) => Err((chunk, err)),
+                }
+            });
+        }
+    }
+
+    /// Shutting down, and nothing more will be written.
+    fn is_done(&self) -> bool {
+        self.closing && self.inflight.is_empty() && (self.backlog.len() == 0 || self.failing)
+    }
+}
+
+/// Delete what is past its retention: metrics and events (`--metrics-retention`),
+/// finished commands (`--command-retention`).
+async fn prune_past_retention(shared: &Shared) {
+    let now = Utc::now();
+    let cutoff = |retention: Duration, fallback_days: i64| {
+        now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(fallback_days))
+    };
+    let metrics_cutoff = cutoff(shared.config.metrics_retention, 7);
+    match db::prune_history(&shared.pool, metrics_cutoff).await {
+        Ok(n) if n > 0 => tracing::info!(
+            rows = n,
+            "pruned strategy_metrics and strategy_events rows past the retention period"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune strategy_metrics"),
+    }
+    let commands_cutoff = cutoff(shared.config.command_retention, 30);
+    match engine_store::metrics::prune_commands(&shared.pool, commands_cutoff).await {
+        Ok(n) if n > 0 => tracing::info!(
+            rows = n,
+            "pruned finished strategy_commands rows past the retention period"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not prune strategy_commands"),
     }
 }
 
@@ -523,6 +612,7 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine_protocol::MAX_MESSAGE_BYTES;
     use serde_json::json;
 
     fn good(id: Uuid) -> Value {
@@ -622,20 +712,20 @@ mod tests {
         let other = good(Uuid::new_v4()).to_string();
         assert!(matches!(
             parse_metrics(&c, &ch, other.as_bytes()),
-            Err(Rejected::WrongStrategy { .. })
+            Err(Rejected::Message(MessageRejected::WrongStrategy { .. }))
         ));
         assert!(matches!(
             parse_metrics(&c, &ch, b"[1,2]"),
-            Err(Rejected::NotAnObject(_))
+            Err(Rejected::Message(MessageRejected::NotAnObject(_)))
         ));
         assert!(matches!(
             parse_metrics(&c, &ch, b"{not json"),
-            Err(Rejected::NotAnObject(_))
+            Err(Rejected::Message(MessageRejected::NotJson(_)))
         ));
         let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert!(matches!(
             parse_metrics(&c, &ch, &big),
-            Err(Rejected::TooLarge(_))
+            Err(Rejected::Message(MessageRejected::TooLarge(_)))
         ));
         assert!(matches!(
             parse_metrics(&c, "strategy:metrics:nope", b"{}"),

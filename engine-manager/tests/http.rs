@@ -340,6 +340,95 @@ async fn command_api_health_and_metrics() {
     engine.finish().await;
 }
 
+/// Insert a command row as if it was written `age` ago (`executed_at` too when it
+/// is finished).
+async fn old_command(
+    engine: &TestEngine,
+    strategy_id: Uuid,
+    command: &str,
+    status: &str,
+    age: &str,
+) -> Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO strategy_commands (strategy_id, command, status, created_at, executed_at) \
+         VALUES ($1, $2, $3, now() - $4::interval, \
+                 CASE WHEN $3 IN ('executed', 'failed') THEN now() - $4::interval END) \
+         RETURNING id",
+    )
+    .bind(strategy_id)
+    .bind(command)
+    .bind(status)
+    .bind(age)
+    .fetch_one(&engine.pool)
+    .await
+    .expect("insert an old command")
+}
+
+/// `--command-retention` (30 days by default): finished rows older than it are
+/// deleted by the prune that runs at start-up and every hour; an old row still
+/// pending is kept (and carried out), a recent finished one too; and the command
+/// counters of `/metrics` still count the deleted rows (seeded before the prune).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_retention_prunes_only_old_finished_rows() {
+    let mut engine = TestEngine::new().await;
+    assert_eq!(
+        engine.config.command_retention,
+        std::time::Duration::from_secs(30 * 86400)
+    );
+    let id = engine.add_heartbeat("hb-retention").await;
+    let old_executed = old_command(&engine, id, "stop", "executed", "40 days").await;
+    let old_failed = old_command(&engine, id, "pause", "failed", "40 days").await;
+    let old_pending = old_command(&engine, id, "stop", "pending", "40 days").await;
+    let recent = old_command(&engine, id, "stop", "executed", "29 days").await;
+    engine.start_manager().await;
+
+    let pool = engine.pool.clone();
+    let remaining = |ids: Vec<Uuid>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM strategy_commands WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    wait_for("the old finished commands to be pruned", DEADLINE, || {
+        let left = remaining(vec![old_executed, old_failed]);
+        async move { left.await.is_empty().then_some(()) }
+    })
+    .await;
+    let mut kept = remaining(vec![old_pending, recent]).await;
+    kept.sort();
+    let mut expected = vec![old_pending, recent];
+    expected.sort();
+    assert_eq!(kept, expected, "pending and recent rows are kept");
+    // The old pending stop is carried out now, and stays.
+    assert_eq!(engine.outcome(old_pending).await.status, "executed");
+    assert_eq!(remaining(vec![old_pending]).await, vec![old_pending]);
+
+    // Two stops seeded (one of them pruned since), one counted as it was written.
+    let base = engine.http_base().await;
+    let count = |samples: &[(String, HashMap<String, String>, f64)], command, status| {
+        let labels = [("command", command), ("status", status)];
+        find(samples, "engine_commands_total", &labels).copied()
+    };
+    let samples = wait_for("the stops counted in /metrics", DEADLINE, || {
+        let base = base.clone();
+        async move {
+            let samples = scrape(&base).await;
+            (count(&samples, "stop", "executed") == Some(3.0)).then_some(samples)
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&samples, "pause", "failed"),
+        Some(1.0),
+        "a pruned row stays counted"
+    );
+    engine.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_guards_commands() {
     let mut engine = TestEngine::new().await;

@@ -7,6 +7,8 @@
 //! - [`messages`]: Redis channel names ([`Channels`]) and payload structs, the status
 //!   words ([`Status`]) and stop modes ([`StopMode`]).
 //! - [`control`]: the private control link (a Unix socket, one JSON object per line).
+//! - [`inbound`]: the check every message from an executor passes (size, object,
+//!   `strategy_id`).
 //! - [`redact`]: credentials never reach a log line.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names).
 //!
@@ -14,6 +16,7 @@
 //! touch ([`Tick`]).
 
 pub mod control;
+pub mod inbound;
 pub mod messages;
 pub mod redact;
 pub mod state_dir;

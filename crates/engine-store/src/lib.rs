@@ -7,12 +7,14 @@
 //!   database when missing), migrations, claiming commands, recording observed state.
 //! - [`operator`]: what operators' tools (`enginectl`, the HTTP API) read and insert.
 //! - [`commands`]: command rows checked and turned into typed commands.
+//! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
 //!
 //! Architecture invariant: no other crate writes SQL. The daemon, `enginectl`, the
 //! HTTP API and the bench call functions here.
 
 pub mod commands;
 pub mod manager;
+pub mod metrics;
 pub mod operator;
 
 pub use manager::MIGRATOR;

@@ -235,25 +235,26 @@ pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sq
     .await
 }
 
-/// Record a command's outcome: `executed`, or `failed` with `error`.
+/// Record a command's outcome: `executed`, or `failed` with `error`. Returns the row
+/// as written (`None` when no row has the id), for the in-memory command counters.
 pub async fn finish_command(
     pool: &PgPool,
     id: Uuid,
     outcome: &Result<(), String>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<crate::metrics::FinishedCommand>, sqlx::Error> {
     let (status, error) = match outcome {
         Ok(()) => ("executed", None),
         Err(e) => ("failed", Some(e.as_str())),
     };
-    sqlx::query(
-        "UPDATE strategy_commands SET status = $2, error = $3, executed_at = now() WHERE id = $1",
+    sqlx::query_as(
+        "UPDATE strategy_commands SET status = $2, error = $3, executed_at = now() WHERE id = $1 \
+         RETURNING command, status, extract(epoch FROM executed_at - created_at)::float8 AS latency_s",
     )
     .bind(id)
     .bind(status)
     .bind(error)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .fetch_optional(pool)
+    .await
 }
 
 /// The observed state of one strategy, as written to its row.

@@ -1,20 +1,23 @@
 //! The Redis relay and `GET /api/events`. One task subscribes (with the configured
 //! prefix) to the channels a dashboard needs — `strategy:status:*`,
 //! `strategy:metrics:*`, `strategy:health` and `engine:health`, never the command
-//! channels, which can carry configs — checks each message like the recorder does,
-//! keeps the latest health per strategy in [`LiveCache`], and fans the messages out
-//! to every browser as server-sent events (`status`, `metrics`, `health`, `engine`).
+//! channels, which can carry configs — checks each message as the recorder does
+//! ([`check_message`]), keeps the latest health per strategy in [`LiveCache`], and
+//! fans the messages out to every browser as server-sent events (`status`,
+//! `metrics`, `health`, `engine`).
 //! A browser that falls behind gets a `resync` event and reloads the snapshot.
 
 use super::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
-use engine_protocol::{EngineHealthMessage, HealthMessage, MAX_MESSAGE_BYTES};
+use engine_protocol::inbound::check_message;
+use engine_protocol::{EngineHealthMessage, HealthMessage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +72,16 @@ enum Kind {
     Engine,
 }
 
+impl Kind {
+    /// The strategy a per-strategy channel names (its messages must claim it).
+    fn channel_strategy(self) -> Option<Uuid> {
+        match self {
+            Kind::Status(id) | Kind::Metrics(id) => Some(id),
+            Kind::Health | Kind::Engine => None,
+        }
+    }
+}
+
 fn classify(channels: &engine_protocol::Channels, channel: &str) -> Option<Kind> {
     if channel == channels.health() {
         return Some(Kind::Health);
@@ -84,27 +97,6 @@ fn classify(channels: &engine_protocol::Channels, channel: &str) -> Option<Kind>
         return id.parse().ok().map(Kind::Metrics);
     }
     None
-}
-
-/// Check one message: a JSON object of at most 64 KiB whose `strategy_id` matches
-/// its channel's (for per-strategy channels). Returns the parsed object.
-fn check(kind: Kind, payload: &[u8]) -> Result<Value, String> {
-    if payload.len() > MAX_MESSAGE_BYTES {
-        return Err(format!(
-            "message of {} bytes is over the 64 KiB limit",
-            payload.len()
-        ));
-    }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    if !value.is_object() {
-        return Err("not a JSON object".to_string());
-    }
-    if let Kind::Status(id) | Kind::Metrics(id) = kind {
-        if value.get("strategy_id").and_then(Value::as_str) != Some(id.to_string().as_str()) {
-            return Err(format!("strategy_id does not match the channel's {id}"));
-        }
-    }
-    Ok(value)
 }
 
 /// Escape the glob characters of a Redis pattern (the prefix is taken literally).
@@ -142,7 +134,7 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             r = connected => r,
         };
-        let mut pubsub = match pubsub {
+        let pubsub = match pubsub {
             Ok(p) => {
                 if down_logged {
                     tracing::info!("dashboard event relay subscribed again");
@@ -161,58 +153,12 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
                 }
             }
         };
-        let mut stream = pubsub.on_message();
-        loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
-                msg = stream.next() => msg,
-            };
-            let Some(msg) = msg else { break };
-            let channel = msg.get_channel_name();
-            let Some(kind) = classify(&channels, channel) else {
-                continue;
-            };
-            let value = match check(kind, msg.get_payload_bytes()) {
-                Ok(v) => v,
-                Err(why) => {
-                    dropped += 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(channel, reason = %why, dropped, "dashboard relay dropped a message");
-                    }
-                    continue;
-                }
-            };
-            let name = match kind {
-                Kind::Status(_) => "status",
-                Kind::Metrics(_) => "metrics",
-                Kind::Health => {
-                    if let Ok(message) = serde_json::from_value::<HealthMessage>(value.clone()) {
-                        state.live.health.lock().expect("health cache").insert(
-                            message.strategy_id,
-                            HealthSample {
-                                message,
-                                received_at: Utc::now(),
-                            },
-                        );
-                    }
-                    "health"
-                }
-                Kind::Engine => {
-                    if let Ok(message) =
-                        serde_json::from_value::<EngineHealthMessage>(value.clone())
-                    {
-                        *state.live.engine.lock().expect("engine cache") = Some(message);
-                    }
-                    "engine"
-                }
-            };
-            // Nobody listening is fine: the caches above are kept either way.
-            let _ = state.events.send(Arc::new(RelayedEvent {
-                kind: name,
-                data: value.to_string(),
-            }));
+        if relay_subscription(&state, pubsub, &cancel, &mut dropped)
+            .await
+            .is_break()
+        {
+            return;
         }
-        drop(stream);
         if !down_logged {
             tracing::warn!("dashboard event relay lost its Redis subscription; reconnecting");
             down_logged = true;
@@ -222,6 +168,82 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Relay one subscription's messages: `Break` once `cancel` fires, `Continue` when
+/// Redis ended the subscription (reconnect).
+async fn relay_subscription(
+    state: &AppState,
+    mut pubsub: redis::aio::PubSub,
+    cancel: &CancellationToken,
+    dropped: &mut u64,
+) -> ControlFlow<()> {
+    let mut stream = pubsub.on_message();
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return ControlFlow::Break(()),
+            msg = stream.next() => msg,
+        };
+        let Some(msg) = msg else {
+            return ControlFlow::Continue(());
+        };
+        relay_message(
+            state,
+            msg.get_channel_name(),
+            msg.get_payload_bytes(),
+            dropped,
+        );
+    }
+}
+
+/// Check one message, keep what the caches need, and send it to every browser.
+fn relay_message(state: &AppState, channel: &str, payload: &[u8], dropped: &mut u64) {
+    let Some(kind) = classify(&state.shared.channels, channel) else {
+        return;
+    };
+    let value = match check_message(payload, kind.channel_strategy()) {
+        Ok(object) => Value::Object(object),
+        Err(why) => {
+            *dropped += 1;
+            if dropped.is_power_of_two() {
+                let reason = crate::error_chain(&why);
+                tracing::warn!(
+                    channel,
+                    reason,
+                    dropped = *dropped,
+                    "dashboard relay dropped a message"
+                );
+            }
+            return;
+        }
+    };
+    let name = match kind {
+        Kind::Status(_) => "status",
+        Kind::Metrics(_) => "metrics",
+        Kind::Health => {
+            if let Ok(message) = serde_json::from_value::<HealthMessage>(value.clone()) {
+                state.live.health.lock().expect("health cache").insert(
+                    message.strategy_id,
+                    HealthSample {
+                        message,
+                        received_at: Utc::now(),
+                    },
+                );
+            }
+            "health"
+        }
+        Kind::Engine => {
+            if let Ok(message) = serde_json::from_value::<EngineHealthMessage>(value.clone()) {
+                *state.live.engine.lock().expect("engine cache") = Some(message);
+            }
+            "engine"
+        }
+    };
+    // Nobody listening is fine: the caches above are kept either way.
+    let _ = state.events.send(Arc::new(RelayedEvent {
+        kind: name,
+        data: value.to_string(),
+    }));
 }
 
 /// Counts a browser in `sse_clients` for as long as its stream lives.
@@ -284,14 +306,12 @@ mod tests {
     }
 
     #[test]
-    fn checks_messages() {
+    fn per_strategy_channels_name_the_strategy_their_messages_claim() {
         let id = Uuid::new_v4();
-        let good = format!("{{\"strategy_id\":\"{id}\",\"status\":\"running\"}}");
-        assert!(check(Kind::Status(id), good.as_bytes()).is_ok());
-        assert!(check(Kind::Status(Uuid::new_v4()), good.as_bytes()).is_err());
-        assert!(check(Kind::Health, b"[1]").is_err());
-        assert!(check(Kind::Health, b"{nope").is_err());
-        assert!(check(Kind::Engine, &vec![b' '; MAX_MESSAGE_BYTES + 1]).is_err());
+        assert_eq!(Kind::Status(id).channel_strategy(), Some(id));
+        assert_eq!(Kind::Metrics(id).channel_strategy(), Some(id));
+        assert_eq!(Kind::Health.channel_strategy(), None);
+        assert_eq!(Kind::Engine.channel_strategy(), None);
     }
 
     #[test]
