@@ -275,3 +275,65 @@ async fn global_commands_are_a_kill_switch() {
     engine.run_ok(None, "stop", json!({})).await;
     engine.finish().await;
 }
+
+/// `strategy_command` / `engine_command`: commands by name from SQL, carried out like
+/// any row; a typo is an error listing the known names, never a silent no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_by_name_from_sql() {
+    let engine = TestEngine::started().await;
+    let id = engine.add_heartbeat("hb-by-name").await;
+    engine.add_heartbeat("hb-other").await;
+
+    let cmd: uuid::Uuid = sqlx::query_scalar("SELECT strategy_command('hb-by-name', 'start')")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(engine.outcome(cmd).await.status, "executed");
+    assert_eq!(engine.state(id).await.status, "running");
+
+    let err = sqlx::query("SELECT strategy_command('hb-by-nam', 'stop', '{\"timeout_s\": 5}')")
+        .execute(&engine.pool)
+        .await
+        .unwrap_err();
+    let message = err
+        .as_database_error()
+        .expect("a database error")
+        .message()
+        .to_string();
+    assert_eq!(
+        message,
+        "no strategy named 'hb-by-nam'; known: hb-by-name, hb-other"
+    );
+
+    let err = sqlx::query("SELECT engine_command('update', '{}')")
+        .execute(&engine.pool)
+        .await
+        .unwrap_err();
+    let message = err.as_database_error().unwrap().message().to_string();
+    assert!(message.contains("'update' cannot be global"), "{message}");
+
+    let stop: uuid::Uuid =
+        sqlx::query_scalar("SELECT engine_command('stop', '{\"timeout_s\": 5}')")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(engine.outcome(stop).await.status, "executed");
+    assert_eq!(engine.state(id).await.status, "stopped");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM strategy_commands")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "the refused calls inserted nothing");
+    engine.finish().await;
+}
+
+/// A global `update` is refused for being global before its parameters are looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_update_is_refused_as_global_first() {
+    let engine = TestEngine::started().await;
+    let error = engine.run_failed(None, "update", json!({})).await;
+    assert!(error.contains("'update' cannot be global"), "{error}");
+    let error = engine.run_failed(None, "start", json!({"x": 1})).await;
+    assert!(error.contains("'start' cannot be global"), "{error}");
+    engine.finish().await;
+}

@@ -792,3 +792,89 @@ async fn executor_logs_are_rotated_and_still_readable() {
     assert!(!error.contains('\0'), "{error:?}");
     engine.finish().await;
 }
+
+/// Every name a hint prints is quoted the way a shell needs it, so the hint works
+/// when pasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_quote_names_for_the_shell() {
+    let engine = TestEngine::new().await;
+    let run = ctl(&engine, &["add", "nc with space", "--type", "heartbeat"])
+        .await
+        .ok();
+    assert!(
+        run.stdout
+            .contains("start it with `enginectl start 'nc with space'`"),
+        "{run:?}"
+    );
+    let run = ctl(&engine, &["add", "nc with space", "--type", "heartbeat"])
+        .await
+        .failed();
+    assert!(
+        run.stderr
+            .contains("`enginectl update 'nc with space' --set"),
+        "{run:?}"
+    );
+    let run = ctl(&engine, &["add", "--type", "heartbeat", "--", "-dash"])
+        .await
+        .ok();
+    assert!(run.stdout.contains("`enginectl start -- -dash`"), "{run:?}");
+
+    sqlx::query("UPDATE strategy_configs SET status = 'error' WHERE name = 'nc with space'")
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let run = ctl(&engine, &["doctor"]).await;
+    assert!(
+        run.stdout.contains("`enginectl history 'nc with space'`")
+            && run.stdout.contains("`enginectl start 'nc with space'`"),
+        "{run:?}"
+    );
+    engine.finish().await;
+}
+
+/// What the schema would refuse is refused first, in the operator's words, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_in_the_operators_words() {
+    let engine = TestEngine::new().await;
+    for (args, words) in [
+        (
+            vec!["add", "", "--type", "heartbeat"],
+            "a name that is not blank",
+        ),
+        (
+            vec!["add", "  ", "--type", "heartbeat", "--no-validate"],
+            "a name that is not blank",
+        ),
+        (
+            vec!["add", "x", "--type", " ", "--no-validate"],
+            "--type must not be blank",
+        ),
+        (
+            vec![
+                "add",
+                "x",
+                "--type",
+                "heartbeat",
+                "--no-validate",
+                "--config",
+                r#"{"a": "\u0000"}"#,
+            ],
+            "\\u0000",
+        ),
+    ] {
+        let run = ctl(&engine, &args).await.failed();
+        assert!(run.stderr.contains(words), "{args:?}: {run:?}");
+        assert!(!run.stderr.contains("constraint"), "{args:?}: {run:?}");
+        assert!(
+            !run.stderr.contains("error returned from database"),
+            "{args:?}: {run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:?}");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM strategy_configs")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    engine.finish().await;
+}

@@ -614,3 +614,38 @@ async fn a_taken_http_address_is_not_fatal_and_is_retried() {
     assert_eq!(status, StatusCode::OK, "{health}");
     engine.finish().await;
 }
+
+/// What PostgreSQL refuses to store is answered as the client's mistake (400, in
+/// words), never as "the database is unavailable" (503) with PostgreSQL's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_database_refuses_is_a_bad_request_in_words() {
+    let engine = TestEngine::started().await;
+    engine.add_heartbeat("hb-refused").await;
+    let base = engine.http_base().await;
+
+    // jsonb cannot hold \u0000.
+    let (status, body) = post(
+        &base,
+        "/api/strategies/hb-refused/update",
+        Some(json!({"config": {"label": "a\u{0}b"}})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("\\u0000"), "{error}");
+    assert!(!error.contains("error returned from database"), "{error}");
+
+    // A name with a NUL character: no strategy can be called that.
+    let (status, body) = get(&base, "/api/strategies/hb%00x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("NUL"), "{error}");
+    assert!(!error.contains("error returned from database"), "{error}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM strategy_commands")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    engine.finish().await;
+}

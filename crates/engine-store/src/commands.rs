@@ -49,6 +49,10 @@ pub fn parse_command(word: &str, parameters: &Value, global: bool) -> Result<Com
             json_kind(parameters)
         ));
     };
+    // Never allowed globally, whatever the parameters: say so before judging them.
+    if global && matches!(word, "start" | "restart" | "update") {
+        return Err(not_global(word));
+    }
     let kind = match word {
         "start" | "pause" | "resume" => {
             no_parameters(word, params)?;
@@ -108,11 +112,15 @@ pub fn parse_command(word: &str, parameters: &Value, global: bool) -> Result<Com
             CommandKind::Stop { .. } | CommandKind::Pause | CommandKind::Resume
         )
     {
-        return Err(format!(
-            "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
-        ));
+        return Err(not_global(word));
     }
     Ok(kind)
+}
+
+fn not_global(word: &str) -> String {
+    format!(
+        "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
+    )
 }
 
 fn is_word(s: &str) -> bool {
@@ -225,5 +233,9 @@ mod tests {
         assert!(err("start", json!({}), true).contains("cannot be global"));
         assert!(err("update", json!({"config": {}}), true).contains("cannot be global"));
         assert!(err("restart", json!({}), true).contains("cannot be global"));
+        // Refused as global before its parameters are judged.
+        assert!(err("update", json!({}), true).contains("'update' cannot be global"));
+        assert!(err("start", json!({"x": 1}), true).contains("'start' cannot be global"));
+        assert!(err("restart", json!({"timeout_s": 0}), true).contains("cannot be global"));
     }
 }

@@ -53,8 +53,45 @@ pub fn sql_state(err: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// A query error, with a hint when the engine's tables are missing.
+/// What the database refused to store (a CHECK, UNIQUE or foreign key constraint, or
+/// a character PostgreSQL cannot hold), in the operator's words; `None` for any other
+/// error (the database unreachable, a bug).
+pub fn schema_refusal(err: &sqlx::Error) -> Option<&'static str> {
+    let db = err.as_database_error()?;
+    match db.code().as_deref() {
+        // untranslatable_character: "unsupported Unicode escape sequence" in jsonb.
+        Some("22P05") => return Some("JSON must not contain \\u0000: PostgreSQL cannot store it"),
+        // character_not_in_repertoire: a NUL byte in a text value.
+        Some("22021") => return Some("text must not contain a NUL character"),
+        _ => {}
+    }
+    Some(match db.constraint()? {
+        "strategy_configs_name_check" => "the name must not be blank",
+        "strategy_configs_name_key" => {
+            "a strategy with that name already exists; pick another name"
+        }
+        "config_is_a_json_object" => {
+            "the config must be a JSON object, e.g. {\"token\": \"BTC-USD\", \"fast_period\": 5}"
+        }
+        "restart_policy_is_a_json_object" => {
+            "restart_policy must be a JSON object (e.g. {\"max_crashes\": 3}) or NULL"
+        }
+        "strategy_commands_strategy_id_fkey" => {
+            "no such strategy (it was deleted); `enginectl list` shows the strategies"
+        }
+        "desired_state_vocabulary" | "status_vocabulary" | "command_status_vocabulary" => {
+            "status and desired_state are written by the manager only; send a command instead"
+        }
+        _ => return None,
+    })
+}
+
+/// A query error, with a hint when the engine's tables are missing, and in words
+/// when the schema refused the row.
 pub fn query_error(err: sqlx::Error, what: &str) -> anyhow::Error {
+    if let Some(words) = schema_refusal(&err) {
+        return anyhow!("cannot {what}: {words}");
+    }
     if sql_state(&err).as_deref() == Some("42P01") {
         return anyhow!(
             "cannot {what}: the database has no engine tables yet; start engine-manager once or run \
@@ -380,11 +417,9 @@ pub async fn insert_strategy(
     .bind(auto_start)
     .fetch_one(pool)
     .await
-    .map_err(|err| match sql_state(&err).as_deref() {
-        Some("23505") => anyhow!("a strategy named '{name}' already exists; pick another name"),
-        Some("23514") => anyhow::Error::new(err).context(format!(
-            "the database refused strategy '{name}' (the name must not be blank and the config must be a JSON object)"
-        )),
+    .map_err(|err| match (sql_state(&err).as_deref(), schema_refusal(&err)) {
+        (Some("23505"), _) => anyhow!("a strategy named '{name}' already exists; pick another name"),
+        (_, Some(words)) => anyhow!("strategy '{name}' was not added: {words}"),
         _ => query_error(err, "insert into strategy_configs"),
     })
 }

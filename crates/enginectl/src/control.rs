@@ -3,6 +3,7 @@
 //! carry them out and reports each outcome), `add` (checks the config with the
 //! executor before the INSERT) and `remove` (stop, wait, DELETE).
 
+use super::shell::name_arg;
 use super::spinner::Spinner;
 use super::{executor, Finished, Target};
 use crate::lease_words::DescribeLease;
@@ -236,13 +237,19 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
         Some(arg) => read_json_object(arg, "--config").await?,
         None => json!({}),
     };
+    if args.name.trim().is_empty() {
+        bail!("a strategy needs a name that is not blank, e.g. `enginectl add btc-fast --type sma_crossover`");
+    }
+    if args.strategy_type.trim().is_empty() {
+        bail!("--type must not be blank; `enginectl types` lists the strategy types");
+    }
     let pool = target.pool().await?;
     let existing = store::strategies(&pool).await?;
     if existing.iter().any(|s| s.name == args.name) {
         bail!(
-            "a strategy named '{}' already exists; pick another name (or change its config with `enginectl update {}`)",
+            "a strategy named '{}' already exists; pick another name (or change its config with `enginectl update {} --set KEY=VALUE`)",
             args.name,
-            args.name
+            name_arg(&args.name)
         );
     }
     if !args.no_validate {
@@ -266,7 +273,7 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
         args.name,
         args.strategy_type,
         if args.auto_start { ", auto_start" } else { "" },
-        args.name
+        name_arg(&args.name)
     );
     Ok(Finished::Ok)
 }

@@ -5,6 +5,7 @@
 
 use super::{executor, state, Finished, Target};
 use crate::lease_words::DescribeLease;
+use crate::shell::name_arg;
 use engine_protocol::redact::redact_url;
 use engine_store::operator as store;
 use engine_store::MIGRATOR;
@@ -236,8 +237,8 @@ async fn strategies(pool: &PgPool) -> Check {
             format!("{detail} (in error: {})", broken.join(", ")),
             format!(
                 "see why with `enginectl history {0}` and `enginectl logs {0}`; fix the config with \
-                 `enginectl update`, then `enginectl start`",
-                broken[0]
+                 `enginectl update {0} --set KEY=VALUE`, then `enginectl start {0}`",
+                name_arg(broken[0])
             ),
         )
     }

@@ -19,6 +19,7 @@ pub mod executor;
 pub mod history;
 pub mod lease_words;
 pub mod logs;
+pub mod shell;
 pub mod spinner;
 pub mod state;
 pub use engine_store::operator as store;

@@ -4,6 +4,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use engine_store::operator::{schema_refusal, sql_state};
 use serde_json::{json, Map, Value};
 
 #[derive(Debug)]
@@ -33,8 +34,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// The database did not answer: logged with its cause, 503 to the client.
+    /// The database refused what the client sent (400, or 409 for a taken name, in
+    /// words), or did not answer: logged with its cause, 503 to the client.
     pub fn database(what: &str, err: sqlx::Error) -> ApiError {
+        if let Some(words) = schema_refusal(&err) {
+            let status = match sql_state(&err).as_deref() {
+                Some("23505") => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return ApiError::new(status, format!("{what}: {words}"));
+        }
         tracing::warn!(error = %err, "HTTP API: {what}");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
