@@ -90,7 +90,9 @@ stop_process() {
 start_background() {
     local name=$1 pidfile=$2 log=$3
     shift 3
-    [ -f "$log" ] && mv -f "$log" "$log.1"
+    # Keep every earlier log, named by when it was set aside (a restart-check starts
+    # two managers within seconds: the nanoseconds keep the names apart).
+    [ -f "$log" ] && mv -f "$log" "$log.$(date -u +%Y%m%dT%H%M%S.%NZ)"
     setsid nohup "$@" >"$log" 2>&1 </dev/null &
     printf '%s\n' "$!" >"$pidfile"
     say "$name: started (pid $!, log $log)"
@@ -205,20 +207,34 @@ print_next_steps() {
     local redis_cli="redis-cli -u $REDIS_URL"
     local dashboard="(HTTP is off: ENGINE_HTTP_ADDR=off)"
     [ -s "$STATE_DIR/http.addr" ] && dashboard="http://$(tr -d '[:space:]' <"$STATE_DIR/http.addr")/"
+    local ctl="$BIN_DIR/enginectl"
+    [ "${ctl#"$ROOT"/}" = "$ctl" ] || ctl="${ctl#"$ROOT"/}"
+    local btc_id
+    btc_id="$(db_value "SELECT id FROM strategy_configs WHERE name = 'demo-sma-btc';")"
     cat <<EOF
 
-The engine is running with three demo strategies on simulated market data.
+The engine is running with three demo strategies on simulated market data
+(demo-sma-btc, demo-sma-eth, demo-meanrev-sol).
 
-Talk to it through the database:
+From this shell, with enginectl (it reads the same DATABASE_URL, REDIS_URL,
+ENGINE_REDIS_PREFIX and ENGINE_STATE_DIR as the manager; run it from $ROOT):
+  $ctl list                      every strategy: status, pid, CPU, PnL, tick age
+  $ctl watch                     the same, live
+  $ctl stop demo-sma-btc         waits for the outcome and prints it
+  $ctl start demo-sma-btc
+  $ctl update demo-sma-eth --set fast_period=8
+  $ctl history demo-sma-btc      its commands and transitions, with reasons
+  $ctl logs demo-meanrev-sol -f  the executor's log
+  $ctl doctor                    checks everything the engine depends on
+
+Or through the database:
   psql '$(shown_database_url)'
-
-Stop one strategy:
-  INSERT INTO strategy_commands (strategy_id, command)
-    SELECT id, 'stop' FROM strategy_configs WHERE name='demo-sma-btc';
+  SELECT strategy_command('demo-sma-btc', 'stop');     -- returns the command id
+  SELECT strategy_command('demo-sma-btc', 'start');
+  SELECT engine_command('pause');                      -- every strategy (kill switch)
 and read the outcome (status goes pending -> processing -> executed or failed):
   SELECT command, status, error, executed_at FROM strategy_commands ORDER BY created_at DESC LIMIT 10;
   SELECT name, status, pid, last_error FROM strategy_configs ORDER BY name;
-(start it again with the same INSERT and 'start'.)
 
 Open the live web dashboard (same port: /metrics, /health, /api/strategies):
   $dashboard
@@ -226,9 +242,11 @@ Open the live web dashboard (same port: /metrics, /health, /api/strategies):
 Watch it live from another terminal:
   $redis_cli SUBSCRIBE ${REDIS_PREFIX}strategy:health
   $redis_cli PSUBSCRIBE '${REDIS_PREFIX}strategy:*'
-  $redis_cli HGETALL ${REDIS_PREFIX}strategy:state:<strategy id>
+  $redis_cli HGETALL ${REDIS_PREFIX}strategy:state:${btc_id}    (demo-sma-btc)
 
 Logs: $MANAGER_LOG, $SIM_LOG, $STATE_DIR/logs/<name>.log
+(earlier runs' manager and market-sim logs stay beside them, named by when they were
+set aside: $MANAGER_LOG.<UTC time>)
 
 Tear down:
   bash ops/demo.sh stop
@@ -250,7 +268,7 @@ cmd_start() {
     say "cargo: building release binaries"
     cargo build --release --workspace --bins
     local bin
-    for bin in "$MANAGER_BIN" "$SIM_BIN" "$BIN_DIR/strategy-executor"; do
+    for bin in "$MANAGER_BIN" "$SIM_BIN" "$BIN_DIR/strategy-executor" "$BIN_DIR/enginectl"; do
         [ -x "$bin" ] || die "$bin was not built (is it a [[bin]] of the workspace?)"
     done
 

@@ -346,6 +346,22 @@ async fn dashboard_shows_live_state_and_sends_commands() {
         std::fs::write(docs.join("dashboard.png"), &png).unwrap();
     }
 
+    // The detail panel shows times as 24-hour UTC with the date, like everything else.
+    browser.click(&format!("{} .name", row(broken))).await;
+    let first_time = browser
+        .wait_text(
+            "a command time in the detail panel",
+            "#detail-body table td",
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(is_utc_with_date(&first_time), "{first_time:?}");
+
     browser.close().await;
     engine.finish().await;
+}
+
+/// "2026-11-21 01:55:08.472 UTC"
+fn is_utc_with_date(text: &str) -> bool {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.3f UTC").is_ok()
 }

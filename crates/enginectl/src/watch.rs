@@ -243,7 +243,7 @@ pub async fn watch(
     board.load(views);
     if once {
         pool.close().await;
-        print!("{}", board.render());
+        print!("{}", fit_frame(&board.render(), terminal_columns()));
         return Ok(Finished::Ok);
     }
 
@@ -408,7 +408,8 @@ impl Screen {
                 self.started = true;
             }
             let _ = write!(out, "\x1b[H");
-            for line in frame.lines() {
+            // A line wider than the terminal would wrap and push the table off screen.
+            for line in fit_frame(frame, terminal_columns()).lines() {
                 let _ = writeln!(out, "{line}\x1b[K");
             }
             let _ = write!(out, "\x1b[J");
@@ -426,6 +427,31 @@ impl Screen {
             self.started = false;
         }
     }
+}
+
+/// The width of the terminal on stdout, if stdout is one.
+fn terminal_columns() -> Option<usize> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// Every line of `frame` cut to `columns` characters, ending in `…` when cut (the
+/// last error is the last column, so it is what gives way).
+fn fit_frame(frame: &str, columns: Option<usize>) -> String {
+    let Some(columns) = columns else {
+        return frame.to_string();
+    };
+    let mut out = String::with_capacity(frame.len());
+    for line in frame.lines() {
+        if line.chars().count() > columns {
+            out.extend(line.chars().take(columns.saturating_sub(1)));
+            out.push('…');
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl Drop for Screen {
@@ -523,6 +549,33 @@ mod tests {
             frame.contains("NAME") && frame.contains("stopped"),
             "{frame}"
         );
+    }
+
+    #[test]
+    fn a_long_last_error_is_cut_to_the_terminal_width() {
+        let id = Uuid::new_v4();
+        let mut board = Board {
+            rows: BTreeMap::new(),
+            engine: EngineLine::Lease(None),
+            redis: "connected".into(),
+            database: None,
+        };
+        let mut failing = view(id, "backoff");
+        failing.last_error = Some("exit status 1: ".to_string() + &"x".repeat(300));
+        board.load(vec![failing]);
+        let frame = fit_frame(&board.render(), Some(80));
+        let row = frame
+            .lines()
+            .find(|l| l.starts_with("w "))
+            .expect("the row");
+        assert!(row.ends_with('…'), "{row}");
+        for line in frame.lines() {
+            assert!(line.chars().count() <= 80, "{line:?} is wider than 80");
+        }
+        assert_eq!(fit_frame("short\n", Some(80)), "short\n");
+        // Not a terminal (a pipe, a file): nothing is cut.
+        let whole = board.render();
+        assert_eq!(fit_frame(&whole, None), whole);
     }
 
     #[test]

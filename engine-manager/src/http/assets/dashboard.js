@@ -63,6 +63,14 @@
     if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
     return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
   }
+  // A point in time as everything else shows it (enginectl, logs, psql): 24-hour UTC
+  // with the date, "2026-11-21 01:55:08.472 UTC", whatever the browser's locale.
+  function fmtUtc(v) {
+    if (v === null || v === undefined || v === "") return "";
+    const d = new Date(v);
+    if (Number.isNaN(d.getTime())) return String(v);
+    return d.toISOString().replace("T", " ").replace("Z", " UTC");
+  }
   function fmtAge(ms) {
     if (ms === null || ms === undefined) return "–";
     if (ms < 1000) return Math.round(ms) + "ms";
@@ -603,10 +611,10 @@
         }
         return t;
       };
-      const time = (v) => (v ? new Date(v).toLocaleTimeString() : "");
+      const time = (v) => fmtUtc(v);
       section("state", pre({
         status: d.status, desired_state: d.desired_state, pid: d.pid, restart_count: d.restart_count,
-        auto_start: d.auto_start, started_at: d.started_at, last_error: d.last_error,
+        auto_start: d.auto_start, started_at: fmtUtc(d.started_at) || null, last_error: d.last_error,
       }));
       section("config", pre(d.config));
       section("latest metrics", pre(d.metrics ? d.metrics.metrics : null));
