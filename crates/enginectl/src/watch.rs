@@ -485,16 +485,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn messages_update_the_board() {
-        let channels = Channels::new("p:");
-        let id = Uuid::new_v4();
-        let mut board = Board {
+    fn empty_board() -> Board {
+        Board {
             rows: BTreeMap::new(),
             engine: EngineLine::Lease(None),
             redis: "connected".into(),
             database: None,
-        };
+        }
+    }
+
+    #[test]
+    fn messages_update_the_board() {
+        let channels = Channels::new("p:");
+        let id = Uuid::new_v4();
+        let mut board = empty_board();
         board.load(vec![view(id, "running")]);
         let sid = id.to_string();
         board.apply(
@@ -554,12 +558,7 @@ mod tests {
     #[test]
     fn a_long_last_error_is_cut_to_the_terminal_width() {
         let id = Uuid::new_v4();
-        let mut board = Board {
-            rows: BTreeMap::new(),
-            engine: EngineLine::Lease(None),
-            redis: "connected".into(),
-            database: None,
-        };
+        let mut board = empty_board();
         let mut failing = view(id, "backoff");
         failing.last_error = Some("exit status 1: ".to_string() + &"x".repeat(300));
         board.load(vec![failing]);
