@@ -12,6 +12,7 @@
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
+//! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod control;
 pub mod doctor;
