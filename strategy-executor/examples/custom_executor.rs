@@ -1,4 +1,5 @@
-//! A custom executor: your own strategy next to the built-in ones.
+//! A custom executor: your own strategy next to the built-in ones (the walk-through is
+//! `strategy-sdk/README.md`; test a strategy with `strategy_sdk::testkit`).
 //!
 //! Build it with `cargo build --release --example custom_executor` and start the
 //! manager with `--executor-path target/release/examples/custom_executor`; then
@@ -14,6 +15,8 @@ use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
 /// Buy when the price is above its value `lookback` ticks ago, sell when below.
 struct Momentum {
     config: MomentumConfig,
+    /// The longest lookback a config may ask for (given by the executor's `main`).
+    max_lookback: usize,
     prices: VecDeque<f64>,
 }
 
@@ -36,9 +39,9 @@ fn default_qty() -> f64 {
 }
 
 impl MomentumConfig {
-    fn parse(config: &Value) -> Result<Self, ConfigError> {
+    fn parse(config: &Value, max_lookback: usize) -> Result<Self, ConfigError> {
         let parsed: MomentumConfig = parse_config(config)?;
-        ConfigError::check_range("lookback", parsed.lookback, 1, 10_000)?;
+        ConfigError::check_range("lookback", parsed.lookback, 1, max_lookback)?;
         if !(parsed.order_qty.is_finite() && parsed.order_qty > 0.0) {
             return Err(ConfigError::new("order_qty", "must be a number above 0"));
         }
@@ -68,7 +71,7 @@ impl Strategy for Momentum {
     }
 
     fn update_config(&mut self, _ctx: &mut Context, config: &Value) -> Result<(), ConfigError> {
-        let new = MomentumConfig::parse(config)?;
+        let new = MomentumConfig::parse(config, self.max_lookback)?;
         if new.token != self.config.token {
             return Err(ConfigError::new(
                 "token",
@@ -80,20 +83,24 @@ impl Strategy for Momentum {
     }
 }
 
-fn create_momentum(config: &Value) -> Result<Box<dyn Strategy>, ConfigError> {
+fn create_momentum(config: &Value, max_lookback: usize) -> Result<Box<dyn Strategy>, ConfigError> {
     Ok(Box::new(Momentum {
-        config: MomentumConfig::parse(config)?,
+        config: MomentumConfig::parse(config, max_lookback)?,
+        max_lookback,
         prices: VecDeque::new(),
     }))
 }
 
 fn main() -> ExitCode {
     let mut registry = strategy_executor::strategies::builtin_registry();
+    // A constructor is a plain `fn(&Value) -> Result<Box<dyn Strategy>, ConfigError>`
+    // or, as here, a closure that captures what its strategies share.
+    let max_lookback = 10_000;
     registry.register(
         "momentum",
         "long when the price rose over the lookback, short when it fell",
         json!({"token": "BTC-USD", "lookback": 10, "order_qty": 1.0}),
-        create_momentum,
+        move |config: &Value| create_momentum(config, max_lookback),
     );
     strategy_executor::runtime::main_with(registry)
 }

@@ -960,7 +960,7 @@ async fn starts_before_the_manager_listens_and_without_redis() {
     );
     let log = executor.log();
     assert!(!log.contains("hunter2"), "password in the log:\n{log}");
-    assert!(log.contains("redis://***@127.0.0.1:1"), "{log}");
+    assert!(log.contains("redis://:***@127.0.0.1:1"), "{log}");
     assert_eq!(
         log.matches("publishing to redis failed").count(),
         1,

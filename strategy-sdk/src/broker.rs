@@ -1,11 +1,16 @@
 //! A paper broker: fills market orders at the last known price and keeps positions,
 //! realised and unrealised PnL, the orders count and the success rate (the share of
 //! closed trades that made money).
+//!
+//! A strategy reads it through [`crate::Context::broker`] and trades through
+//! [`crate::Context::buy`] and [`crate::Context::sell`]; prices reach it from the
+//! ticks before the strategy sees them.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// Which way an order goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
@@ -31,6 +36,7 @@ pub struct Fill {
     pub realised_pnl: f64,
 }
 
+/// Why an order was rejected (a rejected order changes nothing and is not counted).
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrderError {
     /// No tick has been seen for the token yet, so there is no price to fill at.
@@ -56,7 +62,40 @@ impl std::error::Error for OrderError {}
 
 const EPSILON: f64 = 1e-12;
 
-#[derive(Debug, Clone, Default)]
+/// Positions and PnL of one strategy's paper orders.
+///
+/// ```
+/// use strategy_sdk::testkit::TestHarness;
+/// use strategy_sdk::{Context, Strategy, Tick};
+///
+/// /// Buys 2 at the first tick and sells 1 at the third.
+/// struct TwoSteps { ticks: u32 }
+///
+/// impl Strategy for TwoSteps {
+///     fn on_start(&mut self, ctx: &mut Context) {
+///         ctx.subscribe("ETH-USD");
+///     }
+///     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+///         self.ticks += 1;
+///         match self.ticks {
+///             1 => { ctx.buy(&tick.token, 2.0).unwrap(); }
+///             3 => { ctx.sell(&tick.token, 1.0).unwrap(); }
+///             _ => {}
+///         }
+///     }
+/// }
+///
+/// let mut h = TestHarness::started(TwoSteps { ticks: 0 });
+/// h.ticks("ETH-USD", &[100.0, 105.0, 110.0]);
+/// let broker = h.ctx().broker();
+/// assert_eq!(broker.orders_count(), 2);
+/// assert_eq!(broker.position("ETH-USD").qty, 1.0);
+/// assert_eq!(broker.realised_pnl(), 10.0); // 1 bought at 100, sold at 110
+/// assert_eq!(broker.unrealised_pnl(), 10.0); // 1 still held, worth 110
+/// assert_eq!(broker.pnl(), 20.0);
+/// assert_eq!(broker.success_rate(), 1.0);
+/// ```
+#[derive(Debug, Clone)]
 pub struct PaperBroker {
     positions: BTreeMap<String, Position>,
     last_prices: BTreeMap<String, f64>,
@@ -67,12 +106,19 @@ pub struct PaperBroker {
 }
 
 impl PaperBroker {
-    pub fn new() -> Self {
-        Self::default()
+    pub(crate) fn new() -> Self {
+        PaperBroker {
+            positions: BTreeMap::new(),
+            last_prices: BTreeMap::new(),
+            realised_pnl: 0.0,
+            orders_count: 0,
+            closed_trades: 0,
+            winning_trades: 0,
+        }
     }
 
     /// Record the latest price of `token` (called for every tick).
-    pub fn mark(&mut self, token: &str, price: f64) {
+    pub(crate) fn mark(&mut self, token: &str, price: f64) {
         if price.is_finite() && price > 0.0 {
             match self.last_prices.get_mut(token) {
                 Some(p) => *p = price,
@@ -83,12 +129,13 @@ impl PaperBroker {
         }
     }
 
+    /// The last price seen for `token`.
     pub fn last_price(&self, token: &str) -> Option<f64> {
         self.last_prices.get(token).copied()
     }
 
     /// Fill a market order at the last price.
-    pub fn submit(&mut self, token: &str, side: Side, qty: f64) -> Result<Fill, OrderError> {
+    pub(crate) fn submit(&mut self, token: &str, side: Side, qty: f64) -> Result<Fill, OrderError> {
         if !qty.is_finite() || qty <= 0.0 {
             return Err(OrderError::BadQuantity { qty });
         }
@@ -140,7 +187,7 @@ impl PaperBroker {
     }
 
     /// Close the position in `token`, if any, at the last price.
-    pub fn close(&mut self, token: &str) -> Result<Option<Fill>, OrderError> {
+    pub(crate) fn close(&mut self, token: &str) -> Result<Option<Fill>, OrderError> {
         let Some(pos) = self.positions.get(token).copied() else {
             return Ok(None);
         };
@@ -149,7 +196,7 @@ impl PaperBroker {
     }
 
     /// Close every open position; returns the fills and the tokens it could not close.
-    pub fn close_all(&mut self) -> (Vec<Fill>, Vec<OrderError>) {
+    pub(crate) fn close_all(&mut self) -> (Vec<Fill>, Vec<OrderError>) {
         let tokens: Vec<String> = self.positions.keys().cloned().collect();
         let mut fills = Vec::new();
         let mut errors = Vec::new();
@@ -163,22 +210,27 @@ impl PaperBroker {
         (fills, errors)
     }
 
+    /// The position in `token` (zero when there is none).
     pub fn position(&self, token: &str) -> Position {
         self.positions.get(token).copied().unwrap_or_default()
     }
 
+    /// The open positions, by token.
     pub fn positions(&self) -> &BTreeMap<String, Position> {
         &self.positions
     }
 
+    /// How many tokens have an open position.
     pub fn positions_count(&self) -> usize {
         self.positions.len()
     }
 
+    /// Orders filled so far.
     pub fn orders_count(&self) -> u64 {
         self.orders_count
     }
 
+    /// Profit or loss of the trades closed so far.
     pub fn realised_pnl(&self) -> f64 {
         self.realised_pnl
     }
@@ -199,6 +251,7 @@ impl PaperBroker {
         self.realised_pnl + self.unrealised_pnl()
     }
 
+    /// Fills that reduced, closed or flipped a position.
     pub fn closed_trades(&self) -> u64 {
         self.closed_trades
     }

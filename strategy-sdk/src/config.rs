@@ -1,6 +1,7 @@
 //! Strict parsing of a strategy's JSON config: unknown keys, wrong types and values
 //! out of range are errors that name the key and say what is allowed.
 
+use engine_protocol::json_kind;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt;
@@ -10,10 +11,12 @@ use std::fmt;
 pub struct ConfigError {
     /// Dotted path of the offending key (`""` for the whole config).
     pub key: String,
+    /// What is wrong and what is allowed.
     pub message: String,
 }
 
 impl ConfigError {
+    /// A config rejected because of `key` (`""` for the config as a whole).
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             key: key.into(),
@@ -22,6 +25,14 @@ impl ConfigError {
     }
 
     /// `key` must lie in `[min, max]`; `Ok` when it does.
+    ///
+    /// ```
+    /// use strategy_sdk::ConfigError;
+    ///
+    /// assert!(ConfigError::check_range("lookback", 20, 1, 100).is_ok());
+    /// let err = ConfigError::check_range("lookback", 0, 1, 100).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid config key 'lookback': 0 is out of range; allowed: 1 to 100");
+    /// ```
     pub fn check_range<T: PartialOrd + fmt::Display + Copy>(
         key: &str,
         value: T,
@@ -55,6 +66,31 @@ impl std::error::Error for ConfigError {}
 ///
 /// `T` should carry `#[serde(deny_unknown_fields)]` so that a typo such as
 /// `fast_perod` is an error listing the keys that exist.
+///
+/// ```
+/// use serde::Deserialize;
+/// use serde_json::json;
+/// use strategy_sdk::parse_config;
+///
+/// #[derive(Debug, Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct SmaConfig {
+///     token: String,
+///     #[serde(default = "default_fast")]
+///     fast_period: u32,
+/// }
+/// fn default_fast() -> u32 { 5 }
+///
+/// let config: SmaConfig = parse_config(&json!({"token": "BTC-USD"})).unwrap();
+/// assert_eq!(config.fast_period, 5);
+///
+/// let err = parse_config::<SmaConfig>(&json!({"token": "BTC-USD", "fast_perod": 3})).unwrap_err();
+/// assert_eq!(err.key, "fast_perod");
+/// assert!(err.to_string().contains("expected `token` or `fast_period`"), "{err}");
+///
+/// let err = parse_config::<SmaConfig>(&json!({"token": "BTC-USD", "fast_period": "3"})).unwrap_err();
+/// assert_eq!(err.key, "fast_period");
+/// ```
 pub fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T, ConfigError> {
     if !config.is_object() {
         return Err(ConfigError::new(
@@ -74,8 +110,6 @@ pub fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T, ConfigErro
         ConfigError { key, message }
     })
 }
-
-pub use engine_protocol::json_kind;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,9 @@
 //! The [`Context`] a strategy acts through: market data subscriptions, paper orders,
 //! logging, custom metrics, and ending itself for good.
+//!
+//! Only the methods a strategy calls are public. Feeding prices, setting the clock,
+//! building the metrics report and flattening on stop belong to whoever drives the
+//! strategy: the executor runtime and the test kit do that through [`crate::Host`].
 
 use crate::broker::{Fill, OrderError, PaperBroker, Position, Side};
 use chrono::{DateTime, Utc};
@@ -8,6 +12,37 @@ use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
+/// What a strategy sees of the world while one of its callbacks runs.
+///
+/// ```
+/// use strategy_sdk::testkit::TestHarness;
+/// use strategy_sdk::{Context, Strategy, Tick};
+///
+/// /// Buys 1 on the first tick, then reports how far the price moved since.
+/// #[derive(Default)]
+/// struct BuyOnce { entry: Option<f64> }
+///
+/// impl Strategy for BuyOnce {
+///     fn on_start(&mut self, ctx: &mut Context) {
+///         ctx.subscribe("BTC-USD");
+///     }
+///     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+///         match self.entry {
+///             None => {
+///                 let fill = ctx.buy(&tick.token, 1.0).expect("the tick's price is known");
+///                 self.entry = Some(fill.price);
+///             }
+///             Some(entry) => ctx.set_metric("move", tick.price - entry),
+///         }
+///     }
+/// }
+///
+/// let mut h = TestHarness::started(BuyOnce::default());
+/// assert!(h.ctx().subscriptions().contains("BTC-USD"));
+/// h.ticks("BTC-USD", &[100.0, 104.0]);
+/// assert_eq!(h.ctx().position("BTC-USD").qty, 1.0);
+/// assert_eq!(h.ctx().metric("move"), Some(&4.0.into()));
+/// ```
 pub struct Context {
     strategy_id: Uuid,
     name: String,
@@ -17,10 +52,13 @@ pub struct Context {
     custom_metrics: Map<String, Value>,
     halt_reason: Option<String>,
     now: DateTime<Utc>,
+    /// Every fill since the last [`Context::take_fills`], when recording (the test
+    /// kit records; the runtime does not, so a long run keeps no history).
+    fill_log: Option<Vec<Fill>>,
 }
 
 impl Context {
-    pub fn new(strategy_id: Uuid, name: impl Into<String>) -> Self {
+    pub(crate) fn new(strategy_id: Uuid, name: impl Into<String>) -> Self {
         Context {
             strategy_id,
             name: name.into(),
@@ -30,18 +68,21 @@ impl Context {
             custom_metrics: Map::new(),
             halt_reason: None,
             now: Utc::now(),
+            fill_log: None,
         }
     }
 
+    /// The strategy's id (`strategy_configs.id`).
     pub fn strategy_id(&self) -> Uuid {
         self.strategy_id
     }
 
+    /// The strategy's name (`strategy_configs.name`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Time of the event being handled.
+    /// Time of the event being handled: a tick's own timestamp, the clock otherwise.
     pub fn now(&self) -> DateTime<Utc> {
         self.now
     }
@@ -53,20 +94,24 @@ impl Context {
         }
     }
 
+    /// Stop receiving ticks of `token`.
     pub fn unsubscribe(&mut self, token: &str) {
         if self.subscriptions.remove(token) {
             self.subscriptions_changed = true;
         }
     }
 
+    /// The tokens subscribed to.
     pub fn subscriptions(&self) -> &BTreeSet<String> {
         &self.subscriptions
     }
 
+    /// A paper market order, filled at once at `token`'s last price.
     pub fn buy(&mut self, token: &str, qty: f64) -> Result<Fill, OrderError> {
         self.order(token, Side::Buy, qty)
     }
 
+    /// A paper market order, filled at once at `token`'s last price.
     pub fn sell(&mut self, token: &str, qty: f64) -> Result<Fill, OrderError> {
         self.order(token, Side::Sell, qty)
     }
@@ -74,10 +119,13 @@ impl Context {
     fn order(&mut self, token: &str, side: Side, qty: f64) -> Result<Fill, OrderError> {
         let result = self.broker.submit(token, side, qty);
         match &result {
-            Ok(fill) => tracing::info!(
-                strategy = %self.name, token, side = ?fill.side, qty, price = fill.price,
-                realised_pnl = fill.realised_pnl, "paper order filled"
-            ),
+            Ok(fill) => {
+                tracing::info!(
+                    strategy = %self.name, token, side = ?fill.side, qty, price = fill.price,
+                    realised_pnl = fill.realised_pnl, "paper order filled"
+                );
+                self.record(fill);
+            }
             Err(e) => tracing::warn!(strategy = %self.name, token, "paper order rejected: {e}"),
         }
         result
@@ -85,17 +133,24 @@ impl Context {
 
     /// Close the position in `token`, if any.
     pub fn close_position(&mut self, token: &str) -> Result<Option<Fill>, OrderError> {
-        self.broker.close(token)
+        let result = self.broker.close(token);
+        if let Ok(Some(fill)) = &result {
+            self.record(fill);
+        }
+        result
     }
 
+    /// The position in `token` (zero when there is none).
     pub fn position(&self, token: &str) -> Position {
         self.broker.position(token)
     }
 
+    /// The last price seen for `token`.
     pub fn last_price(&self, token: &str) -> Option<f64> {
         self.broker.last_price(token)
     }
 
+    /// The paper broker: positions, PnL, orders count, success rate.
     pub fn broker(&self) -> &PaperBroker {
         &self.broker
     }
@@ -110,20 +165,50 @@ impl Context {
         self.custom_metrics.insert(key.to_string(), value.into());
     }
 
+    /// A custom metric set with [`Context::set_metric`].
+    pub fn metric(&self, key: &str) -> Option<&Value> {
+        self.custom_metrics.get(key)
+    }
+
     /// End this strategy for good (e.g. a breached loss limit): it shuts down and the
-    /// engine marks it `error` with `reason` and does not restart it.
+    /// engine marks it `error` with `reason` and does not restart it. The first
+    /// reason given is kept.
     pub fn halt(&mut self, reason: impl Into<String>) {
         if self.halt_reason.is_none() {
             self.halt_reason = Some(reason.into());
         }
     }
 
+    /// Why the strategy halted itself, once it did.
     pub fn halt_reason(&self) -> Option<&str> {
         self.halt_reason.as_deref()
     }
 
-    /// The metrics reported on `strategy:metrics:{id}`.
-    pub fn metrics(&self) -> StrategyMetrics {
+    // ---- for the Host ----
+
+    pub(crate) fn set_now(&mut self, now: DateTime<Utc>) {
+        self.now = now;
+    }
+
+    pub(crate) fn mark_price(&mut self, token: &str, price: f64) {
+        self.broker.mark(token, price);
+    }
+
+    pub(crate) fn take_subscriptions_changed(&mut self) -> bool {
+        std::mem::take(&mut self.subscriptions_changed)
+    }
+
+    /// Close every position (a stop with `mode: flatten`).
+    pub(crate) fn flatten(&mut self) -> (Vec<Fill>, Vec<OrderError>) {
+        let (fills, errors) = self.broker.close_all();
+        for fill in &fills {
+            self.record(fill);
+        }
+        (fills, errors)
+    }
+
+    /// The report published on `strategy:metrics:{id}`.
+    pub(crate) fn metrics(&self) -> StrategyMetrics {
         StrategyMetrics {
             pnl: self.broker.pnl(),
             positions_count: self.broker.positions_count() as i64,
@@ -133,25 +218,20 @@ impl Context {
         }
     }
 
-    // ---- for the runtime ----
-
-    /// Set the time of the event about to be handled.
-    pub fn set_now(&mut self, now: DateTime<Utc>) {
-        self.now = now;
+    pub(crate) fn record_fills(&mut self) {
+        self.fill_log.get_or_insert_with(Vec::new);
     }
 
-    /// Feed a tick's price to the broker before the strategy sees it.
-    pub fn mark_price(&mut self, token: &str, price: f64) {
-        self.broker.mark(token, price);
+    pub(crate) fn take_fills(&mut self) -> Vec<Fill> {
+        self.fill_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
-    /// Mutable broker, for the runtime's `flatten` on stop.
-    pub fn broker_mut(&mut self) -> &mut PaperBroker {
-        &mut self.broker
-    }
-
-    /// Whether subscriptions changed since the last call (and reset the flag).
-    pub fn take_subscriptions_changed(&mut self) -> bool {
-        std::mem::take(&mut self.subscriptions_changed)
+    fn record(&mut self, fill: &Fill) {
+        if let Some(log) = &mut self.fill_log {
+            log.push(fill.clone());
+        }
     }
 }

@@ -1,28 +1,38 @@
-//! What a strategy author needs: the `Strategy` trait, the `Context` it acts through,
-//! the paper broker, strict config parsing and the `Registry`.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
-//! - [`strategy`]: the [`Strategy`] trait a strategy implements, and why it is shut down.
-//! - [`context`]: the [`Context`] a strategy acts through (subscriptions, paper orders,
-//!   custom metrics, halting itself).
+//! - [`strategy`]: the [`Strategy`] trait a strategy implements, and why it is shut
+//!   down ([`ShutdownReason`]).
+//! - [`context`]: the [`Context`] a strategy acts through (subscriptions, paper
+//!   orders, custom metrics, halting itself) — only what a strategy calls.
 //! - [`broker`]: the [`PaperBroker`] that fills orders at the last price and keeps
 //!   positions, PnL, orders count and success rate.
 //! - [`config`]: strict parsing of a strategy's JSON config into a typed struct.
 //! - [`registry`]: the [`Registry`] from `strategy_type` names to constructors.
+//! - [`testkit`]: [`testkit::TestHarness`], to test a strategy with plain
+//!   `cargo test`.
+//! - [`host`]: [`Host`], the driving side of a strategy (feeding events, reading
+//!   reports), shared by the executor runtime and the test kit. Strategy authors do
+//!   not need it.
 //!
 //! The wire protocol between the engine's binaries lives in the `engine-protocol`
-//! crate; the only types of it an author meets, [`Tick`] and [`ShutdownReason`], are
+//! crate; the types of it an author meets, [`Tick`] and [`ShutdownReason`], are
 //! re-exported here.
+//!
+//! **Architecture invariant:** the SDK does no I/O; strategies are synchronous and
+//! act only through [`Context`].
 
 pub mod broker;
 pub mod config;
 pub mod context;
+pub mod host;
 pub mod registry;
 pub mod strategy;
+pub mod testkit;
 
 pub use broker::{Fill, OrderError, PaperBroker, Position, Side};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
-pub use engine_protocol::Tick;
+pub use host::Host;
 pub use registry::{Registry, RegistryError, StrategyInfo};
-pub use strategy::{ShutdownReason, Strategy};
+pub use strategy::{ShutdownReason, Strategy, Tick};

@@ -1,5 +1,9 @@
 //! The [`Registry`]: `strategy_type` name → constructor, with a description and an
 //! example config for `strategy-executor --list`.
+//!
+//! A constructor is any `Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError>`: a
+//! plain function, or a closure that captures what its strategies share (a default,
+//! a handle), as long as it is `Send + Sync + 'static`.
 
 use crate::config::ConfigError;
 use crate::strategy::Strategy;
@@ -9,8 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Builds a strategy from its config, rejecting a bad config.
-pub type Constructor = fn(&Value) -> Result<Box<dyn Strategy>, ConfigError>;
+pub type Constructor = Box<dyn Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError> + Send + Sync>;
 
+/// A registered type as `strategy-executor --list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StrategyInfo {
     pub strategy_type: String,
@@ -18,12 +23,15 @@ pub struct StrategyInfo {
     pub example_config: Value,
 }
 
+/// Why [`Registry::create`] built nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistryError {
+    /// No constructor is registered under that name.
     UnknownType {
         requested: String,
         registered: Vec<String>,
     },
+    /// The constructor rejected the config.
     InvalidConfig {
         strategy_type: String,
         source: ConfigError,
@@ -51,9 +59,52 @@ impl fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
+/// The strategy types an executor can run, by `strategy_type`.
+///
+/// ```
+/// use serde::Deserialize;
+/// use serde_json::{json, Value};
+/// use strategy_sdk::{parse_config, ConfigError, Context, Registry, Strategy, Tick};
+///
+/// struct Quiet { token: String }
+///
+/// impl Strategy for Quiet {
+///     fn on_start(&mut self, ctx: &mut Context) {
+///         ctx.subscribe(&self.token);
+///     }
+///     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+/// }
+///
+/// #[derive(Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct QuietConfig { token: Option<String> }
+///
+/// fn create(config: &Value) -> Result<Box<dyn Strategy>, ConfigError> {
+///     let config: QuietConfig = parse_config(config)?;
+///     Ok(Box::new(Quiet { token: config.token.unwrap_or_else(|| "BTC-USD".into()) }))
+/// }
+///
+/// let default_token = String::from("ETH-USD");
+/// let mut registry = Registry::new();
+/// registry
+///     .register("quiet", "does nothing", json!({"token": "BTC-USD"}), create)
+///     // A closure may capture what it needs.
+///     .register("quiet_eth", "does nothing on ETH", json!({}), move |_config: &Value| {
+///         Ok(Box::new(Quiet { token: default_token.clone() }) as Box<dyn Strategy>)
+///     });
+/// assert_eq!(registry.types(), ["quiet", "quiet_eth"]);
+/// assert!(registry.create("quiet", &json!({})).is_ok());
+/// let err = registry.create("quiet", &json!({"tokn": "X"})).err().unwrap();
+/// assert!(err.to_string().starts_with("quiet: invalid config key 'tokn'"), "{err}");
+/// ```
 #[derive(Default)]
 pub struct Registry {
-    entries: BTreeMap<String, (StrategyInfo, Constructor)>,
+    entries: BTreeMap<String, Entry>,
+}
+
+struct Entry {
+    info: StrategyInfo,
+    constructor: Constructor,
 }
 
 impl Registry {
@@ -62,20 +113,27 @@ impl Registry {
     }
 
     /// Register `constructor` under `strategy_type` (a later call replaces it).
-    pub fn register(
+    /// `example_config` must be a config the constructor accepts: `--list` shows it.
+    pub fn register<F>(
         &mut self,
         strategy_type: &str,
         description: &str,
         example_config: Value,
-        constructor: Constructor,
-    ) -> &mut Self {
+        constructor: F,
+    ) -> &mut Self
+    where
+        F: Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError> + Send + Sync + 'static,
+    {
         let info = StrategyInfo {
             strategy_type: strategy_type.to_string(),
             description: description.to_string(),
             example_config,
         };
-        self.entries
-            .insert(strategy_type.to_string(), (info, constructor));
+        let entry = Entry {
+            info,
+            constructor: Box::new(constructor),
+        };
+        self.entries.insert(strategy_type.to_string(), entry);
         self
     }
 
@@ -84,8 +142,9 @@ impl Registry {
         self.entries.keys().cloned().collect()
     }
 
+    /// Every registered type, sorted by name.
     pub fn infos(&self) -> impl Iterator<Item = &StrategyInfo> {
-        self.entries.values().map(|(info, _)| info)
+        self.entries.values().map(|entry| &entry.info)
     }
 
     /// Build the strategy `strategy_type` from `config`.
@@ -94,14 +153,14 @@ impl Registry {
         strategy_type: &str,
         config: &Value,
     ) -> Result<Box<dyn Strategy>, RegistryError> {
-        let (_, constructor) =
-            self.entries
-                .get(strategy_type)
-                .ok_or_else(|| RegistryError::UnknownType {
-                    requested: strategy_type.to_string(),
-                    registered: self.types(),
-                })?;
-        constructor(config).map_err(|source| RegistryError::InvalidConfig {
+        let entry = self
+            .entries
+            .get(strategy_type)
+            .ok_or_else(|| RegistryError::UnknownType {
+                requested: strategy_type.to_string(),
+                registered: self.types(),
+            })?;
+        (entry.constructor)(config).map_err(|source| RegistryError::InvalidConfig {
             strategy_type: strategy_type.to_string(),
             source,
         })
@@ -144,5 +203,32 @@ mod tests {
             err.to_string(),
             "a_nop: invalid config key 'bad': not allowed"
         );
+    }
+
+    #[test]
+    fn constructors_may_capture_state() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let built = Arc::new(AtomicUsize::new(0));
+        let counter = built.clone();
+        let mut r = Registry::new();
+        r.register("counted", "", json!({}), move |config: &Value| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            nop(config)
+        });
+        assert!(r.create("counted", &json!({})).is_ok());
+        assert!(r.create("counted", &json!({"bad": 1})).is_err());
+        assert_eq!(built.load(Ordering::Relaxed), 2);
+        // A later registration replaces the earlier one.
+        r.register("counted", "replaced", json!({}), nop);
+        assert!(r.create("counted", &json!({})).is_ok());
+        assert_eq!(built.load(Ordering::Relaxed), 2);
+        assert_eq!(r.infos().next().unwrap().description, "replaced");
+    }
+
+    #[test]
+    fn registries_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Registry>();
     }
 }

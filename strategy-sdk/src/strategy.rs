@@ -13,6 +13,49 @@ use std::time::Duration;
 
 /// A trading strategy. Constructed from its config by the function registered in the
 /// [`crate::Registry`], which is where a bad config is rejected.
+///
+/// Only `on_start` and `on_tick` are required. The callbacks never overlap, and
+/// each sees the time of its event in [`Context::now`].
+///
+/// ```
+/// use serde_json::{json, Value};
+/// use std::time::Duration;
+/// use strategy_sdk::testkit::TestHarness;
+/// use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+///
+/// /// Counts ticks, reports the count every `every_ms` milliseconds.
+/// struct Counter { every_ms: u64, ticks: u64 }
+///
+/// impl Strategy for Counter {
+///     fn on_start(&mut self, ctx: &mut Context) {
+///         ctx.subscribe("BTC-USD");
+///     }
+///     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {
+///         self.ticks += 1;
+///     }
+///     fn timer_interval(&self) -> Option<Duration> {
+///         Some(Duration::from_millis(self.every_ms))
+///     }
+///     fn on_timer(&mut self, ctx: &mut Context) {
+///         ctx.set_metric("ticks", self.ticks);
+///     }
+///     fn update_config(&mut self, _ctx: &mut Context, config: &Value) -> Result<(), ConfigError> {
+///         let every_ms: u64 = parse_config::<serde_json::Map<String, Value>>(config)?
+///             .get("every_ms")
+///             .and_then(Value::as_u64)
+///             .ok_or_else(|| ConfigError::new("every_ms", "a whole number of milliseconds"))?;
+///         self.every_ms = every_ms;
+///         Ok(())
+///     }
+/// }
+///
+/// let mut h = TestHarness::started(Counter { every_ms: 1000, ticks: 0 });
+/// h.ticks("BTC-USD", &[1.0, 2.0]).timer();
+/// assert_eq!(h.metric("ticks"), Some(&json!(2)));
+/// assert!(h.update_config(&json!({"every_ms": "soon"})).is_err());
+/// h.update_config(&json!({"every_ms": 250})).unwrap();
+/// assert_eq!(h.strategy().timer_interval(), Some(Duration::from_millis(250)));
+/// ```
 pub trait Strategy: Send {
     /// Called once before any tick: subscribe to tokens here.
     fn on_start(&mut self, ctx: &mut Context);
@@ -25,14 +68,17 @@ pub trait Strategy: Send {
         None
     }
 
+    /// Every [`Strategy::timer_interval`] while running.
     fn on_timer(&mut self, _ctx: &mut Context) {}
 
     /// Paused: no ticks or timers are delivered until resumed.
     fn on_pause(&mut self, _ctx: &mut Context) {}
 
+    /// Resumed after a pause: ticks and timers flow again.
     fn on_resume(&mut self, _ctx: &mut Context) {}
 
-    /// A new config at run time. Validate it fully; on `Err` keep the old one.
+    /// A new config at run time (the whole config, not a patch). Validate it fully;
+    /// on `Err` keep the old one. The default rejects every update.
     fn update_config(&mut self, _ctx: &mut Context, _config: &Value) -> Result<(), ConfigError> {
         Err(ConfigError::new(
             "",
@@ -40,6 +86,7 @@ pub trait Strategy: Send {
         ))
     }
 
-    /// Called once before the process exits.
+    /// Called once before the process exits, also after [`Context::halt`] (with
+    /// [`ShutdownReason::Stop`]).
     fn on_shutdown(&mut self, _ctx: &mut Context, _reason: ShutdownReason) {}
 }

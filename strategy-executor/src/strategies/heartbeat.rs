@@ -208,14 +208,15 @@ impl Strategy for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategies::test_support::{feed, started};
+    use strategy_sdk::testkit::TestHarness;
 
     fn heartbeat(config: Value) -> Heartbeat {
         Heartbeat::new(HeartbeatConfig::parse(&config).unwrap())
     }
 
-    fn metric(ctx: &Context, key: &str) -> Value {
-        ctx.metrics().extra.get(key).cloned().unwrap_or(Value::Null)
+    /// A custom metric, `null` while unset.
+    fn metric<S: Strategy + ?Sized>(h: &TestHarness<S>, key: &str) -> Value {
+        h.metric(key).cloned().unwrap_or(Value::Null)
     }
 
     #[test]
@@ -277,89 +278,98 @@ mod tests {
 
     #[test]
     fn beats_on_the_timer_and_counts_its_tokens_ticks() {
-        let mut s = heartbeat(json!({"interval_ms": 10, "token": "SOL"}));
-        let mut ctx = started(&mut s);
-        assert!(ctx.subscriptions().contains("SOL"));
-        assert_eq!(s.timer_interval(), Some(Duration::from_millis(10)));
-        assert_eq!(metric(&ctx, "beats"), json!(0));
+        let s = heartbeat(json!({"interval_ms": 10, "token": "SOL"}));
+        let mut h = TestHarness::started(s);
+        assert!(h.ctx().subscriptions().contains("SOL"));
+        assert_eq!(
+            h.strategy().timer_interval(),
+            Some(Duration::from_millis(10))
+        );
+        assert_eq!(metric(&h, "beats"), json!(0));
         for _ in 0..3 {
-            feed(&mut ctx, &mut s, "SOL", 150.0);
+            h.tick("SOL", 150.0);
         }
-        feed(&mut ctx, &mut s, "BTC", 65_000.0);
+        h.tick("BTC", 65_000.0);
         for _ in 0..5 {
-            s.on_timer(&mut ctx);
+            h.timer();
         }
-        assert_eq!(metric(&ctx, "beats"), json!(5));
-        assert_eq!(metric(&ctx, "ticks"), json!(3));
-        assert_eq!(ctx.broker().orders_count(), 0);
-        assert!(ctx.halt_reason().is_none());
+        assert_eq!(metric(&h, "beats"), json!(5));
+        assert_eq!(metric(&h, "ticks"), json!(3));
+        assert_eq!(h.ctx().broker().orders_count(), 0);
+        assert!(h.ctx().halt_reason().is_none());
     }
 
     #[test]
     fn without_a_token_it_subscribes_to_nothing() {
-        let mut s = heartbeat(json!({}));
-        let mut ctx = started(&mut s);
-        assert!(ctx.subscriptions().is_empty());
-        s.on_timer(&mut ctx);
-        assert_eq!(metric(&ctx, "beats"), json!(1));
-        assert_eq!(metric(&ctx, "ticks"), Value::Null);
+        let s = heartbeat(json!({}));
+        let mut h = TestHarness::started(s);
+        assert!(h.ctx().subscriptions().is_empty());
+        h.timer();
+        assert_eq!(metric(&h, "beats"), json!(1));
+        assert_eq!(metric(&h, "ticks"), Value::Null);
     }
 
     #[test]
     fn halts_after_the_given_beats() {
-        let mut s = heartbeat(json!({"interval_ms": 10, "halt_after_beats": 3}));
-        let mut ctx = started(&mut s);
-        s.on_timer(&mut ctx);
-        s.on_timer(&mut ctx);
-        assert!(ctx.halt_reason().is_none());
-        s.on_timer(&mut ctx);
+        let s = heartbeat(json!({"interval_ms": 10, "halt_after_beats": 3}));
+        let mut h = TestHarness::started(s);
+        h.timer();
+        h.timer();
+        assert!(h.ctx().halt_reason().is_none());
+        h.timer();
         assert_eq!(
-            ctx.halt_reason(),
+            h.ctx().halt_reason(),
             Some("heartbeat: halt_after_beats 3 reached")
         );
-        s.on_timer(&mut ctx);
-        assert_eq!(metric(&ctx, "beats"), json!(3), "no beats once halted");
+        h.timer();
+        assert_eq!(metric(&h, "beats"), json!(3), "no beats once halted");
     }
 
     #[test]
     #[should_panic(expected = "heartbeat: fail_after_s 0.05 reached after 5 beats")]
     fn fails_on_purpose_after_the_given_time() {
-        let mut s = heartbeat(json!({"interval_ms": 10, "fail_after_s": 0.05}));
-        let mut ctx = started(&mut s);
+        let s = heartbeat(json!({"interval_ms": 10, "fail_after_s": 0.05}));
+        let mut h = TestHarness::started(s);
         for _ in 0..4 {
-            s.on_timer(&mut ctx);
+            h.timer();
         }
-        assert_eq!(metric(&ctx, "beats"), json!(4));
-        s.on_timer(&mut ctx);
+        assert_eq!(metric(&h, "beats"), json!(4));
+        h.timer();
     }
 
     #[test]
     fn update_config_accepts_and_rejects() {
-        let mut s = heartbeat(json!({"interval_ms": 100, "token": "BTC"}));
-        let mut ctx = started(&mut s);
-        s.on_timer(&mut ctx);
-        let before = s.config().clone();
+        let s = heartbeat(json!({"interval_ms": 100, "token": "BTC"}));
+        let mut h = TestHarness::started(s);
+        h.timer();
+        let before = h.strategy().config().clone();
         for bad in [
             json!({"interval_ms": 5}),
             json!({"interval_ms": 100, "halt_after_beats": 0}),
             json!({"interval_ms": 100, "extra": 1}),
         ] {
-            assert!(s.update_config(&mut ctx, &bad).is_err(), "{bad}");
-            assert_eq!(s.config(), &before);
+            assert!(h.update_config(&bad).is_err(), "{bad}");
+            assert_eq!(h.strategy().config(), &before);
         }
-        assert_eq!(s.timer_interval(), Some(Duration::from_millis(100)));
-
-        ctx.take_subscriptions_changed();
-        s.update_config(&mut ctx, &json!({"interval_ms": 250, "token": "ETH"}))
+        assert_eq!(
+            h.strategy().timer_interval(),
+            Some(Duration::from_millis(100))
+        );
+        h.update_config(&json!({"interval_ms": 250, "token": "ETH"}))
             .unwrap();
-        assert_eq!(s.timer_interval(), Some(Duration::from_millis(250)));
-        assert!(ctx.take_subscriptions_changed());
-        assert_eq!(ctx.subscriptions().iter().collect::<Vec<_>>(), vec!["ETH"]);
-        s.on_timer(&mut ctx);
-        assert_eq!(metric(&ctx, "beats"), json!(2), "beats are kept");
+        assert_eq!(
+            h.strategy().timer_interval(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            h.ctx().subscriptions().iter().collect::<Vec<_>>(),
+            vec!["ETH"]
+        );
+        h.timer();
+        assert_eq!(metric(&h, "beats"), json!(2), "beats are kept");
 
-        s.update_config(&mut ctx, &json!({})).unwrap();
-        assert!(ctx.subscriptions().is_empty());
+        h.update_config(&json!({})).unwrap();
+        assert!(h.ctx().subscriptions().is_empty());
     }
 
     #[test]

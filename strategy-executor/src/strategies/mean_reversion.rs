@@ -210,7 +210,7 @@ impl Strategy for MeanReversion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategies::test_support::{feed, feed_all, started};
+    use strategy_sdk::testkit::TestHarness;
 
     const TOL: f64 = 1e-9;
 
@@ -218,8 +218,8 @@ mod tests {
         MeanReversion::new(MeanReversionConfig::parse(&config).unwrap())
     }
 
-    fn zscore(ctx: &strategy_sdk::Context) -> Option<f64> {
-        ctx.metrics().extra.get("zscore").and_then(Value::as_f64)
+    fn zscore(h: &TestHarness<MeanReversion>) -> Option<f64> {
+        h.metric("zscore").and_then(Value::as_f64)
     }
 
     /// window 5, entry 1.5, exit 0.5.
@@ -313,110 +313,100 @@ mod tests {
 
     #[test]
     fn enters_exits_and_holds_on_the_zscore() {
-        let mut s = small();
-        let mut ctx = started(&mut s);
-        assert!(ctx.subscriptions().contains("ETH"));
+        let s = small();
+        let mut h = TestHarness::started(s);
+        assert!(h.ctx().subscriptions().contains("ETH"));
 
         // A flat window: std 0, no z-score, no trade.
-        feed_all(&mut ctx, &mut s, "ETH", &[100.0; 5]);
-        assert_eq!(zscore(&ctx), None);
-        assert_eq!(ctx.broker().orders_count(), 0);
+        h.ticks("ETH", &[100.0; 5]);
+        assert_eq!(zscore(&h), None);
+        assert_eq!(h.ctx().broker().orders_count(), 0);
 
         // 100 100 100 100 110: mean 102, std 4, z = 2 > 1.5 → short.
-        feed(&mut ctx, &mut s, "ETH", 110.0);
-        assert!((zscore(&ctx).unwrap() - 2.0).abs() < TOL);
-        assert_eq!(ctx.position("ETH").qty, -1.0);
-        assert_eq!(ctx.position("ETH").avg_price, 110.0);
+        h.tick("ETH", 110.0);
+        assert!((zscore(&h).unwrap() - 2.0).abs() < TOL);
+        assert_eq!(h.ctx().position("ETH").qty, -1.0);
+        assert_eq!(h.ctx().position("ETH").avg_price, 110.0);
 
         // 100 100 100 110 102: z ≈ −0.10, within exit_z → flatten (+8 realised).
-        feed(&mut ctx, &mut s, "ETH", 102.0);
-        assert!(zscore(&ctx).unwrap().abs() < 0.5);
-        assert_eq!(ctx.broker().positions_count(), 0);
-        assert!((ctx.broker().realised_pnl() - 8.0).abs() < TOL);
+        h.tick("ETH", 102.0);
+        assert!(zscore(&h).unwrap().abs() < 0.5);
+        assert_eq!(h.ctx().broker().positions_count(), 0);
+        assert!((h.ctx().broker().realised_pnl() - 8.0).abs() < TOL);
 
         // 100 100 110 102 90: z ≈ −1.63 → long.
-        feed(&mut ctx, &mut s, "ETH", 90.0);
-        assert!(zscore(&ctx).unwrap() < -1.5);
-        assert_eq!(ctx.position("ETH").qty, 1.0);
+        h.tick("ETH", 90.0);
+        assert!(zscore(&h).unwrap() < -1.5);
+        assert_eq!(h.ctx().position("ETH").qty, 1.0);
 
         // 100 110 102 90 95: z ≈ −0.65, between exit and entry → hold.
-        feed(&mut ctx, &mut s, "ETH", 95.0);
-        let z = zscore(&ctx).unwrap();
+        h.tick("ETH", 95.0);
+        let z = zscore(&h).unwrap();
         assert!(z < -0.5 && z > -1.5, "{z}");
-        assert_eq!(ctx.position("ETH").qty, 1.0);
+        assert_eq!(h.ctx().position("ETH").qty, 1.0);
 
-        assert_eq!(ctx.broker().orders_count(), 3);
-        assert_eq!(ctx.broker().success_rate(), 1.0);
-        assert_eq!(ctx.metrics().extra["ticks"], json!(9));
+        assert_eq!(h.ctx().broker().orders_count(), 3);
+        assert_eq!(h.ctx().broker().success_rate(), 1.0);
+        assert_eq!(h.metrics().extra["ticks"], json!(9));
     }
 
     #[test]
     fn zscore_matches_a_direct_computation() {
-        let mut s = strategy(json!({"token": "ETH", "window": 4, "entry_z": 50, "exit_z": 0.001}));
-        let mut ctx = started(&mut s);
+        let s = strategy(json!({"token": "ETH", "window": 4, "entry_z": 50, "exit_z": 0.001}));
+        let mut h = TestHarness::started(s);
         let prices = [3000.0, 3010.5, 2995.25, 3020.0, 3001.0, 2990.0];
-        feed_all(&mut ctx, &mut s, "ETH", &prices);
+        h.ticks("ETH", &prices);
         let w = &prices[2..];
         let mean = w.iter().sum::<f64>() / 4.0;
         let std = (w.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
         let expected = (2990.0 - mean) / std;
-        assert!((zscore(&ctx).unwrap() - expected).abs() < 1e-6);
+        assert!((zscore(&h).unwrap() - expected).abs() < 1e-6);
     }
 
     #[test]
     fn not_trading_before_the_window_is_full() {
-        let mut s = small();
-        let mut ctx = started(&mut s);
-        feed_all(&mut ctx, &mut s, "ETH", &[100.0, 200.0, 50.0, 300.0]);
-        assert_eq!(zscore(&ctx), None);
-        assert_eq!(ctx.broker().orders_count(), 0);
-        feed_all(&mut ctx, &mut s, "BTC", &[1.0, 2.0, 3.0, 4.0, 5.0, 100.0]);
-        assert_eq!(ctx.metrics().extra["ticks"], json!(4));
+        let s = small();
+        let mut h = TestHarness::started(s);
+        h.ticks("ETH", &[100.0, 200.0, 50.0, 300.0]);
+        assert_eq!(zscore(&h), None);
+        assert_eq!(h.ctx().broker().orders_count(), 0);
+        h.ticks("BTC", &[1.0, 2.0, 3.0, 4.0, 5.0, 100.0]);
+        assert_eq!(h.metrics().extra["ticks"], json!(4));
     }
 
     #[test]
     fn halts_and_closes_when_the_loss_limit_is_reached() {
-        let mut s = strategy(json!({
+        let s = strategy(json!({
             "token": "ETH", "window": 5, "entry_z": 1.5, "exit_z": 0.5, "max_loss": 50
         }));
-        let mut ctx = started(&mut s);
-        feed_all(
-            &mut ctx,
-            &mut s,
-            "ETH",
-            &[100.0, 100.0, 100.0, 100.0, 110.0],
-        );
-        assert_eq!(ctx.position("ETH").qty, -1.0);
-        feed(&mut ctx, &mut s, "ETH", 150.0);
+        let mut h = TestHarness::started(s);
+        h.ticks("ETH", &[100.0, 100.0, 100.0, 100.0, 110.0]);
+        assert_eq!(h.ctx().position("ETH").qty, -1.0);
+        h.tick("ETH", 150.0);
         assert!(
-            ctx.halt_reason().is_none(),
+            h.ctx().halt_reason().is_none(),
             "a loss of 40 is within the limit"
         );
-        feed(&mut ctx, &mut s, "ETH", 170.0);
-        let reason = ctx.halt_reason().expect("halted").to_string();
+        h.tick("ETH", 170.0);
+        let reason = h.ctx().halt_reason().expect("halted").to_string();
         assert!(
             reason.contains("max_loss") && reason.contains("60.00"),
             "{reason}"
         );
         assert!(reason.contains("limit 50"), "{reason}");
-        assert_eq!(ctx.broker().positions_count(), 0);
-        let orders = ctx.broker().orders_count();
-        feed_all(&mut ctx, &mut s, "ETH", &[10.0, 500.0, 10.0]);
-        assert_eq!(ctx.broker().orders_count(), orders);
+        assert_eq!(h.ctx().broker().positions_count(), 0);
+        let orders = h.ctx().broker().orders_count();
+        h.ticks("ETH", &[10.0, 500.0, 10.0]);
+        assert_eq!(h.ctx().broker().orders_count(), orders);
     }
 
     #[test]
     fn update_config_accepts_and_rejects() {
-        let mut s = small();
-        let mut ctx = started(&mut s);
-        feed_all(
-            &mut ctx,
-            &mut s,
-            "ETH",
-            &[100.0, 100.0, 100.0, 100.0, 110.0],
-        );
-        assert_eq!(ctx.position("ETH").qty, -1.0);
-        let before = s.config().clone();
+        let s = small();
+        let mut h = TestHarness::started(s);
+        h.ticks("ETH", &[100.0, 100.0, 100.0, 100.0, 110.0]);
+        assert_eq!(h.ctx().position("ETH").qty, -1.0);
+        let before = h.strategy().config().clone();
 
         for bad in [
             json!({"token": "ETH", "window": 5, "entry_z": 1.5, "exit_z": 1.5}),
@@ -424,41 +414,35 @@ mod tests {
             json!({"token": "ETH", "entry_z": "2"}),
             json!({"token": "ETH", "exitz": 0.1}),
         ] {
-            assert!(s.update_config(&mut ctx, &bad).is_err(), "{bad}");
-            assert_eq!(s.config(), &before);
+            assert!(h.update_config(&bad).is_err(), "{bad}");
+            assert_eq!(h.strategy().config(), &before);
         }
 
         // A smaller window keeps the last 3 prices (100 100 110) and a bigger size
         // applies on the next signal.
-        s.update_config(
-            &mut ctx,
+        h.update_config(
             &json!({"token": "ETH", "window": 3, "entry_z": 1.2, "exit_z": 0.2, "order_qty": 3}),
         )
         .unwrap();
-        assert_eq!(s.config().window, 3);
-        assert_eq!(ctx.position("ETH").qty, -1.0, "no trade on update");
+        assert_eq!(h.strategy().config().window, 3);
+        assert_eq!(h.ctx().position("ETH").qty, -1.0, "no trade on update");
         // 100 110 130: mean 113.3, std 12.47, z ≈ 1.34 > 1.2 → short 3.
-        feed(&mut ctx, &mut s, "ETH", 130.0);
-        assert_eq!(ctx.position("ETH").qty, -3.0);
+        h.tick("ETH", 130.0);
+        assert_eq!(h.ctx().position("ETH").qty, -3.0);
     }
 
     #[test]
     fn update_config_to_another_token_closes_the_old_position() {
-        let mut s = small();
-        let mut ctx = started(&mut s);
-        feed_all(
-            &mut ctx,
-            &mut s,
-            "ETH",
-            &[100.0, 100.0, 100.0, 100.0, 110.0],
+        let s = small();
+        let mut h = TestHarness::started(s);
+        h.ticks("ETH", &[100.0, 100.0, 100.0, 100.0, 110.0]);
+        h.update_config(&json!({"token": "SOL", "window": 5, "entry_z": 1.5}))
+            .unwrap();
+        assert_eq!(h.ctx().broker().positions_count(), 0);
+        assert_eq!(
+            h.ctx().subscriptions().iter().collect::<Vec<_>>(),
+            vec!["SOL"]
         );
-        s.update_config(
-            &mut ctx,
-            &json!({"token": "SOL", "window": 5, "entry_z": 1.5}),
-        )
-        .unwrap();
-        assert_eq!(ctx.broker().positions_count(), 0);
-        assert_eq!(ctx.subscriptions().iter().collect::<Vec<_>>(), vec!["SOL"]);
-        assert_eq!(zscore(&ctx), None);
+        assert_eq!(zscore(&h), None);
     }
 }

@@ -258,46 +258,6 @@ impl RollingWindow {
 }
 
 #[cfg(test)]
-pub(crate) mod test_support {
-    //! Driving a strategy by hand in unit tests, the way the runtime does.
-
-    use chrono::Utc;
-    use strategy_sdk::{Context, Strategy, Tick};
-    use uuid::Uuid;
-
-    pub fn context() -> Context {
-        Context::new(Uuid::nil(), "test")
-    }
-
-    /// Start `strategy` in a fresh context.
-    pub fn started(strategy: &mut dyn Strategy) -> Context {
-        let mut ctx = context();
-        strategy.on_start(&mut ctx);
-        ctx
-    }
-
-    /// Deliver one tick: the broker learns the price first, then the strategy sees it.
-    pub fn feed(ctx: &mut Context, strategy: &mut dyn Strategy, token: &str, price: f64) {
-        ctx.mark_price(token, price);
-        let tick = Tick {
-            token: token.to_string(),
-            price,
-            timestamp: Utc::now(),
-            volume: None,
-            bid: None,
-            ask: None,
-        };
-        strategy.on_tick(ctx, &tick);
-    }
-
-    pub fn feed_all(ctx: &mut Context, strategy: &mut dyn Strategy, token: &str, prices: &[f64]) {
-        for &price in prices {
-            feed(ctx, strategy, token, price);
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -225,7 +225,7 @@ impl Strategy for SmaCrossover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategies::test_support::{context, feed, feed_all, started};
+    use strategy_sdk::testkit::TestHarness;
 
     const TOL: f64 = 1e-9;
 
@@ -233,8 +233,9 @@ mod tests {
         SmaCrossover::new(SmaCrossoverConfig::parse(&config).unwrap())
     }
 
-    fn metric(ctx: &Context, key: &str) -> Value {
-        ctx.metrics().extra.get(key).cloned().unwrap_or(Value::Null)
+    /// A custom metric, `null` while unset.
+    fn metric<S: Strategy + ?Sized>(h: &TestHarness<S>, key: &str) -> Value {
+        h.metric(key).cloned().unwrap_or(Value::Null)
     }
 
     #[test]
@@ -364,177 +365,173 @@ mod tests {
 
     #[test]
     fn trades_on_crossovers_long_and_short() {
-        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
-        let mut ctx = started(&mut s);
-        assert!(ctx.subscriptions().contains("BTC"));
+        let s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut h = TestHarness::started(s);
+        assert!(h.ctx().subscriptions().contains("BTC"));
 
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..5]);
-        assert_eq!(ctx.broker().orders_count(), 0, "no crossover seen yet");
-        assert_eq!(metric(&ctx, "fast_sma"), json!(9.5));
-        assert_eq!(metric(&ctx, "slow_sma"), json!(9.75));
+        h.ticks("BTC", &SERIES[..5]);
+        assert_eq!(h.ctx().broker().orders_count(), 0, "no crossover seen yet");
+        assert_eq!(metric(&h, "fast_sma"), json!(9.5));
+        assert_eq!(metric(&h, "slow_sma"), json!(9.75));
 
-        feed(&mut ctx, &mut s, "BTC", 12.0);
-        assert_eq!(ctx.broker().orders_count(), 1);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
-        assert_eq!(ctx.position("BTC").avg_price, 12.0);
+        h.tick("BTC", 12.0);
+        assert_eq!(h.ctx().broker().orders_count(), 1);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
+        assert_eq!(h.ctx().position("BTC").avg_price, 12.0);
 
-        feed(&mut ctx, &mut s, "BTC", 8.0);
-        assert_eq!(ctx.broker().orders_count(), 1, "no cross, no order");
+        h.tick("BTC", 8.0);
+        assert_eq!(h.ctx().broker().orders_count(), 1, "no cross, no order");
 
         // Cross down: one order of 2 sells the long and opens the short.
-        feed(&mut ctx, &mut s, "BTC", 7.0);
-        assert_eq!(ctx.broker().orders_count(), 2);
-        assert_eq!(ctx.position("BTC").qty, -1.0);
-        assert_eq!(ctx.position("BTC").avg_price, 7.0);
-        assert!((ctx.broker().realised_pnl() - -5.0).abs() < TOL);
+        h.tick("BTC", 7.0);
+        assert_eq!(h.ctx().broker().orders_count(), 2);
+        assert_eq!(h.ctx().position("BTC").qty, -1.0);
+        assert_eq!(h.ctx().position("BTC").avg_price, 7.0);
+        assert!((h.ctx().broker().realised_pnl() - -5.0).abs() < TOL);
 
         // Cross up: buys back the short and goes long.
-        feed(&mut ctx, &mut s, "BTC", 20.0);
-        assert_eq!(ctx.broker().orders_count(), 3);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
-        assert_eq!(ctx.position("BTC").avg_price, 20.0);
-        assert!((ctx.broker().realised_pnl() - -18.0).abs() < TOL);
+        h.tick("BTC", 20.0);
+        assert_eq!(h.ctx().broker().orders_count(), 3);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
+        assert_eq!(h.ctx().position("BTC").avg_price, 20.0);
+        assert!((h.ctx().broker().realised_pnl() - -18.0).abs() < TOL);
 
-        assert_eq!(metric(&ctx, "ticks"), json!(9));
-        assert_eq!(metric(&ctx, "fast_sma"), json!(13.5));
-        assert_eq!(metric(&ctx, "slow_sma"), json!(11.75));
+        assert_eq!(metric(&h, "ticks"), json!(9));
+        assert_eq!(metric(&h, "fast_sma"), json!(13.5));
+        assert_eq!(metric(&h, "slow_sma"), json!(11.75));
     }
 
     #[test]
     fn without_shorts_a_downward_cross_only_flattens() {
-        let mut s = strategy(json!({
+        let s = strategy(json!({
             "token": "BTC", "fast_period": 2, "slow_period": 4,
             "order_qty": 0.5, "allow_short": false
         }));
-        let mut ctx = started(&mut s);
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
-        assert_eq!(ctx.position("BTC").qty, 0.5);
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[6..8]);
-        assert_eq!(ctx.position("BTC").qty, 0.0);
-        assert_eq!(ctx.broker().positions_count(), 0);
-        feed(&mut ctx, &mut s, "BTC", 20.0);
-        assert_eq!(ctx.position("BTC").qty, 0.5);
-        assert_eq!(ctx.broker().orders_count(), 3);
+        let mut h = TestHarness::started(s);
+        h.ticks("BTC", &SERIES[..6]);
+        assert_eq!(h.ctx().position("BTC").qty, 0.5);
+        h.ticks("BTC", &SERIES[6..8]);
+        assert_eq!(h.ctx().position("BTC").qty, 0.0);
+        assert_eq!(h.ctx().broker().positions_count(), 0);
+        h.tick("BTC", 20.0);
+        assert_eq!(h.ctx().position("BTC").qty, 0.5);
+        assert_eq!(h.ctx().broker().orders_count(), 3);
     }
 
     #[test]
     fn ignores_other_tokens_and_reports_null_averages_until_full() {
-        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
-        let mut ctx = started(&mut s);
-        assert_eq!(metric(&ctx, "ticks"), json!(0));
-        assert_eq!(metric(&ctx, "fast_sma"), Value::Null);
-        feed_all(&mut ctx, &mut s, "ETH", &SERIES);
-        assert_eq!(metric(&ctx, "ticks"), json!(0));
-        assert_eq!(ctx.broker().orders_count(), 0);
-        feed_all(&mut ctx, &mut s, "BTC", &[10.0, 11.0]);
-        assert_eq!(metric(&ctx, "fast_sma"), json!(10.5));
-        assert_eq!(metric(&ctx, "slow_sma"), Value::Null);
+        let s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut h = TestHarness::started(s);
+        assert_eq!(metric(&h, "ticks"), json!(0));
+        assert_eq!(metric(&h, "fast_sma"), Value::Null);
+        h.ticks("ETH", &SERIES);
+        assert_eq!(metric(&h, "ticks"), json!(0));
+        assert_eq!(h.ctx().broker().orders_count(), 0);
+        h.ticks("BTC", &[10.0, 11.0]);
+        assert_eq!(metric(&h, "fast_sma"), json!(10.5));
+        assert_eq!(metric(&h, "slow_sma"), Value::Null);
     }
 
     #[test]
     fn halts_and_closes_when_the_loss_limit_is_reached() {
-        let mut s = strategy(json!({
+        let s = strategy(json!({
             "token": "BTC", "fast_period": 2, "slow_period": 4, "max_loss": 5
         }));
-        let mut ctx = started(&mut s);
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
+        let mut h = TestHarness::started(s);
+        h.ticks("BTC", &SERIES[..6]);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
 
         // A loss of 4: below the limit.
-        feed(&mut ctx, &mut s, "BTC", 8.0);
-        assert!(ctx.halt_reason().is_none());
+        h.tick("BTC", 8.0);
+        assert!(h.ctx().halt_reason().is_none());
 
         // A loss of 6: halts, and the long is closed (not flipped short).
-        feed(&mut ctx, &mut s, "BTC", 6.0);
-        let reason = ctx.halt_reason().expect("halted").to_string();
+        h.tick("BTC", 6.0);
+        let reason = h.ctx().halt_reason().expect("halted").to_string();
         assert!(reason.contains("max_loss"), "{reason}");
         assert!(reason.contains("6.00"), "{reason}");
         assert!(reason.contains("limit 5"), "{reason}");
-        assert_eq!(ctx.position("BTC").qty, 0.0);
-        assert_eq!(ctx.broker().orders_count(), 2);
-        assert!((ctx.broker().pnl() - -6.0).abs() < TOL);
+        assert_eq!(h.ctx().position("BTC").qty, 0.0);
+        assert_eq!(h.ctx().broker().orders_count(), 2);
+        assert!((h.ctx().broker().pnl() - -6.0).abs() < TOL);
 
         // Halted: no more trading.
-        feed_all(&mut ctx, &mut s, "BTC", &[30.0, 1.0, 30.0]);
-        assert_eq!(ctx.broker().orders_count(), 2);
+        h.ticks("BTC", &[30.0, 1.0, 30.0]);
+        assert_eq!(h.ctx().broker().orders_count(), 2);
     }
 
     #[test]
     fn update_config_applies_a_valid_config_and_keeps_history() {
-        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
-        let mut ctx = started(&mut s);
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
+        let s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut h = TestHarness::started(s);
+        h.ticks("BTC", &SERIES[..6]);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
 
-        s.update_config(
-            &mut ctx,
+        h.update_config(
             &json!({"token": "BTC", "fast_period": 1, "slow_period": 3, "order_qty": 2}),
         )
         .unwrap();
-        assert_eq!(s.config().fast_period, 1);
-        assert_eq!(s.config().order_qty, 2.0);
+        assert_eq!(h.strategy().config().fast_period, 1);
+        assert_eq!(h.strategy().config().order_qty, 2.0);
         // The last prices are kept: both averages exist at once.
-        assert_eq!(metric(&ctx, "fast_sma"), json!(12.0));
-        assert_eq!(metric(&ctx, "slow_sma"), json!((10.0 + 9.0 + 12.0) / 3.0));
+        assert_eq!(metric(&h, "fast_sma"), json!(12.0));
+        assert_eq!(metric(&h, "slow_sma"), json!((10.0 + 9.0 + 12.0) / 3.0));
         // The position is kept; the new size applies at the next crossover.
-        assert_eq!(ctx.position("BTC").qty, 1.0);
-        assert_eq!(ctx.broker().orders_count(), 1);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
+        assert_eq!(h.ctx().broker().orders_count(), 1);
         // No trade on the first observation after the change (11 vs 10.67), then a
         // cross down (5 vs 9.33) goes to the new size short.
-        feed(&mut ctx, &mut s, "BTC", 11.0);
-        assert_eq!(ctx.broker().orders_count(), 1);
-        feed(&mut ctx, &mut s, "BTC", 5.0);
-        assert_eq!(ctx.broker().orders_count(), 2);
-        assert_eq!(ctx.position("BTC").qty, -2.0);
+        h.tick("BTC", 11.0);
+        assert_eq!(h.ctx().broker().orders_count(), 1);
+        h.tick("BTC", 5.0);
+        assert_eq!(h.ctx().broker().orders_count(), 2);
+        assert_eq!(h.ctx().position("BTC").qty, -2.0);
     }
 
     #[test]
     fn update_config_rejects_a_bad_config_and_keeps_the_old_one() {
         let config = json!({"token": "BTC", "fast_period": 2, "slow_period": 4});
-        let mut s = strategy(config.clone());
-        let mut ctx = started(&mut s);
-        let before = s.config().clone();
+        let s = strategy(config.clone());
+        let mut h = TestHarness::started(s);
+        let before = h.strategy().config().clone();
         for bad in [
             json!({"token": "BTC", "fast_period": 30}),
             json!({"token": "BTC", "fast_period": 2, "slow_period": 4, "fast_perod": 1}),
             json!({"token": "BTC", "order_qty": "1"}),
             json!({"fast_period": 2}),
         ] {
-            assert!(s.update_config(&mut ctx, &bad).is_err(), "{bad}");
-            assert_eq!(s.config(), &before);
+            assert!(h.update_config(&bad).is_err(), "{bad}");
+            assert_eq!(h.strategy().config(), &before);
         }
         // Still trading with the old config.
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
+        h.ticks("BTC", &SERIES[..6]);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
     }
 
     #[test]
     fn update_config_to_another_token_closes_the_old_position() {
-        let mut s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
-        let mut ctx = started(&mut s);
-        feed_all(&mut ctx, &mut s, "BTC", &SERIES[..6]);
-        assert_eq!(ctx.position("BTC").qty, 1.0);
-        ctx.take_subscriptions_changed();
+        let s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut h = TestHarness::started(s);
+        h.ticks("BTC", &SERIES[..6]);
+        assert_eq!(h.ctx().position("BTC").qty, 1.0);
 
-        s.update_config(
-            &mut ctx,
-            &json!({"token": "ETH", "fast_period": 2, "slow_period": 4}),
-        )
-        .unwrap();
-        assert_eq!(ctx.position("BTC").qty, 0.0);
-        assert!(ctx.take_subscriptions_changed());
-        assert_eq!(ctx.subscriptions().iter().collect::<Vec<_>>(), vec!["ETH"]);
-        assert_eq!(metric(&ctx, "fast_sma"), Value::Null);
-        feed_all(&mut ctx, &mut s, "ETH", &SERIES[..6]);
-        assert_eq!(ctx.position("ETH").qty, 1.0);
+        h.update_config(&json!({"token": "ETH", "fast_period": 2, "slow_period": 4}))
+            .unwrap();
+        assert_eq!(h.ctx().position("BTC").qty, 0.0);
+        assert_eq!(
+            h.ctx().subscriptions().iter().collect::<Vec<_>>(),
+            vec!["ETH"]
+        );
+        assert_eq!(metric(&h, "fast_sma"), Value::Null);
+        h.ticks("ETH", &SERIES[..6]);
+        assert_eq!(h.ctx().position("ETH").qty, 1.0);
     }
 
     #[test]
     fn create_builds_a_boxed_strategy() {
-        let mut s = create(&json!({"token": "BTC"})).unwrap();
-        let mut ctx = context();
-        s.on_start(&mut ctx);
-        assert!(ctx.subscriptions().contains("BTC"));
-        assert!(s.timer_interval().is_none());
+        let mut h = TestHarness::from_box(create(&json!({"token": "BTC"})).unwrap());
+        h.start();
+        assert!(h.ctx().subscriptions().contains("BTC"));
+        assert!(h.strategy().timer_interval().is_none());
     }
 }

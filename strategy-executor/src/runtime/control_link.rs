@@ -1,0 +1,418 @@
+//! The executor's end of the private control link: a Unix socket to the manager,
+//! reconnected forever, carrying `hello`, state changes, acks and `halted` out and
+//! commands in. Frames are JSON objects, one per line, framed by `LinesCodec` as on
+//! the manager's side (`engine-manager/src/link.rs`).
+
+use super::commands::{CommandSource, InboundCommand};
+use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
+use engine_protocol::{ExecutorCommand, Status};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Capacity of the outgoing frame channel.
+const LINK_CHANNEL_CAPACITY: usize = 256;
+/// How many acks the link keeps while disconnected, to send after reconnecting.
+const LINK_PENDING_ACKS: usize = 256;
+/// First and largest delay between connection attempts.
+const LINK_RETRY_MIN: Duration = Duration::from_millis(50);
+const LINK_RETRY_MAX: Duration = Duration::from_secs(1);
+/// A write that takes longer than this means the manager is stuck.
+const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The loop's side of the control link.
+pub(super) struct LinkHandle {
+    /// The current status, for the hello of the next connection.
+    pub(super) status: watch::Sender<Status>,
+    pub(super) frames: mpsc::Sender<LinkOutbound>,
+}
+
+/// What the loop hands to the control-link task.
+#[derive(Debug)]
+pub(super) enum LinkOutbound {
+    Frame(ExecutorMessage),
+    /// Answered once every frame before it was written (or at once when disconnected).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The control-link task: connects to the manager's socket, says hello with the
+/// current status, then writes state changes and acks and reads commands. Reconnects
+/// forever (50 ms first, doubling to 1 s).
+pub(super) struct ControlLink {
+    path: PathBuf,
+    strategy_id: Uuid,
+    status: watch::Receiver<Status>,
+    outbound: mpsc::Receiver<LinkOutbound>,
+    commands: mpsc::Sender<InboundCommand>,
+    /// Acks and `halted` waiting for a connection (state frames are not kept: the
+    /// hello carries the current status).
+    pending: VecDeque<ExecutorMessage>,
+    /// Flushes waiting for `pending` to go out on the next connection.
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Set while connected (read by the Redis subscriber).
+    link_up: Arc<AtomicBool>,
+    cancel: CancellationToken,
+}
+
+/// Why a connection ended.
+enum Served {
+    Cancelled,
+    Disconnected(String),
+}
+
+type FrameWriter = FramedWrite<OwnedWriteHalf, LinesCodec>;
+
+impl ControlLink {
+    /// The task for the socket at `path`, and the loop's handle on it.
+    pub(super) fn new(
+        path: PathBuf,
+        strategy_id: Uuid,
+        commands: mpsc::Sender<InboundCommand>,
+        link_up: Arc<AtomicBool>,
+        cancel: CancellationToken,
+    ) -> (ControlLink, LinkHandle) {
+        let (status_tx, status_rx) = watch::channel(Status::Starting);
+        let (frame_tx, frame_rx) = mpsc::channel(LINK_CHANNEL_CAPACITY);
+        let task = ControlLink {
+            path,
+            strategy_id,
+            status: status_rx,
+            outbound: frame_rx,
+            commands,
+            pending: VecDeque::new(),
+            flush_waiters: Vec::new(),
+            link_up,
+            cancel,
+        };
+        let handle = LinkHandle {
+            status: status_tx,
+            frames: frame_tx,
+        };
+        (task, handle)
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut delay = LINK_RETRY_MIN;
+        let mut failure_logged = false;
+        loop {
+            let connected = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                result = UnixStream::connect(&self.path) => result,
+            };
+            match connected {
+                Ok(stream) => {
+                    tracing::info!(socket = %self.path.display(), "control link connected");
+                    failure_logged = false;
+                    delay = LINK_RETRY_MIN;
+                    self.link_up.store(true, Ordering::Relaxed);
+                    let served = self.serve(stream).await;
+                    self.link_up.store(false, Ordering::Relaxed);
+                    match served {
+                        Served::Cancelled => return,
+                        Served::Disconnected(why) => {
+                            tracing::info!("control link lost ({why}); reconnecting");
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.release_flush_waiters();
+                    if !failure_logged {
+                        tracing::info!(
+                            socket = %self.path.display(),
+                            "control link not connected ({err}); retrying every {}ms up to {}s",
+                            LINK_RETRY_MIN.as_millis(),
+                            LINK_RETRY_MAX.as_secs()
+                        );
+                        failure_logged = true;
+                    }
+                }
+            }
+            if !self.wait_disconnected(delay).await {
+                return;
+            }
+            delay = (delay * 2).min(LINK_RETRY_MAX);
+        }
+    }
+
+    /// Wait `delay` while keeping up with the loop's frames; false when cancelled.
+    /// A flush with frames pending (the process is about to exit) cuts the wait short.
+    async fn wait_disconnected(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = &mut sleep => return true,
+                outbound = self.outbound.recv() => match outbound {
+                    Some(outbound) => {
+                        self.hold(outbound);
+                        if !self.flush_waiters.is_empty() {
+                            return true;
+                        }
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    fn release_flush_waiters(&mut self) {
+        for done in self.flush_waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+
+    /// Keep what must survive a disconnection. A flush is answered at once when nothing
+    /// is pending, else after the next connection attempt.
+    fn hold(&mut self, outbound: LinkOutbound) {
+        match outbound {
+            LinkOutbound::Frame(ExecutorMessage::State { .. } | ExecutorMessage::Hello { .. }) => {}
+            LinkOutbound::Frame(message) => {
+                if self.pending.len() >= LINK_PENDING_ACKS {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(message);
+            }
+            LinkOutbound::Flush(done) => {
+                if self.pending.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    self.flush_waiters.push(done);
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, stream: UnixStream) -> Served {
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = control_frames(read_half);
+        let mut writer = FramedWrite::new(write_half, LinesCodec::new());
+        if let Err(served) = self.greet(&mut writer).await {
+            return served;
+        }
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Served::Cancelled,
+                frame = reader.next() => match frame {
+                    Some(Ok(frame)) => {
+                        let Some(command) = frame.into_command() else { continue };
+                        let inbound = InboundCommand { command, source: CommandSource::Link };
+                        if self.commands.send(inbound).await.is_err() {
+                            return Served::Cancelled;
+                        }
+                    }
+                    None => return Served::Disconnected("closed by the manager".to_string()),
+                    Some(Err(err)) => return Served::Disconnected(format!("read failed: {err}")),
+                },
+                outbound = self.outbound.recv() => match outbound {
+                    None => return Served::Cancelled,
+                    Some(LinkOutbound::Flush(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(LinkOutbound::Frame(message)) => {
+                        if let Err(err) = write_frame(&mut writer, &message).await {
+                            if !matches!(message, ExecutorMessage::State { .. }) {
+                                self.pending.push_back(message);
+                            }
+                            return Served::Disconnected(format!("write failed: {err}"));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// A new connection: `hello` and the current state, then what is pending.
+    async fn greet(&mut self, writer: &mut FrameWriter) -> Result<(), Served> {
+        // Everything queued so far is older than the status read below.
+        while let Ok(outbound) = self.outbound.try_recv() {
+            self.hold(outbound);
+        }
+        let status = *self.status.borrow();
+        let greeting = [
+            ExecutorMessage::Hello {
+                strategy_id: self.strategy_id,
+                pid: std::process::id(),
+                status,
+            },
+            ExecutorMessage::State {
+                status,
+                reason: None,
+                command_id: None,
+            },
+        ];
+        for message in &greeting {
+            if let Err(err) = write_frame(writer, message).await {
+                return Err(Served::Disconnected(format!("writing hello failed: {err}")));
+            }
+        }
+        while let Some(message) = self.pending.pop_front() {
+            if let Err(err) = write_frame(writer, &message).await {
+                self.pending.push_front(message);
+                return Err(Served::Disconnected(format!("write failed: {err}")));
+            }
+        }
+        self.release_flush_waiters();
+        Ok(())
+    }
+}
+
+async fn write_frame(writer: &mut FrameWriter, message: &ExecutorMessage) -> io::Result<()> {
+    let line = serde_json::to_string(message).expect("control frames always serialize");
+    match tokio::time::timeout(LINK_WRITE_TIMEOUT, writer.send(line)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(LinesCodecError::Io(err))) => Err(err),
+        Ok(Err(err)) => Err(io::Error::other(err)),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the manager did not read for 2s",
+        )),
+    }
+}
+
+/// The frames coming from the manager.
+fn control_frames(read_half: OwnedReadHalf) -> FramedRead<OwnedReadHalf, ControlFrames> {
+    FramedRead::new(
+        read_half,
+        ControlFrames(LinesCodec::new_with_max_length(MAX_FRAME_BYTES)),
+    )
+}
+
+/// One line from the manager.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Line(String),
+    /// A line longer than the limit, skipped.
+    TooLong,
+    /// A line that is not UTF-8, skipped.
+    NotUtf8,
+}
+
+impl Frame {
+    /// The command a frame carries; anything else is logged and skipped (an empty
+    /// line silently).
+    fn into_command(self) -> Option<ExecutorCommand> {
+        let line = match self {
+            Frame::Line(line) => line,
+            Frame::TooLong => {
+                tracing::warn!("control link frame longer than {MAX_FRAME_BYTES} bytes dropped");
+                return None;
+            }
+            Frame::NotUtf8 => {
+                tracing::warn!("invalid control link frame dropped: not UTF-8");
+                return None;
+            }
+        };
+        if line.trim().is_empty() {
+            return None;
+        }
+        match serde_json::from_str::<ManagerMessage>(&line) {
+            Ok(ManagerMessage::Command(command)) => Some(command),
+            Err(err) => {
+                tracing::warn!("invalid control link frame dropped: {err}");
+                None
+            }
+        }
+    }
+}
+
+/// `LinesCodec`, with a line that is too long or not UTF-8 handed on as a frame to
+/// skip (a codec error would end the stream), and a partial last line dropped.
+struct ControlFrames(LinesCodec);
+
+impl Decoder for ControlFrames {
+    type Item = Frame;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Frame::TooLong)),
+            Err(LinesCodecError::Io(err)) if err.kind() == io::ErrorKind::InvalidData => {
+                Ok(Some(Frame::NotUtf8))
+            }
+            Err(LinesCodecError::Io(err)) => Err(err),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        let frame = self.decode(buf)?;
+        if frame.is_none() {
+            buf.clear();
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const INPUT: &[u8] = b"{\"a\":1}\n0123456789abc\n\n\xffx\nxy\npartial";
+
+    fn expected() -> Vec<Frame> {
+        vec![
+            Frame::Line("{\"a\":1}".into()),
+            Frame::TooLong,
+            Frame::Line(String::new()),
+            Frame::NotUtf8,
+            Frame::Line("xy".into()),
+        ]
+    }
+
+    async fn frames<R: tokio::io::AsyncRead + Unpin>(input: R) -> Vec<Frame> {
+        let reader = FramedRead::new(input, ControlFrames(LinesCodec::new_with_max_length(8)));
+        reader.map(Result::unwrap).collect().await
+    }
+
+    #[tokio::test]
+    async fn frames_split_lines_and_skip_long_or_broken_ones() {
+        assert_eq!(frames(INPUT).await, expected());
+    }
+
+    #[tokio::test]
+    async fn frames_survive_any_chunking() {
+        // At most 3 bytes per read: lines and the long one arrive in pieces.
+        let (mut tx, rx) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            tx.write_all(INPUT).await.unwrap();
+        });
+        assert_eq!(frames(rx).await, expected());
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn only_commands_are_taken() {
+        assert_eq!(Frame::Line("  ".into()).into_command(), None);
+        assert_eq!(
+            Frame::Line("{\"type\":\"nope\"}".into()).into_command(),
+            None
+        );
+        assert_eq!(Frame::TooLong.into_command(), None);
+        let command = ExecutorCommand {
+            strategy_id: None,
+            name: "test".into(),
+            timestamp: chrono::Utc::now(),
+            command: engine_protocol::ExecutorCommandKind::Pause,
+            command_id: Uuid::new_v4(),
+            config: None,
+            mode: None,
+            reason: None,
+            source: None,
+        };
+        let line = serde_json::to_string(&ManagerMessage::Command(command.clone())).unwrap();
+        assert_eq!(Frame::Line(line).into_command(), Some(command));
+    }
+}

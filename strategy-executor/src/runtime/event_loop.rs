@@ -1,0 +1,226 @@
+//! The event loop: owns the strategy's [`Host`] (no locks) and `select!`s over
+//! signals, commands, ticks, the strategy's timer and the metrics interval. Every
+//! strategy callback is followed by [`EventLoop::after_callback`]: subscription
+//! changes go to the Redis subscriber, a halt ends the loop.
+
+use super::commands::{CommandLog, InboundCommand};
+use super::control_link::LinkHandle;
+use super::redis_publisher::Outgoing;
+use super::redis_subscriber::TickCounters;
+use super::report::Cause;
+use super::signals::ProcessSignals;
+use super::TICK_BATCH;
+use engine_protocol::{Channels, Status, StopMode};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strategy_sdk::{Host, ShutdownReason, Tick};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+use uuid::Uuid;
+
+/// The shortest timer or metrics period (a zero period would spin).
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// Who this process is, for status messages.
+#[derive(Debug, Clone)]
+pub(super) struct Identity {
+    pub(super) strategy_id: Uuid,
+    pub(super) name: String,
+    pub(super) pid: u32,
+    pub(super) node: String,
+}
+
+/// Where the loop's output goes: the background tasks' ends of their channels.
+pub(super) struct Outlets {
+    pub(super) link: Option<LinkHandle>,
+    pub(super) publisher: mpsc::Sender<Outgoing>,
+    /// The channels the Redis subscriber should be subscribed to.
+    pub(super) subscriptions: watch::Sender<BTreeSet<String>>,
+    /// The command channels, always subscribed.
+    pub(super) base_channels: BTreeSet<String>,
+    pub(super) counters: Arc<TickCounters>,
+}
+
+/// What the loop reads, besides signals and its own timers.
+pub(super) struct Inputs {
+    pub(super) commands: mpsc::Receiver<InboundCommand>,
+    pub(super) ticks: mpsc::Receiver<Tick>,
+    /// One sender kept so that the command channel never closes under the loop.
+    pub(super) keep_commands_open: mpsc::Sender<InboundCommand>,
+}
+
+/// The loop ended: the process exits with this code.
+pub(super) struct Exit(pub(super) u8);
+
+/// The event loop: owns the strategy (in its [`Host`]) and what it reports.
+pub(super) struct EventLoop {
+    pub(super) host: Host,
+    /// What the engine was last told (`running` and `paused` match the host's phase).
+    pub(super) status: Status,
+    pub(super) identity: Identity,
+    pub(super) channels: Channels,
+    pub(super) out: Outlets,
+    pub(super) commands_seen: CommandLog,
+    pub(super) ticks_received: u64,
+    pub(super) last_tick_at: Option<Instant>,
+    pub(super) started_at: Instant,
+    timer: Option<Interval>,
+    timer_period: Option<Duration>,
+}
+
+impl EventLoop {
+    pub(super) fn new(host: Host, identity: Identity, channels: Channels, out: Outlets) -> Self {
+        EventLoop {
+            host,
+            status: Status::Starting,
+            identity,
+            channels,
+            out,
+            commands_seen: CommandLog::default(),
+            ticks_received: 0,
+            last_tick_at: None,
+            started_at: Instant::now(),
+            timer: None,
+            timer_period: None,
+        }
+    }
+
+    /// Start the strategy, then handle events until it stops or halts; the exit code.
+    pub(super) async fn run(
+        &mut self,
+        mut inputs: Inputs,
+        mut signals: ProcessSignals,
+        metrics_interval: Duration,
+        start_paused: bool,
+    ) -> u8 {
+        if let Some(Exit(code)) = self.start(start_paused).await {
+            return code;
+        }
+        let period = metrics_interval.max(MIN_PERIOD);
+        let mut metrics = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        metrics.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut tick_batch = Vec::with_capacity(TICK_BATCH);
+        let mut ticks_open = true;
+        let _keep_commands_open = &inputs.keep_commands_open;
+
+        loop {
+            let exit = tokio::select! {
+                _ = signals.terminate.recv() => {
+                    tracing::info!("SIGTERM received; shutting down");
+                    Some(self.shutdown(ShutdownReason::HostShutdown, StopMode::Leave, None).await)
+                }
+                _ = signals.interrupt.recv() => {
+                    tracing::info!("SIGINT received; shutting down");
+                    Some(self.shutdown(ShutdownReason::HostShutdown, StopMode::Leave, None).await)
+                }
+                _ = signals.hangup.recv() => {
+                    tracing::info!("SIGHUP received and ignored");
+                    None
+                }
+                Some(inbound) = inputs.commands.recv() => self.handle_command(inbound).await,
+                n = inputs.ticks.recv_many(&mut tick_batch, TICK_BATCH), if ticks_open => {
+                    ticks_open = n > 0;
+                    self.handle_ticks(&mut tick_batch).await
+                }
+                _ = next_timer_tick(&mut self.timer) => self.handle_timer().await,
+                _ = metrics.tick() => {
+                    self.publish_metrics();
+                    None
+                }
+            };
+            if let Some(Exit(code)) = exit {
+                return code;
+            }
+        }
+    }
+
+    /// `on_start` (and `on_pause` with `--start-paused`), then `running` or `paused`.
+    async fn start(&mut self, start_paused: bool) -> Option<Exit> {
+        self.set_status(Status::Starting, Cause::default());
+        self.host.start(chrono::Utc::now());
+        if let Some(exit) = self.after_callback().await {
+            return Some(exit);
+        }
+        self.reset_timer();
+        if start_paused {
+            self.host.pause(chrono::Utc::now());
+            if let Some(exit) = self.after_callback().await {
+                return Some(exit);
+            }
+            let cause = Cause {
+                reason: Some("started paused".to_string()),
+                ..Cause::default()
+            };
+            self.set_status(Status::Paused, cause);
+            tracing::info!("strategy started paused");
+        } else {
+            self.set_status(Status::Running, Cause::default());
+            tracing::info!("strategy running");
+        }
+        None
+    }
+
+    /// After every strategy callback: follow subscription changes and honour a halt.
+    pub(super) async fn after_callback(&mut self) -> Option<Exit> {
+        if self.host.take_subscriptions_changed() {
+            let tokens = self.host.context().subscriptions();
+            let mut desired = self.out.base_channels.clone();
+            desired.extend(tokens.iter().map(|token| self.channels.live_data(token)));
+            tracing::debug!(?tokens, "subscriptions changed");
+            self.out.subscriptions.send_replace(desired);
+        }
+        let reason = self.host.context().halt_reason()?.to_string();
+        Some(self.halt(reason).await)
+    }
+
+    /// Hand a batch of ticks to the strategy, in order (the batch is left empty).
+    async fn handle_ticks(&mut self, batch: &mut Vec<Tick>) -> Option<Exit> {
+        for tick in batch.drain(..) {
+            if let Some(exit) = self.handle_tick(tick).await {
+                return Some(exit);
+            }
+        }
+        None
+    }
+
+    /// The broker learns every price; a paused strategy does not see the tick.
+    async fn handle_tick(&mut self, tick: Tick) -> Option<Exit> {
+        self.ticks_received += 1;
+        self.last_tick_at = Some(Instant::now());
+        if !self.host.tick(&tick) {
+            return None;
+        }
+        self.after_callback().await
+    }
+
+    async fn handle_timer(&mut self) -> Option<Exit> {
+        if !self.host.timer(chrono::Utc::now()) {
+            return None;
+        }
+        self.after_callback().await
+    }
+
+    /// (Re)build the timer when the strategy's interval changed (start, new config).
+    pub(super) fn reset_timer(&mut self) {
+        let period = self.host.timer_interval().map(|p| p.max(MIN_PERIOD));
+        if period == self.timer_period {
+            return;
+        }
+        self.timer_period = period;
+        self.timer = period.map(|period| {
+            let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            timer
+        });
+    }
+}
+
+async fn next_timer_tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

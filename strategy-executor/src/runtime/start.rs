@@ -1,0 +1,241 @@
+//! Run mode: build the strategy from its config, start the background tasks, run the
+//! event loop on a current-thread tokio runtime, then give the tasks a bounded time
+//! to finish.
+
+use super::config::read_config;
+use super::control_link::{ControlLink, LinkHandle};
+use super::errors::{print_error, EXIT_FAILURE};
+use super::event_loop::{EventLoop, Identity, Inputs, Outlets};
+use super::redis_publisher::RedisPublisher;
+use super::redis_subscriber::{RedisSubscriber, TickCounters};
+use super::signals::ProcessSignals;
+use engine_protocol::control;
+use engine_protocol::redact::redact_url;
+use engine_protocol::Channels;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use strategy_sdk::{Host, Registry, Strategy};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Capacity of the tick channel between the Redis subscriber and the loop; when it is
+/// full the newest tick is dropped and counted in `ticks_dropped`. Deep enough to
+/// ride out a few tens of milliseconds without CPU at a few hundred thousand ticks
+/// per second (BENCHMARKS.md); tokio allocates its blocks only as they fill.
+const TICK_CHANNEL_CAPACITY: usize = 16_384;
+/// Capacity of the command channel (commands are rare).
+const COMMAND_CHANNEL_CAPACITY: usize = 64;
+/// How long background tasks get to finish after the loop ended.
+const TASK_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Run mode could not start (besides a bad config or strategy type).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid --redis-url {redacted_url}")]
+    InvalidRedisUrl {
+        redacted_url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot start the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Everything run mode needs, from the flags.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub strategy_id: Uuid,
+    pub name: String,
+    pub strategy_type: String,
+    pub config_file: Option<PathBuf>,
+    pub redis_url: String,
+    pub channels: Channels,
+    pub control_socket: Option<PathBuf>,
+    pub metrics_interval: Duration,
+    pub node: String,
+    /// Come up `paused` rather than `running` (`--start-paused`).
+    pub start_paused: bool,
+}
+
+/// Run mode: build the strategy, then run the event loop until shutdown or halt.
+pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
+    init_tracing();
+    let config = match read_config(options.config_file.as_deref()) {
+        Ok(config) => config,
+        Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
+    };
+    let strategy = match registry.create(&options.strategy_type, &config) {
+        Ok(strategy) => strategy,
+        Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
+    };
+    drop(config);
+    let redis_client = match redis::Client::open(options.redis_url.as_str()) {
+        Ok(client) => client,
+        Err(err) => {
+            let err = StartupError::InvalidRedisUrl {
+                redacted_url: redact_url(&options.redis_url),
+                source: err,
+            };
+            return print_error(&err, control::EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return print_error(&StartupError::Runtime(err), EXIT_FAILURE.into()),
+    };
+    let span = tracing::info_span!(
+        "executor",
+        strategy_id = %options.strategy_id,
+        strategy = %options.name,
+    );
+    let code = runtime.block_on(run_async(options, strategy, redis_client).instrument(span));
+    runtime.shutdown_timeout(TASK_SHUTDOWN_TIMEOUT);
+    ExitCode::from(code)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+async fn run_async(
+    options: RunOptions,
+    strategy: Box<dyn Strategy>,
+    redis_client: redis::Client,
+) -> u8 {
+    tracing::info!(
+        strategy_type = %options.strategy_type,
+        redis = %redact_url(&options.redis_url),
+        redis_prefix = %options.channels.prefix(),
+        control_socket = ?options.control_socket,
+        metrics_interval = ?options.metrics_interval,
+        pid = std::process::id(),
+        "executor starting"
+    );
+    let signals = match ProcessSignals::new() {
+        Ok(signals) => signals,
+        Err(err) => {
+            print_error(&StartupError::Signals(err), EXIT_FAILURE.into());
+            return EXIT_FAILURE;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (mut event_loop, inputs) = start_tasks(&options, strategy, redis_client, &tracker, &cancel);
+    tracker.close();
+
+    let code = event_loop
+        .run(
+            inputs,
+            signals,
+            options.metrics_interval,
+            options.start_paused,
+        )
+        .await;
+
+    cancel.cancel();
+    if tokio::time::timeout(TASK_SHUTDOWN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("background tasks did not finish in time; dropping them");
+    }
+    tracing::info!(exit_code = code, "executor exiting");
+    code
+}
+
+/// Spawn the control link (when managed), the Redis publisher and subscriber on
+/// `tracker`, and build the event loop connected to them.
+fn start_tasks(
+    options: &RunOptions,
+    strategy: Box<dyn Strategy>,
+    redis_client: redis::Client,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> (EventLoop, Inputs) {
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
+    let counters = Arc::new(TickCounters::default());
+    // True while the control link to the manager is connected: the manager then
+    // delivers global commands itself, in order, and the Redis broadcast is ignored.
+    let link_up = Arc::new(AtomicBool::new(false));
+
+    let link: Option<LinkHandle> = options.control_socket.clone().map(|path| {
+        let (task, handle) = ControlLink::new(
+            path,
+            options.strategy_id,
+            command_tx.clone(),
+            link_up.clone(),
+            cancel.clone(),
+        );
+        tracker.spawn(task.run().in_current_span());
+        handle
+    });
+
+    let (publisher, publish_tx) = RedisPublisher::new(redis_client.clone(), cancel.clone());
+    tracker.spawn(publisher.run().in_current_span());
+
+    let channels = &options.channels;
+    let base_channels: BTreeSet<String> = [
+        channels.commands(options.strategy_id),
+        channels.global_commands(),
+    ]
+    .into_iter()
+    .collect();
+    let (subscriptions_tx, subscriptions_rx) = watch::channel(base_channels.clone());
+    let subscriber = RedisSubscriber {
+        client: redis_client,
+        commands_channel: channels.commands(options.strategy_id),
+        global_channel: channels.global_commands(),
+        live_data_prefix: channels.live_data(""),
+        strategy_id: options.strategy_id,
+        desired: subscriptions_rx,
+        commands: command_tx.clone(),
+        ticks: tick_tx,
+        counters: counters.clone(),
+        link_up,
+        managed: options.control_socket.is_some(),
+        cancel: cancel.clone(),
+    };
+    tracker.spawn(subscriber.run().in_current_span());
+
+    let identity = Identity {
+        strategy_id: options.strategy_id,
+        name: options.name.clone(),
+        pid: std::process::id(),
+        node: options.node.clone(),
+    };
+    let host = Host::new(options.strategy_id, options.name.clone(), strategy);
+    let outlets = Outlets {
+        link,
+        publisher: publish_tx,
+        subscriptions: subscriptions_tx,
+        base_channels,
+        counters,
+    };
+    let event_loop = EventLoop::new(host, identity, channels.clone(), outlets);
+    let inputs = Inputs {
+        commands: command_rx,
+        ticks: tick_rx,
+        keep_commands_open: command_tx,
+    };
+    (event_loop, inputs)
+}

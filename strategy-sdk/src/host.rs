@@ -1,0 +1,315 @@
+//! [`Host`]: a strategy and its [`Context`] as an executor drives them — events go
+//! in, reports come out.
+//!
+//! The executor runtime and the [`crate::testkit`] both drive strategies through it,
+//! so a strategy meets the same rules under test as in production: a tick's price
+//! reaches the broker before the strategy sees the tick, nothing but prices arrives
+//! while paused, and `on_shutdown` runs once. A strategy author does not need it: a
+//! strategy only ever sees its `&mut Context`, and tests use
+//! [`crate::testkit::TestHarness`].
+
+use crate::broker::{Fill, OrderError};
+use crate::config::ConfigError;
+use crate::context::Context;
+use crate::strategy::{ShutdownReason, Strategy, Tick};
+use chrono::{DateTime, Utc};
+use engine_protocol::StrategyMetrics;
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where a hosted strategy is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Built, `on_start` not called yet.
+    Created,
+    /// Ticks and timers are delivered.
+    Running,
+    /// Prices are still recorded, but no tick or timer is delivered.
+    Paused,
+    /// `on_shutdown` ran: nothing more is delivered.
+    Stopped,
+}
+
+/// One strategy and its context, driven event by event.
+///
+/// Each event method sets the context's clock, calls the strategy if the phase
+/// allows, and says whether it did. After a call, the driver looks at
+/// [`Host::take_subscriptions_changed`] and at the context's
+/// [`Context::halt_reason`] and acts on them.
+///
+/// ```
+/// use chrono::Utc;
+/// use strategy_sdk::host::{Host, Phase};
+/// use strategy_sdk::{Context, ShutdownReason, Strategy, Tick};
+/// use uuid::Uuid;
+///
+/// struct Follow;
+/// impl Strategy for Follow {
+///     fn on_start(&mut self, ctx: &mut Context) {
+///         ctx.subscribe("BTC-USD");
+///     }
+///     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+///         ctx.set_metric("last", tick.price);
+///     }
+/// }
+///
+/// let mut host = Host::new(Uuid::nil(), "follow", Box::new(Follow));
+/// assert!(host.start(Utc::now()));
+/// assert!(host.take_subscriptions_changed());
+/// let tick = Tick {
+///     token: "BTC-USD".into(), price: 100.0, timestamp: Utc::now(),
+///     volume: None, bid: None, ask: None,
+/// };
+/// assert!(host.tick(&tick));
+/// assert!(host.pause(Utc::now()));
+/// assert!(!host.tick(&tick), "paused: the price is recorded, the tick not delivered");
+/// host.shutdown(Utc::now(), ShutdownReason::Stop);
+/// assert_eq!(host.phase(), Phase::Stopped);
+/// assert_eq!(host.metrics().extra["last"], 100.0);
+/// ```
+pub struct Host<S: Strategy + ?Sized = dyn Strategy> {
+    ctx: Context,
+    phase: Phase,
+    strategy: Box<S>,
+}
+
+impl<S: Strategy + ?Sized> Host<S> {
+    /// Host `strategy` (built by its constructor) for the strategy `strategy_id`.
+    pub fn new(strategy_id: Uuid, name: impl Into<String>, strategy: Box<S>) -> Self {
+        Host {
+            ctx: Context::new(strategy_id, name),
+            phase: Phase::Created,
+            strategy,
+        }
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    pub fn strategy(&self) -> &S {
+        &self.strategy
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// How often the strategy wants [`Host::timer`]; read again after a config update.
+    pub fn timer_interval(&self) -> Option<Duration> {
+        self.strategy.timer_interval()
+    }
+
+    /// `on_start`, once: `Created` → `Running`.
+    pub fn start(&mut self, now: DateTime<Utc>) -> bool {
+        if self.phase != Phase::Created {
+            return false;
+        }
+        self.phase = Phase::Running;
+        self.ctx.set_now(now);
+        self.strategy.on_start(&mut self.ctx);
+        true
+    }
+
+    /// Record the tick's price, then deliver it if running (the clock is the tick's
+    /// timestamp). True when the strategy saw it.
+    pub fn tick(&mut self, tick: &Tick) -> bool {
+        if self.phase == Phase::Stopped {
+            return false;
+        }
+        self.ctx.set_now(tick.timestamp);
+        self.ctx.mark_price(&tick.token, tick.price);
+        if self.phase != Phase::Running {
+            return false;
+        }
+        self.strategy.on_tick(&mut self.ctx, tick);
+        true
+    }
+
+    /// `on_timer`, if running.
+    pub fn timer(&mut self, now: DateTime<Utc>) -> bool {
+        if self.phase != Phase::Running {
+            return false;
+        }
+        self.ctx.set_now(now);
+        self.strategy.on_timer(&mut self.ctx);
+        true
+    }
+
+    /// `on_pause`, if running: `Running` → `Paused`.
+    pub fn pause(&mut self, now: DateTime<Utc>) -> bool {
+        if self.phase != Phase::Running {
+            return false;
+        }
+        self.phase = Phase::Paused;
+        self.ctx.set_now(now);
+        self.strategy.on_pause(&mut self.ctx);
+        true
+    }
+
+    /// `on_resume`, if paused: `Paused` → `Running`.
+    pub fn resume(&mut self, now: DateTime<Utc>) -> bool {
+        if self.phase != Phase::Paused {
+            return false;
+        }
+        self.phase = Phase::Running;
+        self.ctx.set_now(now);
+        self.strategy.on_resume(&mut self.ctx);
+        true
+    }
+
+    /// Hand the strategy a whole new config; on `Err` it keeps the old one.
+    pub fn update_config(&mut self, now: DateTime<Utc>, config: &Value) -> Result<(), ConfigError> {
+        self.ctx.set_now(now);
+        self.strategy.update_config(&mut self.ctx, config)
+    }
+
+    /// Close every open position at the last prices (a stop with `mode: flatten`);
+    /// the fills, and the positions it could not close.
+    pub fn flatten(&mut self, now: DateTime<Utc>) -> (Vec<Fill>, Vec<OrderError>) {
+        self.ctx.set_now(now);
+        self.ctx.flatten()
+    }
+
+    /// `on_shutdown`, once: → `Stopped`.
+    pub fn shutdown(&mut self, now: DateTime<Utc>, reason: ShutdownReason) -> bool {
+        if self.phase == Phase::Stopped {
+            return false;
+        }
+        self.phase = Phase::Stopped;
+        self.ctx.set_now(now);
+        self.strategy.on_shutdown(&mut self.ctx, reason);
+        true
+    }
+
+    /// Whether the subscriptions changed since the last call (and reset the flag).
+    pub fn take_subscriptions_changed(&mut self) -> bool {
+        self.ctx.take_subscriptions_changed()
+    }
+
+    /// PnL, counts and the strategy's custom metrics, as reported on
+    /// `strategy:metrics:{id}`.
+    pub fn metrics(&self) -> StrategyMetrics {
+        self.ctx.metrics()
+    }
+
+    /// Keep every fill from now on, for [`Host::take_fills`]. Off by default, so that
+    /// a long run keeps no history.
+    pub fn record_fills(&mut self) {
+        self.ctx.record_fills();
+    }
+
+    /// The fills since the last call (empty unless [`Host::record_fills`] was called).
+    pub fn take_fills(&mut self) -> Vec<Fill> {
+        self.ctx.take_fills()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts its callbacks and trades on every tick.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<&'static str>,
+    }
+
+    impl Strategy for Recorder {
+        fn on_start(&mut self, ctx: &mut Context) {
+            self.calls.push("start");
+            ctx.subscribe("BTC");
+        }
+        fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+            self.calls.push("tick");
+            ctx.buy(&tick.token, 1.0).unwrap();
+        }
+        fn on_timer(&mut self, _ctx: &mut Context) {
+            self.calls.push("timer");
+        }
+        fn on_pause(&mut self, _ctx: &mut Context) {
+            self.calls.push("pause");
+        }
+        fn on_resume(&mut self, _ctx: &mut Context) {
+            self.calls.push("resume");
+        }
+        fn on_shutdown(&mut self, _ctx: &mut Context, _reason: ShutdownReason) {
+            self.calls.push("shutdown");
+        }
+    }
+
+    fn tick(price: f64) -> Tick {
+        Tick {
+            token: "BTC".into(),
+            price,
+            timestamp: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            volume: None,
+            bid: None,
+            ask: None,
+        }
+    }
+
+    #[test]
+    fn phases_gate_the_callbacks() {
+        let now = Utc::now();
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Recorder::default()));
+        assert!(!host.tick(&tick(1.0)), "not started");
+        assert!(!host.timer(now));
+        assert!(host.start(now));
+        assert!(!host.start(now), "on_start runs once");
+        assert!(!host.resume(now), "not paused");
+        assert!(host.tick(&tick(10.0)));
+        assert!(host.timer(now));
+        assert!(host.pause(now));
+        assert!(!host.pause(now));
+        assert!(!host.tick(&tick(12.0)));
+        assert_eq!(host.context().last_price("BTC"), Some(12.0), "price kept");
+        assert_eq!(host.context().now(), tick(12.0).timestamp);
+        assert!(!host.timer(now));
+        assert!(host.resume(now));
+        assert!(host.shutdown(now, ShutdownReason::Stop));
+        assert!(
+            !host.shutdown(now, ShutdownReason::Stop),
+            "on_shutdown runs once"
+        );
+        assert!(!host.tick(&tick(13.0)));
+        assert_eq!(host.context().last_price("BTC"), Some(12.0));
+        assert_eq!(
+            host.strategy().calls,
+            ["start", "tick", "timer", "pause", "resume", "shutdown"]
+        );
+        assert_eq!(host.phase(), Phase::Stopped);
+    }
+
+    #[test]
+    fn subscription_changes_are_reported_once() {
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Recorder::default()));
+        assert!(!host.take_subscriptions_changed());
+        host.start(Utc::now());
+        assert!(host.take_subscriptions_changed());
+        assert!(!host.take_subscriptions_changed());
+    }
+
+    #[test]
+    fn fills_are_kept_only_when_asked_and_flatten_closes_all() {
+        let now = Utc::now();
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Recorder::default()));
+        host.start(now);
+        host.tick(&tick(10.0));
+        assert!(host.take_fills().is_empty(), "not recording");
+        host.record_fills();
+        host.tick(&tick(11.0));
+        let (fills, errors) = host.flatten(now);
+        assert!(errors.is_empty());
+        assert_eq!(fills.len(), 1);
+        let recorded = host.take_fills();
+        assert_eq!(recorded.len(), 2);
+        assert_eq!(recorded[1], fills[0]);
+        assert!(host.take_fills().is_empty());
+        let metrics = host.metrics();
+        assert_eq!(metrics.orders_count, 3);
+        assert_eq!(metrics.positions_count, 0);
+        assert_eq!(metrics.pnl, 1.0);
+    }
+}
