@@ -6,6 +6,7 @@ use crate::supervisor::{
     Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
 };
 use crate::Shared;
+use engine_protocol::backoff::Backoff;
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
 use engine_store::commands::{parse_command, CommandKind};
 use engine_store::manager::{self as db, CommandRow};
@@ -311,7 +312,7 @@ impl CommandIntake {
 /// Record the outcome, retrying while the database is away (until shutdown, after
 /// which the row stays `processing` and the next manager finishes it).
 async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), String>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match db::finish_command(&shared.pool, id, &result).await {
             Ok(written) => return shared.command_metrics.record(written.as_ref()),
@@ -319,9 +320,8 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), String>
                 tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -14,6 +14,8 @@
 //!   [`recorder`]: metrics into `strategy_metrics`.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
+//! - [`tasks`]: every background task is owned; one that panics or ends early stops
+//!   the manager with a non-zero exit (systemd restarts it; executors are adopted).
 //! - [`ctl`]: the `enginectl` operator tool (a database and Redis client).
 //!
 //! Architecture invariant: executors never touch the database; the manager is its
@@ -31,13 +33,15 @@ pub mod process;
 pub mod publisher;
 pub mod recorder;
 pub mod supervisor;
+pub mod tasks;
 
 use crate::config::{ManagerConfig, RestartPolicy};
 use crate::lease::{LeaseError, ManagerLease};
 use crate::link::{ControlServer, LinkRoutes};
 use crate::process::ExecutorProcess;
 use crate::publisher::Publisher;
-use crate::supervisor::{Initial, LiveEntry, StrategySupervisor};
+use crate::supervisor::{Initial, LiveEntry, StrategySupervisor, SupervisorHandle};
+use crate::tasks::{ManagerTasks, TaskFailure, Tasks};
 use engine_protocol::{Channels, Status};
 use engine_store::manager::{self as db, DbError, Desired};
 use sqlx::PgPool;
@@ -45,7 +49,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use config::LogFormat;
@@ -69,7 +72,8 @@ pub struct Shared {
     pub command_metrics: command_metrics::CommandMetrics,
     pub link_routes: LinkRoutes,
     pub cancel: CancellationToken,
-    pub tracker: TaskTracker,
+    /// Where every task that is not one of `run`'s own is spawned (see [`tasks`]).
+    pub tracker: Tasks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,10 @@ pub enum ManagerError {
     },
     #[error("cannot read strategies from the database")]
     Load(#[source] sqlx::Error),
+    #[error("cannot read the process table")]
+    ProcessTable(#[source] sysinfo::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
 }
 
 impl ManagerError {
@@ -119,7 +127,9 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Run the manager until `shutdown` fires.
+/// Run the manager until `shutdown` fires, or until one of its tasks fails (see
+/// [`tasks`]): then it stops the same graceful way and returns
+/// [`ManagerError::Task`], so that the binary exits non-zero.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
     let pool = db::connect(&config.database_url, 10).await?;
     db::migrate(&pool).await?;
@@ -132,42 +142,84 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
-    let redis_client = redis::Client::open(config.redis_url.as_str()).map_err(|source| {
-        ManagerError::RedisUrl {
-            url: engine_protocol::redact::redact_url(&config.redis_url),
-            source,
-        }
-    })?;
+    let redis_client = open_redis(&config.redis_url)?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let publisher_cancel = CancellationToken::new();
-    let publisher_tracker = TaskTracker::new();
-    let publisher = publisher::start(
+    let mut background = ManagerTasks::default();
+    let (publisher, publishing) = publisher::start(
         redis_client.clone(),
         &config.redis_url,
-        publisher_cancel.clone(),
-        &publisher_tracker,
+        background.last_cancel(),
     );
-    let executor_path = config.executor_path();
+    background.spawn_last("publisher", publishing);
     let claim_pool = db::connect_claimer(&config.database_url)?;
     let shared = Arc::new(Shared {
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
-        executor_path,
+        executor_path: config.executor_path(),
         config,
-        pool: pool.clone(),
-        claim_pool: claim_pool.clone(),
+        pool,
+        claim_pool,
         publisher,
         node,
-        boot_id: boot_id.clone(),
+        boot_id,
         live: Mutex::new(HashMap::new()),
         last_metrics: Mutex::new(HashMap::new()),
         command_metrics: Default::default(),
         link_routes: Arc::new(Mutex::new(HashMap::new())),
-        cancel: cancel.clone(),
-        tracker: tracker.clone(),
+        cancel: CancellationToken::new(),
+        tracker: background.tracker.clone(),
     });
+    log_start(&shared, is_boot);
+
+    let socket = shared.config.control_socket_path();
+    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
+        ManagerError::ControlSocket {
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    background.spawn("control socket", server.run(shared.cancel.clone()));
+    background.spawn("http", http::run(shared.clone(), redis_client.clone()));
+
+    let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;
+    let (supervisors, applied) =
+        start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;
+    let recorder = recorder::start(shared.clone(), redis_client);
+    let health =
+        health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;
+    background.spawn("health sampler", health.run());
+    let interval = shared.config.health_interval;
+    background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));
+    let intake = intake::CommandIntake::new(shared.clone(), supervisors);
+    background.spawn("command intake", intake.run(recovered, applied));
+
+    let failure = background.watch(&shutdown).await;
+    tracing::info!(
+        stop_strategies = shared.config.stop_strategies_on_exit,
+        "engine-manager shutting down"
+    );
+    shared.cancel.cancel();
+    let late = background.stop().await;
+    let _ = tokio::fs::remove_file(&socket).await;
+    shared.claim_pool.close().await;
+    shared.pool.close().await;
+    match failure.or(late) {
+        None => {
+            tracing::info!("engine-manager stopped");
+            Ok(())
+        }
+        Some(failure) => Err(ManagerError::Task(failure)),
+    }
+}
+
+fn open_redis(url: &str) -> Result<redis::Client, ManagerError> {
+    redis::Client::open(url).map_err(|source| ManagerError::RedisUrl {
+        url: engine_protocol::redact::redact_url(url),
+        source,
+    })
+}
+
+fn log_start(shared: &Shared, is_boot: bool) {
     tracing::info!(
         node = %shared.node,
         executor = %shared.executor_path.display(),
@@ -178,31 +230,29 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     if !shared.executor_path.is_file() {
         tracing::warn!(path = %shared.executor_path.display(), "executor binary not found; starts will fail until it exists (set --executor-path)");
     }
+}
 
-    let socket = shared.config.control_socket_path();
-    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
-        ManagerError::ControlSocket {
-            path: socket.clone(),
-            source,
-        }
-    })?;
-    tracker.spawn(server.run(cancel.clone()));
-    tracker.spawn(http::run(shared.clone(), redis_client.clone()));
-
-    // PostgreSQL may go away right now too: wait for it rather than exit.
-    let (rows, recovered, superseded) = loop {
+/// The strategies, the commands the previous manager left `processing`, and which of
+/// those each strategy is provably through (`(command, strategy)`). PostgreSQL may go
+/// away right now too: wait for it rather than exit (until `shutdown`).
+async fn load_until_ready(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<(Vec<db::StrategyRow>, Vec<db::CommandRow>, Vec<(Uuid, Uuid)>), ManagerError> {
+    let pool = &shared.pool;
+    loop {
         let loaded = async {
-            let recovered = db::load_processing(&pool).await?;
+            let recovered = db::load_processing(pool).await?;
             let superseded = if recovered.is_empty() {
                 Vec::new()
             } else {
-                db::superseded_recovered(&pool).await?
+                db::superseded_recovered(pool).await?
             };
-            shared.command_metrics.seed(&pool).await?;
-            Ok::<_, sqlx::Error>((db::load_strategies(&pool).await?, recovered, superseded))
+            shared.command_metrics.seed(pool).await?;
+            Ok::<_, sqlx::Error>((db::load_strategies(pool).await?, recovered, superseded))
         };
         match loaded.await {
-            Ok(loaded) => break loaded,
+            Ok(loaded) => return Ok(loaded),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read strategies yet; retrying every second");
                 tokio::select! {
@@ -211,9 +261,27 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
                 }
             }
         }
-    };
+    }
+}
+
+/// One supervisor per strategy row, each adopting its executor if one runs, and a
+/// SIGKILL for executors of strategies the database does not know. Returns the
+/// supervisors and, per recovered command, the strategies already through it.
+async fn start_supervisors(
+    shared: &Arc<Shared>,
+    is_boot: bool,
+    rows: Vec<db::StrategyRow>,
+    recovered: &[db::CommandRow],
+    superseded: Vec<(Uuid, Uuid)>,
+) -> (
+    HashMap<Uuid, SupervisorHandle>,
+    HashMap<Uuid, HashSet<Uuid>>,
+) {
     // The process table is the truth about what runs, whatever the rows say.
-    let mut found = process::scan_executors(&socket);
+    let socket = shared.config.control_socket_path();
+    let mut found = tokio::task::spawn_blocking(move || process::scan_executors(&socket))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
     let mut applied: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
     for (command_id, strategy_id) in superseded {
         applied.entry(command_id).or_default().insert(strategy_id);
@@ -224,14 +292,13 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         let desired = recovered_desired(
             Desired::parse(&row.desired_state),
             row.id,
-            &recovered,
+            recovered,
             &applied,
         );
-        let initial = initial_action(&shared, &row, is_boot, running, desired).await;
+        let initial = initial_action(shared, &row, is_boot, running, desired).await;
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
     }
-
     for (id, strays) in found {
         for (pid, ticks) in strays {
             kill_stray(
@@ -242,28 +309,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
             );
         }
     }
-
-    let recorder = recorder::start(shared.clone(), redis_client);
-    tracker.spawn(health::HealthSampler::new(shared.clone(), recorder).run());
-    tracker.spawn(lease.keep(shared.config.health_interval, cancel.clone()));
-    tracker.spawn(intake::CommandIntake::new(shared.clone(), supervisors).run(recovered, applied));
-    tracker.close();
-
-    shutdown.cancelled().await;
-    tracing::info!(
-        stop_strategies = shared.config.stop_strategies_on_exit,
-        "engine-manager shutting down"
-    );
-    cancel.cancel();
-    tracker.wait().await;
-    publisher_cancel.cancel();
-    publisher_tracker.close();
-    publisher_tracker.wait().await;
-    let _ = std::fs::remove_file(&socket);
-    claim_pool.close().await;
-    pool.close().await;
-    tracing::info!("engine-manager stopped");
-    Ok(())
+    (supervisors, applied)
 }
 
 /// SIGKILL an executor that must not run (checked to be the same process first).

@@ -182,9 +182,10 @@ impl StrategySupervisor {
             policy: shared.policy,
         };
         supervisor.apply_restart_policy(row_policy.as_ref());
+        let task = format!("supervisor of strategy {}", supervisor.name);
         shared
             .tracker
-            .spawn(supervisor.run(initial).instrument(span));
+            .spawn_named(task, supervisor.run(initial).instrument(span));
         SupervisorHandle { tx }
     }
 

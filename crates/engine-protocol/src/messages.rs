@@ -305,10 +305,7 @@ impl fmt::Display for ShutdownReason {
 
 /// The host name reported as `node`.
 pub fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    crate::procfs::hostname()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_string())
 }

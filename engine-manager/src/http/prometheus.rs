@@ -404,12 +404,10 @@ fn register_manager(registry: &mut Registry, state: &AppState, database_up: bool
     );
 }
 
-/// The manager's resident memory in bytes, from `/proc/self/status`.
+/// The manager's resident memory in bytes (`VmRSS`).
 fn own_resident_bytes() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
+    let kib = engine_protocol::procfs::rss_kib(std::process::id())?;
+    Some(kib as f64 * 1024.0)
 }
 
 /// `GET /metrics`.
