@@ -91,11 +91,7 @@ impl HealthSampler {
             return;
         }
         let dir = self.shared.config.logs_dir();
-        let Ok(report) =
-            tokio::task::spawn_blocking(move || log_rotation::rotate_dir(&dir, policy)).await
-        else {
-            return;
-        };
+        let report = crate::tasks::blocking(move || log_rotation::rotate_dir(&dir, policy)).await;
         for (path, size) in &report.rotated {
             self.rotation_failing.remove(path);
             tracing::info!(log = %path.display(), size = %log_rotation::format_size(*size), keep = policy.keep, "rotated an executor log");
@@ -154,20 +150,13 @@ impl HealthSampler {
             .processes
             .take()
             .expect("the sampler is put back after every sample");
-        let sampled = tokio::task::spawn_blocking(move || {
+        let (sampler, usage) = crate::tasks::blocking(move || {
             let usage = sampler.sample(&pids);
             (sampler, usage)
         })
         .await;
-        match sampled {
-            Ok((sampler, usage)) => {
-                self.processes = Some(sampler);
-                usage
-            }
-            // A panic in the sampler is a bug: it takes this task (and so the
-            // manager) down, see `crate::tasks`.
-            Err(err) => std::panic::resume_unwind(err.into_panic()),
-        }
+        self.processes = Some(sampler);
+        usage
     }
 
     /// The stale rule applied to each entry.

@@ -279,9 +279,7 @@ async fn start_supervisors(
 ) {
     // The process table is the truth about what runs, whatever the rows say.
     let socket = shared.config.control_socket_path();
-    let mut found = tokio::task::spawn_blocking(move || process::scan_executors(&socket))
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+    let mut found = tasks::blocking(move || process::scan_executors(&socket)).await;
     let mut applied: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
     for (command_id, strategy_id) in superseded {
         applied.entry(command_id).or_default().insert(strategy_id);

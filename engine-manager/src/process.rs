@@ -2,6 +2,7 @@
 //! process group), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
+use crate::tasks::blocking;
 use engine_protocol::procfs;
 use rustix::process::{Pid, Signal};
 use std::collections::HashMap;
@@ -224,14 +225,6 @@ impl ExecutorProcess {
     /// The last `lines` non-empty lines this run wrote to its log (stderr and stdout).
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log_path, self.log_offset, lines)
-    }
-}
-
-/// Run blocking `work` on the blocking pool; a panic in it is resumed here.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
 }
 

@@ -244,6 +244,16 @@ impl ManagerTasks {
     }
 }
 
+/// Run blocking `work` (file or `/proc` I/O) on the blocking pool and wait for it;
+/// a panic in it is resumed in the caller's task, so that it is reported as that
+/// task's.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 /// Until `shutdown` fires (`None`) or a task fails (`Some`, logged).
 pub async fn watch(
     shutdown: &CancellationToken,
