@@ -12,7 +12,8 @@ use engine_protocol::control::{ExecutorMessage, ManagerMessage, EXIT_BAD_CONFIG,
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind, StatusMessage};
 use engine_protocol::{ShutdownReason, Status, StopMode};
 use engine_store::commands::CommandKind;
-use engine_store::manager::{self as db, Desired, ObservedState};
+use engine_store::manager::{self as db, ObservedState};
+use engine_store::DesiredState;
 use rustix::process::Signal;
 use serde_json::Value;
 use std::future::pending;
@@ -50,10 +51,10 @@ pub struct SupervisorCommand {
 pub enum Initial {
     /// Nothing runs and nothing should.
     Idle,
-    /// Take over this live executor, then make it match `Desired`.
-    Adopt(Box<ExecutorProcess>, Desired),
+    /// Take over this live executor, then make it match `DesiredState`.
+    Adopt(Box<ExecutorProcess>, DesiredState),
     /// Start an executor (then pause it if `Paused`).
-    Start(Desired),
+    Start(DesiredState),
 }
 
 /// The public face of one running supervisor.
@@ -92,7 +93,7 @@ pub struct StrategySupervisor {
     db_dirty: bool,
     /// What operators asked for, kept here too: re-applied after a crash restart and
     /// written again if the database was away when it changed.
-    desired: Desired,
+    desired: DesiredState,
     operator_stopped: bool,
     desired_dirty: bool,
     /// Outcomes of commands applied while `desired_state` could not be written: a
@@ -139,10 +140,10 @@ impl StrategySupervisor {
             .lock()
             .expect("routes lock")
             .insert(row.id, link_tx);
-        let status = row.status.parse().unwrap_or(Status::Stopped);
+        let status = row.status;
         let desired = match &initial {
             Initial::Adopt(_, d) | Initial::Start(d) => *d,
-            Initial::Idle => Desired::parse(&row.desired_state),
+            Initial::Idle => row.desired_state,
         };
         let operator_stopped = row.operator_stopped;
         let row_policy = row.restart_policy.clone();
@@ -257,7 +258,7 @@ impl StrategySupervisor {
                 };
                 self.transition(status, Some("adopted"), None, None).await;
                 match desired {
-                    Desired::Stopped => {
+                    DesiredState::Stopped => {
                         let _ = self
                             .stop(
                                 engine_store::commands::DEFAULT_STOP_TIMEOUT,
@@ -267,12 +268,12 @@ impl StrategySupervisor {
                             )
                             .await;
                     }
-                    Desired::Paused if status == Status::Running => {
+                    DesiredState::Paused if status == Status::Running => {
                         let _ = self
                             .request(ExecutorCommandKind::Pause, None, Uuid::new_v4())
                             .await;
                     }
-                    Desired::Running if status == Status::Paused => {
+                    DesiredState::Running if status == Status::Paused => {
                         let _ = self
                             .request(ExecutorCommandKind::Resume, None, Uuid::new_v4())
                             .await;
@@ -281,7 +282,7 @@ impl StrategySupervisor {
                 }
             }
             Initial::Start(desired) => {
-                let paused = desired == Desired::Paused;
+                let paused = desired == DesiredState::Paused;
                 if let Err(failure) = self.start(None, "starting at manager start", paused).await {
                     self.after_failed_start(failure, None).await;
                 }
@@ -337,11 +338,11 @@ impl StrategySupervisor {
                 {
                     return Outcome::Done;
                 }
-                self.set_desired(Desired::Running, false).await;
+                self.set_desired(DesiredState::Running, false).await;
                 self.operator_start(id).await
             }
             CommandKind::Stop { timeout, mode } => {
-                self.set_desired(Desired::Stopped, true).await;
+                self.set_desired(DesiredState::Stopped, true).await;
                 self.stop(*timeout, *mode, ShutdownReason::Stop, id).await
             }
             CommandKind::Restart { timeout, mode } => {
@@ -352,7 +353,7 @@ impl StrategySupervisor {
                         return Outcome::Done;
                     }
                 }
-                self.set_desired(Desired::Running, false).await;
+                self.set_desired(DesiredState::Running, false).await;
                 match self
                     .stop(*timeout, *mode, ShutdownReason::Restart, id)
                     .await
@@ -363,7 +364,7 @@ impl StrategySupervisor {
             }
             CommandKind::Pause => match self.status {
                 Status::Paused => {
-                    self.set_desired(Desired::Paused, false).await;
+                    self.set_desired(DesiredState::Paused, false).await;
                     Ok(())
                 }
                 Status::Running => {
@@ -371,7 +372,7 @@ impl StrategySupervisor {
                     // not undo it at adoption), and back if the pause fails, so a
                     // failed pause leaves status and desired_state agreeing.
                     let before = (self.desired, self.operator_stopped);
-                    self.set_desired(Desired::Paused, false).await;
+                    self.set_desired(DesiredState::Paused, false).await;
                     let done = self
                         .request(ExecutorCommandKind::Pause, None, cmd.command_id)
                         .await;
@@ -386,12 +387,12 @@ impl StrategySupervisor {
             },
             CommandKind::Resume => match self.status {
                 Status::Running => {
-                    self.set_desired(Desired::Running, false).await;
+                    self.set_desired(DesiredState::Running, false).await;
                     Ok(())
                 }
                 Status::Paused => {
                     let before = (self.desired, self.operator_stopped);
-                    self.set_desired(Desired::Running, false).await;
+                    self.set_desired(DesiredState::Running, false).await;
                     let done = self
                         .request(ExecutorCommandKind::Resume, None, cmd.command_id)
                         .await;
@@ -978,8 +979,8 @@ impl StrategySupervisor {
             return;
         }
         let kind = match (self.status, self.desired) {
-            (Status::Running, Desired::Paused) => ExecutorCommandKind::Pause,
-            (Status::Paused, Desired::Running) => ExecutorCommandKind::Resume,
+            (Status::Running, DesiredState::Paused) => ExecutorCommandKind::Pause,
+            (Status::Paused, DesiredState::Running) => ExecutorCommandKind::Resume,
             _ => return,
         };
         tracing::info!(status = %self.status, desired = self.desired.as_str(), "bringing the executor back to the desired state");
@@ -989,7 +990,7 @@ impl StrategySupervisor {
     async fn restart_after_backoff(&mut self) {
         self.backoff_until = None;
         // It crashed while paused: it comes back paused, and never trades on the way.
-        let paused = self.desired == Desired::Paused;
+        let paused = self.desired == DesiredState::Paused;
         if let Err(failure) = self
             .start(None, "automatic restart after a crash", paused)
             .await
@@ -1033,7 +1034,7 @@ impl StrategySupervisor {
 
     // ---------------------------------------------------------------- recording
 
-    async fn set_desired(&mut self, desired: Desired, operator_stopped: bool) {
+    async fn set_desired(&mut self, desired: DesiredState, operator_stopped: bool) {
         self.desired = desired;
         self.operator_stopped = operator_stopped;
         self.write_desired().await;

@@ -9,6 +9,8 @@ use crate::probe::{self, ProcId};
 use crate::report::{num, summarize, Figure, Goal, Progress, Results};
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use engine_store::bench as db;
+use engine_store::{CommandStatus, CommandWord, Status};
 use rustix::process::Signal;
 use serde_json::json;
 use sqlx::Connection;
@@ -51,11 +53,11 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     for (i, id) in ids.iter().enumerate() {
         engine.status_feed.drain();
         let cmd = engine
-            .insert_command_timed(Some(*id), "start", json!({}))
+            .insert_command_timed(Some(*id), CommandWord::Start, json!({}))
             .await?;
         let seen = wait_running(engine, *id).await?;
         let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
-        if end.status != "executed" {
+        if end.status != CommandStatus::Executed {
             bail!("start of {id} ended {}: {:?}", end.status, end.error);
         }
         let executed = end.executed_at.context("executed without executed_at")?;
@@ -67,8 +69,8 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             s.to_first_running.push(ms(first, created));
             s.to_executed.push(ms(executed, created));
             let events = engine.events_of_command(cmd.id).await;
-            let at = |status: &str| events.iter().find(|(s, _)| s == status).map(|(_, at)| *at);
-            if let (Some(starting), Some(running)) = (at("starting"), at("running")) {
+            let at = |status: Status| events.iter().find(|(s, _)| *s == status).map(|(_, at)| *at);
+            if let (Some(starting), Some(running)) = (at(Status::Starting), at(Status::Running)) {
                 s.to_starting.push(ms(starting, created));
                 s.starting_to_running.push(ms(running, starting));
                 s.running_to_message.push(ms(seen.manager, running));
@@ -89,18 +91,14 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     let mut progress = Progress::new("claim", ids.len());
     for (i, id) in ids.iter().enumerate() {
         let cmd = engine
-            .insert_command_timed(Some(*id), "start", json!({}))
+            .insert_command_timed(Some(*id), CommandWord::Start, json!({}))
             .await?;
         let until = Utc::now() + chrono::Duration::seconds(30);
         let mut last_poll = cmd.committed_at;
         let claimed_at = loop {
-            let status: String =
-                sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
-                    .bind(cmd.id)
-                    .fetch_one(&mut poller)
-                    .await?;
+            let status = db::command_status(&mut poller, cmd.id).await?;
             let now = Utc::now();
-            if status != "pending" {
+            if status != CommandStatus::Pending {
                 if i >= WARMUP {
                     poll_gaps.push(ms(now, last_poll));
                 }
@@ -159,7 +157,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         wait_status(engine, *id, "running", true).await?;
         if i >= WARMUP {
             to_backoff.push(ms(backoff, killed_at));
-            if let Some(recorded) = engine.last_event(*id, "backoff").await {
+            if let Some(recorded) = engine.last_event(*id, Status::Backoff).await {
                 kill_to_recorded.push(ms(recorded, killed_at));
                 recorded_to_message.push(ms(backoff, recorded));
             }
@@ -179,7 +177,9 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     for (i, id) in ids.iter().enumerate() {
         let pid = engine.running_pid(*id).await?;
         let victim = ProcId::of(pid).with_context(|| format!("the executor of {id} is gone"))?;
-        let (cmd, created) = engine.insert_command(Some(*id), "stop", json!({})).await?;
+        let (cmd, created) = engine
+            .insert_command(Some(*id), CommandWord::Stop, json!({}))
+            .await?;
         let until = Instant::now() + EVENT_DEADLINE;
         let mut exited_at = None;
         let mut end = None;
@@ -202,7 +202,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let end = end.expect("loop ends with the row");
-        if end.status != "executed" {
+        if end.status != CommandStatus::Executed {
             bail!("stop of {id} ended {}: {:?}", end.status, end.error);
         }
         let exited = exited_at.expect("loop ends with the exit");
@@ -211,7 +211,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             to_stopped.push(ms(exited.max(executed), created));
             exit_to_executed.push(ms(executed, exited));
             let events = engine.events_of_command(cmd).await;
-            if let Some((_, stopping)) = events.iter().find(|(s, _)| s == "stopping") {
+            if let Some((_, stopping)) = events.iter().find(|(s, _)| *s == Status::Stopping) {
                 to_stopping.push(ms(*stopping, created));
                 stopping_to_exit.push(ms(exited, *stopping));
             }
