@@ -299,6 +299,59 @@ mod tests {
         db.drop().await;
     }
 
+    #[tokio::test]
+    async fn rows_carry_typed_words_and_refuse_unknown_ones() {
+        let db = TestDb::create().await;
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO strategy_configs (name, strategy_type) VALUES ('r', 't') RETURNING id",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let row = crate::manager::load_strategy(&db.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.status, row.desired_state),
+            (Status::Stopped, DesiredState::Stopped)
+        );
+        crate::manager::write_desired(&db.pool, id, DesiredState::Paused, false)
+            .await
+            .unwrap();
+        let record = crate::operator::strategy(&db.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.desired_state, DesiredState::Paused);
+        let cmd = crate::commands::insert_command_row(
+            &db.pool,
+            Some(id),
+            CommandWord::Pause,
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+        let progress = crate::operator::command_progress(&db.pool, &[cmd.id])
+            .await
+            .unwrap();
+        assert_eq!(progress[0].status, CommandStatus::Pending);
+        // strategy_events has no CHECK on its status columns: a word the manager
+        // never writes is refused when read, not shown as something else.
+        sqlx::query(
+            "INSERT INTO strategy_events (strategy_id, new_status, node) VALUES ($1, 'runing', 'n')",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        assert!(crate::operator::history(&db.pool, &record, 10)
+            .await
+            .is_err());
+        assert!(crate::api::recent_events(&db.pool, id, 10).await.is_err());
+        db.drop().await;
+    }
+
     async fn set(
         pool: &PgPool,
         column: &str,
