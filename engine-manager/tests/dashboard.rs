@@ -8,6 +8,8 @@
 //! It needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`ops/test.sh` installs
 //! them); without them it fails and says how to install them, it never skips.
 
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
 mod common;
 
 use common::{wait_for, TestEngine, DEADLINE};

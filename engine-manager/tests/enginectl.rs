@@ -2,6 +2,8 @@
 //! PostgreSQL and Redis, driving real executors. Also the manager's side of issue
 //! #5: stale strategies flagged in health, executor logs rotated.
 
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
 mod common;
 
 use common::{process_alive, wait_for, TestEngine, DEADLINE};

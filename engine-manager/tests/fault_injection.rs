@@ -24,16 +24,15 @@
 //! dozens of manager kills). `FAULT_SEED` replays a run. The figures are printed at the
 //! end (`--nocapture`); the manager's log is kept when `KEEP_FAULT_LOG` names a file.
 
-#[path = "common/private_engine.rs"]
-mod private_engine;
-#[path = "common/private_services.rs"]
-mod private_services;
+#![allow(clippy::too_many_lines)] // a test reads best as one story
 
-use private_engine::{
+mod common;
+
+use common::{
     executors_alive_together, executors_by_strategy, executors_in_proc, kill_all_executors,
-    sigkill, spawn_manager_binary, try_wait_for, workspace_binary, Operator,
+    sigkill, spawn_manager_binary, try_wait_for, workspace_bin, Operator, PgStop, PrivateServices,
+    RedisStop,
 };
-use private_services::{PgStop, PrivateServices, RedisStop};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -294,7 +293,7 @@ impl ManagerKeeper {
                 let exit = SelfExit {
                     code: status.code(),
                     was_up: slot.up,
-                    log_tail: private_services::log_tail(&self.log, 4),
+                    log_tail: common::private_services::log_tail(&self.log, 4),
                 };
                 self.figures.lock().unwrap().self_exits.push(exit);
                 slot.child = None;
@@ -488,10 +487,7 @@ fn history(rows: &[CommandRow], id: Uuid, n: usize) -> String {
 
 /// One strategy's row against the process table: `None` if they agree and the status
 /// is a steady one, else what is wrong.
-fn mismatch(
-    row: &private_engine::StrategyState,
-    procs: &HashMap<Uuid, Vec<u32>>,
-) -> Option<String> {
+fn mismatch(row: &common::StrategyState, procs: &HashMap<Uuid, Vec<u32>>) -> Option<String> {
     let live = procs.get(&row.id).cloned().unwrap_or_default();
     let pid = row.pid.map(|p| p as u32);
     let ok = match row.status.as_str() {
@@ -755,7 +751,7 @@ async fn run_suite(options: SuiteOptions) {
         ("ENGINE_STATE_DIR", state_dir.display().to_string()),
         (
             "ENGINE_EXECUTOR_PATH",
-            workspace_binary("strategy-executor").display().to_string(),
+            workspace_bin("strategy-executor").display().to_string(),
         ),
         ("ENGINE_HEALTH_INTERVAL", "500ms".into()),
         ("ENGINE_METRICS_INTERVAL", "1s".into()),
@@ -805,7 +801,7 @@ async fn run_suite(options: SuiteOptions) {
     assert!(
         keeper.wait_up().await,
         "the manager did not start:\n{}",
-        private_services::log_tail(&log, 30)
+        common::private_services::log_tail(&log, 30)
     );
 
     let mut ids = Vec::new();
@@ -1173,7 +1169,7 @@ impl Drop for Cleanup {
             eprintln!(
                 "manager log (all of it in {}), its tail:\n{}",
                 kept.display(),
-                private_services::log_tail(&self.log, 20)
+                common::private_services::log_tail(&self.log, 20)
             );
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);

@@ -3,16 +3,12 @@
 //! test's own private PostgreSQL and Redis. RELIABILITY.md lists them with their
 //! cause and fix.
 
-#[path = "common/private_engine.rs"]
-mod private_engine;
-#[path = "common/private_services.rs"]
-mod private_services;
+mod common;
 
-use private_engine::{
+use common::{
     executors_by_strategy, manager_env, process_alive, sigkill, spawn_manager_binary, try_wait_for,
-    wait_for, wait_lease, LogCapture, PrivateEngine, DEADLINE,
+    wait_for, wait_lease, LogCapture, PgStop, TestEngine, DEADLINE,
 };
-use private_services::PgStop;
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,12 +22,12 @@ const THROUGH_THE_OUTAGE: Duration = Duration::from_secs(90);
 /// trading by itself after a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_strategy_that_crashes_comes_back_paused() {
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.start_manager().await;
     let id = engine
         .start_heartbeats("hb-paused-crash", 1, json!({"interval_ms": 50}))
         .await[0];
-    engine.op.run_ok(Some(id), "pause", json!({})).await;
+    engine.op().run_ok(Some(id), "pause", json!({})).await;
     let pid = engine.live_pid(id).await;
 
     sigkill(pid);
@@ -39,7 +35,7 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
         "the strategy to be back, paused, after the crash",
         DEADLINE,
         || async {
-            let row = engine.op.try_state(id).await?;
+            let row = engine.op().try_state(id).await?;
             let back = row.pid.is_some() && row.pid != Some(pid as i32);
             (back && row.status == "paused").then_some(row)
         },
@@ -59,7 +55,7 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
          ORDER BY id",
     )
     .bind(id)
-    .fetch_all(&engine.op.pool)
+    .fetch_all(&engine.pool)
     .await
     .unwrap();
     let statuses: Vec<&str> = path.iter().map(|(s, _)| s.as_str()).collect();
@@ -79,7 +75,7 @@ async fn a_paused_strategy_that_crashes_comes_back_paused() {
 /// executors for one strategy, the first never stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats("hb-double", 1, json!({"interval_ms": 50}))
@@ -87,7 +83,7 @@ async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
     let pid = engine.live_pid(id).await;
     let socket = engine.control_socket();
 
-    engine.services.pg.stop(PgStop::Fast).await;
+    engine.services().pg.stop(PgStop::Fast).await;
     sigkill(pid);
     let outage = Instant::now();
     let orphan = wait_for(
@@ -107,11 +103,11 @@ async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
     // The manager dies before the database is back to record the new pid.
     manager.start_kill().unwrap();
     manager.wait().await.unwrap();
-    engine.services.pg.start_again().await;
+    engine.services().pg.start_again().await;
     let manager = respawn_manager(&engine, &env, &log).await;
 
     let settled = try_wait_for(DEADLINE, || async {
-        let row = engine.op.try_state(id).await?;
+        let row = engine.op().try_state(id).await?;
         let live = executors_by_strategy(&socket)
             .get(&id)
             .cloned()
@@ -120,7 +116,7 @@ async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
     })
     .await;
     let live = executors_by_strategy(&socket).get(&id).cloned();
-    let row = engine.op.state(id).await;
+    let row = engine.op().state(id).await;
     drop(manager);
     assert!(
         settled.is_some(),
@@ -139,7 +135,7 @@ async fn an_executor_spawned_during_a_database_outage_is_not_doubled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_applied_during_a_database_outage_is_remembered() {
     let log = LogCapture::install();
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.config.ack_timeout = Duration::from_secs(6);
     engine.start_manager().await;
     let id = engine
@@ -151,7 +147,7 @@ async fn a_stop_applied_during_a_database_outage_is_remembered() {
     // ack), so the stop behind it starts while the database is down.
     let frozen = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(frozen, rustix::process::Signal::STOP).unwrap();
-    let op = &engine.op;
+    let op = &engine.op();
     let _update = op
         .command(Some(id), "update", json!({"config": {"interval_ms": 70}}))
         .await;
@@ -168,7 +164,7 @@ async fn a_stop_applied_during_a_database_outage_is_remembered() {
     })
     .await;
     let mark = log.mark();
-    engine.services.pg.stop(PgStop::Fast).await;
+    engine.services().pg.stop(PgStop::Fast).await;
     wait_for(
         "the stop to try to record desired_state",
         THROUGH_THE_OUTAGE,
@@ -180,12 +176,12 @@ async fn a_stop_applied_during_a_database_outage_is_remembered() {
         },
     )
     .await;
-    engine.services.pg.start_again().await;
+    engine.services().pg.start_again().await;
 
-    let out = engine.op.outcome(stop, THROUGH_THE_OUTAGE).await;
+    let out = engine.op().outcome(stop, THROUGH_THE_OUTAGE).await;
     assert_eq!(out.status, "executed", "{:?}", out.error);
     assert!(!process_alive(pid), "stop executed but {pid} lives");
-    let row = engine.op.state(id).await;
+    let row = engine.op().state(id).await;
     assert_eq!(row.status, "stopped");
     assert_eq!(
         row.desired_state, "stopped",
@@ -206,13 +202,13 @@ async fn a_stop_applied_during_a_database_outage_is_remembered() {
 /// (and nothing else), as a write lost to a blip would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_whose_desired_state_was_not_recorded_is_neither_executed_nor_undone() {
-    let engine = PrivateEngine::new().await;
+    let engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats("hb-desired-first", 1, json!({"interval_ms": 50}))
         .await[0];
     let pid = engine.live_pid(id).await;
-    let op = &engine.op;
+    let op = &engine.op();
     refuse_desired_state_changes(&op.pool).await;
     let last_event: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM strategy_events")
         .fetch_one(&op.pool)
@@ -282,7 +278,7 @@ async fn a_stop_whose_desired_state_was_not_recorded_is_neither_executed_nor_und
 /// The real `engine-manager` binary as a subprocess (so it can be SIGKILLed), once it
 /// holds the lease: its environment, its log file, the process.
 async fn binary_manager(
-    engine: &PrivateEngine,
+    engine: &TestEngine,
 ) -> (
     Vec<(String, String)>,
     std::path::PathBuf,
@@ -296,12 +292,12 @@ async fn binary_manager(
 
 /// A new manager process with the same environment and log, once it holds the lease.
 async fn respawn_manager(
-    engine: &PrivateEngine,
+    engine: &TestEngine,
     env: &[(String, String)],
     log: &std::path::Path,
 ) -> tokio::process::Child {
     let manager = spawn_manager_binary(env, log);
-    wait_lease(&engine.op, manager.id().unwrap(), DEADLINE).await;
+    wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
     manager
 }
 
@@ -360,13 +356,13 @@ async fn events_since(
 /// so the pause's outcome is held and the manager is killed with it `processing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_pause_is_not_undone_at_adoption() {
-    let engine = PrivateEngine::new().await;
+    let engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats("hb-pause-recovered", 1, json!({"interval_ms": 50}))
         .await[0];
     let pid = engine.live_pid(id).await;
-    let op = &engine.op;
+    let op = &engine.op();
     refuse_desired_state_changes(&op.pool).await;
     let mark = last_event_id(&op.pool).await;
     let pause = op.command(Some(id), "pause", json!({})).await;
@@ -420,13 +416,13 @@ async fn a_recovered_pause_is_not_undone_at_adoption() {
 /// have been through it (or through a later command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_global_stop_does_not_undo_a_later_start() {
-    let engine = PrivateEngine::new().await;
+    let engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let ids = engine
         .start_heartbeats("hb-global-recovered", 2, json!({"interval_ms": 50}))
         .await;
     let (slow, quick) = (ids[0], ids[1]);
-    let op = &engine.op;
+    let op = &engine.op();
     // A frozen executor holds the global stop up (it waits out its grace period).
     let frozen = engine.live_pid(slow).await;
     let frozen_pid = rustix::process::Pid::from_raw(frozen as i32).unwrap();
@@ -473,12 +469,12 @@ async fn a_recovered_global_stop_does_not_undo_a_later_start() {
 /// manager is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_update_does_not_undo_a_later_update() {
-    let engine = PrivateEngine::new().await;
+    let engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats("hb-update-recovered", 1, json!({"interval_ms": 50}))
         .await[0];
-    let op = &engine.op;
+    let op = &engine.op();
     sqlx::raw_sql(
         "CREATE FUNCTION hold_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
            IF NEW.command = 'update' AND NEW.parameters->'config'->>'interval_ms' = '70' \
@@ -530,7 +526,7 @@ async fn a_recovered_update_does_not_undo_a_later_update() {
 /// `started_at` is the spawn's time, recorded with `starting`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_restart_whose_executor_is_starting_is_not_restarted_again() {
-    let engine = PrivateEngine::new().await;
+    let engine = TestEngine::on_private_services().await;
     let (env, log, mut manager) = binary_manager(&engine).await;
     let id = engine
         .start_heartbeats(
@@ -539,7 +535,7 @@ async fn a_recovered_restart_whose_executor_is_starting_is_not_restarted_again()
             json!({"interval_ms": 50, "start_delay_ms": 1500}),
         )
         .await[0];
-    let op = &engine.op;
+    let op = &engine.op();
     let first = engine.live_pid(id).await;
     let restart = op.command(Some(id), "restart", json!({})).await;
     let spawned = wait_for(
@@ -580,7 +576,7 @@ async fn a_recovered_restart_whose_executor_is_starting_is_not_restarted_again()
 /// after its restart delay (100 ms here). The contract's 5 s is the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_database_outage_is_restarted_without_the_database() {
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.start_manager().await;
     let id = engine
         .start_heartbeats("hb-crash-outage", 1, json!({"interval_ms": 50}))
@@ -588,7 +584,7 @@ async fn a_crash_during_a_database_outage_is_restarted_without_the_database() {
     let pid = engine.live_pid(id).await;
     let socket = engine.control_socket();
 
-    engine.services.pg.stop(PgStop::Fast).await;
+    engine.services().pg.stop(PgStop::Fast).await;
     sigkill(pid);
     let crashed = Instant::now();
     let restarted = try_wait_for(Duration::from_secs(5), || async {
@@ -609,7 +605,7 @@ async fn a_crash_during_a_database_outage_is_restarted_without_the_database() {
             .await
         }
     };
-    engine.services.pg.start_again().await;
+    engine.services().pg.start_again().await;
     assert!(
         restarted.is_some(),
         "no new executor {:.1}s after the crash (one came after {:?})",
@@ -628,10 +624,10 @@ async fn a_crash_during_a_database_outage_is_restarted_without_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_killed_in_its_start_up_is_retried() {
     use std::os::unix::fs::PermissionsExt;
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     // An executor that takes a second to start: a window to kill it in its start-up.
     let wrapper = engine.state_dir.join("slow-executor.sh");
-    let real = private_engine::workspace_binary("strategy-executor");
+    let real = common::workspace_bin("strategy-executor");
     std::fs::write(
         &wrapper,
         format!("#!/bin/sh\nsleep 1\nexec '{}' \"$@\"\n", real.display()),
@@ -641,11 +637,11 @@ async fn a_start_killed_in_its_start_up_is_retried() {
     engine.config.executor_path = Some(wrapper.clone());
     engine.start_manager().await;
     let id = engine
-        .op
+        .op()
         .add_strategy("hb-start-killed", "heartbeat", json!({"interval_ms": 50}))
         .await;
 
-    let start = engine.op.command(Some(id), "start", json!({})).await;
+    let start = engine.op().command(Some(id), "start", json!({})).await;
     let starting = wait_for("the executor in its start-up", DEADLINE, || async {
         let wrapper = wrapper.to_string_lossy().to_string();
         std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -657,16 +653,16 @@ async fn a_start_killed_in_its_start_up_is_retried() {
     })
     .await;
     sigkill(starting);
-    let out = engine.op.outcome(start, DEADLINE).await;
+    let out = engine.op().outcome(start, DEADLINE).await;
     println!("the start ended {}: {:?}", out.status, out.error);
 
     let settled = try_wait_for(DEADLINE, || async {
-        let row = engine.op.try_state(id).await?;
+        let row = engine.op().try_state(id).await?;
         let pid = row.pid? as u32;
         (row.status == "running" && process_alive(pid)).then_some(row)
     })
     .await;
-    let row = engine.op.state(id).await;
+    let row = engine.op().state(id).await;
     assert!(
         settled.is_some(),
         "desired_state is {} but the strategy is {} (last_error: {:?})",
@@ -685,14 +681,14 @@ async fn a_start_killed_in_its_start_up_is_retried() {
 /// after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_command_is_not_applied_again_after_later_commands() {
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.config.ack_timeout = Duration::from_secs(5);
     engine.start_manager().await;
     let ids = engine
         .start_heartbeats("hb-global", 2, json!({"interval_ms": 50}))
         .await;
     let (paused, slow) = (ids[0], ids[1]);
-    let op = &engine.op;
+    let op = &engine.op();
     op.run_ok(Some(paused), "pause", json!({})).await;
 
     // The slow one holds the global command back: its executor is frozen and an

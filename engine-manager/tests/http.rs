@@ -3,6 +3,8 @@
 //! Prometheus parser, the command API end to end (row inserted, outcome read back),
 //! the bearer token, the Host/Origin guard, and the server-sent-events relay.
 
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
 mod common;
 
 use common::{wait_for, TestEngine, DEADLINE};

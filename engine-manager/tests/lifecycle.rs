@@ -2,6 +2,8 @@
 //! across a manager restart, one manager per database, commands left `processing`,
 //! health/metrics/state on Redis, a strategy that halts itself.
 
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
 mod common;
 
 use common::{process_alive, wait_for, TestEngine, DEADLINE};
@@ -40,7 +42,7 @@ async fn auto_start_at_boot_respects_operator_stops() {
     engine.run_ok(Some(manual), "start", json!({})).await;
     let old_pid = engine.state(auto).await.pid;
     engine.stop_manager().await;
-    common::kill_executors(&engine.state_dir); // the reboot killed every process
+    engine.kill_executors(); // the reboot killed every process
     sqlx::query("UPDATE engine_manager_lease SET boot_id = 'previous-boot'")
         .execute(&engine.pool)
         .await

@@ -13,16 +13,14 @@
 //! capture and the machine's two cores. Figures (how long each recovery took) are
 //! printed, not asserted; run with `--nocapture` to see them.
 
-#[path = "common/private_engine.rs"]
-mod private_engine;
-#[path = "common/private_services.rs"]
-mod private_services;
+#![allow(clippy::too_many_lines)] // a test reads best as one story
 
-use private_engine::{
-    executors_by_strategy, process_alive, sigkill, try_wait_for, wait_for, LogCapture,
-    PrivateEngine, DEADLINE,
+mod common;
+
+use common::{
+    executors_by_strategy, process_alive, sigkill, try_wait_for, wait_for, LogCapture, PgStop,
+    RedisStop, TestEngine, DEADLINE,
 };
-use private_services::{PgStop, RedisStop};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -90,7 +88,7 @@ impl Drop for Collector {
 async fn redis_outage_keeps_strategies_and_commands_working() {
     let _serial = SERIAL.lock().await;
     LogCapture::install();
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.start_manager().await;
     let token = "OUTAGE-TKN";
     let cfg = json!({"interval_ms": 50, "token": token});
@@ -101,37 +99,37 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
         pids.insert(*id, engine.live_pid(*id).await);
     }
 
-    engine.services.redis.stop(RedisStop::Kill).await;
+    engine.services().redis.stop(RedisStop::Kill).await;
     let outage_start = Instant::now();
     let outage_len = outage(REDIS_OUTAGE);
 
     // Commands during the outage take effect and end `executed`.
     let t = Instant::now();
     engine
-        .op
+        .op()
         .run_ok(Some(cycled), "stop", json!({"timeout_s": 5}))
         .await;
     assert!(
         !process_alive(pids[&cycled]),
         "stop executed but the executor lives"
     );
-    engine.op.run_ok(Some(cycled), "start", json!({})).await;
+    engine.op().run_ok(Some(cycled), "start", json!({})).await;
     let new_pid = engine.live_pid(cycled).await;
     assert_ne!(new_pid, pids[&cycled]);
     pids.insert(cycled, new_pid);
-    engine.op.run_ok(Some(paused), "pause", json!({})).await;
-    assert_eq!(engine.op.state(paused).await.status, "paused");
+    engine.op().run_ok(Some(paused), "pause", json!({})).await;
+    assert_eq!(engine.op().state(paused).await.status, "paused");
     engine
-        .op
+        .op()
         .run_ok(
             Some(updated),
             "update",
             json!({"config": {"interval_ms": 70}}),
         )
         .await;
-    assert_eq!(engine.op.state(updated).await.config["interval_ms"], 70);
-    engine.op.run_ok(Some(paused), "resume", json!({})).await;
-    engine.op.run_ok(Some(paused), "pause", json!({})).await;
+    assert_eq!(engine.op().state(updated).await.config["interval_ms"], 70);
+    engine.op().run_ok(Some(paused), "resume", json!({})).await;
+    engine.op().run_ok(Some(paused), "pause", json!({})).await;
     println!(
         "redis outage: stop, start, pause, update, resume, pause executed in {:.2}s",
         t.elapsed().as_secs_f64()
@@ -144,7 +142,7 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
             process_alive(pids[id]),
             "executor of {id} died during the outage"
         );
-        assert_eq!(engine.op.state(*id).await.pid, Some(pids[id] as i32));
+        assert_eq!(engine.op().state(*id).await.pid, Some(pids[id] as i32));
     }
     assert!(
         engine.manager_running(),
@@ -152,7 +150,7 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
     );
     assert!(process_alive(pids[&steady]) && process_alive(pids[&steady2]));
 
-    engine.services.redis.start_again().await;
+    engine.services().redis.start_again().await;
     let back = Instant::now();
     let health = Collector::start(&engine.redis, "strategy:health").await;
     let engine_health = Collector::start(&engine.redis, "engine:health").await;
@@ -174,9 +172,9 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
     .await;
 
     // Every state hash is rewritten (Redis came back empty) and says what the rows say.
-    let conn = wait_for("a redis connection", DEADLINE, || engine.redis_conn()).await;
+    let conn = wait_for("a redis connection", DEADLINE, || engine.try_redis_conn()).await;
     for id in &ids {
-        let row = engine.op.state(*id).await;
+        let row = engine.op().state(*id).await;
         let key = engine.channels.state_key(*id);
         let hash: HashMap<String, String> =
             wait_for(&format!("the state hash of {}", row.name), DEADLINE, || {
@@ -242,7 +240,7 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
 
     // Status messages flow again on the next transition, and commands still work.
     let status = Collector::start(&engine.redis, "strategy:status:*").await;
-    engine.op.run_ok(Some(paused), "resume", json!({})).await;
+    engine.op().run_ok(Some(paused), "resume", json!({})).await;
     wait_for("a status message after the outage", DEADLINE, || async {
         status
             .any(|c, m| c == engine.channels.status(paused) && m["status"] == "running")
@@ -260,7 +258,7 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
         ticks_back.as_secs_f64()
     );
     for id in &ids {
-        assert_eq!(engine.op.state(*id).await.pid, Some(pids[id] as i32));
+        assert_eq!(engine.op().state(*id).await.pid, Some(pids[id] as i32));
     }
     engine.finish().await;
 }
@@ -269,12 +267,12 @@ async fn redis_outage_keeps_strategies_and_commands_working() {
 async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
     let _serial = SERIAL.lock().await;
     let log = LogCapture::install();
-    let mut engine = PrivateEngine::new().await;
+    let mut engine = TestEngine::on_private_services().await;
     engine.start_manager().await;
     let cfg = json!({"interval_ms": 50});
     let ids = engine.start_heartbeats("hb-pg", 3, cfg).await;
     let (steady, paused, crashed) = (ids[0], ids[1], ids[2]);
-    engine.op.run_ok(Some(paused), "pause", json!({})).await;
+    engine.op().run_ok(Some(paused), "pause", json!({})).await;
     let mut pids = HashMap::new();
     for id in &ids {
         pids.insert(*id, engine.live_pid(*id).await);
@@ -283,7 +281,7 @@ async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
 
     let mark = log.mark();
     let outage_from = chrono::Utc::now();
-    engine.services.pg.stop(PgStop::Fast).await;
+    engine.services().pg.stop(PgStop::Fast).await;
     let outage_start = Instant::now();
     let outage_len = outage(PG_OUTAGE);
 
@@ -312,11 +310,11 @@ async fn postgres_outage_keeps_strategies_running_and_commands_resume() {
     let during: Vec<String> = log.lines_since(mark);
 
     let outage_to = chrono::Utc::now();
-    engine.services.pg.start_again().await;
+    engine.services().pg.start_again().await;
     let back = Instant::now();
 
     // Commands inserted after it is back are executed.
-    let op = &engine.op;
+    let op = &engine.op();
     let resume = wait_for("the operator's connection", DEADLINE, || async {
         op.try_command(Some(paused), "resume", &json!({}))
             .await

@@ -3,7 +3,8 @@
 //! every rejection must explain itself.
 
 use engine_manager::recorder::parse_metrics;
-use engine_protocol::control::ExecutorMessage;
+use engine_protocol::control::{encode_frame, ExecutorMessage, MAX_FRAME_BYTES};
+use engine_protocol::messages::Status;
 use engine_protocol::Channels;
 use engine_store::commands::parse_command;
 use proptest::prelude::*;
@@ -39,6 +40,62 @@ fn arb_json() -> impl Strategy<Value = Value> {
             .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<String, Value>>())),
         ]
     })
+}
+
+fn arb_status() -> impl Strategy<Value = Status> {
+    prop::sample::select(Status::ALL.to_vec())
+}
+
+fn arb_uuid() -> impl Strategy<Value = Uuid> {
+    any::<u128>().prop_map(Uuid::from_u128)
+}
+
+/// Any frame an executor may send, text fields included (quotes, newlines, unicode).
+fn arb_executor_message() -> impl Strategy<Value = ExecutorMessage> {
+    prop_oneof![
+        (arb_uuid(), any::<u32>(), arb_status()).prop_map(|(strategy_id, pid, status)| {
+            ExecutorMessage::Hello {
+                strategy_id,
+                pid,
+                status,
+            }
+        }),
+        (
+            arb_status(),
+            prop::option::of(any::<String>()),
+            prop::option::of(arb_uuid())
+        )
+            .prop_map(|(status, reason, command_id)| ExecutorMessage::State {
+                status,
+                reason,
+                command_id,
+            }),
+        (arb_uuid(), any::<bool>(), prop::option::of(any::<String>())).prop_map(
+            |(command_id, ok, error)| ExecutorMessage::Ack {
+                command_id,
+                ok,
+                error,
+            }
+        ),
+        any::<String>().prop_map(|reason| ExecutorMessage::Halted { reason }),
+    ]
+}
+
+/// A decoded frame is either a message that survives its own round trip, or an error
+/// that says what is wrong.
+fn check_frame_decode(
+    decoded: Result<ExecutorMessage, serde_json::Error>,
+) -> Result<(), TestCaseError> {
+    match decoded {
+        Ok(msg) => {
+            let frame = encode_frame(&msg);
+            let back: ExecutorMessage = serde_json::from_slice(&frame[..frame.len() - 1])
+                .map_err(|e| TestCaseError::fail(format!("re-encoded frame rejected: {e}")))?;
+            prop_assert_eq!(back, msg);
+        }
+        Err(e) => prop_assert!(e.to_string().len() > 10, "terse error: {}", e),
+    }
+    Ok(())
 }
 
 fn arb_word() -> impl Strategy<Value = String> {
@@ -95,9 +152,26 @@ proptest! {
     }
 
     #[test]
+    fn control_frames_round_trip(msg in arb_executor_message()) {
+        let frame = encode_frame(&msg);
+        prop_assert_eq!(frame.last(), Some(&b'\n'));
+        let line = &frame[..frame.len() - 1];
+        prop_assert!(!line.contains(&b'\n'), "a frame is one line");
+        prop_assert!(frame.len() <= MAX_FRAME_BYTES);
+        let back: ExecutorMessage = serde_json::from_slice(line).expect("a valid frame decodes");
+        prop_assert_eq!(back, msg);
+    }
+
+    #[test]
     fn control_frames_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256), value in arb_json()) {
-        let _ = serde_json::from_slice::<ExecutorMessage>(&bytes);
-        let _ = serde_json::from_value::<ExecutorMessage>(value);
+        check_frame_decode(serde_json::from_slice::<ExecutorMessage>(&bytes))?;
+        check_frame_decode(serde_json::from_value::<ExecutorMessage>(value.clone()))?;
+        // A JSON object that names a frame type but may lack or mistype its fields.
+        for kind in ["hello", "state", "ack", "halted", "bogus"] {
+            let mut object = value.as_object().cloned().unwrap_or_default();
+            object.insert("type".into(), json!(kind));
+            check_frame_decode(serde_json::from_value::<ExecutorMessage>(Value::Object(object)))?;
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rustix::process::Signal;
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -369,7 +369,7 @@ impl BenchEngine {
     /// commands.
     pub async fn start(
         args: &BenchArgs,
-        binaries: &crate::engine::Binaries,
+        binaries: &Binaries,
         registry: &CleanupRegistry,
         options: EngineOptions,
     ) -> anyhow::Result<BenchEngine> {
@@ -391,30 +391,8 @@ impl BenchEngine {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("cannot create {}", state_dir.display()))?;
 
-        let admin = manager::connect_options(&args.database_url)?;
-        manager::create_database(&admin, &db_name)
-            .await
-            .context("is PostgreSQL running? (bash ops/ensure-services.sh)")?;
-        let db_url = database_url_for(&args.database_url, &db_name)?;
-
-        let migrate = tokio::process::Command::new(&binaries.manager)
-            .arg("--migrate-only")
-            .env("DATABASE_URL", &db_url)
-            .env("ENGINE_STATE_DIR", &state_dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output();
-        let migrate = tokio::time::timeout(Duration::from_secs(60), migrate)
-            .await
-            .context("engine-manager --migrate-only took over 60 s")?
-            .context("cannot run engine-manager --migrate-only")?;
-        if !migrate.status.success() {
-            bail!(
-                "engine-manager --migrate-only failed ({}): {}",
-                migrate.status,
-                String::from_utf8_lossy(&migrate.stderr).trim()
-            );
-        }
+        let db_url = create_database(&args.database_url, &db_name).await?;
+        migrate(binaries, &db_url, &state_dir).await?;
 
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -427,42 +405,7 @@ impl BenchEngine {
         let channels = Channels::new(prefix.clone());
         let status_feed = Feed::subscribe(&redis, &channels.status_pattern()).await?;
 
-        let log_path = state_dir.join("manager.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let log2 = log.try_clone()?;
-        let mut command = tokio::process::Command::new(&binaries.manager);
-        command
-            .env("DATABASE_URL", &db_url)
-            .env("REDIS_URL", &args.redis_url)
-            .env("ENGINE_REDIS_PREFIX", &prefix)
-            .env("ENGINE_STATE_DIR", &state_dir)
-            .env("ENGINE_EXECUTOR_PATH", &binaries.executor)
-            // The HTTP API (where the manager has one) on a free port, so that
-            // several engines never fight over the default one.
-            .env("ENGINE_HTTP_ADDR", "127.0.0.1:0")
-            .env(
-                "RUST_LOG",
-                std::env::var("ENGINE_BENCH_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .process_group(0)
-            .kill_on_drop(true);
-        let intervals = [
-            ("ENGINE_HEALTH_INTERVAL", options.health_interval),
-            ("ENGINE_METRICS_INTERVAL", options.metrics_interval),
-            ("ENGINE_RESTART_DELAY", options.restart_delay),
-        ];
-        for (var, value) in intervals {
-            if let Some(value) = value {
-                command.env(var, format!("{}ms", value.as_millis()));
-            }
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot run {}", binaries.manager.display()))?;
+        let child = spawn_manager(args, binaries, &db_url, &prefix, &state_dir, &options)?;
         let pid = child.id().context("the manager exited at once")?;
         let manager = ProcId::of(pid).unwrap_or(ProcId {
             pid,
@@ -734,4 +677,84 @@ async fn create_strategies(pool: &PgPool, specs: &[StrategySpec]) -> anyhow::Res
                 .with_context(|| format!("strategy {} was not created", s.name))
         })
         .collect()
+}
+
+/// Create the bench's own database through the admin URL; its URL.
+async fn create_database(admin_url: &str, db_name: &str) -> anyhow::Result<String> {
+    let admin = manager::connect_options(admin_url)?;
+    manager::create_database(&admin, db_name)
+        .await
+        .context("is PostgreSQL running? (bash ops/ensure-services.sh)")?;
+    database_url_for(admin_url, db_name)
+}
+
+/// Apply the migrations the way an operator does: `engine-manager --migrate-only`.
+async fn migrate(binaries: &Binaries, db_url: &str, state_dir: &Path) -> anyhow::Result<()> {
+    let migrate = tokio::process::Command::new(&binaries.manager)
+        .arg("--migrate-only")
+        .env("DATABASE_URL", db_url)
+        .env("ENGINE_STATE_DIR", state_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output();
+    let migrate = tokio::time::timeout(Duration::from_secs(60), migrate)
+        .await
+        .context("engine-manager --migrate-only took over 60 s")?
+        .context("cannot run engine-manager --migrate-only")?;
+    if !migrate.status.success() {
+        bail!(
+            "engine-manager --migrate-only failed ({}): {}",
+            migrate.status,
+            String::from_utf8_lossy(&migrate.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Start the `engine-manager` binary on the bench's database and Redis prefix, in its
+/// own process group, its output in `{state_dir}/manager.log`.
+fn spawn_manager(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    db_url: &str,
+    prefix: &str,
+    state_dir: &Path,
+    options: &EngineOptions,
+) -> anyhow::Result<Child> {
+    let log_path = state_dir.join("manager.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log2 = log.try_clone()?;
+    let mut command = tokio::process::Command::new(&binaries.manager);
+    command
+        .env("DATABASE_URL", db_url)
+        .env("REDIS_URL", &args.redis_url)
+        .env("ENGINE_REDIS_PREFIX", prefix)
+        .env("ENGINE_STATE_DIR", state_dir)
+        .env("ENGINE_EXECUTOR_PATH", &binaries.executor)
+        // The HTTP API (where the manager has one) on a free port, so that
+        // several engines never fight over the default one.
+        .env("ENGINE_HTTP_ADDR", "127.0.0.1:0")
+        .env(
+            "RUST_LOG",
+            std::env::var("ENGINE_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(true);
+    let intervals = [
+        ("ENGINE_HEALTH_INTERVAL", options.health_interval),
+        ("ENGINE_METRICS_INTERVAL", options.metrics_interval),
+        ("ENGINE_RESTART_DELAY", options.restart_delay),
+    ];
+    for (var, value) in intervals {
+        if let Some(value) = value {
+            command.env(var, format!("{}ms", value.as_millis()));
+        }
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot run {}", binaries.manager.display()))
 }

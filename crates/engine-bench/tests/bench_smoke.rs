@@ -3,6 +3,8 @@
 //! that it completes, prints its table and writes its JSON, and leaves nothing
 //! behind. No timing is asserted: debug builds on a shared machine measure nothing.
 
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -11,6 +11,8 @@
 //!   `strategy_id`).
 //! - [`redact`]: credentials never reach a log line.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names).
+//! - `validate` (feature `validate`): asking the executor binary whether a config is
+//!   acceptable (`--validate`), for the manager and `enginectl`.
 //!
 //! Strategy authors never need this crate: `strategy-sdk` re-exports the one type they
 //! touch ([`Tick`]).
@@ -20,6 +22,8 @@ pub mod inbound;
 pub mod messages;
 pub mod redact;
 pub mod state_dir;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 pub use messages::*;
 

@@ -400,6 +400,24 @@ impl SimConfig {
 
     /// Check the flags and fill in defaults (a random seed if none was given).
     pub fn from_flags(flags: Flags) -> Result<Self, SimError> {
+        let tokens = Self::tokens_from_flags(&flags)?;
+        Self::check_ranges(&flags)?;
+        Ok(SimConfig {
+            redis_url: flags.redis_url,
+            redis_prefix: flags.redis_prefix,
+            tokens,
+            rate: flags.rate,
+            volatility: flags.volatility,
+            drift: flags.drift,
+            seed: flags.seed.unwrap_or_else(rand::random),
+            time_scale: flags.time_scale,
+            count: flags.count,
+        })
+    }
+
+    /// The tokens of `--tokens` (trimmed, unique) with their starting prices (a
+    /// default per token, or `--initial-price`).
+    fn tokens_from_flags(flags: &Flags) -> Result<Vec<(String, f64)>, SimError> {
         let mut tokens = Vec::new();
         let mut seen = BTreeSet::new();
         for token in &flags.tokens {
@@ -452,6 +470,11 @@ impl SimConfig {
             };
             entry.1 = *price;
         }
+        Ok(tokens)
+    }
+
+    /// `--rate`, `--volatility`, `--drift` and `--time-scale` within their bounds.
+    fn check_ranges(flags: &Flags) -> Result<(), SimError> {
         if !(flags.rate.is_finite() && flags.rate > 0.0 && flags.rate <= Self::MAX_RATE) {
             return Err(invalid(
                 "rate",
@@ -497,17 +520,7 @@ impl SimConfig {
                 ),
             ));
         }
-        Ok(SimConfig {
-            redis_url: flags.redis_url,
-            redis_prefix: flags.redis_prefix,
-            tokens,
-            rate: flags.rate,
-            volatility: flags.volatility,
-            drift: flags.drift,
-            seed: flags.seed.unwrap_or_else(rand::random),
-            time_scale: flags.time_scale,
-            count: flags.count,
-        })
+        Ok(())
     }
 
     /// The simulated time between two ticks of a token, in years.
@@ -649,15 +662,8 @@ impl TickPublisher {
     }
 }
 
-/// Run the simulator until `shutdown` is cancelled or, with `count`, until that many
-/// ticks per token have been published.
-pub async fn run(config: SimConfig, shutdown: CancellationToken) -> Result<SimSummary, SimError> {
-    let client = redis::Client::open(config.redis_url.as_str())
-        .map_err(|source| SimError::RedisUrl { source })?;
-    let mut publisher = TickPublisher::new(client, Channels::new(config.redis_prefix.clone()));
-    let mut market = Market::from_config(&config);
-    let token_count = market.token_count() as u64;
-
+/// The settings of a run, with the seed that replays it.
+fn log_started(config: &SimConfig, market: &Market) {
     info!(
         seed = config.seed,
         tokens = %market.price_summary(),
@@ -670,6 +676,17 @@ pub async fn run(config: SimConfig, shutdown: CancellationToken) -> Result<SimSu
         "market simulator started (rerun with --seed {} for the same prices)",
         config.seed
     );
+}
+
+/// Run the simulator until `shutdown` is cancelled or, with `count`, until that many
+/// ticks per token have been published.
+pub async fn run(config: SimConfig, shutdown: CancellationToken) -> Result<SimSummary, SimError> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|source| SimError::RedisUrl { source })?;
+    let mut publisher = TickPublisher::new(client, Channels::new(config.redis_prefix.clone()));
+    let mut market = Market::from_config(&config);
+    let token_count = market.token_count() as u64;
+    log_started(&config, &market);
 
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let mut wake = tokio::time::interval(period.max(MIN_WAKE));

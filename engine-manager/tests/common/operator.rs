@@ -1,7 +1,5 @@
 //! The operator's side of a test: bounded waits, and the database as an operator
-//! sees it (strategy and command rows). Shared by `mod.rs` (a test's own database on
-//! the machine's PostgreSQL) and `private_engine.rs` (a private PostgreSQL).
-#![allow(dead_code)]
+//! sees it (strategy and command rows), whichever PostgreSQL the engine runs on.
 
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -88,13 +86,26 @@ impl Operator {
         Operator { pool }
     }
 
+    /// A strategy that does not start at boot (`auto_start` false, the default).
     pub async fn add_strategy(&self, name: &str, strategy_type: &str, config: Value) -> Uuid {
+        self.insert_strategy(name, strategy_type, config, false)
+            .await
+    }
+
+    pub async fn insert_strategy(
+        &self,
+        name: &str,
+        strategy_type: &str,
+        config: Value,
+        auto_start: bool,
+    ) -> Uuid {
         sqlx::query_scalar(
-            "INSERT INTO strategy_configs (name, strategy_type, config) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO strategy_configs (name, strategy_type, config, auto_start) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(name)
         .bind(strategy_type)
         .bind(config)
+        .bind(auto_start)
         .fetch_one(&self.pool)
         .await
         .expect("insert strategy")
@@ -146,6 +157,17 @@ impl Operator {
         .await
     }
 
+    /// Insert a command and wait until it ends; its id and final row.
+    pub async fn run(
+        &self,
+        strategy_id: Option<Uuid>,
+        command: &str,
+        parameters: Value,
+    ) -> (Uuid, CommandState) {
+        let id = self.command(strategy_id, command, parameters).await;
+        (id, self.outcome(id, DEADLINE).await)
+    }
+
     /// Insert a command and require that it ends `executed`.
     pub async fn run_ok(
         &self,
@@ -153,8 +175,7 @@ impl Operator {
         command: &str,
         parameters: Value,
     ) -> Uuid {
-        let id = self.command(strategy_id, command, parameters).await;
-        let out = self.outcome(id, DEADLINE).await;
+        let (id, out) = self.run(strategy_id, command, parameters).await;
         assert_eq!(out.status, "executed", "{command} failed: {:?}", out.error);
         id
     }

@@ -17,8 +17,6 @@
 //! pg.stop(PgStop::Fast).await;          // clients see their connections close
 //! pg.start_again().await;               // same port, same data
 //! ```
-#![allow(dead_code)]
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ use crate::engine::{BenchEngine, EngineOptions, StatusEvent, StrategySpec};
 use crate::probe::{self, ProcId};
 use crate::report::{summarize, Figure, Goal, GrowthPoint, Progress, Results};
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use engine_store::bench as db;
 use engine_store::{CommandStatus, CommandWord};
 use serde_json::json;
@@ -17,51 +18,57 @@ use uuid::Uuid;
 /// Memory, CPU and start-all time at each scale, each on a fresh engine.
 pub async fn growth(ctx: &BenchContext, results: &mut Results) -> anyhow::Result<()> {
     for &n in &ctx.args.scales {
-        eprintln!(
-            "\n== growth: {n} strategies (health interval 1 s, CPU over {:.0} s) ==",
-            ctx.args.cpu_window.as_secs_f64()
-        );
-        let options = EngineOptions {
-            label: format!("growth-{n}"),
-            health_interval: Some(Duration::from_secs(1)),
-            metrics_interval: None,
-            restart_delay: None,
-            strategies: (0..n)
-                .map(|i| StrategySpec::heartbeat(format!("g{n}-{i:04}")))
-                .collect(),
-        };
-        let mut engine =
-            BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
-        let outcome = growth_on(&mut engine, ctx, n).await;
-        let shutdown = engine.shutdown().await;
-        let point = outcome?;
-        shutdown?;
-        eprintln!(
-            "  = {n}: all running in {} s, manager {} MB RSS, {} % CPU",
-            point
-                .start_all_running_s
-                .map(crate::report::num)
-                .unwrap_or_else(|| "?".into()),
-            point
-                .manager_rss_mb
-                .map(crate::report::num)
-                .unwrap_or_else(|| "?".into()),
-            point
-                .manager_cpu_percent
-                .map(crate::report::num)
-                .unwrap_or_else(|| "?".into()),
-        );
+        let point = growth_at_scale(ctx, n).await?;
         results.growth.push(point);
     }
     // The headline figures come from the scale nearest to --headline-scale.
-    let Some(head) = results
+    let head = results
         .growth
         .iter()
         .min_by_key(|g| g.strategies.abs_diff(ctx.args.headline_scale))
-        .cloned()
-    else {
-        return Ok(());
+        .cloned();
+    if let Some(head) = head {
+        push_headline(results, &head);
+    }
+    Ok(())
+}
+
+/// A number, or `?` when it could not be measured.
+fn num_or_unknown(value: Option<f64>) -> String {
+    value.map(crate::report::num).unwrap_or_else(|| "?".into())
+}
+
+/// One scale: a fresh engine with `n` heartbeats, measured, then shut down.
+async fn growth_at_scale(ctx: &BenchContext, n: usize) -> anyhow::Result<GrowthPoint> {
+    eprintln!(
+        "\n== growth: {n} strategies (health interval 1 s, CPU over {:.0} s) ==",
+        ctx.args.cpu_window.as_secs_f64()
+    );
+    let options = EngineOptions {
+        label: format!("growth-{n}"),
+        health_interval: Some(Duration::from_secs(1)),
+        metrics_interval: None,
+        restart_delay: None,
+        strategies: (0..n)
+            .map(|i| StrategySpec::heartbeat(format!("g{n}-{i:04}")))
+            .collect(),
     };
+    let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
+    let outcome = growth_on(&mut engine, ctx, n).await;
+    let shutdown = engine.shutdown().await;
+    let point = outcome?;
+    shutdown?;
+    eprintln!(
+        "  = {n}: all running in {} s, manager {} MB RSS, {} % CPU",
+        num_or_unknown(point.start_all_running_s),
+        num_or_unknown(point.manager_rss_mb),
+        num_or_unknown(point.manager_cpu_percent),
+    );
+    Ok(point)
+}
+
+/// The headline figures (memory, CPU, start-all) of one scale.
+fn push_headline(results: &mut Results, head: &GrowthPoint) {
     let n = head.strategies;
     let not_all = if head.running < n {
         format!("; only {} of {n} were running", head.running)
@@ -78,9 +85,7 @@ pub async fn growth(ctx: &BenchContext, results: &mut Results) -> anyhow::Result
         )
         .with_note(format!(
             "VmRSS after the CPU window; peak (VmHWM) {} MB{not_all}",
-            head.manager_hwm_mb
-                .map(crate::report::num)
-                .unwrap_or_else(|| "?".into())
+            num_or_unknown(head.manager_hwm_mb)
         )),
     );
     results.push(
@@ -88,18 +93,17 @@ pub async fn growth(ctx: &BenchContext, results: &mut Results) -> anyhow::Result
             .with_note(format!(
                 "user + system time over {:.0} s (utime + stime of /proc/<pid>/stat, all threads); the executors together used {} % of a core, the whole machine was {} % busy",
                 head.cpu_window_s,
-                head.executors_cpu_percent.map(crate::report::num).unwrap_or_else(|| "?".into()),
-                head.machine_cpu_percent.map(crate::report::num).unwrap_or_else(|| "?".into()),
+                num_or_unknown(head.executors_cpu_percent),
+                num_or_unknown(head.machine_cpu_percent),
             )),
     );
     results.push(
         Figure::single("start_all_s", &format!("{n} `start` commands inserted at once → all `running`"), "s", head.start_all_running_s, Some(Goal::AtMost(10.0)))
             .with_note(format!(
                 "one INSERT … SELECT of {n} rows; to the last manager `running` message; all rows executed after {} s{not_all}",
-                head.start_all_executed_s.map(crate::report::num).unwrap_or_else(|| "?".into())
+                num_or_unknown(head.start_all_executed_s)
             )),
     );
-    Ok(())
 }
 
 async fn growth_on(
@@ -112,18 +116,66 @@ async fn growth_on(
         cpu_window_s: ctx.args.cpu_window.as_secs_f64(),
         ..GrowthPoint::default()
     };
-    let wanted: HashSet<Uuid> = engine.strategies.iter().copied().collect();
+    let running = start_all(engine, n, &mut point).await?;
+    measure_window(engine, ctx, running, &mut point).await;
 
-    // All the starts in one statement (one transaction: one created_at).
+    // The kill switch: a global stop of everything, timed to its row's executed_at.
+    let (cmd, created) = engine
+        .insert_command(None, CommandWord::Stop, json!({}))
+        .await?;
+    let deadline = Duration::from_secs(60) + Duration::from_millis(100) * n as u32;
+    let end = engine.wait_command(cmd, deadline).await?;
+    if end.status == CommandStatus::Executed {
+        point.global_stop_s = end.executed_at.map(|at| ms(at, created) / 1000.0);
+    }
+    Ok(point)
+}
+
+/// All the starts in one statement (one transaction: one created_at), timed to the
+/// last `running` message and to the last row executed; how many came up running.
+async fn start_all(
+    engine: &mut BenchEngine,
+    n: usize,
+    point: &mut GrowthPoint,
+) -> anyhow::Result<usize> {
     engine.status_feed.drain();
     let created = db::command_every_strategy(&engine.pool, CommandWord::Start)
         .await
         .context("cannot insert the start commands")?;
     let created = *created.first().context("no start command inserted")?;
+    let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
+    let (running, failed, last_running) = await_running(engine, n, until).await;
+    point.running = running;
+    point.failed_starts = failed;
+    if running == n {
+        point.start_all_running_s = last_running.map(|at| ms(at, created) / 1000.0);
+    }
+    let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
+    loop {
+        let (finished, last) = db::finished_commands(&engine.pool, CommandWord::Start).await?;
+        if finished as usize >= n {
+            point.start_all_executed_s = last.map(|at| ms(at, created) / 1000.0);
+            break;
+        }
+        if Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(running)
+}
+
+/// Follow the manager's status messages until each of the `n` strategies is running
+/// or failed, or `until`: (running, failed, when the last one came up running).
+async fn await_running(
+    engine: &mut BenchEngine,
+    n: usize,
+    until: Instant,
+) -> (usize, usize, Option<DateTime<Utc>>) {
+    let wanted: HashSet<Uuid> = engine.strategies.iter().copied().collect();
     let mut running = HashSet::new();
     let mut failed = HashSet::new();
     let mut last_running = None;
-    let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
     let mut progress = Progress::new("running", n);
     while running.len() + failed.len() < n {
         let Some(msg) = engine.status_feed.next_until(until).await else {
@@ -152,26 +204,17 @@ async fn growth_on(
         }
     }
     progress.finish();
-    point.running = running.len();
-    point.failed_starts = failed.len();
-    if running.len() == n {
-        point.start_all_running_s = last_running.map(|at| ms(at, created) / 1000.0);
-    }
-    let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
-    loop {
-        let (finished, last) = db::finished_commands(&engine.pool, CommandWord::Start).await?;
-        if finished as usize >= n {
-            point.start_all_executed_s = last.map(|at| ms(at, created) / 1000.0);
-            break;
-        }
-        if Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    (running.len(), failed.len(), last_running)
+}
 
-    // Let start-up settle and the health sampler take its first samples, then
-    // measure CPU over the window.
+/// Let start-up settle and the health sampler take its first samples, then measure
+/// CPU over the window, and memory after it.
+async fn measure_window(
+    engine: &BenchEngine,
+    ctx: &BenchContext,
+    running: usize,
+    point: &mut GrowthPoint,
+) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let executors = engine.executor_processes().await;
     let cpu_of = |procs: &[ProcId]| -> u64 {
@@ -206,9 +249,21 @@ async fn growth_on(
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
         point.machine_cpu_percent = Some(b.saturating_sub(a) as f64 / (wall_ns * cores) * 100.0);
     }
+    record_memory(engine, &still, point);
+    if executors.len() != running {
+        eprintln!(
+            "  note: {} executors in the process table, {} strategies reported running",
+            executors.len(),
+            running
+        );
+    }
+}
+
+/// The manager's RSS and peak, the executors' RSS (median, max) and total PSS.
+fn record_memory(engine: &BenchEngine, executors: &[ProcId], point: &mut GrowthPoint) {
     point.manager_rss_mb = probe::rss_kib(engine.manager.pid).map(mb);
     point.manager_hwm_mb = probe::hwm_kib(engine.manager.pid).map(mb);
-    let rss: Vec<f64> = still
+    let rss: Vec<f64> = executors
         .iter()
         .filter_map(|p| probe::rss_kib(p.pid))
         .map(mb)
@@ -217,24 +272,6 @@ async fn growth_on(
         point.executor_rss_median_mb = Some(s.p50);
         point.executor_rss_max_mb = Some(s.max);
     }
-    let pss: u64 = still.iter().filter_map(|p| probe::pss_kib(p.pid)).sum();
+    let pss: u64 = executors.iter().filter_map(|p| probe::pss_kib(p.pid)).sum();
     point.executors_pss_total_mb = Some(mb(pss));
-    if executors.len() != running.len() {
-        eprintln!(
-            "  note: {} executors in the process table, {} strategies reported running",
-            executors.len(),
-            running.len()
-        );
-    }
-
-    // The kill switch: a global stop of everything, timed to its row's executed_at.
-    let (cmd, created) = engine
-        .insert_command(None, CommandWord::Stop, json!({}))
-        .await?;
-    let deadline = Duration::from_secs(60) + Duration::from_millis(100) * n as u32;
-    let end = engine.wait_command(cmd, deadline).await?;
-    if end.status == CommandStatus::Executed {
-        point.global_stop_s = end.executed_at.map(|at| ms(at, created) / 1000.0);
-    }
-    Ok(point)
 }

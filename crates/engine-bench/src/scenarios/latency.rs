@@ -45,9 +45,26 @@ pub async fn latency(ctx: &BenchContext, results: &mut Results) -> anyhow::Resul
 async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::Result<()> {
     let ids = engine.strategies.clone();
     let busy = MachineBusy::start();
+    let starts = start_samples(engine, &ids).await?;
+    let claims = claim_samples(engine, &ids).await?;
+    let (rss, pss) = executor_memory(engine).await?;
+    let kills = sigkill_samples(engine, &ids).await?;
+    let stops = stop_samples(engine, &ids).await?;
+    let busy = busy.finish();
 
-    // start: INSERT → running (manager's and executor's message) → row executed, and
-    // where the time went, from the manager's own `strategy_events` timestamps.
+    report_claim(results, &claims, &starts, &busy);
+    report_start(results, &starts);
+    report_stop(results, &stops);
+    report_sigkill_and_memory(results, &kills, &rss, &pss);
+    results
+        .extra
+        .insert("latency_machine_busy".into(), json!(busy));
+    Ok(())
+}
+
+/// start: INSERT → running (manager's and executor's message) → row executed, and
+/// where the time went, from the manager's own `strategy_events` timestamps.
+async fn start_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<StartSeries> {
     let mut s = StartSeries::default();
     let mut progress = Progress::new("start", ids.len());
     for (i, id) in ids.iter().enumerate() {
@@ -81,13 +98,14 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     }
     progress.finish();
 
-    // claim: a no-op command (start of a running strategy), polled in a tight loop on
-    // a connection of its own until it leaves 'pending'.
+    Ok(s)
+}
+
+/// claim: a no-op command (start of a running strategy), polled in a tight loop on
+/// a connection of its own until it leaves 'pending'.
+async fn claim_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<ClaimSeries> {
     let mut poller = sqlx::PgConnection::connect(engine.db_url()).await?;
-    let mut to_claim = Vec::new();
-    let mut to_claim_from_created = Vec::new();
-    let mut poll_gaps = Vec::new();
-    let mut noop_executed = Vec::new();
+    let mut c = ClaimSeries::default();
     let mut progress = Progress::new("claim", ids.len());
     for (i, id) in ids.iter().enumerate() {
         let cmd = engine
@@ -100,7 +118,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             let now = Utc::now();
             if status != CommandStatus::Pending {
                 if i >= WARMUP {
-                    poll_gaps.push(ms(now, last_poll));
+                    c.poll_gaps.push(ms(now, last_poll));
                 }
                 break now;
             }
@@ -115,10 +133,10 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         };
         let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
         if i >= WARMUP {
-            to_claim.push(ms(claimed_at, cmd.committed_at));
-            to_claim_from_created.push(ms(claimed_at, cmd.created_at));
+            c.to_claim.push(ms(claimed_at, cmd.committed_at));
+            c.to_claim_from_created.push(ms(claimed_at, cmd.created_at));
             if let Some(at) = end.executed_at {
-                noop_executed.push(ms(at, cmd.created_at));
+                c.noop_executed.push(ms(at, cmd.created_at));
             }
         }
         progress.set(i + 1);
@@ -126,7 +144,11 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     progress.finish();
     let _ = poller.close().await;
 
-    // Executors' memory, every one that runs now.
+    Ok(c)
+}
+
+/// Executors' memory (RSS, PSS in MB), every one that runs now.
+async fn executor_memory(engine: &BenchEngine) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let pids = engine.running_pids().await?;
     let mut rss = Vec::new();
     let mut pss = Vec::new();
@@ -139,11 +161,13 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         }
     }
 
-    // SIGKILL → backoff, each strategy killed once; the next sample waits until
-    // the killed one runs again, so that every sample starts on a quiet engine.
-    let mut to_backoff = Vec::new();
-    let mut kill_to_recorded = Vec::new();
-    let mut recorded_to_message = Vec::new();
+    Ok((rss, pss))
+}
+
+/// SIGKILL → backoff, each strategy killed once; the next sample waits until the
+/// killed one runs again, so that every sample starts on a quiet engine.
+async fn sigkill_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<KillSeries> {
+    let mut k = KillSeries::default();
     let mut progress = Progress::new("sigkill", ids.len());
     for (i, id) in ids.iter().enumerate() {
         let pid = engine.running_pid(*id).await?;
@@ -156,23 +180,23 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         let backoff = wait_status(engine, *id, "backoff", true).await?;
         wait_status(engine, *id, "running", true).await?;
         if i >= WARMUP {
-            to_backoff.push(ms(backoff, killed_at));
+            k.to_backoff.push(ms(backoff, killed_at));
             if let Some(recorded) = engine.last_event(*id, Status::Backoff).await {
-                kill_to_recorded.push(ms(recorded, killed_at));
-                recorded_to_message.push(ms(backoff, recorded));
+                k.kill_to_recorded.push(ms(recorded, killed_at));
+                k.recorded_to_message.push(ms(backoff, recorded));
             }
         }
         progress.set(i + 1);
     }
     progress.finish();
 
-    // stop: INSERT → the process has exited (watched in /proc every ms) and the row
-    // is executed.
-    let mut to_stopped = Vec::new();
-    let mut to_stopping = Vec::new();
-    let mut stopping_to_exit = Vec::new();
-    let mut exit_to_executed = Vec::new();
-    let mut executed_before_exit = 0;
+    Ok(k)
+}
+
+/// stop: INSERT → the process has exited (watched in /proc every ms) and the row is
+/// executed.
+async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<StopSeries> {
+    let mut t = StopSeries::default();
     let mut progress = Progress::new("stop", ids.len());
     for (i, id) in ids.iter().enumerate() {
         let pid = engine.running_pid(*id).await?;
@@ -190,7 +214,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             if end.is_none() {
                 end = engine.command_end(cmd).await?;
                 if end.is_some() && exited_at.is_none() && victim.alive() {
-                    executed_before_exit += 1;
+                    t.executed_before_exit += 1;
                 }
             }
             if Instant::now() > until {
@@ -208,26 +232,28 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         let exited = exited_at.expect("loop ends with the exit");
         let executed = end.executed_at.context("executed without executed_at")?;
         if i >= WARMUP {
-            to_stopped.push(ms(exited.max(executed), created));
-            exit_to_executed.push(ms(executed, exited));
+            t.to_stopped.push(ms(exited.max(executed), created));
+            t.exit_to_executed.push(ms(executed, exited));
             let events = engine.events_of_command(cmd).await;
             if let Some((_, stopping)) = events.iter().find(|(s, _)| *s == Status::Stopping) {
-                to_stopping.push(ms(*stopping, created));
-                stopping_to_exit.push(ms(exited, *stopping));
+                t.to_stopping.push(ms(*stopping, created));
+                t.stopping_to_exit.push(ms(exited, *stopping));
             }
         }
         progress.set(i + 1);
     }
     progress.finish();
-    let busy = busy.finish();
+    Ok(t)
+}
 
-    let gap = summarize(&poll_gaps).map(|s| s.p50).unwrap_or(0.0);
+fn report_claim(results: &mut Results, c: &ClaimSeries, s: &StartSeries, busy: &str) {
+    let gap = summarize(&c.poll_gaps).map(|s| s.p50).unwrap_or(0.0);
     results.push(
         Figure::series(
             "claim_ms",
             "command INSERT → row claimed (leaves 'pending')",
             "ms",
-            &to_claim,
+            &c.to_claim,
             Some(Goal::P50AtMost(2.0)),
         )
         .with_note(format!(
@@ -237,7 +263,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     results.push(sub(
         "claim_from_created_ms",
         "same, from the row's created_at (adds the INSERT's own commit)",
-        &to_claim_from_created,
+        &c.to_claim_from_created,
     ));
     results.push(sub(
         "insert_commit_ms",
@@ -248,9 +274,12 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         "noop_executed_ms",
         "no-op command INSERT → row executed",
         "ms",
-        &noop_executed,
+        &c.noop_executed,
         None,
     ));
+}
+
+fn report_start(results: &mut Results, s: &StartSeries) {
     results.push(
         Figure::series(
             "start_running_ms",
@@ -300,6 +329,10 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
         "manager's `running` message → row executed_at",
         &s.message_to_executed,
     ));
+}
+
+fn report_stop(results: &mut Results, t: &StopSeries) {
+    let executed_before_exit = t.executed_before_exit;
     let mut stop_note = "the later of: the process left the process table (checked every 1 ms), the row's executed_at".to_string();
     if executed_before_exit > 0 {
         stop_note.push_str(&format!(
@@ -311,7 +344,7 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             "stop_gone_ms",
             "`stop` INSERT → process gone and row `executed`",
             "ms",
-            &to_stopped,
+            &t.to_stopped,
             Some(Goal::P50AtMost(30.0)),
         )
         .with_note(stop_note),
@@ -319,24 +352,27 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     results.push(sub(
         "stop_to_stopping_ms",
         "INSERT → `stopping` recorded (claim, desired_state)",
-        &to_stopping,
+        &t.to_stopping,
     ));
     results.push(sub(
         "stopping_to_exit_ms",
         "`stopping` → process exited (shutdown frame, strategy's on_shutdown, exit)",
-        &stopping_to_exit,
+        &t.stopping_to_exit,
     ));
     results.push(sub(
         "exit_to_executed_ms",
         "process exited → row executed_at",
-        &exit_to_executed,
+        &t.exit_to_executed,
     ));
+}
+
+fn report_sigkill_and_memory(results: &mut Results, k: &KillSeries, rss: &[f64], pss: &[f64]) {
     results.push(
         Figure::series(
             "sigkill_backoff_ms",
             "executor SIGKILLed → `backoff` on strategy:status",
             "ms",
-            &to_backoff,
+            &k.to_backoff,
             Some(Goal::P99AtMost(50.0)),
         )
         .with_note("from just before kill(2) to the manager's `backoff` message"),
@@ -344,20 +380,20 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     results.push(sub(
         "kill_to_recorded_ms",
         "kill → `backoff` recorded (exit noticed, log tail read)",
-        &kill_to_recorded,
+        &k.kill_to_recorded,
     ));
     results.push(sub(
         "backoff_recorded_to_message_ms",
         "`backoff` recorded → message received (commit, publish)",
-        &recorded_to_message,
+        &k.recorded_to_message,
     ));
-    let pss_median = summarize(&pss).map(|s| s.p50);
+    let pss_median = summarize(pss).map(|s| s.p50);
     results.push(
         Figure::series(
             "executor_rss_mb",
             "executor resident memory (heartbeat)",
             "MB",
-            &rss,
+            rss,
             Some(Goal::MaxAtMost(8.0)),
         )
         .with_note(format!(
@@ -365,10 +401,33 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
             pss_median.map(num).unwrap_or_else(|| "?".into())
         )),
     );
-    results
-        .extra
-        .insert("latency_machine_busy".into(), json!(busy));
-    Ok(())
+}
+
+/// The series of the claim samples.
+#[derive(Default)]
+struct ClaimSeries {
+    to_claim: Vec<f64>,
+    to_claim_from_created: Vec<f64>,
+    poll_gaps: Vec<f64>,
+    noop_executed: Vec<f64>,
+}
+
+/// The series of the SIGKILL samples.
+#[derive(Default)]
+struct KillSeries {
+    to_backoff: Vec<f64>,
+    kill_to_recorded: Vec<f64>,
+    recorded_to_message: Vec<f64>,
+}
+
+/// The series of the stop samples.
+#[derive(Default)]
+struct StopSeries {
+    to_stopped: Vec<f64>,
+    to_stopping: Vec<f64>,
+    stopping_to_exit: Vec<f64>,
+    exit_to_executed: Vec<f64>,
+    executed_before_exit: usize,
 }
 
 /// A breakdown row under a figure: no goal of its own.

@@ -350,29 +350,62 @@ async fn tick_flood(
     // Its subscription to live_data:{token} is in place (PUBSUB NUMSUB), and a
     // metrics message gives the counts before the flood.
     let channel = engine.channels.live_data(token);
+    wait_subscribed(redis, &channel).await?;
+    metrics.drain();
+    let base = next_counts(&mut metrics).await?;
+    let executor = engine.running_pid(id).await?;
+    let executor_cpu_from = probe::threads_cpu_ns(executor);
+
+    let items = tick_payloads(token, count);
+    let bytes = items.first().map_or(0, |(_, p)| p.len());
+    let channels = vec![channel];
+    let published_from = Utc::now();
+    publish_all(redis, &channels, &items).await?;
+    let published_to = Utc::now();
+    drop(items);
+
+    let (series, done) = follow_counts(&mut metrics, base, count).await?;
+    let executor_cpu_to = probe::threads_cpu_ns(executor);
+    let end = done.unwrap_or(*series.last().expect("has the base"));
+    let run = FloodRun {
+        count,
+        bytes,
+        base,
+        end,
+        series,
+        published_from,
+        published_to,
+        executor_cpu_ns: (executor_cpu_from, executor_cpu_to),
+    };
+    report_tick_flood(&run, results);
+    Ok(())
+}
+
+/// Wait until something (the tick executor) subscribes to `channel`.
+async fn wait_subscribed(redis: &MultiplexedConnection, channel: &str) -> anyhow::Result<()> {
     let mut conn = redis.clone();
     let until = Instant::now() + EVENT_DEADLINE;
     loop {
         let numsub: Vec<(String, i64)> = redis::cmd("PUBSUB")
             .arg("NUMSUB")
-            .arg(&channel)
+            .arg(channel)
             .query_async(&mut conn)
             .await?;
         if numsub.first().is_some_and(|(_, n)| *n >= 1) {
-            break;
+            return Ok(());
         }
         if Instant::now() > until {
             bail!("the tick executor never subscribed to {channel}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    metrics.drain();
-    let base = next_counts(&mut metrics).await?;
-    let executor = engine.running_pid(id).await?;
-    let executor_cpu_from = probe::threads_cpu_ns(executor);
+}
 
+/// `count` ticks of `token`, the price going up and down a cent, as JSON payloads
+/// for the first (only) channel.
+fn tick_payloads(token: &str, count: usize) -> Vec<(usize, String)> {
     let mut price = 100.0;
-    let items: Vec<(usize, String)> = (0..count)
+    (0..count)
         .map(|i| {
             price += if i % 2 == 0 { 0.01 } else { -0.01 };
             let tick = Tick {
@@ -385,23 +418,24 @@ async fn tick_flood(
             };
             (0, serde_json::to_string(&tick).expect("ticks serialize"))
         })
-        .collect();
-    let bytes = items.first().map_or(0, |(_, p)| p.len());
-    let channels = vec![channel];
-    let published_from = Utc::now();
-    publish_all(redis, &channels, &items).await?;
-    let published_to = Utc::now();
-    drop(items);
+        .collect()
+}
 
-    // Follow the executor's counters until they account for every tick, or stop
-    // moving for a second.
+/// Follow the executor's counters until they account for every tick, or stop
+/// moving for a second: every reading from `base` on, and the final one (`None`
+/// when the 120 s deadline passed first).
+async fn follow_counts(
+    metrics: &mut Feed,
+    base: TickCounts,
+    count: usize,
+) -> anyhow::Result<(Vec<TickCounts>, Option<TickCounts>)> {
     let mut progress = Progress::new("ticks", count);
     let mut series = vec![base];
     let mut done = None;
     let mut stalled_since = Instant::now();
     let until = Instant::now() + Duration::from_secs(120);
     while Instant::now() < until {
-        let counts = next_counts(&mut metrics).await?;
+        let counts = next_counts(metrics).await?;
         let last = *series.last().expect("has the base");
         series.push(counts);
         let seen = (counts.received - base.received) + (counts.dropped - base.dropped);
@@ -418,8 +452,46 @@ async fn tick_flood(
         }
     }
     progress.finish();
-    let executor_cpu_to = probe::threads_cpu_ns(executor);
-    let end = done.unwrap_or(*series.last().expect("has the base"));
+    Ok((series, done))
+}
+
+/// What one tick flood measured.
+struct FloodRun {
+    count: usize,
+    /// The size of one tick's payload.
+    bytes: usize,
+    /// The executor's counters before the flood, and at its end.
+    base: TickCounts,
+    end: TickCounts,
+    /// Every reading of the counters, from `base` on.
+    series: Vec<TickCounts>,
+    published_from: DateTime<Utc>,
+    published_to: DateTime<Utc>,
+    /// The executor's CPU time before and after.
+    executor_cpu_ns: (Option<u64>, Option<u64>),
+}
+
+/// The fastest rate between two readings of the counters (by their send times).
+fn peak_rate(series: &[TickCounts]) -> f64 {
+    series
+        .windows(2)
+        .filter_map(|w| {
+            let dt = ms(w[1].sent_at, w[0].sent_at) / 1000.0;
+            (dt > 0.0).then(|| (w[1].received - w[0].received) as f64 / dt)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn report_tick_flood(run: &FloodRun, results: &mut Results) {
+    let FloodRun {
+        count,
+        bytes,
+        base,
+        end,
+        published_from,
+        ..
+    } = *run;
+    let series = &run.series;
     // The first message whose counts already equal the final ones marks the end.
     let finished = series
         .iter()
@@ -431,15 +503,9 @@ async fn tick_flood(
     let unseen = count as i64 - received as i64 - dropped as i64;
     let elapsed_s = ms(finished.at, published_from) / 1000.0;
     let rate = received as f64 / elapsed_s;
-    let peak = series
-        .windows(2)
-        .filter_map(|w| {
-            let dt = ms(w[1].sent_at, w[0].sent_at) / 1000.0;
-            (dt > 0.0).then(|| (w[1].received - w[0].received) as f64 / dt)
-        })
-        .fold(0.0, f64::max);
-    let publish_s = ms(published_to, published_from) / 1000.0;
-    let cpu_per_tick_us = match (executor_cpu_from, executor_cpu_to) {
+    let peak = peak_rate(series);
+    let publish_s = ms(run.published_to, published_from) / 1000.0;
+    let cpu_per_tick_us = match run.executor_cpu_ns {
         (Some(a), Some(b)) if received + dropped > 0 => {
             Some(b.saturating_sub(a) as f64 / 1000.0 / (received + dropped) as f64)
         }
@@ -473,7 +539,6 @@ async fn tick_flood(
                "executor_cpu_per_tick_us": cpu_per_tick_us,
                "series": series.iter().map(|c| json!([ms(c.at, published_from), c.received - base.received, c.dropped - base.dropped])).collect::<Vec<_>>()}),
     );
-    Ok(())
 }
 
 async fn next_counts(feed: &mut Feed) -> anyhow::Result<TickCounts> {

@@ -1,0 +1,121 @@
+//! The executors of one engine as the process table (`/proc`) shows them: found by
+//! the control socket named on their command line, grouped by strategy, killed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use uuid::Uuid;
+
+/// One executor process found in `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorSeen {
+    pub pid: u32,
+    /// Its start time (clock ticks since boot): with the pid, its identity.
+    pub start_ticks: u64,
+    pub strategy_id: Uuid,
+}
+
+/// The live (not zombie) `strategy-executor` processes whose command line names
+/// `control_socket`, i.e. the executors of one engine.
+pub fn executors_in_proc(control_socket: &Path) -> Vec<ExecutorSeen> {
+    let socket = control_socket.to_string_lossy();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_executor = args
+            .first()
+            .map(|a| a.ends_with(b"strategy-executor"))
+            .unwrap_or(false);
+        if !is_executor {
+            continue;
+        }
+        let value_of = |flag: &[u8]| {
+            args.iter()
+                .position(|a| *a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        };
+        if value_of(b"--control-socket").as_deref() != Some(&*socket) {
+            continue;
+        }
+        let Some(strategy_id) = value_of(b"--strategy-id").and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A zombie has exited; it only waits for its parent to reap it.
+        let Some(start_ticks) = engine_manager::process::start_ticks(pid) else {
+            continue;
+        };
+        found.push(ExecutorSeen {
+            pid,
+            start_ticks,
+            strategy_id,
+        });
+    }
+    found
+}
+
+/// The executors of one engine that are alive together at one instant, by strategy.
+///
+/// A scan of `/proc` is not atomic: an executor read early may exit, and its
+/// successor start, before the scan reaches the successor. So every executor of a
+/// strategy with more than one is checked again after the scan (same pid, same start
+/// time): those still alive then were all alive at the moment the re-check began.
+pub fn executors_alive_together(control_socket: &Path) -> HashMap<Uuid, Vec<u32>> {
+    let seen = executors_in_proc(control_socket);
+    let mut map: HashMap<Uuid, Vec<&ExecutorSeen>> = HashMap::new();
+    for e in &seen {
+        map.entry(e.strategy_id).or_default().push(e);
+    }
+    map.into_iter()
+        .map(|(id, group)| {
+            let mut pids: Vec<u32> = if group.len() > 1 {
+                group
+                    .iter()
+                    .filter(|e| engine_manager::process::is_same_process(e.pid, e.start_ticks))
+                    .map(|e| e.pid)
+                    .collect()
+            } else {
+                group.iter().map(|e| e.pid).collect()
+            };
+            pids.sort_unstable();
+            (id, pids)
+        })
+        .collect()
+}
+
+/// [`executors_in_proc`] grouped by strategy.
+pub fn executors_by_strategy(control_socket: &Path) -> HashMap<Uuid, Vec<u32>> {
+    let mut map: HashMap<Uuid, Vec<u32>> = HashMap::new();
+    for e in executors_in_proc(control_socket) {
+        map.entry(e.strategy_id).or_default().push(e.pid);
+    }
+    for pids in map.values_mut() {
+        pids.sort_unstable();
+    }
+    map
+}
+
+/// SIGKILL every executor of the engine whose control socket is `control_socket`.
+pub fn kill_all_executors(control_socket: &Path) {
+    for e in executors_in_proc(control_socket) {
+        sigkill(e.pid);
+    }
+}
+
+pub fn sigkill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
