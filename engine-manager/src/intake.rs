@@ -2,8 +2,9 @@
 //! safety net), checks them, hands each to its strategy's supervisor in `created_at`
 //! order, and records each outcome on the row.
 
+use crate::supervisor::error::render;
 use crate::supervisor::{
-    Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
+    CommandError, Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
 };
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
@@ -18,6 +19,38 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 const CLAIM_BATCH: i64 = 256;
+
+/// Why a command row ends `failed`; its words go to the row's `error` column.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The command word or its parameters are not valid (the store's words).
+    #[error("{reason}")]
+    Invalid { reason: String },
+    #[error("unknown strategy id {strategy_id}: no row in strategy_configs has it")]
+    UnknownStrategy { strategy_id: Uuid },
+    #[error(transparent)]
+    Failed(#[from] CommandError),
+    /// A global command that did not take effect on some strategies.
+    #[error("did not take effect on {} strateg{}: {}", failures.len(), if failures.len() == 1 { "y" } else { "ies" }, GlobalFailures(failures))]
+    Global {
+        failures: Vec<(String, CommandError)>,
+    },
+}
+
+/// `name: error; name: error`.
+struct GlobalFailures<'a>(&'a [(String, CommandError)]);
+
+impl std::fmt::Display for GlobalFailures<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, err)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{name}: {}", render(err))?;
+        }
+        Ok(())
+    }
+}
 
 /// A command the previous manager left `processing`.
 struct Recovery<'a> {
@@ -147,20 +180,15 @@ impl CommandIntake {
         };
         let kind = match parse_command(&row.command, &row.parameters, row.strategy_id.is_none()) {
             Ok(kind) => kind,
-            Err(message) => {
-                self.finish(row.id, Err(message));
+            Err(reason) => {
+                self.finish(row.id, Err(IntakeError::Invalid { reason }));
                 return;
             }
         };
         match row.strategy_id {
             Some(strategy_id) => {
                 let Some(handle) = self.supervisor(strategy_id).await else {
-                    self.finish(
-                        row.id,
-                        Err(format!(
-                            "unknown strategy id {strategy_id}: no row in strategy_configs has it"
-                        )),
-                    );
+                    self.finish(row.id, Err(IntakeError::UnknownStrategy { strategy_id }));
                     return;
                 };
                 let (reply, rx) = oneshot::channel();
@@ -180,7 +208,7 @@ impl CommandIntake {
                 self.shared.tracker.spawn(async move {
                     if let Ok(outcome) = rx.await {
                         let result = match outcome {
-                            Outcome::Failed(e) => Err(e),
+                            Outcome::Failed(e) => Err(IntakeError::Failed(e)),
                             Outcome::Done | Outcome::NotApplicable => Ok(()),
                         };
                         finish_with_retry(&shared, id, result).await;
@@ -237,7 +265,7 @@ impl CommandIntake {
                             .get(&strategy_id)
                             .map(|e| e.name.clone())
                             .unwrap_or_else(|| strategy_id.to_string());
-                        failures.push(format!("{name}: {e}"));
+                        failures.push((name, e));
                     }
                     Ok(_) => {}
                     Err(_) => return, // shutting down; the next manager finishes it
@@ -246,12 +274,7 @@ impl CommandIntake {
             let result = if failures.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "did not take effect on {} strateg{}: {}",
-                    failures.len(),
-                    if failures.len() == 1 { "y" } else { "ies" },
-                    failures.join("; ")
-                ))
+                Err(IntakeError::Global { failures })
             };
             // Tell every executor too (e.g. one run by hand), now that the supervised
             // ones took it in order; they ignore a command id they already applied.
@@ -298,9 +321,9 @@ impl CommandIntake {
         Some(handle)
     }
 
-    fn finish(&self, id: Uuid, result: Result<(), String>) {
+    fn finish(&self, id: Uuid, result: Result<(), IntakeError>) {
         if let Err(e) = &result {
-            tracing::warn!(command_id = %id, error = %e, "command refused");
+            tracing::warn!(command_id = %id, error = %render(e), "command refused");
         }
         let shared = self.shared.clone();
         self.shared
@@ -310,8 +333,10 @@ impl CommandIntake {
 }
 
 /// Record the outcome, retrying while the database is away (until shutdown, after
-/// which the row stays `processing` and the next manager finishes it).
-async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), String>) {
+/// which the row stays `processing` and the next manager finishes it). The error's
+/// words (with its causes) go to the `error` column.
+async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeError>) {
+    let result = result.map_err(|e| render(&e));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match db::finish_command(&shared.pool, id, &result).await {

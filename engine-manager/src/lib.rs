@@ -43,7 +43,8 @@ use crate::publisher::Publisher;
 use crate::supervisor::{Initial, LiveEntry, StrategySupervisor, SupervisorHandle};
 use crate::tasks::{ManagerTasks, TaskFailure, Tasks};
 use engine_protocol::{Channels, Status};
-use engine_store::manager::{self as db, DbError, Desired};
+use engine_store::manager::{self as db, DbError};
+use engine_store::{CommandWord, DesiredState};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -287,12 +288,7 @@ async fn start_supervisors(
     let mut supervisors = HashMap::new();
     for row in rows {
         let running = found.remove(&row.id).unwrap_or_default();
-        let desired = recovered_desired(
-            Desired::parse(&row.desired_state),
-            row.id,
-            recovered,
-            &applied,
-        );
+        let desired = recovered_desired(row.desired_state, row.id, recovered, &applied);
         let initial = initial_action(shared, &row, is_boot, running, desired).await;
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
@@ -328,11 +324,11 @@ fn kill_stray(pid: u32, ticks: u64, name: &str, why: &str) {
 /// acting on the row would undo the effect and then redo it. Commands the strategy
 /// has provably been through already (`applied`: command → strategies) do not count.
 fn recovered_desired(
-    mut desired: Desired,
+    mut desired: DesiredState,
     strategy_id: Uuid,
     recovered: &[db::CommandRow],
     applied: &HashMap<Uuid, HashSet<Uuid>>,
-) -> Desired {
+) -> DesiredState {
     for row in recovered {
         if row.strategy_id.is_some_and(|id| id != strategy_id)
             || applied
@@ -341,14 +337,15 @@ fn recovered_desired(
         {
             continue;
         }
-        desired = match (row.command.trim().to_ascii_lowercase().as_str(), desired) {
-            ("stop", _) => Desired::Stopped,
+        let word = row.command.trim().to_ascii_lowercase().parse().ok();
+        desired = match (word, desired) {
+            (Some(CommandWord::Stop), _) => DesiredState::Stopped,
             // start on a paused strategy is a no-op
-            ("start", Desired::Paused) => Desired::Paused,
-            ("start" | "restart", _) => Desired::Running,
+            (Some(CommandWord::Start), DesiredState::Paused) => DesiredState::Paused,
+            (Some(CommandWord::Start | CommandWord::Restart), _) => DesiredState::Running,
             // pause and resume only act on a running or paused strategy
-            ("pause", Desired::Running) => Desired::Paused,
-            ("resume", Desired::Paused) => Desired::Running,
+            (Some(CommandWord::Pause), DesiredState::Running) => DesiredState::Paused,
+            (Some(CommandWord::Resume), DesiredState::Paused) => DesiredState::Running,
             (_, unchanged) => unchanged,
         };
     }
@@ -364,10 +361,10 @@ async fn initial_action(
     row: &db::StrategyRow,
     is_boot: bool,
     mut running: Vec<(u32, u64)>,
-    desired: Desired,
+    desired: DesiredState,
 ) -> Initial {
-    let row_desired = Desired::parse(&row.desired_state);
-    let status: Status = row.status.parse().unwrap_or(Status::Stopped);
+    let row_desired = row.desired_state;
+    let status: Status = row.status;
     let auto = row.auto_start && !row.operator_stopped;
     let log_path = shared
         .config
@@ -406,19 +403,19 @@ async fn initial_action(
     }
     let target = if is_boot {
         if auto {
-            if desired == Desired::Paused {
-                Desired::Paused
+            if desired == DesiredState::Paused {
+                DesiredState::Paused
             } else {
-                Desired::Running
+                DesiredState::Running
             }
         } else {
-            Desired::Stopped
+            DesiredState::Stopped
         }
     } else {
         match desired {
-            Desired::Running | Desired::Paused => desired,
-            Desired::Stopped if auto && status != Status::Error => Desired::Running,
-            Desired::Stopped => Desired::Stopped,
+            DesiredState::Running | DesiredState::Paused => desired,
+            DesiredState::Stopped if auto && status != Status::Error => DesiredState::Running,
+            DesiredState::Stopped => DesiredState::Stopped,
         }
     };
     if target != row_desired {
@@ -430,7 +427,7 @@ async fn initial_action(
     }
     match live {
         Some(proc) => Initial::Adopt(Box::new(proc), target),
-        None if target == Desired::Stopped => Initial::Idle,
+        None if target == DesiredState::Stopped => Initial::Idle,
         None if status == Status::Error && !is_boot => Initial::Idle,
         None => Initial::Start(target),
     }
@@ -458,35 +455,35 @@ mod tests {
         let at = |desired, rows: &[db::CommandRow], applied| {
             recovered_desired(desired, a, rows, applied)
         };
-        assert_eq!(at(Desired::Running, &[], &none), Desired::Running);
+        assert_eq!(at(DesiredState::Running, &[], &none), DesiredState::Running);
         assert_eq!(
-            at(Desired::Running, &[row(Some(a), "stop")], &none),
-            Desired::Stopped
+            at(DesiredState::Running, &[row(Some(a), "stop")], &none),
+            DesiredState::Stopped
         );
         assert_eq!(
-            at(Desired::Running, &[row(Some(b), "stop")], &none),
-            Desired::Running
+            at(DesiredState::Running, &[row(Some(b), "stop")], &none),
+            DesiredState::Running
         );
         assert_eq!(
-            at(Desired::Running, &[row(Some(a), "pause")], &none),
-            Desired::Paused
+            at(DesiredState::Running, &[row(Some(a), "pause")], &none),
+            DesiredState::Paused
         );
         // pause does not start a stopped strategy; start does not resume a paused one
         assert_eq!(
-            at(Desired::Stopped, &[row(Some(a), "pause")], &none),
-            Desired::Stopped
+            at(DesiredState::Stopped, &[row(Some(a), "pause")], &none),
+            DesiredState::Stopped
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "start")], &none),
-            Desired::Paused
+            at(DesiredState::Paused, &[row(Some(a), "start")], &none),
+            DesiredState::Paused
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "restart")], &none),
-            Desired::Running
+            at(DesiredState::Paused, &[row(Some(a), "restart")], &none),
+            DesiredState::Running
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "update")], &none),
-            Desired::Paused
+            at(DesiredState::Paused, &[row(Some(a), "update")], &none),
+            DesiredState::Paused
         );
         // in order, globals included
         let rows = [
@@ -494,19 +491,29 @@ mod tests {
             row(None, "stop"),
             row(Some(a), "start"),
         ];
-        assert_eq!(at(Desired::Paused, &rows, &none), Desired::Running);
+        assert_eq!(
+            at(DesiredState::Paused, &rows, &none),
+            DesiredState::Running
+        );
         let rows = [row(Some(a), "start"), row(None, "pause")];
-        assert_eq!(at(Desired::Stopped, &rows, &none), Desired::Paused);
+        assert_eq!(
+            at(DesiredState::Stopped, &rows, &none),
+            DesiredState::Paused
+        );
         // a global stop this strategy has been through already (a later start since)
         let global = row(None, "stop");
         let applied = HashMap::from([(global.id, HashSet::from([a]))]);
         assert_eq!(
-            at(Desired::Running, std::slice::from_ref(&global), &applied),
-            Desired::Running
+            at(
+                DesiredState::Running,
+                std::slice::from_ref(&global),
+                &applied
+            ),
+            DesiredState::Running
         );
         assert_eq!(
-            recovered_desired(Desired::Running, b, &[global], &applied),
-            Desired::Stopped
+            recovered_desired(DesiredState::Running, b, &[global], &applied),
+            DesiredState::Stopped
         );
     }
 }

@@ -19,6 +19,15 @@ use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Why a frame could not be sent: the link is gone either way.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("control link write timed out")]
+    WriteTimedOut,
+    #[error("control link write failed")]
+    Write(#[source] tokio_util::codec::LinesCodecError),
+}
+
 /// A connected executor.
 pub struct ControlLink {
     pub peer_pid: u32,
@@ -30,14 +39,12 @@ pub struct ControlLink {
 
 impl ControlLink {
     /// Send one frame; an error means the link is gone.
-    pub async fn send(&mut self, msg: &ManagerMessage) -> std::io::Result<()> {
+    pub async fn send(&mut self, msg: &ManagerMessage) -> Result<(), LinkError> {
         let line = serde_json::to_string(msg).expect("control frames serialize");
         tokio::time::timeout(Duration::from_secs(2), self.writer.send(line))
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "control link write timed out")
-            })?
-            .map_err(std::io::Error::other)
+            .map_err(|_| LinkError::WriteTimedOut)?
+            .map_err(LinkError::Write)
     }
 
     /// The next frame; `None` when the executor closed the link. Frames that do not

@@ -13,6 +13,8 @@
 //! - [`state_dir`]: the layout of the manager's state directory (log file names).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
 //! - [`procfs`]: every read of `/proc` (start times, CPU time, the process table).
+//! - `validate` (feature `validate`): asking the executor binary whether a config is
+//!   acceptable (`--validate`), for the manager and `enginectl`.
 //!
 //! Strategy authors never need this crate: `strategy-sdk` re-exports the one type they
 //! touch ([`Tick`]).
@@ -24,6 +26,8 @@ pub mod messages;
 pub mod procfs;
 pub mod redact;
 pub mod state_dir;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 pub use messages::*;
 

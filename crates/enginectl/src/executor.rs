@@ -54,17 +54,7 @@ async fn run_executor(path: &Path, args: &[&str], stdin: Option<&[u8]>) -> anyho
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|err| {
-        let hint = if err.kind() == std::io::ErrorKind::NotFound {
-            "; build it (cargo build --release) or pass --executor-path / ENGINE_EXECUTOR_PATH"
-        } else {
-            ""
-        };
-        anyhow::Error::new(err).context(format!(
-            "cannot run the strategy executor {}{hint}",
-            path.display()
-        ))
-    })?;
+    let mut child = command.spawn().map_err(|err| cannot_run(path, err))?;
     let input = child.stdin.take();
     let feed = async move {
         if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
@@ -93,6 +83,19 @@ async fn run_executor(path: &Path, args: &[&str], stdin: Option<&[u8]>) -> anyho
     })
 }
 
+/// "cannot run the strategy executor …", with a hint when it is not there.
+fn cannot_run(path: &Path, err: std::io::Error) -> anyhow::Error {
+    let hint = if err.kind() == std::io::ErrorKind::NotFound {
+        "; build it (cargo build --release) or pass --executor-path / ENGINE_EXECUTOR_PATH"
+    } else {
+        ""
+    };
+    anyhow::Error::new(err).context(format!(
+        "cannot run the strategy executor {}{hint}",
+        path.display()
+    ))
+}
+
 /// The registered strategy types (`strategy-executor --list --json`).
 pub async fn list_types(path: &Path) -> anyhow::Result<Vec<TypeInfo>> {
     let ran = run_executor(path, &["--list", "--json"], None).await?;
@@ -119,30 +122,32 @@ pub async fn validate(
     strategy_type: &str,
     config: &Value,
 ) -> anyhow::Result<Result<(), String>> {
-    let bytes = serde_json::to_vec(config)?;
-    let ran = run_executor(
-        path,
-        &[
-            "--validate",
-            "--strategy-type",
-            strategy_type,
-            "--config-file",
-            "-",
-        ],
-        Some(&bytes),
-    )
-    .await?;
-    match ran.code {
+    use engine_protocol::validate::{validate_args, validate_config, ValidateError};
+    let verdict = match validate_config(path, strategy_type, config, EXECUTOR_TIMEOUT).await {
+        Ok(verdict) => verdict,
+        Err(ValidateError::Spawn { source, .. }) => return Err(cannot_run(path, source)),
+        Err(ValidateError::TimedOut { .. }) => bail!(
+            "{} {} did not finish within {}s",
+            path.display(),
+            validate_args(strategy_type).join(" "),
+            EXECUTOR_TIMEOUT.as_secs()
+        ),
+        Err(err @ ValidateError::Wait { .. }) => return Err(err.into()),
+    };
+    match verdict.code {
         Some(0) => Ok(Ok(())),
         Some(code) if code == EXIT_BAD_CONFIG => {
-            let reason = ran.stderr.strip_prefix("error: ").unwrap_or(&ran.stderr);
+            let reason = verdict
+                .stderr
+                .strip_prefix("error: ")
+                .unwrap_or(&verdict.stderr);
             Ok(Err(reason.to_string()))
         }
         code => bail!(
             "{} --validate failed ({}): {}",
             path.display(),
             describe_code(code),
-            ran.stderr
+            verdict.stderr
         ),
     }
 }

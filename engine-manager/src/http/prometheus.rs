@@ -116,9 +116,7 @@ fn strategy_series(shared: &Shared, rows: Option<Vec<StrategySeries>>) -> Vec<Se
                 let entry = live.get(&r.id);
                 Series {
                     id: r.id,
-                    status: entry
-                        .map(|e| e.status)
-                        .unwrap_or_else(|| r.status.parse().unwrap_or(Status::Stopped)),
+                    status: entry.map(|e| e.status).unwrap_or(r.status),
                     restart_count: entry.map_or(r.restart_count, |e| e.restart_count),
                     started_at: entry.and_then(|e| e.started_at),
                     name: r.name,

@@ -1,0 +1,193 @@
+//! The supervisor's failures, typed: each variant carries its context and, where
+//! there is one, its cause as `#[source]`. They become words only at the edge (the
+//! `error` column, `strategy_events`, logs) through [`render`].
+
+use crate::process::{ExitInfo, SpawnError};
+use engine_protocol::validate::ValidateError;
+use engine_protocol::Status;
+use std::fmt;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a start did not reach `running`.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("the executor exited during start-up ({exit}){}", Tail(tail))]
+    Exited { exit: ExitInfo, tail: String },
+    #[error(
+        "the executor did not finish initialising within {secs}s (start timeout) and was killed"
+    )]
+    TimedOut { secs: f64 },
+    #[error("the manager is shutting down")]
+    ShuttingDown,
+}
+
+impl StartError {
+    /// A failure that restarting cannot fix: bad config, unknown type, halted, our own
+    /// kill of a start-up that hung, a spawn that did not happen.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StartError::Exited { exit, .. } => matches!(
+                exit,
+                ExitInfo::Code(c) if *c == engine_protocol::control::EXIT_BAD_CONFIG
+                    || *c == engine_protocol::control::EXIT_HALTED
+            ),
+            _ => true,
+        }
+    }
+}
+
+/// Why a stop did not end in `stopped`.
+#[derive(Debug, Error)]
+pub enum StopError {
+    #[error("the executor (pid {pid}) survived SIGKILL; it may be stuck in the kernel")]
+    SurvivedKill { pid: u32 },
+}
+
+/// Why a pause, resume or config update was not acknowledged.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("the executor exited before acknowledging ({exit})")]
+    ExitedBeforeAck { exit: ExitInfo },
+    /// The executor's own words (or none).
+    #[error("{}", reason.as_deref().unwrap_or("rejected without a reason"))]
+    Rejected { reason: Option<String> },
+    #[error("the executor {} within {secs}s", if *linked { "did not answer" } else { "is not connected to the manager's control socket and did not answer" })]
+    NoAnswer { secs: f64, linked: bool },
+}
+
+/// Why a config update was not applied.
+#[derive(Debug, Error)]
+pub enum UpdateError {
+    #[error("the merged config is not a JSON object")]
+    NotAnObject,
+    #[error("the strategy rejected the new config, which was not stored")]
+    ExecutorRefused(#[source] RequestError),
+    #[error("the strategy rejected the new config, which was not stored: {reason}")]
+    ValidatorRefused { reason: String },
+    #[error("cannot check the config: executor binary not found at {}; set --executor-path", path.display())]
+    ExecutorMissing { path: PathBuf },
+    #[error(transparent)]
+    Validate(#[from] ValidateFailure),
+    #[error("the config was accepted but could not be stored")]
+    Store(#[source] sqlx::Error),
+}
+
+/// Why `--validate` could not give a verdict (the manager's words for
+/// [`ValidateError`]).
+#[derive(Debug, Error)]
+pub enum ValidateFailure {
+    #[error("cannot run {} --validate", path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config validation timed out after {}s", timeout.as_secs())]
+    TimedOut { timeout: std::time::Duration },
+    #[error("config validation failed to run")]
+    Wait(#[source] std::io::Error),
+}
+
+impl From<ValidateError> for ValidateFailure {
+    fn from(err: ValidateError) -> Self {
+        match err {
+            ValidateError::Spawn { path, source } => ValidateFailure::Spawn { path, source },
+            ValidateError::TimedOut { timeout, .. } => ValidateFailure::TimedOut { timeout },
+            ValidateError::Wait { source, .. } => ValidateFailure::Wait(source),
+        }
+    }
+}
+
+/// Why a command did not take effect on one strategy.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error("cannot pause: the strategy is {status}, not running; start it first")]
+    CannotPause { status: Status },
+    #[error("cannot resume: the strategy is {status}, not running; start it instead")]
+    CannotResume { status: Status },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Killed or crashed in its start-up: restarted with backoff.
+    #[error("{failure}; an automatic restart is scheduled")]
+    StartRetrying { failure: StartError },
+    #[error(transparent)]
+    Stop(#[from] StopError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+}
+
+/// An error and its causes on one line, `: `-separated (what `{:#}` prints for anyhow).
+pub fn render(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// `what (exit)` or `what (exit): tail`.
+pub fn describe_exit(what: &str, exit: ExitInfo, tail: &str) -> String {
+    format!("{what} ({exit}){}", Tail(tail))
+}
+
+/// `: tail`, or nothing when there is no tail.
+struct Tail<'a>(&'a str);
+
+impl fmt::Display for Tail<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, ": {}", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_render_as_before() {
+        let e = CommandError::Update(UpdateError::ExecutorRefused(RequestError::Rejected {
+            reason: Some("bad threshold".into()),
+        }));
+        assert_eq!(
+            render(&e),
+            "the strategy rejected the new config, which was not stored: bad threshold"
+        );
+        let e = CommandError::StartRetrying {
+            failure: StartError::Exited {
+                exit: ExitInfo::Signal(9),
+                tail: String::new(),
+            },
+        };
+        assert_eq!(
+            render(&e),
+            format!(
+                "the executor exited during start-up ({}); an automatic restart is scheduled",
+                ExitInfo::Signal(9)
+            )
+        );
+        let e = RequestError::NoAnswer {
+            secs: 2.0,
+            linked: false,
+        };
+        assert_eq!(
+            render(&e),
+            "the executor is not connected to the manager's control socket and did not answer within 2s"
+        );
+        let e = UpdateError::Validate(ValidateFailure::TimedOut {
+            timeout: std::time::Duration::from_secs(10),
+        });
+        assert_eq!(render(&e), "config validation timed out after 10s");
+    }
+}

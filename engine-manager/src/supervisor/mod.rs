@@ -1,0 +1,446 @@
+//! One [`StrategySupervisor`] task per strategy: it owns that strategy's executor
+//! process and control link, applies the strategy's commands one at a time in order,
+//! notices an exit the moment it happens, restarts crashes with backoff, and records
+//! every transition (database row, `strategy:status:{id}`, `strategy:state:{id}`).
+//!
+//! # Layout
+//! - [`machine`]: the decisions, without I/O — `(state, event) → (state, effects)`.
+//! - this module: the shell — it turns what happens (an exit, a frame, a command, a
+//!   timer) into [`machine::Event`]s and performs the [`machine::Effect`]s.
+//! - `ops`: the effects that wait (spawn and wait for `running`, stop with grace,
+//!   ask the executor and wait for its ack, update a config).
+//! - `record`: what a transition writes, and the [`record::Journal`] that keeps
+//!   writes through a database outage.
+//! - [`error`]: the typed failures, rendered to words only where they are written.
+
+pub mod error;
+pub mod machine;
+mod ops;
+mod record;
+
+pub use error::CommandError;
+
+use crate::config::RestartPolicy;
+use crate::link::ControlLink;
+use crate::process::{ExecutorProcess, ExitInfo};
+use crate::Shared;
+use chrono::{DateTime, Utc};
+use engine_protocol::control::ExecutorMessage;
+use engine_protocol::Status;
+use engine_store::commands::CommandKind;
+use engine_store::manager::{self as db, ObservedState};
+use engine_store::DesiredState;
+use machine::{Ctx, Effect, Event, Machine};
+use record::Journal;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::future::pending;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// How a command ended for one strategy.
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// A global command that did not apply to this strategy's state.
+    NotApplicable,
+    Failed(CommandError),
+}
+
+/// A command for one supervisor.
+#[derive(Debug)]
+pub struct SupervisorCommand {
+    pub command_id: Uuid,
+    pub kind: CommandKind,
+    pub global: bool,
+    /// Left `processing` by a previous manager and being finished now.
+    pub recovered_from: Option<DateTime<Utc>>,
+    /// Recovered, and this strategy has provably been through it already
+    /// ([`engine_store::manager::superseded_recovered`]): not applied again.
+    pub superseded: bool,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// What the supervisor does first.
+pub enum Initial {
+    /// Nothing runs and nothing should.
+    Idle,
+    /// Take over this live executor, then make it match `DesiredState`.
+    Adopt(Box<ExecutorProcess>, DesiredState),
+    /// Start an executor (then pause it if `Paused`).
+    Start(DesiredState),
+}
+
+/// The public face of one running supervisor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    pub tx: mpsc::Sender<SupervisorCommand>,
+}
+
+/// The state one strategy's supervisor publishes for the health sampler and for
+/// global commands.
+#[derive(Debug, Clone)]
+pub struct LiveEntry {
+    pub name: String,
+    pub status: Status,
+    pub pid: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub restart_count: i32,
+}
+
+pub struct StrategySupervisor {
+    shared: Arc<Shared>,
+    id: Uuid,
+    name: String,
+    strategy_type: String,
+    config: Value,
+    policy: RestartPolicy,
+    /// The decisions: status, desired state, crash count, backoff, what is in flight.
+    machine: Machine,
+    observed: ObservedState,
+    proc: Option<ExecutorProcess>,
+    link: Option<ControlLink>,
+    link_rx: mpsc::Receiver<ControlLink>,
+    inbox: mpsc::Receiver<SupervisorCommand>,
+    /// The reply channel of the command being applied.
+    replying: Option<oneshot::Sender<Outcome>>,
+    journal: Journal,
+}
+
+/// How long one database write may hold up a supervisor: past it the write is
+/// retried every second, and the supervisor goes on serving its executor.
+const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl StrategySupervisor {
+    /// Start the supervisor task for `row`.
+    pub fn spawn(shared: Arc<Shared>, row: db::StrategyRow, initial: Initial) -> SupervisorHandle {
+        let (tx, inbox) = mpsc::channel(1024);
+        let (link_tx, link_rx) = mpsc::channel(4);
+        shared
+            .link_routes
+            .lock()
+            .expect("routes lock")
+            .insert(row.id, link_tx);
+        let status = row.status;
+        let desired = match &initial {
+            Initial::Adopt(_, d) | Initial::Start(d) => *d,
+            Initial::Idle => row.desired_state,
+        };
+        let observed = ObservedState {
+            status,
+            pid: row.pid.map(|p| p as u32),
+            pid_start_ticks: row.pid_start_ticks.map(|t| t as u64),
+            pid_boot_id: row.pid_boot_id.clone(),
+            last_error: None,
+            restart_count: row.restart_count,
+            started_at: row.started_at,
+        };
+        let span = tracing::info_span!("strategy", strategy_id = %row.id, name = %row.name);
+        let mut supervisor = StrategySupervisor {
+            shared: shared.clone(),
+            id: row.id,
+            name: row.name,
+            strategy_type: row.strategy_type,
+            config: row.config,
+            policy: shared.policy,
+            machine: Machine::new(status, desired, row.operator_stopped),
+            observed,
+            proc: None,
+            link: None,
+            link_rx,
+            inbox,
+            replying: None,
+            journal: Journal::default(),
+        };
+        supervisor.apply_restart_policy(row.restart_policy.as_ref());
+        let task = format!("supervisor of strategy {}", supervisor.name);
+        shared
+            .tracker
+            .spawn_named(task, supervisor.run(initial).instrument(span));
+        SupervisorHandle { tx }
+    }
+
+    async fn run(mut self, initial: Initial) {
+        self.publish_live();
+        self.begin(initial).await;
+        let cancel = self.shared.cancel.clone();
+        let mut db_retry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                exit = wait_exit(&mut self.proc) => {
+                    let event = self.exit_event(exit);
+                    self.feed(event).await;
+                }
+                link = self.link_rx.recv() => {
+                    if let Some(link) = link {
+                        self.accept_link(link).await;
+                    }
+                }
+                frame = next_frame(&mut self.link) => self.on_frame(frame).await,
+                cmd = self.inbox.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                _ = sleep_until(self.machine.backoff_until()) => self.feed(Event::BackoffOver).await,
+                _ = db_retry.tick() => {
+                    self.retry_writes().await;
+                    self.feed(Event::Tick).await;
+                }
+            }
+        }
+        self.feed(Event::Shutdown).await;
+        self.shared
+            .link_routes
+            .lock()
+            .expect("routes lock")
+            .remove(&self.id);
+    }
+
+    async fn begin(&mut self, initial: Initial) {
+        let event = match initial {
+            Initial::Idle => {
+                let stale_pid = self.observed.pid.is_some();
+                self.forget_process();
+                Event::Idle { stale_pid }
+            }
+            Initial::Adopt(proc, desired) => {
+                tracing::info!(pid = proc.pid, "adopted a running executor");
+                self.observed.pid = Some(proc.pid);
+                self.observed.pid_start_ticks = Some(proc.start_ticks);
+                self.observed.pid_boot_id = Some(self.shared.boot_id.clone());
+                self.proc = Some(*proc);
+                Event::Adopted { desired }
+            }
+            Initial::Start(desired) => Event::Boot { desired },
+        };
+        self.feed(event).await;
+    }
+
+    async fn on_command(&mut self, cmd: SupervisorCommand) {
+        let span =
+            tracing::info_span!("command", command_id = %cmd.command_id, command = cmd.kind.word());
+        self.replying = Some(cmd.reply);
+        let event = Event::Command(machine::Command {
+            id: cmd.command_id,
+            kind: cmd.kind,
+            global: cmd.global,
+            recovered_from: cmd.recovered_from,
+            superseded: cmd.superseded,
+        });
+        self.feed(event).instrument(span).await;
+    }
+
+    // ---------------------------------------------------------------- the shell
+
+    /// What the machine is told besides the event.
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            now: Instant::now(),
+            policy: self.policy,
+            stop_on_exit: self.shared.config.stop_strategies_on_exit,
+            process: self.proc.is_some(),
+            linked: self.link.is_some(),
+            started_at: self.observed.started_at,
+            shutting_down: self.shared.cancel.is_cancelled(),
+            jitter: rand::random::<f64>(),
+            fresh_id: Uuid::new_v4(),
+        }
+    }
+
+    /// Feed `event` and perform its effects; the outcome of an effect that waits is
+    /// fed next, until the machine asks for nothing more.
+    async fn feed(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let ctx = self.ctx();
+            for effect in self.machine.step(event, &ctx) {
+                if let Some(next) = self.perform(effect).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+
+    /// Feed an event that happens while an effect waits (a frame, an exit during a
+    /// request): its effects never wait themselves.
+    async fn observe(&mut self, event: Event) {
+        let ctx = self.ctx();
+        for effect in self.machine.step(event, &ctx) {
+            if let Some(next) = self.perform_now(effect).await {
+                tracing::error!(
+                    ?next,
+                    "an effect that waits was asked for while another one waits; ignored"
+                );
+            }
+        }
+    }
+
+    async fn perform(&mut self, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Spawn { paused } => Some(self.spawn_executor(paused).await),
+            Effect::AwaitReady => Some(self.await_ready().await),
+            Effect::Shutdown {
+                grace,
+                mode,
+                reason,
+                command_id,
+            } => Some(Event::StopEnded(
+                self.shutdown_executor(grace, mode, reason, command_id)
+                    .await,
+            )),
+            Effect::Request { kind, command_id } => Some(Event::RequestEnded(
+                self.request(kind, None, command_id).await,
+            )),
+            Effect::Update {
+                patch,
+                command_id,
+                online,
+            } => Some(Event::UpdateEnded(
+                self.update(&patch, command_id, online).await,
+            )),
+            other => self.perform_now(other).await,
+        }
+    }
+
+    /// Perform an effect that does not wait (anything else is handed back).
+    async fn perform_now(&mut self, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Record(transition) => self.transition(transition).await,
+            Effect::SetDesired {
+                desired,
+                operator_stopped,
+            } => self.write_desired(desired, operator_stopped).await,
+            Effect::ResetRestarts => {
+                self.observed.restart_count = 0;
+                self.observed.last_error = None;
+            }
+            Effect::CountRestart => self.observed.restart_count += 1,
+            Effect::Reply(outcome) => self.reply(outcome),
+            Effect::Log { level, message } => log(level, &message),
+            waits => {
+                tracing::error!(effect = ?waits, "an effect that waits cannot be performed here");
+            }
+        }
+        None
+    }
+
+    fn reply(&mut self, outcome: Outcome) {
+        match &outcome {
+            Outcome::Failed(e) => {
+                tracing::warn!(error = %error::render(e), "command failed")
+            }
+            Outcome::Done => tracing::info!("command executed"),
+            Outcome::NotApplicable => {}
+        }
+        let Some(reply) = self.replying.take() else {
+            return;
+        };
+        self.journal.reply(reply, outcome);
+    }
+
+    // ---------------------------------------------------------------- the executor
+
+    /// The event for an exit nobody asked for (its log's tail read before the process
+    /// is forgotten).
+    fn exit_event(&mut self, exit: ExitInfo) -> Event {
+        let tail = self
+            .proc
+            .as_ref()
+            .map(|p| p.log_tail(5))
+            .unwrap_or_default();
+        self.forget_process();
+        Event::Exited { exit, tail }
+    }
+
+    async fn accept_link(&mut self, link: ControlLink) {
+        match &self.proc {
+            Some(p) if p.pid == link.peer_pid => {
+                tracing::debug!(pid = p.pid, status = %link.hello_status, "executor connected");
+                let hello = link.hello_status;
+                self.link = Some(link);
+                // An adopted executor tells us whether it is paused.
+                self.observe(Event::Connected { hello }).await;
+            }
+            _ => tracing::warn!(
+                peer_pid = link.peer_pid,
+                "control connection from a process that is not this strategy's executor; dropped"
+            ),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<ExecutorMessage>) {
+        match frame {
+            None => self.link = None,
+            // The executor applied a command that came over Redis (pause/resume).
+            Some(ExecutorMessage::State {
+                status,
+                reason,
+                command_id,
+            }) => {
+                let event = Event::Reported {
+                    status,
+                    reason,
+                    command_id,
+                };
+                self.observe(event).await
+            }
+            Some(ExecutorMessage::Halted { reason }) => {
+                self.observe(Event::Halted { reason }).await
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn forget_process(&mut self) {
+        self.proc = None;
+        self.link = None;
+        self.observed.pid = None;
+        self.observed.pid_start_ticks = None;
+        self.observed.pid_boot_id = None;
+    }
+
+    fn apply_restart_policy(&mut self, overrides: Option<&Value>) {
+        self.policy = match overrides {
+            None => self.shared.policy,
+            Some(o) => self.shared.policy.with_overrides(o).unwrap_or_else(|err| {
+                tracing::warn!("ignoring this strategy's restart_policy: {err}");
+                self.shared.policy
+            }),
+        };
+    }
+}
+
+fn log(level: tracing::Level, message: &str) {
+    match level {
+        tracing::Level::ERROR => tracing::error!("{message}"),
+        tracing::Level::WARN => tracing::warn!("{message}"),
+        _ => tracing::info!("{message}"),
+    }
+}
+
+async fn wait_exit(proc: &mut Option<ExecutorProcess>) -> ExitInfo {
+    match proc {
+        Some(p) => p.wait().await,
+        None => pending().await,
+    }
+}
+
+async fn next_frame(link: &mut Option<ControlLink>) -> Option<ExecutorMessage> {
+    match link {
+        Some(l) => l.next().await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => pending().await,
+    }
+}

@@ -1,0 +1,340 @@
+//! The effects that wait: spawn an executor and wait until it is initialised, stop it
+//! with grace, ask it to pause/resume/update and wait for its acknowledgement, apply a
+//! config patch. Each returns what happened; the machine decides what it means. Frames,
+//! connections and exits that arrive meanwhile go to the machine as they come.
+
+use super::error::{RequestError, StartError, StopError, UpdateError, ValidateFailure};
+use super::machine::Event;
+use super::{next_frame, wait_exit, StrategySupervisor, DB_WRITE_TIMEOUT};
+use crate::process::{ExecutorProcess, SpawnSpec};
+use chrono::Utc;
+use engine_protocol::control::{ExecutorMessage, ManagerMessage};
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind, ShutdownReason, StopMode};
+use engine_store::manager as db;
+use rustix::process::Signal;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// How long `--validate` may take.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl StrategySupervisor {
+    /// Spawn an executor (`--start-paused` with `paused`), from the definition the row
+    /// has now.
+    pub(super) async fn spawn_executor(&mut self, paused: bool) -> Event {
+        self.reload_definition().await;
+        self.link = None;
+        let log_path =
+            self.shared
+                .config
+                .logs_dir()
+                .join(engine_protocol::state_dir::log_file_name(
+                    &self.name, self.id,
+                ));
+        let control_socket = self.shared.config.control_socket_path();
+        let spec = SpawnSpec {
+            executor_path: &self.shared.executor_path,
+            strategy_id: self.id,
+            name: &self.name,
+            strategy_type: &self.strategy_type,
+            config: &self.config,
+            control_socket: &control_socket,
+            redis_url: &self.shared.config.redis_url,
+            redis_prefix: &self.shared.config.redis_prefix,
+            metrics_interval: self.shared.config.metrics_interval,
+            log_path: &log_path,
+            start_paused: paused,
+        };
+        let proc = match ExecutorProcess::spawn(&spec).await {
+            Ok(p) => p,
+            Err(e) => return Event::StartFailed(StartError::Spawn(e)),
+        };
+        tracing::info!(pid = proc.pid, "executor spawned");
+        self.observed.pid = Some(proc.pid);
+        self.observed.pid_start_ticks = Some(proc.start_ticks);
+        self.observed.pid_boot_id = Some(self.shared.boot_id.clone());
+        self.proc = Some(proc);
+        // The spawn's time, recorded with `starting`: a manager killed before
+        // `running` leaves the next one able to tell that a recovered restart
+        // already got this far.
+        self.observed.started_at = Some(Utc::now());
+        Event::Spawned
+    }
+
+    /// Wait until the spawned executor's strategy is initialised (its hello or a
+    /// state frame says running or paused).
+    pub(super) async fn await_ready(&mut self) -> Event {
+        let deadline = Instant::now() + self.shared.config.start_timeout;
+        loop {
+            tokio::select! {
+                exit = wait_exit(&mut self.proc) => {
+                    let tail = self.proc.as_ref().map(|p| p.log_tail(5)).unwrap_or_default();
+                    self.forget_process();
+                    return Event::StartFailed(StartError::Exited { exit, tail });
+                }
+                link = self.link_rx.recv() => {
+                    if let Some(link) = link {
+                        let hello = link.hello_status;
+                        self.accept_link(link).await;
+                        if hello.is_live() && self.link.is_some() {
+                            return Event::Ready { reported: hello };
+                        }
+                    }
+                }
+                frame = next_frame(&mut self.link) => match frame {
+                    Some(ExecutorMessage::State { status, .. }) if status.is_live() => {
+                        return Event::Ready { reported: status };
+                    }
+                    Some(ExecutorMessage::Halted { reason }) => self.observe(Event::Halted { reason }).await,
+                    Some(_) => {}
+                    None => self.link = None,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let secs = self.shared.config.start_timeout.as_secs_f64();
+                    self.kill_and_reap(Duration::from_secs(5)).await;
+                    // Our own kill, not a crash: a strategy that hangs in set-up is
+                    // not restarted into the same hang.
+                    return Event::StartFailed(StartError::TimedOut { secs });
+                }
+                _ = self.shared.cancel.cancelled() => {
+                    return Event::StartFailed(StartError::ShuttingDown);
+                }
+            }
+        }
+    }
+
+    /// Stop the executor: shutdown message, then SIGTERM at half the grace period,
+    /// then SIGKILL when it is over.
+    pub(super) async fn shutdown_executor(
+        &mut self,
+        grace: Duration,
+        mode: StopMode,
+        reason: ShutdownReason,
+        command_id: Uuid,
+    ) -> Result<(), StopError> {
+        let cmd = ExecutorCommand {
+            mode: Some(mode),
+            reason: Some(reason.as_str().to_string()),
+            ..self.executor_command(ExecutorCommandKind::Shutdown, None, command_id)
+        };
+        self.send_to_executor(cmd).await;
+        match self.escalate(grace).await {
+            Some(exit) => {
+                tracing::info!(%exit, "executor stopped");
+                self.forget_process();
+                Ok(())
+            }
+            None => Err(StopError::SurvivedKill {
+                pid: self.proc.as_ref().map(|p| p.pid).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Wait for the exit; SIGTERM at half `grace`, SIGKILL at its end (`None`: it
+    /// survived even that for 5 s).
+    async fn escalate(&mut self, grace: Duration) -> Option<crate::process::ExitInfo> {
+        let started = Instant::now();
+        let term_at = started + grace / 2;
+        let kill_at = started + grace;
+        let mut termed = false;
+        loop {
+            let next_deadline = if termed { kill_at } else { term_at };
+            tokio::select! {
+                exit = wait_exit(&mut self.proc) => return Some(exit),
+                frame = next_frame(&mut self.link) => {
+                    if frame.is_none() {
+                        self.link = None;
+                    }
+                }
+                link = self.link_rx.recv() => {
+                    // A late (re)connection: nothing to tell it but to stop.
+                    drop(link);
+                }
+                _ = tokio::time::sleep_until(next_deadline) => {
+                    if let Some(p) = &self.proc {
+                        if !termed {
+                            tracing::warn!(pid = p.pid, "executor still running after the shutdown message; sending SIGTERM");
+                            p.signal(Signal::TERM);
+                            termed = true;
+                        } else {
+                            tracing::warn!(pid = p.pid, "executor ignored SIGTERM; sending SIGKILL");
+                            p.signal(Signal::KILL);
+                            let wait = tokio::time::timeout(Duration::from_secs(5), wait_exit(&mut self.proc));
+                            return wait.await.ok();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn kill_and_reap(&mut self, wait: Duration) {
+        if let Some(p) = &self.proc {
+            p.signal(Signal::KILL);
+        }
+        let _ = tokio::time::timeout(wait, wait_exit(&mut self.proc)).await;
+        self.forget_process();
+    }
+
+    fn executor_command(
+        &self,
+        command: ExecutorCommandKind,
+        config: Option<Value>,
+        command_id: Uuid,
+    ) -> ExecutorCommand {
+        ExecutorCommand {
+            strategy_id: Some(self.id),
+            name: self.name.clone(),
+            timestamp: Utc::now(),
+            command,
+            command_id,
+            config,
+            mode: None,
+            reason: None,
+            source: None,
+        }
+    }
+
+    /// Send on the control link (if connected) and on `strategy:commands:{id}`.
+    async fn send_to_executor(&mut self, cmd: ExecutorCommand) {
+        if let Some(link) = &mut self.link {
+            if let Err(err) = link.send(&ManagerMessage::Command(cmd.clone())).await {
+                tracing::warn!(error = %super::error::render(&err), "control link write failed");
+                self.link = None;
+            }
+        }
+        self.shared
+            .publisher
+            .publish(self.shared.channels.commands(self.id), &cmd);
+    }
+
+    /// Pause, resume or update the running executor and wait for its acknowledgement.
+    pub(super) async fn request(
+        &mut self,
+        kind: ExecutorCommandKind,
+        config: Option<Value>,
+        command_id: Uuid,
+    ) -> Result<(), RequestError> {
+        let cmd = self.executor_command(kind, config, command_id);
+        let deadline = Instant::now() + self.shared.config.ack_timeout;
+        let mut sent_on_link = self.link.is_some();
+        self.send_to_executor(cmd.clone()).await;
+        sent_on_link &= self.link.is_some();
+        loop {
+            tokio::select! {
+                exit = wait_exit(&mut self.proc) => {
+                    let event = self.exit_event(exit);
+                    self.observe(event).await;
+                    return Err(RequestError::ExitedBeforeAck { exit });
+                }
+                link = self.link_rx.recv() => {
+                    if let Some(link) = link {
+                        self.accept_link(link).await;
+                        if !sent_on_link {
+                            if let Some(l) = &mut self.link {
+                                sent_on_link = l.send(&ManagerMessage::Command(cmd.clone())).await.is_ok();
+                            }
+                        }
+                    }
+                }
+                frame = next_frame(&mut self.link) => match frame {
+                    Some(ExecutorMessage::Ack { command_id: acked, ok, error }) if acked == command_id => {
+                        return if ok { Ok(()) } else { Err(RequestError::Rejected { reason: error }) };
+                    }
+                    None => {
+                        self.link = None;
+                        sent_on_link = false;
+                    }
+                    other => self.on_frame(other).await,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let secs = self.shared.config.ack_timeout.as_secs_f64();
+                    return Err(RequestError::NoAnswer { secs, linked: self.link.is_some() });
+                }
+            }
+        }
+    }
+
+    /// Merge `patch` into the config, have it accepted (by the running executor when
+    /// `online`, else by `--validate`), store it, and record the change.
+    pub(super) async fn update(
+        &mut self,
+        patch: &Value,
+        command_id: Uuid,
+        online: bool,
+    ) -> Result<(), UpdateError> {
+        if !self.machine.status().is_live() {
+            self.reload_definition().await;
+        }
+        let mut merged = self.config.clone();
+        json_patch::merge(&mut merged, patch);
+        if !merged.is_object() {
+            return Err(UpdateError::NotAnObject);
+        }
+        if online {
+            self.request(
+                ExecutorCommandKind::UpdateConfig,
+                Some(merged.clone()),
+                command_id,
+            )
+            .await
+            .map_err(UpdateError::ExecutorRefused)?;
+        } else {
+            self.validate_offline(&merged).await?;
+        }
+        db::write_config(&self.shared.pool, self.id, &merged)
+            .await
+            .map_err(UpdateError::Store)?;
+        self.config = merged;
+        // The history says when the config changed, and a recovered update can tell
+        // that a later one has been applied since (`db::superseded_recovered`).
+        self.record_event("config updated", command_id).await;
+        Ok(())
+    }
+
+    /// Ask the executor binary whether it accepts `config` (`--validate`).
+    async fn validate_offline(&self, config: &Value) -> Result<(), UpdateError> {
+        let path = &self.shared.executor_path;
+        if !path.is_file() {
+            return Err(UpdateError::ExecutorMissing { path: path.clone() });
+        }
+        let verdict = engine_protocol::validate::validate_config(
+            path,
+            &self.strategy_type,
+            config,
+            VALIDATE_TIMEOUT,
+        )
+        .await
+        .map_err(ValidateFailure::from)?;
+        if verdict.accepted() {
+            Ok(())
+        } else {
+            let reason = verdict.stderr.trim_start_matches("error: ").to_string();
+            Err(UpdateError::ValidatorRefused { reason })
+        }
+    }
+
+    /// Operators may edit `strategy_configs` directly: start from what the row says
+    /// now (keeping what we had if the database cannot be read).
+    pub(super) async fn reload_definition(&mut self) {
+        let load = db::load_strategy(&self.shared.pool, self.id);
+        let loaded = match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        match loaded {
+            Ok(Some(row)) => {
+                self.name = row.name;
+                self.strategy_type = row.strategy_type;
+                self.config = row.config;
+                self.apply_restart_policy(row.restart_policy.as_ref());
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "could not reload the strategy's row; using the last known config")
+            }
+        }
+    }
+}

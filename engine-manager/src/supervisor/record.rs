@@ -1,0 +1,327 @@
+//! What a transition writes (the row, `strategy_events`, the status channel, the
+//! state hash), and the [`Journal`] that keeps those writes through a database
+//! outage: `desired_state` before any status that follows from it, events in order
+//! (at most [`MAX_PENDING_EVENTS`]), and a command's outcome held until what it asked
+//! for is durable.
+
+use super::machine::Transition;
+use super::{Outcome, StrategySupervisor, DB_WRITE_TIMEOUT};
+use chrono::Utc;
+use engine_protocol::{Status, StatusMessage};
+use engine_store::manager as db;
+use engine_store::DesiredState;
+use std::collections::VecDeque;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// How many unwritten transitions a supervisor keeps through an outage (a crash
+/// loop makes four a restart); past it the oldest go, and the loss is logged.
+pub const MAX_PENDING_EVENTS: usize = 512;
+
+/// Writes not done yet, and what waits for them.
+#[derive(Default)]
+pub struct Journal {
+    /// Transitions not in `strategy_events` yet, oldest first.
+    pending_events: VecDeque<db::TransitionEvent>,
+    events_dropped: u64,
+    /// The observed state could not be written.
+    observed_unwritten: bool,
+    /// `desired_state` could not be written.
+    desired_unwritten: bool,
+    /// Outcomes of commands applied while `desired_state` could not be written: a
+    /// command is `executed` only once what it asked for is durable, so they wait
+    /// for that write (if the manager dies first, the rows stay `processing` and the
+    /// next manager applies them again).
+    held_replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+}
+
+impl Journal {
+    /// Queue an event for the next write, keeping at most [`MAX_PENDING_EVENTS`].
+    pub fn push_event(&mut self, event: db::TransitionEvent) {
+        if self.pending_events.len() >= MAX_PENDING_EVENTS {
+            self.pending_events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.pending_events.push_back(event);
+    }
+
+    /// Send `outcome`, or hold it while `desired_state` is not durable.
+    pub fn reply(&mut self, reply: oneshot::Sender<Outcome>, outcome: Outcome) {
+        if self.desired_unwritten {
+            tracing::info!("the outcome waits until desired_state is recorded");
+            self.held_replies.push((reply, outcome));
+        } else {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// `desired_state` is durable: release the held outcomes.
+    fn desired_written(&mut self) {
+        self.desired_unwritten = false;
+        for (reply, outcome) in self.held_replies.drain(..) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// The `desired_state` write failed; whether this is news (worth a log line).
+    fn desired_failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.desired_unwritten, true)
+    }
+
+    /// The observed state and the pending events are written.
+    fn observed_written(&mut self) {
+        if self.observed_unwritten {
+            tracing::info!(
+                events = self.pending_events.len(),
+                "recorded state again after a database outage"
+            );
+        }
+        if self.events_dropped > 0 {
+            tracing::warn!(
+                dropped = self.events_dropped,
+                kept = MAX_PENDING_EVENTS,
+                "strategy_events lost the oldest transitions of the outage"
+            );
+            self.events_dropped = 0;
+        }
+        self.pending_events.clear();
+        self.observed_unwritten = false;
+    }
+
+    /// The observed-state write failed; whether this is news.
+    fn observed_failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.observed_unwritten, true)
+    }
+}
+
+impl StrategySupervisor {
+    /// Set `desired_state` (and `operator_stopped`) in the row; kept and retried every
+    /// second if the database does not take it.
+    pub(super) async fn write_desired(&mut self, desired: DesiredState, operator_stopped: bool) {
+        let write = db::write_desired(&self.shared.pool, self.id, desired, operator_stopped);
+        match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => self.journal.desired_written(),
+            Ok(Err(err)) => {
+                if self.journal.desired_failed() {
+                    tracing::warn!(error = %err, "could not record desired_state; retrying every second");
+                }
+            }
+            Err(_) => {
+                if self.journal.desired_failed() {
+                    tracing::warn!("could not record desired_state (the database did not answer within 1s); retrying every second");
+                }
+            }
+        }
+    }
+
+    /// The once-a-second retry of writes that did not land.
+    pub(super) async fn retry_writes(&mut self) {
+        if self.journal.desired_unwritten {
+            let (desired, stopped) = (self.machine.desired(), self.machine.operator_stopped());
+            self.write_desired(desired, stopped).await;
+        }
+        if self.journal.observed_unwritten {
+            self.record().await;
+        }
+    }
+
+    /// Record a transition everywhere: the row, the status channel, the state hash.
+    pub(super) async fn transition(&mut self, t: Transition) {
+        let status = t.to;
+        self.observed.status = status;
+        if !matches!(
+            status,
+            Status::Running | Status::Paused | Status::Starting | Status::Stopping
+        ) && status != Status::Backoff
+        {
+            self.observed.started_at = None;
+        }
+        if t.error.is_some() {
+            self.observed.last_error = t.error.clone();
+        }
+        if t.from != status {
+            tracing::info!(from = %t.from, to = %status, reason = t.reason, "status");
+        }
+        if t.from != status || t.reason.is_some() {
+            self.journal.push_event(db::TransitionEvent {
+                event_id: Uuid::new_v4(),
+                at: Utc::now(),
+                old_status: t.from,
+                new_status: status,
+                reason: t.reason.clone(),
+                error: t.error.clone(),
+                command_id: t.command_id,
+                pid: self.observed.pid,
+            });
+        }
+        self.record().await;
+        let msg = StatusMessage {
+            strategy_id: self.id,
+            name: self.name.clone(),
+            timestamp: Utc::now(),
+            status,
+            pid: self.observed.pid,
+            node: self.shared.node.clone(),
+            error: t.error,
+            reason: t.reason,
+            command_id: t.command_id,
+            source: Some("manager".to_string()),
+        };
+        self.publish_state(&msg);
+        self.shared
+            .publisher
+            .publish(self.shared.channels.status(self.id), &msg);
+        self.publish_live();
+    }
+
+    /// `strategy:state:{id}`.
+    fn publish_state(&self, msg: &StatusMessage) {
+        let observed = &self.observed;
+        self.shared.publisher.set_state(
+            self.shared.channels.state_key(self.id),
+            vec![
+                ("strategy_id".into(), self.id.to_string()),
+                ("name".into(), self.name.clone()),
+                ("status".into(), msg.status.to_string()),
+                (
+                    "pid".into(),
+                    observed.pid.map(|p| p.to_string()).unwrap_or_default(),
+                ),
+                ("node".into(), self.shared.node.clone()),
+                ("restart_count".into(), observed.restart_count.to_string()),
+                (
+                    "last_error".into(),
+                    observed.last_error.clone().unwrap_or_default(),
+                ),
+                ("updated_at".into(), msg.timestamp.to_rfc3339()),
+                (
+                    "status_message".into(),
+                    serde_json::to_string(msg).unwrap_or_default(),
+                ),
+            ],
+        );
+    }
+
+    /// An event that is not a transition (the status stays), e.g. a config change.
+    pub(super) async fn record_event(&mut self, reason: &str, command_id: Uuid) {
+        let status = self.machine.status();
+        self.journal.push_event(db::TransitionEvent {
+            event_id: Uuid::new_v4(),
+            at: Utc::now(),
+            old_status: status,
+            new_status: status,
+            reason: Some(reason.to_string()),
+            error: None,
+            command_id: Some(command_id),
+            pid: self.observed.pid,
+        });
+        self.record().await;
+    }
+
+    /// Write the observed state and the events not written yet (kept, in order,
+    /// until a write succeeds: an outage loses no history).
+    async fn record(&mut self) {
+        // desired_state goes to the row before any status that follows from it: a
+        // row saying `stopped` with a stale `desired_state = running` would make the
+        // next manager start the strategy again (and apply its stop twice).
+        if self.journal.desired_unwritten {
+            let (desired, stopped) = (self.machine.desired(), self.machine.operator_stopped());
+            self.write_desired(desired, stopped).await;
+            if self.journal.desired_unwritten {
+                self.journal.observed_unwritten = true;
+                return;
+            }
+        }
+        let events = self.journal.pending_events.make_contiguous();
+        let write = db::write_observed(
+            &self.shared.pool,
+            self.id,
+            &self.observed,
+            events,
+            &self.shared.node,
+        );
+        let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        match result {
+            Ok(()) => self.journal.observed_written(),
+            Err(err) => {
+                if self.journal.observed_failed() {
+                    tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
+                }
+            }
+        }
+    }
+
+    pub(super) fn publish_live(&self) {
+        self.shared.live.lock().expect("live lock").insert(
+            self.id,
+            super::LiveEntry {
+                name: self.name.clone(),
+                status: self.machine.status(),
+                pid: self.observed.pid,
+                started_at: self.observed.started_at,
+                restart_count: self.observed.restart_count,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> db::TransitionEvent {
+        db::TransitionEvent {
+            event_id: Uuid::from_u128(n as u128),
+            at: Utc::now(),
+            old_status: Status::Running,
+            new_status: Status::Backoff,
+            reason: None,
+            error: None,
+            command_id: None,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn an_outage_keeps_the_newest_events_and_counts_the_dropped_ones() {
+        let mut journal = Journal::default();
+        for n in 0..MAX_PENDING_EVENTS + 3 {
+            journal.push_event(event(n));
+        }
+        assert_eq!(journal.pending_events.len(), MAX_PENDING_EVENTS);
+        assert_eq!(journal.events_dropped, 3);
+        assert_eq!(
+            journal.pending_events.front().map(|e| e.event_id),
+            Some(Uuid::from_u128(3))
+        );
+        journal.observed_written();
+        assert!(journal.pending_events.is_empty());
+        assert_eq!(journal.events_dropped, 0);
+    }
+
+    #[test]
+    fn an_outcome_waits_until_desired_state_is_recorded() {
+        let mut journal = Journal::default();
+        assert!(journal.desired_failed(), "the first failure is news");
+        assert!(!journal.desired_failed(), "the second is not");
+        let (tx, mut rx) = oneshot::channel();
+        journal.reply(tx, Outcome::Done);
+        assert!(
+            rx.try_recv().is_err(),
+            "held while desired_state is not durable"
+        );
+        journal.desired_written();
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Done)));
+    }
+
+    #[test]
+    fn an_outcome_is_sent_at_once_when_desired_state_is_durable() {
+        let mut journal = Journal::default();
+        let (tx, mut rx) = oneshot::channel();
+        journal.reply(tx, Outcome::NotApplicable);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::NotApplicable)));
+    }
+}
