@@ -5,6 +5,7 @@
 //! Each test uses its own Redis prefix and its own temporary directory, so the tests
 //! run in parallel. Every wait is bounded by a deadline.
 
+#![allow(clippy::too_many_lines)] // tests may be long; the 80-line rule is for the code they test
 use engine_protocol::control::{self, ExecutorMessage, ManagerMessage};
 use engine_protocol::{Channels, Status, StopMode};
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind, MetricsMessage, StatusMessage};
