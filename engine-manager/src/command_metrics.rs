@@ -8,6 +8,7 @@
 //! deletes later stay counted.
 
 use engine_store::metrics::{self as store, CommandTotal, FinishedCommand};
+use engine_store::{CommandStatus, CommandWord};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,13 +23,16 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
-/// The `command` label values; any other word is counted as `other`.
-pub const COMMAND_LABELS: [&str; 7] = [
-    "start", "stop", "restart", "pause", "resume", "update", "other",
-];
+/// The `command` label values: every command word, and `other` for any other word.
+fn command_labels() -> impl Iterator<Item = &'static str> {
+    CommandWord::ALL
+        .into_iter()
+        .map(CommandWord::as_str)
+        .chain(["other"])
+}
 
 /// The `status` label values of finished commands.
-const OUTCOMES: [&str; 2] = ["executed", "failed"];
+const OUTCOMES: [CommandStatus; 2] = [CommandStatus::Executed, CommandStatus::Failed];
 
 /// Labels `command`, `status`.
 type OutcomeLabels = [(&'static str, &'static str); 2];
@@ -37,16 +41,17 @@ type CommandLabel = [(&'static str, &'static str); 1];
 
 /// The `command` label of a command word (exact words only, as the table holds them).
 fn command_label(word: &str) -> &'static str {
-    COMMAND_LABELS[..COMMAND_LABELS.len() - 1]
-        .iter()
-        .find(|label| **label == word)
-        .copied()
+    word.parse::<CommandWord>()
+        .map(CommandWord::as_str)
         .unwrap_or("other")
 }
 
 /// The `status` label of a finished row, `None` for a row not finished.
 fn outcome_label(status: &str) -> Option<&'static str> {
-    OUTCOMES.iter().find(|o| **o == status).copied()
+    OUTCOMES
+        .into_iter()
+        .map(CommandStatus::as_str)
+        .find(|o| *o == status)
 }
 
 /// Finished commands counted since the start of the table.
@@ -67,9 +72,9 @@ impl Default for CommandMetrics {
             seeded: AtomicBool::new(false),
         };
         // Every series exists from the start, at 0.
-        for command in COMMAND_LABELS {
+        for command in command_labels() {
             for status in OUTCOMES {
-                metrics.counter(command, status);
+                metrics.counter(command, status.as_str());
             }
             let _created = metrics.latency.get_or_create(&[("command", command)]);
         }
@@ -87,9 +92,9 @@ impl CommandMetrics {
     }
 
     fn seed_from(&self, totals: &[CommandTotal]) {
-        for command in COMMAND_LABELS {
+        for command in command_labels() {
             for status in OUTCOMES {
-                self.counter(command, status)
+                self.counter(command, status.as_str())
                     .inner()
                     .store(0, Ordering::Relaxed);
             }

@@ -9,7 +9,7 @@ use crate::supervisor::{
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
-use engine_store::commands::{parse_command, CommandKind};
+use engine_store::commands::{parse_command, CommandKind, InvalidCommand};
 use engine_store::manager::{self as db, CommandRow};
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
@@ -24,8 +24,8 @@ const CLAIM_BATCH: i64 = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     /// The command word or its parameters are not valid (the store's words).
-    #[error("{reason}")]
-    Invalid { reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
     #[error("unknown strategy id {strategy_id}: no row in strategy_configs has it")]
     UnknownStrategy { strategy_id: Uuid },
     #[error(transparent)]
@@ -180,8 +180,8 @@ impl CommandIntake {
         };
         let kind = match parse_command(&row.command, &row.parameters, row.strategy_id.is_none()) {
             Ok(kind) => kind,
-            Err(reason) => {
-                self.finish(row.id, Err(IntakeError::Invalid { reason }));
+            Err(invalid) => {
+                self.finish(row.id, Err(IntakeError::Invalid(invalid)));
                 return;
             }
         };

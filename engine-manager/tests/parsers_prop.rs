@@ -128,7 +128,7 @@ proptest! {
                     prop_assert!(["stop", "pause", "resume"].contains(&kind.word()));
                 }
             }
-            Err(e) => prop_assert!(e.len() > 20, "terse error: {}", e),
+            Err(e) => prop_assert!(e.to_string().len() > 20, "terse error: {}", e),
         }
     }
 

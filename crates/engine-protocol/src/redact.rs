@@ -6,6 +6,9 @@ pub fn redact_url(url: &str) -> String {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            } else if !parsed.username().is_empty() {
+                // A user name alone may be the secret (`redis://token@host`).
+                let _ = parsed.set_username("***");
             }
             parsed.to_string()
         }
@@ -35,6 +38,11 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+        assert_eq!(
+            redact_url("redis://t0ken@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://host/0?x=a@b"), "redis://host/0?x=a@b");
         assert_eq!(redact_url("postgres://u:p@[bad"), "postgres://***");
         assert_eq!(redact_url("not a url with secret"), "***");
     }

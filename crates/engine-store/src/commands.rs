@@ -75,86 +75,123 @@ pub async fn insert_command_row(
     .await
 }
 
+/// Why a command row cannot be carried out: each says what was wrong and what would
+/// be right (the words go to the row's `error` column and to HTTP answers).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("parameters must be a JSON object, got {kind}")]
+    ParametersNotAnObject { kind: &'static str },
+    #[error("unknown command '{word}'{}; expected one of {}", did_you_mean(.suggestion), CommandWord::list())]
+    UnknownWord {
+        word: String,
+        /// The word meant, when only case or spaces were off.
+        suggestion: Option<CommandWord>,
+    },
+    #[error(
+        "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
+    )]
+    NotGlobal { word: String },
+    #[error("unknown parameter '{key}' for {word}; {word} takes no parameters (use {{}})")]
+    TakesNoParameters { word: String, key: String },
+    #[error(
+        "unknown parameter '{key}' for update; it takes only \"config\": {{...}} (a JSON merge patch)"
+    )]
+    UnknownUpdateParameter { key: String },
+    #[error("parameters.config must be a JSON object (a merge patch for the config), got {kind}")]
+    ConfigNotAnObject { kind: &'static str },
+    #[error(
+        "update needs parameters {{\"config\": {{...}}}}: a JSON merge patch for the strategy's config"
+    )]
+    UpdateWithoutConfig,
+    #[error(
+        "parameters.timeout_s must be a number with 0 < timeout_s <= 3600 (seconds), got {value}"
+    )]
+    BadTimeout { value: Value },
+    #[error(
+        "parameters.mode must be \"leave\" (keep positions, the default) or \"flatten\" (close them first), got {value}"
+    )]
+    BadMode { value: Value },
+    #[error(
+        "unknown parameter '{key}' for {word}; allowed: timeout_s (0 < s <= 3600), mode (\"leave\" or \"flatten\")"
+    )]
+    UnknownStopParameter { word: String, key: String },
+}
+
+fn did_you_mean(suggestion: &Option<CommandWord>) -> String {
+    suggestion
+        .map(|w| format!(" (did you mean '{w}'?)"))
+        .unwrap_or_default()
+}
+
 /// Check a row's `command` and `parameters`; `global` for rows with no strategy_id.
-pub fn parse_command(word: &str, parameters: &Value, global: bool) -> Result<CommandKind, String> {
+pub fn parse_command(
+    word: &str,
+    parameters: &Value,
+    global: bool,
+) -> Result<CommandKind, InvalidCommand> {
     let Some(params) = parameters.as_object() else {
-        return Err(format!(
-            "parameters must be a JSON object, got {}",
-            json_kind(parameters)
-        ));
+        return Err(InvalidCommand::ParametersNotAnObject {
+            kind: json_kind(parameters),
+        });
     };
     let Ok(command) = word.parse::<CommandWord>() else {
         let trimmed = word.trim().to_lowercase();
-        let hint = if trimmed != word && trimmed.parse::<CommandWord>().is_ok() {
-            format!(" (did you mean '{trimmed}'?)")
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "unknown command '{word}'{hint}; expected one of {}",
-            CommandWord::list()
-        ));
+        let suggestion = (trimmed != word)
+            .then(|| trimmed.parse::<CommandWord>().ok())
+            .flatten();
+        return Err(InvalidCommand::UnknownWord {
+            word: word.to_string(),
+            suggestion,
+        });
     };
     // Never allowed globally, whatever the parameters: say so before judging them.
     if global && !command.may_be_global() {
-        return Err(not_global(word));
+        return Err(InvalidCommand::NotGlobal {
+            word: word.to_string(),
+        });
     }
-    let kind = match command {
+    match command {
         CommandWord::Start | CommandWord::Pause | CommandWord::Resume => {
             no_parameters(word, params)?;
-            match command {
+            Ok(match command {
                 CommandWord::Start => CommandKind::Start,
                 CommandWord::Pause => CommandKind::Pause,
                 _ => CommandKind::Resume,
-            }
+            })
         }
         CommandWord::Stop | CommandWord::Restart => {
             let (timeout, mode) = stop_parameters(word, params)?;
-            if command == CommandWord::Stop {
+            Ok(if command == CommandWord::Stop {
                 CommandKind::Stop { timeout, mode }
             } else {
                 CommandKind::Restart { timeout, mode }
-            }
+            })
         }
-        CommandWord::Update => {
-            if let Some(key) = params.keys().find(|k| k.as_str() != "config") {
-                return Err(format!(
-                    "unknown parameter '{key}' for update; it takes only \"config\": {{...}} (a JSON merge patch)"
-                ));
-            }
-            match params.get("config") {
-                Some(Value::Object(patch)) => CommandKind::Update {
-                    patch: Value::Object(patch.clone()),
-                },
-                Some(other) => {
-                    return Err(format!(
-                        "parameters.config must be a JSON object (a merge patch for the config), got {}",
-                        json_kind(other)
-                    ))
-                }
-                None => {
-                    return Err(
-                        "update needs parameters {\"config\": {...}}: a JSON merge patch for the strategy's config"
-                            .to_string(),
-                    )
-                }
-            }
-        }
-    };
-    Ok(kind)
+        CommandWord::Update => update_parameters(params),
+    }
 }
 
-fn not_global(word: &str) -> String {
-    format!(
-        "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
-    )
+fn update_parameters(params: &Map<String, Value>) -> Result<CommandKind, InvalidCommand> {
+    if let Some(key) = params.keys().find(|k| k.as_str() != "config") {
+        return Err(InvalidCommand::UnknownUpdateParameter { key: key.clone() });
+    }
+    match params.get("config") {
+        Some(Value::Object(patch)) => Ok(CommandKind::Update {
+            patch: Value::Object(patch.clone()),
+        }),
+        Some(other) => Err(InvalidCommand::ConfigNotAnObject {
+            kind: json_kind(other),
+        }),
+        None => Err(InvalidCommand::UpdateWithoutConfig),
+    }
 }
 
-fn no_parameters(word: &str, params: &Map<String, Value>) -> Result<(), String> {
+fn no_parameters(word: &str, params: &Map<String, Value>) -> Result<(), InvalidCommand> {
     match params.keys().next() {
-        Some(key) => Err(format!(
-            "unknown parameter '{key}' for {word}; {word} takes no parameters (use {{}})"
-        )),
+        Some(key) => Err(InvalidCommand::TakesNoParameters {
+            word: word.to_string(),
+            key: key.clone(),
+        }),
         None => Ok(()),
     }
 }
@@ -162,17 +199,18 @@ fn no_parameters(word: &str, params: &Map<String, Value>) -> Result<(), String> 
 fn stop_parameters(
     word: &str,
     params: &Map<String, Value>,
-) -> Result<(Duration, StopMode), String> {
+) -> Result<(Duration, StopMode), InvalidCommand> {
     let mut timeout = DEFAULT_STOP_TIMEOUT;
     let mut mode = StopMode::Leave;
     for (key, value) in params {
         match key.as_str() {
             "timeout_s" => {
-                let secs = value.as_f64().filter(|s| *s > 0.0 && *s <= 3600.0).ok_or_else(|| {
-                    format!(
-                        "parameters.timeout_s must be a number with 0 < timeout_s <= 3600 (seconds), got {value}"
-                    )
-                })?;
+                let secs = value
+                    .as_f64()
+                    .filter(|s| *s > 0.0 && *s <= 3600.0)
+                    .ok_or_else(|| InvalidCommand::BadTimeout {
+                        value: value.clone(),
+                    })?;
                 timeout = Duration::from_secs_f64(secs);
             }
             "mode" => {
@@ -180,16 +218,17 @@ fn stop_parameters(
                     Some("leave") => StopMode::Leave,
                     Some("flatten") => StopMode::Flatten,
                     _ => {
-                        return Err(format!(
-                            "parameters.mode must be \"leave\" (keep positions, the default) or \"flatten\" (close them first), got {value}"
-                        ))
+                        return Err(InvalidCommand::BadMode {
+                            value: value.clone(),
+                        })
                     }
                 }
             }
             other => {
-                return Err(format!(
-                    "unknown parameter '{other}' for {word}; allowed: timeout_s (0 < s <= 3600), mode (\"leave\" or \"flatten\")"
-                ))
+                return Err(InvalidCommand::UnknownStopParameter {
+                    word: word.to_string(),
+                    key: other.to_string(),
+                })
             }
         }
     }
@@ -202,7 +241,9 @@ mod tests {
     use serde_json::json;
 
     fn err(word: &str, params: Value, global: bool) -> String {
-        parse_command(word, &params, global).unwrap_err()
+        parse_command(word, &params, global)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

@@ -302,8 +302,8 @@ pub async fn post_command(
             )
         })?
     };
-    if let Err(message) = parse_command(&command, &parameters, false) {
-        return Err(ApiError::bad_request(message));
+    if let Err(invalid) = parse_command(&command, &parameters, false) {
+        return Err(ApiError::bad_request(invalid.to_string()));
     }
     let strategy = find_strategy(&state, &name).await?;
     let inserted = insert_command_row(&state.shared.pool, Some(strategy.id), word, &parameters)
