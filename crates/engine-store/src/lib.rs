@@ -8,11 +8,13 @@
 //! - [`operator`]: what operators' tools (`enginectl`, the HTTP API) read and insert.
 //! - [`commands`]: command rows checked and turned into typed commands.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
+//! - [`duty`]: the dashboard's kill switch (global command rows).
 //!
 //! Architecture invariant: no other crate writes SQL. The daemon, `enginectl`, the
 //! HTTP API and the bench call functions here.
 
 pub mod commands;
+pub mod duty;
 pub mod manager;
 pub mod metrics;
 pub mod operator;

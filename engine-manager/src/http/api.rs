@@ -27,11 +27,11 @@ pub const COMMANDS: [&str; 6] = ["start", "stop", "restart", "pause", "resume", 
 const RECENT: i64 = 20;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct StrategyListRow {
-    id: Uuid,
-    name: String,
-    strategy_type: String,
-    config: Value,
+pub(super) struct StrategyListRow {
+    pub(super) id: Uuid,
+    pub(super) name: String,
+    pub(super) strategy_type: String,
+    pub(super) config: Value,
     auto_start: bool,
     desired_state: String,
     status: String,
@@ -215,7 +215,10 @@ pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<
 }
 
 /// Find a strategy by name (or, failing that, by id); 404 with suggestions.
-async fn find_strategy(state: &AppState, name: &str) -> Result<StrategyListRow, ApiError> {
+pub(super) async fn find_strategy(
+    state: &AppState,
+    name: &str,
+) -> Result<StrategyListRow, ApiError> {
     let by_name: Option<StrategyListRow> =
         sqlx::query_as(&format!("{STRATEGY_SELECT} WHERE c.name = $1"))
             .bind(name)
