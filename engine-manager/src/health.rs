@@ -18,8 +18,8 @@
 //! a strategy is never stale. `--stale-after 0` turns the check off.
 
 use crate::log_rotation::{self, RotationPolicy};
-use crate::process::ProcStat;
 use crate::recorder::LastMetrics;
+use crate::supervisor::LiveEntry;
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::{EngineHealthMessage, HealthMessage};
@@ -29,12 +29,15 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 pub struct HealthSampler {
     shared: Arc<Shared>,
     recorder: mpsc::Sender<MetricsRow>,
-    cpu: CpuMeter,
+    /// `None` only while a sample runs on the blocking pool.
+    processes: Option<ProcessSampler>,
     started: Instant,
     /// When the executors' logs were last checked for rotation.
     rotation_checked: Option<Instant>,
@@ -43,15 +46,18 @@ pub struct HealthSampler {
 }
 
 impl HealthSampler {
-    pub fn new(shared: Arc<Shared>, recorder: mpsc::Sender<MetricsRow>) -> Self {
-        HealthSampler {
+    pub fn new(
+        shared: Arc<Shared>,
+        recorder: mpsc::Sender<MetricsRow>,
+    ) -> Result<Self, sysinfo::Error> {
+        Ok(HealthSampler {
             shared,
             recorder,
-            cpu: CpuMeter::default(),
+            processes: Some(ProcessSampler::new()?),
             started: Instant::now(),
             rotation_checked: None,
             rotation_failing: HashSet::new(),
-        }
+        })
     }
 
     pub async fn run(mut self) {
@@ -62,7 +68,7 @@ impl HealthSampler {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = interval.tick() => {
-                    self.sample();
+                    self.sample().await;
                     // A `readdir` and a `stat` per log: not on every tick.
                     let every = self.shared.config.log_check_interval;
                     if self.rotation_checked.is_none_or(|at| at.elapsed() >= every) {
@@ -85,11 +91,7 @@ impl HealthSampler {
             return;
         }
         let dir = self.shared.config.logs_dir();
-        let Ok(report) =
-            tokio::task::spawn_blocking(move || log_rotation::rotate_dir(&dir, policy)).await
-        else {
-            return;
-        };
+        let report = crate::tasks::blocking(move || log_rotation::rotate_dir(&dir, policy)).await;
         for (path, size) in &report.rotated {
             self.rotation_failing.remove(path);
             tracing::info!(log = %path.display(), size = %log_rotation::format_size(*size), keep = policy.keep, "rotated an executor log");
@@ -104,182 +106,240 @@ impl HealthSampler {
         self.rotation_failing = failing;
     }
 
-    fn sample(&mut self) {
+    /// One health tick: sample the live executors and the manager, publish their
+    /// health and state, and hand the rows to the recorder.
+    async fn sample(&mut self) {
         let own_pid = std::process::id();
-        let entries: Vec<_> = {
+        let entries: Vec<(Uuid, LiveEntry)> = {
             let live = self.shared.live.lock().expect("live lock");
             live.iter()
                 .filter(|(_, e)| e.status.is_live() && e.pid.is_some())
                 .map(|(id, e)| (*id, e.clone()))
                 .collect()
         };
-        let sampled_at = Instant::now();
+        let mut pids: Vec<u32> = entries.iter().filter_map(|(_, e)| e.pid).collect();
+        pids.push(own_pid);
+        let usage = self.measure(pids).await;
         let now = Utc::now();
-        let (stale_after, metrics_interval) = (
-            self.shared.config.stale_after,
-            self.shared.config.metrics_interval,
-        );
-        let verdicts: Vec<TickVerdict> = {
-            let metrics = self.shared.last_metrics.lock().expect("last_metrics lock");
-            entries
-                .iter()
-                .map(|(id, entry)| {
-                    let reported = metrics.get(id);
-                    tick_verdict(
-                        reported,
-                        entry.started_at,
-                        now,
-                        stale_after,
-                        metrics_interval,
-                    )
-                })
-                .collect()
-        };
-        let channels = &self.shared.channels;
+        let verdicts = self.verdicts(&entries, now);
         let mut rows = Vec::with_capacity(entries.len());
         for ((id, entry), verdict) in entries.iter().zip(verdicts) {
             let pid = entry.pid.expect("filtered");
-            let Some(stat) = ProcStat::read(pid) else {
+            let Some(usage) = usage.get(&pid) else {
                 continue;
             };
-            // CPU % is a delta: a first sample has none, and is not published as one.
-            let cpu = self.cpu.percent(pid, &stat, sampled_at);
-            let first = cpu.is_none();
-            let cpu = cpu.unwrap_or(0.0);
-            let memory_mb = self.cpu.memory_mb(&stat);
-            let uptime_s = entry
-                .started_at
-                .map(|t| (now - t).num_seconds().max(0) as u64)
-                .unwrap_or(0);
-            let TickVerdict {
-                age_ms: tick_age_ms,
-                stale,
-            } = verdict;
-            let msg = HealthMessage {
-                strategy_id: *id,
-                name: entry.name.clone(),
-                timestamp: now,
-                pid: Some(pid),
-                status: entry.status,
-                cpu_percent: if first { 0.0 } else { round2(cpu) },
-                memory_mb: round2(memory_mb),
-                uptime_s,
-                restart_count: entry.restart_count,
-                node: self.shared.node.clone(),
-                stale,
-                last_tick_age_ms: tick_age_ms,
-            };
-            self.shared.publisher.set_state(
-                channels.state_key(*id),
-                vec![
-                    ("cpu_percent".into(), msg.cpu_percent.to_string()),
-                    ("memory_mb".into(), msg.memory_mb.to_string()),
-                    ("uptime_s".into(), uptime_s.to_string()),
-                    ("health_at".into(), now.to_rfc3339()),
-                    ("stale".into(), stale.to_string()),
-                    (
-                        "last_tick_age_ms".into(),
-                        tick_age_ms.map(|ms| ms.to_string()).unwrap_or_default(),
-                    ),
-                    (
-                        "health_message".into(),
-                        serde_json::to_string(&msg).unwrap_or_default(),
-                    ),
-                ],
-            );
-            self.shared.publisher.publish(channels.health(), &msg);
-            if !first {
-                rows.push(MetricsRow {
-                    strategy_id: *id,
-                    timestamp: now,
-                    source: "health",
-                    pnl: None,
-                    positions_count: None,
-                    orders_count: None,
-                    success_rate: None,
-                    cpu_percent: Some(msg.cpu_percent),
-                    memory_mb: Some(msg.memory_mb),
-                    metrics: json!({
-                        "uptime_s": uptime_s,
-                        "restart_count": entry.restart_count,
-                        "stale": stale,
-                        "last_tick_age_ms": tick_age_ms,
-                    }),
-                });
+            let msg = self.health_message(*id, entry, pid, usage, verdict, now);
+            self.publish_health(&msg);
+            // CPU % is a delta: a first sample has none, and is not recorded as one.
+            if usage.cpu_percent.is_some() {
+                rows.push(metrics_row(&msg, entry.restart_count));
             }
         }
-        let (cpu, mem) = ProcStat::read(own_pid)
-            .map(|stat| {
-                let cpu = self.cpu.percent(own_pid, &stat, sampled_at);
-                (cpu.unwrap_or(0.0), self.cpu.memory_mb(&stat))
-            })
-            .unwrap_or((0.0, 0.0));
-        let engine = EngineHealthMessage {
-            name: "engine-manager".to_string(),
-            timestamp: now,
-            node: self.shared.node.clone(),
-            pid: own_pid,
-            strategies_running: entries.len(),
-            cpu_percent: round2(cpu),
-            memory_mb: round2(mem),
-            uptime_s: self.started.elapsed().as_secs(),
-        };
-        self.shared
-            .publisher
-            .publish(channels.engine_health(), &engine);
-        self.cpu.forget_unsampled(sampled_at);
+        let own = usage.get(&own_pid).copied().unwrap_or_default();
+        self.publish_engine(own, entries.len(), now);
         for row in rows {
             if self.recorder.try_send(row).is_err() {
                 break;
             }
         }
     }
-}
 
-/// CPU % of processes from successive reads of `/proc/<pid>/stat` (the way `top`
-/// computes it: CPU time used between two samples over the wall time between them;
-/// 100 is one core). Only the supervised pids are read, one small file each.
-#[derive(Debug)]
-pub struct CpuMeter {
-    ticks_per_second: f64,
-    page_size: f64,
-    /// pid → (its start time, CPU ticks at the last sample, when that was).
-    last: HashMap<u32, (u64, u64, Instant)>,
-}
+    /// CPU and memory of `pids`, read on the blocking pool (`/proc` files).
+    async fn measure(&mut self, pids: Vec<u32>) -> HashMap<u32, ProcessUsage> {
+        let mut sampler = self
+            .processes
+            .take()
+            .expect("the sampler is put back after every sample");
+        let (sampler, usage) = crate::tasks::blocking(move || {
+            let usage = sampler.sample(&pids);
+            (sampler, usage)
+        })
+        .await;
+        self.processes = Some(sampler);
+        usage
+    }
 
-impl Default for CpuMeter {
-    fn default() -> Self {
-        CpuMeter {
-            ticks_per_second: rustix::param::clock_ticks_per_second() as f64,
-            page_size: rustix::param::page_size() as f64,
-            last: HashMap::new(),
+    /// The stale rule applied to each entry.
+    fn verdicts(&self, entries: &[(Uuid, LiveEntry)], now: DateTime<Utc>) -> Vec<TickVerdict> {
+        let config = &self.shared.config;
+        let metrics = self.shared.last_metrics.lock().expect("last_metrics lock");
+        entries
+            .iter()
+            .map(|(id, entry)| {
+                tick_verdict(
+                    metrics.get(id),
+                    entry.started_at,
+                    now,
+                    config.stale_after,
+                    config.metrics_interval,
+                )
+            })
+            .collect()
+    }
+
+    fn health_message(
+        &self,
+        id: Uuid,
+        entry: &LiveEntry,
+        pid: u32,
+        usage: &ProcessUsage,
+        verdict: TickVerdict,
+        now: DateTime<Utc>,
+    ) -> HealthMessage {
+        HealthMessage {
+            strategy_id: id,
+            name: entry.name.clone(),
+            timestamp: now,
+            pid: Some(pid),
+            status: entry.status,
+            cpu_percent: round2(usage.cpu_percent.unwrap_or(0.0)),
+            memory_mb: round2(usage.memory_mb),
+            uptime_s: entry
+                .started_at
+                .map(|t| (now - t).num_seconds().max(0) as u64)
+                .unwrap_or(0),
+            restart_count: entry.restart_count,
+            node: self.shared.node.clone(),
+            stale: verdict.stale,
+            last_tick_age_ms: verdict.age_ms,
         }
     }
+
+    /// `strategy:health` and the health fields of the strategy's state hash.
+    fn publish_health(&self, msg: &HealthMessage) {
+        let channels = &self.shared.channels;
+        self.shared.publisher.set_state(
+            channels.state_key(msg.strategy_id),
+            vec![
+                ("cpu_percent".into(), msg.cpu_percent.to_string()),
+                ("memory_mb".into(), msg.memory_mb.to_string()),
+                ("uptime_s".into(), msg.uptime_s.to_string()),
+                ("health_at".into(), msg.timestamp.to_rfc3339()),
+                ("stale".into(), msg.stale.to_string()),
+                (
+                    "last_tick_age_ms".into(),
+                    msg.last_tick_age_ms
+                        .map(|ms| ms.to_string())
+                        .unwrap_or_default(),
+                ),
+                (
+                    "health_message".into(),
+                    serde_json::to_string(msg).unwrap_or_default(),
+                ),
+            ],
+        );
+        self.shared.publisher.publish(channels.health(), msg);
+    }
+
+    /// `engine:health`: the manager's own figures.
+    fn publish_engine(&self, own: ProcessUsage, strategies_running: usize, now: DateTime<Utc>) {
+        let engine = EngineHealthMessage {
+            name: "engine-manager".to_string(),
+            timestamp: now,
+            node: self.shared.node.clone(),
+            pid: std::process::id(),
+            strategies_running,
+            cpu_percent: round2(own.cpu_percent.unwrap_or(0.0)),
+            memory_mb: round2(own.memory_mb),
+            uptime_s: self.started.elapsed().as_secs(),
+        };
+        self.shared
+            .publisher
+            .publish(self.shared.channels.engine_health(), &engine);
+    }
 }
 
-impl CpuMeter {
-    /// CPU % since this pid's previous sample; `None` on its first sample (or the
-    /// first of a new process that reuses the pid).
-    pub fn percent(&mut self, pid: u32, stat: &ProcStat, at: Instant) -> Option<f64> {
-        let previous = self
-            .last
-            .insert(pid, (stat.start_ticks, stat.cpu_ticks, at));
-        let (start_ticks, cpu_ticks, then) = previous?;
-        let wall = at.checked_duration_since(then)?.as_secs_f64();
-        if start_ticks != stat.start_ticks || wall <= 0.0 || self.ticks_per_second <= 0.0 {
-            return None;
+/// The `strategy_metrics` row of one health sample.
+fn metrics_row(msg: &HealthMessage, restart_count: i32) -> MetricsRow {
+    MetricsRow {
+        strategy_id: msg.strategy_id,
+        timestamp: msg.timestamp,
+        source: "health",
+        pnl: None,
+        positions_count: None,
+        orders_count: None,
+        success_rate: None,
+        cpu_percent: Some(msg.cpu_percent),
+        memory_mb: Some(msg.memory_mb),
+        metrics: json!({
+            "uptime_s": msg.uptime_s,
+            "restart_count": restart_count,
+            "stale": msg.stale,
+            "last_tick_age_ms": msg.last_tick_age_ms,
+        }),
+    }
+}
+
+/// CPU and resident memory of one process at one sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessUsage {
+    /// CPU % since the process's previous sample (100 is one core); `None` on its
+    /// first sample, which has no delta yet.
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: f64,
+}
+
+/// CPU % and resident memory of processes through `sysinfo`, refreshing only the
+/// pids asked for (never the whole process table) and, of each, only its CPU times
+/// and memory (no thread listing). CPU % is the process's CPU time between two
+/// samples over the machine's, per core (the way `top` computes it). A process that
+/// had used no CPU time at all at its first sample reads 0 % at its second: sysinfo
+/// computes no usage against a zero baseline.
+pub struct ProcessSampler {
+    system: System,
+    /// pid → its start time, at its last sample (a reused pid starts over).
+    seen: HashMap<u32, u64>,
+}
+
+impl ProcessSampler {
+    /// `sysinfo` fails only on a platform it does not know.
+    pub fn new() -> Result<Self, sysinfo::Error> {
+        Ok(ProcessSampler {
+            system: System::new()?,
+            seen: HashMap::new(),
+        })
+    }
+
+    /// Sample `pids` (blocking `/proc` reads: call it on the blocking pool). A pid that
+    /// is gone or a zombie has no entry.
+    pub fn sample(&mut self, pids: &[u32]) -> HashMap<u32, ProcessUsage> {
+        // The pids of the previous samples are refreshed too, so that those that
+        // have exited are dropped from `system`.
+        let mut refresh: Vec<Pid> = self.system.processes().keys().copied().collect();
+        refresh.extend(pids.iter().map(|pid| Pid::from_u32(*pid)));
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&refresh),
+            true,
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                .without_tasks(),
+        );
+        let mut usage = HashMap::with_capacity(pids.len());
+        let mut seen = HashMap::with_capacity(pids.len());
+        for &pid in pids {
+            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+                continue;
+            };
+            if matches!(
+                process.status(),
+                ProcessStatus::Zombie | ProcessStatus::Dead
+            ) {
+                continue;
+            }
+            let start = process.start_time();
+            let first = self.seen.get(&pid) != Some(&start);
+            seen.insert(pid, start);
+            usage.insert(
+                pid,
+                ProcessUsage {
+                    cpu_percent: (!first).then(|| f64::from(process.cpu_usage())),
+                    memory_mb: process.memory() as f64 / (1024.0 * 1024.0),
+                },
+            );
         }
-        let used = stat.cpu_ticks.saturating_sub(cpu_ticks) as f64 / self.ticks_per_second;
-        Some(100.0 * used / wall)
-    }
-
-    pub fn memory_mb(&self, stat: &ProcStat) -> f64 {
-        stat.rss_pages as f64 * self.page_size / (1024.0 * 1024.0)
-    }
-
-    /// Drop the pids not sampled at `at` (gone, or no longer live).
-    pub fn forget_unsampled(&mut self, at: Instant) {
-        self.last.retain(|_, (_, _, then)| *then == at);
+        self.seen = seen;
+        usage
     }
 }
 
@@ -341,43 +401,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_meter_measures_busy_time_between_samples() {
+    fn process_sampler_measures_busy_time_between_samples() {
         let me = std::process::id();
-        let mut meter = CpuMeter::default();
-        let first = ProcStat::read(me).expect("own stat");
-        assert_eq!(
-            meter.percent(me, &first, Instant::now()),
-            None,
-            "no delta yet"
-        );
-        // Burn CPU until the kernel has counted at least 20 more ticks for us.
-        let mut x = 0u64;
-        let now = loop {
-            for i in 0..100_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-            }
-            let now = ProcStat::read(me).expect("own stat");
-            if now.cpu_ticks >= first.cpu_ticks + 20 {
-                break now;
-            }
-        };
-        let cpu = meter
-            .percent(me, &now, Instant::now())
+        // sysinfo computes no CPU % against a baseline of zero CPU time.
+        burn_cpu_ms(me, 20);
+        let mut sampler = ProcessSampler::new().expect("sysinfo knows Linux");
+        let first = sampler.sample(&[me]);
+        assert_eq!(first[&me].cpu_percent, None, "no delta yet");
+        assert!(first[&me].memory_mb > 0.1, "{first:?}");
+        burn_cpu_ms(me, 200);
+        let cpu = sampler.sample(&[me])[&me]
+            .cpu_percent
             .expect("a second sample has a delta");
         // One busy thread: above zero, and at most every core of the machine.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         assert!(cpu > 0.0 && cpu <= 100.0 * cores + 1.0, "cpu {cpu}");
-        assert!(meter.memory_mb(&now) > 0.1);
+        // A pid that is gone has no sample, and is forgotten.
+        let gone = u32::MAX - 1;
+        assert!(!sampler.sample(&[me, gone]).contains_key(&gone));
+        assert!(sampler.sample(&[]).is_empty());
+        assert!(sampler.seen.is_empty());
+    }
 
-        // A new process under the same pid starts from scratch.
-        let reused = ProcStat {
-            start_ticks: now.start_ticks + 1,
-            ..now
-        };
-        assert_eq!(meter.percent(me, &reused, Instant::now()), None);
-        let at = Instant::now();
-        meter.forget_unsampled(at);
-        assert!(meter.last.is_empty());
+    /// Burn CPU until the kernel has counted `ms` more of it for `me`.
+    fn burn_cpu_ms(me: u32, ms: u64) {
+        let cpu_ns = || engine_protocol::procfs::cpu_ns(me).expect("own stat");
+        let until = cpu_ns() + ms * 1_000_000;
+        let mut x = 0u64;
+        while cpu_ns() < until {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
     }
 
     fn reported(age_ms: Option<f64>, received_at: DateTime<Utc>) -> LastMetrics {

@@ -7,6 +7,7 @@ use crate::supervisor::{
     CommandError, Initial, Outcome, StrategySupervisor, SupervisorCommand, SupervisorHandle,
 };
 use crate::Shared;
+use engine_protocol::backoff::Backoff;
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
 use engine_store::commands::{parse_command, CommandKind};
 use engine_store::manager::{self as db, CommandRow};
@@ -336,7 +337,7 @@ impl CommandIntake {
 /// words (with its causes) go to the `error` column.
 async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeError>) {
     let result = result.map_err(|e| render(&e));
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match db::finish_command(&shared.pool, id, &result).await {
             Ok(written) => return shared.command_metrics.record(written.as_ref()),
@@ -344,9 +345,8 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeE
                 tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -2,13 +2,11 @@
 //! connection, plus a lease row saying which host and pid hold it.
 
 use chrono::{DateTime, Utc};
-use engine_store::manager as db;
+use engine_store::lease::{self as db, LeaseHolder};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-pub use engine_store::LOCK_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -32,10 +30,7 @@ pub enum LeaseError {
 pub struct ManagerLease {
     conn: PgConnection,
     options: PgConnectOptions,
-    host: String,
-    pid: u32,
-    boot_id: String,
-    started_at: DateTime<Utc>,
+    holder: LeaseHolder,
     /// The boot id the previous manager recorded; `None` on a fresh database.
     pub previous_boot_id: Option<String>,
 }
@@ -48,17 +43,19 @@ impl ManagerLease {
         boot_id: &str,
     ) -> Result<ManagerLease, LeaseError> {
         let mut conn = PgConnection::connect_with(options).await?;
-        let started_at = Utc::now();
+        let holder = LeaseHolder {
+            host: host.to_string(),
+            pid: pid as i32,
+            boot_id: boot_id.to_string(),
+            started_at: Utc::now(),
+        };
         let previous = take_lock(&mut conn).await?;
-        let previous_boot_id = previous.map(|(_, _, boot, _)| boot);
-        write_lease(&mut conn, host, pid, boot_id, started_at).await?;
+        let previous_boot_id = previous.map(|p| p.boot_id);
+        db::write_lease(&mut conn, &holder).await?;
         Ok(ManagerLease {
             conn,
             options: options.clone(),
-            host: host.to_string(),
-            pid,
-            boot_id: boot_id.to_string(),
-            started_at,
+            holder,
             previous_boot_id,
         })
     }
@@ -72,10 +69,7 @@ impl ManagerLease {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let beat =
-                sqlx::query("UPDATE engine_manager_lease SET heartbeat_at = now() WHERE id = 1")
-                    .execute(&mut self.conn)
-                    .await;
+            let beat = db::heartbeat(&mut self.conn).await;
             match beat {
                 Ok(_) => {
                     if !healthy {
@@ -91,14 +85,7 @@ impl ManagerLease {
                     if let Ok(mut conn) = PgConnection::connect_with(&self.options).await {
                         match take_lock(&mut conn).await {
                             Ok(_) => {
-                                let _ = write_lease(
-                                    &mut conn,
-                                    &self.host,
-                                    self.pid,
-                                    &self.boot_id,
-                                    self.started_at,
-                                )
-                                .await;
+                                let _ = db::write_lease(&mut conn, &self.holder).await;
                                 self.conn = conn;
                             }
                             Err(err) => {
@@ -109,48 +96,28 @@ impl ManagerLease {
                 }
             }
         }
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut self.conn)
-            .await;
+        let _ = db::unlock(&mut self.conn).await;
         let _ = self.conn.close().await;
     }
 }
 
-type LeaseRow = (String, i32, String, DateTime<Utc>);
-
-async fn take_lock(conn: &mut PgConnection) -> Result<Option<LeaseRow>, LeaseError> {
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await?;
+async fn take_lock(conn: &mut PgConnection) -> Result<Option<LeaseHolder>, LeaseError> {
+    let locked = db::try_lock(conn).await?;
     let previous = db::read_lease(conn).await?;
     if !locked {
         return Err(match previous {
-            Some((host, pid, _, since)) => LeaseError::Held { host, pid, since },
+            Some(LeaseHolder {
+                host,
+                pid,
+                started_at,
+                ..
+            }) => LeaseError::Held {
+                host,
+                pid,
+                since: started_at,
+            },
             None => LeaseError::HeldUnknown,
         });
     }
     Ok(previous)
-}
-
-async fn write_lease(
-    conn: &mut PgConnection,
-    host: &str,
-    pid: u32,
-    boot_id: &str,
-    started_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO engine_manager_lease (id, host, pid, boot_id, started_at, heartbeat_at) \
-         VALUES (1, $1, $2, $3, $4, now()) \
-         ON CONFLICT (id) DO UPDATE SET host = $1, pid = $2, boot_id = $3, started_at = $4, heartbeat_at = now()",
-    )
-    .bind(host)
-    .bind(pid as i32)
-    .bind(boot_id)
-    .bind(started_at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

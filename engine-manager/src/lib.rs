@@ -14,6 +14,8 @@
 //!   [`recorder`]: metrics into `strategy_metrics`.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
+//! - [`tasks`]: every background task is owned; one that panics or ends early stops
+//!   the manager with a non-zero exit (systemd restarts it; executors are adopted).
 //! - [`ctl`]: the `enginectl` operator tool (a database and Redis client).
 //!
 //! Architecture invariant: executors never touch the database; the manager is its
@@ -31,21 +33,23 @@ pub mod process;
 pub mod publisher;
 pub mod recorder;
 pub mod supervisor;
+pub mod tasks;
 
 use crate::config::{ManagerConfig, RestartPolicy};
 use crate::lease::{LeaseError, ManagerLease};
 use crate::link::{ControlServer, LinkRoutes};
 use crate::process::ExecutorProcess;
 use crate::publisher::Publisher;
-use crate::supervisor::{Initial, LiveEntry, StrategySupervisor};
+use crate::supervisor::{Initial, LiveEntry, StrategySupervisor, SupervisorHandle};
+use crate::tasks::{ManagerTasks, TaskFailure, Tasks};
 use engine_protocol::{Channels, Status};
-use engine_store::manager::{self as db, DbError, Desired};
+use engine_store::manager::{self as db, DbError};
+use engine_store::{CommandWord, DesiredState};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use config::LogFormat;
@@ -69,7 +73,8 @@ pub struct Shared {
     pub command_metrics: command_metrics::CommandMetrics,
     pub link_routes: LinkRoutes,
     pub cancel: CancellationToken,
-    pub tracker: TaskTracker,
+    /// Where every task that is not one of `run`'s own is spawned (see [`tasks`]).
+    pub tracker: Tasks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,10 @@ pub enum ManagerError {
     },
     #[error("cannot read strategies from the database")]
     Load(#[source] sqlx::Error),
+    #[error("cannot read the process table")]
+    ProcessTable(#[source] sysinfo::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
 }
 
 impl ManagerError {
@@ -119,7 +128,9 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Run the manager until `shutdown` fires.
+/// Run the manager until `shutdown` fires, or until one of its tasks fails (see
+/// [`tasks`]): then it stops the same graceful way and returns
+/// [`ManagerError::Task`], so that the binary exits non-zero.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
     let pool = db::connect(&config.database_url, 10).await?;
     db::migrate(&pool).await?;
@@ -132,42 +143,84 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
-    let redis_client = redis::Client::open(config.redis_url.as_str()).map_err(|source| {
-        ManagerError::RedisUrl {
-            url: engine_protocol::redact::redact_url(&config.redis_url),
-            source,
-        }
-    })?;
+    let redis_client = open_redis(&config.redis_url)?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let publisher_cancel = CancellationToken::new();
-    let publisher_tracker = TaskTracker::new();
-    let publisher = publisher::start(
+    let mut background = ManagerTasks::default();
+    let (publisher, publishing) = publisher::start(
         redis_client.clone(),
         &config.redis_url,
-        publisher_cancel.clone(),
-        &publisher_tracker,
+        background.last_cancel(),
     );
-    let executor_path = config.executor_path();
+    background.spawn_last("publisher", publishing);
     let claim_pool = db::connect_claimer(&config.database_url)?;
     let shared = Arc::new(Shared {
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
-        executor_path,
+        executor_path: config.executor_path(),
         config,
-        pool: pool.clone(),
-        claim_pool: claim_pool.clone(),
+        pool,
+        claim_pool,
         publisher,
         node,
-        boot_id: boot_id.clone(),
+        boot_id,
         live: Mutex::new(HashMap::new()),
         last_metrics: Mutex::new(HashMap::new()),
         command_metrics: Default::default(),
         link_routes: Arc::new(Mutex::new(HashMap::new())),
-        cancel: cancel.clone(),
-        tracker: tracker.clone(),
+        cancel: CancellationToken::new(),
+        tracker: background.tracker.clone(),
     });
+    log_start(&shared, is_boot);
+
+    let socket = shared.config.control_socket_path();
+    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
+        ManagerError::ControlSocket {
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    background.spawn("control socket", server.run(shared.cancel.clone()));
+    background.spawn("http", http::run(shared.clone(), redis_client.clone()));
+
+    let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;
+    let (supervisors, applied) =
+        start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;
+    let recorder = recorder::start(shared.clone(), redis_client);
+    let health =
+        health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;
+    background.spawn("health sampler", health.run());
+    let interval = shared.config.health_interval;
+    background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));
+    let intake = intake::CommandIntake::new(shared.clone(), supervisors);
+    background.spawn("command intake", intake.run(recovered, applied));
+
+    let failure = background.watch(&shutdown).await;
+    tracing::info!(
+        stop_strategies = shared.config.stop_strategies_on_exit,
+        "engine-manager shutting down"
+    );
+    shared.cancel.cancel();
+    let late = background.stop().await;
+    let _ = tokio::fs::remove_file(&socket).await;
+    shared.claim_pool.close().await;
+    shared.pool.close().await;
+    match failure.or(late) {
+        None => {
+            tracing::info!("engine-manager stopped");
+            Ok(())
+        }
+        Some(failure) => Err(ManagerError::Task(failure)),
+    }
+}
+
+fn open_redis(url: &str) -> Result<redis::Client, ManagerError> {
+    redis::Client::open(url).map_err(|source| ManagerError::RedisUrl {
+        url: engine_protocol::redact::redact_url(url),
+        source,
+    })
+}
+
+fn log_start(shared: &Shared, is_boot: bool) {
     tracing::info!(
         node = %shared.node,
         executor = %shared.executor_path.display(),
@@ -178,31 +231,29 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     if !shared.executor_path.is_file() {
         tracing::warn!(path = %shared.executor_path.display(), "executor binary not found; starts will fail until it exists (set --executor-path)");
     }
+}
 
-    let socket = shared.config.control_socket_path();
-    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
-        ManagerError::ControlSocket {
-            path: socket.clone(),
-            source,
-        }
-    })?;
-    tracker.spawn(server.run(cancel.clone()));
-    tracker.spawn(http::run(shared.clone(), redis_client.clone()));
-
-    // PostgreSQL may go away right now too: wait for it rather than exit.
-    let (rows, recovered, superseded) = loop {
+/// The strategies, the commands the previous manager left `processing`, and which of
+/// those each strategy is provably through (`(command, strategy)`). PostgreSQL may go
+/// away right now too: wait for it rather than exit (until `shutdown`).
+async fn load_until_ready(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<(Vec<db::StrategyRow>, Vec<db::CommandRow>, Vec<(Uuid, Uuid)>), ManagerError> {
+    let pool = &shared.pool;
+    loop {
         let loaded = async {
-            let recovered = db::load_processing(&pool).await?;
+            let recovered = db::load_processing(pool).await?;
             let superseded = if recovered.is_empty() {
                 Vec::new()
             } else {
-                db::superseded_recovered(&pool).await?
+                db::superseded_recovered(pool).await?
             };
-            shared.command_metrics.seed(&pool).await?;
-            Ok::<_, sqlx::Error>((db::load_strategies(&pool).await?, recovered, superseded))
+            shared.command_metrics.seed(pool).await?;
+            Ok::<_, sqlx::Error>((db::load_strategies(pool).await?, recovered, superseded))
         };
         match loaded.await {
-            Ok(loaded) => break loaded,
+            Ok(loaded) => return Ok(loaded),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read strategies yet; retrying every second");
                 tokio::select! {
@@ -211,9 +262,25 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
                 }
             }
         }
-    };
+    }
+}
+
+/// One supervisor per strategy row, each adopting its executor if one runs, and a
+/// SIGKILL for executors of strategies the database does not know. Returns the
+/// supervisors and, per recovered command, the strategies already through it.
+async fn start_supervisors(
+    shared: &Arc<Shared>,
+    is_boot: bool,
+    rows: Vec<db::StrategyRow>,
+    recovered: &[db::CommandRow],
+    superseded: Vec<(Uuid, Uuid)>,
+) -> (
+    HashMap<Uuid, SupervisorHandle>,
+    HashMap<Uuid, HashSet<Uuid>>,
+) {
     // The process table is the truth about what runs, whatever the rows say.
-    let mut found = process::scan_executors(&socket);
+    let socket = shared.config.control_socket_path();
+    let mut found = tasks::blocking(move || process::scan_executors(&socket)).await;
     let mut applied: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
     for (command_id, strategy_id) in superseded {
         applied.entry(command_id).or_default().insert(strategy_id);
@@ -221,17 +288,11 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let mut supervisors = HashMap::new();
     for row in rows {
         let running = found.remove(&row.id).unwrap_or_default();
-        let desired = recovered_desired(
-            Desired::parse(&row.desired_state),
-            row.id,
-            &recovered,
-            &applied,
-        );
-        let initial = initial_action(&shared, &row, is_boot, running, desired).await;
+        let desired = recovered_desired(row.desired_state, row.id, recovered, &applied);
+        let initial = initial_action(shared, &row, is_boot, running, desired).await;
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
     }
-
     for (id, strays) in found {
         for (pid, ticks) in strays {
             kill_stray(
@@ -242,28 +303,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
             );
         }
     }
-
-    let recorder = recorder::start(shared.clone(), redis_client);
-    tracker.spawn(health::HealthSampler::new(shared.clone(), recorder).run());
-    tracker.spawn(lease.keep(shared.config.health_interval, cancel.clone()));
-    tracker.spawn(intake::CommandIntake::new(shared.clone(), supervisors).run(recovered, applied));
-    tracker.close();
-
-    shutdown.cancelled().await;
-    tracing::info!(
-        stop_strategies = shared.config.stop_strategies_on_exit,
-        "engine-manager shutting down"
-    );
-    cancel.cancel();
-    tracker.wait().await;
-    publisher_cancel.cancel();
-    publisher_tracker.close();
-    publisher_tracker.wait().await;
-    let _ = std::fs::remove_file(&socket);
-    claim_pool.close().await;
-    pool.close().await;
-    tracing::info!("engine-manager stopped");
-    Ok(())
+    (supervisors, applied)
 }
 
 /// SIGKILL an executor that must not run (checked to be the same process first).
@@ -284,11 +324,11 @@ fn kill_stray(pid: u32, ticks: u64, name: &str, why: &str) {
 /// acting on the row would undo the effect and then redo it. Commands the strategy
 /// has provably been through already (`applied`: command → strategies) do not count.
 fn recovered_desired(
-    mut desired: Desired,
+    mut desired: DesiredState,
     strategy_id: Uuid,
     recovered: &[db::CommandRow],
     applied: &HashMap<Uuid, HashSet<Uuid>>,
-) -> Desired {
+) -> DesiredState {
     for row in recovered {
         if row.strategy_id.is_some_and(|id| id != strategy_id)
             || applied
@@ -297,14 +337,15 @@ fn recovered_desired(
         {
             continue;
         }
-        desired = match (row.command.trim().to_ascii_lowercase().as_str(), desired) {
-            ("stop", _) => Desired::Stopped,
+        let word = row.command.trim().to_ascii_lowercase().parse().ok();
+        desired = match (word, desired) {
+            (Some(CommandWord::Stop), _) => DesiredState::Stopped,
             // start on a paused strategy is a no-op
-            ("start", Desired::Paused) => Desired::Paused,
-            ("start" | "restart", _) => Desired::Running,
+            (Some(CommandWord::Start), DesiredState::Paused) => DesiredState::Paused,
+            (Some(CommandWord::Start | CommandWord::Restart), _) => DesiredState::Running,
             // pause and resume only act on a running or paused strategy
-            ("pause", Desired::Running) => Desired::Paused,
-            ("resume", Desired::Paused) => Desired::Running,
+            (Some(CommandWord::Pause), DesiredState::Running) => DesiredState::Paused,
+            (Some(CommandWord::Resume), DesiredState::Paused) => DesiredState::Running,
             (_, unchanged) => unchanged,
         };
     }
@@ -320,10 +361,10 @@ async fn initial_action(
     row: &db::StrategyRow,
     is_boot: bool,
     mut running: Vec<(u32, u64)>,
-    desired: Desired,
+    desired: DesiredState,
 ) -> Initial {
-    let row_desired = Desired::parse(&row.desired_state);
-    let status: Status = row.status.parse().unwrap_or(Status::Stopped);
+    let row_desired = row.desired_state;
+    let status: Status = row.status;
     let auto = row.auto_start && !row.operator_stopped;
     let log_path = shared
         .config
@@ -362,19 +403,19 @@ async fn initial_action(
     }
     let target = if is_boot {
         if auto {
-            if desired == Desired::Paused {
-                Desired::Paused
+            if desired == DesiredState::Paused {
+                DesiredState::Paused
             } else {
-                Desired::Running
+                DesiredState::Running
             }
         } else {
-            Desired::Stopped
+            DesiredState::Stopped
         }
     } else {
         match desired {
-            Desired::Running | Desired::Paused => desired,
-            Desired::Stopped if auto && status != Status::Error => Desired::Running,
-            Desired::Stopped => Desired::Stopped,
+            DesiredState::Running | DesiredState::Paused => desired,
+            DesiredState::Stopped if auto && status != Status::Error => DesiredState::Running,
+            DesiredState::Stopped => DesiredState::Stopped,
         }
     };
     if target != row_desired {
@@ -386,7 +427,7 @@ async fn initial_action(
     }
     match live {
         Some(proc) => Initial::Adopt(Box::new(proc), target),
-        None if target == Desired::Stopped => Initial::Idle,
+        None if target == DesiredState::Stopped => Initial::Idle,
         None if status == Status::Error && !is_boot => Initial::Idle,
         None => Initial::Start(target),
     }
@@ -414,35 +455,35 @@ mod tests {
         let at = |desired, rows: &[db::CommandRow], applied| {
             recovered_desired(desired, a, rows, applied)
         };
-        assert_eq!(at(Desired::Running, &[], &none), Desired::Running);
+        assert_eq!(at(DesiredState::Running, &[], &none), DesiredState::Running);
         assert_eq!(
-            at(Desired::Running, &[row(Some(a), "stop")], &none),
-            Desired::Stopped
+            at(DesiredState::Running, &[row(Some(a), "stop")], &none),
+            DesiredState::Stopped
         );
         assert_eq!(
-            at(Desired::Running, &[row(Some(b), "stop")], &none),
-            Desired::Running
+            at(DesiredState::Running, &[row(Some(b), "stop")], &none),
+            DesiredState::Running
         );
         assert_eq!(
-            at(Desired::Running, &[row(Some(a), "pause")], &none),
-            Desired::Paused
+            at(DesiredState::Running, &[row(Some(a), "pause")], &none),
+            DesiredState::Paused
         );
         // pause does not start a stopped strategy; start does not resume a paused one
         assert_eq!(
-            at(Desired::Stopped, &[row(Some(a), "pause")], &none),
-            Desired::Stopped
+            at(DesiredState::Stopped, &[row(Some(a), "pause")], &none),
+            DesiredState::Stopped
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "start")], &none),
-            Desired::Paused
+            at(DesiredState::Paused, &[row(Some(a), "start")], &none),
+            DesiredState::Paused
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "restart")], &none),
-            Desired::Running
+            at(DesiredState::Paused, &[row(Some(a), "restart")], &none),
+            DesiredState::Running
         );
         assert_eq!(
-            at(Desired::Paused, &[row(Some(a), "update")], &none),
-            Desired::Paused
+            at(DesiredState::Paused, &[row(Some(a), "update")], &none),
+            DesiredState::Paused
         );
         // in order, globals included
         let rows = [
@@ -450,19 +491,29 @@ mod tests {
             row(None, "stop"),
             row(Some(a), "start"),
         ];
-        assert_eq!(at(Desired::Paused, &rows, &none), Desired::Running);
+        assert_eq!(
+            at(DesiredState::Paused, &rows, &none),
+            DesiredState::Running
+        );
         let rows = [row(Some(a), "start"), row(None, "pause")];
-        assert_eq!(at(Desired::Stopped, &rows, &none), Desired::Paused);
+        assert_eq!(
+            at(DesiredState::Stopped, &rows, &none),
+            DesiredState::Paused
+        );
         // a global stop this strategy has been through already (a later start since)
         let global = row(None, "stop");
         let applied = HashMap::from([(global.id, HashSet::from([a]))]);
         assert_eq!(
-            at(Desired::Running, std::slice::from_ref(&global), &applied),
-            Desired::Running
+            at(
+                DesiredState::Running,
+                std::slice::from_ref(&global),
+                &applied
+            ),
+            DesiredState::Running
         );
         assert_eq!(
-            recovered_desired(Desired::Running, b, &[global], &applied),
-            Desired::Stopped
+            recovered_desired(DesiredState::Running, b, &[global], &applied),
+            DesiredState::Stopped
         );
     }
 }

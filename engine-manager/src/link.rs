@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -87,16 +88,28 @@ impl ControlServer {
         Ok(ControlServer { listener, routes })
     }
 
+    /// Accept until `cancel`. Each connection's handshake is a task of its own,
+    /// owned here: a handshake that panics takes this task down with the panic (and
+    /// so the manager, see `crate::tasks`); those still running at shutdown are
+    /// dropped (their executors reconnect to the next manager).
     pub async fn run(self, cancel: CancellationToken) {
+        let mut handshakes = JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
+                Some(done) = handshakes.join_next() => {
+                    if let Err(err) = done {
+                        if err.is_panic() {
+                            std::panic::resume_unwind(err.into_panic());
+                        }
+                    }
+                    continue;
+                }
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let routes = self.routes.clone();
-                    tokio::spawn(async move { handshake(stream, routes).await });
+                    handshakes.spawn(handshake(stream, self.routes.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "control socket accept failed");

@@ -5,6 +5,7 @@ use engine_manager::config::ManagerConfig;
 use engine_manager::{error_chain, LogFormat};
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -32,23 +33,29 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+        // Registered before anything starts, and watched here rather than in a task
+        // of its own: no signal is missed, and no task goes unwatched.
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("engine-manager: cannot watch SIGTERM and SIGINT: {err}");
+                return ExitCode::from(1);
             }
-            trigger.cancel();
-        });
-        match engine_manager::run(config, shutdown).await {
+        };
+        let shutdown = CancellationToken::new();
+        let run = engine_manager::run(config, shutdown.clone());
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+                shutdown.cancel();
+                run.await
+            }
+        };
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let text = error_chain(&err);

@@ -2,7 +2,10 @@
 //! process group), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
+use crate::tasks::blocking;
+use engine_protocol::procfs;
 use rustix::process::{Pid, Signal};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
@@ -12,56 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-/// The current boot's id (`/proc/sys/kernel/random/boot_id`).
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown-boot".to_string())
-}
-
-/// What one read of `/proc/<pid>/stat` says about a live process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// Start time in clock ticks since boot (field 22).
-    pub start_ticks: u64,
-    /// User plus system CPU time in clock ticks (fields 14 and 15).
-    pub cpu_ticks: u64,
-    /// Resident set size in pages (field 24).
-    pub rss_pages: u64,
-}
-
-impl ProcStat {
-    /// `/proc/<pid>/stat` of a live process (`None` if it is gone or a zombie).
-    pub fn read(pid: u32) -> Option<ProcStat> {
-        Self::parse(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-    }
-
-    pub fn parse(stat: &str) -> Option<ProcStat> {
-        // The command name (field 2) may hold spaces and parentheses: skip past the
-        // last ')'. `fields[0]` is then field 3 (state), and field n is `fields[n - 3]`.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-            return None; // a zombie is not alive
-        }
-        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-        Some(ProcStat {
-            start_ticks: field(22)?,
-            cpu_ticks: field(14)? + field(15)?,
-            rss_pages: field(24)?,
-        })
-    }
-}
-
-/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    ProcStat::read(pid).map(|s| s.start_ticks)
-}
-
-/// Whether `pid` is alive and is the process that started at `ticks`.
-pub fn is_same_process(pid: u32, ticks: u64) -> bool {
-    start_ticks(pid) == Some(ticks)
-}
+pub use engine_protocol::procfs::{boot_id, is_same_process, start_ticks};
 
 /// Every live executor whose command line names `control_socket` (that is, one a
 /// manager of this state directory started), by strategy id: `(pid, start ticks)`.
@@ -69,33 +23,15 @@ pub fn is_same_process(pid: u32, ticks: u64) -> bool {
 /// The process table is the truth about what runs: this finds executors even when
 /// the database never heard of their pid (a manager that died between the spawn and
 /// the write).
-pub fn scan_executors(control_socket: &Path) -> std::collections::HashMap<Uuid, Vec<(u32, u64)>> {
-    let mut found: std::collections::HashMap<Uuid, Vec<(u32, u64)>> = Default::default();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
+pub fn scan_executors(control_socket: &Path) -> HashMap<Uuid, Vec<(u32, u64)>> {
+    let mut found: HashMap<Uuid, Vec<(u32, u64)>> = HashMap::new();
     let socket = control_socket.as_os_str().as_encoded_bytes();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let value_of = |flag: &[u8]| {
-            args.windows(2)
-                .find(|pair| pair[0] == flag)
-                .map(|pair| pair[1])
-        };
-        if value_of(b"--control-socket") != Some(socket) {
+    for (pid, cmdline) in procfs::command_lines() {
+        if cmdline.value_of(b"--control-socket") != Some(socket) {
             continue;
         }
-        let Some(id) = value_of(b"--strategy-id")
+        let Some(id) = cmdline
+            .value_of(b"--strategy-id")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<Uuid>().ok())
         else {
@@ -166,22 +102,10 @@ impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitInfo::Code(c) => write!(f, "exit code {c}"),
-            ExitInfo::Signal(s) => {
-                let name = match *s {
-                    1 => "SIGHUP",
-                    2 => "SIGINT",
-                    6 => "SIGABRT",
-                    9 => "SIGKILL",
-                    11 => "SIGSEGV",
-                    15 => "SIGTERM",
-                    _ => "",
-                };
-                if name.is_empty() {
-                    write!(f, "killed by signal {s}")
-                } else {
-                    write!(f, "killed by signal {s} ({name})")
-                }
-            }
+            ExitInfo::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+                Ok(name) => write!(f, "killed by signal {s} ({})", name.as_str()),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
             ExitInfo::Unknown => write!(f, "exited (status unknown: adopted process)"),
         }
     }
@@ -206,56 +130,22 @@ pub struct ExecutorProcess {
 impl ExecutorProcess {
     /// Spawn an executor: its own process group (so a terminal's Ctrl-C or the
     /// manager's death never reaches it), stdout and stderr appended to `log_path`,
-    /// the config written on stdin (never in argv).
+    /// the config written on stdin (never in argv). The file system work (the
+    /// binary's check, the log's directory and file) and the `/proc` read run on the
+    /// blocking pool: a start-all of hundreds of strategies must not stall the
+    /// async workers.
     pub async fn spawn(spec: &SpawnSpec<'_>) -> Result<ExecutorProcess, SpawnError> {
-        if !spec.executor_path.is_file() {
-            return Err(SpawnError::NotFound {
+        let (executor_path, log_path) = (
+            spec.executor_path.to_path_buf(),
+            spec.log_path.to_path_buf(),
+        );
+        let (log, log2, log_offset) = blocking(move || open_log(&executor_path, &log_path)).await?;
+        let mut child = command(spec, log, log2)
+            .spawn()
+            .map_err(|source| SpawnError::Exec {
                 path: spec.executor_path.to_path_buf(),
-            });
-        }
-        let log_err = |source| SpawnError::Log {
-            path: spec.log_path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = spec.log_path.parent() {
-            fs::create_dir_all(dir).map_err(log_err)?;
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.log_path)
-            .map_err(log_err)?;
-        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let log2 = log.try_clone().map_err(log_err)?;
-
-        let mut cmd = tokio::process::Command::new(spec.executor_path);
-        cmd.arg("--strategy-id")
-            .arg(spec.strategy_id.to_string())
-            .arg("--name")
-            .arg(spec.name)
-            .arg("--strategy-type")
-            .arg(spec.strategy_type)
-            .arg("--config-file")
-            .arg("-")
-            .arg("--control-socket")
-            .arg(spec.control_socket)
-            .arg("--metrics-interval")
-            .arg(format!("{}ms", spec.metrics_interval.as_millis()))
-            .args(spec.start_paused.then_some("--start-paused"))
-            // Secrets stay out of argv: the Redis URL (it may hold a password) goes
-            // in the environment, the config on stdin.
-            .env("REDIS_URL", spec.redis_url)
-            .env("ENGINE_REDIS_PREFIX", spec.redis_prefix)
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
-            path: spec.executor_path.to_path_buf(),
-            source,
-        })?;
+                source,
+            })?;
         let pid = child.id().expect("a just-spawned child has a pid");
         if let Some(mut stdin) = child.stdin.take() {
             let config = serde_json::to_vec(spec.config).expect("a JSON value serializes");
@@ -263,7 +153,7 @@ impl ExecutorProcess {
             let _ = stdin.write_all(&config).await;
             let _ = stdin.shutdown().await;
         }
-        let start_ticks = start_ticks(pid).unwrap_or(0);
+        let start_ticks = blocking(move || start_ticks(pid)).await.unwrap_or(0);
         Ok(ExecutorProcess {
             pid,
             start_ticks,
@@ -338,6 +228,60 @@ impl ExecutorProcess {
     }
 }
 
+/// Check the executor binary and open its log for appending (creating its
+/// directory): the log twice (stdout and stderr) and the offset this run starts at.
+fn open_log(executor_path: &Path, log_path: &Path) -> Result<(File, File, u64), SpawnError> {
+    if !executor_path.is_file() {
+        return Err(SpawnError::NotFound {
+            path: executor_path.to_path_buf(),
+        });
+    }
+    let log_err = |source| SpawnError::Log {
+        path: log_path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = log_path.parent() {
+        fs::create_dir_all(dir).map_err(log_err)?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(log_err)?;
+    let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let log2 = log.try_clone().map_err(log_err)?;
+    Ok((log, log2, log_offset))
+}
+
+/// The executor's command line, environment and pipes.
+fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(spec.executor_path);
+    cmd.arg("--strategy-id")
+        .arg(spec.strategy_id.to_string())
+        .arg("--name")
+        .arg(spec.name)
+        .arg("--strategy-type")
+        .arg(spec.strategy_type)
+        .arg("--config-file")
+        .arg("-")
+        .arg("--control-socket")
+        .arg(spec.control_socket)
+        .arg("--metrics-interval")
+        .arg(format!("{}ms", spec.metrics_interval.as_millis()))
+        .args(spec.start_paused.then_some("--start-paused"))
+        // Secrets stay out of argv: the Redis URL (it may hold a password) goes
+        // in the environment, the config on stdin.
+        .env("REDIS_URL", spec.redis_url)
+        .env("ENGINE_REDIS_PREFIX", spec.redis_prefix)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd
+}
+
 /// The last `lines` non-empty lines of `path` after byte `offset` (at most 64 KiB read).
 pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
     let Ok(mut file) = File::open(path) else {
@@ -360,64 +304,12 @@ pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let start = kept.len().saturating_sub(lines);
-    strip_ansi(&kept[start..].join(" | "))
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    strip_ansi_escapes::strip_str(kept[start..].join(" | "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_survive_a_hostile_command_name() {
-        // Fields 14/15 (utime/stime) = 700/50, 22 (starttime) = 123456, 24 (rss) = 2048.
-        let line = "4242 (we ird) (name) S 1 4242 4242 0 -1 4194560 100 0 0 0 700 50 0 0 20 0 1 0 123456 9000000 2048 18446744073709551615";
-        assert_eq!(
-            ProcStat::parse(line),
-            Some(ProcStat {
-                start_ticks: 123456,
-                cpu_ticks: 750,
-                rss_pages: 2048
-            })
-        );
-        let zombie = line.replace(") S ", ") Z ");
-        assert_eq!(ProcStat::parse(&zombie), None);
-        assert_eq!(ProcStat::parse("4242 (truncated) S 1 2"), None);
-    }
-
-    #[test]
-    fn own_stat_is_read() {
-        let me = ProcStat::read(std::process::id()).expect("our own /proc entry");
-        assert!(me.rss_pages > 0, "{me:?}");
-        assert_eq!(Some(me.start_ticks), start_ticks(std::process::id()));
-    }
-
-    #[test]
-    fn own_start_time_is_readable_and_stable() {
-        let me = std::process::id();
-        let t = start_ticks(me).expect("our own /proc entry");
-        assert!(is_same_process(me, t));
-        assert!(!is_same_process(me, t + 1));
-    }
 
     #[test]
     fn scan_finds_processes_by_their_control_socket() {
@@ -451,6 +343,20 @@ mod tests {
         assert_eq!(found.get(&id).map(|v| v.len()), Some(1), "{found:?}");
         assert_eq!(found[&id][0].0, child.id());
         assert!(!scan_executors(&dir.join("other.sock")).contains_key(&id));
+    }
+
+    #[test]
+    fn exits_are_described_with_signal_names() {
+        assert_eq!(ExitInfo::Code(3).to_string(), "exit code 3");
+        assert_eq!(
+            ExitInfo::Signal(9).to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            ExitInfo::Signal(6).to_string(),
+            "killed by signal 6 (SIGABRT)"
+        );
+        assert_eq!(ExitInfo::Signal(99).to_string(), "killed by signal 99");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -57,17 +58,23 @@ impl Publisher {
     }
 }
 
-/// Start the publishing task; it ends when `cancel` fires and the queue is drained.
+/// The publisher and its task (for the caller to spawn and own); the task ends when
+/// `cancel` fires and the queue is drained.
 pub fn start(
     client: redis::Client,
     redis_url: &str,
     cancel: CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
-) -> Publisher {
+) -> (Publisher, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = mpsc::channel(65_536);
-    let url = redact_url(redis_url);
-    tracker.spawn(run(client, url, rx, cancel));
-    Publisher { tx }
+    let task = PublishingTask {
+        client,
+        url: redact_url(redis_url),
+        states: HashMap::new(),
+        conn: None,
+        down_logged: false,
+        retry_at: tokio::time::Instant::now(),
+    };
+    (Publisher { tx }, task.run(rx, cancel))
 }
 
 pub fn connection_config() -> AsyncConnectionConfig {
@@ -76,86 +83,110 @@ pub fn connection_config() -> AsyncConnectionConfig {
         .set_response_timeout(Some(Duration::from_secs(2)))
 }
 
-async fn run(
+/// The publishing task's state.
+struct PublishingTask {
     client: redis::Client,
+    /// The Redis URL, redacted, for the log.
     url: String,
-    mut rx: mpsc::Receiver<Outgoing>,
-    cancel: CancellationToken,
-) {
-    let mut states: HashMap<String, HashMap<String, String>> = HashMap::new();
-    let mut conn: Option<MultiplexedConnection> = None;
-    let mut down_since_logged = false;
-    let mut retry_at = tokio::time::Instant::now();
-    let mut batch: Vec<Outgoing> = Vec::with_capacity(512);
-    loop {
-        batch.clear();
-        let mut closing = false;
-        let got = tokio::select! {
-            n = rx.recv_many(&mut batch, 512) => n,
-            _ = cancel.cancelled() => {
-                // Flush what is queued, then stop.
-                while let Ok(msg) = rx.try_recv() {
-                    batch.push(msg);
-                    if batch.len() >= 4096 {
-                        break;
+    /// The latest state of each strategy (rewritten whenever Redis comes back).
+    states: HashMap<String, HashMap<String, String>>,
+    conn: Option<MultiplexedConnection>,
+    /// Whether the outage was logged (logged once, and its end once).
+    down_logged: bool,
+    /// No reconnection attempt before this.
+    retry_at: tokio::time::Instant,
+}
+
+impl PublishingTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, cancel: CancellationToken) {
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(512);
+        loop {
+            batch.clear();
+            let mut closing = false;
+            let got = tokio::select! {
+                n = rx.recv_many(&mut batch, 512) => n,
+                _ = cancel.cancelled() => {
+                    // Flush what is queued, then stop.
+                    while let Ok(msg) = rx.try_recv() {
+                        batch.push(msg);
+                        if batch.len() >= 4096 {
+                            break;
+                        }
                     }
+                    closing = true;
+                    batch.len()
                 }
-                closing = true;
-                batch.len()
+            };
+            if got == 0 && (closing || rx.is_closed()) {
+                break;
             }
-        };
-        if got == 0 && (closing || rx.is_closed()) {
-            break;
+            // Remember the latest state before trying to send, so an outage loses none.
+            self.remember(&batch);
+            if self.conn.is_none() && tokio::time::Instant::now() >= self.retry_at {
+                self.connect().await;
+            }
+            if self.conn.is_some() {
+                self.send(&mut batch).await;
+            }
+            if closing {
+                break;
+            }
         }
-        // Remember the latest state before trying to send, so an outage loses none.
-        for msg in &batch {
+    }
+
+    fn remember(&mut self, batch: &[Outgoing]) {
+        for msg in batch {
             match msg {
                 Outgoing::State { key, fields } => {
-                    let entry = states.entry(key.clone()).or_default();
+                    let entry = self.states.entry(key.clone()).or_default();
                     for (k, v) in fields {
                         entry.insert(k.clone(), v.clone());
                     }
                 }
                 Outgoing::Forget { key } => {
-                    states.remove(key);
+                    self.states.remove(key);
                 }
                 Outgoing::Publish { .. } => {}
             }
         }
-        if conn.is_none() && tokio::time::Instant::now() >= retry_at {
-            match client
-                .get_multiplexed_async_connection_with_config(&connection_config())
-                .await
-            {
-                Ok(mut c) => {
-                    if down_since_logged {
-                        tracing::info!(redis = %url, "redis is back; rewriting {} state hashes", states.len());
-                        down_since_logged = false;
-                    }
-                    // Rewrite every state hash: Redis may have restarted empty.
-                    let mut pipe = redis::pipe();
-                    for (key, fields) in &states {
-                        let pairs: Vec<(&String, &String)> = fields.iter().collect();
-                        pipe.hset_multiple(key, &pairs).ignore();
-                    }
-                    if states.is_empty() || pipe.query_async::<()>(&mut c).await.is_ok() {
-                        conn = Some(c);
-                    }
+    }
+
+    /// Connect, and rewrite every state hash: Redis may have restarted empty.
+    async fn connect(&mut self) {
+        let url = &self.url;
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&connection_config())
+            .await
+        {
+            Ok(mut c) => {
+                if self.down_logged {
+                    tracing::info!(redis = %url, "redis is back; rewriting {} state hashes", self.states.len());
+                    self.down_logged = false;
                 }
-                Err(err) => {
-                    if !down_since_logged {
-                        tracing::warn!(redis = %url, error = %err, "redis unreachable; pub/sub messages are dropped until it is back, state is kept and rewritten then");
-                        down_since_logged = true;
-                    }
-                    retry_at = tokio::time::Instant::now() + Duration::from_millis(500);
+                let mut pipe = redis::pipe();
+                for (key, fields) in &self.states {
+                    let pairs: Vec<(&String, &String)> = fields.iter().collect();
+                    pipe.hset_multiple(key, &pairs).ignore();
                 }
+                if self.states.is_empty() || pipe.query_async::<()>(&mut c).await.is_ok() {
+                    self.conn = Some(c);
+                }
+            }
+            Err(err) => {
+                if !self.down_logged {
+                    tracing::warn!(redis = %url, error = %err, "redis unreachable; pub/sub messages are dropped until it is back, state is kept and rewritten then");
+                    self.down_logged = true;
+                }
+                self.retry_at = tokio::time::Instant::now() + Duration::from_millis(500);
             }
         }
-        let Some(c) = conn.as_mut() else {
-            if closing {
-                break;
-            }
-            continue;
+    }
+
+    /// Send `batch` in one pipeline; a failure drops the connection.
+    async fn send(&mut self, batch: &mut Vec<Outgoing>) {
+        let Some(c) = self.conn.as_mut() else {
+            return;
         };
         let mut pipe = redis::pipe();
         for msg in batch.drain(..) {
@@ -172,15 +203,12 @@ async fn run(
             }
         }
         if let Err(err) = pipe.query_async::<()>(c).await {
-            if !down_since_logged {
-                tracing::warn!(redis = %url, error = %err, "redis publish failed; reconnecting");
-                down_since_logged = true;
+            if !self.down_logged {
+                tracing::warn!(redis = %self.url, error = %err, "redis publish failed; reconnecting");
+                self.down_logged = true;
             }
-            conn = None;
-            retry_at = tokio::time::Instant::now() + Duration::from_millis(200);
-        }
-        if closing {
-            break;
+            self.conn = None;
+            self.retry_at = tokio::time::Instant::now() + Duration::from_millis(200);
         }
     }
 }

@@ -8,11 +8,13 @@ use crate::BenchArgs;
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use engine_protocol::Channels;
+use engine_store::bench as db;
+use engine_store::commands::insert_command_row;
+use engine_store::{manager, CommandStatus, CommandWord, Status};
 use futures_util::StreamExt;
 use rustix::process::Signal;
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -197,11 +199,8 @@ async fn clean(item: &CleanupItem) {
 }
 
 async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    let _ = conn.close().await;
+    let options = manager::connect_options(admin_url)?;
+    manager::drop_database(&options, name).await?;
     Ok(())
 }
 
@@ -340,7 +339,7 @@ pub struct Inserted {
 /// How a command row ended.
 #[derive(Debug, Clone)]
 pub struct CommandEnd {
-    pub status: String,
+    pub status: CommandStatus,
     pub error: Option<String>,
     pub executed_at: Option<DateTime<Utc>>,
 }
@@ -444,11 +443,9 @@ impl BenchEngine {
                     self.manager_log_tail(10)
                 );
             }
-            let holder: Option<i32> =
-                sqlx::query_scalar("SELECT pid FROM engine_manager_lease WHERE id = 1")
-                    .fetch_optional(&self.pool)
-                    .await
-                    .unwrap_or(None);
+            let holder = engine_store::lease::holder_pid(&self.pool)
+                .await
+                .unwrap_or(None);
             if holder == Some(self.manager.pid as i32) {
                 break;
             }
@@ -461,10 +458,10 @@ impl BenchEngine {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let (id, _) = self
-            .insert_command(None, "resume", serde_json::json!({}))
+            .insert_command(None, CommandWord::Resume, serde_json::json!({}))
             .await?;
         let end = self.wait_command(id, Duration::from_secs(30)).await?;
-        if end.status != "executed" {
+        if end.status != CommandStatus::Executed {
             bail!(
                 "the readiness probe (a global resume) ended {}: {:?}",
                 end.status,
@@ -479,7 +476,7 @@ impl BenchEngine {
     pub async fn insert_command(
         &self,
         strategy_id: Option<Uuid>,
-        command: &str,
+        command: CommandWord,
         parameters: Value,
     ) -> anyhow::Result<(Uuid, DateTime<Utc>)> {
         let inserted = self
@@ -492,22 +489,15 @@ impl BenchEngine {
     pub async fn insert_command_timed(
         &self,
         strategy_id: Option<Uuid>,
-        command: &str,
+        command: CommandWord,
         parameters: Value,
     ) -> anyhow::Result<Inserted> {
-        let (id, created_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
-            "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) \
-             RETURNING id, created_at",
-        )
-        .bind(strategy_id)
-        .bind(command)
-        .bind(parameters)
-        .fetch_one(&self.pool)
-        .await
-        .with_context(|| format!("cannot insert a {command} command"))?;
+        let inserted = insert_command_row(&self.pool, strategy_id, command, &parameters)
+            .await
+            .with_context(|| format!("cannot insert a {command} command"))?;
         Ok(Inserted {
-            id,
-            created_at,
+            id: inserted.id,
+            created_at: inserted.created_at,
             committed_at: Utc::now(),
         })
     }
@@ -515,27 +505,18 @@ impl BenchEngine {
     /// The transitions the manager recorded in `strategy_events` for one command
     /// (status and `clock_timestamp()` of the write), oldest first; empty where the
     /// table does not exist.
-    pub async fn events_of_command(&self, command_id: Uuid) -> Vec<(String, DateTime<Utc>)> {
-        sqlx::query_as(
-            "SELECT new_status, at FROM strategy_events WHERE command_id = $1 ORDER BY at, id",
-        )
-        .bind(command_id)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_default()
+    pub async fn events_of_command(&self, command_id: Uuid) -> Vec<(Status, DateTime<Utc>)> {
+        db::events_of_command(&self.pool, command_id)
+            .await
+            .unwrap_or_default()
     }
 
     /// When the manager last recorded `status` for `strategy_id` in `strategy_events`.
-    pub async fn last_event(&self, strategy_id: Uuid, status: &str) -> Option<DateTime<Utc>> {
-        sqlx::query_scalar(
-            "SELECT max(at) FROM strategy_events WHERE strategy_id = $1 AND new_status = $2",
-        )
-        .bind(strategy_id)
-        .bind(status)
-        .fetch_one(&self.pool)
-        .await
-        .ok()
-        .flatten()
+    pub async fn last_event(&self, strategy_id: Uuid, status: Status) -> Option<DateTime<Utc>> {
+        db::last_event(&self.pool, strategy_id, status)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The row of command `id` once it is `executed` or `failed` (polled every 2 ms).
@@ -557,28 +538,17 @@ impl BenchEngine {
 
     /// The row of command `id` if it is finished.
     pub async fn command_end(&self, id: Uuid) -> anyhow::Result<Option<CommandEnd>> {
-        let (status, error, executed_at): (String, Option<String>, Option<DateTime<Utc>>) =
-            sqlx::query_as(
-                "SELECT status, error, executed_at FROM strategy_commands WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(
-            matches!(status.as_str(), "executed" | "failed").then_some(CommandEnd {
-                status,
-                error,
-                executed_at,
-            }),
-        )
+        let row = db::command_outcome(&self.pool, id).await?;
+        Ok(row.status.is_finished().then_some(CommandEnd {
+            status: row.status,
+            error: row.error,
+            executed_at: row.executed_at,
+        }))
     }
 
     /// The pids of the strategies whose row says `running`.
     pub async fn running_pids(&self) -> anyhow::Result<HashMap<Uuid, u32>> {
-        let rows: Vec<(Uuid, Option<i32>)> =
-            sqlx::query_as("SELECT id, pid FROM strategy_configs WHERE status = 'running'")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = db::pids_with_status(&self.pool, Status::Running).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(id, pid)| Some((id, u32::try_from(pid?).ok()?)))
@@ -590,12 +560,8 @@ impl BenchEngine {
     pub async fn running_pid(&self, id: Uuid) -> anyhow::Result<u32> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            let row: Option<(String, Option<i32>)> =
-                sqlx::query_as("SELECT status, pid FROM strategy_configs WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if let Some(("running", Some(pid))) = row.as_ref().map(|(s, p)| (s.as_str(), *p)) {
+            let row = db::status_and_pid(&self.pool, id).await?;
+            if let Some((Status::Running, Some(pid))) = row {
                 return Ok(pid as u32);
             }
             if Instant::now() >= until {
@@ -648,18 +614,13 @@ impl BenchEngine {
     }
 
     async fn stop_everything(&mut self) -> anyhow::Result<()> {
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM strategy_configs WHERE status NOT IN ('stopped', 'error')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(0);
+        let live = db::count_not_stopped(&self.pool).await.unwrap_or(0);
         let mut result = Ok(());
         if live > 0 {
             let deadline = Duration::from_secs(60) + Duration::from_millis(100) * live as u32;
             let stop = async {
                 let (id, _) = self
-                    .insert_command(None, "stop", serde_json::json!({"timeout_s": 5}))
+                    .insert_command(None, CommandWord::Stop, serde_json::json!({"timeout_s": 5}))
                     .await?;
                 self.wait_command(id, deadline).await
             };
@@ -699,19 +660,13 @@ async fn create_strategies(pool: &PgPool, specs: &[StrategySpec]) -> anyhow::Res
     if specs.is_empty() {
         return Ok(Vec::new());
     }
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    let types: Vec<&str> = specs.iter().map(|s| s.strategy_type.as_str()).collect();
-    let configs: Vec<Value> = specs.iter().map(|s| s.config.clone()).collect();
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "INSERT INTO strategy_configs (name, strategy_type, config) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) RETURNING id, name",
-    )
-    .bind(&names)
-    .bind(&types)
-    .bind(&configs)
-    .fetch_all(pool)
-    .await
-    .context("cannot create the strategies")?;
+    let rows: Vec<(&str, &str, Value)> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), s.strategy_type.as_str(), s.config.clone()))
+        .collect();
+    let rows = db::insert_strategies(pool, &rows)
+        .await
+        .context("cannot create the strategies")?;
     let by_name: HashMap<String, Uuid> = rows.into_iter().map(|(id, n)| (n, id)).collect();
     specs
         .iter()
@@ -726,14 +681,10 @@ async fn create_strategies(pool: &PgPool, specs: &[StrategySpec]) -> anyhow::Res
 
 /// Create the bench's own database through the admin URL; its URL.
 async fn create_database(admin_url: &str, db_name: &str) -> anyhow::Result<String> {
-    let mut admin = PgConnection::connect(admin_url)
+    let admin = manager::connect_options(admin_url)?;
+    manager::create_database(&admin, db_name)
         .await
-        .context("cannot connect to PostgreSQL (is it running? bash ops/ensure-services.sh)")?;
-    sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("cannot create database {db_name}"))?;
-    let _ = admin.close().await;
+        .context("is PostgreSQL running? (bash ops/ensure-services.sh)")?;
     database_url_for(admin_url, db_name)
 }
 

@@ -214,8 +214,7 @@ impl Machine {
             .unwrap_or(0.0);
         let postgres = async {
             let mut conn = sqlx::PgConnection::connect(&args.database_url).await.ok()?;
-            let v: String = sqlx::query_scalar("SHOW server_version")
-                .fetch_one(&mut conn)
+            let v = engine_store::operator::server_version(&mut conn)
                 .await
                 .ok()?;
             let _ = conn.close().await;

@@ -12,15 +12,19 @@
 //! - [`redact`]: credentials never reach a log line.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
+//! - [`backoff`]: the doubling retry delay every reconnect loop uses.
+//! - [`procfs`]: every read of `/proc` (start times, CPU time, the process table).
 //! - `validate` (feature `validate`): asking the executor binary whether a config is
 //!   acceptable (`--validate`), for the manager and `enginectl`.
 //!
 //! Strategy authors never need this crate: `strategy-sdk` re-exports the one type they
 //! touch ([`Tick`]).
 
+pub mod backoff;
 pub mod control;
 pub mod inbound;
 pub mod messages;
+pub mod procfs;
 pub mod redact;
 pub mod state_dir;
 #[cfg(feature = "validate")]

@@ -72,6 +72,8 @@ impl Channels {
 /// The observed state of a strategy (the `status` vocabulary of the contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "snake_case"))]
 pub enum Status {
     Stopped,
     Starting,
@@ -106,6 +108,14 @@ impl Status {
     /// Running or paused: a live executor whose strategy is initialised.
     pub fn is_live(self) -> bool {
         matches!(self, Status::Running | Status::Paused)
+    }
+    /// Starting, running, paused or stopping: an executor process is up (it may not
+    /// have initialised its strategy yet, or be on its way out).
+    pub fn is_up(self) -> bool {
+        matches!(
+            self,
+            Status::Starting | Status::Running | Status::Paused | Status::Stopping
+        )
     }
 }
 
@@ -305,10 +315,7 @@ impl fmt::Display for ShutdownReason {
 
 /// The host name reported as `node`.
 pub fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    crate::procfs::hostname()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_string())
 }

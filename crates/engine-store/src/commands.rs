@@ -1,12 +1,16 @@
-//! Operators' command rows, checked and turned into typed commands. Every way a row
-//! can be wrong gets a message saying what was wrong and what would be right.
+//! Operators' command rows: inserting one (the statement `enginectl`, the HTTP API
+//! and the bench share), and checking one and turning it into a typed command. Every
+//! way a row can be wrong gets a message saying what was wrong and what would be right.
 
+use crate::vocab::CommandWord;
+use chrono::{DateTime, Utc};
 use engine_protocol::json_kind;
 use engine_protocol::StopMode;
 use serde_json::{Map, Value};
+use sqlx::PgPool;
 use std::time::Duration;
+use uuid::Uuid;
 
-pub const COMMAND_WORDS: &str = "start, stop, restart, update, pause, resume";
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,16 +33,46 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub fn word(&self) -> &'static str {
+    pub fn command_word(&self) -> CommandWord {
         match self {
-            CommandKind::Start => "start",
-            CommandKind::Stop { .. } => "stop",
-            CommandKind::Restart { .. } => "restart",
-            CommandKind::Update { .. } => "update",
-            CommandKind::Pause => "pause",
-            CommandKind::Resume => "resume",
+            CommandKind::Start => CommandWord::Start,
+            CommandKind::Stop { .. } => CommandWord::Stop,
+            CommandKind::Restart { .. } => CommandWord::Restart,
+            CommandKind::Update { .. } => CommandWord::Update,
+            CommandKind::Pause => CommandWord::Pause,
+            CommandKind::Resume => CommandWord::Resume,
         }
     }
+
+    pub fn word(&self) -> &'static str {
+        self.command_word().as_str()
+    }
+}
+
+/// A command row just inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct InsertedCommand {
+    pub id: Uuid,
+    /// `now()` of the inserting transaction.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Insert a `pending` command row (`strategy_id` `None`: a global command).
+pub async fn insert_command_row(
+    pool: &PgPool,
+    strategy_id: Option<Uuid>,
+    command: CommandWord,
+    parameters: &Value,
+) -> Result<InsertedCommand, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) \
+         RETURNING id, created_at",
+    )
+    .bind(strategy_id)
+    .bind(command.as_str())
+    .bind(parameters)
+    .fetch_one(pool)
+    .await
 }
 
 /// Check a row's `command` and `parameters`; `global` for rows with no strategy_id.
@@ -49,28 +83,40 @@ pub fn parse_command(word: &str, parameters: &Value, global: bool) -> Result<Com
             json_kind(parameters)
         ));
     };
+    let Ok(command) = word.parse::<CommandWord>() else {
+        let trimmed = word.trim().to_lowercase();
+        let hint = if trimmed != word && trimmed.parse::<CommandWord>().is_ok() {
+            format!(" (did you mean '{trimmed}'?)")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "unknown command '{word}'{hint}; expected one of {}",
+            CommandWord::list()
+        ));
+    };
     // Never allowed globally, whatever the parameters: say so before judging them.
-    if global && matches!(word, "start" | "restart" | "update") {
+    if global && !command.may_be_global() {
         return Err(not_global(word));
     }
-    let kind = match word {
-        "start" | "pause" | "resume" => {
+    let kind = match command {
+        CommandWord::Start | CommandWord::Pause | CommandWord::Resume => {
             no_parameters(word, params)?;
-            match word {
-                "start" => CommandKind::Start,
-                "pause" => CommandKind::Pause,
+            match command {
+                CommandWord::Start => CommandKind::Start,
+                CommandWord::Pause => CommandKind::Pause,
                 _ => CommandKind::Resume,
             }
         }
-        "stop" | "restart" => {
+        CommandWord::Stop | CommandWord::Restart => {
             let (timeout, mode) = stop_parameters(word, params)?;
-            if word == "stop" {
+            if command == CommandWord::Stop {
                 CommandKind::Stop { timeout, mode }
             } else {
                 CommandKind::Restart { timeout, mode }
             }
         }
-        "update" => {
+        CommandWord::Update => {
             if let Some(key) = params.keys().find(|k| k.as_str() != "config") {
                 return Err(format!(
                     "unknown parameter '{key}' for update; it takes only \"config\": {{...}} (a JSON merge patch)"
@@ -94,26 +140,7 @@ pub fn parse_command(word: &str, parameters: &Value, global: bool) -> Result<Com
                 }
             }
         }
-        other => {
-            let trimmed = other.trim().to_lowercase();
-            let hint = if trimmed != other && is_word(&trimmed) {
-                format!(" (did you mean '{trimmed}'?)")
-            } else {
-                String::new()
-            };
-            return Err(format!(
-                "unknown command '{other}'{hint}; expected one of {COMMAND_WORDS}"
-            ));
-        }
     };
-    if global
-        && !matches!(
-            kind,
-            CommandKind::Stop { .. } | CommandKind::Pause | CommandKind::Resume
-        )
-    {
-        return Err(not_global(word));
-    }
     Ok(kind)
 }
 
@@ -121,10 +148,6 @@ fn not_global(word: &str) -> String {
     format!(
         "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
     )
-}
-
-fn is_word(s: &str) -> bool {
-    ["start", "stop", "restart", "update", "pause", "resume"].contains(&s)
 }
 
 fn no_parameters(word: &str, params: &Map<String, Value>) -> Result<(), String> {

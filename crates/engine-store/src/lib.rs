@@ -3,24 +3,38 @@
 //! command outcomes).
 //!
 //! # Layout
+//! - [`vocab`]: the words the database stores, as types ([`Status`],
+//!   [`DesiredState`], [`CommandWord`], [`CommandStatus`]) mapped to their `TEXT`
+//!   columns with `sqlx::Type`; an unknown word read is an error.
 //! - [`manager`]: what the daemon says to PostgreSQL: connecting (creating the
-//!   database when missing), migrations, claiming commands, recording observed state.
-//! - [`operator`]: what operators' tools (`enginectl`, the HTTP API) read and insert.
-//! - [`commands`]: command rows checked and turned into typed commands.
+//!   database when missing), migrations, claiming and finishing commands, recording
+//!   observed and desired state, metrics and their pruning.
+//! - [`lease`]: one manager per database: the advisory lock and the lease row, taken
+//!   and beaten by the daemon, read by operators' tools.
+//! - [`commands`]: inserting a command row (one statement for every tool), and
+//!   checking a row and turning it into a typed command.
+//! - [`operator`]: what `enginectl` reads and inserts (strategies, latest metrics,
+//!   history, progress of its commands, `doctor`'s checks).
+//! - [`api`]: what the manager's HTTP API reads (strategies with metrics, recent
+//!   commands and events, a command's outcome, the metrics history).
+//! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
-//! - [`duty`]: the dashboard's kill switch (global command rows).
 //!
-//! Architecture invariant: no other crate writes SQL. The daemon, `enginectl`, the
-//! HTTP API and the bench call functions here.
+//! Architecture invariant: no other crate writes SQL against the engine's tables.
+//! The daemon, `enginectl`, the HTTP API and the bench call functions here.
 
+pub mod api;
+pub mod bench;
 pub mod commands;
-pub mod duty;
+pub mod lease;
 pub mod manager;
 pub mod metrics;
 pub mod operator;
+pub mod vocab;
 
+#[cfg(test)]
+mod test_db;
+
+pub use lease::LOCK_KEY;
 pub use manager::MIGRATOR;
-
-/// The advisory lock key ("STRATENG" in ASCII). A session holding it is the live
-/// manager of the database (`enginectl doctor` looks for it in `pg_locks`).
-pub const LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
+pub use vocab::{CommandStatus, CommandWord, DesiredState, Status, UnknownWord};

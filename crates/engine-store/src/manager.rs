@@ -1,12 +1,13 @@
 //! Everything the manager says to PostgreSQL: connecting (creating the database when
-//! it is missing), migrations, claiming commands, and recording observed state.
+//! it is missing), migrations, claiming commands, recording observed state, metrics
+//! and their pruning. (The lease lives in [`crate::lease`].)
 
+use crate::vocab::{CommandStatus, DesiredState, Status};
 use chrono::{DateTime, Utc};
 use engine_protocol::redact::redact_url;
-use engine_protocol::Status;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -29,6 +30,12 @@ pub enum DbError {
     },
     #[error("cannot create database {name}")]
     CreateDatabase {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot drop database {name}")]
+    DropDatabase {
         name: String,
         #[source]
         source: sqlx::Error,
@@ -102,7 +109,14 @@ pub fn connect_claimer(url: &str) -> Result<PgPool, DbError> {
         .connect_lazy_with(options))
 }
 
-async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {
+/// `name` as an SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Create database `name` on the server of `options` (through its `postgres`
+/// database); one that exists already is fine.
+pub async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {
     let admin = options.clone().database("postgres");
     let mut conn =
         PgConnection::connect_with(&admin)
@@ -111,7 +125,7 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), D
                 name: name.to_string(),
                 source,
             })?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let quoted = quote_identifier(name);
     match sqlx::query(&format!("CREATE DATABASE {quoted}"))
         .execute(&mut conn)
         .await
@@ -129,8 +143,31 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<(), D
     }
 }
 
+/// Drop database `name` on the server of `options` if it exists, disconnecting its
+/// sessions (for throw-away databases: tests and the bench).
+pub async fn drop_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {
+    let failed = |source| DbError::DropDatabase {
+        name: name.to_string(),
+        source,
+    };
+    let admin = options.clone().database("postgres");
+    let mut conn = PgConnection::connect_with(&admin).await.map_err(failed)?;
+    let quoted = quote_identifier(name);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .map_err(failed)?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await.map_err(DbError::Migrate)
+}
+
+/// Whether the database answers at all (`SELECT 1`).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
 }
 
 /// One row of `strategy_configs`, as the manager needs it.
@@ -141,8 +178,8 @@ pub struct StrategyRow {
     pub strategy_type: String,
     pub config: Value,
     pub auto_start: bool,
-    pub desired_state: String,
-    pub status: String,
+    pub desired_state: DesiredState,
+    pub status: Status,
     pub pid: Option<i32>,
     pub restart_count: i32,
     pub pid_start_ticks: Option<i64>,
@@ -179,6 +216,9 @@ pub async fn load_strategy(pool: &PgPool, id: Uuid) -> Result<Option<StrategyRow
 pub struct CommandRow {
     pub id: Uuid,
     pub strategy_id: Option<Uuid>,
+    /// The word as the operator wrote it: the column has no CHECK constraint, and a
+    /// word outside [`crate::CommandWord`] ends the row `failed` with a message
+    /// ([`crate::commands::parse_command`]) rather than failing the claim.
     pub command: String,
     pub parameters: Value,
     pub created_at: DateTime<Utc>,
@@ -243,15 +283,15 @@ pub async fn finish_command(
     outcome: &Result<(), String>,
 ) -> Result<Option<crate::metrics::FinishedCommand>, sqlx::Error> {
     let (status, error) = match outcome {
-        Ok(()) => ("executed", None),
-        Err(e) => ("failed", Some(e.as_str())),
+        Ok(()) => (CommandStatus::Executed, None),
+        Err(e) => (CommandStatus::Failed, Some(e.as_str())),
     };
     sqlx::query_as(
         "UPDATE strategy_commands SET status = $2, error = $3, executed_at = now() WHERE id = $1 \
          RETURNING command, status, extract(epoch FROM executed_at - created_at)::float8 AS latency_s",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error)
     .fetch_optional(pool)
     .await
@@ -356,36 +396,11 @@ pub async fn write_observed(
     Ok(())
 }
 
-/// What operators asked for, as set by a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Desired {
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl Desired {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Desired::Running => "running",
-            Desired::Paused => "paused",
-            Desired::Stopped => "stopped",
-        }
-    }
-    pub fn parse(s: &str) -> Desired {
-        match s {
-            "running" => Desired::Running,
-            "paused" => Desired::Paused,
-            _ => Desired::Stopped,
-        }
-    }
-}
-
 /// Set `desired_state`; `operator_stopped` is true exactly when it was an operator's stop.
 pub async fn write_desired(
     pool: &PgPool,
     id: Uuid,
-    desired: Desired,
+    desired: DesiredState,
     operator_stopped: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -488,15 +503,4 @@ pub async fn prune_history(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u
         .execute(pool)
         .await?;
     Ok(metrics.rows_affected() + events.rows_affected())
-}
-
-/// The previous holder of the lease, if any: (host, pid, boot_id, started_at).
-pub async fn read_lease(
-    conn: &mut PgConnection,
-) -> Result<Option<(String, i32, String, DateTime<Utc>)>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT host, pid, boot_id, started_at FROM engine_manager_lease WHERE id = 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
 }

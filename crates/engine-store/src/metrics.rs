@@ -7,6 +7,7 @@
 //! changes without the manager (rows an operator inserts, strategies added) is read
 //! at scrape time.
 
+use crate::vocab::Status;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -73,7 +74,7 @@ pub struct StrategySeries {
     pub id: Uuid,
     pub name: String,
     pub strategy_type: String,
-    pub status: String,
+    pub status: Status,
     pub restart_count: i32,
 }
 

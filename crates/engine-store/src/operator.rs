@@ -1,6 +1,9 @@
-//! Every SQL statement `enginectl` runs: reading strategies, their latest metrics and
-//! history, the manager's lease, and inserting commands and strategies.
+//! What `enginectl` reads and writes: strategies, their latest metrics and history,
+//! commands and their progress, and what `doctor` checks (server version, applied
+//! migrations). (The manager's lease is read through [`crate::lease::lease`].)
 
+use crate::commands::{insert_command_row, InsertedCommand};
+use crate::vocab::{CommandStatus, CommandWord, DesiredState, Status};
 use anyhow::{anyhow, Context};
 use chrono::{DateTime, Utc};
 use engine_protocol::redact::redact_url;
@@ -14,10 +17,6 @@ use uuid::Uuid;
 
 /// How long a connection attempt may take before the tool gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A manager whose lease heartbeat is older than this is taken for dead. The manager
-/// beats every health interval (2 s by default), so this is several missed beats.
-pub const MANAGER_FRESH: Duration = Duration::from_secs(10);
 
 /// Open a small pool on `url`. Unlike the manager, never creates the database.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -109,8 +108,8 @@ pub struct StrategyRecord {
     pub strategy_type: String,
     pub config: Value,
     pub auto_start: bool,
-    pub desired_state: String,
-    pub status: String,
+    pub desired_state: DesiredState,
+    pub status: Status,
     pub pid: Option<i32>,
     pub last_error: Option<String>,
     pub restart_count: i32,
@@ -121,7 +120,7 @@ pub struct StrategyRecord {
 impl StrategyRecord {
     /// Running or paused: an executor is up with its strategy initialised.
     pub fn is_live(&self) -> bool {
-        matches!(self.status.as_str(), "running" | "paused")
+        self.status.is_live()
     }
 }
 
@@ -219,31 +218,26 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 pub async fn insert_command(
     pool: &PgPool,
     strategy_id: Option<Uuid>,
-    command: &str,
+    command: CommandWord,
     parameters: &Value,
 ) -> anyhow::Result<Uuid> {
-    sqlx::query_scalar(
-        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(strategy_id)
-    .bind(command)
-    .bind(parameters)
-    .fetch_one(pool)
-    .await
-    .map_err(|e| query_error(e, "insert into strategy_commands"))
+    insert_command_row(pool, strategy_id, command, parameters)
+        .await
+        .map(|InsertedCommand { id, .. }| id)
+        .map_err(|e| query_error(e, "insert into strategy_commands"))
 }
 
 /// A command row's progress.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct CommandProgress {
     pub id: Uuid,
-    pub status: String,
+    pub status: CommandStatus,
     pub error: Option<String>,
 }
 
 impl CommandProgress {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "executed" | "failed")
+        self.status.is_finished()
     }
 }
 
@@ -335,71 +329,6 @@ pub async fn latest_metrics(
     Ok((strategy, health))
 }
 
-/// The manager that serves (or last served) the database.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LeaseInfo {
-    pub host: String,
-    pub pid: i32,
-    pub started_at: DateTime<Utc>,
-    /// Seconds since its last heartbeat, by the database's clock.
-    pub heartbeat_age_s: f64,
-    /// Whether a session holds the manager's advisory lock right now.
-    pub lock_held: bool,
-}
-
-/// What the lease row and the lock say about the manager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManagerState {
-    /// It holds the lock and beats.
-    Alive,
-    /// Nobody holds the lock: it exited or died.
-    Gone,
-    /// It holds the lock but has not beaten for [`MANAGER_FRESH`]: hung, or its
-    /// database connection is stuck.
-    Silent,
-}
-
-impl LeaseInfo {
-    pub fn state(&self) -> ManagerState {
-        match (
-            self.lock_held,
-            self.heartbeat_age_s < MANAGER_FRESH.as_secs_f64(),
-        ) {
-            (true, true) => ManagerState::Alive,
-            (true, false) => ManagerState::Silent,
-            (false, _) => ManagerState::Gone,
-        }
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.state() == ManagerState::Alive
-    }
-}
-
-pub async fn lease(pool: &PgPool) -> anyhow::Result<Option<LeaseInfo>> {
-    let row: Option<(String, i32, DateTime<Utc>, f64, bool)> = sqlx::query_as(
-        "SELECT host, pid, started_at, EXTRACT(EPOCH FROM (now() - heartbeat_at))::float8, \
-             EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
-                   AND l.classid::text::int8 = $1 AND l.objid::text::int8 = $2 AND l.objsubid = 1) \
-         FROM engine_manager_lease WHERE id = 1",
-    )
-    .bind(crate::LOCK_KEY >> 32)
-    .bind(crate::LOCK_KEY & 0xffff_ffff)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| query_error(e, "read engine_manager_lease"))?;
-    Ok(row.map(
-        |(host, pid, started_at, heartbeat_age_s, lock_held)| LeaseInfo {
-            host,
-            pid,
-            started_at,
-            heartbeat_age_s,
-            lock_held,
-        },
-    ))
-}
-
 /// Insert a strategy; a taken name or a refused row gets an error that says so.
 pub async fn insert_strategy(
     pool: &PgPool,
@@ -424,6 +353,31 @@ pub async fn insert_strategy(
     })
 }
 
+/// The server's version (`SHOW server_version`).
+pub async fn server_version<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SHOW server_version")
+        .fetch_one(executor)
+        .await
+}
+
+/// A row of sqlx's `_sqlx_migrations` table.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub success: bool,
+    pub checksum: Vec<u8>,
+}
+
+/// The migrations applied to the database, by version (an error with SQLSTATE
+/// 42P01 when none ever was: the table does not exist).
+pub async fn applied_migrations(pool: &PgPool) -> Result<Vec<AppliedMigration>, sqlx::Error> {
+    sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+}
+
 /// Delete a strategy (its commands, metrics and events go with it).
 pub async fn delete_strategy(pool: &PgPool, id: Uuid) -> anyhow::Result<bool> {
     let done = sqlx::query("DELETE FROM strategy_configs WHERE id = $1")
@@ -446,9 +400,10 @@ pub struct CommandRecord {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub executed_at: Option<DateTime<Utc>>,
+    /// As the operator wrote it (the column has no CHECK constraint; see [`crate::vocab`]).
     pub command: String,
     pub parameters: Value,
-    pub status: String,
+    pub status: CommandStatus,
     pub error: Option<String>,
     pub global: bool,
 }
@@ -457,8 +412,8 @@ pub struct CommandRecord {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRecord {
     pub at: DateTime<Utc>,
-    pub old_status: Option<String>,
-    pub new_status: String,
+    pub old_status: Option<Status>,
+    pub new_status: Status,
     pub reason: Option<String>,
     pub error: Option<String>,
     pub command_id: Option<Uuid>,
@@ -509,8 +464,8 @@ mod tests {
             strategy_type: "heartbeat".into(),
             config: serde_json::json!({}),
             auto_start: false,
-            desired_state: "stopped".into(),
-            status: "stopped".into(),
+            desired_state: DesiredState::Stopped,
+            status: Status::Stopped,
             pid: None,
             last_error: None,
             restart_count: 0,
@@ -531,20 +486,6 @@ mod tests {
         assert!(err.contains("did you mean 'demo-sma-btc'?"), "{err}");
         let err = unknown_name("x", &[]).to_string();
         assert!(err.contains("no strategies yet"), "{err}");
-    }
-
-    #[test]
-    fn the_manager_is_alive_only_with_its_lock_and_a_fresh_heartbeat() {
-        let lease = |lock_held, heartbeat_age_s| LeaseInfo {
-            host: "h".into(),
-            pid: 7,
-            started_at: Utc::now(),
-            heartbeat_age_s,
-            lock_held,
-        };
-        assert_eq!(lease(true, 1.0).state(), ManagerState::Alive);
-        assert_eq!(lease(false, 1.0).state(), ManagerState::Gone);
-        assert_eq!(lease(true, 30.0).state(), ManagerState::Silent);
     }
 
     #[test]

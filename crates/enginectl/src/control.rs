@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use engine_protocol::json_kind;
 use engine_store::operator::{self as store, CommandProgress, StrategyRecord};
+use engine_store::{CommandStatus, CommandWord, Status};
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -125,30 +126,6 @@ pub struct AddArgs {
     pub no_validate: bool,
 }
 
-/// A command word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    Start,
-    Stop,
-    Restart,
-    Pause,
-    Resume,
-    Update,
-}
-
-impl Verb {
-    pub fn word(self) -> &'static str {
-        match self {
-            Verb::Start => "start",
-            Verb::Stop => "stop",
-            Verb::Restart => "restart",
-            Verb::Pause => "pause",
-            Verb::Resume => "resume",
-            Verb::Update => "update",
-        }
-    }
-}
-
 /// One command row to insert.
 #[derive(Debug, Clone)]
 struct Order {
@@ -165,7 +142,11 @@ struct WaitPlan {
 }
 
 /// `start`, `pause`, `resume`.
-pub async fn simple(target: &Target, verb: Verb, args: TargetArgs) -> anyhow::Result<Finished> {
+pub async fn simple(
+    target: &Target,
+    verb: CommandWord,
+    args: TargetArgs,
+) -> anyhow::Result<Finished> {
     let pool = target.pool().await?;
     let orders = orders_for(&pool, verb, &args.names, args.all, json!({})).await?;
     let plan = WaitPlan {
@@ -178,7 +159,7 @@ pub async fn simple(target: &Target, verb: Verb, args: TargetArgs) -> anyhow::Re
 /// `stop` and `restart`.
 pub async fn stop_or_restart(
     target: &Target,
-    verb: Verb,
+    verb: CommandWord,
     args: StopArgs,
 ) -> anyhow::Result<Finished> {
     let mut parameters = Map::new();
@@ -228,7 +209,7 @@ pub async fn update(target: &Target, args: UpdateArgs) -> anyhow::Result<Finishe
         wait: !args.wait.no_wait,
         timeout: args.wait.timeout,
     };
-    issue_and_wait(&pool, Verb::Update, orders, plan).await
+    issue_and_wait(&pool, CommandWord::Update, orders, plan).await
 }
 
 /// `add`: check the name and the config, then INSERT.
@@ -282,7 +263,7 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
 pub async fn remove(target: &Target, name: &str, timeout: Duration) -> anyhow::Result<Finished> {
     let pool = target.pool().await?;
     let strategy = store::resolve_one(&pool, name).await?;
-    if !matches!(strategy.status.as_str(), "stopped" | "error") {
+    if !matches!(strategy.status, Status::Stopped | Status::Error) {
         let orders = vec![Order {
             strategy: Some(strategy.clone()),
             parameters: json!({}),
@@ -291,7 +272,7 @@ pub async fn remove(target: &Target, name: &str, timeout: Duration) -> anyhow::R
             wait: true,
             timeout: timeout.max(engine_store::commands::DEFAULT_STOP_TIMEOUT + WAIT_MARGIN),
         };
-        if issue_and_wait(&pool, Verb::Stop, orders, plan).await? != Finished::Ok {
+        if issue_and_wait(&pool, CommandWord::Stop, orders, plan).await? != Finished::Ok {
             bail!("'{name}' was not removed because it could not be stopped");
         }
     }
@@ -305,7 +286,7 @@ pub async fn remove(target: &Target, name: &str, timeout: Duration) -> anyhow::R
 /// The rows for `verb` on `names`, or on every strategy with `--all`.
 async fn orders_for(
     pool: &PgPool,
-    verb: Verb,
+    verb: CommandWord,
     names: &[String],
     all: bool,
     parameters: Value,
@@ -313,15 +294,15 @@ async fn orders_for(
     if all {
         return match verb {
             // The contract's kill switch: one row, strategy_id NULL.
-            Verb::Stop | Verb::Pause | Verb::Resume => Ok(vec![Order {
+            CommandWord::Stop | CommandWord::Pause | CommandWord::Resume => Ok(vec![Order {
                 strategy: None,
                 parameters,
             }]),
-            Verb::Start | Verb::Restart | Verb::Update => {
+            CommandWord::Start | CommandWord::Restart | CommandWord::Update => {
                 let every = store::strategies(pool).await?;
                 Ok(every
                     .into_iter()
-                    .filter(|s| verb != Verb::Restart || s.is_live())
+                    .filter(|s| verb != CommandWord::Restart || s.is_live())
                     .map(|s| Order {
                         strategy: Some(s),
                         parameters: parameters.clone(),
@@ -333,7 +314,7 @@ async fn orders_for(
     if names.is_empty() {
         bail!(
             "name at least one strategy, or pass --all (e.g. `enginectl {} demo-sma-btc`)",
-            verb.word()
+            verb.as_str()
         );
     }
     let mut unique: Vec<String> = Vec::with_capacity(names.len());
@@ -355,15 +336,15 @@ async fn orders_for(
 /// Insert the rows, wait for them (unless told not to), print each outcome.
 async fn issue_and_wait(
     pool: &PgPool,
-    verb: Verb,
+    verb: CommandWord,
     orders: Vec<Order>,
     plan: WaitPlan,
 ) -> anyhow::Result<Finished> {
     if orders.is_empty() {
         println!(
             "nothing to {}: no strategy {}",
-            verb.word(),
-            if verb == Verb::Restart {
+            verb.as_str(),
+            if verb == CommandWord::Restart {
                 "is running or paused"
             } else {
                 "exists"
@@ -375,14 +356,14 @@ async fn issue_and_wait(
     let mut ids = Vec::with_capacity(orders.len());
     for order in &orders {
         let strategy_id = order.strategy.as_ref().map(|s| s.id);
-        ids.push(store::insert_command(pool, strategy_id, verb.word(), &order.parameters).await?);
+        ids.push(store::insert_command(pool, strategy_id, verb, &order.parameters).await?);
     }
     if !plan.wait {
         for (order, id) in orders.iter().zip(&ids) {
             println!(
                 "{}: {} queued (command {id})",
                 label(order.strategy.as_ref()),
-                verb.word()
+                verb.as_str()
             );
         }
         return Ok(Finished::Ok);
@@ -393,14 +374,14 @@ async fn issue_and_wait(
         let name = label(order.strategy.as_ref());
         let row = progress.iter().find(|p| p.id == *id);
         match row {
-            Some(p) if p.status == "executed" => {
+            Some(p) if p.status == CommandStatus::Executed => {
                 report_success(pool, verb, order, &name).await?;
             }
-            Some(p) if p.status == "failed" => {
+            Some(p) if p.status == CommandStatus::Failed => {
                 finished = Finished::Failed;
                 eprintln!(
                     "error: {name}: {} failed: {}",
-                    verb.word(),
+                    verb.as_str(),
                     p.error.as_deref().unwrap_or("no reason given")
                 );
             }
@@ -410,7 +391,7 @@ async fn issue_and_wait(
                 eprintln!(
                     "error: {name}: {} is still {status} after {}; the row stays and the manager will \
                      carry it out (command {id}; `enginectl history` shows its outcome)",
-                    verb.word(),
+                    verb.as_str(),
                     humantime::format_duration(plan.timeout)
                 );
             }
@@ -422,7 +403,7 @@ async fn issue_and_wait(
 /// Poll the rows until each is executed or failed, or `timeout` passes.
 async fn wait_for_outcomes(
     pool: &PgPool,
-    verb: Verb,
+    verb: CommandWord,
     orders: &[Order],
     ids: &[Uuid],
     timeout: Duration,
@@ -433,7 +414,7 @@ async fn wait_for_outcomes(
     } else {
         format!("{} strategies", names.len())
     };
-    let spinner = Spinner::start(format!("{} {what}", verb.word()));
+    let spinner = Spinner::start(format!("{} {what}", verb.as_str()));
     let deadline = tokio::time::Instant::now() + timeout;
     let progress = loop {
         let progress = match store::command_progress(pool, ids).await {
@@ -450,7 +431,7 @@ async fn wait_for_outcomes(
         if ids.len() > 1 {
             spinner.set_message(format!(
                 "{} {what}: {done} of {} done",
-                verb.word(),
+                verb.as_str(),
                 ids.len()
             ));
         }
@@ -462,11 +443,11 @@ async fn wait_for_outcomes(
 
 async fn report_success(
     pool: &PgPool,
-    verb: Verb,
+    verb: CommandWord,
     order: &Order,
     name: &str,
 ) -> anyhow::Result<()> {
-    let word = verb.word();
+    let word = verb.as_str();
     let Some(strategy) = &order.strategy else {
         println!("{name}: {word} executed");
         for s in store::strategies(pool).await? {
@@ -479,7 +460,7 @@ async fn report_success(
         return Ok(());
     };
     let pid = now.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
-    if verb == Verb::Update {
+    if verb == CommandWord::Update {
         let patch = order
             .parameters
             .get("config")
@@ -504,7 +485,7 @@ fn label(strategy: Option<&StrategyRecord>) -> String {
 
 /// Say so when no live manager serves the database: the rows would only wait.
 async fn warn_without_manager(pool: &PgPool) {
-    match store::lease(pool).await {
+    match engine_store::lease::lease(pool).await {
         Ok(Some(lease)) if lease.is_alive() => {}
         Ok(Some(lease)) => eprintln!(
             "warning: no live engine-manager serves this database ({}); the command waits in \

@@ -8,7 +8,7 @@ use crate::lease_words::DescribeLease;
 use crate::shell::name_arg;
 use engine_protocol::redact::redact_url;
 use engine_store::operator as store;
-use engine_store::MIGRATOR;
+use engine_store::{Status, MIGRATOR};
 use sqlx::PgPool;
 use std::collections::HashMap;
 
@@ -58,10 +58,7 @@ pub async fn checks(target: &Target) -> Vec<Check> {
     let shown = redact_url(&target.database_url);
     match store::connect(&target.database_url).await {
         Ok(pool) => {
-            let version: Option<String> = sqlx::query_scalar("SHOW server_version")
-                .fetch_one(&pool)
-                .await
-                .ok();
+            let version = store::server_version(&pool).await.ok();
             out.push(Check::ok(
                 "postgres",
                 format!(
@@ -99,11 +96,7 @@ pub async fn checks(target: &Target) -> Vec<Check> {
 async fn migrations(pool: &PgPool) -> Check {
     const HINT: &str = "start engine-manager (it applies migrations at start-up) or run \
                         `engine-manager --migrate-only` with the same DATABASE_URL";
-    let applied: Result<Vec<(i64, bool, Vec<u8>)>, sqlx::Error> =
-        sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await;
-    let applied = match applied {
+    let applied = match store::applied_migrations(pool).await {
         Ok(rows) => rows,
         Err(err) if store::sql_state(&err).as_deref() == Some("42P01") => {
             return Check::fail(
@@ -122,7 +115,7 @@ async fn migrations(pool: &PgPool) -> Check {
     };
     let applied: HashMap<i64, (bool, Vec<u8>)> = applied
         .into_iter()
-        .map(|(v, ok, sum)| (v, (ok, sum)))
+        .map(|m| (m.version, (m.success, m.checksum)))
         .collect();
     let known: Vec<_> = MIGRATOR
         .iter()
@@ -180,7 +173,7 @@ async fn migrations(pool: &PgPool) -> Check {
 async fn manager(pool: &PgPool) -> Check {
     const HINT: &str = "start it: `engine-manager` (or `systemctl start engine-manager`, or \
                         `bash ops/demo.sh`); commands wait in strategy_commands until a manager runs";
-    match store::lease(pool).await {
+    match engine_store::lease::lease(pool).await {
         Ok(Some(lease)) if lease.is_alive() => Check::ok(
             "manager",
             format!(
@@ -208,9 +201,9 @@ async fn strategies(pool: &PgPool) -> Check {
     };
     let mut counts: Vec<(String, usize)> = Vec::new();
     for row in &rows {
-        match counts.iter_mut().find(|(s, _)| *s == row.status) {
+        match counts.iter_mut().find(|(s, _)| s == row.status.as_str()) {
             Some((_, n)) => *n += 1,
-            None => counts.push((row.status.clone(), 1)),
+            None => counts.push((row.status.to_string(), 1)),
         }
     }
     counts.sort();
@@ -226,7 +219,7 @@ async fn strategies(pool: &PgPool) -> Check {
     );
     let broken: Vec<&str> = rows
         .iter()
-        .filter(|r| r.status == "error")
+        .filter(|r| r.status == Status::Error)
         .map(|r| r.name.as_str())
         .collect();
     if broken.is_empty() {

@@ -6,6 +6,7 @@ use super::table::{self, Align, Table};
 use super::{Finished, Target};
 use chrono::{DateTime, Utc};
 use engine_store::operator::{self as store, CommandRecord, EventRecord};
+use engine_store::{CommandStatus, Status};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -20,14 +21,14 @@ pub enum Entry {
         command: String,
         parameters: Value,
         global: bool,
-        status: String,
+        status: CommandStatus,
         error: Option<String>,
         executed_at: Option<DateTime<Utc>>,
     },
     Transition {
         at: DateTime<Utc>,
-        old_status: Option<String>,
-        new_status: String,
+        old_status: Option<Status>,
+        new_status: Status,
         reason: Option<String>,
         error: Option<String>,
         command_id: Option<Uuid>,
@@ -113,7 +114,7 @@ pub fn render(entries: &[Entry]) -> String {
                 if *global {
                     what.push_str(" (global)");
                 }
-                let mut detail = status.clone();
+                let mut detail = status.to_string();
                 if parameters.as_object().is_some_and(|p| !p.is_empty()) {
                     detail.push_str(&format!(" {parameters}"));
                 }
@@ -134,7 +135,7 @@ pub fn render(entries: &[Entry]) -> String {
             } => {
                 let what = match old_status {
                     Some(old) if old != new_status => format!("{old} → {new_status}"),
-                    _ => new_status.clone(),
+                    _ => new_status.to_string(),
                 };
                 let mut parts = Vec::new();
                 if let Some(reason) = reason {
@@ -195,15 +196,15 @@ mod tests {
             executed_at: Some(t0 + chrono::Duration::seconds(1)),
             command: "stop".into(),
             parameters: json!({"timeout_s": 5}),
-            status: "executed".into(),
+            status: CommandStatus::Executed,
             error: None,
             global: false,
         }];
         let events = vec![
             EventRecord {
                 at: t0 + chrono::Duration::seconds(2),
-                old_status: Some("stopping".into()),
-                new_status: "stopped".into(),
+                old_status: Some(Status::Stopping),
+                new_status: Status::Stopped,
                 reason: Some("stopped by an operator".into()),
                 error: None,
                 command_id: Some(cmd_id),
@@ -212,8 +213,8 @@ mod tests {
             },
             EventRecord {
                 at: t0 - chrono::Duration::seconds(5),
-                old_status: Some("starting".into()),
-                new_status: "running".into(),
+                old_status: Some(Status::Starting),
+                new_status: Status::Running,
                 reason: None,
                 error: None,
                 command_id: None,

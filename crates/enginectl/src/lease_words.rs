@@ -1,6 +1,6 @@
 //! The manager's lease, in an operator's words.
 
-use engine_store::operator::{LeaseInfo, ManagerState};
+use engine_store::lease::{LeaseInfo, ManagerState};
 
 /// Says how the manager holding the lease is doing.
 pub trait DescribeLease {

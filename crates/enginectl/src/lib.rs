@@ -208,12 +208,20 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
         Command::List { json } => view::list(&target, json).await,
         Command::Add(args) => control::add(&target, args).await,
         Command::Remove { name, timeout } => control::remove(&target, &name, timeout).await,
-        Command::Start(args) => control::simple(&target, control::Verb::Start, args).await,
-        Command::Pause(args) => control::simple(&target, control::Verb::Pause, args).await,
-        Command::Resume(args) => control::simple(&target, control::Verb::Resume, args).await,
-        Command::Stop(args) => control::stop_or_restart(&target, control::Verb::Stop, args).await,
+        Command::Start(args) => {
+            control::simple(&target, engine_store::CommandWord::Start, args).await
+        }
+        Command::Pause(args) => {
+            control::simple(&target, engine_store::CommandWord::Pause, args).await
+        }
+        Command::Resume(args) => {
+            control::simple(&target, engine_store::CommandWord::Resume, args).await
+        }
+        Command::Stop(args) => {
+            control::stop_or_restart(&target, engine_store::CommandWord::Stop, args).await
+        }
         Command::Restart(args) => {
-            control::stop_or_restart(&target, control::Verb::Restart, args).await
+            control::stop_or_restart(&target, engine_store::CommandWord::Restart, args).await
         }
         Command::Update(args) => control::update(&target, args).await,
         Command::Types { json } => executor::types(&target, json).await,

@@ -14,6 +14,7 @@ use super::{Finished, Target};
 use chrono::{DateTime, Utc};
 use engine_protocol::Channels;
 use engine_store::operator::{self as store, LatestHealth, LatestStrategyMetrics, StrategyRecord};
+use engine_store::{DesiredState, Status};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -26,8 +27,8 @@ pub struct StrategyView {
     pub id: Uuid,
     pub name: String,
     pub strategy_type: String,
-    pub status: String,
-    pub desired_state: String,
+    pub status: Status,
+    pub desired_state: DesiredState,
     pub auto_start: bool,
     pub pid: Option<i32>,
     pub uptime_s: Option<f64>,
@@ -54,11 +55,7 @@ impl StrategyView {
         sources: Sources<'_>,
         now: DateTime<Utc>,
     ) -> StrategyView {
-        let alive = record.pid.is_some()
-            && matches!(
-                record.status.as_str(),
-                "starting" | "running" | "paused" | "stopping"
-            );
+        let alive = record.pid.is_some() && record.status.is_up();
         // A sample counts only if it was taken during the current run.
         let this_run = |at: Option<DateTime<Utc>>| match (at, record.started_at) {
             (Some(at), Some(started)) => at >= started,
@@ -104,8 +101,8 @@ impl StrategyView {
             id: record.id,
             name: record.name.clone(),
             strategy_type: record.strategy_type.clone(),
-            status: record.status.clone(),
-            desired_state: record.desired_state.clone(),
+            status: record.status,
+            desired_state: record.desired_state,
             auto_start: record.auto_start,
             pid: record.pid,
             uptime_s,
@@ -203,8 +200,8 @@ pub fn list_table(views: &[StrategyView]) -> Table {
         t.push(vec![
             v.name.clone(),
             v.strategy_type.clone(),
-            v.status.clone(),
-            v.desired_state.clone(),
+            v.status.to_string(),
+            v.desired_state.to_string(),
             v.pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| table::NONE.into()),
@@ -249,8 +246,8 @@ mod tests {
             strategy_type: "heartbeat".into(),
             config: serde_json::json!({}),
             auto_start: false,
-            desired_state: "running".into(),
-            status: status.into(),
+            desired_state: DesiredState::Running,
+            status: status.parse().expect("a status word"),
             pid,
             last_error: Some(String::new()),
             restart_count: 2,

@@ -11,7 +11,8 @@ use super::view::{self, StrategyView};
 use super::{Finished, Target};
 use crate::lease_words::DescribeLease;
 use engine_protocol::Channels;
-use engine_store::operator::{self as store, LeaseInfo};
+use engine_store::lease::LeaseInfo;
+use engine_store::Status;
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -53,10 +54,7 @@ impl Row {
     }
 
     fn is_up(&self) -> bool {
-        matches!(
-            self.view.status.as_str(),
-            "starting" | "running" | "paused" | "stopping"
-        )
+        self.view.status.is_up()
     }
 
     /// The view with its uptime moved on to now. (The tick age stays as it was
@@ -116,11 +114,15 @@ impl Board {
             if payload.get("source").and_then(Value::as_str) == Some("executor") {
                 return;
             }
-            let Some(status) = payload.get("status").and_then(Value::as_str) else {
+            let Some(status) = payload
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Status>().ok())
+            else {
                 return;
             };
             let was_up = row.is_up();
-            row.view.status = status.to_string();
+            row.view.status = status;
             row.view.pid = payload
                 .get("pid")
                 .and_then(Value::as_i64)
@@ -229,7 +231,7 @@ pub async fn watch(
     let pool = target.pool().await?;
     let mut redis = state::connect(&target.redis_url).await.ok();
     let (views, redis_error) = view::collect_views(&pool, redis.as_mut(), &target.channels).await?;
-    let lease = store::lease(&pool).await?;
+    let lease = engine_store::lease::lease(&pool).await?;
     let mut board = Board {
         rows: BTreeMap::new(),
         engine: EngineLine::Lease(lease),
@@ -278,7 +280,7 @@ pub async fn watch(
                     Err(err) => board.database = Some(format!("{err:#}")),
                 }
                 if let EngineLine::Lease(_) = board.engine {
-                    if let Ok(lease) = store::lease(&pool).await {
+                    if let Ok(lease) = engine_store::lease::lease(&pool).await {
                         board.engine = EngineLine::Lease(lease);
                     }
                 }
@@ -470,8 +472,8 @@ mod tests {
             id,
             name: "w".into(),
             strategy_type: "heartbeat".into(),
-            status: status.into(),
-            desired_state: "running".into(),
+            status: status.parse().expect("a status word"),
+            desired_state: engine_store::DesiredState::Running,
             auto_start: false,
             pid: Some(1),
             uptime_s: Some(10.0),
@@ -524,7 +526,7 @@ mod tests {
             &channels.status(id),
             &json!({"strategy_id": sid, "status": "stopping", "source": "executor"}),
         );
-        assert_eq!(board.rows[&id].view.status, "running");
+        assert_eq!(board.rows[&id].view.status, Status::Running);
         board.apply(
             &channels,
             &channels.status(id),

@@ -17,6 +17,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use engine_protocol::backoff::Backoff;
 use engine_protocol::{Channels, Tick};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -553,7 +554,7 @@ enum PublishOutcome {
 struct Outage {
     since: Instant,
     next_attempt: Instant,
-    delay: Duration,
+    backoff: Backoff,
     dropped: u64,
 }
 
@@ -642,18 +643,19 @@ impl TickPublisher {
                             "cannot publish to redis; dropping ticks and retrying with backoff \
                              until it is back"
                         );
+                        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
                         self.outage = Some(Outage {
                             since: now,
-                            next_attempt: Instant::now() + RETRY_MIN,
-                            delay: RETRY_MIN,
+                            next_attempt: Instant::now() + backoff.next_delay(),
+                            backoff,
                             dropped: ticks.len() as u64,
                         });
                     }
                     Some(outage) => {
-                        outage.delay = (outage.delay * 2).min(RETRY_MAX);
-                        outage.next_attempt = Instant::now() + outage.delay;
+                        let delay = outage.backoff.next_delay();
+                        outage.next_attempt = Instant::now() + delay;
                         outage.dropped += ticks.len() as u64;
-                        debug!(%error, retry_in_ms = outage.delay.as_millis() as u64, "redis still unreachable");
+                        debug!(%error, retry_in_ms = delay.as_millis() as u64, "redis still unreachable");
                     }
                 }
                 PublishOutcome::Dropped

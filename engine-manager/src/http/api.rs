@@ -13,54 +13,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use engine_store::commands::parse_command;
+use engine_store::api::{self as db, CommandOverview, StrategyOverview};
+use engine_store::commands::{insert_command_row, parse_command};
+use engine_store::CommandWord;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The command words the API accepts (the contract's vocabulary).
-pub const COMMANDS: [&str; 6] = ["start", "stop", "restart", "pause", "resume", "update"];
-
 /// How many recent commands and events the detail view shows.
 const RECENT: i64 = 20;
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(super) struct StrategyListRow {
-    pub(super) id: Uuid,
-    pub(super) name: String,
-    pub(super) strategy_type: String,
-    pub(super) config: Value,
-    auto_start: bool,
-    desired_state: String,
-    status: String,
-    pid: Option<i32>,
-    last_error: Option<String>,
-    restart_count: i32,
-    started_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    metrics_at: Option<DateTime<Utc>>,
-    pnl: Option<f64>,
-    positions_count: Option<i32>,
-    orders_count: Option<i32>,
-    success_rate: Option<f64>,
-    metrics: Option<Value>,
-}
-
-/// The newest `strategy` metrics row among a strategy's last 64 rows (health rows
-/// interleave): bounded work per strategy however long the history is.
-const STRATEGY_SELECT: &str = "SELECT c.id, c.name, c.strategy_type, c.config, c.auto_start, \
-       c.desired_state, c.status, c.pid, c.last_error, c.restart_count, c.started_at, \
-       c.created_at, c.updated_at, m.\"timestamp\" AS metrics_at, m.pnl::float8 AS pnl, \
-       m.positions_count, m.orders_count, m.success_rate, m.metrics \
-     FROM strategy_configs c \
-     LEFT JOIN LATERAL ( \
-       SELECT * FROM ( \
-         SELECT \"timestamp\", source, pnl, positions_count, orders_count, success_rate, metrics \
-         FROM strategy_metrics WHERE strategy_id = c.id ORDER BY \"timestamp\" DESC LIMIT 64) recent \
-       WHERE source = 'strategy' ORDER BY \"timestamp\" DESC LIMIT 1) m ON true";
 
 /// Hide the values of config keys that look like credentials, at any depth.
 pub fn redact_secrets(value: &Value) -> Value {
@@ -129,7 +92,7 @@ fn tick_age_now(reported_ms: Option<f64>, reported_at: DateTime<Utc>) -> Option<
     reported_ms.map(|ms| ms + since)
 }
 
-fn metrics_json(row: &StrategyListRow, memory: Option<&LastMetrics>) -> Value {
+fn metrics_json(row: &StrategyOverview, memory: Option<&LastMetrics>) -> Value {
     if let Some(m) = memory {
         return json!({
             "pnl": m.pnl,
@@ -161,11 +124,11 @@ fn metrics_json(row: &StrategyListRow, memory: Option<&LastMetrics>) -> Value {
 
 fn strategy_json(
     state: &AppState,
-    row: &StrategyListRow,
+    row: &StrategyOverview,
     health: Option<&HealthSample>,
     memory: Option<&LastMetrics>,
 ) -> Value {
-    let live = matches!(row.status.as_str(), "running" | "paused");
+    let live = row.status.is_live();
     let uptime_s = row
         .started_at
         .filter(|_| live)
@@ -192,8 +155,7 @@ fn strategy_json(
 
 /// `GET /api/strategies`: every strategy, by name.
 pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let rows: Vec<StrategyListRow> = sqlx::query_as(&format!("{STRATEGY_SELECT} ORDER BY c.name"))
-        .fetch_all(&state.shared.pool)
+    let rows = db::strategies(&state.shared.pool)
         .await
         .map_err(|e| ApiError::database("cannot list strategies", e))?;
     let health = state.live.all_health();
@@ -218,32 +180,24 @@ pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<
 pub(super) async fn find_strategy(
     state: &AppState,
     name: &str,
-) -> Result<StrategyListRow, ApiError> {
-    let by_name: Option<StrategyListRow> =
-        sqlx::query_as(&format!("{STRATEGY_SELECT} WHERE c.name = $1"))
-            .bind(name)
-            .fetch_optional(&state.shared.pool)
-            .await
-            .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+) -> Result<StrategyOverview, ApiError> {
+    let by_name = db::strategy_by_name(&state.shared.pool, name)
+        .await
+        .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
     if let Some(row) = by_name {
         return Ok(row);
     }
     if let Ok(id) = name.parse::<Uuid>() {
-        let by_id: Option<StrategyListRow> =
-            sqlx::query_as(&format!("{STRATEGY_SELECT} WHERE c.id = $1"))
-                .bind(id)
-                .fetch_optional(&state.shared.pool)
-                .await
-                .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+        let by_id = db::strategy_by_id(&state.shared.pool, id)
+            .await
+            .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
         if let Some(row) = by_id {
             return Ok(row);
         }
     }
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM strategy_configs ORDER BY name LIMIT 1000")
-            .fetch_all(&state.shared.pool)
-            .await
-            .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
+    let names = db::strategy_names(&state.shared.pool, 1000)
+        .await
+        .map_err(|e| ApiError::database("cannot look up the strategy", e))?;
     let wanted = name.to_lowercase();
     let close: Vec<&String> = names
         .iter()
@@ -279,55 +233,24 @@ pub(super) async fn find_strategy(
     Err(err)
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct CommandView {
-    id: Uuid,
-    strategy_id: Option<Uuid>,
-    strategy: Option<String>,
-    command: String,
-    parameters: Value,
-    status: String,
-    error: Option<String>,
-    created_at: DateTime<Utc>,
-    executed_at: Option<DateTime<Utc>>,
+fn command_json(command: &CommandOverview) -> Value {
+    let latency_ms = command
+        .executed_at
+        .map(|t| (t - command.created_at).num_milliseconds());
+    json!({
+        "id": command.id,
+        "strategy_id": command.strategy_id,
+        "strategy": command.strategy,
+        "command": command.command,
+        "parameters": redact_secrets(&command.parameters),
+        "status": command.status,
+        "error": command.error,
+        "created_at": command.created_at,
+        "executed_at": command.executed_at,
+        "latency_ms": latency_ms,
+        "finished": command.status.is_finished(),
+    })
 }
-
-impl CommandView {
-    fn to_json(&self) -> Value {
-        let latency_ms = self
-            .executed_at
-            .map(|t| (t - self.created_at).num_milliseconds());
-        json!({
-            "id": self.id,
-            "strategy_id": self.strategy_id,
-            "strategy": self.strategy,
-            "command": self.command,
-            "parameters": redact_secrets(&self.parameters),
-            "status": self.status,
-            "error": self.error,
-            "created_at": self.created_at,
-            "executed_at": self.executed_at,
-            "latency_ms": latency_ms,
-            "finished": matches!(self.status.as_str(), "executed" | "failed"),
-        })
-    }
-}
-
-/// One row of `strategy_events`.
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
-struct EventView {
-    at: DateTime<Utc>,
-    old_status: Option<String>,
-    new_status: String,
-    reason: Option<String>,
-    error: Option<String>,
-    command_id: Option<Uuid>,
-    pid: Option<i32>,
-}
-
-const COMMAND_SELECT: &str = "SELECT k.id, k.strategy_id, c.name AS strategy, k.command, \
-     k.parameters, k.status, k.error, k.created_at, k.executed_at \
-     FROM strategy_commands k LEFT JOIN strategy_configs c ON c.id = k.strategy_id";
 
 /// `GET /api/strategies/{name}`: one strategy, with its recent commands and events.
 pub async fn get_strategy(
@@ -344,27 +267,16 @@ pub async fn get_strategy(
         .get(&row.id)
         .cloned();
     let mut body = strategy_json(&state, &row, health.as_ref(), metrics.as_ref());
-    let commands: Vec<CommandView> = sqlx::query_as(&format!(
-        "{COMMAND_SELECT} WHERE k.strategy_id = $1 ORDER BY k.created_at DESC, k.seq DESC LIMIT $2"
-    ))
-    .bind(row.id)
-    .bind(RECENT)
-    .fetch_all(&state.shared.pool)
-    .await
-    .map_err(|e| ApiError::database("cannot read recent commands", e))?;
-    let events: Vec<EventView> = sqlx::query_as(
-        "SELECT at, old_status, new_status, reason, error, command_id, pid FROM strategy_events \
-         WHERE strategy_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
-    )
-    .bind(row.id)
-    .bind(RECENT)
-    .fetch_all(&state.shared.pool)
-    .await
-    .map_err(|e| ApiError::database("cannot read recent events", e))?;
+    let commands = db::recent_commands(&state.shared.pool, row.id, RECENT)
+        .await
+        .map_err(|e| ApiError::database("cannot read recent commands", e))?;
+    let events = db::recent_events(&state.shared.pool, row.id, RECENT)
+        .await
+        .map_err(|e| ApiError::database("cannot read recent events", e))?;
     let obj = body.as_object_mut().expect("an object");
     obj.insert(
         "recent_commands".into(),
-        Value::Array(commands.iter().map(CommandView::to_json).collect()),
+        Value::Array(commands.iter().map(command_json).collect()),
     );
     obj.insert("recent_events".into(), json!(events));
     Ok(Json(body))
@@ -377,12 +289,12 @@ pub async fn post_command(
     Path((name, command)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !COMMANDS.contains(&command.as_str()) {
+    let Ok(word) = command.parse::<CommandWord>() else {
         return Err(
             ApiError::bad_request(format!("unknown command '{command}'"))
-                .with("allowed", json!(COMMANDS)),
+                .with("allowed", json!(CommandWord::ALL)),
         );
-    }
+    };
     let parameters: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
@@ -397,21 +309,15 @@ pub async fn post_command(
         return Err(ApiError::bad_request(message));
     }
     let strategy = find_strategy(&state, &name).await?;
-    let (id, created_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
-        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) \
-         RETURNING id, created_at",
-    )
-    .bind(strategy.id)
-    .bind(&command)
-    .bind(&parameters)
-    .fetch_one(&state.shared.pool)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-            ApiError::not_found(format!("strategy '{}' was deleted", strategy.name))
-        }
-        _ => ApiError::database("cannot insert the command", e),
-    })?;
+    let inserted = insert_command_row(&state.shared.pool, Some(strategy.id), word, &parameters)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+                ApiError::not_found(format!("strategy '{}' was deleted", strategy.name))
+            }
+            _ => ApiError::database("cannot insert the command", e),
+        })?;
+    let id = inserted.id;
     tracing::info!(command_id = %id, strategy = %strategy.name, command = %command, "command received over HTTP");
     let url = format!("/api/commands/{id}");
     let body = json!({
@@ -421,7 +327,7 @@ pub async fn post_command(
         "command": command,
         "parameters": redact_secrets(&parameters),
         "status": "pending",
-        "created_at": created_at,
+        "created_at": inserted.created_at,
         "url": url,
     });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, url)], Json(body)).into_response())
@@ -435,24 +341,13 @@ pub async fn get_command(
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("'{id}' is not a command id (a UUID)")))?;
-    let row: Option<CommandView> = sqlx::query_as(&format!("{COMMAND_SELECT} WHERE k.id = $1"))
-        .bind(id)
-        .fetch_optional(&state.shared.pool)
+    let row = db::command(&state.shared.pool, id)
         .await
         .map_err(|e| ApiError::database("cannot read the command", e))?;
     match row {
-        Some(row) => Ok(Json(row.to_json())),
+        Some(row) => Ok(Json(command_json(&row))),
         None => Err(ApiError::not_found(format!("no command with id {id}"))),
     }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct HistoryBucket {
-    strategy_id: Uuid,
-    bucket: DateTime<Utc>,
-    cpu: Option<f64>,
-    mem: Option<f64>,
-    pnl: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,21 +369,9 @@ pub async fn history(
     }
     let window_s = f64::from(minutes) * 60.0;
     let bucket_s = (window_s / 60.0).max(2.0);
-    let rows: Vec<HistoryBucket> = sqlx::query_as(
-        "SELECT strategy_id, \
-                date_bin(make_interval(secs => $2), \"timestamp\", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, \
-                avg(cpu_percent) FILTER (WHERE source = 'health') AS cpu, \
-                avg(memory_mb) FILTER (WHERE source = 'health') AS mem, \
-                (array_agg(pnl::float8 ORDER BY \"timestamp\" DESC) \
-                    FILTER (WHERE source = 'strategy' AND pnl IS NOT NULL))[1] AS pnl \
-         FROM strategy_metrics WHERE \"timestamp\" > now() - make_interval(secs => $1) \
-         GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .bind(window_s)
-    .bind(bucket_s)
-    .fetch_all(&state.shared.pool)
-    .await
-    .map_err(|e| ApiError::database("cannot read the metrics history", e))?;
+    let rows = db::history(&state.shared.pool, window_s, bucket_s)
+        .await
+        .map_err(|e| ApiError::database("cannot read the metrics history", e))?;
     let mut series: BTreeMap<Uuid, [Vec<Value>; 4]> = BTreeMap::new();
     for b in rows {
         let s = series.entry(b.strategy_id).or_default();

@@ -24,7 +24,8 @@ use axum::Json;
 use engine_protocol::control::EXIT_BAD_CONFIG;
 use engine_protocol::state_dir::{last_lines, log_file_name};
 use engine_protocol::validate::validate_config;
-use engine_store::commands::parse_command;
+use engine_store::commands::{insert_command_row, parse_command, InsertedCommand};
+use engine_store::CommandWord;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -76,8 +77,11 @@ pub async fn post_global(
         "send the command's parameters as a JSON object, e.g. {\"timeout_s\": 30} for stop; or no body",
     )?;
     parse_command(&command, &parameters, true).map_err(ApiError::bad_request)?;
-    let (id, created_at) =
-        engine_store::duty::insert_global_command(&state.shared.pool, &command, &parameters)
+    let word: CommandWord = command
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("'{command}' is not a command word")))?;
+    let InsertedCommand { id, created_at } =
+        insert_command_row(&state.shared.pool, None, word, &parameters)
             .await
             .map_err(|e| ApiError::database("cannot insert the command", e))?;
     tracing::warn!(command_id = %id, command = %command, "global command (kill switch) received over HTTP");

@@ -68,6 +68,7 @@ impl IntoResponse for ApiError {
 
 /// Any path no route serves.
 pub async fn not_found_route(uri: Uri) -> ApiError {
+    let command_words = engine_store::CommandWord::ALL.map(|w| w.as_str()).join("|");
     ApiError::not_found(format!("no such endpoint: {}", uri.path())).with(
         "endpoints",
         json!([
@@ -76,7 +77,7 @@ pub async fn not_found_route(uri: Uri) -> ApiError {
             "GET /metrics",
             "GET /api/strategies",
             "GET /api/strategies/{name}",
-            "POST /api/strategies/{name}/{start|stop|restart|pause|resume|update}",
+            format!("POST /api/strategies/{{name}}/{{{}}}", command_words),
             "POST /api/strategies/{name}/validate",
             "GET /api/strategies/{name}/logs?lines=100",
             "POST /api/global/{stop|pause|resume}",

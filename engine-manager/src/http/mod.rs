@@ -68,7 +68,9 @@ pub async fn run(shared: Arc<Shared>, redis: redis::Client) {
                 }
                 return server.serve().await;
             }
-            Ok(None) => return,
+            // HTTP off: nothing to serve, but the task lives on until shutdown (its
+            // early end would be a failure of the manager, see `crate::tasks`).
+            Ok(None) => return cancel.cancelled().await,
             Err(err) => {
                 let addr = shared.config.http_addr.0.map(|a| a.to_string());
                 if failures == 0 {

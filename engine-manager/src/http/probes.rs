@@ -44,7 +44,7 @@ pub async fn database(state: &AppState) -> Probe {
     let started = Instant::now();
     let result = match tokio::time::timeout(
         PROBE_TIMEOUT,
-        sqlx::query("SELECT 1").execute(&state.shared.pool),
+        engine_store::manager::ping(&state.shared.pool),
     )
     .await
     {

@@ -116,9 +116,7 @@ fn strategy_series(shared: &Shared, rows: Option<Vec<StrategySeries>>) -> Vec<Se
                 let entry = live.get(&r.id);
                 Series {
                     id: r.id,
-                    status: entry
-                        .map(|e| e.status)
-                        .unwrap_or_else(|| r.status.parse().unwrap_or(Status::Stopped)),
+                    status: entry.map(|e| e.status).unwrap_or(r.status),
                     restart_count: entry.map_or(r.restart_count, |e| e.restart_count),
                     started_at: entry.and_then(|e| e.started_at),
                     name: r.name,
@@ -404,12 +402,10 @@ fn register_manager(registry: &mut Registry, state: &AppState, database_up: bool
     );
 }
 
-/// The manager's resident memory in bytes, from `/proc/self/status`.
+/// The manager's resident memory in bytes (`VmRSS`).
 fn own_resident_bytes() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
+    let kib = engine_protocol::procfs::rss_kib(std::process::id())?;
+    Some(kib as f64 * 1024.0)
 }
 
 /// `GET /metrics`.

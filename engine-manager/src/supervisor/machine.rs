@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use engine_protocol::control::{EXIT_BAD_CONFIG, EXIT_HALTED};
 use engine_protocol::{ExecutorCommandKind, ShutdownReason, Status, StopMode};
 use engine_store::commands::{CommandKind, DEFAULT_STOP_TIMEOUT};
-use engine_store::manager::Desired;
+use engine_store::DesiredState;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -106,9 +106,9 @@ pub enum Event {
     /// named a process.
     Idle { stale_pid: bool },
     /// Manager start: a live executor was taken over; make it match `desired`.
-    Adopted { desired: Desired },
+    Adopted { desired: DesiredState },
     /// Manager start: start an executor (paused when `desired` is paused).
-    Boot { desired: Desired },
+    Boot { desired: DesiredState },
     /// An operator's command.
     Command(Command),
     /// The supervised executor connected; its hello said `hello`.
@@ -161,7 +161,7 @@ pub enum Effect {
     Record(Transition),
     /// Write `desired_state` (before any status that follows from it).
     SetDesired {
-        desired: Desired,
+        desired: DesiredState,
         operator_stopped: bool,
     },
     /// An operator's start: `restart_count` back to 0, `last_error` cleared.
@@ -242,7 +242,7 @@ enum Waiting {
     Request {
         kind: ExecutorCommandKind,
         command_id: Uuid,
-        reply: Option<(Desired, bool)>,
+        reply: Option<(DesiredState, bool)>,
     },
     Update,
 }
@@ -260,7 +260,7 @@ enum AfterStop {
 pub struct Machine {
     state: State,
     /// What operators asked for: re-applied after a crash restart.
-    desired: Desired,
+    desired: DesiredState,
     operator_stopped: bool,
     consecutive_crashes: u32,
     /// The reason of a `halted` frame, until the exit that follows it.
@@ -275,7 +275,7 @@ pub fn next(mut machine: Machine, event: Event, ctx: &Ctx) -> (Machine, Vec<Effe
 }
 
 impl Machine {
-    pub fn new(status: Status, desired: Desired, operator_stopped: bool) -> Machine {
+    pub fn new(status: Status, desired: DesiredState, operator_stopped: bool) -> Machine {
         Machine {
             state: State::from_status(status),
             desired,
@@ -294,7 +294,7 @@ impl Machine {
         self.state.status()
     }
 
-    pub fn desired(&self) -> Desired {
+    pub fn desired(&self) -> DesiredState {
         self.desired
     }
 
@@ -317,7 +317,7 @@ impl Machine {
             Event::Idle { stale_pid } => self.idle(stale_pid, &mut out),
             Event::Adopted { desired } => self.adopted(desired, ctx, &mut out),
             Event::Boot { desired } => {
-                let paused = desired == Desired::Paused;
+                let paused = desired == DesiredState::Paused;
                 self.start(None, "starting at manager start", paused, &mut out)
             }
             Event::Command(cmd) => self.command(cmd, ctx, &mut out),
@@ -334,7 +334,7 @@ impl Machine {
             Event::Exited { exit, tail } => self.exited(exit, &tail, ctx, &mut out),
             Event::BackoffOver => {
                 // It crashed while paused: it comes back paused, and never trades.
-                let paused = self.desired == Desired::Paused;
+                let paused = self.desired == DesiredState::Paused;
                 self.start(None, "automatic restart after a crash", paused, &mut out)
             }
             Event::Tick => self.reconcile(ctx, &mut out),
@@ -372,7 +372,12 @@ impl Machine {
         }));
     }
 
-    fn set_desired(&mut self, desired: Desired, operator_stopped: bool, out: &mut Vec<Effect>) {
+    fn set_desired(
+        &mut self,
+        desired: DesiredState,
+        operator_stopped: bool,
+        out: &mut Vec<Effect>,
+    ) {
         self.desired = desired;
         self.operator_stopped = operator_stopped;
         out.push(Effect::SetDesired {
@@ -397,11 +402,11 @@ impl Machine {
         }
     }
 
-    fn adopted(&mut self, desired: Desired, ctx: &Ctx, out: &mut Vec<Effect>) {
+    fn adopted(&mut self, desired: DesiredState, ctx: &Ctx, out: &mut Vec<Effect>) {
         let to = State::live(self.status(), Some(ctx.now));
         self.go(to, Some("adopted".to_string()), None, None, out);
         match desired {
-            Desired::Stopped => self.stop(
+            DesiredState::Stopped => self.stop(
                 DEFAULT_STOP_TIMEOUT,
                 StopMode::Leave,
                 ShutdownReason::Stop,
@@ -409,10 +414,10 @@ impl Machine {
                 ctx,
                 out,
             ),
-            Desired::Paused if to.status() == Status::Running => {
+            DesiredState::Paused if to.status() == Status::Running => {
                 self.request(ExecutorCommandKind::Pause, ctx.fresh_id, None, out)
             }
-            Desired::Running if to.status() == Status::Paused => {
+            DesiredState::Running if to.status() == Status::Paused => {
                 self.request(ExecutorCommandKind::Resume, ctx.fresh_id, None, out)
             }
             _ => {}
@@ -441,11 +446,11 @@ impl Machine {
                     out.push(Effect::Reply(Outcome::Done));
                     return;
                 }
-                self.set_desired(Desired::Running, false, out);
+                self.set_desired(DesiredState::Running, false, out);
                 self.operator_start(id, out);
             }
             CommandKind::Stop { timeout, mode } => {
-                self.set_desired(Desired::Stopped, true, out);
+                self.set_desired(DesiredState::Stopped, true, out);
                 let then = (Some(id), AfterStop::Reply);
                 self.stop(timeout, mode, ShutdownReason::Stop, then, ctx, out);
             }
@@ -457,7 +462,7 @@ impl Machine {
                         return;
                     }
                 }
-                self.set_desired(Desired::Running, false, out);
+                self.set_desired(DesiredState::Running, false, out);
                 let then = (Some(id), AfterStop::Start(id));
                 self.stop(timeout, mode, ShutdownReason::Restart, then, ctx, out);
             }
@@ -481,9 +486,9 @@ impl Machine {
     fn pause_or_resume(&mut self, kind: ExecutorCommandKind, id: Uuid, out: &mut Vec<Effect>) {
         let pause = kind == ExecutorCommandKind::Pause;
         let (already, from, desired) = if pause {
-            (Status::Paused, Status::Running, Desired::Paused)
+            (Status::Paused, Status::Running, DesiredState::Paused)
         } else {
-            (Status::Running, Status::Paused, Desired::Running)
+            (Status::Running, Status::Paused, DesiredState::Running)
         };
         let status = self.status();
         if status == already {
@@ -651,7 +656,7 @@ impl Machine {
         &mut self,
         kind: ExecutorCommandKind,
         command_id: Uuid,
-        reply: Option<(Desired, bool)>,
+        reply: Option<(DesiredState, bool)>,
         out: &mut Vec<Effect>,
     ) {
         self.waiting = Some(Waiting::Request {
@@ -715,8 +720,8 @@ impl Machine {
             return;
         }
         let kind = match (self.status(), self.desired) {
-            (Status::Running, Desired::Paused) => ExecutorCommandKind::Pause,
-            (Status::Paused, Desired::Running) => ExecutorCommandKind::Resume,
+            (Status::Running, DesiredState::Paused) => ExecutorCommandKind::Pause,
+            (Status::Paused, DesiredState::Running) => ExecutorCommandKind::Resume,
             _ => return,
         };
         out.push(info(&format!(

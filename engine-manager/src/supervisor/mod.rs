@@ -28,7 +28,8 @@ use chrono::{DateTime, Utc};
 use engine_protocol::control::ExecutorMessage;
 use engine_protocol::Status;
 use engine_store::commands::CommandKind;
-use engine_store::manager::{self as db, Desired, ObservedState};
+use engine_store::manager::{self as db, ObservedState};
+use engine_store::DesiredState;
 use machine::{Ctx, Effect, Event, Machine};
 use record::Journal;
 use serde_json::Value;
@@ -68,10 +69,10 @@ pub struct SupervisorCommand {
 pub enum Initial {
     /// Nothing runs and nothing should.
     Idle,
-    /// Take over this live executor, then make it match `Desired`.
-    Adopt(Box<ExecutorProcess>, Desired),
+    /// Take over this live executor, then make it match `DesiredState`.
+    Adopt(Box<ExecutorProcess>, DesiredState),
     /// Start an executor (then pause it if `Paused`).
-    Start(Desired),
+    Start(DesiredState),
 }
 
 /// The public face of one running supervisor.
@@ -124,10 +125,10 @@ impl StrategySupervisor {
             .lock()
             .expect("routes lock")
             .insert(row.id, link_tx);
-        let status = row.status.parse().unwrap_or(Status::Stopped);
+        let status = row.status;
         let desired = match &initial {
             Initial::Adopt(_, d) | Initial::Start(d) => *d,
-            Initial::Idle => Desired::parse(&row.desired_state),
+            Initial::Idle => row.desired_state,
         };
         let observed = ObservedState {
             status,
@@ -156,9 +157,10 @@ impl StrategySupervisor {
             journal: Journal::default(),
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
+        let task = format!("supervisor of strategy {}", supervisor.name);
         shared
             .tracker
-            .spawn(supervisor.run(initial).instrument(span));
+            .spawn_named(task, supervisor.run(initial).instrument(span));
         SupervisorHandle { tx }
     }
 

@@ -8,7 +8,8 @@ use super::machine::Transition;
 use super::{Outcome, StrategySupervisor, DB_WRITE_TIMEOUT};
 use chrono::Utc;
 use engine_protocol::{Status, StatusMessage};
-use engine_store::manager::{self as db, Desired};
+use engine_store::manager as db;
+use engine_store::DesiredState;
 use std::collections::VecDeque;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -96,7 +97,7 @@ impl Journal {
 impl StrategySupervisor {
     /// Set `desired_state` (and `operator_stopped`) in the row; kept and retried every
     /// second if the database does not take it.
-    pub(super) async fn write_desired(&mut self, desired: Desired, operator_stopped: bool) {
+    pub(super) async fn write_desired(&mut self, desired: DesiredState, operator_stopped: bool) {
         let write = db::write_desired(&self.shared.pool, self.id, desired, operator_stopped);
         match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => self.journal.desired_written(),

@@ -4,6 +4,7 @@
 //! the manager's side (`engine-manager/src/link.rs`).
 
 use super::commands::{CommandSource, InboundCommand};
+use engine_protocol::backoff::Backoff;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
 use engine_protocol::{ExecutorCommand, Status};
 use futures_util::{SinkExt, StreamExt};
@@ -103,7 +104,7 @@ impl ControlLink {
     }
 
     pub(super) async fn run(mut self) {
-        let mut delay = LINK_RETRY_MIN;
+        let mut backoff = Backoff::new(LINK_RETRY_MIN, LINK_RETRY_MAX);
         let mut failure_logged = false;
         loop {
             let connected = tokio::select! {
@@ -114,7 +115,7 @@ impl ControlLink {
                 Ok(stream) => {
                     tracing::info!(socket = %self.path.display(), "control link connected");
                     failure_logged = false;
-                    delay = LINK_RETRY_MIN;
+                    backoff.reset();
                     self.link_up.store(true, Ordering::Relaxed);
                     let served = self.serve(stream).await;
                     self.link_up.store(false, Ordering::Relaxed);
@@ -138,10 +139,9 @@ impl ControlLink {
                     }
                 }
             }
-            if !self.wait_disconnected(delay).await {
+            if !self.wait_disconnected(backoff.next_delay()).await {
                 return;
             }
-            delay = (delay * 2).min(LINK_RETRY_MAX);
         }
     }
 

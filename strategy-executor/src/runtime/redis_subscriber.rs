@@ -5,6 +5,7 @@
 use super::commands::{CommandSource, InboundCommand};
 use super::errors::error_chain;
 use super::TICK_BATCH;
+use engine_protocol::backoff::Backoff;
 use engine_protocol::control::MAX_FRAME_BYTES;
 use engine_protocol::ExecutorCommand;
 use futures_util::{FutureExt, StreamExt};
@@ -85,13 +86,13 @@ pub(super) struct RedisSubscriber {
 
 impl RedisSubscriber {
     pub(super) async fn run(mut self) {
-        let mut delay = REDIS_RETRY_MIN;
+        let mut backoff = Backoff::new(REDIS_RETRY_MIN, REDIS_RETRY_MAX);
         let mut in_outage = false;
         let cancel = self.cancel.clone();
         loop {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
-                outcome = self.connect_and_serve(&mut in_outage, &mut delay) => outcome,
+                outcome = self.connect_and_serve(&mut in_outage, &mut backoff) => outcome,
             };
             match outcome {
                 Err(err) => {
@@ -109,9 +110,8 @@ impl RedisSubscriber {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            delay = (delay * 2).min(REDIS_RETRY_MAX);
         }
     }
 
@@ -119,7 +119,7 @@ impl RedisSubscriber {
     async fn connect_and_serve(
         &mut self,
         in_outage: &mut bool,
-        delay: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), ConnectionLost> {
         let pubsub = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
@@ -135,7 +135,7 @@ impl RedisSubscriber {
         } else {
             tracing::info!("redis subscriber connected");
         }
-        *delay = REDIS_RETRY_MIN;
+        backoff.reset();
 
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + REDIS_PING_INTERVAL,

@@ -7,6 +7,8 @@ use crate::probe::{self, ProcId};
 use crate::report::{summarize, Figure, Goal, GrowthPoint, Progress, Results};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use engine_store::bench as db;
+use engine_store::{CommandStatus, CommandWord};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -118,10 +120,12 @@ async fn growth_on(
     measure_window(engine, ctx, running, &mut point).await;
 
     // The kill switch: a global stop of everything, timed to its row's executed_at.
-    let (cmd, created) = engine.insert_command(None, "stop", json!({})).await?;
+    let (cmd, created) = engine
+        .insert_command(None, CommandWord::Stop, json!({}))
+        .await?;
     let deadline = Duration::from_secs(60) + Duration::from_millis(100) * n as u32;
     let end = engine.wait_command(cmd, deadline).await?;
-    if end.status == "executed" {
+    if end.status == CommandStatus::Executed {
         point.global_stop_s = end.executed_at.map(|at| ms(at, created) / 1000.0);
     }
     Ok(point)
@@ -135,13 +139,9 @@ async fn start_all(
     point: &mut GrowthPoint,
 ) -> anyhow::Result<usize> {
     engine.status_feed.drain();
-    let created: Vec<DateTime<Utc>> = sqlx::query_scalar(
-        "INSERT INTO strategy_commands (strategy_id, command) \
-         SELECT id, 'start' FROM strategy_configs RETURNING created_at",
-    )
-    .fetch_all(&engine.pool)
-    .await
-    .context("cannot insert the start commands")?;
+    let created = db::command_every_strategy(&engine.pool, CommandWord::Start)
+        .await
+        .context("cannot insert the start commands")?;
     let created = *created.first().context("no start command inserted")?;
     let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
     let (running, failed, last_running) = await_running(engine, n, until).await;
@@ -152,12 +152,7 @@ async fn start_all(
     }
     let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
     loop {
-        let (finished, last): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status IN ('executed', 'failed')), max(executed_at) \
-             FROM strategy_commands WHERE command = 'start'",
-        )
-        .fetch_one(&engine.pool)
-        .await?;
+        let (finished, last) = db::finished_commands(&engine.pool, CommandWord::Start).await?;
         if finished as usize >= n {
             point.start_all_executed_s = last.map(|at| ms(at, created) / 1000.0);
             break;

@@ -9,6 +9,8 @@ use crate::probe::{self, ProcId};
 use crate::report::{num, summarize, Figure, Goal, Progress, Results};
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use engine_store::bench as db;
+use engine_store::{CommandStatus, CommandWord, Status};
 use rustix::process::Signal;
 use serde_json::json;
 use sqlx::Connection;
@@ -68,11 +70,11 @@ async fn start_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result
     for (i, id) in ids.iter().enumerate() {
         engine.status_feed.drain();
         let cmd = engine
-            .insert_command_timed(Some(*id), "start", json!({}))
+            .insert_command_timed(Some(*id), CommandWord::Start, json!({}))
             .await?;
         let seen = wait_running(engine, *id).await?;
         let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
-        if end.status != "executed" {
+        if end.status != CommandStatus::Executed {
             bail!("start of {id} ended {}: {:?}", end.status, end.error);
         }
         let executed = end.executed_at.context("executed without executed_at")?;
@@ -84,8 +86,8 @@ async fn start_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result
             s.to_first_running.push(ms(first, created));
             s.to_executed.push(ms(executed, created));
             let events = engine.events_of_command(cmd.id).await;
-            let at = |status: &str| events.iter().find(|(s, _)| s == status).map(|(_, at)| *at);
-            if let (Some(starting), Some(running)) = (at("starting"), at("running")) {
+            let at = |status: Status| events.iter().find(|(s, _)| *s == status).map(|(_, at)| *at);
+            if let (Some(starting), Some(running)) = (at(Status::Starting), at(Status::Running)) {
                 s.to_starting.push(ms(starting, created));
                 s.starting_to_running.push(ms(running, starting));
                 s.running_to_message.push(ms(seen.manager, running));
@@ -107,18 +109,14 @@ async fn claim_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result
     let mut progress = Progress::new("claim", ids.len());
     for (i, id) in ids.iter().enumerate() {
         let cmd = engine
-            .insert_command_timed(Some(*id), "start", json!({}))
+            .insert_command_timed(Some(*id), CommandWord::Start, json!({}))
             .await?;
         let until = Utc::now() + chrono::Duration::seconds(30);
         let mut last_poll = cmd.committed_at;
         let claimed_at = loop {
-            let status: String =
-                sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
-                    .bind(cmd.id)
-                    .fetch_one(&mut poller)
-                    .await?;
+            let status = db::command_status(&mut poller, cmd.id).await?;
             let now = Utc::now();
-            if status != "pending" {
+            if status != CommandStatus::Pending {
                 if i >= WARMUP {
                     c.poll_gaps.push(ms(now, last_poll));
                 }
@@ -183,7 +181,7 @@ async fn sigkill_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Resu
         wait_status(engine, *id, "running", true).await?;
         if i >= WARMUP {
             k.to_backoff.push(ms(backoff, killed_at));
-            if let Some(recorded) = engine.last_event(*id, "backoff").await {
+            if let Some(recorded) = engine.last_event(*id, Status::Backoff).await {
                 k.kill_to_recorded.push(ms(recorded, killed_at));
                 k.recorded_to_message.push(ms(backoff, recorded));
             }
@@ -203,7 +201,9 @@ async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<
     for (i, id) in ids.iter().enumerate() {
         let pid = engine.running_pid(*id).await?;
         let victim = ProcId::of(pid).with_context(|| format!("the executor of {id} is gone"))?;
-        let (cmd, created) = engine.insert_command(Some(*id), "stop", json!({})).await?;
+        let (cmd, created) = engine
+            .insert_command(Some(*id), CommandWord::Stop, json!({}))
+            .await?;
         let until = Instant::now() + EVENT_DEADLINE;
         let mut exited_at = None;
         let mut end = None;
@@ -226,7 +226,7 @@ async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let end = end.expect("loop ends with the row");
-        if end.status != "executed" {
+        if end.status != CommandStatus::Executed {
             bail!("stop of {id} ended {}: {:?}", end.status, end.error);
         }
         let exited = exited_at.expect("loop ends with the exit");
@@ -235,7 +235,7 @@ async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<
             t.to_stopped.push(ms(exited.max(executed), created));
             t.exit_to_executed.push(ms(executed, exited));
             let events = engine.events_of_command(cmd).await;
-            if let Some((_, stopping)) = events.iter().find(|(s, _)| s == "stopping") {
+            if let Some((_, stopping)) = events.iter().find(|(s, _)| *s == Status::Stopping) {
                 t.to_stopping.push(ms(*stopping, created));
                 t.stopping_to_exit.push(ms(exited, *stopping));
             }

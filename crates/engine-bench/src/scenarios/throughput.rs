@@ -9,6 +9,8 @@ use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use engine_protocol::Tick;
 use engine_protocol::{MetricsMessage, StrategyMetrics};
+use engine_store::bench as db;
+use engine_store::{CommandStatus, CommandWord};
 use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -191,12 +193,7 @@ async fn flood_metrics(
         let mut stalled_since = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let rows: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM strategy_metrics WHERE strategy_id = ANY($1)",
-            )
-            .bind(sinks)
-            .fetch_one(&engine.pool)
-            .await?;
+            let rows = db::count_metrics(&engine.pool, sinks).await?;
             let at = Utc::now();
             progress.set(rows as usize);
             let _ = count_tx.send(rows);
@@ -214,12 +211,7 @@ async fn flood_metrics(
         }
     };
     let (published_to, (rows, done_at)) = tokio::try_join!(publisher, counter)?;
-    let inserts: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT xmin::text) FROM strategy_metrics WHERE strategy_id = ANY($1)",
-    )
-    .bind(sinks)
-    .fetch_one(&engine.pool)
-    .await?;
+    let inserts = db::count_metric_inserts(&engine.pool, sinks).await?;
     Ok(Flood {
         rows,
         inserts,
@@ -344,9 +336,11 @@ async fn tick_flood(
 ) -> anyhow::Result<()> {
     let id = engine.strategies[0];
     let mut metrics = Feed::subscribe(&engine.redis, &engine.channels.metrics(id)).await?;
-    let (cmd, _) = engine.insert_command(Some(id), "start", json!({})).await?;
+    let (cmd, _) = engine
+        .insert_command(Some(id), CommandWord::Start, json!({}))
+        .await?;
     let end = engine.wait_command(cmd, EVENT_DEADLINE).await?;
-    if end.status != "executed" {
+    if end.status != CommandStatus::Executed {
         bail!(
             "start of the tick strategy ended {}: {:?}",
             end.status,

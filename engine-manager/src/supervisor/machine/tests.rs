@@ -48,7 +48,7 @@ fn with_process() -> Ctx {
 }
 
 fn machine(status: Status) -> Machine {
-    Machine::new(status, Desired::Running, false)
+    Machine::new(status, DesiredState::Running, false)
 }
 
 /// A machine in `status` that has been up since `ctx.now` when live.
@@ -139,7 +139,7 @@ fn replied(effects: &[Effect]) -> Option<String> {
     })
 }
 
-fn desired_writes(effects: &[Effect]) -> Vec<Desired> {
+fn desired_writes(effects: &[Effect]) -> Vec<DesiredState> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -173,7 +173,7 @@ fn ready(reported: Status) -> Event {
     Event::Ready { reported }
 }
 
-fn adopted(desired: Desired) -> Event {
+fn adopted(desired: DesiredState) -> Event {
     Event::Adopted { desired }
 }
 
@@ -229,7 +229,11 @@ fn start_in_every_state_without_a_live_executor_sets_desired_running_and_spawns(
         let c = ctx();
         let mut m = at(status, &c);
         let effects = m.step(command(CommandKind::Start), &c);
-        assert_eq!(desired_writes(&effects), vec![Desired::Running], "{status}");
+        assert_eq!(
+            desired_writes(&effects),
+            vec![DesiredState::Running],
+            "{status}"
+        );
         assert!(matches!(effects[1], Effect::ResetRestarts), "{status}");
         assert_eq!(spawns(&effects), vec![false], "{status}: not paused");
         assert_eq!(
@@ -341,7 +345,7 @@ fn stop_of_a_live_executor_writes_desired_stopped_first_then_shuts_it_down_with_
             matches!(
                 effects[0],
                 Effect::SetDesired {
-                    desired: Desired::Stopped,
+                    desired: DesiredState::Stopped,
                     operator_stopped: true
                 }
             ),
@@ -414,7 +418,7 @@ fn restart_stops_then_starts_and_replies_after_the_new_start() {
     let c = with_process();
     let mut m = at(Status::Running, &c);
     let effects = m.step(command(restart_kind()), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Running]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
     assert!(matches!(
         effects.last(),
         Some(Effect::Shutdown {
@@ -507,7 +511,7 @@ fn pause_of_a_running_strategy_writes_desired_paused_before_asking_the_executor(
     assert!(matches!(
         effects[0],
         Effect::SetDesired {
-            desired: Desired::Paused,
+            desired: DesiredState::Paused,
             ..
         }
     ));
@@ -539,8 +543,8 @@ fn a_pause_the_executor_does_not_acknowledge_puts_desired_state_back() {
     let mut m = at(Status::Running, &c);
     m.step(command(CommandKind::Pause), &c);
     let effects = m.step(no_answer(), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Running]);
-    assert_eq!(m.desired(), Desired::Running);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
+    assert_eq!(m.desired(), DesiredState::Running);
     assert_eq!(m.status(), Status::Running);
     assert_eq!(
         replied(&effects).as_deref(),
@@ -553,7 +557,7 @@ fn pause_of_a_paused_strategy_only_sets_desired_paused() {
     let c = with_process();
     let mut m = at(Status::Paused, &c);
     let effects = m.step(command(CommandKind::Pause), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Paused]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Paused]);
     assert!(requests(&effects).is_empty());
     assert_eq!(replied(&effects).as_deref(), Some("done"));
 }
@@ -578,7 +582,7 @@ fn resume_of_a_paused_strategy_writes_desired_running_then_asks_the_executor() {
     let c = with_process();
     let mut m = at(Status::Paused, &c);
     let effects = m.step(command(CommandKind::Resume), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Running]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
     assert_eq!(requests(&effects), vec![ExecutorCommandKind::Resume]);
     let effects = m.step(Event::RequestEnded(Ok(())), &c);
     assert_eq!(moves(&effects), vec![(Status::Paused, Status::Running)]);
@@ -588,14 +592,14 @@ fn resume_of_a_paused_strategy_writes_desired_running_then_asks_the_executor() {
 #[test]
 fn a_resume_the_executor_rejects_puts_desired_paused_back() {
     let c = with_process();
-    let mut m = Machine::new(Status::Paused, Desired::Paused, false);
+    let mut m = Machine::new(Status::Paused, DesiredState::Paused, false);
     let effects = m.step(command(CommandKind::Resume), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Running]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
     let effects = m.step(
         Event::RequestEnded(Err(RequestError::Rejected { reason: None })),
         &c,
     );
-    assert_eq!(desired_writes(&effects), vec![Desired::Paused]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Paused]);
     assert_eq!(
         replied(&effects).as_deref(),
         Some("rejected without a reason")
@@ -607,7 +611,7 @@ fn resume_of_a_running_strategy_only_sets_desired_running() {
     let c = with_process();
     let mut m = at(Status::Running, &c);
     let effects = m.step(command(CommandKind::Resume), &c);
-    assert_eq!(desired_writes(&effects), vec![Desired::Running]);
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
     assert_eq!(replied(&effects).as_deref(), Some("done"));
 }
 
@@ -850,7 +854,7 @@ fn backoff_expiry_restarts_the_executor_running() {
 #[test]
 fn backoff_expiry_restarts_a_paused_strategy_paused_so_it_never_trades() {
     let c = with_process();
-    let mut m = Machine::new(Status::Paused, Desired::Paused, false);
+    let mut m = Machine::new(Status::Paused, DesiredState::Paused, false);
     m.step(crash(ExitInfo::Code(1)), &c);
     let effects = m.step(Event::BackoffOver, &ctx());
     assert_eq!(spawns(&effects), vec![true], "--start-paused");
@@ -882,7 +886,7 @@ fn an_automatic_restart_that_fails_for_good_ends_in_error() {
 fn adoption_of_a_running_executor_records_running_adopted() {
     let c = with_process();
     let mut m = machine(Status::Running);
-    let effects = m.step(adopted(Desired::Running), &c);
+    let effects = m.step(adopted(DesiredState::Running), &c);
     let t = transitions(&effects);
     assert_eq!(
         (t[0].to, t[0].reason.as_deref()),
@@ -896,7 +900,7 @@ fn adoption_of_a_running_executor_records_running_adopted() {
 fn adoption_keeps_a_paused_executor_paused_and_resumes_it_if_desired_running() {
     let c = with_process();
     let mut m = machine(Status::Paused);
-    let effects = m.step(adopted(Desired::Running), &c);
+    let effects = m.step(adopted(DesiredState::Running), &c);
     assert_eq!(moves(&effects), vec![(Status::Paused, Status::Paused)]);
     assert_eq!(requests(&effects), vec![ExecutorCommandKind::Resume]);
 }
@@ -905,7 +909,7 @@ fn adoption_keeps_a_paused_executor_paused_and_resumes_it_if_desired_running() {
 fn adoption_pauses_a_running_executor_whose_recovered_commands_say_paused() {
     let c = with_process();
     let mut m = machine(Status::Running);
-    let effects = m.step(adopted(Desired::Paused), &c);
+    let effects = m.step(adopted(DesiredState::Paused), &c);
     assert!(matches!(
         effects.last(),
         Some(Effect::Request {
@@ -923,7 +927,7 @@ fn adoption_stops_an_executor_whose_strategy_should_be_stopped() {
     for status in ALL {
         let c = with_process();
         let mut m = machine(status);
-        let effects = m.step(adopted(Desired::Stopped), &c);
+        let effects = m.step(adopted(DesiredState::Stopped), &c);
         assert_eq!(moves(&effects)[1].1, Status::Stopping, "{status}");
         assert!(matches!(
             effects.last(),
@@ -970,7 +974,7 @@ fn boot_starts_paused_when_desired_paused() {
     let mut m = machine(Status::Paused);
     let effects = m.step(
         Event::Boot {
-            desired: Desired::Paused,
+            desired: DesiredState::Paused,
         },
         &ctx(),
     );
@@ -1020,10 +1024,10 @@ fn a_state_frame_is_recorded_with_its_reason_and_command_only_between_live_state
 #[test]
 fn the_reconciler_asks_a_running_executor_to_pause_when_desired_paused() {
     let c = with_process();
-    let mut m = Machine::new(Status::Running, Desired::Paused, false);
+    let mut m = Machine::new(Status::Running, DesiredState::Paused, false);
     let effects = m.step(Event::Tick, &c);
     assert_eq!(requests(&effects), vec![ExecutorCommandKind::Pause]);
-    let mut m = Machine::new(Status::Paused, Desired::Running, false);
+    let mut m = Machine::new(Status::Paused, DesiredState::Running, false);
     assert_eq!(
         requests(&m.step(Event::Tick, &c)),
         vec![ExecutorCommandKind::Resume]
@@ -1036,7 +1040,7 @@ fn the_reconciler_waits_for_the_control_link() {
         linked: false,
         ..with_process()
     };
-    let mut m = Machine::new(Status::Running, Desired::Paused, false);
+    let mut m = Machine::new(Status::Running, DesiredState::Paused, false);
     assert!(m.step(Event::Tick, &unlinked).is_empty());
     assert!(m.step(Event::Tick, &ctx()).is_empty(), "no process");
 }
@@ -1044,7 +1048,7 @@ fn the_reconciler_waits_for_the_control_link() {
 #[test]
 fn the_reconciler_leaves_agreeing_states_alone() {
     for status in ALL {
-        let mut m = Machine::new(status, Desired::Running, false);
+        let mut m = Machine::new(status, DesiredState::Running, false);
         let effects = m.step(Event::Tick, &with_process());
         assert_eq!(effects.is_empty(), status != Status::Paused, "{status}");
     }
@@ -1053,11 +1057,11 @@ fn the_reconciler_leaves_agreeing_states_alone() {
 #[test]
 fn a_failed_reconcile_changes_nothing_and_is_asked_again_next_tick() {
     let c = with_process();
-    let mut m = Machine::new(Status::Running, Desired::Paused, false);
+    let mut m = Machine::new(Status::Running, DesiredState::Paused, false);
     m.step(Event::Tick, &c);
     let effects = m.step(no_answer(), &c);
     assert!(effects.is_empty(), "no desired_state rewrite, no reply");
-    assert_eq!(m.desired(), Desired::Paused);
+    assert_eq!(m.desired(), DesiredState::Paused);
     assert_eq!(
         requests(&m.step(Event::Tick, &c)),
         vec![ExecutorCommandKind::Pause]
@@ -1072,7 +1076,7 @@ fn a_stop_keeps_desired_stopped_for_the_retry_even_if_the_write_failed() {
     m.step(command(stop_kind()), &c);
     assert_eq!(
         (m.desired(), m.operator_stopped()),
-        (Desired::Stopped, true)
+        (DesiredState::Stopped, true)
     );
 }
 
@@ -1101,7 +1105,7 @@ fn with_stop_strategies_on_exit_the_manager_stops_them_as_a_host_shutdown() {
             ..
         })
     ));
-    assert!(Machine::new(Status::Stopped, Desired::Stopped, true)
+    assert!(Machine::new(Status::Stopped, DesiredState::Stopped, true)
         .step(
             Event::Shutdown,
             &Ctx {
@@ -1120,5 +1124,5 @@ fn next_is_step_by_value() {
         &ctx(),
     );
     assert_eq!(spawns(&effects), vec![false]);
-    assert_eq!(m.desired(), Desired::Running);
+    assert_eq!(m.desired(), DesiredState::Running);
 }

@@ -1,0 +1,166 @@
+//! What `engine-bench` reads and writes in an engine's database besides inserting
+//! commands ([`crate::commands::insert_command_row`]): strategies created in bulk,
+//! command outcomes and recorded transitions polled for their times, and counts of
+//! metrics rows. (Its throw-away databases are made with
+//! [`crate::manager::create_database`] and [`crate::manager::drop_database`].)
+
+use crate::vocab::{CommandStatus, CommandWord, Status};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// Insert strategies `(name, strategy_type, config)` in one statement; returns
+/// `(id, name)` of each, in no particular order.
+pub async fn insert_strategies(
+    pool: &PgPool,
+    specs: &[(&str, &str, Value)],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let names: Vec<&str> = specs.iter().map(|s| s.0).collect();
+    let types: Vec<&str> = specs.iter().map(|s| s.1).collect();
+    let configs: Vec<Value> = specs.iter().map(|s| s.2.clone()).collect();
+    sqlx::query_as(
+        "INSERT INTO strategy_configs (name, strategy_type, config) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) RETURNING id, name",
+    )
+    .bind(&names)
+    .bind(&types)
+    .bind(&configs)
+    .fetch_all(pool)
+    .await
+}
+
+/// Insert `command` (no parameters) for every strategy in one statement (so one
+/// transaction, one `created_at`); returns the rows' `created_at`.
+pub async fn command_every_strategy(
+    pool: &PgPool,
+    command: CommandWord,
+) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO strategy_commands (strategy_id, command) \
+         SELECT id, $1 FROM strategy_configs RETURNING created_at",
+    )
+    .bind(command.as_str())
+    .fetch_all(pool)
+    .await
+}
+
+/// How many `command` rows are finished, and the last `executed_at` among them.
+pub async fn finished_commands(
+    pool: &PgPool,
+    command: CommandWord,
+) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('executed', 'failed')), max(executed_at) \
+         FROM strategy_commands WHERE command = $1",
+    )
+    .bind(command.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// A command row's status, error and `executed_at`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CommandOutcome {
+    pub status: CommandStatus,
+    pub error: Option<String>,
+    pub executed_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome columns of command `id`.
+pub async fn command_outcome(pool: &PgPool, id: Uuid) -> Result<CommandOutcome, sqlx::Error> {
+    sqlx::query_as("SELECT status, error, executed_at FROM strategy_commands WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The status of command `id` (on any executor: the bench polls it on a connection
+/// of its own).
+pub async fn command_status<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<CommandStatus, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+        .bind(id)
+        .fetch_one(executor)
+        .await
+}
+
+/// The transitions recorded for one command (status and time of the write), oldest
+/// first.
+pub async fn events_of_command(
+    pool: &PgPool,
+    command_id: Uuid,
+) -> Result<Vec<(Status, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT new_status, at FROM strategy_events WHERE command_id = $1 ORDER BY at, id",
+    )
+    .bind(command_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// When `status` was last recorded for `strategy_id`.
+pub async fn last_event(
+    pool: &PgPool,
+    strategy_id: Uuid,
+    status: Status,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(at) FROM strategy_events WHERE strategy_id = $1 AND new_status = $2",
+    )
+    .bind(strategy_id)
+    .bind(status.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// `(id, pid)` of every strategy whose row says `status`.
+pub async fn pids_with_status(
+    pool: &PgPool,
+    status: Status,
+) -> Result<Vec<(Uuid, Option<i32>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, pid FROM strategy_configs WHERE status = $1")
+        .bind(status.as_str())
+        .fetch_all(pool)
+        .await
+}
+
+/// The status and pid in the row of strategy `id`.
+pub async fn status_and_pid(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(Status, Option<i32>)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, pid FROM strategy_configs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// How many strategies are neither `stopped` nor `error` (their executor may be up).
+pub async fn count_not_stopped(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM strategy_configs WHERE status NOT IN ('stopped', 'error')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// How many `strategy_metrics` rows the strategies `ids` have.
+pub async fn count_metrics(pool: &PgPool, ids: &[Uuid]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM strategy_metrics WHERE strategy_id = ANY($1)")
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+}
+
+/// In how many INSERT statements (distinct inserting transactions) those rows came.
+pub async fn count_metric_inserts(pool: &PgPool, ids: &[Uuid]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM strategy_metrics WHERE strategy_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,166 @@
+//! One manager per database: the session-level advisory lock ([`LOCK_KEY`]) and the
+//! lease row (`engine_manager_lease`) saying which host and pid hold it. The manager
+//! takes, beats and releases them on a connection of its own; operators' tools read
+//! them ([`lease`]) to tell a live manager from a dead or hung one.
+
+use crate::operator::query_error;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+
+/// The advisory lock key ("STRATENG" in ASCII). A session holding it is the live
+/// manager of the database (`enginectl doctor` looks for it in `pg_locks`).
+pub const LOCK_KEY: i64 = 0x5354_5241_5445_4e47;
+
+/// A manager whose lease heartbeat is older than this is taken for dead. The manager
+/// beats every health interval (2 s by default), so this is several missed beats.
+pub const MANAGER_FRESH: Duration = Duration::from_secs(10);
+
+/// The lease row as the manager wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeaseHolder {
+    pub host: String,
+    pub pid: i32,
+    pub boot_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Try to take the advisory lock on this session; `false` when another session has it.
+pub async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(conn)
+        .await
+}
+
+/// Release the advisory lock held by this session.
+pub async fn unlock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The previous holder of the lease, if any.
+pub async fn read_lease(conn: &mut PgConnection) -> Result<Option<LeaseHolder>, sqlx::Error> {
+    sqlx::query_as("SELECT host, pid, boot_id, started_at FROM engine_manager_lease WHERE id = 1")
+        .fetch_optional(conn)
+        .await
+}
+
+/// Write (or overwrite) the lease row with this manager, its heartbeat now.
+pub async fn write_lease(conn: &mut PgConnection, holder: &LeaseHolder) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO engine_manager_lease (id, host, pid, boot_id, started_at, heartbeat_at) \
+         VALUES (1, $1, $2, $3, $4, now()) \
+         ON CONFLICT (id) DO UPDATE SET host = $1, pid = $2, boot_id = $3, started_at = $4, heartbeat_at = now()",
+    )
+    .bind(&holder.host)
+    .bind(holder.pid)
+    .bind(&holder.boot_id)
+    .bind(holder.started_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Move the lease row's heartbeat to now.
+pub async fn heartbeat(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE engine_manager_lease SET heartbeat_at = now() WHERE id = 1")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The pid of the manager in the lease row, if there is one.
+pub async fn holder_pid(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT pid FROM engine_manager_lease WHERE id = 1")
+        .fetch_optional(pool)
+        .await
+}
+
+/// The manager that serves (or last served) the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseInfo {
+    pub host: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_s: f64,
+    /// Whether a session holds the manager's advisory lock right now.
+    pub lock_held: bool,
+}
+
+/// What the lease row and the lock say about the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerState {
+    /// It holds the lock and beats.
+    Alive,
+    /// Nobody holds the lock: it exited or died.
+    Gone,
+    /// It holds the lock but has not beaten for [`MANAGER_FRESH`]: hung, or its
+    /// database connection is stuck.
+    Silent,
+}
+
+impl LeaseInfo {
+    pub fn state(&self) -> ManagerState {
+        match (
+            self.lock_held,
+            self.heartbeat_age_s < MANAGER_FRESH.as_secs_f64(),
+        ) {
+            (true, true) => ManagerState::Alive,
+            (true, false) => ManagerState::Silent,
+            (false, _) => ManagerState::Gone,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.state() == ManagerState::Alive
+    }
+}
+
+/// The lease row and whether its lock is held, as operators' tools see them.
+pub async fn lease(pool: &PgPool) -> anyhow::Result<Option<LeaseInfo>> {
+    let row: Option<(String, i32, DateTime<Utc>, f64, bool)> = sqlx::query_as(
+        "SELECT host, pid, started_at, EXTRACT(EPOCH FROM (now() - heartbeat_at))::float8, \
+             EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
+                   AND l.classid::text::int8 = $1 AND l.objid::text::int8 = $2 AND l.objsubid = 1) \
+         FROM engine_manager_lease WHERE id = 1",
+    )
+    .bind(LOCK_KEY >> 32)
+    .bind(LOCK_KEY & 0xffff_ffff)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| query_error(e, "read engine_manager_lease"))?;
+    Ok(row.map(
+        |(host, pid, started_at, heartbeat_age_s, lock_held)| LeaseInfo {
+            host,
+            pid,
+            started_at,
+            heartbeat_age_s,
+            lock_held,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manager_is_alive_only_with_its_lock_and_a_fresh_heartbeat() {
+        let lease = |lock_held, heartbeat_age_s| LeaseInfo {
+            host: "h".into(),
+            pid: 7,
+            started_at: Utc::now(),
+            heartbeat_age_s,
+            lock_held,
+        };
+        assert_eq!(lease(true, 1.0).state(), ManagerState::Alive);
+        assert_eq!(lease(false, 1.0).state(), ManagerState::Gone);
+        assert_eq!(lease(true, 30.0).state(), ManagerState::Silent);
+    }
+}
