@@ -5,6 +5,12 @@
 //! the database says `stopped`), and leaves a screenshot in `target/dashboard.png`
 //! (`UPDATE_DASHBOARD_SCREENSHOT=1` also copies it to `engine-manager/docs/`).
 //!
+//! For the person on duty: the kill switch asks in a dialog (cancel inserts nothing,
+//! confirm stops every strategy), a config edit the strategy rejects shows its words
+//! and sends nothing while an accepted one is applied, the detail panel shows the
+//! log's last lines and the history, and a strategy whose executor is killed raises
+//! the alarm (banner and page title).
+//!
 //! It needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`ops/test.sh` installs
 //! them); without them it fails and says how to install them, it never skips.
 
@@ -129,6 +135,28 @@ impl Browser {
             }
         })
         .await
+    }
+
+    /// Type the bearer token into the page's token field.
+    async fn enter_token(&self) {
+        self.client()
+            .find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys(TOKEN)
+            .await
+            .unwrap();
+    }
+
+    /// Set a form field's value (a textarea's, whatever its current content).
+    async fn set_value(&self, css: &str, value: &str) {
+        self.client()
+            .execute(
+                "document.querySelector(arguments[0]).value = arguments[1];",
+                vec![json!(css), json!(value)],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot set {css}: {e}"));
     }
 
     async fn click(&self, css: &str) {
@@ -290,14 +318,7 @@ async fn dashboard_shows_live_state_and_sends_commands() {
     assert_eq!(engine.state(running).await.status, "running");
 
     // With the token: the command runs and the outcome is shown.
-    browser
-        .client()
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
+    browser.enter_token().await;
     browser
         .click(&format!("{} button[data-cmd=\"stop\"]", row(running)))
         .await;
@@ -366,4 +387,189 @@ async fn dashboard_shows_live_state_and_sends_commands() {
 /// "2026-11-21 01:55:08.472 UTC"
 fn is_utc_with_date(text: &str) -> bool {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.3f UTC").is_ok()
+}
+
+async fn count(engine: &TestEngine, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap()
+}
+
+/// Edit the config in the open detail panel and press apply.
+async fn apply_config(browser: &Browser, config: serde_json::Value) {
+    browser
+        .wait_text("the config editor", "#config-apply", |t| t == "apply")
+        .await;
+    browser.set_value("#config-edit", &config.to_string()).await;
+    browser.click("#config-apply").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_for_the_person_on_duty() {
+    require_browser();
+    let mut engine = TestEngine::new().await;
+    engine.config.http_token = Some(HttpToken(TOKEN.into()));
+    // A killed executor stays in backoff long enough to be seen.
+    engine.config.restart_delay = std::time::Duration::from_secs(60);
+    engine.config.restart_max_delay = std::time::Duration::from_secs(120);
+    engine.start_manager().await;
+    let a = engine.add_heartbeat("duty-a").await;
+    let b = engine.add_heartbeat("duty-b").await;
+    engine.run_ok(Some(a), "start", json!({})).await;
+    engine.run_ok(Some(b), "start", json!({})).await;
+    let base = engine.http_base().await;
+
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+    for id in [a, b] {
+        browser
+            .wait_text("a running row", &format!("{} .status", row(id)), |t| {
+                t == "running"
+            })
+            .await;
+    }
+    browser.enter_token().await;
+
+    // The detail panel: the log's last lines and the history.
+    browser.click(&format!("{} .name", row(a))).await;
+    let log = browser
+        .wait_text("the log lines in the detail panel", "#detail-logs", |t| {
+            !t.is_empty() && t != "loading…"
+        })
+        .await;
+    assert!(
+        !log.starts_with("could not") && !log.starts_with("no log yet"),
+        "{log}"
+    );
+    browser
+        .wait_text("the history in the detail panel", "#detail-body", |t| {
+            // Section titles are upper-cased by the style sheet.
+            let t = t.to_lowercase();
+            t.contains("history: commands") && t.contains("start") && t.contains("→ running")
+        })
+        .await;
+
+    // An edit the strategy rejects: its words, and no command row.
+    apply_config(&browser, json!({"interval_ms": 0})).await;
+    let rejected = browser
+        .wait_text(
+            "the strategy's rejection",
+            "#config-msg[data-state=\"rejected\"]",
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(
+        rejected.contains("interval_ms") && rejected.contains("10 to 3600000"),
+        "{rejected}"
+    );
+    let updates = "SELECT count(*) FROM strategy_commands WHERE command = 'update'";
+    assert_eq!(count(&engine, updates).await, 0, "a rejected edit was sent");
+
+    // An edit it accepts: an update row, executed, and the config changed.
+    apply_config(&browser, json!({"interval_ms": 80})).await;
+    browser
+        .wait_text(
+            "the update's outcome",
+            "#config-msg[data-state=\"executed\"]",
+            |t| t.starts_with("update: executed"),
+        )
+        .await;
+    let executed = "SELECT count(*) FROM strategy_commands WHERE command = 'update' \
+                    AND status = 'executed' AND parameters = '{\"config\": {\"interval_ms\": 80}}'";
+    assert_eq!(count(&engine, executed).await, 1);
+    assert_eq!(engine.state(a).await.config["interval_ms"], 80);
+    browser.click("#detail-close").await;
+
+    // Restart one strategy from its row.
+    browser
+        .click(&format!("{} button[data-cmd=\"restart\"]", row(b)))
+        .await;
+    browser
+        .wait_text(
+            "the restart's outcome",
+            &format!("{} .outcome[data-state=\"executed\"]", row(b)),
+            |t| t.starts_with("restart: executed"),
+        )
+        .await;
+
+    // The kill switch asks first; cancel does nothing.
+    let globals = "SELECT count(*) FROM strategy_commands WHERE strategy_id IS NULL";
+    browser.click("#global-stop").await;
+    let question = browser
+        .wait_text("the confirmation dialog", "#confirm-text", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert!(question.contains("Stop every"), "{question}");
+    browser.click("#confirm-cancel").await;
+    browser
+        .wait_text("the cancelled kill switch", "#global-outcome", |t| {
+            t == "stop all: cancelled"
+        })
+        .await;
+    assert_eq!(
+        count(&engine, globals).await,
+        0,
+        "a cancelled stop was sent"
+    );
+    assert_eq!(engine.state(a).await.status, "running");
+
+    // Confirmed: one global row, executed, and every strategy stopped.
+    browser.click("#global-stop").await;
+    browser
+        .wait_text("the confirmation dialog", "#confirm-ok", |t| {
+            t == "stop all"
+        })
+        .await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_text(
+            "the kill switch's outcome",
+            "#global-outcome[data-state=\"executed\"]",
+            |t| t.starts_with("stop all: executed"),
+        )
+        .await;
+    let executed = "SELECT count(*) FROM strategy_commands WHERE strategy_id IS NULL \
+                    AND command = 'stop' AND status = 'executed'";
+    assert_eq!(count(&engine, executed).await, 1);
+    for id in [a, b] {
+        assert_eq!(engine.state(id).await.status, "stopped");
+        browser
+            .wait_text("a stopped row", &format!("{} .status", row(id)), |t| {
+                t == "stopped"
+            })
+            .await;
+    }
+
+    // The alarm: an executor killed (SIGKILL) puts its strategy in backoff.
+    assert_eq!(browser.client().title().await.unwrap(), "strategy engine");
+    engine.run_ok(Some(a), "start", json!({})).await;
+    let pid = engine
+        .state(a)
+        .await
+        .pid
+        .expect("a running strategy has a pid");
+    let pid = rustix::process::Pid::from_raw(pid).expect("a valid pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    engine.wait_status(a, "backoff").await;
+    let banner = browser
+        .wait_text("the alarm banner", "#alarm-text", |t| !t.is_empty())
+        .await;
+    assert!(banner.contains("duty-a (backoff)"), "{banner}");
+    let client = browser.client().clone();
+    let title = wait_for("the alarm in the page title", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let title = client.title().await.ok()?;
+            title.starts_with("(1) ⚠").then_some(title)
+        }
+    })
+    .await;
+    assert!(title.ends_with("strategy engine"), "{title}");
+    let png = browser.client().screenshot().await.expect("screenshot");
+    std::fs::write(target_dir().join("dashboard-duty.png"), &png).unwrap();
+
+    browser.close().await;
+    engine.finish().await;
 }

@@ -651,3 +651,174 @@ async fn what_the_database_refuses_is_a_bad_request_in_words() {
     assert_eq!(rows, 0);
     engine.finish().await;
 }
+
+/// POST a raw body (with the token) and read the JSON answer.
+async fn post_raw(base: &str, path: &str, body: &str, token: &str) -> (StatusCode, Value) {
+    let r = client()
+        .post(format!("{base}{path}"))
+        .header("Content-Type", "application/json")
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn command_rows(engine: &TestEngine) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM strategy_commands")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_is_checked_by_the_strategy_before_an_update() {
+    const TOKEN: &str = "duty-token";
+    let mut engine = TestEngine::new().await;
+    engine.config.http_token = Some(HttpToken(TOKEN.into()));
+    engine.start_manager().await;
+    let id = engine.add_heartbeat("hb-check").await;
+    let base = engine.http_base().await;
+    let path = "/api/strategies/hb-check/validate";
+
+    // The guard holds: no token, a wrong token, a foreign Origin.
+    let (status, _) = post(&base, path, Some(json!({"config": {}})), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let r = client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .header("Origin", "http://evil.example")
+        .json(&json!({"config": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Bad input: a 4xx in words.
+    for (body, words) in [
+        ("not json", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ("{}", "no \"config\""),
+        (r#"{"config": 5}"#, "config must be a JSON object"),
+        (r#"{"config": {}, "dry": true}"#, "unknown field 'dry'"),
+    ] {
+        let (status, answer) = post_raw(&base, path, body, TOKEN).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(words), "{body}: {error}");
+    }
+    let (status, answer) = post_raw(
+        &base,
+        "/api/strategies/hb-nope/validate",
+        r#"{"config": {}}"#,
+        TOKEN,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("hb-nope"));
+
+    // The strategy's own verdict, in its words; nothing is inserted.
+    let (status, answer) = post_raw(&base, path, r#"{"config": {"interval_ms": 0}}"#, TOKEN).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["valid"], false);
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("interval_ms") && reason.contains("10 to 3600000"),
+        "{reason}"
+    );
+    let (status, answer) = post_raw(&base, path, r#"{"config": {"interval_ms": 75}}"#, TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["config"]["interval_ms"], 75);
+    assert_eq!(command_rows(&engine).await, 0, "validation inserted a row");
+    assert_eq!(engine.state(id).await.config["interval_ms"], 50);
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_tail_and_the_kill_switch_over_http() {
+    const TOKEN: &str = "duty-token";
+    let mut engine = TestEngine::new().await;
+    engine.config.http_token = Some(HttpToken(TOKEN.into()));
+    engine.start_manager().await;
+    let a = engine.add_heartbeat("hb-duty-a").await;
+    let b = engine.add_heartbeat("hb-duty-b").await;
+    let base = engine.http_base().await;
+
+    // Never started: no log yet, said plainly.
+    let (status, answer) = get(&base, "/api/strategies/hb-duty-a/logs").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["exists"], false);
+    assert_eq!(answer["lines"], json!([]));
+    for bad in ["0", "abc", "99999", "-1"] {
+        let (status, answer) = get(
+            &base,
+            &format!("/api/strategies/hb-duty-a/logs?lines={bad}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("lines must be"),
+            "{answer}"
+        );
+    }
+    let (status, _) = get(&base, "/api/strategies/hb-nope/logs").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    engine.run_ok(Some(a), "start", json!({})).await;
+    engine.run_ok(Some(b), "start", json!({})).await;
+    let lines = wait_for("log lines of a running strategy", DEADLINE, || {
+        let base = base.clone();
+        async move {
+            let (status, answer) = get(&base, "/api/strategies/hb-duty-a/logs?lines=3").await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
+            (!lines.is_empty()).then_some(lines)
+        }
+    })
+    .await;
+    assert!(lines.len() <= 3, "{lines:?}");
+
+    // The kill switch: only stop, pause and resume; parameters checked; the token.
+    let (status, answer) = post_raw(&base, "/api/global/start", "", TOKEN).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("stop, pause or resume"));
+    let (status, answer) =
+        post_raw(&base, "/api/global/stop", r#"{"timeout_s": "x"}"#, TOKEN).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("timeout_s"),
+        "{answer}"
+    );
+    let (status, _) = post(&base, "/api/global/stop", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        command_rows(&engine).await,
+        2,
+        "a refused request inserted a row"
+    );
+
+    let (status, answer) = post_raw(&base, "/api/global/pause", "", TOKEN).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["strategy_id"], Value::Null);
+    assert_eq!(
+        outcome(&base, answer["id"].as_str().unwrap()).await["status"],
+        "executed"
+    );
+    assert_eq!(engine.state(a).await.status, "paused");
+    assert_eq!(engine.state(b).await.status, "paused");
+    let (status, answer) = post_raw(&base, "/api/global/stop", r#"{"timeout_s": 5}"#, TOKEN).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(
+        outcome(&base, answer["id"].as_str().unwrap()).await["status"],
+        "executed"
+    );
+    assert_eq!(engine.state(a).await.status, "stopped");
+    assert_eq!(engine.state(b).await.status, "stopped");
+    engine.finish().await;
+}

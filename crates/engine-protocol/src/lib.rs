@@ -10,7 +10,8 @@
 //! - [`inbound`]: the check every message from an executor passes (size, object,
 //!   `strategy_id`).
 //! - [`redact`]: credentials never reach a log line.
-//! - [`state_dir`]: the layout of the manager's state directory (log file names).
+//! - [`state_dir`]: the layout of the manager's state directory (log file names,
+//!   the tail of a log).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
 //! - [`procfs`]: every read of `/proc` (start times, CPU time, the process table).
 //! - `validate` (feature `validate`): asking the executor binary whether a config is

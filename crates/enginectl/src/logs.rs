@@ -5,7 +5,7 @@
 
 use super::{store, Finished, Target};
 use anyhow::{bail, Context};
-use engine_protocol::state_dir::log_file_name;
+use engine_protocol::state_dir::{last_lines, log_file_name};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -32,55 +32,6 @@ pub async fn log_path(target: &Target, name: &str) -> anyhow::Result<PathBuf> {
         }
     };
     Ok(target.logs_dir().join(log_file_name(name, id)))
-}
-
-/// The last `lines` lines of `file` (reading backwards in blocks, so a large file
-/// costs only what is printed), and the file's length.
-pub fn last_lines(file: &mut File, lines: usize) -> std::io::Result<(Vec<u8>, u64)> {
-    const BLOCK: u64 = 64 * 1024;
-    let len = file.metadata()?.len();
-    if lines == 0 {
-        return Ok((Vec::new(), len));
-    }
-    let mut start = len;
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let newlines = buf.iter().filter(|b| **b == b'\n').count();
-        // A final line without '\n' counts as a line too; one more '\n' marks its start.
-        let needed = if buf.last().is_some_and(|b| *b == b'\n') || buf.is_empty() {
-            lines + 1
-        } else {
-            lines
-        };
-        if newlines >= needed || start == 0 {
-            break;
-        }
-        let from = start.saturating_sub(BLOCK);
-        let mut block = vec![0; (start - from) as usize];
-        file.seek(SeekFrom::Start(from))?;
-        file.read_exact(&mut block)?;
-        block.extend_from_slice(&buf);
-        buf = block;
-        start = from;
-    }
-    // Keep the last `lines` lines.
-    let body_end = if buf.last() == Some(&b'\n') {
-        buf.len() - 1
-    } else {
-        buf.len()
-    };
-    let mut seen = 0;
-    let mut cut = 0;
-    for (i, b) in buf[..body_end].iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == lines {
-                cut = i + 1;
-                break;
-            }
-        }
-    }
-    Ok((buf.split_off(cut), len))
 }
 
 /// A log being followed: where we are in it.
@@ -174,34 +125,5 @@ fn open(path: &Path) -> anyhow::Result<File> {
             path.display()
         ),
         Err(err) => Err(anyhow::Error::new(err).context(format!("cannot open {}", path.display()))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tail_of(content: &str, lines: usize) -> String {
-        let path = std::env::temp_dir().join(format!("ctl-logs-{}", Uuid::new_v4().simple()));
-        std::fs::write(&path, content).unwrap();
-        let mut file = File::open(&path).unwrap();
-        let (tail, len) = last_lines(&mut file, lines).unwrap();
-        assert_eq!(len, content.len() as u64);
-        std::fs::remove_file(&path).unwrap();
-        String::from_utf8(tail).unwrap()
-    }
-
-    #[test]
-    fn last_lines_of_a_file() {
-        assert_eq!(tail_of("a\nb\nc\n", 2), "b\nc\n");
-        assert_eq!(tail_of("a\nb\nc\n", 5), "a\nb\nc\n");
-        assert_eq!(tail_of("a\nb\nc", 2), "b\nc");
-        assert_eq!(tail_of("a\nb\nc\n", 0), "");
-        assert_eq!(tail_of("", 3), "");
-        // Across block boundaries.
-        let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(tail_of(&big, 3), "line 19997\nline 19998\nline 19999\n");
-        let all = tail_of(&big, 100_000);
-        assert_eq!(all, big);
     }
 }

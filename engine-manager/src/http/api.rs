@@ -177,7 +177,10 @@ pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<
 }
 
 /// Find a strategy by name (or, failing that, by id); 404 with suggestions.
-async fn find_strategy(state: &AppState, name: &str) -> Result<StrategyOverview, ApiError> {
+pub(super) async fn find_strategy(
+    state: &AppState,
+    name: &str,
+) -> Result<StrategyOverview, ApiError> {
     let by_name = db::strategy_by_name(&state.shared.pool, name)
         .await
         .map_err(|e| ApiError::database("cannot look up the strategy", e))?;

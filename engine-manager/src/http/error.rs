@@ -78,6 +78,9 @@ pub async fn not_found_route(uri: Uri) -> ApiError {
             "GET /api/strategies",
             "GET /api/strategies/{name}",
             format!("POST /api/strategies/{{name}}/{{{}}}", command_words),
+            "POST /api/strategies/{name}/validate",
+            "GET /api/strategies/{name}/logs?lines=100",
+            "POST /api/global/{stop|pause|resume}",
             "GET /api/commands/{id}",
             "GET /api/history?minutes=10",
             "GET /api/events"

@@ -12,6 +12,9 @@
 //! - `api`: `/api/strategies`, the command API, `/api/commands/{id}`, `/api/history`.
 //! - `prometheus`: `GET /metrics` in the Prometheus text format.
 //! - `events`: the Redis relay (one subscription for every browser) and `/api/events`.
+//! - `duty`: the kill switch (`POST /api/global/{command}`), a config checked by the
+//!   strategy before an update (`POST /api/strategies/{name}/validate`), and the tail
+//!   of a strategy's log (`GET /api/strategies/{name}/logs`).
 //! - `dashboard`: the page, its script and style, embedded with `include_str!`.
 //!
 //! Architecture invariant: HTTP never acts on a strategy itself. A command from the
@@ -20,6 +23,7 @@
 
 mod api;
 mod dashboard;
+mod duty;
 mod error;
 mod events;
 mod guard;
@@ -204,6 +208,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/strategies", get(api::list_strategies))
         .route("/api/strategies/{name}", get(api::get_strategy))
         .route("/api/strategies/{name}/{command}", post(api::post_command))
+        .route("/api/strategies/{name}/validate", post(duty::validate))
+        .route("/api/strategies/{name}/logs", get(duty::logs))
+        .route("/api/global/{command}", post(duty::post_global))
         .route("/api/commands/{id}", get(api::get_command))
         .route("/api/history", get(api::history))
         .route("/api/events", get(events::stream))

@@ -4,7 +4,11 @@
 // most one pass every REDRAW_MS, only for rows that changed) and skip rows that are
 // off screen (drawn when they scroll into view), so a table of hundreds of
 // strategies stays cheap. Commands go to the command API and the row shows their
-// outcome.
+// outcome. For the person on duty: the kill switch (global pause, resume and stop,
+// each confirmed in a dialog), a config edited in the detail panel and checked by
+// the strategy itself before the update is sent, the log's last lines and the
+// history there, and an alarm (banner, page title, notification) while a strategy
+// is in error, in backoff or stale.
 "use strict";
 
 (function () {
@@ -16,12 +20,20 @@
   const POLL_LIMIT_MS = 10 * 60 * 1000;
   const STATUSES = ["running", "paused", "starting", "stopping", "backoff", "error", "stopped"];
   const LIVE = new Set(["running", "paused"]);
-  const ACTIONS = ["start", "stop", "pause", "resume"];
+  const ACTIONS = ["start", "stop", "restart", "pause", "resume"];
   const ENABLED = {
     start: (s) => !LIVE.has(s) && s !== "starting",
     stop: (s) => s !== "stopped",
+    restart: (s) => s !== "starting" && s !== "stopping",
     pause: (s) => s === "running",
     resume: (s) => s === "paused",
+  };
+  const TITLE = document.title;
+  const LOG_LINES = 200;
+  const GLOBAL_WORDS = {
+    stop: "Stop every running or paused strategy? Their executors exit; nothing restarts them until each is started again.",
+    pause: "Pause every running strategy? They keep their positions and stop trading until resumed.",
+    resume: "Resume every paused strategy?",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -215,6 +227,7 @@
 
   function flush() {
     redrawTimer = null;
+    updateAlarms(); // even in a hidden tab: that is when a notification matters
     if (document.hidden) return; // caught up on visibilitychange
     const rows = dirty;
     dirty = new Set();
@@ -333,6 +346,50 @@
     for (const r of rows) frag.appendChild(r.tr);
     tbody.appendChild(frag);
     for (const th of document.querySelectorAll("th.sortable")) setClass(th, "sorted", th.dataset.sort === sortKey);
+  }
+
+  // ---------- alarm ----------
+  let alarmed = new Map(); // strategy id -> reason, as last shown
+  let alarmsPrimed = false; // no notification for what was already wrong at load
+
+  function alarmReason(d) {
+    if (!d) return null;
+    if (d.status === "error" || d.status === "backoff") return d.status;
+    if (LIVE.has(d.status) && d.health && d.health.stale) return "stale";
+    return null;
+  }
+
+  function updateAlarms() {
+    const now = new Map();
+    for (const row of byId.values()) {
+      const reason = alarmReason(row.data);
+      if (reason) now.set(row.id, reason);
+    }
+    const names = [];
+    for (const [id, reason] of now) {
+      const d = byId.get(id).data;
+      names.push(d.name + " (" + reason + ")");
+      if (alarmsPrimed && alarmed.get(id) !== reason) notify(d, reason);
+    }
+    names.sort();
+    alarmed = now;
+    alarmsPrimed = alarmsPrimed || byId.size > 0;
+    const banner = $("alarm");
+    banner.hidden = now.size === 0;
+    const noun = now.size === 1 ? "strategy needs" : "strategies need";
+    setText($("alarm-text"), now.size ? "⚠ " + now.size + " " + noun + " attention: " + names.join(", ") : "");
+    const title = now.size ? "(" + now.size + ") ⚠ " + TITLE : TITLE;
+    if (document.title !== title) document.title = title;
+    $("alarm-notify").hidden = !("Notification" in window) || Notification.permission !== "default";
+  }
+
+  function notify(d, reason) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    try {
+      new Notification("⚠ " + d.name + ": " + reason, { body: d.last_error || "", tag: "engine-" + d.id });
+    } catch (_) {
+      // Some browsers allow notifications only from a service worker; the banner stays.
+    }
   }
 
   // ---------- data in ----------
@@ -521,41 +578,96 @@
     }
   }
 
-  async function send(row, cmd) {
-    const name = row.data.name;
+  function authHeaders() {
     const headers = { "Content-Type": "application/json" };
     if (token()) headers.Authorization = "Bearer " + token();
-    setPending(row, true);
-    showOutcome(row, "pending", cmd + ": sending…");
+    return headers;
+  }
+
+  // POST a command to `url` and follow it to its outcome; `show(state, text)` tells
+  // the user. Resolves with the final state ("executed", "failed", "refused", ...).
+  async function runCommand(url, body, label, show) {
+    show("pending", label + ": sending…");
     try {
-      const r = await fetch("/api/strategies/" + encodeURIComponent(name) + "/" + cmd, {
-        method: "POST", headers, body: "{}",
-      });
-      const body = await r.json().catch(() => ({}));
+      const r = await fetch(url, { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
+      const answer = await r.json().catch(() => ({}));
       if (r.status === 401) {
-        showOutcome(row, "refused", cmd + ": " + (body.error || "token required") + " — enter the bearer token above");
+        show("refused", label + ": " + (answer.error || "token required") + " — enter the bearer token above");
         $("token").focus();
-        return;
+        return "refused";
       }
       if (r.status !== 202) {
-        showOutcome(row, "refused", cmd + ": " + (body.error || "HTTP " + r.status));
-        return;
+        show("refused", label + ": " + (answer.error || "HTTP " + r.status));
+        return "refused";
       }
-      showOutcome(row, "pending", cmd + ": pending…");
-      const outcome = await poll(body.id, (status) => showOutcome(row, "pending", cmd + ": " + status + "…"));
+      show("pending", label + ": pending…");
+      const outcome = await poll(answer.id, (status) => show("pending", label + ": " + status + "…"));
       if (outcome.status === "executed") {
         const ms = outcome.latency_ms !== null && outcome.latency_ms !== undefined ? " in " + fmtAge(outcome.latency_ms) : "";
-        showOutcome(row, "executed", cmd + ": executed" + ms);
+        show("executed", label + ": executed" + ms);
       } else if (outcome.status === "failed") {
-        showOutcome(row, "failed", cmd + ": failed — " + (outcome.error || "no error text"));
+        show("failed", label + ": failed — " + (outcome.error || "no error text"));
       } else {
-        showOutcome(row, "pending", cmd + ": still " + outcome.status + " (command " + body.id + ")");
+        show("pending", label + ": still " + outcome.status + " (command " + answer.id + ")");
       }
       loadSnapshotSoon();
+      return outcome.status;
     } catch (err) {
-      showOutcome(row, "refused", cmd + ": " + err.message);
+      show("refused", label + ": " + err.message);
+      return "refused";
+    }
+  }
+
+  async function send(row, cmd) {
+    setPending(row, true);
+    try {
+      const url = "/api/strategies/" + encodeURIComponent(row.data.name) + "/" + cmd;
+      await runCommand(url, {}, cmd, (state, text) => showOutcome(row, state, text));
     } finally {
       setPending(row, false);
+    }
+  }
+
+  // ---------- kill switch ----------
+  // A question in a dialog of the page (not window.confirm): true when confirmed.
+  function confirmAction(text, okLabel) {
+    const dialog = $("confirm");
+    setText($("confirm-text"), text);
+    setText($("confirm-ok"), okLabel);
+    return new Promise((resolve) => {
+      const done = (answer) => {
+        $("confirm-ok").onclick = null;
+        $("confirm-cancel").onclick = null;
+        dialog.oncancel = null;
+        if (dialog.open) dialog.close();
+        resolve(answer);
+      };
+      $("confirm-ok").onclick = () => done(true);
+      $("confirm-cancel").onclick = () => done(false);
+      dialog.oncancel = (ev) => { ev.preventDefault(); done(false); };
+      dialog.showModal();
+    });
+  }
+
+  function showGlobal(state, text) {
+    const el = $("global-outcome");
+    el.dataset.state = state;
+    setText(el, text);
+    el.title = text;
+  }
+
+  async function sendGlobal(cmd) {
+    const ok = await confirmAction(GLOBAL_WORDS[cmd], cmd + " all");
+    if (!ok) {
+      showGlobal("cancelled", cmd + " all: cancelled");
+      return;
+    }
+    const buttons = document.querySelectorAll("button[data-global]");
+    for (const b of buttons) b.disabled = true;
+    try {
+      await runCommand("/api/global/" + cmd, {}, cmd + " all", showGlobal);
+    } finally {
+      for (const b of buttons) b.disabled = false;
     }
   }
 
@@ -575,7 +687,149 @@
   }
 
   // ---------- details ----------
-  async function showDetail(row) {
+  function isObject(v) {
+    return v !== null && typeof v === "object" && !Array.isArray(v);
+  }
+
+  // The JSON merge patch (RFC 7386) that turns `from` into `to`: only what changed,
+  // so hidden secrets ("***") that were not touched are never sent back.
+  function mergePatch(from, to) {
+    const patch = {};
+    for (const k of Object.keys(from)) if (!(k in to)) patch[k] = null;
+    for (const [k, v] of Object.entries(to)) {
+      if (!(k in from)) patch[k] = v;
+      else if (JSON.stringify(from[k]) === JSON.stringify(v)) continue;
+      else patch[k] = isObject(from[k]) && isObject(v) ? mergePatch(from[k], v) : v;
+    }
+    return patch;
+  }
+
+  // The strategy's own verdict on the edited config, before anything is sent: the
+  // patch when it accepts it, else null (and `show` says why).
+  async function checkConfig(name, original, text, show) {
+    let edited;
+    try {
+      edited = JSON.parse(text);
+    } catch (err) {
+      show("rejected", "not valid JSON: " + err.message);
+      return null;
+    }
+    if (!isObject(edited)) {
+      show("rejected", "the config must be a JSON object");
+      return null;
+    }
+    const patch = mergePatch(original, edited);
+    if (Object.keys(patch).length === 0) {
+      show("unchanged", "nothing changed");
+      return null;
+    }
+    show("pending", "checking with the strategy…");
+    try {
+      const r = await fetch("/api/strategies/" + encodeURIComponent(name) + "/validate", {
+        method: "POST", headers: authHeaders(), body: JSON.stringify({ config: patch }),
+      });
+      const body = await r.json().catch(() => ({}));
+      if (r.ok) {
+        show("valid", "the strategy accepts this config");
+        return patch;
+      }
+      const extra = r.status === 401 ? " — enter the bearer token above" : "";
+      show(r.status === 422 ? "rejected" : "refused", (body.error || "HTTP " + r.status) + extra);
+    } catch (err) {
+      show("refused", "cannot check the config: " + err.message);
+    }
+    return null;
+  }
+
+  function button(text, id) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.id = id;
+    b.textContent = text;
+    return b;
+  }
+
+  function configEditor(row, config, message) {
+    const wrap = document.createElement("div");
+    wrap.className = "editor";
+    const area = document.createElement("textarea");
+    area.id = "config-edit";
+    area.spellcheck = false;
+    area.value = JSON.stringify(config, null, 2);
+    const check = button("check", "config-check");
+    const apply = button("apply", "config-apply");
+    const out = document.createElement("div");
+    out.id = "config-msg";
+    out.className = "outcome";
+    const show = (state, text) => {
+      out.dataset.state = state;
+      setText(out, text);
+      out.title = text;
+    };
+    if (message) show(message.state, message.text);
+    const name = row.data.name;
+    check.onclick = () => checkConfig(name, config, area.value, show);
+    apply.onclick = async () => {
+      check.disabled = apply.disabled = true;
+      try {
+        const patch = await checkConfig(name, config, area.value, show);
+        if (!patch) return;
+        const url = "/api/strategies/" + encodeURIComponent(name) + "/update";
+        const state = await runCommand(url, { config: patch }, "update", show);
+        if (state === "executed") showDetail(row, { state, text: out.textContent });
+      } finally {
+        check.disabled = apply.disabled = false;
+      }
+    };
+    const buttons = document.createElement("div");
+    buttons.className = "row";
+    buttons.append(check, apply, out);
+    wrap.append(area, buttons);
+    return wrap;
+  }
+
+  async function loadLogs(name, pre) {
+    try {
+      const r = await fetch("/api/strategies/" + encodeURIComponent(name) + "/logs?lines=" + LOG_LINES, { cache: "no-store" });
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
+      if (!body.exists) pre.textContent = "no log yet at " + body.path;
+      else pre.textContent = body.lines.length ? body.lines.join("\n") : "(the log is empty)";
+      pre.scrollTop = pre.scrollHeight;
+    } catch (err) {
+      pre.textContent = "could not load the log: " + err.message;
+    }
+  }
+
+  function logSection() {
+    const wrap = document.createElement("div");
+    const pre = document.createElement("pre");
+    pre.id = "detail-logs";
+    pre.className = "logs";
+    pre.textContent = "loading…";
+    const refresh = button("refresh", "logs-refresh");
+    wrap.append(pre, refresh);
+    return { wrap, pre, refresh };
+  }
+
+  function detailTable(rows, cols) {
+    const t = document.createElement("table");
+    for (const item of rows) {
+      const tr = document.createElement("tr");
+      for (const [key, fmt] of cols) {
+        const c = document.createElement("td");
+        const v = item[key];
+        c.textContent = fmt ? fmt(v, item) : (v ?? "");
+        if (key === "error" && v) c.className = "err";
+        tr.append(c);
+      }
+      t.append(tr);
+    }
+    return t;
+  }
+
+  // `message`: an outcome to show in the editor once loaded (after an update).
+  async function showDetail(row, message) {
     const panel = $("detail");
     setText($("detail-name"), row.data.name);
     const body = $("detail-body");
@@ -596,32 +850,21 @@
         p.textContent = JSON.stringify(v, null, 2);
         return p;
       };
-      const table = (rows, cols) => {
-        const t = document.createElement("table");
-        for (const item of rows) {
-          const tr = document.createElement("tr");
-          for (const [key, fmt] of cols) {
-            const c = document.createElement("td");
-            const v = item[key];
-            c.textContent = fmt ? fmt(v, item) : (v ?? "");
-            if (key === "error" && v) c.className = "err";
-            tr.append(c);
-          }
-          t.append(tr);
-        }
-        return t;
-      };
       const time = (v) => fmtUtc(v);
       section("state", pre({
         status: d.status, desired_state: d.desired_state, pid: d.pid, restart_count: d.restart_count,
         auto_start: d.auto_start, started_at: fmtUtc(d.started_at) || null, last_error: d.last_error,
       }));
-      section("config", pre(d.config));
+      section("config (checked by the strategy before an update is sent)", configEditor(row, d.config, message));
       section("latest metrics", pre(d.metrics ? d.metrics.metrics : null));
-      section("recent commands", table(d.recent_commands, [
+      const logs = logSection();
+      section("recent log lines", logs.wrap);
+      logs.refresh.onclick = () => loadLogs(d.name, logs.pre);
+      loadLogs(d.name, logs.pre);
+      section("history: commands", detailTable(d.recent_commands, [
         ["created_at", time], ["command"], ["status"], ["error"],
       ]));
-      section("recent events", table(d.recent_events, [
+      section("history: events", detailTable(d.recent_events, [
         ["at", time], ["old_status", (v, e) => (v || "") + " → " + e.new_status], ["reason"], ["error"],
       ]));
     } catch (err) {
@@ -643,7 +886,15 @@
     }
   });
   $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
-  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("detail").hidden = true; });
+  for (const b of document.querySelectorAll("button[data-global]")) {
+    b.addEventListener("click", () => sendGlobal(b.dataset.global));
+  }
+  $("alarm-notify").addEventListener("click", () => {
+    Notification.requestPermission().then(updateAlarms);
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !$("confirm").open) $("detail").hidden = true;
+  });
   $("filter").addEventListener("input", () => { for (const row of byId.values()) applyFilter(row); });
   for (const th of document.querySelectorAll("th.sortable")) {
     th.addEventListener("click", () => { sortKey = th.dataset.sort; resort(); });
