@@ -76,7 +76,7 @@ pub async fn post_global(
         &body,
         "send the command's parameters as a JSON object, e.g. {\"timeout_s\": 30} for stop; or no body",
     )?;
-    parse_command(&command, &parameters, true).map_err(ApiError::bad_request)?;
+    parse_command(&command, &parameters, true).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let word: CommandWord = command
         .parse()
         .map_err(|_| ApiError::bad_request(format!("'{command}' is not a command word")))?;
