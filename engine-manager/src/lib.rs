@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`run`] wires everything together and runs until the shutdown token fires.
-//! - [`config`]: flags and defaults. [`db`]: every SQL statement. [`lease`]: one
-//!   manager per database.
+//! - [`config`]: flags and defaults. [`lease`]: one manager per database. Every SQL
+//!   statement is in the `engine-store` crate.
 //! - [`intake`]: the [`intake::CommandIntake`] (claims command rows, routes them).
 //! - [`supervisor`]: one [`supervisor::StrategySupervisor`] task per strategy (owns
 //!   its executor process, applies its commands in order, restarts crashes).
@@ -16,7 +16,6 @@
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`tasks`]: every background task is owned; one that panics or ends early stops
 //!   the manager with a non-zero exit (systemd restarts it; executors are adopted).
-//! - [`ctl`]: the `enginectl` operator tool (a database and Redis client).
 //!
 //! Architecture invariant: executors never touch the database; the manager is its
 //! only client, and correctness never depends on a pub/sub message.
