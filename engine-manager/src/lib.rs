@@ -138,7 +138,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         return Ok(());
     }
     let node = engine_protocol::node_name();
-    let boot_id = process::boot_id();
+    let boot_id = engine_protocol::procfs::boot_id();
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
@@ -307,7 +307,7 @@ async fn start_supervisors(
 
 /// SIGKILL an executor that must not run (checked to be the same process first).
 fn kill_stray(pid: u32, ticks: u64, name: &str, why: &str) {
-    if !process::is_same_process(pid, ticks) {
+    if !engine_protocol::procfs::is_same_process(pid, ticks) {
         return;
     }
     tracing::warn!(pid, strategy = name, "killing {why}");
@@ -378,7 +378,9 @@ async fn initial_action(
         _ => None,
     };
     if let Some(recorded) = recorded {
-        if !running.contains(&recorded) && process::is_same_process(recorded.0, recorded.1) {
+        if !running.contains(&recorded)
+            && engine_protocol::procfs::is_same_process(recorded.0, recorded.1)
+        {
             running.insert(0, recorded);
         }
         if let Some(i) = running.iter().position(|r| *r == recorded) {

@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-pub use engine_protocol::procfs::{boot_id, is_same_process, start_ticks};
+use engine_protocol::procfs::{is_same_process, start_ticks};
 
 /// Every live executor whose command line names `control_socket` (that is, one a
 /// manager of this state directory started), by strategy id: `(pid, start ticks)`.

@@ -7,6 +7,7 @@ use crate::probe::{self, ProcId};
 use crate::BenchArgs;
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use engine_protocol::procfs;
 use engine_protocol::Channels;
 use engine_store::bench as db;
 use engine_store::commands::insert_command_row;
@@ -165,7 +166,7 @@ async fn clean(item: &CleanupItem) {
         }
     }
     let socket = item.control_socket.clone();
-    let leftovers = tokio::task::spawn_blocking(move || probe::pids_with_arg(&socket))
+    let leftovers = tokio::task::spawn_blocking(move || procfs::pids_with_arg(&socket))
         .await
         .unwrap_or_default();
     let leftovers: Vec<ProcId> = leftovers.into_iter().filter_map(ProcId::of).collect();
@@ -577,7 +578,7 @@ impl BenchEngine {
     /// The executors of this engine in the process table (by their control socket).
     pub async fn executor_processes(&self) -> Vec<ProcId> {
         let socket = self.control_socket.clone();
-        tokio::task::spawn_blocking(move || probe::pids_with_arg(&socket))
+        tokio::task::spawn_blocking(move || procfs::pids_with_arg(&socket))
             .await
             .unwrap_or_default()
             .into_iter()

@@ -3,10 +3,7 @@
 //! given argument (to find an engine's executors in the process table). The reading
 //! itself is [`engine_protocol::procfs`], shared with the manager.
 
-pub use engine_protocol::procfs::{
-    cpu_ns, hwm_kib, load_average, machine_busy_ns, pids_with_arg, pss_kib, rss_kib, start_ticks,
-    threads_cpu_ns,
-};
+use engine_protocol::procfs;
 
 /// A process as first seen: its pid and start time, so a reused pid is never
 /// mistaken for it.
@@ -19,12 +16,12 @@ pub struct ProcId {
 impl ProcId {
     /// The live process `pid` (`None` if it does not exist or is a zombie).
     pub fn of(pid: u32) -> Option<ProcId> {
-        start_ticks(pid).map(|start_ticks| ProcId { pid, start_ticks })
+        procfs::start_ticks(pid).map(|start_ticks| ProcId { pid, start_ticks })
     }
 
     /// Still running (not exited, not a zombie, not a new process on the same pid).
     pub fn alive(&self) -> bool {
-        start_ticks(self.pid) == Some(self.start_ticks)
+        procfs::start_ticks(self.pid) == Some(self.start_ticks)
     }
 }
 

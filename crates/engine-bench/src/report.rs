@@ -5,6 +5,7 @@
 use crate::engine::Binaries;
 use crate::BenchArgs;
 use chrono::{DateTime, Utc};
+use engine_protocol::procfs;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use std::io::{IsTerminal, Write};
@@ -245,7 +246,7 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".into()),
             postgres,
             redis,
-            load_at_start: crate::probe::load_average(),
+            load_at_start: procfs::load_average(),
             started_at: Utc::now(),
         }
     }
@@ -322,7 +323,7 @@ impl Results {
     }
 
     pub async fn finish(&mut self) {
-        self.load_at_end = crate::probe::load_average();
+        self.load_at_end = procfs::load_average();
         self.elapsed_s = self.started.elapsed().as_secs_f64();
     }
 

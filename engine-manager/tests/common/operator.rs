@@ -41,7 +41,7 @@ where
 }
 
 pub fn process_alive(pid: u32) -> bool {
-    engine_manager::process::start_ticks(pid).is_some()
+    engine_protocol::procfs::start_ticks(pid).is_some()
 }
 
 // ------------------------------------------------------------------ database rows

@@ -54,7 +54,7 @@ pub fn executors_in_proc(control_socket: &Path) -> Vec<ExecutorSeen> {
             continue;
         };
         // A zombie has exited; it only waits for its parent to reap it.
-        let Some(start_ticks) = engine_manager::process::start_ticks(pid) else {
+        let Some(start_ticks) = engine_protocol::procfs::start_ticks(pid) else {
             continue;
         };
         found.push(ExecutorSeen {
@@ -83,7 +83,7 @@ pub fn executors_alive_together(control_socket: &Path) -> HashMap<Uuid, Vec<u32>
             let mut pids: Vec<u32> = if group.len() > 1 {
                 group
                     .iter()
-                    .filter(|e| engine_manager::process::is_same_process(e.pid, e.start_ticks))
+                    .filter(|e| engine_protocol::procfs::is_same_process(e.pid, e.start_ticks))
                     .map(|e| e.pid)
                     .collect()
             } else {

@@ -3,10 +3,11 @@
 
 use super::{mb, ms, BenchContext};
 use crate::engine::{BenchEngine, EngineOptions, StatusEvent, StrategySpec};
-use crate::probe::{self, ProcId};
+use crate::probe::ProcId;
 use crate::report::{summarize, Figure, Goal, GrowthPoint, Progress, Results};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use engine_protocol::procfs;
 use engine_store::bench as db;
 use engine_store::{CommandStatus, CommandWord};
 use serde_json::json;
@@ -220,12 +221,12 @@ async fn measure_window(
     let cpu_of = |procs: &[ProcId]| -> u64 {
         procs
             .iter()
-            .filter_map(|p| probe::threads_cpu_ns(p.pid))
+            .filter_map(|p| procfs::threads_cpu_ns(p.pid))
             .sum()
     };
-    let manager_from = probe::cpu_ns(engine.manager.pid);
+    let manager_from = procfs::cpu_ns(engine.manager.pid);
     let executors_from = cpu_of(&executors);
-    let machine_from = probe::machine_busy_ns();
+    let machine_from = procfs::machine_busy_ns();
     let window_from = std::time::Instant::now();
     let mut progress = Progress::new("cpu window (s)", ctx.args.cpu_window.as_secs() as usize);
     while window_from.elapsed() < ctx.args.cpu_window {
@@ -234,10 +235,10 @@ async fn measure_window(
     }
     progress.finish();
     let wall_ns = window_from.elapsed().as_nanos() as f64;
-    let manager_to = probe::cpu_ns(engine.manager.pid);
+    let manager_to = procfs::cpu_ns(engine.manager.pid);
     let still: Vec<ProcId> = executors.iter().copied().filter(ProcId::alive).collect();
     let executors_to = cpu_of(&still);
-    let machine_to = probe::machine_busy_ns();
+    let machine_to = procfs::machine_busy_ns();
     if let (Some(a), Some(b)) = (manager_from, manager_to) {
         point.manager_cpu_percent = Some(b.saturating_sub(a) as f64 / wall_ns * 100.0);
     }
@@ -261,17 +262,20 @@ async fn measure_window(
 
 /// The manager's RSS and peak, the executors' RSS (median, max) and total PSS.
 fn record_memory(engine: &BenchEngine, executors: &[ProcId], point: &mut GrowthPoint) {
-    point.manager_rss_mb = probe::rss_kib(engine.manager.pid).map(mb);
-    point.manager_hwm_mb = probe::hwm_kib(engine.manager.pid).map(mb);
+    point.manager_rss_mb = procfs::rss_kib(engine.manager.pid).map(mb);
+    point.manager_hwm_mb = procfs::hwm_kib(engine.manager.pid).map(mb);
     let rss: Vec<f64> = executors
         .iter()
-        .filter_map(|p| probe::rss_kib(p.pid))
+        .filter_map(|p| procfs::rss_kib(p.pid))
         .map(mb)
         .collect();
     if let Some(s) = summarize(&rss) {
         point.executor_rss_median_mb = Some(s.p50);
         point.executor_rss_max_mb = Some(s.max);
     }
-    let pss: u64 = executors.iter().filter_map(|p| probe::pss_kib(p.pid)).sum();
+    let pss: u64 = executors
+        .iter()
+        .filter_map(|p| procfs::pss_kib(p.pid))
+        .sum();
     point.executors_pss_total_mb = Some(mb(pss));
 }

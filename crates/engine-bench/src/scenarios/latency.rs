@@ -9,6 +9,7 @@ use crate::probe::{self, ProcId};
 use crate::report::{num, summarize, Figure, Goal, Progress, Results};
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use engine_protocol::procfs;
 use engine_store::bench as db;
 use engine_store::{CommandStatus, CommandWord, Status};
 use rustix::process::Signal;
@@ -153,10 +154,10 @@ async fn executor_memory(engine: &BenchEngine) -> anyhow::Result<(Vec<f64>, Vec<
     let mut rss = Vec::new();
     let mut pss = Vec::new();
     for pid in pids.values() {
-        if let Some(kib) = probe::rss_kib(*pid) {
+        if let Some(kib) = procfs::rss_kib(*pid) {
             rss.push(mb(kib));
         }
-        if let Some(kib) = probe::pss_kib(*pid) {
+        if let Some(kib) = procfs::pss_kib(*pid) {
             pss.push(mb(kib));
         }
     }
@@ -457,7 +458,7 @@ struct MachineBusy {
 impl MachineBusy {
     fn start() -> MachineBusy {
         MachineBusy {
-            from: probe::machine_busy_ns(),
+            from: procfs::machine_busy_ns(),
             at: std::time::Instant::now(),
         }
     }
@@ -465,7 +466,7 @@ impl MachineBusy {
     /// E.g. `73 %`, or `?`.
     fn finish(self) -> String {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
-        match (self.from, probe::machine_busy_ns()) {
+        match (self.from, procfs::machine_busy_ns()) {
             (Some(a), Some(b)) => format!(
                 "{:.0} %",
                 b.saturating_sub(a) as f64 / (self.at.elapsed().as_nanos() as f64 * cores) * 100.0

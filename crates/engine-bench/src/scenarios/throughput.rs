@@ -3,10 +3,10 @@
 
 use super::{mb, ms, BenchContext, EVENT_DEADLINE};
 use crate::engine::{BenchEngine, EngineOptions, Feed, StrategySpec};
-use crate::probe;
 use crate::report::{num, Figure, Goal, Progress, Results};
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use engine_protocol::procfs;
 use engine_protocol::Tick;
 use engine_protocol::{MetricsMessage, StrategyMetrics};
 use engine_store::bench as db;
@@ -240,7 +240,7 @@ async fn metrics_flood(
         "metrics rows",
     )
     .await?;
-    let hwm_sustained = probe::hwm_kib(engine.manager.pid).map(mb);
+    let hwm_sustained = procfs::hwm_kib(engine.manager.pid).map(mb);
     let lost = count as i64 - sustained.rows;
     results.push(
         Figure::single(
@@ -271,8 +271,8 @@ async fn metrics_flood(
     if burst > 0 {
         let flood =
             flood_metrics(engine, redis, burst_ids, burst, None, "metrics burst rows").await?;
-        let hwm = probe::hwm_kib(engine.manager.pid).map(mb);
-        let after = probe::rss_kib(engine.manager.pid).map(mb);
+        let hwm = procfs::hwm_kib(engine.manager.pid).map(mb);
+        let after = procfs::rss_kib(engine.manager.pid).map(mb);
         let lost = burst as i64 - flood.rows;
         results.push(
             Figure::single(
@@ -354,7 +354,7 @@ async fn tick_flood(
     metrics.drain();
     let base = next_counts(&mut metrics).await?;
     let executor = engine.running_pid(id).await?;
-    let executor_cpu_from = probe::threads_cpu_ns(executor);
+    let executor_cpu_from = procfs::threads_cpu_ns(executor);
 
     let items = tick_payloads(token, count);
     let bytes = items.first().map_or(0, |(_, p)| p.len());
@@ -365,7 +365,7 @@ async fn tick_flood(
     drop(items);
 
     let (series, done) = follow_counts(&mut metrics, base, count).await?;
-    let executor_cpu_to = probe::threads_cpu_ns(executor);
+    let executor_cpu_to = procfs::threads_cpu_ns(executor);
     let end = done.unwrap_or(*series.last().expect("has the base"));
     let run = FloodRun {
         count,
