@@ -125,10 +125,22 @@ async fn restart_gives_a_new_process_in_every_state() {
     let engine = TestEngine::started().await;
     let id = engine.add_heartbeat("hb-restart").await;
 
-    // stopped → restart = start.
-    engine.run_ok(Some(id), "restart", json!({})).await;
+    // stopped → restart = start, with no `stopped → stopped` in the history.
+    let cmd = engine.run_ok(Some(id), "restart", json!({})).await;
     let first = engine.state(id).await.pid.unwrap() as u32;
     assert!(process_alive(first));
+    let moves: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT old_status, new_status FROM strategy_events WHERE command_id = $1 ORDER BY at",
+    )
+    .bind(cmd)
+    .fetch_all(&engine.pool)
+    .await
+    .expect("strategy_events");
+    let moves: Vec<(&str, &str)> = moves
+        .iter()
+        .map(|(from, to)| (from.as_deref().unwrap_or("-"), to.as_str()))
+        .collect();
+    assert_eq!(moves, [("stopped", "starting"), ("starting", "running")]);
 
     // running → restart: stop then start, new pid.
     engine

@@ -463,6 +463,11 @@ impl Machine {
                     }
                 }
                 self.set_desired(DesiredState::Running, false, out);
+                if !ctx.process {
+                    // Nothing to stop: a restart is a start (no `stopped → stopped`).
+                    self.operator_start(id, out);
+                    return;
+                }
                 let then = (Some(id), AfterStop::Start(id));
                 self.stop(timeout, mode, ShutdownReason::Restart, then, ctx, out);
             }
@@ -597,8 +602,11 @@ impl Machine {
         out: &mut Vec<Effect>,
     ) {
         if !ctx.process {
-            let why = Some("stopped by an operator".to_string());
-            self.go(State::Stopped, why, None, command, out);
+            // Already stopped: a no-op, and no `stopped → stopped` in the history.
+            if self.state != State::Stopped {
+                let why = Some("stopped by an operator".to_string());
+                self.go(State::Stopped, why, None, command, out);
+            }
             self.after_stop(then, Ok(()), command, out);
             return;
         }

@@ -378,7 +378,7 @@ fn a_stopped_executor_is_recorded_stopped_and_the_stop_is_done() {
 
 #[test]
 fn stop_without_a_process_in_every_state_is_recorded_stopped_by_an_operator() {
-    for status in ALL {
+    for status in ALL.into_iter().filter(|s| *s != Status::Stopped) {
         let c = ctx();
         let mut m = at(status, &c);
         let effects = m.step(command(stop_kind()), &c);
@@ -436,12 +436,34 @@ fn restart_stops_then_starts_and_replies_after_the_new_start() {
 }
 
 #[test]
-fn restart_of_a_stopped_strategy_records_stopped_then_starts() {
+fn stop_of_a_stopped_strategy_is_done_and_records_nothing() {
     let c = ctx();
     let mut m = machine(Status::Stopped);
-    let effects = m.step(command(restart_kind()), &c);
-    assert_eq!(moves(&effects), vec![(Status::Stopped, Status::Stopped)]);
-    assert_eq!(spawns(&effects), vec![false]);
+    let effects = m.step(command(stop_kind()), &c);
+    assert!(transitions(&effects).is_empty(), "no stopped → stopped");
+    assert_eq!(desired_writes(&effects), vec![DesiredState::Stopped]);
+    assert_eq!(replied(&effects).as_deref(), Some("done"));
+}
+
+#[test]
+fn restart_without_a_process_is_a_start_with_nothing_recorded_stopped() {
+    for status in [Status::Stopped, Status::Error, Status::Backoff] {
+        let c = ctx();
+        let mut m = machine(status);
+        let effects = m.step(command(restart_kind()), &c);
+        assert!(
+            transitions(&effects).is_empty(),
+            "{status}: no stop recorded"
+        );
+        assert_eq!(desired_writes(&effects), vec![DesiredState::Running]);
+        assert_eq!(spawns(&effects), vec![false], "{status}");
+        assert_eq!(m.backoff_until(), None, "{status}");
+        let effects = m.step(Event::Spawned, &c);
+        assert_eq!(moves(&effects), vec![(status, Status::Starting)]);
+        let effects = m.step(ready(Status::Running), &c);
+        assert_eq!(moves(&effects), vec![(Status::Starting, Status::Running)]);
+        assert_eq!(replied(&effects).as_deref(), Some("done"));
+    }
 }
 
 #[test]
