@@ -722,3 +722,91 @@ async fn a_global_command_is_not_applied_again_after_later_commands() {
     );
     engine.finish().await;
 }
+
+/// Bug 14 (the first full-size run after the supervisor became a state machine: a
+/// `stop` whose `stopped` appeared twice). A stop completed, `stopped` recorded, but
+/// not its outcome; a later `start` ran its executor, but its events and status were
+/// lost with the manager (killed while the database was away: they wait in memory),
+/// so the row still said `stopped` with `desired_state = running`. The next manager
+/// adopted the start's executor, applied the recovered stop again (only a later
+/// command's events counted as proof, and those were lost), then the start: the
+/// strategy stopped and started for nothing, and the stop took effect twice. Now a
+/// recovered command whose own completing transition is recorded is not applied
+/// again. Here triggers refuse both outcomes and the start's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_stop_that_completed_does_not_undo_a_later_start() {
+    let engine = TestEngine::on_private_services().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats("hb-stop-completed", 1, json!({"interval_ms": 50}))
+        .await[0];
+    let op = &engine.op();
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.command IN ('stop', 'start') AND NEW.status IN ('executed', 'failed') THEN \
+             RAISE EXCEPTION 'test: outcome refused'; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER hold_outcomes BEFORE UPDATE ON strategy_commands \
+           FOR EACH ROW EXECUTE FUNCTION hold_outcomes(); \
+         CREATE FUNCTION lose_start_events() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM strategy_commands c \
+                      WHERE c.id = NEW.command_id AND c.command = 'start') THEN \
+             RAISE EXCEPTION 'test: events lost'; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER lose_start_events BEFORE INSERT ON strategy_events \
+           FOR EACH ROW EXECUTE FUNCTION lose_start_events();",
+    )
+    .execute(&op.pool)
+    .await
+    .unwrap();
+    let stop = op.command(Some(id), "stop", json!({})).await;
+    op.wait_status(id, "stopped").await;
+    let mut status = engine.subscribe(&engine.channels.status(id)).await;
+    let start = op.command(Some(id), "start", json!({})).await;
+    let running = status
+        .expect("the start's running on the status channel", |_, m| {
+            m["status"] == "running" && m["command_id"] == start.to_string()
+        })
+        .await;
+    let pid = running["pid"].as_u64().expect("a pid") as u32;
+    let row = op.state(id).await;
+    assert_eq!(
+        (row.status.as_str(), row.desired_state.as_str()),
+        ("stopped", "running"),
+        "the start's status write must have been lost"
+    );
+
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    sqlx::raw_sql(
+        "DROP TRIGGER hold_outcomes ON strategy_commands; \
+         DROP TRIGGER lose_start_events ON strategy_events;",
+    )
+    .execute(&op.pool)
+    .await
+    .unwrap();
+    let manager = respawn_manager(&engine, &env, &log).await;
+
+    for command in [stop, start] {
+        let out = op.outcome(command, DEADLINE).await;
+        assert_eq!(out.status, "executed", "{:?}", out.error);
+    }
+    let row = op.wait_status(id, "running").await;
+    assert_eq!(
+        row.pid,
+        Some(pid as i32),
+        "the start's executor was replaced: the recovered stop was applied again"
+    );
+    assert!(process_alive(pid));
+    let stopped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM strategy_events WHERE command_id = $1 AND new_status = 'stopped' \
+         AND old_status IS DISTINCT FROM new_status",
+    )
+    .bind(stop)
+    .fetch_one(&op.pool)
+    .await
+    .unwrap();
+    assert_eq!(stopped, 1, "the stop took effect {stopped} times");
+    drop(manager);
+    engine.finish().await;
+}

@@ -252,14 +252,21 @@ pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Err
     .await
 }
 
+/// The `reason` of the event an applied `update` records.
+pub const CONFIG_UPDATED: &str = "config updated";
+
 /// For the commands left `processing`: the strategies on which each has provably
 /// been applied already, as `(command id, strategy id)`. A supervisor applies its
 /// commands in order, so a strategy whose events show a *later* command (or, for a
 /// global command, that command itself) has been through it (`at` is the manager's
 /// clock and `created_at` the database's: the window allows for skew between the
-/// two hosts; the order itself comes from `created_at, seq`). Applying it again
-/// there would undo what came after, e.g. a recovered global stop stopping a
-/// strategy that a later `start` had started.
+/// two hosts; the order itself comes from `created_at, seq`). So has one whose
+/// events show the command's own *completing* transition (`stopped` for a stop,
+/// `running` for a start, restart or resume, `paused` for a pause, `config updated`
+/// for an update): the events of what came after it may have been lost with the
+/// previous manager (they wait in memory while the database is away), so its state
+/// now can be a later command's. Applying it again there would undo what came
+/// after, e.g. a recovered stop stopping a strategy that a later `start` had started.
 pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT c.id, e.strategy_id \
@@ -269,8 +276,14 @@ pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sq
          JOIN strategy_commands later ON later.id = e.command_id \
          WHERE c.status = 'processing' \
            AND ((later.created_at, later.seq) > (c.created_at, c.seq) \
-                OR (c.strategy_id IS NULL AND later.id = c.id))",
+                OR (later.id = c.id AND (c.strategy_id IS NULL OR CASE lower(btrim(c.command)) \
+                      WHEN 'stop' THEN e.new_status = 'stopped' \
+                      WHEN 'pause' THEN e.new_status = 'paused' \
+                      WHEN 'update' THEN e.reason = $1 \
+                      ELSE e.new_status = 'running' \
+                         AND e.old_status IS DISTINCT FROM 'running' END)))",
     )
+    .bind(CONFIG_UPDATED)
     .fetch_all(pool)
     .await
 }

@@ -290,7 +290,7 @@ impl StrategySupervisor {
         self.config = merged;
         // The history says when the config changed, and a recovered update can tell
         // that a later one has been applied since (`db::superseded_recovered`).
-        self.record_event("config updated", command_id).await;
+        self.record_event(db::CONFIG_UPDATED, command_id).await;
         Ok(())
     }
 
