@@ -549,12 +549,25 @@ async fn checkpoint(round: usize, op: &Operator, socket: &Path, figures: &mut Fi
     }
 
     let t1 = Instant::now();
+    // Settled: each row agrees with the process table and its status is what
+    // operators asked for (a manager that just adopted its executors may still be
+    // bringing one to its desired state: the contract gives it the same bound).
+    let unsettled = |r: &common::StrategyState, procs: &HashMap<Uuid, Vec<u32>>| {
+        mismatch(r, procs).or_else(|| {
+            (r.status != r.desired_state).then(|| {
+                format!(
+                    "{} is {} but desired_state is {}",
+                    r.name, r.status, r.desired_state
+                )
+            })
+        })
+    };
     let settle = |deadline| {
         try_wait_for(deadline, || async {
             let rows = op.states().await.ok()?;
             let procs = executors_by_strategy(socket);
             rows.iter()
-                .all(|r| mismatch(r, &procs).is_none())
+                .all(|r| unsettled(r, &procs).is_none())
                 .then_some(rows)
         })
     };
@@ -563,9 +576,9 @@ async fn checkpoint(round: usize, op: &Operator, socket: &Path, figures: &mut Fi
         None => {
             let rows = op.states().await.unwrap_or_default();
             let procs = executors_by_strategy(socket);
-            let wrong: Vec<String> = rows.iter().filter_map(|r| mismatch(r, &procs)).collect();
+            let wrong: Vec<String> = rows.iter().filter_map(|r| unsettled(r, &procs)).collect();
             figures.violations.push(format!(
-                "round {round}: rows do not match the process table within {MATCH_BOUND:?}: {}",
+                "round {round}: rows do not match the process table and desired_state within {MATCH_BOUND:?}: {}",
                 wrong.join("; ")
             ));
             match settle(LATE_MATCH_DEADLINE).await {

@@ -403,7 +403,15 @@ impl Machine {
     }
 
     fn adopted(&mut self, desired: DesiredState, ctx: &Ctx, out: &mut Vec<Effect>) {
-        let to = State::live(self.status(), Some(ctx.now));
+        // Until its hello says, the executor is as the row says; a row that is not
+        // live (a status write lost with the previous manager) says nothing, and an
+        // executor is spawned paused exactly when the strategy should be paused.
+        let guess = match self.status() {
+            live if live.is_live() => live,
+            _ if desired == DesiredState::Paused => Status::Paused,
+            _ => Status::Running,
+        };
+        let to = State::live(guess, Some(ctx.now));
         self.go(to, Some("adopted".to_string()), None, None, out);
         match desired {
             DesiredState::Stopped => self.stop(

@@ -945,6 +945,21 @@ fn adoption_pauses_a_running_executor_whose_recovered_commands_say_paused() {
 }
 
 #[test]
+fn adoption_of_an_executor_whose_row_is_not_live_follows_the_desired_state() {
+    for status in [Status::Backoff, Status::Starting, Status::Stopped] {
+        let c = with_process();
+        let mut m = machine(status);
+        let effects = m.step(adopted(DesiredState::Paused), &c);
+        assert_eq!(moves(&effects), vec![(status, Status::Paused)], "{status}");
+        assert!(requests(&effects).is_empty(), "{status}: spawned paused");
+        let mut m = machine(status);
+        let effects = m.step(adopted(DesiredState::Running), &c);
+        assert_eq!(moves(&effects), vec![(status, Status::Running)], "{status}");
+        assert!(requests(&effects).is_empty(), "{status}");
+    }
+}
+
+#[test]
 fn adoption_stops_an_executor_whose_strategy_should_be_stopped() {
     for status in ALL {
         let c = with_process();
