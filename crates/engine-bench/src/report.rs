@@ -168,6 +168,10 @@ pub struct GrowthPoint {
     pub start_all_executed_s: Option<f64>,
     pub manager_rss_mb: Option<f64>,
     pub manager_hwm_mb: Option<f64>,
+    /// The manager's RSS split: anonymous (heap, stacks) and file-backed (mostly the
+    /// binary's own pages).
+    pub manager_rss_anon_mb: Option<f64>,
+    pub manager_rss_file_mb: Option<f64>,
     pub manager_cpu_percent: Option<f64>,
     pub executors_cpu_percent: Option<f64>,
     pub machine_cpu_percent: Option<f64>,
@@ -464,6 +468,8 @@ impl Results {
                     "start_all_executed_s": g.start_all_executed_s,
                     "manager_rss_mb": g.manager_rss_mb,
                     "manager_hwm_mb": g.manager_hwm_mb,
+                    "manager_rss_anon_mb": g.manager_rss_anon_mb,
+                    "manager_rss_file_mb": g.manager_rss_file_mb,
                     "manager_cpu_percent": g.manager_cpu_percent,
                     "executors_cpu_percent": g.executors_cpu_percent,
                     "machine_cpu_percent": g.machine_cpu_percent,

@@ -264,6 +264,8 @@ async fn measure_window(
 fn record_memory(engine: &BenchEngine, executors: &[ProcId], point: &mut GrowthPoint) {
     point.manager_rss_mb = procfs::rss_kib(engine.manager.pid).map(mb);
     point.manager_hwm_mb = procfs::hwm_kib(engine.manager.pid).map(mb);
+    point.manager_rss_anon_mb = procfs::status_kib(engine.manager.pid, "RssAnon").map(mb);
+    point.manager_rss_file_mb = procfs::status_kib(engine.manager.pid, "RssFile").map(mb);
     let rss: Vec<f64> = executors
         .iter()
         .filter_map(|p| procfs::rss_kib(p.pid))
