@@ -351,6 +351,19 @@ fn recovered_desired(
     desired
 }
 
+/// What a start-up without a live executor acts on: the row's `desired_state`, which
+/// the recovered commands (`implied`: what they would leave) may keep stopped or
+/// make paused, but never start. They are applied again next, in order, each to the
+/// state it would have found: a global pause given while the strategy was stopped
+/// must find it stopped, though a restart after it implies `running`.
+fn boot_desired(row: DesiredState, implied: DesiredState) -> DesiredState {
+    match (row, implied) {
+        (DesiredState::Stopped, _) | (_, DesiredState::Stopped) => DesiredState::Stopped,
+        (_, DesiredState::Paused) => DesiredState::Paused,
+        (row, DesiredState::Running) => row,
+    }
+}
+
 /// The start-up rule (CONTRACT.md): what to do with one strategy when the manager
 /// starts. A live executor of ours is adopted; after a host reboot only `auto_start`
 /// strategies not stopped by an operator come back; after a manager restart every
@@ -402,6 +415,10 @@ async fn initial_action(
             "a second executor for the same strategy",
         );
     }
+    let desired = match live {
+        Some(_) => desired,
+        None => boot_desired(row_desired, desired),
+    };
     let target = if is_boot {
         if auto {
             if desired == DesiredState::Paused {
@@ -437,6 +454,30 @@ async fn initial_action(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovered_commands_never_start_a_strategy_without_an_executor() {
+        use DesiredState::{Paused, Running, Stopped};
+        let cases = [
+            // (row, implied by the recovered commands) → acted on at start-up
+            ((Stopped, Running), Stopped),
+            ((Stopped, Paused), Stopped),
+            ((Running, Stopped), Stopped),
+            ((Paused, Stopped), Stopped),
+            ((Running, Paused), Paused),
+            ((Paused, Running), Paused),
+            ((Running, Running), Running),
+            ((Paused, Paused), Paused),
+            ((Stopped, Stopped), Stopped),
+        ];
+        for ((row, implied), acted) in cases {
+            assert_eq!(
+                boot_desired(row, implied),
+                acted,
+                "row {row:?}, implied {implied:?}"
+            );
+        }
+    }
 
     fn row(strategy_id: Option<Uuid>, command: &str) -> db::CommandRow {
         db::CommandRow {

@@ -810,3 +810,49 @@ async fn a_recovered_stop_that_completed_does_not_undo_a_later_start() {
     drop(manager);
     engine.finish().await;
 }
+
+/// Bug 15 (full-size fault run): a global `pause` applied to a strategy that was
+/// stopped when it was given, and the `restart` after it undone. A manager died with
+/// both claimed (`processing`) and not yet applied to a stopped strategy. The next
+/// manager started the strategy at once, because the recovered restart implied
+/// `running`, then applied the recovered pause to it (now running: it paused), and
+/// took the restart as done (its executor was newer than the restart). Now, without a
+/// live executor, the start-up starts only what the row's `desired_state` says:
+/// recovered commands may keep a strategy stopped (a stop) or start it paused, never
+/// start one; they are applied next, in order, each to the state it would have found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_commands_are_applied_to_the_state_they_would_have_found() {
+    let mut engine = TestEngine::new().await;
+    let id = engine.add_heartbeat("hb-recovered-order").await;
+    // A manager ran on this host (so the next start is a manager restart, not a boot).
+    engine.start_manager().await;
+    engine.stop_manager().await;
+    let op = &engine.op();
+    let pause = op.command(None, "pause", json!({})).await;
+    let restart = op.command(Some(id), "restart", json!({})).await;
+    // Claimed by a manager that died before applying them.
+    sqlx::query("UPDATE strategy_commands SET status = 'processing' WHERE id = ANY($1)")
+        .bind([pause, restart])
+        .execute(&op.pool)
+        .await
+        .unwrap();
+
+    engine.start_manager().await;
+    for command in [pause, restart] {
+        let out = op.outcome(command, DEADLINE).await;
+        assert_eq!(out.status, "executed", "{:?}", out.error);
+    }
+    let row = op.wait_status(id, "running").await;
+    assert_eq!(row.desired_state, "running");
+    let paused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM strategy_events WHERE command_id = $1")
+            .bind(pause)
+            .fetch_one(&op.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        paused, 0,
+        "the global pause was applied to a strategy that was stopped when it was given"
+    );
+    engine.finish().await;
+}
