@@ -9,6 +9,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Threads for blocking work (`/proc` reads, opening log files, log rotation). Each
+/// of those calls is short; tokio's default (up to 512) lets a start-all of hundreds
+/// of strategies create a thread per start, and every thread that allocates leaves a
+/// glibc malloc arena behind, resident for the manager's lifetime (BENCHMARKS.md:
+/// "After the restructure").
+const BLOCKING_THREADS: usize = 4;
+
 fn main() -> ExitCode {
     let config = ManagerConfig::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -24,6 +31,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

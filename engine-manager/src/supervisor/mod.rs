@@ -111,6 +111,17 @@ pub struct StrategySupervisor {
     journal: Journal,
 }
 
+/// What woke the supervisor's loop.
+enum Wake {
+    Exited(ExitInfo),
+    Link(ControlLink),
+    Frame(Option<ExecutorMessage>),
+    Command(SupervisorCommand),
+    BackoffOver,
+    /// The once-a-second retry of writes and the reconciler.
+    Second,
+}
+
 /// How long one database write may hold up a supervisor: past it the write is
 /// retried every second, and the supervisor goes on serving its executor.
 const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -166,40 +177,52 @@ impl StrategySupervisor {
 
     async fn run(mut self, initial: Initial) {
         self.publish_live();
-        self.begin(initial).await;
+        Box::pin(self.begin(initial)).await;
         let cancel = self.shared.cancel.clone();
         let mut db_retry = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                exit = wait_exit(&mut self.proc) => {
-                    let event = self.exit_event(exit);
-                    self.feed(event).await;
-                }
-                link = self.link_rx.recv() => {
-                    if let Some(link) = link {
-                        self.accept_link(link).await;
-                    }
-                }
-                frame = next_frame(&mut self.link) => self.on_frame(frame).await,
+                exit = wait_exit(&mut self.proc) => Wake::Exited(exit),
+                Some(link) = self.link_rx.recv() => Wake::Link(link),
+                frame = next_frame(&mut self.link) => Wake::Frame(frame),
                 cmd = self.inbox.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                    Some(cmd) => Wake::Command(cmd),
                     None => break,
                 },
-                _ = sleep_until(self.machine.backoff_until()) => self.feed(Event::BackoffOver).await,
-                _ = db_retry.tick() => {
-                    self.retry_writes().await;
-                    self.feed(Event::Tick).await;
-                }
-            }
+                _ = sleep_until(self.machine.backoff_until()) => Wake::BackoffOver,
+                _ = db_retry.tick() => Wake::Second,
+            };
+            // Boxed: what handling a wake-up awaits (a spawn, a stop, database
+            // writes) is most of this task's size, and it is needed only while
+            // handling; the idle task stays small (BENCHMARKS.md, "After the
+            // restructure": about 10 KiB per strategy otherwise).
+            Box::pin(self.handle(wake)).await;
         }
-        self.feed(Event::Shutdown).await;
+        Box::pin(self.feed(Event::Shutdown)).await;
         self.shared
             .link_routes
             .lock()
             .expect("routes lock")
             .remove(&self.id);
+    }
+
+    async fn handle(&mut self, wake: Wake) {
+        match wake {
+            Wake::Exited(exit) => {
+                let event = self.exit_event(exit);
+                self.feed(event).await;
+            }
+            Wake::Link(link) => self.accept_link(link).await,
+            Wake::Frame(frame) => self.on_frame(frame).await,
+            Wake::Command(cmd) => self.on_command(cmd).await,
+            Wake::BackoffOver => self.feed(Event::BackoffOver).await,
+            Wake::Second => {
+                self.retry_writes().await;
+                self.feed(Event::Tick).await;
+            }
+        }
     }
 
     async fn begin(&mut self, initial: Initial) {
