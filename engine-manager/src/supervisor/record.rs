@@ -123,6 +123,7 @@ impl StrategySupervisor {
         if self.journal.observed_unwritten {
             self.record().await;
         }
+        self.write_broker_state().await;
     }
 
     /// Record a transition everywhere: the row, the status channel, the state hash.
@@ -203,7 +204,7 @@ impl StrategySupervisor {
     }
 
     /// An event that is not a transition (the status stays), e.g. a config change.
-    pub(super) async fn record_event(&mut self, reason: &str, command_id: Uuid) {
+    pub(super) async fn record_event(&mut self, reason: &str, command_id: Option<Uuid>) {
         let status = self.machine.status();
         self.journal.push_event(db::TransitionEvent {
             event_id: Uuid::new_v4(),
@@ -212,7 +213,7 @@ impl StrategySupervisor {
             new_status: status,
             reason: Some(reason.to_string()),
             error: None,
-            command_id: Some(command_id),
+            command_id,
             pid: self.observed.pid,
         });
         self.record().await;
