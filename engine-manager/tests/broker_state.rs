@@ -87,6 +87,48 @@ async fn new_run(engine: &TestEngine, id: Uuid, old: Option<u32>) -> (u32, Subsc
     (pid, metrics)
 }
 
+/// The HTTP API and `enginectl list` show `pnl_total` once the strategy reported it.
+async fn operators_see_pnl_total(engine: &TestEngine, id: Uuid, expected: f64) {
+    let near = |v: &Value| v.as_f64().is_some_and(|x| (x - expected).abs() < 1e-9);
+    let url = format!("{}/api/strategies/crossover", engine.http_base().await);
+    wait_for("the HTTP API to show pnl_total", DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let body: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            near(&body["metrics"]["pnl_total"]).then_some(())
+        }
+    })
+    .await;
+    // `list` reads the newest strategy_metrics row.
+    let pool = engine.pool.clone();
+    wait_for("strategy_metrics to record pnl_total", DEADLINE, || {
+        let pool = pool.clone();
+        async move {
+            let total: Option<f64> = sqlx::query_scalar(
+                "SELECT (metrics->>'pnl_total')::float8 FROM strategy_metrics \
+                 WHERE strategy_id = $1 AND source = 'strategy' ORDER BY \"timestamp\" DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .ok()??;
+            near(&Value::from(total?)).then_some(())
+        }
+    })
+    .await;
+    let output = tokio::process::Command::new(common::workspace_bin("enginectl"))
+        .args(["list", "--json"])
+        .env("DATABASE_URL", &engine.db_url)
+        .env("REDIS_URL", &engine.config.redis_url)
+        .env("ENGINE_REDIS_PREFIX", &engine.prefix)
+        .output()
+        .await
+        .expect("run enginectl");
+    let list: Value = serde_json::from_slice(&output.stdout).expect("list --json prints JSON");
+    let entry = &list[0];
+    assert!(near(&entry["pnl_total"]), "{entry}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_and_pnl_survive_restart_crash_and_manager_restart() {
     let mut engine = TestEngine::started().await;
@@ -143,6 +185,7 @@ async fn positions_and_pnl_survive_restart_crash_and_manager_restart() {
     tick(&engine, &token, 106.0).await;
     let m = metrics_after(&mut metrics, 1).await;
     assert_carried(&m, 8.0, 2.0);
+    operators_see_pnl_total(&engine, id, 8.0).await;
 
     // A crash: the state last reported (no fill since the restart) comes back.
     sigkill(pid);
