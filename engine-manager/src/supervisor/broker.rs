@@ -16,8 +16,8 @@ use serde_json::Value;
 pub struct BrokerState {
     latest: Option<Value>,
     unwritten: bool,
-    /// A failed write was logged (once per outage).
-    failure_logged: bool,
+    /// The last write failed (logged once per outage; the retry takes over).
+    write_failed: bool,
 }
 
 impl BrokerState {
@@ -56,7 +56,11 @@ impl StrategySupervisor {
             return;
         }
         self.broker.reported(state);
-        self.write_broker_state().await;
+        // While the database is away the once-a-second retry writes it: a write
+        // here would hold the executor's frames up for its timeout.
+        if !self.journal.database_away() && !self.broker.write_failed {
+            self.write_broker_state().await;
+        }
         if let Some(why) = discarded {
             tracing::warn!("the executor started with a fresh broker: {why}");
             self.record_event(&why, None).await;
@@ -80,13 +84,13 @@ impl StrategySupervisor {
         };
         match result {
             Ok(()) => {
-                if std::mem::take(&mut self.broker.failure_logged) {
+                if std::mem::take(&mut self.broker.write_failed) {
                     tracing::info!("recorded the broker state again");
                 }
                 self.broker.unwritten = false;
             }
             Err(err) => {
-                if !std::mem::replace(&mut self.broker.failure_logged, true) {
+                if !std::mem::replace(&mut self.broker.write_failed, true) {
                     tracing::warn!(error = %err, "could not record the broker state; retrying every second (the next executor gets the latest report meanwhile)");
                 }
             }

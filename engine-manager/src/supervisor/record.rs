@@ -55,6 +55,12 @@ impl Journal {
         }
     }
 
+    /// A write of the row failed and has not succeeded since: the database is away
+    /// (or not answering), and the once-a-second retry is what tries it again.
+    pub fn database_away(&self) -> bool {
+        self.observed_unwritten || self.desired_unwritten
+    }
+
     /// `desired_state` is durable: release the held outcomes.
     fn desired_written(&mut self) {
         self.desired_unwritten = false;
@@ -123,7 +129,10 @@ impl StrategySupervisor {
         if self.journal.observed_unwritten {
             self.record().await;
         }
-        self.write_broker_state().await;
+        // Not while the row's own writes fail: one timeout a second is enough.
+        if !self.journal.database_away() {
+            self.write_broker_state().await;
+        }
     }
 
     /// Record a transition everywhere: the row, the status channel, the state hash.
