@@ -1,4 +1,4 @@
-//! Executor processes: spawning one (config on stdin, output to its log file, its own
+//! Executor processes: spawning one (config and broker state on stdin, output to its log file, its own
 //! process group), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
@@ -51,6 +51,8 @@ pub struct SpawnSpec<'a> {
     pub name: &'a str,
     pub strategy_type: &'a str,
     pub config: &'a serde_json::Value,
+    /// The broker state the previous executor reported, for this one to restore.
+    pub broker_state: Option<&'a serde_json::Value>,
     pub control_socket: &'a Path,
     pub redis_url: &'a str,
     pub redis_prefix: &'a str,
@@ -130,7 +132,7 @@ pub struct ExecutorProcess {
 impl ExecutorProcess {
     /// Spawn an executor: its own process group (so a terminal's Ctrl-C or the
     /// manager's death never reaches it), stdout and stderr appended to `log_path`,
-    /// the config written on stdin (never in argv). The file system work (the
+    /// the config and the broker state written on stdin (never in argv). The file system work (the
     /// binary's check, the log's directory and file) and the `/proc` read run on the
     /// blocking pool: a start-all of hundreds of strategies must not stall the
     /// async workers.
@@ -148,9 +150,13 @@ impl ExecutorProcess {
             })?;
         let pid = child.id().expect("a just-spawned child has a pid");
         if let Some(mut stdin) = child.stdin.take() {
-            let config = serde_json::to_vec(spec.config).expect("a JSON value serializes");
+            let input = engine_protocol::control::SpawnInput {
+                config: spec.config.clone(),
+                broker_state: spec.broker_state.cloned(),
+            };
+            let input = serde_json::to_vec(&input).expect("a JSON value serializes");
             // If the executor died at once, the write fails; its exit tells why.
-            let _ = stdin.write_all(&config).await;
+            let _ = stdin.write_all(&input).await;
             let _ = stdin.shutdown().await;
         }
         let start_ticks = blocking(move || start_ticks(pid)).await.unwrap_or(0);
@@ -264,6 +270,7 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
         .arg(spec.strategy_type)
         .arg("--config-file")
         .arg("-")
+        .arg("--spawn-envelope")
         .arg("--control-socket")
         .arg(spec.control_socket)
         .arg("--metrics-interval")

@@ -48,21 +48,11 @@ async fn auto_start_at_boot_respects_operator_stops() {
         .await
         .unwrap();
     engine.start_manager().await;
-    let pool = engine.pool.clone();
-    let pid = wait_for("the auto_start strategy to come back", DEADLINE, || {
-        let pool = pool.clone();
-        async move {
-            let (status, pid): (String, Option<i32>) =
-                sqlx::query_as("SELECT status, pid FROM strategy_configs WHERE id = $1")
-                    .bind(auto)
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-            (status == "running" && pid.is_some() && pid != old_pid).then_some(pid.unwrap())
-        }
-    })
-    .await;
-    assert!(process_alive(pid as u32));
+    // The auto_start strategy comes back.
+    let pid = engine
+        .wait_running_with_new_pid(auto, old_pid.map(|p| p as u32))
+        .await;
+    assert!(process_alive(pid));
     let row = engine.wait_status(manual, "stopped").await;
     assert_eq!(row.desired_state, "stopped");
     assert_eq!(row.pid, None);

@@ -650,6 +650,8 @@ async fn duplicate_command_is_acknowledged_again_but_applied_once() {
                 assert!(ok);
                 break;
             }
+            // The broker state it reports once started (not a command's effect).
+            ExecutorMessage::BrokerState { .. } => {}
             other => panic!("unexpected frame {other:?}"),
         }
     }
@@ -668,6 +670,84 @@ async fn duplicate_command_is_acknowledged_again_but_applied_once() {
 
     executor.signal("TERM");
     assert_eq!(executor.exit_code(DEADLINE).await, 0);
+}
+
+/// The next `broker_state` frame: its state and its `discarded` note.
+async fn broker_state(link: &mut Link) -> (Value, Option<String>) {
+    link.expect("a broker_state frame", |f| match f {
+        ExecutorMessage::BrokerState { state, discarded } => {
+            Some((state.clone(), discarded.clone()))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// A heartbeat started as the manager starts it, with `envelope` on stdin, and
+/// ready; its link and its first `broker_state` report.
+async fn spawn_with_envelope(
+    dir: &TestDir,
+    envelope: Value,
+) -> (Executor, Link, (Value, Option<String>)) {
+    let listener = UnixListener::bind(dir.socket()).unwrap();
+    let executor = Spawn::new(dir, "heartbeat", envelope)
+        .arg("--spawn-envelope")
+        .start()
+        .await;
+    let mut link = accept(&listener).await;
+    link.expect_ready(&executor).await;
+    let first = broker_state(&mut link).await;
+    (executor, link, first)
+}
+
+#[tokio::test]
+async fn the_spawn_envelope_restores_the_broker_and_it_is_reported_until_exit() {
+    let dir = TestDir::new();
+    let saved = json!({
+        "strategy_type": "heartbeat",
+        "saved_at": "2026-11-30T10:00:00Z",
+        "broker": {"version": 1, "positions": {"BTC": {"qty": -2.0, "avg_price": 50.0}},
+                   "marks": {"BTC": 45.0}, "realised_pnl": 7.5, "orders_count": 5,
+                   "closed_trades": 2, "winning_trades": 1}
+    });
+    let envelope = json!({"config": {"interval_ms": 1000}, "broker_state": saved});
+    let (mut executor, mut link, (state, discarded)) = spawn_with_envelope(&dir, envelope).await;
+    assert_eq!(discarded, None);
+    assert_eq!(state["strategy_type"], "heartbeat");
+    assert_eq!(state["broker"], saved["broker"], "restored as saved");
+
+    // The last report goes out before the process exits.
+    executor.signal("TERM");
+    let (state, _) = broker_state(&mut link).await;
+    assert_eq!(state["broker"]["orders_count"], 5);
+    assert_eq!(executor.exit_code(DEADLINE).await, 0);
+    assert!(
+        executor.log().contains("broker restored"),
+        "{}",
+        executor.log()
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_broker_state_is_discarded_and_the_strategy_runs_fresh() {
+    let dir = TestDir::new();
+    let envelope =
+        json!({"config": {}, "broker_state": {"strategy_type": "heartbeat", "broker": 42}});
+    let (mut executor, _link, (state, discarded)) = spawn_with_envelope(&dir, envelope).await;
+    let discarded = discarded.expect("the first report says why the saved state was not used");
+    assert!(
+        discarded.starts_with("saved broker state discarded: it is unreadable"),
+        "{discarded}"
+    );
+    assert_eq!(state["broker"]["orders_count"], 0);
+    assert_eq!(state["broker"]["positions"], json!({}));
+    executor.signal("TERM");
+    assert_eq!(executor.exit_code(DEADLINE).await, 0);
+    assert!(
+        executor.log().contains("starting with a fresh broker"),
+        "{}",
+        executor.log()
+    );
 }
 
 #[tokio::test]

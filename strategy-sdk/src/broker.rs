@@ -5,8 +5,12 @@
 //! A strategy reads it through [`crate::Context::broker`] and trades through
 //! [`crate::Context::buy`] and [`crate::Context::sell`]; prices reach it from the
 //! ticks before the strategy sees them.
+//!
+//! What it keeps survives a restart of the executor: [`PaperBroker::snapshot`] is
+//! what the executor reports to the manager, and [`crate::Host::restore_broker`]
+//! gives it back to the next executor before `on_start`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -19,7 +23,7 @@ pub enum Side {
 }
 
 /// An open position: signed quantity (negative = short) at an average entry price.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Position {
     pub qty: f64,
     pub avg_price: f64,
@@ -62,6 +66,88 @@ impl std::error::Error for OrderError {}
 
 const EPSILON: f64 = 1e-12;
 
+/// The version of [`BrokerSnapshot`] this SDK writes and reads.
+pub const BROKER_SNAPSHOT_VERSION: u32 = 1;
+
+/// What survives a restart of the executor: the open positions, the realised PnL and
+/// the counts, and the last price of each open position (so that unrealised PnL is
+/// right before the first tick of the next run). JSON, kept by the manager in
+/// `strategy_configs.broker_state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerSnapshot {
+    pub version: u32,
+    pub positions: BTreeMap<String, Position>,
+    /// The last price of each token with an open position, when one was known.
+    #[serde(default)]
+    pub marks: BTreeMap<String, f64>,
+    pub realised_pnl: f64,
+    pub orders_count: u64,
+    pub closed_trades: u64,
+    pub winning_trades: u64,
+}
+
+/// Why a snapshot cannot be restored (nothing of it is then used).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "broker snapshot version {found} is not supported (this SDK reads version {supported})"
+    )]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("broker snapshot field {field} is {value}; expected a finite number")]
+    NotFinite { field: String, value: f64 },
+    #[error(
+        "broker snapshot position in '{token}' needs a non-zero qty and an avg_price above zero"
+    )]
+    BadPosition { token: String },
+    #[error("broker snapshot mark of '{token}' is {price}; expected a price above zero")]
+    BadMark { token: String, price: f64 },
+    #[error("broker snapshot counts {winning} winning of {closed} closed trades")]
+    BadCounts { winning: u64, closed: u64 },
+}
+
+impl BrokerSnapshot {
+    /// Check that every number can be what a broker holds.
+    pub fn check(&self) -> Result<(), SnapshotError> {
+        if self.version != BROKER_SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion {
+                found: self.version,
+                supported: BROKER_SNAPSHOT_VERSION,
+            });
+        }
+        if !self.realised_pnl.is_finite() {
+            return Err(SnapshotError::NotFinite {
+                field: "realised_pnl".into(),
+                value: self.realised_pnl,
+            });
+        }
+        for (token, pos) in &self.positions {
+            let qty_ok = pos.qty.is_finite() && pos.qty.abs() >= EPSILON;
+            if !(qty_ok && pos.avg_price.is_finite() && pos.avg_price > 0.0) {
+                return Err(SnapshotError::BadPosition {
+                    token: token.clone(),
+                });
+            }
+        }
+        if let Some((token, price)) = self
+            .marks
+            .iter()
+            .find(|(_, p)| !(p.is_finite() && **p > 0.0))
+        {
+            return Err(SnapshotError::BadMark {
+                token: token.clone(),
+                price: *price,
+            });
+        }
+        if self.winning_trades > self.closed_trades {
+            return Err(SnapshotError::BadCounts {
+                winning: self.winning_trades,
+                closed: self.closed_trades,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Positions and PnL of one strategy's paper orders.
 ///
 /// ```
@@ -103,6 +189,13 @@ pub struct PaperBroker {
     orders_count: u64,
     closed_trades: u64,
     winning_trades: u64,
+    /// Prices restored from a snapshot: they value open positions until a tick of
+    /// this run brings a price, and never fill an order.
+    restored_marks: BTreeMap<String, f64>,
+    /// [`PaperBroker::pnl`] when this run began (0, or the restored PnL).
+    pnl_at_start: f64,
+    /// Fills so far in this run: a change means the snapshot changed.
+    fills_this_run: u64,
 }
 
 impl PaperBroker {
@@ -114,7 +207,57 @@ impl PaperBroker {
             orders_count: 0,
             closed_trades: 0,
             winning_trades: 0,
+            restored_marks: BTreeMap::new(),
+            pnl_at_start: 0.0,
+            fills_this_run: 0,
         }
+    }
+
+    /// A broker holding what `snapshot` says, as a new run begins.
+    pub(crate) fn restored(snapshot: BrokerSnapshot) -> Result<Self, SnapshotError> {
+        snapshot.check()?;
+        let mut broker = PaperBroker {
+            positions: snapshot.positions,
+            realised_pnl: snapshot.realised_pnl,
+            orders_count: snapshot.orders_count,
+            closed_trades: snapshot.closed_trades,
+            winning_trades: snapshot.winning_trades,
+            restored_marks: snapshot.marks,
+            ..PaperBroker::new()
+        };
+        broker.pnl_at_start = broker.pnl();
+        Ok(broker)
+    }
+
+    /// What survives a restart (see [`BrokerSnapshot`]).
+    pub fn snapshot(&self) -> BrokerSnapshot {
+        let marks = self
+            .positions
+            .keys()
+            .filter_map(|token| Some((token.clone(), self.mark_of(token)?)))
+            .collect();
+        BrokerSnapshot {
+            version: BROKER_SNAPSHOT_VERSION,
+            positions: self.positions.clone(),
+            marks,
+            realised_pnl: self.realised_pnl,
+            orders_count: self.orders_count,
+            closed_trades: self.closed_trades,
+            winning_trades: self.winning_trades,
+        }
+    }
+
+    /// Orders filled in this run (a change means [`PaperBroker::snapshot`] changed
+    /// more than its marks).
+    pub fn fills_this_run(&self) -> u64 {
+        self.fills_this_run
+    }
+
+    /// The price open positions are valued at: this run's last price, else the one
+    /// restored with the snapshot.
+    fn mark_of(&self, token: &str) -> Option<f64> {
+        self.last_price(token)
+            .or_else(|| self.restored_marks.get(token).copied())
     }
 
     /// Record the latest price of `token` (called for every tick).
@@ -143,6 +286,7 @@ impl PaperBroker {
             token: token.to_string(),
         })?;
         self.orders_count += 1;
+        self.fills_this_run += 1;
         let delta = match side {
             Side::Buy => qty,
             Side::Sell => -qty,
@@ -230,25 +374,34 @@ impl PaperBroker {
         self.orders_count
     }
 
-    /// Profit or loss of the trades closed so far.
+    /// Profit or loss of the trades closed so far (restored ones included).
     pub fn realised_pnl(&self) -> f64 {
         self.realised_pnl
     }
 
-    /// Mark-to-market PnL of the open positions at the last prices.
+    /// Mark-to-market PnL of the open positions at the last prices (a restored
+    /// position is valued at its restored price until this run sees a tick of it).
     pub fn unrealised_pnl(&self) -> f64 {
         self.positions
             .iter()
             .map(|(token, pos)| {
-                let last = self.last_price(token).unwrap_or(pos.avg_price);
+                let last = self.mark_of(token).unwrap_or(pos.avg_price);
                 pos.qty * (last - pos.avg_price)
             })
             .sum()
     }
 
-    /// Realised plus unrealised.
+    /// Realised plus unrealised, since the broker's state was last reset: restored
+    /// positions and realised PnL count, so this carries on across restarts. It is
+    /// reported as `pnl_total`.
     pub fn pnl(&self) -> f64 {
         self.realised_pnl + self.unrealised_pnl()
+    }
+
+    /// What this run made or lost: [`PaperBroker::pnl`] minus its value when the run
+    /// began (equal to it for a broker that was not restored). Reported as `pnl`.
+    pub fn run_pnl(&self) -> f64 {
+        self.pnl() - self.pnl_at_start
     }
 
     /// Fills that reduced, closed or flipped a position.
@@ -556,5 +709,109 @@ mod tests {
         b.submit("BTC", Side::Sell, 1.0).unwrap();
         assert_eq!(b.positions_count(), 0, "{:?}", b.positions());
         assert_eq!(b.position("BTC").qty, 0.0);
+    }
+
+    /// Long 1 BTC at 99 with +1 realised (a short closed at a profit), short 2 ETH.
+    fn traded() -> PaperBroker {
+        let mut b = broker_with(&[("BTC", 100.0), ("ETH", 10.0)]);
+        b.submit("BTC", Side::Sell, 1.0).unwrap();
+        b.mark("BTC", 99.0);
+        b.submit("BTC", Side::Buy, 2.0).unwrap();
+        b.submit("ETH", Side::Sell, 2.0).unwrap();
+        b.mark("BTC", 104.0);
+        b.mark("ETH", 9.0);
+        b
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_json_into_the_same_broker_state() {
+        let before = traded();
+        let json = serde_json::to_value(before.snapshot()).unwrap();
+        let snapshot: BrokerSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(snapshot, before.snapshot());
+        let after = PaperBroker::restored(snapshot).unwrap();
+        assert_eq!(after.positions(), before.positions());
+        assert_close(after.realised_pnl(), 1.0);
+        assert_eq!(after.orders_count(), 3);
+        assert_eq!(after.closed_trades(), 1);
+        assert_close(after.success_rate(), 1.0);
+        // Valued at the restored marks: pnl carries on, this run's pnl starts at 0.
+        assert_close(after.unrealised_pnl(), before.unrealised_pnl());
+        assert_close(after.pnl(), 1.0 + 5.0 + 2.0);
+        assert_close(after.run_pnl(), 0.0);
+        assert_eq!(after.fills_this_run(), 0);
+        assert_eq!(after.snapshot(), before.snapshot(), "nothing lost or added");
+    }
+
+    #[test]
+    fn a_restored_broker_trades_on_from_its_positions_and_counts() {
+        let mut b = PaperBroker::restored(traded().snapshot()).unwrap();
+        // A restored mark values a position but never fills an order.
+        assert_eq!(b.last_price("BTC"), None);
+        assert!(matches!(
+            b.submit("BTC", Side::Sell, 1.0),
+            Err(OrderError::NoPrice { .. })
+        ));
+        b.mark("BTC", 106.0);
+        assert_close(b.pnl(), 1.0 + 7.0 + 2.0);
+        assert_close(b.run_pnl(), 2.0);
+        let fill = b.submit("BTC", Side::Sell, 1.0).unwrap();
+        assert_close(fill.realised_pnl, 7.0);
+        assert_close(b.realised_pnl(), 8.0);
+        assert_eq!(b.orders_count(), 4);
+        assert_eq!(b.closed_trades(), 2);
+        assert_eq!(b.fills_this_run(), 1);
+        assert_close(b.run_pnl(), 2.0);
+        assert!(!b.snapshot().positions.contains_key("BTC"));
+    }
+
+    #[test]
+    fn a_fresh_broker_snapshot_is_empty_and_its_run_pnl_is_its_pnl() {
+        let snapshot = PaperBroker::new().snapshot();
+        assert!(snapshot.positions.is_empty() && snapshot.marks.is_empty());
+        assert_eq!(snapshot.orders_count, 0);
+        let b = traded();
+        assert_close(b.run_pnl(), b.pnl());
+    }
+
+    #[test]
+    fn an_impossible_snapshot_is_refused_with_the_field_at_fault() {
+        let good = traded().snapshot();
+        let mut bad = good.clone();
+        bad.version = 2;
+        let err = PaperBroker::restored(bad).unwrap_err();
+        assert!(matches!(
+            err,
+            SnapshotError::UnsupportedVersion { found: 2, .. }
+        ));
+        let mut bad = good.clone();
+        bad.realised_pnl = f64::NAN;
+        let err = PaperBroker::restored(bad).unwrap_err();
+        assert!(err.to_string().contains("realised_pnl"), "{err}");
+        let mut bad = good.clone();
+        bad.positions.insert(
+            "SOL".into(),
+            Position {
+                qty: 1.0,
+                avg_price: 0.0,
+            },
+        );
+        let err = PaperBroker::restored(bad).unwrap_err();
+        assert!(err.to_string().contains("'SOL'"), "{err}");
+        let mut bad = good.clone();
+        bad.marks.insert("BTC".into(), -1.0);
+        assert!(matches!(
+            PaperBroker::restored(bad),
+            Err(SnapshotError::BadMark { .. })
+        ));
+        let mut bad = good;
+        bad.winning_trades = 5;
+        assert!(matches!(
+            PaperBroker::restored(bad),
+            Err(SnapshotError::BadCounts {
+                winning: 5,
+                closed: 1
+            })
+        ));
     }
 }

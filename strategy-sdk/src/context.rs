@@ -5,7 +5,7 @@
 //! building the metrics report and flattening on stop belong to whoever drives the
 //! strategy: the executor runtime and the test kit do that through [`crate::Host`].
 
-use crate::broker::{Fill, OrderError, PaperBroker, Position, Side};
+use crate::broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
 use serde_json::{Map, Value};
@@ -190,6 +190,12 @@ impl Context {
         self.now = now;
     }
 
+    /// Replace the broker with one restored from `snapshot` (nothing changes on `Err`).
+    pub(crate) fn restore_broker(&mut self, snapshot: BrokerSnapshot) -> Result<(), SnapshotError> {
+        self.broker = PaperBroker::restored(snapshot)?;
+        Ok(())
+    }
+
     pub(crate) fn mark_price(&mut self, token: &str, price: f64) {
         self.broker.mark(token, price);
     }
@@ -210,7 +216,8 @@ impl Context {
     /// The report published on `strategy:metrics:{id}`.
     pub(crate) fn metrics(&self) -> StrategyMetrics {
         StrategyMetrics {
-            pnl: self.broker.pnl(),
+            pnl: self.broker.run_pnl(),
+            pnl_total: Some(self.broker.pnl()),
             positions_count: self.broker.positions_count() as i64,
             orders_count: self.broker.orders_count() as i64,
             success_rate: self.broker.success_rate(),

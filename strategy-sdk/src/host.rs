@@ -8,7 +8,7 @@
 //! strategy only ever sees its `&mut Context`, and tests use
 //! [`crate::testkit::TestHarness`].
 
-use crate::broker::{Fill, OrderError};
+use crate::broker::{BrokerSnapshot, Fill, OrderError, SnapshotError};
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::strategy::{ShutdownReason, Strategy, Tick};
@@ -99,6 +99,19 @@ impl<S: Strategy + ?Sized> Host<S> {
     /// How often the strategy wants [`Host::timer`]; read again after a config update.
     pub fn timer_interval(&self) -> Option<Duration> {
         self.strategy.timer_interval()
+    }
+
+    /// Give the broker the state a previous run of this strategy left (its
+    /// [`crate::PaperBroker::snapshot`]), before `on_start`: the strategy starts with
+    /// those positions, realised PnL and counts. On `Err` (a snapshot that cannot be
+    /// a broker's, or a strategy already started) nothing changes.
+    pub fn restore_broker(&mut self, snapshot: BrokerSnapshot) -> Result<(), RestoreError> {
+        if self.phase != Phase::Created {
+            return Err(RestoreError::AlreadyStarted);
+        }
+        self.ctx
+            .restore_broker(snapshot)
+            .map_err(RestoreError::Snapshot)
     }
 
     /// `on_start`, once: `Created` → `Running`.
@@ -204,6 +217,15 @@ impl<S: Strategy + ?Sized> Host<S> {
     pub fn take_fills(&mut self) -> Vec<Fill> {
         self.ctx.take_fills()
     }
+}
+
+/// Why [`Host::restore_broker`] did not restore.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the broker can only be restored before the strategy starts")]
+    AlreadyStarted,
+    #[error("the saved broker state is not usable")]
+    Snapshot(#[source] SnapshotError),
 }
 
 #[cfg(test)]

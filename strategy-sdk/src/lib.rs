@@ -30,7 +30,7 @@ pub mod registry;
 pub mod strategy;
 pub mod testkit;
 
-pub use broker::{Fill, OrderError, PaperBroker, Position, Side};
+pub use broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
 pub use host::Host;

@@ -41,10 +41,10 @@
 //! assert_eq!(h.fills().len(), 2, "paused: no trading");
 //! ```
 
-use crate::broker::{Fill, Position};
+use crate::broker::{BrokerSnapshot, Fill, Position};
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::host::{Host, Phase};
+use crate::host::{Host, Phase, RestoreError};
 use crate::registry::{Registry, RegistryError};
 use crate::strategy::{ShutdownReason, Strategy, Tick};
 use chrono::{DateTime, Utc};
@@ -121,6 +121,33 @@ impl<S: Strategy + ?Sized> TestHarness<S> {
     }
 
     // ---- events ----
+
+    /// Before [`TestHarness::start`]: begin with the broker state a previous run
+    /// left (its `ctx().broker().snapshot()`), as the engine does after a restart.
+    ///
+    /// ```
+    /// # use strategy_sdk::{Context, Strategy, Tick};
+    /// # use strategy_sdk::testkit::TestHarness;
+    /// # struct BuyOnce;
+    /// # impl Strategy for BuyOnce {
+    /// #     fn on_start(&mut self, ctx: &mut Context) { ctx.subscribe("BTC-USD"); }
+    /// #     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+    /// #         if ctx.position(&tick.token).qty == 0.0 { ctx.buy(&tick.token, 1.0).unwrap(); }
+    /// #     }
+    /// # }
+    /// let mut first = TestHarness::started(BuyOnce);
+    /// first.ticks("BTC-USD", &[100.0, 110.0]);
+    /// let mut second = TestHarness::new(BuyOnce);
+    /// second.restore_broker(first.ctx().broker().snapshot()).unwrap();
+    /// second.start().tick("BTC-USD", 120.0);
+    /// assert_eq!(second.position("BTC-USD").qty, 1.0, "held, not bought again");
+    /// assert_eq!(second.metrics().pnl_total, Some(20.0));
+    /// assert_eq!(second.metrics().pnl, 10.0, "this run's");
+    /// ```
+    pub fn restore_broker(&mut self, snapshot: BrokerSnapshot) -> Result<&mut Self, RestoreError> {
+        self.host.restore_broker(snapshot)?;
+        Ok(self)
+    }
 
     /// Run `on_start` (once).
     pub fn start(&mut self) -> &mut Self {

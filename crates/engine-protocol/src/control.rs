@@ -9,6 +9,7 @@
 
 use crate::messages::{ExecutorCommand, Status};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// The longest frame either side accepts.
@@ -48,6 +49,26 @@ pub enum ExecutorMessage {
     },
     /// The strategy ended itself for good; the executor exits with [`EXIT_HALTED`].
     Halted { reason: String },
+    /// The broker's state (positions, realised PnL, counts) for the next executor of
+    /// this strategy: sent once the strategy started, after fills (at most once a
+    /// metrics interval) and before the process exits. The manager keeps the latest
+    /// in `strategy_configs.broker_state` and hands it back in the [`SpawnInput`].
+    BrokerState {
+        state: Value,
+        /// Why the saved state given at spawn was not used (unreadable, or saved by
+        /// another `strategy_type`): the broker started fresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discarded: Option<String>,
+    },
+}
+
+/// What the manager writes on an executor's stdin (with `--stdin-envelope`): the
+/// config, and the broker state the previous executor reported, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnInput {
+    pub config: Value,
+    #[serde(default)]
+    pub broker_state: Option<Value>,
 }
 
 /// Manager → executor.

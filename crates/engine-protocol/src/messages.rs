@@ -207,9 +207,17 @@ pub struct EngineHealthMessage {
 }
 
 /// The numbers every strategy reports, plus whatever else it adds.
+///
+/// `pnl` is what this executor run made (realised plus the change in unrealised
+/// since it started); `pnl_total` (additive) is realised PnL since the broker's state
+/// was last reset, carried over every restart, plus the unrealised PnL of the open
+/// positions now. `positions_count`, `orders_count` and `success_rate` are the
+/// broker's, carried over too.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StrategyMetrics {
     pub pnl: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pnl_total: Option<f64>,
     pub positions_count: i64,
     pub orders_count: i64,
     pub success_rate: f64,

@@ -188,11 +188,14 @@ pub struct StrategyRow {
     pub started_at: Option<DateTime<Utc>>,
     /// Per-strategy overrides of the restart policy (see `RestartPolicy::with_overrides`).
     pub restart_policy: Option<Value>,
+    /// The broker state the strategy's last executor reported, for the next one.
+    pub broker_state: Option<Value>,
 }
 
 const STRATEGY_COLUMNS: &str =
     "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
-     restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy";
+     restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy, \
+     broker_state";
 
 pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -425,6 +428,17 @@ pub async fn write_desired(
     .bind(operator_stopped)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Keep the broker state an executor reported (latest wins; `updated_at` is left
+/// alone: it says when operators last changed the row).
+pub async fn write_broker_state(pool: &PgPool, id: Uuid, state: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET broker_state = $2 WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -254,6 +254,8 @@ pub async fn command_progress(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec
 pub struct LatestStrategyMetrics {
     pub at: DateTime<Utc>,
     pub pnl: Option<f64>,
+    /// PnL since the broker's state was last reset (absent from older executors).
+    pub pnl_total: Option<f64>,
     pub last_tick_age_ms: Option<f64>,
 }
 
@@ -279,6 +281,7 @@ pub async fn latest_metrics(
         Option<DateTime<Utc>>,
         Option<f64>,
         Option<f64>,
+        Option<f64>,
         Option<DateTime<Utc>>,
         Option<f64>,
         Option<f64>,
@@ -286,7 +289,8 @@ pub async fn latest_metrics(
         Option<f64>,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'last_tick_age_ms')::float8, \
+        "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'pnl_total')::float8, \
+                (s.metrics->>'last_tick_age_ms')::float8, \
                 h.\"timestamp\", h.cpu_percent, h.memory_mb, (h.metrics->>'stale')::boolean, \
                 (h.metrics->>'last_tick_age_ms')::float8 \
          FROM strategy_configs c \
@@ -302,13 +306,14 @@ pub async fn latest_metrics(
     .map_err(|e| query_error(e, "read strategy_metrics"))?;
     let mut strategy = HashMap::new();
     let mut health = HashMap::new();
-    for (id, s_at, pnl, tick, h_at, cpu, mem, stale, h_tick) in rows {
+    for (id, s_at, pnl, pnl_total, tick, h_at, cpu, mem, stale, h_tick) in rows {
         if let Some(at) = s_at {
             strategy.insert(
                 id,
                 LatestStrategyMetrics {
                     at,
                     pnl,
+                    pnl_total,
                     last_tick_age_ms: tick,
                 },
             );

@@ -6,7 +6,8 @@
 //! - uptime: `started_at` of the row (the state hash's `uptime_s` if it is missing);
 //! - CPU, memory, tick age, stale: the state hash, else the newest `source='health'`
 //!   row (only samples of the current run count, and only while a process is up);
-//! - PnL: the newest `source='strategy'` row (kept after a stop: the last run's PnL).
+//! - PnL (this run's) and PnL total (since the broker's state was last reset, across
+//!   restarts): the newest `source='strategy'` row (kept after a stop).
 
 use super::state::{self, StateHash};
 use super::table::{self, Align, Table};
@@ -36,6 +37,7 @@ pub struct StrategyView {
     pub memory_mb: Option<f64>,
     pub restart_count: i32,
     pub pnl: Option<f64>,
+    pub pnl_total: Option<f64>,
     pub last_tick_age_ms: Option<f64>,
     pub stale: bool,
     pub last_error: Option<String>,
@@ -110,6 +112,7 @@ impl StrategyView {
             memory_mb,
             restart_count: record.restart_count,
             pnl: sources.metrics.and_then(|m| m.pnl),
+            pnl_total: sources.metrics.and_then(|m| m.pnl_total),
             last_tick_age_ms,
             stale,
             last_error: record.last_error.clone().filter(|e| !e.is_empty()),
@@ -193,6 +196,7 @@ pub fn list_table(views: &[StrategyView]) -> Table {
         ("MEM", Align::Right),
         ("RESTARTS", Align::Right),
         ("PNL", Align::Right),
+        ("PNL TOTAL", Align::Right),
         ("TICK", Align::Right),
         ("LAST ERROR", Align::Left),
     ]);
@@ -212,6 +216,7 @@ pub fn list_table(views: &[StrategyView]) -> Table {
             table::megabytes(v.memory_mb),
             v.restart_count.to_string(),
             table::money(v.pnl),
+            table::money(v.pnl_total),
             tick_cell(v.last_tick_age_ms, v.stale),
             v.last_error
                 .as_deref()
@@ -274,6 +279,7 @@ mod tests {
         let metrics = LatestStrategyMetrics {
             at: now,
             pnl: Some(12.5),
+            pnl_total: Some(40.0),
             last_tick_age_ms: Some(5.0),
         };
         let v = StrategyView::build(
@@ -289,6 +295,7 @@ mod tests {
         assert_eq!(v.memory_mb, Some(9.25));
         assert_eq!(v.uptime_s, Some(90.0));
         assert_eq!(v.pnl, Some(12.5));
+        assert_eq!(v.pnl_total, Some(40.0));
         assert!(v.stale);
         assert_eq!(v.last_tick_age_ms, Some(61_000.0));
         assert_eq!(v.last_error, None, "an empty error is no error");

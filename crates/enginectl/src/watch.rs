@@ -162,6 +162,9 @@ impl Board {
             if let Some(pnl) = number("pnl") {
                 row.view.pnl = Some(pnl);
             }
+            if let Some(total) = number("pnl_total") {
+                row.view.pnl_total = Some(total);
+            }
             if let Some(age) = number("last_tick_age_ms") {
                 row.view.last_tick_age_ms = Some(age);
             }
@@ -481,6 +484,7 @@ mod tests {
             memory_mb: Some(2.0),
             restart_count: 0,
             pnl: None,
+            pnl_total: None,
             last_tick_age_ms: None,
             stale: false,
             last_error: None,
@@ -512,12 +516,12 @@ mod tests {
         board.apply(
             &channels,
             &channels.metrics(id),
-            &json!({"strategy_id": sid, "metrics": {"pnl": -1.25}}),
+            &json!({"strategy_id": sid, "metrics": {"pnl": -1.25, "pnl_total": 7.5}}),
         );
         let v = board.rows[&id].view.clone();
         assert_eq!(
-            (v.cpu_percent, v.memory_mb, v.pnl),
-            (Some(5.5), Some(12.0), Some(-1.25))
+            (v.cpu_percent, v.memory_mb, v.pnl, v.pnl_total),
+            (Some(5.5), Some(12.0), Some(-1.25), Some(7.5))
         );
         assert!(v.stale);
         // An executor's own status message does not change the manager's status.

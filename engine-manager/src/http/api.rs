@@ -92,10 +92,16 @@ fn tick_age_now(reported_ms: Option<f64>, reported_at: DateTime<Utc>) -> Option<
     reported_ms.map(|ms| ms + since)
 }
 
+/// `pnl_total` of a metrics object (absent from executors older than it).
+fn pnl_total(metrics: &Value) -> Option<f64> {
+    metrics.get("pnl_total").and_then(Value::as_f64)
+}
+
 fn metrics_json(row: &StrategyOverview, memory: Option<&LastMetrics>) -> Value {
     if let Some(m) = memory {
         return json!({
             "pnl": m.pnl,
+            "pnl_total": pnl_total(&m.metrics),
             "positions_count": m.positions_count,
             "orders_count": m.orders_count,
             "success_rate": m.success_rate,
@@ -112,6 +118,7 @@ fn metrics_json(row: &StrategyOverview, memory: Option<&LastMetrics>) -> Value {
     let reported = metrics.get("last_tick_age_ms").and_then(Value::as_f64);
     json!({
         "pnl": row.pnl,
+        "pnl_total": pnl_total(&metrics),
         "positions_count": row.positions_count,
         "orders_count": row.orders_count,
         "success_rate": row.success_rate,

@@ -271,9 +271,20 @@ fn register_strategy_reports(registry: &mut Registry, series: &[Series], heard: 
     per_strategy(
         registry,
         "engine_strategy_pnl",
-        "Profit and loss the strategy last reported",
+        "Profit and loss of the strategy's current executor run, as last reported",
         series,
         |s| heard.metrics(s).and_then(|m| m.pnl),
+    );
+    per_strategy(
+        registry,
+        "engine_strategy_pnl_total",
+        "Profit and loss since the strategy's broker state was last reset, across restarts (pnl_total)",
+        series,
+        |s| {
+            heard
+                .metrics(s)
+                .and_then(|m| m.metrics.get("pnl_total").and_then(|v| v.as_f64()))
+        },
     );
     per_strategy(
         registry,
@@ -290,7 +301,7 @@ fn register_strategy_reports(registry: &mut Registry, series: &[Series], heard: 
     per_strategy(
         registry,
         "engine_strategy_orders",
-        "Orders the strategy last reported (since its executor started)",
+        "Orders the strategy last reported (since its broker state was last reset)",
         series,
         |s| heard.metrics(s).and_then(|m| m.orders_count).map(f64::from),
     );

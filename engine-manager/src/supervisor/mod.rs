@@ -11,8 +11,10 @@
 //!   ask the executor and wait for its ack, update a config).
 //! - `record`: what a transition writes, and the [`record::Journal`] that keeps
 //!   writes through a database outage.
+//! - `broker`: the broker state the executor reports, kept for the next executor.
 //! - [`error`]: the typed failures, rendered to words only where they are written.
 
+mod broker;
 pub mod error;
 pub mod machine;
 mod ops;
@@ -109,6 +111,8 @@ pub struct StrategySupervisor {
     /// The reply channel of the command being applied.
     replying: Option<oneshot::Sender<Outcome>>,
     journal: Journal,
+    /// The broker state the executor last reported, for the next executor.
+    broker: broker::BrokerState,
 }
 
 /// What woke the supervisor's loop.
@@ -166,6 +170,7 @@ impl StrategySupervisor {
             inbox,
             replying: None,
             journal: Journal::default(),
+            broker: broker::BrokerState::from_row(row.broker_state),
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
         let task = format!("supervisor of strategy {}", supervisor.name);
@@ -415,6 +420,9 @@ impl StrategySupervisor {
             }
             Some(ExecutorMessage::Halted { reason }) => {
                 self.observe(Event::Halted { reason }).await
+            }
+            Some(ExecutorMessage::BrokerState { state, discarded }) => {
+                self.keep_broker_state(state, discarded).await
             }
             Some(_) => {}
         }

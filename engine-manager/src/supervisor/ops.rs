@@ -40,6 +40,7 @@ impl StrategySupervisor {
             name: &self.name,
             strategy_type: &self.strategy_type,
             config: &self.config,
+            broker_state: self.broker.latest(),
             control_socket: &control_socket,
             redis_url: &self.shared.config.redis_url,
             redis_prefix: &self.shared.config.redis_prefix,
@@ -88,6 +89,7 @@ impl StrategySupervisor {
                         return Event::Ready { reported: status };
                     }
                     Some(ExecutorMessage::Halted { reason }) => self.observe(Event::Halted { reason }).await,
+                    Some(frame @ ExecutorMessage::BrokerState { .. }) => self.on_frame(Some(frame)).await,
                     Some(_) => {}
                     None => self.link = None,
                 },
@@ -143,11 +145,12 @@ impl StrategySupervisor {
             let next_deadline = if termed { kill_at } else { term_at };
             tokio::select! {
                 exit = wait_exit(&mut self.proc) => return Some(exit),
-                frame = next_frame(&mut self.link) => {
-                    if frame.is_none() {
-                        self.link = None;
-                    }
-                }
+                frame = next_frame(&mut self.link) => match frame {
+                    // Its last report, on its way out: what the next executor gets.
+                    Some(frame @ ExecutorMessage::BrokerState { .. }) => self.on_frame(Some(frame)).await,
+                    Some(_) => {}
+                    None => self.link = None,
+                },
                 link = self.link_rx.recv() => {
                     // A late (re)connection: nothing to tell it but to stop.
                     drop(link);
@@ -290,7 +293,8 @@ impl StrategySupervisor {
         self.config = merged;
         // The history says when the config changed, and a recovered update can tell
         // that a later one has been applied since (`db::superseded_recovered`).
-        self.record_event(db::CONFIG_UPDATED, command_id).await;
+        self.record_event(db::CONFIG_UPDATED, Some(command_id))
+            .await;
         Ok(())
     }
 
@@ -329,6 +333,7 @@ impl StrategySupervisor {
                 self.name = row.name;
                 self.strategy_type = row.strategy_type;
                 self.config = row.config;
+                self.broker.reloaded(row.broker_state);
                 self.apply_restart_policy(row.restart_policy.as_ref());
             }
             Ok(None) => {}

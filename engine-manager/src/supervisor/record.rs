@@ -55,6 +55,12 @@ impl Journal {
         }
     }
 
+    /// A write of the row failed and has not succeeded since: the database is away
+    /// (or not answering), and the once-a-second retry is what tries it again.
+    pub fn database_away(&self) -> bool {
+        self.observed_unwritten || self.desired_unwritten
+    }
+
     /// `desired_state` is durable: release the held outcomes.
     fn desired_written(&mut self) {
         self.desired_unwritten = false;
@@ -122,6 +128,10 @@ impl StrategySupervisor {
         }
         if self.journal.observed_unwritten {
             self.record().await;
+        }
+        // Not while the row's own writes fail: one timeout a second is enough.
+        if !self.journal.database_away() {
+            self.write_broker_state().await;
         }
     }
 
@@ -203,7 +213,7 @@ impl StrategySupervisor {
     }
 
     /// An event that is not a transition (the status stays), e.g. a config change.
-    pub(super) async fn record_event(&mut self, reason: &str, command_id: Uuid) {
+    pub(super) async fn record_event(&mut self, reason: &str, command_id: Option<Uuid>) {
         let status = self.machine.status();
         self.journal.push_event(db::TransitionEvent {
             event_id: Uuid::new_v4(),
@@ -212,7 +222,7 @@ impl StrategySupervisor {
             new_status: status,
             reason: Some(reason.to_string()),
             error: None,
-            command_id: Some(command_id),
+            command_id,
             pid: self.observed.pid,
         });
         self.record().await;

@@ -254,6 +254,26 @@ impl TestEngine {
         pid
     }
 
+    /// Wait until the strategy is `running` under a pid other than `old` (a new
+    /// executor after a restart, a crash or a manager restart); that pid.
+    pub async fn wait_running_with_new_pid(&self, id: Uuid, old: Option<u32>) -> u32 {
+        let pool = self.pool.clone();
+        wait_for("the strategy running under a new pid", DEADLINE, || {
+            let pool = pool.clone();
+            async move {
+                let (status, pid): (String, Option<i32>) =
+                    sqlx::query_as("SELECT status, pid FROM strategy_configs WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                let pid = pid? as u32;
+                (status == "running" && Some(pid) != old).then_some(pid)
+            }
+        })
+        .await
+    }
+
     /// SIGKILL every executor of this engine (by its control socket).
     pub fn kill_executors(&self) {
         kill_all_executors(&self.control_socket());

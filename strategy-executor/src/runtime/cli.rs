@@ -81,6 +81,12 @@ pub struct Cli {
     #[arg(long)]
     pub node: Option<String>,
 
+    /// The --config-file input is the manager's spawn envelope, `{"config": {...},
+    /// "broker_state": ...}`, rather than the bare config: the broker is restored
+    /// from `broker_state` (a previous executor's report) before the strategy starts.
+    #[arg(long, requires = "config_file", conflicts_with = "validate")]
+    pub spawn_envelope: bool,
+
     /// Come up paused: `on_start` runs, then `on_pause`, and the first status is
     /// `paused`. The manager uses it to restart a paused strategy that crashed, so
     /// that it never trades, even for a moment, while operators want it paused.
@@ -133,6 +139,7 @@ pub fn run_cli(cli: Cli, registry: &Registry) -> ExitCode {
         name: cli.name.unwrap_or_else(|| strategy_type.clone()),
         strategy_type,
         config_file: cli.config_file,
+        spawn_envelope: cli.spawn_envelope,
         redis_url: cli.redis_url,
         channels: Channels::new(cli.redis_prefix),
         control_socket: cli.control_socket,

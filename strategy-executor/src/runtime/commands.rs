@@ -189,6 +189,7 @@ impl EventLoop {
         }
         self.host.shutdown(now, reason);
         self.publish_metrics();
+        self.report_broker_state();
         self.set_status(Status::Stopped, cause);
         self.flush().await;
         Exit(0)
@@ -204,6 +205,7 @@ impl EventLoop {
         let _ = writeln!(std::io::stderr(), "halted: {}", one_line(&reason));
         self.host.shutdown(chrono::Utc::now(), ShutdownReason::Stop);
         self.publish_metrics();
+        self.report_broker_state();
         self.status = Status::Error;
         self.publish_status(
             Status::Error,

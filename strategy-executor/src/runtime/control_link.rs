@@ -56,8 +56,8 @@ pub(super) struct ControlLink {
     status: watch::Receiver<Status>,
     outbound: mpsc::Receiver<LinkOutbound>,
     commands: mpsc::Sender<InboundCommand>,
-    /// Acks and `halted` waiting for a connection (state frames are not kept: the
-    /// hello carries the current status).
+    /// Acks, `halted` and the latest broker state waiting for a connection (state
+    /// frames are not kept: the hello carries the current status).
     pending: VecDeque<ExecutorMessage>,
     /// Flushes waiting for `pending` to go out on the next connection.
     flush_waiters: Vec<oneshot::Sender<()>>,
@@ -179,6 +179,18 @@ impl ControlLink {
         match outbound {
             LinkOutbound::Frame(ExecutorMessage::State { .. } | ExecutorMessage::Hello { .. }) => {}
             LinkOutbound::Frame(message) => {
+                // Only the latest broker state matters (an older one's `discarded`
+                // note travels on with it).
+                let message = match message {
+                    ExecutorMessage::BrokerState { state, discarded } => {
+                        let older = self.take_pending_broker_state();
+                        ExecutorMessage::BrokerState {
+                            state,
+                            discarded: discarded.or(older),
+                        }
+                    }
+                    other => other,
+                };
                 if self.pending.len() >= LINK_PENDING_ACKS {
                     self.pending.pop_front();
                 }
@@ -191,6 +203,18 @@ impl ControlLink {
                     self.flush_waiters.push(done);
                 }
             }
+        }
+    }
+
+    /// Remove a held broker state (superseded by a newer one); its `discarded` note.
+    fn take_pending_broker_state(&mut self) -> Option<String> {
+        let at = self
+            .pending
+            .iter()
+            .position(|m| matches!(m, ExecutorMessage::BrokerState { .. }))?;
+        match self.pending.remove(at) {
+            Some(ExecutorMessage::BrokerState { discarded, .. }) => discarded,
+            _ => None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! strategy callback is followed by [`EventLoop::after_callback`]: subscription
 //! changes go to the Redis subscriber, a halt ends the loop.
 
+use super::broker_state::BrokerReports;
 use super::commands::{CommandLog, InboundCommand};
 use super::control_link::LinkHandle;
 use super::redis_publisher::Outgoing;
@@ -65,6 +66,7 @@ pub(super) struct EventLoop {
     pub(super) ticks_received: u64,
     pub(super) last_tick_at: Option<Instant>,
     pub(super) started_at: Instant,
+    pub(super) broker_reports: BrokerReports,
     timer: Option<Interval>,
     timer_period: Option<Duration>,
 }
@@ -81,6 +83,7 @@ impl EventLoop {
             ticks_received: 0,
             last_tick_at: None,
             started_at: Instant::now(),
+            broker_reports: BrokerReports::default(),
             timer: None,
             timer_period: None,
         }
@@ -126,6 +129,7 @@ impl EventLoop {
                 _ = next_timer_tick(&mut self.timer) => self.handle_timer().await,
                 _ = metrics.tick() => {
                     self.publish_metrics();
+                    self.report_broker_state_if_traded();
                     None
                 }
             };
@@ -158,6 +162,8 @@ impl EventLoop {
             self.set_status(Status::Running, Cause::default());
             tracing::info!("strategy running");
         }
+        // What the next executor starts from, from now on (even if nothing trades).
+        self.report_broker_state();
         None
     }
 

@@ -13,7 +13,8 @@
 //!   [`Host`](strategy_sdk::Host) (no locks) and `select!`s over commands, ticks, the
 //!   strategy's timer, the metrics interval and signals (`signals.rs`);
 //!   `commands.rs` is how it applies a command, `report.rs` what it sends out
-//!   (state frames, acks, status and metrics messages).
+//!   (state frames, acks, status and metrics messages), `broker_state.rs` the
+//!   broker's state restored at start and reported for the next executor.
 //! - Background tasks that talk to the loop only through bounded channels:
 //!   - `control_link.rs`: a Unix socket to the manager, reconnected forever,
 //!     carrying `hello`, state changes, acks and `halted` (framed by `LinesCodec`);
@@ -28,6 +29,7 @@
 //! **Architecture invariant:** the config is read from a file or stdin, never from
 //! argv, and is never logged.
 
+mod broker_state;
 pub mod cli;
 mod commands;
 pub mod config;

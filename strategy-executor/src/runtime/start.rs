@@ -2,7 +2,8 @@
 //! event loop on a current-thread tokio runtime, then give the tasks a bounded time
 //! to finish.
 
-use super::config::read_config;
+use super::broker_state::SavedBroker;
+use super::config::{read_config, read_spawn_input};
 use super::control_link::{ControlLink, LinkHandle};
 use super::errors::{print_error, EXIT_FAILURE};
 use super::event_loop::{EventLoop, Identity, Inputs, Outlets};
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub name: String,
     pub strategy_type: String,
     pub config_file: Option<PathBuf>,
+    /// `--config-file` holds a [`control::SpawnInput`], not the bare config.
+    pub spawn_envelope: bool,
     pub redis_url: String,
     pub channels: Channels,
     pub control_socket: Option<PathBuf>,
@@ -69,8 +72,17 @@ pub struct RunOptions {
 /// Run mode: build the strategy, then run the event loop until shutdown or halt.
 pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
     init_tracing();
-    let config = match read_config(options.config_file.as_deref()) {
-        Ok(config) => config,
+    let config_file = options.config_file.as_deref();
+    let input = if options.spawn_envelope {
+        read_spawn_input(config_file)
+    } else {
+        read_config(config_file).map(|config| control::SpawnInput {
+            config,
+            broker_state: None,
+        })
+    };
+    let (config, saved_broker) = match input {
+        Ok(input) => (input.config, input.broker_state),
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
     };
     let strategy = match registry.create(&options.strategy_type, &config) {
@@ -78,6 +90,7 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
     };
     drop(config);
+    let saved_broker = SavedBroker::from_spawn(saved_broker);
     let redis_client = match redis::Client::open(options.redis_url.as_str()) {
         Ok(client) => client,
         Err(err) => {
@@ -100,7 +113,8 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         strategy_id = %options.strategy_id,
         strategy = %options.name,
     );
-    let code = runtime.block_on(run_async(options, strategy, redis_client).instrument(span));
+    let code =
+        runtime.block_on(run_async(options, strategy, saved_broker, redis_client).instrument(span));
     runtime.shutdown_timeout(TASK_SHUTDOWN_TIMEOUT);
     ExitCode::from(code)
 }
@@ -119,6 +133,7 @@ fn init_tracing() {
 async fn run_async(
     options: RunOptions,
     strategy: Box<dyn Strategy>,
+    saved_broker: SavedBroker,
     redis_client: redis::Client,
 ) -> u8 {
     tracing::info!(
@@ -141,6 +156,7 @@ async fn run_async(
     let tracker = TaskTracker::new();
     let (mut event_loop, inputs) = start_tasks(&options, strategy, redis_client, &tracker, &cancel);
     tracker.close();
+    event_loop.restore_broker(saved_broker, &options.strategy_type);
 
     let code = event_loop
         .run(

@@ -140,6 +140,7 @@
     memCell.append(mem.wrap);
     const pnlCell = td();
     pnlCell.append(pnl.wrap);
+    const pnlTotal = td("num pnl-total");
     const pos = td("num positions");
     const orders = td("num orders");
     const restarts = td("num restarts");
@@ -161,7 +162,7 @@
     const outcome = document.createElement("div");
     outcome.className = "outcome";
     actCell.append(outcome);
-    tr.append(nameCell, statusCell, cpuCell, memCell, pnlCell, pos, orders, restarts, tick, errCell, actCell);
+    tr.append(nameCell, statusCell, cpuCell, memCell, pnlCell, pnlTotal, pos, orders, restarts, tick, errCell, actCell);
     const row = {
       id,
       data: null,
@@ -171,7 +172,7 @@
       visible: true, // until the observer says otherwise
       behind: false, // changed while off screen
       tr,
-      els: { name, sub, badge, cpu, mem, pnl, pos, orders, restarts, tick, err, outcome, buttons },
+      els: { name, sub, badge, cpu, mem, pnl, pnlTotal, pos, orders, restarts, tick, err, outcome, buttons },
     };
     byTr.set(tr, row);
     onScreen.observe(tr);
@@ -275,6 +276,10 @@
     setText(e.pnl.val, fmtMoney(pnl));
     setClass(e.pnl.wrap, "neg", pnl !== null && pnl !== undefined && pnl < 0);
     setClass(e.pnl.wrap, "pos", pnl !== null && pnl !== undefined && pnl > 0);
+    const total = m ? m.pnl_total : null;
+    setText(e.pnlTotal, fmtMoney(total));
+    setClass(e.pnlTotal, "neg", total !== null && total !== undefined && total < 0);
+    setClass(e.pnlTotal, "pos", total !== null && total !== undefined && total > 0);
     setText(e.pos, m && m.positions_count !== null && m.positions_count !== undefined ? String(m.positions_count) : "–");
     setText(e.orders, m && m.orders_count !== null && m.orders_count !== undefined ? String(m.orders_count) : "–");
     setText(e.restarts, String(d.restart_count ?? 0));
@@ -510,7 +515,7 @@
     if (!row || !row.data) return loadSnapshotSoon();
     const m = msg.metrics || {};
     row.data.metrics = {
-      pnl: m.pnl, positions_count: m.positions_count, orders_count: m.orders_count,
+      pnl: m.pnl, pnl_total: m.pnl_total ?? null, positions_count: m.positions_count, orders_count: m.orders_count,
       success_rate: m.success_rate, tick_age_ms: m.last_tick_age_ms ?? null, at: msg.timestamp,
     };
     row.metricsSeenAt = Date.now();
