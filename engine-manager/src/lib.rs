@@ -184,6 +184,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;
     let (supervisors, applied) =
         start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;
+    recorder::seed_last_metrics(&shared).await;
     let recorder = recorder::start(shared.clone(), redis_client);
     let health =
         health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;

@@ -255,6 +255,10 @@ pub struct LatestStrategyMetrics {
     pub at: DateTime<Utc>,
     pub pnl: Option<f64>,
     pub last_tick_age_ms: Option<f64>,
+    /// When the last tick arrived (`metrics.last_tick_at`), where the executor says.
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// How often the executor reports (`metrics.metrics_interval_ms`).
+    pub report_every: Option<std::time::Duration>,
 }
 
 /// The newest health sample of a strategy (`source = 'health'`).
@@ -265,6 +269,7 @@ pub struct LatestHealth {
     pub memory_mb: Option<f64>,
     pub stale: Option<bool>,
     pub last_tick_age_ms: Option<f64>,
+    pub last_tick_at: Option<DateTime<Utc>>,
 }
 
 /// The newest metrics and health rows of every strategy (one index probe each).
@@ -284,11 +289,18 @@ pub async fn latest_metrics(
         Option<f64>,
         Option<bool>,
         Option<f64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
     );
+    // `last_tick_at` is parsed here, not cast in SQL: a malformed one from some
+    // executor must not fail the whole read.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'last_tick_age_ms')::float8, \
                 h.\"timestamp\", h.cpu_percent, h.memory_mb, (h.metrics->>'stale')::boolean, \
-                (h.metrics->>'last_tick_age_ms')::float8 \
+                (h.metrics->>'last_tick_age_ms')::float8, \
+                s.metrics->>'last_tick_at', h.metrics->>'last_tick_at', \
+                s.metrics->>'metrics_interval_ms' \
          FROM strategy_configs c \
          LEFT JOIN LATERAL (SELECT \"timestamp\", pnl, metrics FROM strategy_metrics m \
              WHERE m.strategy_id = c.id AND m.source = 'strategy' \
@@ -302,7 +314,8 @@ pub async fn latest_metrics(
     .map_err(|e| query_error(e, "read strategy_metrics"))?;
     let mut strategy = HashMap::new();
     let mut health = HashMap::new();
-    for (id, s_at, pnl, tick, h_at, cpu, mem, stale, h_tick) in rows {
+    let tick_at = |t: Option<String>| t.as_deref().and_then(engine_protocol::parse_timestamp);
+    for (id, s_at, pnl, tick, h_at, cpu, mem, stale, h_tick, s_tick_at, h_tick_at, every) in rows {
         if let Some(at) = s_at {
             strategy.insert(
                 id,
@@ -310,6 +323,11 @@ pub async fn latest_metrics(
                     at,
                     pnl,
                     last_tick_age_ms: tick,
+                    last_tick_at: tick_at(s_tick_at),
+                    report_every: every
+                        .and_then(|ms| ms.trim().parse::<u64>().ok())
+                        .filter(|ms| *ms > 0)
+                        .map(std::time::Duration::from_millis),
                 },
             );
         }
@@ -322,6 +340,7 @@ pub async fn latest_metrics(
                     memory_mb: mem,
                     stale,
                     last_tick_age_ms: h_tick,
+                    last_tick_at: tick_at(h_tick_at),
                 },
             );
         }
