@@ -880,3 +880,57 @@ async fn refusals_are_in_the_operators_words() {
     assert_eq!(rows, 0);
     engine.finish().await;
 }
+
+/// The command ids in `enginectl history NAME --json`.
+async fn history_command_ids(engine: &TestEngine, name: &str) -> Vec<String> {
+    let history = ctl(engine, &["history", name, "--json"]).await.ok().json();
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "command")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_command_is_in_the_history_of_the_strategies_it_concerned() {
+    let engine = TestEngine::started().await;
+    let base = engine.http_base().await;
+    let running = engine.add_heartbeat("hist-running").await;
+    engine.add_heartbeat("hist-stopped").await;
+    engine.run_ok(Some(running), "start", json!({})).await;
+    // A word no global command may have: it fails as a whole, and concerns nobody.
+    let refused = engine.command(None, "start", json!({})).await;
+    assert_eq!(engine.outcome(refused).await.status, "failed");
+    // A global pause pauses the running strategy; the stopped one is untouched.
+    let pause = engine.run_ok(None, "pause", json!({})).await;
+    engine.wait_status(running, "paused").await;
+
+    let (pause, refused) = (pause.to_string(), refused.to_string());
+    let shown = history_command_ids(&engine, "hist-running").await;
+    assert!(shown.contains(&pause), "{shown:?}");
+    assert!(!shown.contains(&refused), "{shown:?}");
+    let shown = history_command_ids(&engine, "hist-stopped").await;
+    assert!(!shown.contains(&pause) && !shown.contains(&refused), "{shown:?}");
+    let table = ctl(&engine, &["history", "hist-running"]).await.ok().stdout;
+    assert!(table.contains("command pause (global)"), "{table}");
+
+    // The API (and the dashboard's history) says the same, and marks it global.
+    let get = |name: &'static str| {
+        let base = base.clone();
+        async move {
+            let url = format!("{base}/api/strategies/{name}");
+            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            body["recent_commands"].as_array().unwrap().clone()
+        }
+    };
+    let commands = get("hist-running").await;
+    let global = commands.iter().find(|c| c["id"] == pause.as_str());
+    assert_eq!(global.map(|c| &c["global"]), Some(&json!(true)), "{commands:?}");
+    assert!(commands.iter().all(|c| c["id"] != refused.as_str()));
+    let commands = get("hist-stopped").await;
+    assert!(commands.iter().all(|c| c["global"] == false), "{commands:?}");
+    engine.run_ok(Some(running), "stop", json!({})).await;
+    engine.finish().await;
+}

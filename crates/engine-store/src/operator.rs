@@ -440,22 +440,27 @@ pub struct EventRecord {
     pub node: String,
 }
 
-/// The newest `limit` commands for `strategy` (its own, and global ones since it
-/// exists) and the newest `limit` events.
+/// The newest `limit` commands for `strategy` and the newest `limit` events.
+///
+/// A global command (strategy_id NULL) is in a strategy's history only where it
+/// concerned that strategy: where `strategy_events` record a transition it caused
+/// for it (a global stop or pause that stopped or paused it). One that did not
+/// apply to it (it was stopped), or that failed as a whole (a word a global command
+/// may not have), is not: it is no part of that strategy's story.
 pub async fn history(
     pool: &PgPool,
     strategy: &StrategyRecord,
     limit: i64,
 ) -> anyhow::Result<(Vec<CommandRecord>, Vec<EventRecord>)> {
-    let commands = sqlx::query_as(
-        "SELECT id, created_at, executed_at, command, parameters, status, error, \
-                strategy_id IS NULL AS global \
-         FROM strategy_commands \
-         WHERE strategy_id = $1 OR (strategy_id IS NULL AND created_at >= $2) \
-         ORDER BY created_at DESC, seq DESC LIMIT $3",
-    )
+    let commands = sqlx::query_as(&format!(
+        "SELECT k.id, k.created_at, k.executed_at, k.command, k.parameters, k.status, k.error, \
+                k.strategy_id IS NULL AS global \
+         FROM strategy_commands k \
+         WHERE {} \
+         ORDER BY k.created_at DESC, k.seq DESC LIMIT $2",
+        crate::api::COMMANDS_OF_STRATEGY
+    ))
     .bind(strategy.id)
-    .bind(strategy.created_at)
     .bind(limit)
     .fetch_all(pool)
     .await

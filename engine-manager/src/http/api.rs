@@ -253,6 +253,7 @@ fn command_json(command: &CommandOverview) -> Value {
         "executed_at": command.executed_at,
         "latency_ms": latency_ms,
         "finished": command.status.is_finished(),
+        "global": command.strategy_id.is_none(),
     })
 }
 

@@ -876,7 +876,7 @@
       logs.refresh.onclick = () => loadLogs(d.name, logs.pre);
       loadLogs(d.name, logs.pre);
       section("history: commands", detailTable(d.recent_commands, [
-        ["created_at", time], ["command"], ["status"], ["error"],
+        ["created_at", time], ["command", (v, c) => c.global ? v + " (global)" : v], ["status"], ["error"],
       ]));
       section("history: events", detailTable(d.recent_events, [
         ["at", time], ["old_status", (v, e) => (v || "") + " → " + e.new_status], ["reason"], ["error"],
