@@ -934,3 +934,40 @@ async fn a_global_command_is_in_the_history_of_the_strategies_it_concerned() {
     engine.run_ok(Some(running), "stop", json!({})).await;
     engine.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_start_warn_when_nothing_is_published_on_the_token() {
+    let engine = TestEngine::started().await;
+    let token = format!("DOGE-{}", Uuid::new_v4().simple());
+    let channel = engine.channels.live_data(&token);
+    let config = json!({"interval_ms": 200, "token": token}).to_string();
+    let args = ["add", "doge", "--type", "heartbeat", "--config", &config];
+    let run = ctl(&engine, &args).await.ok();
+    let warning = format!("warning: 'doge': nothing was published on {channel} in the 2s");
+    assert!(run.stderr.contains(&warning), "{run:?}");
+    assert!(run.stdout.contains("added 'doge'"), "{run:?}");
+    let run = ctl(&engine, &["start", "doge"]).await.ok();
+    assert!(run.stderr.contains(&warning), "a warning, not an error: {run:?}");
+    assert!(run.stdout.contains("doge: start executed (running"), "{run:?}");
+    ctl(&engine, &["stop", "doge"]).await.ok();
+
+    // With a feed on the token: no warning.
+    let mut redis = engine.redis_conn().await;
+    let feed = tokio::spawn(async move {
+        loop {
+            let tick = json!({"token": token_of(&channel), "price": 1.0, "timestamp": chrono::Utc::now()});
+            let _: Result<i64, _> = redis.publish(&channel, tick.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let run = ctl(&engine, &["start", "doge"]).await.ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    feed.abort();
+    ctl(&engine, &["stop", "doge"]).await.ok();
+    // A strategy without a token is not checked.
+    engine.add_heartbeat("no-token").await;
+    let run = ctl(&engine, &["start", "no-token"]).await.ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    ctl(&engine, &["stop", "no-token"]).await.ok();
+    engine.finish().await;
+}
