@@ -88,7 +88,8 @@ impl SupervisorHandle {
     /// The strategy's row was deleted: the supervisor stops an executor that still
     /// runs (the normal graceful stop), forgets the strategy (the live map behind
     /// `/health` and `/metrics`, its latest metrics, its `strategy:state:{id}` hash)
-    /// and ends. Commands still queued for it are dropped: their rows went with it.
+    /// and ends. Commands still queued for it end as not applicable (its own rows
+    /// went with it; a global one is then finished for the other strategies).
     pub fn remove(&self) {
         self.removed.cancel();
     }
@@ -242,6 +243,12 @@ impl StrategySupervisor {
             if let Err(err) = stop.await {
                 tracing::error!(error = %error::render(&err), "could not stop the executor of a deleted strategy");
             }
+        }
+        // Commands still queued: a global one waits for every strategy's outcome,
+        // and this strategy is not there to take it.
+        self.inbox.close();
+        while let Ok(cmd) = self.inbox.try_recv() {
+            let _ = cmd.reply.send(Outcome::NotApplicable);
         }
         self.shared.forget_strategy(self.id);
         self.shared
