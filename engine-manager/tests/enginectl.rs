@@ -912,7 +912,10 @@ async fn a_global_command_is_in_the_history_of_the_strategies_it_concerned() {
     assert!(shown.contains(&pause), "{shown:?}");
     assert!(!shown.contains(&refused), "{shown:?}");
     let shown = history_command_ids(&engine, "hist-stopped").await;
-    assert!(!shown.contains(&pause) && !shown.contains(&refused), "{shown:?}");
+    assert!(
+        !shown.contains(&pause) && !shown.contains(&refused),
+        "{shown:?}"
+    );
     let table = ctl(&engine, &["history", "hist-running"]).await.ok().stdout;
     assert!(table.contains("command pause (global)"), "{table}");
 
@@ -927,10 +930,17 @@ async fn a_global_command_is_in_the_history_of_the_strategies_it_concerned() {
     };
     let commands = get("hist-running").await;
     let global = commands.iter().find(|c| c["id"] == pause.as_str());
-    assert_eq!(global.map(|c| &c["global"]), Some(&json!(true)), "{commands:?}");
+    assert_eq!(
+        global.map(|c| &c["global"]),
+        Some(&json!(true)),
+        "{commands:?}"
+    );
     assert!(commands.iter().all(|c| c["id"] != refused.as_str()));
     let commands = get("hist-stopped").await;
-    assert!(commands.iter().all(|c| c["global"] == false), "{commands:?}");
+    assert!(
+        commands.iter().all(|c| c["global"] == false),
+        "{commands:?}"
+    );
     engine.run_ok(Some(running), "stop", json!({})).await;
     engine.finish().await;
 }
@@ -947,15 +957,22 @@ async fn add_and_start_warn_when_nothing_is_published_on_the_token() {
     assert!(run.stderr.contains(&warning), "{run:?}");
     assert!(run.stdout.contains("added 'doge'"), "{run:?}");
     let run = ctl(&engine, &["start", "doge"]).await.ok();
-    assert!(run.stderr.contains(&warning), "a warning, not an error: {run:?}");
-    assert!(run.stdout.contains("doge: start executed (running"), "{run:?}");
+    assert!(
+        run.stderr.contains(&warning),
+        "a warning, not an error: {run:?}"
+    );
+    assert!(
+        run.stdout.contains("doge: start executed (running"),
+        "{run:?}"
+    );
     ctl(&engine, &["stop", "doge"]).await.ok();
 
     // With a feed on the token: no warning.
     let mut redis = engine.redis_conn().await;
     let feed = tokio::spawn(async move {
         loop {
-            let tick = json!({"token": token_of(&channel), "price": 1.0, "timestamp": chrono::Utc::now()});
+            let tick =
+                json!({"token": token_of(&channel), "price": 1.0, "timestamp": chrono::Utc::now()});
             let _: Result<i64, _> = redis.publish(&channel, tick.to_string()).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
