@@ -133,7 +133,7 @@ impl CommandIntake {
             if listener.is_none() {
                 listener = listen(&self.shared).await;
             }
-            if deletions_checked.elapsed() >= self.shared.config.poll_interval {
+            if !db_down && deletions_checked.elapsed() >= self.shared.config.poll_interval {
                 deletions_checked = tokio::time::Instant::now();
                 self.check_deleted().await;
             }
@@ -329,9 +329,12 @@ impl CommandIntake {
     /// whose rows are gone.
     async fn check_deleted(&mut self) {
         let ids: Vec<Uuid> = self.supervisors.keys().copied().collect();
-        match db::deleted_strategies(&self.shared.pool, &ids).await {
-            Ok(deleted) => self.drop_supervisors(&deleted),
-            Err(err) => tracing::debug!(error = %err, "cannot check for deleted strategies"),
+        // Bounded: a slow database must not hold up the claims.
+        let check = db::deleted_strategies(&self.shared.pool, &ids);
+        match tokio::time::timeout(Duration::from_secs(1), check).await {
+            Ok(Ok(deleted)) => self.drop_supervisors(&deleted),
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot check for deleted strategies"),
+            Err(_) => tracing::debug!("the check for deleted strategies timed out"),
         }
     }
 
