@@ -6,16 +6,20 @@
 //! executors' logs ([`crate::log_rotation`]).
 //!
 //! # The stale rule
-//! A live strategy is stale when, in its current run, it has received at least one
-//! market tick and either
-//! - the executor's latest metrics say its last tick is `--stale-after` old or older
-//!   (`last_tick_age_ms`, measured when the metrics were sent), or
-//! - the executor has sent no metrics for `--stale-after` (and at least two metrics
-//!   intervals): it is hung or cut off from Redis, so it gets no ticks either.
+//! A live strategy is stale when
+//! - its last market tick is `--stale-after` old or older (the age from the time of
+//!   that tick, `last_tick_at` in the executor's metrics, as
+//!   [`engine_protocol::tick_age_ms`] reads it), or
+//! - it subscribes to market data (`subscribed_tokens` in its metrics) and no tick
+//!   has arrived in the `--stale-after` since it started (a token no feed publishes,
+//!   e.g. `DOGE-USD`), or
+//! - it has had a tick, or takes market data, and the executor has sent no metrics
+//!   for `--stale-after` (and at least two metrics intervals): it is hung or cut off
+//!   from Redis, so it gets no ticks either.
 //!
-//! Before its first tick the manager cannot tell a strategy that takes no market
-//! data (a `heartbeat` without `token`) from one whose feed never delivered, so such
-//! a strategy is never stale. `--stale-after 0` turns the check off.
+//! A strategy that subscribes to no market data (a `heartbeat` without `token`) is
+//! never stale, and neither is one whose executor does not report its subscriptions
+//! before its first tick. `--stale-after 0` turns the check off.
 
 use crate::log_rotation::{self, RotationPolicy};
 use crate::recorder::LastMetrics;
@@ -128,8 +132,9 @@ impl HealthSampler {
             let Some(usage) = usage.get(&pid) else {
                 continue;
             };
+            let reported = verdict.reported;
             let msg = self.health_message(*id, entry, pid, usage, verdict, now);
-            self.publish_health(&msg);
+            self.publish_health(&msg, reported);
             // CPU % is a delta: a first sample has none, and is not recorded as one.
             if usage.cpu_percent.is_some() {
                 rows.push(metrics_row(&msg, entry.restart_count));
@@ -202,15 +207,39 @@ impl HealthSampler {
             node: self.shared.node.clone(),
             stale: verdict.stale,
             last_tick_age_ms: verdict.age_ms,
+            last_tick_at: verdict.last_tick_at,
         }
     }
 
-    /// `strategy:health` and the health fields of the strategy's state hash.
-    fn publish_health(&self, msg: &HealthMessage) {
+    /// `strategy:health` and the health fields of the strategy's state hash; nothing
+    /// for a strategy deleted since the sample began (checked under the live lock,
+    /// which [`Shared::forget_strategy`] holds while it deletes the hash).
+    fn publish_health(
+        &self,
+        msg: &HealthMessage,
+        reported: Option<(DateTime<Utc>, Option<Duration>)>,
+    ) {
         let channels = &self.shared.channels;
+        let live = self.shared.live.lock().expect("live lock");
+        if !live.contains_key(&msg.strategy_id) {
+            return;
+        }
+        let (reported_at, report_every) = reported.unzip();
         self.shared.publisher.set_state(
             channels.state_key(msg.strategy_id),
             vec![
+                // What `enginectl` computes the tick's age from when it shows it.
+                (
+                    "tick_reported_at".into(),
+                    reported_at.map(|at| at.to_rfc3339()).unwrap_or_default(),
+                ),
+                (
+                    "metrics_interval_ms".into(),
+                    report_every
+                        .flatten()
+                        .map(|every| every.as_millis().to_string())
+                        .unwrap_or_default(),
+                ),
                 ("cpu_percent".into(), msg.cpu_percent.to_string()),
                 ("memory_mb".into(), msg.memory_mb.to_string()),
                 ("uptime_s".into(), msg.uptime_s.to_string()),
@@ -223,12 +252,19 @@ impl HealthSampler {
                         .unwrap_or_default(),
                 ),
                 (
+                    "last_tick_at".into(),
+                    msg.last_tick_at
+                        .map(|at| at.to_rfc3339())
+                        .unwrap_or_default(),
+                ),
+                (
                     "health_message".into(),
                     serde_json::to_string(msg).unwrap_or_default(),
                 ),
             ],
         );
         self.shared.publisher.publish(channels.health(), msg);
+        drop(live);
     }
 
     /// `engine:health`: the manager's own figures.
@@ -266,6 +302,7 @@ fn metrics_row(msg: &HealthMessage, restart_count: i32) -> MetricsRow {
             "restart_count": restart_count,
             "stale": msg.stale,
             "last_tick_age_ms": msg.last_tick_age_ms,
+            "last_tick_at": msg.last_tick_at,
         }),
     }
 }
@@ -350,10 +387,14 @@ fn round2(x: f64) -> f64 {
 /// What the health message says about a strategy's market data.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TickVerdict {
-    /// Milliseconds since the last tick: as the executor last reported it, plus the
-    /// time since that report once the executor has gone silent. `None` before the
-    /// first tick of the current run.
+    /// Milliseconds since the last tick, now. `None` before the first tick of the
+    /// current run.
     pub age_ms: Option<f64>,
+    /// When the last tick arrived, where the executor says.
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// When the executor reported that, and how often it reports (for readers that
+    /// compute the age themselves: [`engine_protocol::tick_age_ms`]).
+    pub reported: Option<(DateTime<Utc>, Option<Duration>)>,
     pub stale: bool,
 }
 
@@ -368,6 +409,8 @@ pub fn tick_verdict(
 ) -> TickVerdict {
     let nothing = TickVerdict {
         age_ms: None,
+        last_tick_at: None,
+        reported: None,
         stale: false,
     };
     let Some(metrics) = metrics else {
@@ -376,23 +419,24 @@ pub fn tick_verdict(
     if started_at.is_some_and(|started| metrics.received_at < started) {
         return nothing;
     }
-    let Some(reported) = metrics
-        .last_tick_age_ms
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-    else {
-        return nothing;
-    };
-    let since_report = (now - metrics.received_at).num_milliseconds().max(0) as f64;
+    let elapsed_ms = |since: DateTime<Utc>| (now - since).num_milliseconds().max(0) as f64;
     let stale_ms = stale_after.as_secs_f64() * 1000.0;
     let silent_ms = stale_ms.max(2.0 * metrics_interval.as_secs_f64() * 1000.0);
-    let silent = since_report >= silent_ms;
+    let silent = elapsed_ms(metrics.received_at) >= silent_ms;
+    let age_ms = metrics.tick_age_ms(now);
+    let late = match age_ms {
+        Some(age) => age >= stale_ms || silent,
+        // No tick in this run: late only for a strategy that waits for one.
+        None => {
+            metrics.takes_market_data == Some(true)
+                && (silent || started_at.is_some_and(|t| elapsed_ms(t) >= stale_ms))
+        }
+    };
     TickVerdict {
-        age_ms: Some(if silent {
-            reported + since_report
-        } else {
-            reported
-        }),
-        stale: !stale_after.is_zero() && (reported >= stale_ms || silent),
+        age_ms,
+        last_tick_at: metrics.last_tick_at,
+        reported: Some((metrics.reported_at, metrics.report_every)),
+        stale: !stale_after.is_zero() && late,
     }
 }
 
@@ -435,14 +479,19 @@ mod tests {
         }
     }
 
-    fn reported(age_ms: Option<f64>, received_at: DateTime<Utc>) -> LastMetrics {
+    /// Metrics received at `received_at` saying the last tick was at `tick_at`.
+    fn reported(tick_at: Option<DateTime<Utc>>, received_at: DateTime<Utc>) -> LastMetrics {
         LastMetrics {
             received_at,
             pnl: None,
             positions_count: None,
             orders_count: None,
             success_rate: None,
-            last_tick_age_ms: age_ms,
+            last_tick_age_ms: tick_at.map(|t| (received_at - t).num_milliseconds() as f64),
+            last_tick_at: tick_at,
+            reported_at: received_at,
+            report_every: Some(METRICS),
+            takes_market_data: Some(tick_at.is_some()),
             metrics: json!({}),
         }
     }
@@ -458,76 +507,117 @@ mod tests {
         tick_verdict(m, started, now, MINUTE, METRICS)
     }
 
-    #[test]
-    fn no_tick_yet_is_never_stale() {
-        let now = Utc::now();
-        // A heartbeat without a token: metrics arrive, ticks never do.
-        let m = reported(None, now - chrono::Duration::hours(1));
-        let v = verdict(Some(&m), None, now);
-        assert_eq!((v.age_ms, v.stale), (None, false));
-        // No metrics at all yet (just started or adopted).
-        assert!(!verdict(None, None, now).stale);
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
     }
 
     #[test]
-    fn an_old_last_tick_is_stale() {
+    fn no_market_data_is_never_stale() {
         let now = Utc::now();
-        // Fresh metrics, fresh tick: the reported age as it is.
-        let m = reported(Some(120.0), now - chrono::Duration::seconds(3));
+        // A heartbeat without a token: metrics arrive, ticks never do.
+        let m = reported(None, now - secs(1));
+        let v = verdict(Some(&m), Some(now - chrono::Duration::hours(1)), now);
+        assert_eq!((v.age_ms, v.stale), (None, false));
+        // No metrics at all yet (just started or adopted).
+        assert!(!verdict(None, Some(now - chrono::Duration::hours(1)), now).stale);
+        // An older executor that does not say what it subscribes to.
+        let old = LastMetrics {
+            takes_market_data: None,
+            ..m
+        };
+        assert!(!verdict(Some(&old), Some(now - chrono::Duration::hours(1)), now).stale);
+    }
+
+    #[test]
+    fn market_data_that_never_arrives_is_stale_after_stale_after() {
+        let now = Utc::now();
+        let waiting = LastMetrics {
+            takes_market_data: Some(true),
+            ..reported(None, now - secs(1))
+        };
+        let v = verdict(Some(&waiting), Some(now - secs(59)), now);
+        assert_eq!((v.age_ms, v.stale), (None, false), "not yet");
+        let v = verdict(Some(&waiting), Some(now - secs(60)), now);
         assert_eq!(
-            verdict(Some(&m), None, now),
-            TickVerdict {
-                age_ms: Some(120.0),
-                stale: false
-            }
+            (v.age_ms, v.stale),
+            (None, true),
+            "--stale-after since start"
         );
-        // The executor says the last tick is a minute old.
-        let m = reported(Some(60_000.0), now - chrono::Duration::seconds(1));
-        assert_eq!(
-            verdict(Some(&m), None, now),
-            TickVerdict {
-                age_ms: Some(60_000.0),
-                stale: true
-            }
-        );
-        let m = reported(Some(59_999.0), now);
+    }
+
+    #[test]
+    fn the_age_is_what_the_last_report_knew_until_reports_are_overdue() {
+        let now = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        // Reported 3 s ago, its tick 100 ms before: 100 ms. Ticks since the report
+        // are unknown; counting the 3 s would overstate a live feed.
+        let m = reported(Some(now - ms(3100)), now - secs(3));
+        let v = verdict(Some(&m), None, now);
+        assert_eq!((v.age_ms, v.stale), (Some(100.0), false));
+        assert_eq!(v.last_tick_at, m.last_tick_at);
+        // The report says its tick was a minute old: stale.
+        let m = reported(Some(now - secs(61)), now - secs(1));
+        assert_eq!(verdict(Some(&m), None, now).age_ms, Some(60_000.0));
+        assert!(verdict(Some(&m), None, now).stale);
+        let m = reported(Some(now - ms(59_999)), now);
         assert!(!verdict(Some(&m), None, now).stale);
+        // An older executor without `last_tick_at`: its age plus the time since.
+        let old = LastMetrics {
+            last_tick_at: None,
+            last_tick_age_ms: Some(100.0),
+            ..reported(None, now - secs(3))
+        };
+        assert_eq!(verdict(Some(&old), None, now).age_ms, Some(3100.0));
     }
 
     #[test]
     fn a_silent_executor_is_stale() {
         let now = Utc::now();
-        let m = reported(Some(100.0), now - chrono::Duration::seconds(61));
+        let m = reported(
+            Some(now - chrono::Duration::milliseconds(61_100)),
+            now - secs(61),
+        );
         assert_eq!(
             verdict(Some(&m), None, now),
             TickVerdict {
                 age_ms: Some(61_100.0),
+                last_tick_at: m.last_tick_at,
+                reported: Some((m.reported_at, Some(METRICS))),
                 stale: true
             }
         );
         // Silence is judged against at least two metrics intervals.
-        let m = reported(Some(100.0), now - chrono::Duration::seconds(3));
+        let m = reported(
+            Some(now - chrono::Duration::milliseconds(100)),
+            now - secs(3),
+        );
         let v = tick_verdict(Some(&m), None, now, Duration::from_secs(1), METRICS);
-        assert_eq!((v.age_ms, v.stale), (Some(100.0), false));
+        assert!(!v.stale, "{v:?}");
     }
 
     #[test]
     fn metrics_of_an_earlier_run_do_not_count() {
         let now = Utc::now();
-        let m = reported(Some(100.0), now - chrono::Duration::hours(2));
-        let started = now - chrono::Duration::seconds(5);
+        let m = reported(
+            Some(now - chrono::Duration::hours(2)),
+            now - chrono::Duration::hours(2),
+        );
+        let started = now - secs(5);
         assert_eq!(verdict(Some(&m), Some(started), now).age_ms, None);
-        let fresh = reported(Some(100.0), now - chrono::Duration::seconds(1));
+        let fresh = reported(Some(now - secs(2)), now - secs(1));
         assert_eq!(
             verdict(Some(&fresh), Some(started), now).age_ms,
-            Some(100.0)
+            Some(1000.0)
         );
     }
 
     #[test]
     fn zero_turns_the_check_off() {
         let now = Utc::now();
-        let m = reported(Some(1e9), now - chrono::Duration::hours(1));
+        let m = reported(
+            Some(now - chrono::Duration::hours(1)),
+            now - chrono::Duration::hours(1),
+        );
         assert!(!tick_verdict(Some(&m), None, now, Duration::ZERO, METRICS).stale);
     }
 }

@@ -128,9 +128,14 @@ impl CommandIntake {
         let cancel = self.shared.cancel.clone();
         let mut listener = None;
         let mut db_down = false;
+        let mut deletions_checked = tokio::time::Instant::now();
         loop {
             if listener.is_none() {
                 listener = listen(&self.shared).await;
+            }
+            if !db_down && deletions_checked.elapsed() >= self.shared.config.poll_interval {
+                deletions_checked = tokio::time::Instant::now();
+                self.check_deleted().await;
             }
             match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH).await {
                 Ok(rows) => {
@@ -162,11 +167,10 @@ impl CommandIntake {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = poll => {}
-                notified = recv(&mut listener) => {
-                    if notified.is_err() {
-                        listener = None;
-                    }
-                }
+                notified = recv(&mut listener) => match notified {
+                    Ok(deleted) => self.drop_supervisors(&deleted),
+                    Err(_) => listener = None,
+                },
             }
         }
     }
@@ -321,6 +325,30 @@ impl CommandIntake {
         Some(handle)
     }
 
+    /// The safety net under the deletion notification: the supervised strategies
+    /// whose rows are gone.
+    async fn check_deleted(&mut self) {
+        let ids: Vec<Uuid> = self.supervisors.keys().copied().collect();
+        // Bounded: a slow database must not hold up the claims.
+        let check = db::deleted_strategies(&self.shared.pool, &ids);
+        match tokio::time::timeout(Duration::from_secs(1), check).await {
+            Ok(Ok(deleted)) => self.drop_supervisors(&deleted),
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot check for deleted strategies"),
+            Err(_) => tracing::debug!("the check for deleted strategies timed out"),
+        }
+    }
+
+    /// Stop the supervisors of deleted strategies (each stops an executor that still
+    /// runs, and forgets the strategy: see [`SupervisorHandle::remove`]).
+    fn drop_supervisors(&mut self, deleted: &[Uuid]) {
+        for id in deleted {
+            if let Some(handle) = self.supervisors.remove(id) {
+                tracing::info!(strategy_id = %id, "the strategy's row was deleted; dropping its supervisor");
+                handle.remove();
+            }
+        }
+    }
+
     fn finish(&self, id: Uuid, result: Result<(), IntakeError>) {
         if let Err(e) = &result {
             tracing::warn!(command_id = %id, error = %render(e), "command refused");
@@ -352,19 +380,34 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeE
     }
 }
 
+/// The channel of `strategy_configs_deleted` notifications (the payload is the id).
+const DELETED_CHANNEL: &str = "strategy_configs_deleted";
+
 async fn listen(shared: &Shared) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(&shared.pool).await.ok()?;
-    listener.listen("strategy_commands").await.ok()?;
+    listener
+        .listen_all(["strategy_commands", DELETED_CHANNEL])
+        .await
+        .ok()?;
     Some(listener)
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+/// Wait for notifications; the ids of the strategies deleted meanwhile.
+async fn recv(listener: &mut Option<PgListener>) -> Result<Vec<Uuid>, sqlx::Error> {
     match listener {
         Some(l) => {
-            l.recv().await?;
+            let mut deleted = Vec::new();
+            let mut note = |n: sqlx::postgres::PgNotification| {
+                if n.channel() == DELETED_CHANNEL {
+                    deleted.extend(n.payload().parse::<Uuid>().ok());
+                }
+            };
+            note(l.recv().await?);
             // Several inserts may have notified: one claim serves them all.
-            while l.next_buffered().is_some() {}
-            Ok(())
+            while let Some(n) = l.next_buffered() {
+                note(n);
+            }
+            Ok(deleted)
         }
         None => std::future::pending().await,
     }

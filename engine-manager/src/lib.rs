@@ -76,6 +76,23 @@ pub struct Shared {
     pub tracker: Tasks,
 }
 
+impl Shared {
+    /// Forget a deleted strategy: out of the live map (`/health`, `/metrics`, the
+    /// health sampler), its latest metrics, and its `strategy:state:{id}` hash. The
+    /// hash is deleted under the live lock, the lock the health sampler holds while it
+    /// writes health into a hash, so no late sample writes it again.
+    pub fn forget_strategy(&self, id: Uuid) {
+        let mut live = self.live.lock().expect("live lock");
+        live.remove(&id);
+        self.publisher.forget_state(self.channels.state_key(id));
+        drop(live);
+        self.last_metrics
+            .lock()
+            .expect("last_metrics lock")
+            .remove(&id);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error(transparent)]
@@ -184,6 +201,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;
     let (supervisors, applied) =
         start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;
+    recorder::seed_last_metrics(&shared).await;
     let recorder = recorder::start(shared.clone(), redis_client);
     let health =
         health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;

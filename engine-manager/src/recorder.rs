@@ -49,7 +49,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The latest metrics an executor reported, kept in memory for health and APIs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastMetrics {
-    /// When the manager received them.
+    /// When the manager received them (for metrics read back from the database at
+    /// start-up: when they were sent).
     pub received_at: chrono::DateTime<Utc>,
     pub pnl: Option<f64>,
     pub positions_count: Option<i32>,
@@ -57,20 +58,88 @@ pub struct LastMetrics {
     pub success_rate: Option<f64>,
     /// `last_tick_age_ms` as the executor reported it (None before its first tick).
     pub last_tick_age_ms: Option<f64>,
+    /// When the executor received its last tick (`last_tick_at`; None before its
+    /// first tick, or from an executor that does not report it).
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// When the executor sent them (the message's `timestamp`, its own clock).
+    pub reported_at: DateTime<Utc>,
+    /// How often it reports (`metrics_interval_ms`).
+    pub report_every: Option<std::time::Duration>,
+    /// Whether the strategy subscribes to market data (`subscribed_tokens`; None
+    /// from an executor that does not say).
+    pub takes_market_data: Option<bool>,
     /// The whole `metrics` object.
     pub metrics: Value,
 }
 
 impl LastMetrics {
-    pub fn from_row(row: &MetricsRow) -> LastMetrics {
+    /// The latest metrics of `row`, received at `received_at`.
+    pub fn from_row(row: &MetricsRow, received_at: DateTime<Utc>) -> LastMetrics {
+        let mut last = LastMetrics::from_object(row.metrics.clone(), row.timestamp, received_at);
+        last.pnl = row.pnl;
+        last.positions_count = row.positions_count;
+        last.orders_count = row.orders_count;
+        last.success_rate = row.success_rate;
+        last
+    }
+
+    /// The runtime's fields of a `metrics` object (the contract's four are left
+    /// `None` for the caller).
+    fn from_object(
+        metrics: Value,
+        reported_at: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+    ) -> LastMetrics {
         LastMetrics {
-            received_at: Utc::now(),
-            pnl: row.pnl,
-            positions_count: row.positions_count,
-            orders_count: row.orders_count,
-            success_rate: row.success_rate,
-            last_tick_age_ms: row.metrics.get("last_tick_age_ms").and_then(Value::as_f64),
-            metrics: row.metrics.clone(),
+            received_at,
+            reported_at,
+            report_every: engine_protocol::metrics_interval(&metrics),
+            pnl: None,
+            positions_count: None,
+            orders_count: None,
+            success_rate: None,
+            last_tick_age_ms: metrics.get("last_tick_age_ms").and_then(Value::as_f64),
+            last_tick_at: engine_protocol::last_tick_at(&metrics),
+            takes_market_data: engine_protocol::takes_market_data(&metrics),
+            metrics,
+        }
+    }
+
+    /// Milliseconds since the last tick at `now`: from `last_tick_at` when the
+    /// executor reports it ([`engine_protocol::tick_age_ms`]), else (an older
+    /// executor) the age it reported plus the time since the report.
+    pub fn tick_age_ms(&self, now: DateTime<Utc>) -> Option<f64> {
+        match self.last_tick_at {
+            Some(at) => Some(engine_protocol::tick_age_ms(
+                at,
+                self.reported_at,
+                self.report_every,
+                now,
+            )),
+            None => {
+                let since = (now - self.received_at).num_milliseconds().max(0) as f64;
+                self.last_tick_age_ms
+                    .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                    .map(|ms| ms + since)
+            }
+        }
+    }
+}
+
+/// The newest metrics each strategy reported before this manager started (from
+/// `strategy_metrics`): tick age and PnL are known at once after a restart, before
+/// the executors report again.
+pub async fn seed_last_metrics(shared: &Shared) {
+    match db::latest_strategy_metrics(&shared.pool).await {
+        Ok(rows) => {
+            let mut last = shared.last_metrics.lock().expect("last_metrics lock");
+            for row in rows {
+                last.entry(row.strategy_id)
+                    .or_insert_with(|| LastMetrics::from_row(&row, row.timestamp));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the latest metrics; tick ages are unknown until the executors report again");
         }
     }
 }
@@ -382,13 +451,11 @@ fn accept(
     };
     let (pending, metrics) = PendingRow::split(row);
     let last = LastMetrics {
-        received_at: Utc::now(),
         pnl: pending.pnl,
         positions_count: pending.positions_count,
         orders_count: pending.orders_count,
         success_rate: pending.success_rate,
-        last_tick_age_ms: metrics.get("last_tick_age_ms").and_then(Value::as_f64),
-        metrics,
+        ..LastMetrics::from_object(metrics, pending.timestamp, Utc::now())
     };
     shared
         .last_metrics

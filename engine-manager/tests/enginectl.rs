@@ -880,3 +880,111 @@ async fn refusals_are_in_the_operators_words() {
     assert_eq!(rows, 0);
     engine.finish().await;
 }
+
+/// The command ids in `enginectl history NAME --json`.
+async fn history_command_ids(engine: &TestEngine, name: &str) -> Vec<String> {
+    let history = ctl(engine, &["history", name, "--json"]).await.ok().json();
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "command")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_command_is_in_the_history_of_the_strategies_it_concerned() {
+    let engine = TestEngine::started().await;
+    let base = engine.http_base().await;
+    let running = engine.add_heartbeat("hist-running").await;
+    engine.add_heartbeat("hist-stopped").await;
+    engine.run_ok(Some(running), "start", json!({})).await;
+    // A word no global command may have: it fails as a whole, and concerns nobody.
+    let refused = engine.command(None, "start", json!({})).await;
+    assert_eq!(engine.outcome(refused).await.status, "failed");
+    // A global pause pauses the running strategy; the stopped one is untouched.
+    let pause = engine.run_ok(None, "pause", json!({})).await;
+    engine.wait_status(running, "paused").await;
+
+    let (pause, refused) = (pause.to_string(), refused.to_string());
+    let shown = history_command_ids(&engine, "hist-running").await;
+    assert!(shown.contains(&pause), "{shown:?}");
+    assert!(!shown.contains(&refused), "{shown:?}");
+    let shown = history_command_ids(&engine, "hist-stopped").await;
+    assert!(
+        !shown.contains(&pause) && !shown.contains(&refused),
+        "{shown:?}"
+    );
+    let table = ctl(&engine, &["history", "hist-running"]).await.ok().stdout;
+    assert!(table.contains("command pause (global)"), "{table}");
+
+    // The API (and the dashboard's history) says the same, and marks it global.
+    let get = |name: &'static str| {
+        let base = base.clone();
+        async move {
+            let url = format!("{base}/api/strategies/{name}");
+            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            body["recent_commands"].as_array().unwrap().clone()
+        }
+    };
+    let commands = get("hist-running").await;
+    let global = commands.iter().find(|c| c["id"] == pause.as_str());
+    assert_eq!(
+        global.map(|c| &c["global"]),
+        Some(&json!(true)),
+        "{commands:?}"
+    );
+    assert!(commands.iter().all(|c| c["id"] != refused.as_str()));
+    let commands = get("hist-stopped").await;
+    assert!(
+        commands.iter().all(|c| c["global"] == false),
+        "{commands:?}"
+    );
+    engine.run_ok(Some(running), "stop", json!({})).await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_start_warn_when_nothing_is_published_on_the_token() {
+    let engine = TestEngine::started().await;
+    let token = format!("DOGE-{}", Uuid::new_v4().simple());
+    let channel = engine.channels.live_data(&token);
+    let config = json!({"interval_ms": 200, "token": token}).to_string();
+    let args = ["add", "doge", "--type", "heartbeat", "--config", &config];
+    let run = ctl(&engine, &args).await.ok();
+    let warning = format!("warning: 'doge': nothing was published on {channel} in the 2s");
+    assert!(run.stderr.contains(&warning), "{run:?}");
+    assert!(run.stdout.contains("added 'doge'"), "{run:?}");
+    let run = ctl(&engine, &["start", "doge"]).await.ok();
+    assert!(
+        run.stderr.contains(&warning),
+        "a warning, not an error: {run:?}"
+    );
+    assert!(
+        run.stdout.contains("doge: start executed (running"),
+        "{run:?}"
+    );
+    ctl(&engine, &["stop", "doge"]).await.ok();
+
+    // With a feed on the token: no warning.
+    let mut redis = engine.redis_conn().await;
+    let feed = tokio::spawn(async move {
+        loop {
+            let tick =
+                json!({"token": token_of(&channel), "price": 1.0, "timestamp": chrono::Utc::now()});
+            let _: Result<i64, _> = redis.publish(&channel, tick.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let run = ctl(&engine, &["start", "doge"]).await.ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    feed.abort();
+    ctl(&engine, &["stop", "doge"]).await.ok();
+    // A strategy without a token is not checked.
+    engine.add_heartbeat("no-token").await;
+    let run = ctl(&engine, &["start", "no-token"]).await.ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    ctl(&engine, &["stop", "no-token"]).await.ok();
+    engine.finish().await;
+}

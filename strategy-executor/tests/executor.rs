@@ -864,6 +864,9 @@ async fn metrics_and_status_are_published_on_redis() {
         "uptime_s",
         "ticks_received",
         "last_tick_age_ms",
+        "last_tick_at",
+        "metrics_interval_ms",
+        "subscribed_tokens",
         "beats",
     ] {
         assert!(
@@ -894,6 +897,12 @@ async fn metrics_and_status_are_published_on_redis() {
         }
     };
     assert!(message.metrics.extra["last_tick_age_ms"].is_u64());
+    // The time of the last tick, absolute, so its age can be computed when shown.
+    let at = message.metrics.extra["last_tick_at"].as_str().unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+    let age = chrono::Utc::now() - at.with_timezone(&chrono::Utc);
+    assert!(age >= chrono::Duration::zero() && age < chrono::Duration::seconds(30));
+    assert_eq!(message.metrics.extra["subscribed_tokens"], json!(["TEST"]));
 
     // A command over Redis: acknowledged on the link, status on Redis with its id.
     let pause = command(executor.strategy_id, ExecutorCommandKind::Pause);

@@ -191,6 +191,11 @@ pub struct HealthMessage {
     /// before its first tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tick_age_ms: Option<f64>,
+    /// When the last market tick arrived (the executor's `last_tick_at`); absent
+    /// before its first tick. A reader computes the age from it when it shows it
+    /// (additive; see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_at: Option<DateTime<Utc>>,
 }
 
 /// `engine:health`: the manager's own health every health interval.
@@ -223,6 +228,66 @@ pub struct StrategyMetrics {
     pub success_rate: f64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// `last_tick_at` of a metrics object (as on `strategy:metrics:{id}` and in
+/// `strategy_metrics.metrics`): when the executor received its last market tick,
+/// RFC 3339. `None` before the first tick, or from an executor that does not say.
+pub fn last_tick_at(metrics: &Value) -> Option<DateTime<Utc>> {
+    metrics.get("last_tick_at").and_then(parse_time)
+}
+
+fn parse_time(value: &Value) -> Option<DateTime<Utc>> {
+    parse_timestamp(value.as_str()?)
+}
+
+/// An RFC 3339 time, in UTC (`None` if it is not one).
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `metrics_interval_ms` of a metrics object: how often its executor reports.
+pub fn metrics_interval(metrics: &Value) -> Option<std::time::Duration> {
+    metrics
+        .get("metrics_interval_ms")
+        .and_then(Value::as_u64)
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+}
+
+/// The age of the last tick at `now`, in milliseconds, the way every reader shows it.
+///
+/// Ticks that arrived after the executor's last report (sent at `reported_at`) are
+/// unknown to a reader. While reports come on time (within two of its intervals,
+/// `report_every`), the age is what it was at the report (`reported_at -
+/// last_tick_at`): on a 10 Hz feed that is tenths of a second, where counting the
+/// time since the report too would make it swing up to a whole metrics interval.
+/// Once a report is overdue (or the interval is unknown) the feed may have stopped
+/// with the executor, so the age grows with the clock: `now - last_tick_at`. Never
+/// negative (the executor's and the reader's clocks may differ slightly).
+pub fn tick_age_ms(
+    last_tick_at: DateTime<Utc>,
+    reported_at: DateTime<Utc>,
+    report_every: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> f64 {
+    let on_time = report_every.is_some_and(|every| {
+        let every = chrono::Duration::from_std(every * 2).unwrap_or(chrono::Duration::MAX);
+        now - reported_at <= every
+    });
+    let until = if on_time { reported_at } else { now };
+    (until - last_tick_at).num_milliseconds().max(0) as f64
+}
+
+/// `subscribed_tokens` of a metrics object: whether the strategy listens to market
+/// data at all (`None` from an executor that does not say).
+pub fn takes_market_data(metrics: &Value) -> Option<bool> {
+    metrics
+        .get("subscribed_tokens")
+        .and_then(Value::as_array)
+        .map(|tokens| !tokens.is_empty())
 }
 
 /// `strategy:metrics:{strategy_id}`: published by the executor every metrics interval.
@@ -376,5 +441,40 @@ mod tests {
         assert_eq!(v["command"], "update_config");
         assert_eq!(v["config"]["x"], 1);
         assert!(v.get("command_id").is_some());
+    }
+
+    #[test]
+    fn a_tick_age_is_known_at_the_report_and_grows_once_reports_are_overdue() {
+        let now = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        let every = Some(std::time::Duration::from_secs(5));
+        // Reported 4 s ago, its tick 50 ms before that: 50 ms, not 4.05 s.
+        assert_eq!(
+            tick_age_ms(now - ms(4050), now - ms(4000), every, now),
+            50.0
+        );
+        // No report for more than two intervals: counted to now.
+        assert_eq!(
+            tick_age_ms(now - ms(11_050), now - ms(11_000), every, now),
+            11_050.0
+        );
+        // An interval nobody knows: counted to now.
+        assert_eq!(
+            tick_age_ms(now - ms(1050), now - ms(1000), None, now),
+            1050.0
+        );
+        // A tick "in the future" (clocks apart) is 0 ms old.
+        assert_eq!(tick_age_ms(now + ms(5), now, every, now), 0.0);
+        let metrics =
+            serde_json::json!({"metrics_interval_ms": 300, "last_tick_at": "2026-01-01T00:00:00Z"});
+        assert_eq!(
+            metrics_interval(&metrics),
+            Some(std::time::Duration::from_millis(300))
+        );
+        assert!(last_tick_at(&metrics).is_some());
+        assert_eq!(
+            takes_market_data(&serde_json::json!({"subscribed_tokens": []})),
+            Some(false)
+        );
     }
 }

@@ -102,14 +102,20 @@ const COMMAND_SELECT: &str = "SELECT k.id, k.strategy_id, c.name AS strategy, k.
      k.parameters, k.status, k.error, k.created_at, k.executed_at \
      FROM strategy_commands k LEFT JOIN strategy_configs c ON c.id = k.strategy_id";
 
-/// The newest `limit` commands of one strategy.
+/// The commands of strategy `$1`: its own, and the global ones that concerned it
+/// (see [`crate::operator::history`]).
+pub(crate) const COMMANDS_OF_STRATEGY: &str = "(k.strategy_id = $1 OR (k.strategy_id IS NULL \
+     AND EXISTS (SELECT 1 FROM strategy_events e WHERE e.strategy_id = $1 AND e.command_id = k.id)))";
+
+/// The newest `limit` commands of one strategy: its own, and the global ones that
+/// concerned it (`strategy_id` NULL in those).
 pub async fn recent_commands(
     pool: &PgPool,
     strategy_id: Uuid,
     limit: i64,
 ) -> Result<Vec<CommandOverview>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "{COMMAND_SELECT} WHERE k.strategy_id = $1 ORDER BY k.created_at DESC, k.seq DESC LIMIT $2"
+        "{COMMAND_SELECT} WHERE {COMMANDS_OF_STRATEGY} ORDER BY k.created_at DESC, k.seq DESC LIMIT $2"
     ))
     .bind(strategy_id)
     .bind(limit)

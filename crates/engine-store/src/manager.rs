@@ -214,6 +214,63 @@ pub async fn load_strategy(pool: &PgPool, id: Uuid) -> Result<Option<StrategyRow
     .await
 }
 
+/// Which of `ids` have no row in `strategy_configs` any more (deleted while their
+/// supervisor ran): the poll's safety net under the `strategy_configs_deleted`
+/// notification.
+pub async fn deleted_strategies(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT t.id FROM unnest($1::uuid[]) AS t(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM strategy_configs c WHERE c.id = t.id)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// The newest `strategy` metrics row of every strategy that has one (the manager's
+/// latest metrics at start-up, before its executors report again).
+pub async fn latest_strategy_metrics(pool: &PgPool) -> Result<Vec<MetricsRow>, sqlx::Error> {
+    type Row = (
+        Uuid,
+        DateTime<Utc>,
+        Option<f64>,
+        Option<i32>,
+        Option<i32>,
+        Option<f64>,
+        Value,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.id, m.\"timestamp\", m.pnl::float8, m.positions_count, m.orders_count, \
+                m.success_rate, m.metrics \
+         FROM strategy_configs c \
+         JOIN LATERAL (SELECT \"timestamp\", pnl, positions_count, orders_count, success_rate, metrics \
+             FROM strategy_metrics m WHERE m.strategy_id = c.id AND m.source = 'strategy' \
+             ORDER BY \"timestamp\" DESC LIMIT 1) m ON true",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(strategy_id, timestamp, pnl, positions, orders, success, metrics)| MetricsRow {
+                strategy_id,
+                timestamp,
+                source: "strategy",
+                pnl,
+                positions_count: positions,
+                orders_count: orders,
+                success_rate: success,
+                cpu_percent: None,
+                memory_mb: None,
+                metrics,
+            },
+        )
+        .collect())
+}
+
 /// A command row the manager has claimed (now `processing`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CommandRow {

@@ -257,6 +257,10 @@ pub struct LatestStrategyMetrics {
     /// PnL since the broker's state was last reset (absent from older executors).
     pub pnl_total: Option<f64>,
     pub last_tick_age_ms: Option<f64>,
+    /// When the last tick arrived (`metrics.last_tick_at`), where the executor says.
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// How often the executor reports (`metrics.metrics_interval_ms`).
+    pub report_every: Option<std::time::Duration>,
 }
 
 /// The newest health sample of a strategy (`source = 'health'`).
@@ -267,6 +271,7 @@ pub struct LatestHealth {
     pub memory_mb: Option<f64>,
     pub stale: Option<bool>,
     pub last_tick_age_ms: Option<f64>,
+    pub last_tick_at: Option<DateTime<Utc>>,
 }
 
 /// The newest metrics and health rows of every strategy (one index probe each).
@@ -287,12 +292,19 @@ pub async fn latest_metrics(
         Option<f64>,
         Option<bool>,
         Option<f64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
     );
+    // `last_tick_at` is parsed here, not cast in SQL: a malformed one from some
+    // executor must not fail the whole read.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'pnl_total')::float8, \
                 (s.metrics->>'last_tick_age_ms')::float8, \
                 h.\"timestamp\", h.cpu_percent, h.memory_mb, (h.metrics->>'stale')::boolean, \
-                (h.metrics->>'last_tick_age_ms')::float8 \
+                (h.metrics->>'last_tick_age_ms')::float8, \
+                s.metrics->>'last_tick_at', h.metrics->>'last_tick_at', \
+                s.metrics->>'metrics_interval_ms' \
          FROM strategy_configs c \
          LEFT JOIN LATERAL (SELECT \"timestamp\", pnl, metrics FROM strategy_metrics m \
              WHERE m.strategy_id = c.id AND m.source = 'strategy' \
@@ -306,7 +318,23 @@ pub async fn latest_metrics(
     .map_err(|e| query_error(e, "read strategy_metrics"))?;
     let mut strategy = HashMap::new();
     let mut health = HashMap::new();
-    for (id, s_at, pnl, pnl_total, tick, h_at, cpu, mem, stale, h_tick) in rows {
+    let tick_at = |t: Option<String>| t.as_deref().and_then(engine_protocol::parse_timestamp);
+    for (
+        id,
+        s_at,
+        pnl,
+        pnl_total,
+        tick,
+        h_at,
+        cpu,
+        mem,
+        stale,
+        h_tick,
+        s_tick_at,
+        h_tick_at,
+        every,
+    ) in rows
+    {
         if let Some(at) = s_at {
             strategy.insert(
                 id,
@@ -315,6 +343,11 @@ pub async fn latest_metrics(
                     pnl,
                     pnl_total,
                     last_tick_age_ms: tick,
+                    last_tick_at: tick_at(s_tick_at),
+                    report_every: every
+                        .and_then(|ms| ms.trim().parse::<u64>().ok())
+                        .filter(|ms| *ms > 0)
+                        .map(std::time::Duration::from_millis),
                 },
             );
         }
@@ -327,6 +360,7 @@ pub async fn latest_metrics(
                     memory_mb: mem,
                     stale,
                     last_tick_age_ms: h_tick,
+                    last_tick_at: tick_at(h_tick_at),
                 },
             );
         }
@@ -426,22 +460,27 @@ pub struct EventRecord {
     pub node: String,
 }
 
-/// The newest `limit` commands for `strategy` (its own, and global ones since it
-/// exists) and the newest `limit` events.
+/// The newest `limit` commands for `strategy` and the newest `limit` events.
+///
+/// A global command (strategy_id NULL) is in a strategy's history only where it
+/// concerned that strategy: where `strategy_events` record a transition it caused
+/// for it (a global stop or pause that stopped or paused it). One that did not
+/// apply to it (it was stopped), or that failed as a whole (a word a global command
+/// may not have), is not: it is no part of that strategy's story.
 pub async fn history(
     pool: &PgPool,
     strategy: &StrategyRecord,
     limit: i64,
 ) -> anyhow::Result<(Vec<CommandRecord>, Vec<EventRecord>)> {
-    let commands = sqlx::query_as(
-        "SELECT id, created_at, executed_at, command, parameters, status, error, \
-                strategy_id IS NULL AS global \
-         FROM strategy_commands \
-         WHERE strategy_id = $1 OR (strategy_id IS NULL AND created_at >= $2) \
-         ORDER BY created_at DESC, seq DESC LIMIT $3",
-    )
+    let commands = sqlx::query_as(&format!(
+        "SELECT k.id, k.created_at, k.executed_at, k.command, k.parameters, k.status, k.error, \
+                k.strategy_id IS NULL AS global \
+         FROM strategy_commands k \
+         WHERE {} \
+         ORDER BY k.created_at DESC, k.seq DESC LIMIT $2",
+        crate::api::COMMANDS_OF_STRATEGY
+    ))
     .bind(strategy.id)
-    .bind(strategy.created_at)
     .bind(limit)
     .fetch_all(pool)
     .await

@@ -5,7 +5,7 @@
 
 use super::shell::name_arg;
 use super::spinner::Spinner;
-use super::{executor, Finished, Target};
+use super::{executor, feed, Finished, Target};
 use crate::lease_words::DescribeLease;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -153,7 +153,22 @@ pub async fn simple(
         wait: !args.wait.no_wait,
         timeout: args.wait.timeout,
     };
-    issue_and_wait(&pool, verb, orders, plan).await
+    if verb != CommandWord::Start {
+        return issue_and_wait(&pool, verb, orders, plan).await;
+    }
+    // While the starts are carried out: is market data flowing on their tokens?
+    let starting: Vec<(String, Value)> = orders
+        .iter()
+        .filter_map(|o| o.strategy.as_ref())
+        .map(|s| (s.name.clone(), s.config.clone()))
+        .collect();
+    let check = feed::warnings(&target.redis_url, &target.channels, &starting);
+    let (finished, warnings) =
+        futures_util::future::join(issue_and_wait(&pool, verb, orders, plan), check).await;
+    for warning in warnings {
+        eprintln!("{warning}");
+    }
+    finished
 }
 
 /// `stop` and `restart`.
@@ -224,6 +239,20 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
     if args.strategy_type.trim().is_empty() {
         bail!("--type must not be blank; `enginectl types` lists the strategy types");
     }
+    // While the config is checked and inserted: is market data flowing on its token?
+    let adding = [(args.name.clone(), config.clone())];
+    let check = feed::warnings(&target.redis_url, &target.channels, &adding);
+    let (finished, warnings) =
+        futures_util::future::join(add_checked(target, &args, &config), check).await;
+    let finished = finished?;
+    for warning in warnings {
+        eprintln!("{warning}");
+    }
+    Ok(finished)
+}
+
+/// `add` once the arguments are read: check the name and the config, then INSERT.
+async fn add_checked(target: &Target, args: &AddArgs, config: &Value) -> anyhow::Result<Finished> {
     let pool = target.pool().await?;
     let existing = store::strategies(&pool).await?;
     if existing.iter().any(|s| s.name == args.name) {
@@ -234,7 +263,7 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
         );
     }
     if !args.no_validate {
-        let verdict = executor::validate(&target.executor_path, &args.strategy_type, &config)
+        let verdict = executor::validate(&target.executor_path, &args.strategy_type, config)
             .await
             .context("cannot check the config (pass --no-validate to skip the check)")?;
         if let Err(reason) = verdict {
@@ -245,7 +274,7 @@ pub async fn add(target: &Target, args: AddArgs) -> anyhow::Result<Finished> {
         &pool,
         &args.name,
         &args.strategy_type,
-        &config,
+        config,
         args.auto_start,
     )
     .await?;

@@ -1,6 +1,7 @@
-//! `enginectl history NAME`: a strategy's commands (its own and the global ones
-//! since it exists, from `strategy_commands`) and its state transitions (from
-//! `strategy_events`), merged, newest first.
+//! `enginectl history NAME`: a strategy's commands (its own, and the global ones
+//! that concerned it — those `strategy_events` record a transition of it for —
+//! from `strategy_commands`) and its state transitions (from `strategy_events`),
+//! merged, newest first.
 
 use super::table::{self, Align, Table};
 use super::{Finished, Target};

@@ -17,6 +17,7 @@
 pub mod control;
 pub mod doctor;
 pub mod executor;
+pub mod feed;
 pub mod history;
 pub mod lease_words;
 pub mod logs;

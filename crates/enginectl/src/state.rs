@@ -71,6 +71,11 @@ pub fn number(hash: Option<&StateHash>, field: &str) -> Option<f64> {
         .filter(|x: &f64| x.is_finite())
 }
 
+/// A time field of a state hash (RFC 3339; empty or absent → `None`).
+pub fn time(hash: Option<&StateHash>, field: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    engine_protocol::parse_timestamp(hash?.get(field)?)
+}
+
 /// A boolean field of a state hash.
 pub fn flag(hash: Option<&StateHash>, field: &str) -> Option<bool> {
     hash?.get(field)?.trim().parse().ok()

@@ -6,6 +6,8 @@
 //! - uptime: `started_at` of the row (the state hash's `uptime_s` if it is missing);
 //! - CPU, memory, tick age, stale: the state hash, else the newest `source='health'`
 //!   row (only samples of the current run count, and only while a process is up);
+//!   the tick age is computed now from the time of the last tick (`last_tick_at`),
+//!   so it does not freeze between two reports (or after a manager restart);
 //! - PnL (this run's) and PnL total (since the broker's state was last reset, across
 //!   restarts): the newest `source='strategy'` row (kept after a stop).
 
@@ -39,8 +41,41 @@ pub struct StrategyView {
     pub pnl: Option<f64>,
     pub pnl_total: Option<f64>,
     pub last_tick_age_ms: Option<f64>,
+    /// When the last market tick arrived (the age above is computed from it).
+    pub last_tick_at: Option<DateTime<Utc>>,
     pub stale: bool,
     pub last_error: Option<String>,
+    /// What the age is computed from when it is shown.
+    #[serde(skip)]
+    pub tick: TickSeen,
+}
+
+/// What is known of a strategy's last tick, to compute its age when it is shown
+/// ([`engine_protocol::tick_age_ms`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TickSeen {
+    pub at: Option<DateTime<Utc>>,
+    /// When the executor reported `at`, and how often it reports.
+    pub reported_at: Option<DateTime<Utc>>,
+    pub report_every: Option<std::time::Duration>,
+    /// The age a sample measured (from a manager or executor that gives no time).
+    pub measured_age_ms: Option<f64>,
+}
+
+impl TickSeen {
+    /// The age at `now`.
+    pub fn age_ms(&self, now: DateTime<Utc>) -> Option<f64> {
+        let Some(at) = self.at else {
+            return self.measured_age_ms;
+        };
+        let reported_at = self.reported_at.unwrap_or(now);
+        Some(engine_protocol::tick_age_ms(
+            at,
+            reported_at,
+            self.report_every,
+            now,
+        ))
+    }
 }
 
 /// Where a view's numbers come from besides the row.
@@ -85,19 +120,34 @@ impl StrategyView {
             state::number(hash, "cpu_percent").or_else(|| health.and_then(|h| h.cpu_percent));
         let memory_mb =
             state::number(hash, "memory_mb").or_else(|| health.and_then(|h| h.memory_mb));
-        let (last_tick_age_ms, stale) = if hash.is_some() {
-            (
-                state::number(hash, "last_tick_age_ms"),
-                state::flag(hash, "stale").unwrap_or(false),
-            )
-        } else if let Some(h) = health {
-            (h.last_tick_age_ms, h.stale.unwrap_or(false))
+        let this_run_metrics = sources.metrics.filter(|m| alive && this_run(Some(m.at)));
+        let (tick, stale) = if hash.is_some() {
+            let tick = TickSeen {
+                at: state::time(hash, "last_tick_at"),
+                reported_at: state::time(hash, "tick_reported_at"),
+                report_every: state::number(hash, "metrics_interval_ms")
+                    .filter(|ms| *ms > 0.0)
+                    .map(|ms| std::time::Duration::from_millis(ms as u64)),
+                measured_age_ms: state::number(hash, "last_tick_age_ms"),
+            };
+            (tick, state::flag(hash, "stale").unwrap_or(false))
         } else {
-            let tick = sources
-                .metrics
-                .filter(|m| alive && this_run(Some(m.at)))
-                .and_then(|m| m.last_tick_age_ms);
-            (tick, false)
+            // The executor's own report of this run says most; a health row adds
+            // the manager's verdict.
+            let tick = match this_run_metrics {
+                Some(m) => TickSeen {
+                    at: m.last_tick_at,
+                    reported_at: Some(m.at),
+                    report_every: m.report_every,
+                    measured_age_ms: m.last_tick_age_ms,
+                },
+                None => TickSeen {
+                    at: health.and_then(|h| h.last_tick_at),
+                    measured_age_ms: health.and_then(|h| h.last_tick_age_ms),
+                    ..TickSeen::default()
+                },
+            };
+            (tick, health.and_then(|h| h.stale).unwrap_or(false))
         };
         StrategyView {
             id: record.id,
@@ -113,9 +163,11 @@ impl StrategyView {
             restart_count: record.restart_count,
             pnl: sources.metrics.and_then(|m| m.pnl),
             pnl_total: sources.metrics.and_then(|m| m.pnl_total),
-            last_tick_age_ms,
+            last_tick_age_ms: tick.age_ms(now),
+            last_tick_at: tick.at,
             stale,
             last_error: record.last_error.clone().filter(|e| !e.is_empty()),
+            tick,
         }
     }
 }
@@ -274,13 +326,24 @@ mod tests {
                 (now - chrono::Duration::seconds(1)).to_rfc3339(),
             ),
             ("stale".into(), "true".into()),
-            ("last_tick_age_ms".into(), "61000".into()),
+            ("last_tick_age_ms".into(), "59000".into()),
+            (
+                "last_tick_at".into(),
+                (now - chrono::Duration::seconds(61)).to_rfc3339(),
+            ),
+            (
+                "tick_reported_at".into(),
+                (now - chrono::Duration::seconds(1)).to_rfc3339(),
+            ),
+            ("metrics_interval_ms".into(), "5000".into()),
         ]);
         let metrics = LatestStrategyMetrics {
             at: now,
             pnl: Some(12.5),
             pnl_total: Some(40.0),
             last_tick_age_ms: Some(5.0),
+            last_tick_at: None,
+            report_every: None,
         };
         let v = StrategyView::build(
             &r,
@@ -297,9 +360,11 @@ mod tests {
         assert_eq!(v.pnl, Some(12.5));
         assert_eq!(v.pnl_total, Some(40.0));
         assert!(v.stale);
-        assert_eq!(v.last_tick_age_ms, Some(61_000.0));
+        // From the time of the last tick as of its report, not the age the last
+        // health sample measured.
+        assert_eq!(v.last_tick_age_ms, Some(60_000.0));
         assert_eq!(v.last_error, None, "an empty error is no error");
-        assert_eq!(tick_cell(v.last_tick_age_ms, v.stale), "1m01s stale");
+        assert_eq!(tick_cell(v.last_tick_age_ms, v.stale), "1m00s stale");
     }
 
     #[test]
@@ -311,6 +376,7 @@ mod tests {
             memory_mb: Some(8.0),
             stale: Some(true),
             last_tick_age_ms: None,
+            last_tick_at: None,
         };
         let sources = Sources {
             hash: None,

@@ -7,7 +7,7 @@
 
 use super::state;
 use super::table;
-use super::view::{self, StrategyView};
+use super::view::{self, StrategyView, TickSeen};
 use super::{Finished, Target};
 use crate::lease_words::DescribeLease;
 use engine_protocol::Channels;
@@ -57,14 +57,45 @@ impl Row {
         self.view.status.is_up()
     }
 
-    /// The view with its uptime moved on to now. (The tick age stays as it was
-    /// measured: ticks may have arrived since.)
+    /// An executor's `strategy:metrics:{id}` message: PnL, and what the tick's age is
+    /// computed from.
+    fn apply_metrics(&mut self, payload: &Value) {
+        let metrics = payload.get("metrics");
+        let number = |field: &str| metrics.and_then(|m| m.get(field)).and_then(Value::as_f64);
+        if let Some(pnl) = number("pnl") {
+            self.view.pnl = Some(pnl);
+        }
+        if let Some(total) = number("pnl_total") {
+            self.view.pnl_total = Some(total);
+        }
+        if let Some(age) = number("last_tick_age_ms") {
+            self.view.last_tick_age_ms = Some(age);
+        }
+        if let Some(at) = metrics.and_then(engine_protocol::last_tick_at) {
+            self.view.last_tick_at = Some(at);
+            self.view.tick = TickSeen {
+                at: Some(at),
+                reported_at: payload
+                    .get("timestamp")
+                    .and_then(Value::as_str)
+                    .and_then(engine_protocol::parse_timestamp),
+                report_every: metrics.and_then(engine_protocol::metrics_interval),
+                measured_age_ms: self.view.last_tick_age_ms,
+            };
+        }
+    }
+
+    /// The view with its uptime moved on to now, and its tick age computed now from
+    /// the time of the last tick.
     fn current(&self) -> StrategyView {
         let mut view = self.view.clone();
         if self.is_up() {
             view.uptime_s = view
                 .uptime_s
                 .map(|s| s + self.uptime_seen.elapsed().as_secs_f64());
+        }
+        if view.tick.at.is_some() {
+            view.last_tick_age_ms = view.tick.age_ms(chrono::Utc::now());
         }
         view
     }
@@ -135,6 +166,8 @@ impl Board {
                 row.view.cpu_percent = None;
                 row.view.memory_mb = None;
                 row.view.last_tick_age_ms = None;
+                row.view.last_tick_at = None;
+                row.view.tick = Default::default();
                 row.view.stale = false;
             } else if !was_up {
                 row.view.uptime_s = Some(0.0);
@@ -156,18 +189,9 @@ impl Board {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             row.view.last_tick_age_ms = number("last_tick_age_ms");
+            row.view.tick.measured_age_ms = number("last_tick_age_ms");
         } else if rest.starts_with("strategy:metrics:") {
-            let metrics = payload.get("metrics");
-            let number = |field: &str| metrics.and_then(|m| m.get(field)).and_then(Value::as_f64);
-            if let Some(pnl) = number("pnl") {
-                row.view.pnl = Some(pnl);
-            }
-            if let Some(total) = number("pnl_total") {
-                row.view.pnl_total = Some(total);
-            }
-            if let Some(age) = number("last_tick_age_ms") {
-                row.view.last_tick_age_ms = Some(age);
-            }
+            row.apply_metrics(payload);
         }
     }
 
@@ -486,7 +510,9 @@ mod tests {
             pnl: None,
             pnl_total: None,
             last_tick_age_ms: None,
+            last_tick_at: None,
             stale: false,
+            tick: Default::default(),
             last_error: None,
         }
     }

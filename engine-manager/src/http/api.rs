@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use engine_store::api::{self as db, CommandOverview, StrategyOverview};
 use engine_store::commands::{insert_command_row, parse_command};
 use engine_store::CommandWord;
@@ -65,31 +65,28 @@ fn is_secret_key(key: &str) -> bool {
         || key == "key"
 }
 
+/// The latest health sample of a live strategy; `null` for one that is not live (a
+/// stopped strategy has no pid, CPU or memory, whatever its last sample said).
 fn health_json(state: &AppState, sample: Option<&HealthSample>, live: bool) -> Value {
-    let Some(sample) = sample else {
+    let Some(sample) = sample.filter(|_| live) else {
         return Value::Null;
     };
-    let age = (Utc::now() - sample.received_at)
-        .to_std()
-        .unwrap_or_default();
+    let now = Utc::now();
+    let age = (now - sample.received_at).to_std().unwrap_or_default();
     let stale_after =
         (state.shared.config.health_interval * 3).max(std::time::Duration::from_secs(5));
+    let msg = &sample.message;
     json!({
-        "cpu_percent": sample.message.cpu_percent,
-        "memory_mb": sample.message.memory_mb,
-        "uptime_s": sample.message.uptime_s,
-        "pid": sample.message.pid,
-        "stale": sample.message.stale,
-        "last_tick_age_ms": sample.message.last_tick_age_ms,
-        "at": sample.message.timestamp,
-        "fresh": live && age <= stale_after,
+        "cpu_percent": msg.cpu_percent,
+        "memory_mb": msg.memory_mb,
+        "uptime_s": msg.uptime_s,
+        "pid": msg.pid,
+        "stale": msg.stale,
+        "last_tick_age_ms": msg.last_tick_age_ms,
+        "last_tick_at": msg.last_tick_at,
+        "at": msg.timestamp,
+        "fresh": age <= stale_after,
     })
-}
-
-/// Tick age now: what the executor reported, plus the time since it reported it.
-fn tick_age_now(reported_ms: Option<f64>, reported_at: DateTime<Utc>) -> Option<f64> {
-    let since = (Utc::now() - reported_at).num_milliseconds().max(0) as f64;
-    reported_ms.map(|ms| ms + since)
 }
 
 /// `pnl_total` of a metrics object (absent from executors older than it).
@@ -97,35 +94,41 @@ fn pnl_total(metrics: &Value) -> Option<f64> {
     metrics.get("pnl_total").and_then(Value::as_f64)
 }
 
+/// The latest metrics: the manager's own (`live`), else the newest stored row
+/// (`database`, e.g. of a strategy not running now).
 fn metrics_json(row: &StrategyOverview, memory: Option<&LastMetrics>) -> Value {
-    if let Some(m) = memory {
-        return json!({
-            "pnl": m.pnl,
-            "pnl_total": pnl_total(&m.metrics),
-            "positions_count": m.positions_count,
-            "orders_count": m.orders_count,
-            "success_rate": m.success_rate,
-            "tick_age_ms": tick_age_now(m.last_tick_age_ms, m.received_at),
-            "at": m.received_at,
-            "source": "live",
-            "metrics": m.metrics,
-        });
-    }
-    let Some(at) = row.metrics_at else {
-        return Value::Null;
+    let stored;
+    let (m, source) = match (memory, row.metrics_at) {
+        (Some(m), _) => (m, "live"),
+        (None, Some(at)) => {
+            let metrics = engine_store::manager::MetricsRow {
+                strategy_id: row.id,
+                timestamp: at,
+                source: "strategy",
+                pnl: row.pnl,
+                positions_count: row.positions_count,
+                orders_count: row.orders_count,
+                success_rate: row.success_rate,
+                cpu_percent: None,
+                memory_mb: None,
+                metrics: row.metrics.clone().unwrap_or(Value::Null),
+            };
+            stored = LastMetrics::from_row(&metrics, at);
+            (&stored, "database")
+        }
+        (None, None) => return Value::Null,
     };
-    let metrics = row.metrics.clone().unwrap_or(Value::Null);
-    let reported = metrics.get("last_tick_age_ms").and_then(Value::as_f64);
     json!({
-        "pnl": row.pnl,
-        "pnl_total": pnl_total(&metrics),
-        "positions_count": row.positions_count,
-        "orders_count": row.orders_count,
-        "success_rate": row.success_rate,
-        "tick_age_ms": tick_age_now(reported, at),
-        "at": at,
-        "source": "database",
-        "metrics": metrics,
+        "pnl": m.pnl,
+        "pnl_total": pnl_total(&m.metrics),
+        "positions_count": m.positions_count,
+        "orders_count": m.orders_count,
+        "success_rate": m.success_rate,
+        "tick_age_ms": m.tick_age_ms(Utc::now()),
+        "last_tick_at": m.last_tick_at,
+        "at": m.received_at,
+        "source": source,
+        "metrics": m.metrics,
     })
 }
 
@@ -256,6 +259,7 @@ fn command_json(command: &CommandOverview) -> Value {
         "executed_at": command.executed_at,
         "latency_ms": latency_ms,
         "finished": command.status.is_finished(),
+        "global": command.strategy_id.is_none(),
     })
 }
 
@@ -427,13 +431,5 @@ mod tests {
         assert_eq!(shown["exchange"]["access_token"], "***");
         assert_eq!(shown["exchange"]["fast"], 5);
         assert_eq!(shown["list"][0]["key"], "***");
-    }
-
-    #[test]
-    fn tick_age_grows_with_time_since_the_report() {
-        let at = Utc::now() - chrono::Duration::seconds(2);
-        let age = tick_age_now(Some(100.0), at).unwrap();
-        assert!(age >= 2100.0, "{age}");
-        assert_eq!(tick_age_now(None, at), None);
     }
 }

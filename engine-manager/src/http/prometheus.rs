@@ -315,12 +315,11 @@ fn register_strategy_reports(registry: &mut Registry, series: &[Series], heard: 
     per_strategy(
         registry,
         "engine_strategy_tick_age_seconds",
-        "Seconds since the strategy last received a market tick (its report, aged to now)",
+        "Seconds since the strategy last received a market tick (from the time of that tick)",
         series,
         |s| {
             let m = heard.metrics(s).filter(|_| s.status.is_live())?;
-            m.last_tick_age_ms
-                .map(|ms| ms / 1000.0 + heard.age_s(m.received_at))
+            m.tick_age_ms(heard.now).map(|ms| ms / 1000.0)
         },
     );
     per_strategy(

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -81,6 +82,19 @@ pub enum Initial {
 #[derive(Clone)]
 pub struct SupervisorHandle {
     pub tx: mpsc::Sender<SupervisorCommand>,
+    /// Fired when the strategy's row is deleted.
+    removed: CancellationToken,
+}
+
+impl SupervisorHandle {
+    /// The strategy's row was deleted: the supervisor stops an executor that still
+    /// runs (the normal graceful stop), forgets the strategy (the live map behind
+    /// `/health` and `/metrics`, its latest metrics, its `strategy:state:{id}` hash)
+    /// and ends. Commands still queued for it end as not applicable (its own rows
+    /// went with it; a global one is then finished for the other strategies).
+    pub fn remove(&self) {
+        self.removed.cancel();
+    }
 }
 
 /// The state one strategy's supervisor publishes for the health sampler and for
@@ -113,6 +127,8 @@ pub struct StrategySupervisor {
     journal: Journal,
     /// The broker state the executor last reported, for the next executor.
     broker: broker::BrokerState,
+    /// Cancelled when the strategy's row is deleted.
+    removed: CancellationToken,
 }
 
 /// What woke the supervisor's loop.
@@ -171,24 +187,28 @@ impl StrategySupervisor {
             replying: None,
             journal: Journal::default(),
             broker: broker::BrokerState::from_row(row.broker_state),
+            removed: CancellationToken::new(),
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
+        let removed = supervisor.removed.clone();
         let task = format!("supervisor of strategy {}", supervisor.name);
         shared
             .tracker
             .spawn_named(task, supervisor.run(initial).instrument(span));
-        SupervisorHandle { tx }
+        SupervisorHandle { tx, removed }
     }
 
     async fn run(mut self, initial: Initial) {
         self.publish_live();
         Box::pin(self.begin(initial)).await;
         let cancel = self.shared.cancel.clone();
+        let removed = self.removed.clone();
         let mut db_retry = tokio::time::interval(Duration::from_secs(1));
         loop {
             let wake = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = removed.cancelled() => return Box::pin(self.forget()).await,
                 exit = wait_exit(&mut self.proc) => Wake::Exited(exit),
                 Some(link) = self.link_rx.recv() => Wake::Link(link),
                 frame = next_frame(&mut self.link) => Wake::Frame(frame),
@@ -228,6 +248,44 @@ impl StrategySupervisor {
                 self.feed(Event::Tick).await;
             }
         }
+    }
+
+    /// The row is gone (see [`SupervisorHandle::remove`]). Nothing is recorded: there
+    /// is no row to record it in. The delete guard refuses to delete a strategy
+    /// whose status is not `stopped` or `error`, so an executor is rarely still up
+    /// here (one adopted or started just before the delete); it gets the normal
+    /// graceful stop (shutdown message, SIGTERM, SIGKILL), positions left as they
+    /// are, and the manager never leaves an executor running that it cannot show.
+    async fn forget(mut self) {
+        if let Some(pid) = self.proc.as_ref().map(|p| p.pid) {
+            tracing::warn!(
+                pid,
+                "the strategy was deleted while its executor runs; stopping it"
+            );
+            let grace = engine_store::commands::DEFAULT_STOP_TIMEOUT;
+            let stop = self.shutdown_executor(
+                grace,
+                engine_protocol::StopMode::Leave,
+                engine_protocol::ShutdownReason::Stop,
+                Uuid::new_v4(),
+            );
+            if let Err(err) = stop.await {
+                tracing::error!(error = %error::render(&err), "could not stop the executor of a deleted strategy");
+            }
+        }
+        // Commands still queued: a global one waits for every strategy's outcome,
+        // and this strategy is not there to take it.
+        self.inbox.close();
+        while let Ok(cmd) = self.inbox.try_recv() {
+            let _ = cmd.reply.send(Outcome::NotApplicable);
+        }
+        self.shared.forget_strategy(self.id);
+        self.shared
+            .link_routes
+            .lock()
+            .expect("routes lock")
+            .remove(&self.id);
+        tracing::info!("strategy deleted; its supervisor ended");
     }
 
     async fn begin(&mut self, initial: Initial) {

@@ -65,6 +65,10 @@ pub(super) struct EventLoop {
     pub(super) commands_seen: CommandLog,
     pub(super) ticks_received: u64,
     pub(super) last_tick_at: Option<Instant>,
+    /// The same moment on the wall clock, reported as `last_tick_at`.
+    pub(super) last_tick_wall: Option<chrono::DateTime<chrono::Utc>>,
+    /// How often metrics are published (reported with them).
+    pub(super) metrics_period: Duration,
     pub(super) started_at: Instant,
     pub(super) broker_reports: BrokerReports,
     timer: Option<Interval>,
@@ -82,6 +86,8 @@ impl EventLoop {
             commands_seen: CommandLog::default(),
             ticks_received: 0,
             last_tick_at: None,
+            last_tick_wall: None,
+            metrics_period: Duration::ZERO,
             started_at: Instant::now(),
             broker_reports: BrokerReports::default(),
             timer: None,
@@ -101,6 +107,7 @@ impl EventLoop {
             return code;
         }
         let period = metrics_interval.max(MIN_PERIOD);
+        self.metrics_period = period;
         let mut metrics = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         metrics.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut tick_batch = Vec::with_capacity(TICK_BATCH);
@@ -194,6 +201,7 @@ impl EventLoop {
     async fn handle_tick(&mut self, tick: Tick) -> Option<Exit> {
         self.ticks_received += 1;
         self.last_tick_at = Some(Instant::now());
+        self.last_tick_wall = Some(chrono::Utc::now());
         if !self.host.tick(&tick) {
             return None;
         }

@@ -84,7 +84,8 @@ impl EventLoop {
     }
 
     /// The strategy's metrics and the runtime's own: ticks received and dropped, the
-    /// age of the last tick, uptime.
+    /// age and time of the last tick, the reporting interval, the tokens subscribed
+    /// to, uptime.
     pub(super) fn publish_metrics(&self) {
         let mut metrics = self.host.metrics();
         metrics
@@ -101,6 +102,32 @@ impl EventLoop {
                 None => Value::Null,
             },
         );
+        // When the last tick arrived (RFC 3339, UTC): readers compute its age when
+        // they show it, so it does not freeze between two reports.
+        metrics.extra.insert(
+            "last_tick_at".into(),
+            match self.last_tick_wall {
+                Some(at) => Value::from(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                None => Value::Null,
+            },
+        );
+        // How often these reports come: a reader judges from it whether ticks may
+        // have arrived since this one (see `engine_protocol::tick_age_ms`).
+        metrics.extra.insert(
+            "metrics_interval_ms".into(),
+            (self.metrics_period.as_millis() as u64).into(),
+        );
+        // The market data it listens to: with none, no tick is ever expected.
+        let tokens: Vec<Value> = self
+            .host
+            .context()
+            .subscriptions()
+            .iter()
+            .map(|token| Value::from(token.as_str()))
+            .collect();
+        metrics
+            .extra
+            .insert("subscribed_tokens".into(), Value::Array(tokens));
         metrics.extra.insert(
             "uptime_s".into(),
             self.started_at.elapsed().as_secs().into(),

@@ -296,9 +296,22 @@
     applyFilter(row);
   }
 
+  // The tick's age now, from the time of the last tick (`last_tick_at`), the rule
+  // of engine_protocol::tick_age_ms: as of the executor's last report while its
+  // reports come on time (within two intervals), counted to now once they are
+  // overdue. An older executor without `last_tick_at`: its age, aged to now.
   function tickAgeMs(row, now) {
-    const m = row.data && row.data.metrics;
-    if (!m || m.tick_age_ms === null || m.tick_age_ms === undefined || !LIVE.has(row.data.status)) return null;
+    const d = row.data;
+    if (!d || !LIVE.has(d.status)) return null;
+    const m = d.metrics;
+    if (m && m.last_tick_at) {
+      const at = Date.parse(m.last_tick_at);
+      const reported = Date.parse(m.at);
+      const every = m.every_ms ?? (m.metrics && m.metrics.metrics_interval_ms);
+      const onTime = every > 0 && now - reported <= 2 * every;
+      return Math.max(0, (onTime ? reported : now) - at);
+    }
+    if (!m || m.tick_age_ms === null || m.tick_age_ms === undefined) return null;
     return m.tick_age_ms + Math.max(0, now - row.metricsSeenAt);
   }
 
@@ -517,6 +530,7 @@
     row.data.metrics = {
       pnl: m.pnl, pnl_total: m.pnl_total ?? null, positions_count: m.positions_count, orders_count: m.orders_count,
       success_rate: m.success_rate, tick_age_ms: m.last_tick_age_ms ?? null, at: msg.timestamp,
+      last_tick_at: m.last_tick_at ?? null, every_ms: m.metrics_interval_ms ?? null,
     };
     row.metricsSeenAt = Date.now();
     pushPoint(row.hist.pnl, Date.parse(msg.timestamp), m.pnl);
@@ -867,7 +881,7 @@
       logs.refresh.onclick = () => loadLogs(d.name, logs.pre);
       loadLogs(d.name, logs.pre);
       section("history: commands", detailTable(d.recent_commands, [
-        ["created_at", time], ["command"], ["status"], ["error"],
+        ["created_at", time], ["command", (v, c) => c.global ? v + " (global)" : v], ["status"], ["error"],
       ]));
       section("history: events", detailTable(d.recent_events, [
         ["at", time], ["old_status", (v, e) => (v || "") + " → " + e.new_status], ["reason"], ["error"],
