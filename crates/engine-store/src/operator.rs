@@ -274,6 +274,23 @@ pub struct LatestHealth {
     pub last_tick_at: Option<DateTime<Utc>>,
 }
 
+/// One strategy's newest metrics and health rows, as `latest_metrics` reads them.
+type LatestRow = (
+    Uuid,
+    Option<DateTime<Utc>>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<DateTime<Utc>>,
+    Option<f64>,
+    Option<f64>,
+    Option<bool>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// The newest metrics and health rows of every strategy (one index probe each).
 pub async fn latest_metrics(
     pool: &PgPool,
@@ -281,24 +298,9 @@ pub async fn latest_metrics(
     HashMap<Uuid, LatestStrategyMetrics>,
     HashMap<Uuid, LatestHealth>,
 )> {
-    type Row = (
-        Uuid,
-        Option<DateTime<Utc>>,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
-        Option<DateTime<Utc>>,
-        Option<f64>,
-        Option<f64>,
-        Option<bool>,
-        Option<f64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
     // `last_tick_at` is parsed here, not cast in SQL: a malformed one from some
     // executor must not fail the whole read.
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<LatestRow> = sqlx::query_as(
         "SELECT c.id, s.\"timestamp\", s.pnl::float8, (s.metrics->>'pnl_total')::float8, \
                 (s.metrics->>'last_tick_age_ms')::float8, \
                 h.\"timestamp\", h.cpu_percent, h.memory_mb, (h.metrics->>'stale')::boolean, \
@@ -316,6 +318,16 @@ pub async fn latest_metrics(
     .fetch_all(pool)
     .await
     .map_err(|e| query_error(e, "read strategy_metrics"))?;
+    Ok(split_latest(rows))
+}
+
+/// The rows of `latest_metrics` as the newest metrics and health per strategy.
+fn split_latest(
+    rows: Vec<LatestRow>,
+) -> (
+    HashMap<Uuid, LatestStrategyMetrics>,
+    HashMap<Uuid, LatestHealth>,
+) {
     let mut strategy = HashMap::new();
     let mut health = HashMap::new();
     let tick_at = |t: Option<String>| t.as_deref().and_then(engine_protocol::parse_timestamp);
@@ -365,7 +377,7 @@ pub async fn latest_metrics(
             );
         }
     }
-    Ok((strategy, health))
+    (strategy, health)
 }
 
 /// Insert a strategy; a taken name or a refused row gets an error that says so.
