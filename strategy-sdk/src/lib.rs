@@ -7,6 +7,9 @@
 //!   orders, custom metrics, halting itself) — only what a strategy calls.
 //! - [`broker`]: the [`PaperBroker`] that fills orders at the last price and keeps
 //!   positions, PnL, orders count and success rate.
+//! - [`modes`]: the [`RunMode`]s (`live`, `backtest`, `screener`, `alert`), the
+//!   [`Bar`]s a strategy is given outside live trading, and the [`Signal`] an alert
+//!   raises.
 //! - [`config`]: strict parsing of a strategy's JSON config into a typed struct.
 //! - [`registry`]: the [`Registry`] from `strategy_type` names to constructors.
 //! - [`testkit`]: [`testkit::TestHarness`], to test a strategy with plain
@@ -26,6 +29,7 @@ pub mod broker;
 pub mod config;
 pub mod context;
 pub mod host;
+pub mod modes;
 pub mod registry;
 pub mod strategy;
 pub mod testkit;
@@ -34,5 +38,6 @@ pub use broker::{Fill, OrderError, PaperBroker, Position, Side};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
 pub use host::Host;
+pub use modes::{Bar, RunMode, Signal, SignalPriority};
 pub use registry::{Registry, RegistryError, StrategyInfo};
 pub use strategy::{ShutdownReason, Strategy, Tick};
