@@ -10,6 +10,8 @@
 //! - [`modes`]: the [`RunMode`]s (`live`, `backtest`, `screener`, `alert`), the
 //!   [`Bar`]s a strategy is given outside live trading, and the [`Signal`] an alert
 //!   raises.
+//! - [`indicators`]: SMA, EMA, MACD, RSI, relative volume and the distance to the
+//!   52-week high, over plain slices.
 //! - [`config`]: strict parsing of a strategy's JSON config into a typed struct.
 //! - [`registry`]: the [`Registry`] from `strategy_type` names to constructors.
 //! - [`testkit`]: [`testkit::TestHarness`], to test a strategy with plain
@@ -29,9 +31,12 @@ pub mod broker;
 pub mod config;
 pub mod context;
 pub mod host;
+pub mod indicators;
 pub mod modes;
 pub mod registry;
 pub mod strategy;
+#[cfg(test)]
+mod testing;
 pub mod testkit;
 
 pub use broker::{Fill, OrderError, PaperBroker, Position, Side};
