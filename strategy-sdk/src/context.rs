@@ -206,6 +206,10 @@ impl Context {
         self.bar = bar;
     }
 
+    pub(crate) fn set_fee_bps(&mut self, fee_bps: f64) {
+        self.broker.set_fee_bps(fee_bps);
+    }
+
     pub(crate) fn mark_price(&mut self, token: &str, price: f64) {
         self.broker.mark(token, price);
     }

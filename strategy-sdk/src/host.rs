@@ -154,6 +154,11 @@ impl<S: Strategy + ?Sized> Host<S> {
         self.strategy.signal(&self.ctx, history)
     }
 
+    /// Charge `fee_bps` on every later fill (backtests).
+    pub(crate) fn set_fee_bps(&mut self, fee_bps: f64) {
+        self.ctx.set_fee_bps(fee_bps);
+    }
+
     /// `on_timer`, if running.
     pub fn timer(&mut self, now: DateTime<Utc>) -> bool {
         if self.phase != Phase::Running {

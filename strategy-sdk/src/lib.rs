@@ -12,6 +12,8 @@
 //!   raises.
 //! - [`indicators`]: SMA, EMA, MACD, RSI, relative volume and the distance to the
 //!   52-week high, over plain slices.
+//! - [`backtest`]: replaying bars through a strategy and the paper broker, with the
+//!   performance metrics of a run.
 //! - [`config`]: strict parsing of a strategy's JSON config into a typed struct.
 //! - [`registry`]: the [`Registry`] from `strategy_type` names to constructors.
 //! - [`testkit`]: [`testkit::TestHarness`], to test a strategy with plain
@@ -27,6 +29,7 @@
 //! **Architecture invariant:** the SDK does no I/O; strategies are synchronous and
 //! act only through [`Context`].
 
+pub mod backtest;
 pub mod broker;
 pub mod config;
 pub mod context;

@@ -5,7 +5,7 @@
 //! Every mode drives the same [`crate::Strategy`]; only the source of time and
 //! prices changes:
 //! - `live`: ticks from Redis, the wall clock.
-//! - `backtest`: bars replayed in time order by `backtest`, one tick per bar
+//! - `backtest`: bars replayed in time order by [`crate::backtest`], one tick per bar
 //!   at its close, [`crate::Context::now`] the bar's time, orders filled at the close
 //!   by the same paper broker.
 //! - `screener`: [`crate::Strategy::score`] on each symbol's bar history.
