@@ -10,22 +10,25 @@ pub mod heartbeat;
 pub mod mean_reversion;
 pub mod sma_crossover;
 
-use strategy_sdk::{ConfigError, Context, Registry};
+use strategy_sdk::{ConfigError, Context, Registry, RunMode};
 
 /// The registry of every built-in strategy type.
 pub fn builtin_registry() -> Registry {
+    let every_mode = [RunMode::Backtest, RunMode::Screener, RunMode::Alert];
     let mut registry = Registry::new();
     registry
-        .register(
+        .register_with_modes(
             sma_crossover::STRATEGY_TYPE,
             sma_crossover::DESCRIPTION,
             sma_crossover::example_config(),
+            &every_mode,
             sma_crossover::create,
         )
-        .register(
+        .register_with_modes(
             mean_reversion::STRATEGY_TYPE,
             mean_reversion::DESCRIPTION,
             mean_reversion::example_config(),
+            &every_mode,
             mean_reversion::create,
         )
         .register(
@@ -257,6 +260,25 @@ impl RollingWindow {
     }
 }
 
+/// Daily bars of the given closes (high and low 1 around the close, volume 1000)
+/// from 2024-01-01, for the strategies' tests.
+#[cfg(test)]
+fn daily_bars(closes: &[f64]) -> Vec<strategy_sdk::Bar> {
+    let start = chrono::DateTime::from_timestamp(1_704_067_200, 0).expect("a valid instant");
+    closes
+        .iter()
+        .enumerate()
+        .map(|(i, &close)| strategy_sdk::Bar {
+            ts: start + chrono::TimeDelta::days(i as i64),
+            open: close,
+            high: close + 1.0,
+            low: close - 1.0,
+            close,
+            volume: 1000.0,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +354,10 @@ mod tests {
                 info.strategy_type
             );
         }
+        let modes = |t: &str| registry.info(t).unwrap().modes.clone();
+        assert_eq!(modes("heartbeat"), [RunMode::Live]);
+        assert_eq!(modes("sma_crossover"), RunMode::ALL);
+        assert_eq!(modes("mean_reversion"), RunMode::ALL);
         let err = registry
             .create(
                 "sma_crossover",
