@@ -6,6 +6,7 @@
 //! the trading strategies (a rolling window with O(1) mean and variance, moving to a
 //! target position, the loss limit, field checks) live here.
 
+pub mod bullish_breakout;
 pub mod heartbeat;
 pub mod mean_reversion;
 pub mod sma_crossover;
@@ -30,6 +31,13 @@ pub fn builtin_registry() -> Registry {
             mean_reversion::example_config(),
             &every_mode,
             mean_reversion::create,
+        )
+        .register_with_modes(
+            bullish_breakout::STRATEGY_TYPE,
+            bullish_breakout::DESCRIPTION,
+            bullish_breakout::example_config(),
+            &every_mode,
+            bullish_breakout::create,
         )
         .register(
             heartbeat::STRATEGY_TYPE,
@@ -342,7 +350,12 @@ mod tests {
         let registry = builtin_registry();
         assert_eq!(
             registry.types(),
-            vec!["heartbeat", "mean_reversion", "sma_crossover"]
+            vec![
+                "bullish_breakout",
+                "heartbeat",
+                "mean_reversion",
+                "sma_crossover"
+            ]
         );
         for info in registry.infos() {
             assert!(!info.description.is_empty());
@@ -358,6 +371,7 @@ mod tests {
         assert_eq!(modes("heartbeat"), [RunMode::Live]);
         assert_eq!(modes("sma_crossover"), RunMode::ALL);
         assert_eq!(modes("mean_reversion"), RunMode::ALL);
+        assert_eq!(modes("bullish_breakout"), RunMode::ALL);
         let err = registry
             .create(
                 "sma_crossover",
