@@ -21,6 +21,15 @@
 //! | `exposure` | bars at whose close a position was open / bars | never |
 //!
 //! A value that would not be a finite number is `None` too.
+//!
+//! Next to freqtrade's `freqtrade/data/metrics.py`: `cagr` (over 365-day years) and
+//! `expectancy` (win rate × average win − loss rate × average loss, which is the
+//! mean PnL per trade) are the same; `profit_factor` and `hit_rate` are the usual
+//! ones. Sharpe and Sortino differ on purpose: freqtrade divides the sum of trade
+//! profits by the days and annualises with √365, where here they come from the
+//! equity at every bar, annualised by the bar interval (as the contract says), so
+//! time out of the market and open positions count. Calmar here is the textbook
+//! `cagr / max_drawdown`, and an undefined metric is `null`, not freqtrade's −100.
 
 use super::Trade;
 use serde::{Deserialize, Serialize};
