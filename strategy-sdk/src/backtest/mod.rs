@@ -3,7 +3,9 @@
 //! [`BacktestReport`] comes out, and the same input always gives the same report.
 //!
 //! How a backtest runs ([`run_backtest`]):
-//! - `on_start` at the first bar's time, then for each bar in time order one tick of
+//! - `on_start` at the first bar's time (a strategy that subscribes there must
+//!   subscribe to the symbol: one that follows another token is an error), then for
+//!   each bar in time order one tick of
 //!   the symbol at the bar's close, stamped with the bar's time (`ts`, its open as
 //!   stored in `market_bars`), so [`crate::Context::now`] is the bar's time and
 //!   [`crate::Context::bar`] the bar. The strategy's `on_tick` is the one that trades
@@ -127,6 +129,13 @@ pub enum BacktestError {
     BadFee(f64),
     #[error("the bar interval must be above zero")]
     BadInterval,
+    /// The strategy subscribed to other tokens in `on_start`: its config names
+    /// another symbol, and it would ignore every bar.
+    #[error("the strategy follows {}, not {symbol}; set its token to {symbol}", subscriptions.join(", "))]
+    OtherSymbol {
+        symbol: String,
+        subscriptions: Vec<String>,
+    },
 }
 
 /// The equity at a bar's close.
@@ -173,6 +182,13 @@ pub fn run_backtest<S: Strategy + ?Sized>(
     host.set_fee_bps(settings.fee_bps);
     host.record_fills();
     host.start(bars[0].ts);
+    let subscriptions = host.context().subscriptions();
+    if !subscriptions.is_empty() && !subscriptions.contains(symbol) {
+        return Err(BacktestError::OtherSymbol {
+            symbol: symbol.to_string(),
+            subscriptions: subscriptions.iter().cloned().collect(),
+        });
+    }
     let mut book = TradeBook::default();
     let mut equity: Vec<EquityPoint> = Vec::with_capacity(bars.len());
     let mut exposed_bars = 0;
@@ -552,6 +568,26 @@ mod tests {
         assert_eq!(run(&bars, &broke), BacktestError::BadCapital(0.0));
         let instant = BacktestSettings::new("AAPL", Duration::ZERO, 1000.0);
         assert_eq!(run(&bars, &instant), BacktestError::BadInterval);
+    }
+
+    /// Follows one token, whatever the backtest's symbol.
+    struct Follows(&'static str);
+    impl Strategy for Follows {
+        fn on_start(&mut self, ctx: &mut Context) {
+            ctx.subscribe(self.0);
+        }
+        fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    }
+
+    #[test]
+    fn a_strategy_following_another_symbol_is_refused() {
+        let bars = daily(&[100.0]);
+        let err = run_backtest(Box::new(Follows("MSFT")), &bars, &settings(0.0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the strategy follows MSFT, not AAPL; set its token to AAPL"
+        );
+        assert!(run_backtest(Box::new(Follows("AAPL")), &bars, &settings(0.0)).is_ok());
     }
 
     #[test]
