@@ -392,13 +392,23 @@ fn list_names_the_builtin_strategies() {
     let output = run_to_end(&["--list"], "");
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    for name in ["heartbeat", "sma_crossover", "mean_reversion"] {
+    for name in [
+        "heartbeat",
+        "sma_crossover",
+        "mean_reversion",
+        "bullish_breakout",
+    ] {
         assert!(
             text.lines().any(|l| l.starts_with(&format!("{name} — "))),
             "{name} missing from:\n{text}"
         );
     }
     assert!(text.contains("example config: {"), "{text}");
+    assert!(text.contains("    modes: live\n"), "{text}");
+    assert!(
+        text.contains("    modes: live, backtest, screener, alert\n"),
+        "{text}"
+    );
 
     let output = run_to_end(&["--list", "--json"], "");
     assert!(output.status.success());
@@ -408,8 +418,17 @@ fn list_names_the_builtin_strategies() {
         .map(|i| i["strategy_type"].as_str().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["heartbeat", "mean_reversion", "sma_crossover"]);
+    assert_eq!(
+        names,
+        [
+            "bullish_breakout",
+            "heartbeat",
+            "mean_reversion",
+            "sma_crossover"
+        ]
+    );
     assert!(infos.iter().all(|i| i["example_config"].is_object()));
+    assert!(infos.iter().all(|i| i["modes"][0] == "live"));
 }
 
 #[test]
@@ -432,7 +451,7 @@ fn unknown_strategy_type_exits_2_and_lists_the_registered_ones() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(
         stderr.trim_end(),
-        "error: unknown strategy_type 'sma_crosover'; registered: heartbeat, mean_reversion, sma_crossover"
+        "error: unknown strategy_type 'sma_crosover'; registered: bullish_breakout, heartbeat, mean_reversion, sma_crossover"
     );
 }
 
@@ -497,7 +516,7 @@ fn validate_accepts_a_good_config_and_rejects_a_bad_one() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
         stderr.contains(
-            "unknown strategy_type 'nope'; registered: heartbeat, mean_reversion, sma_crossover"
+            "unknown strategy_type 'nope'; registered: bullish_breakout, heartbeat, mean_reversion, sma_crossover"
         ),
         "{stderr}"
     );

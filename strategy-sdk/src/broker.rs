@@ -1,6 +1,7 @@
 //! A paper broker: fills market orders at the last known price and keeps positions,
 //! realised and unrealised PnL, the orders count and the success rate (the share of
-//! closed trades that made money).
+//! closed trades that made money). A fee in basis points of each fill's value can
+//! be charged (backtests' `fee_bps`); live trading charges none.
 //!
 //! A strategy reads it through [`crate::Context::broker`] and trades through
 //! [`crate::Context::buy`] and [`crate::Context::sell`]; prices reach it from the
@@ -36,8 +37,10 @@ pub struct Fill {
     pub side: Side,
     pub qty: f64,
     pub price: f64,
-    /// Profit or loss this fill realised by reducing a position.
+    /// Profit or loss this fill realised by reducing a position (before fees).
     pub realised_pnl: f64,
+    /// The fee charged on this fill: `qty × price × fee_bps / 10 000` (0 live).
+    pub fee: f64,
 }
 
 /// Why an order was rejected (a rejected order changes nothing and is not counted).
@@ -64,7 +67,7 @@ impl fmt::Display for OrderError {
 
 impl std::error::Error for OrderError {}
 
-const EPSILON: f64 = 1e-12;
+pub(crate) const EPSILON: f64 = 1e-12;
 
 /// The version of [`BrokerSnapshot`] this SDK writes and reads.
 pub const BROKER_SNAPSHOT_VERSION: u32 = 1;
@@ -196,6 +199,8 @@ pub struct PaperBroker {
     pnl_at_start: f64,
     /// Fills so far in this run: a change means the snapshot changed.
     fills_this_run: u64,
+    fee_bps: f64,
+    fees: f64,
 }
 
 impl PaperBroker {
@@ -210,7 +215,19 @@ impl PaperBroker {
             restored_marks: BTreeMap::new(),
             pnl_at_start: 0.0,
             fills_this_run: 0,
+            fee_bps: 0.0,
+            fees: 0.0,
         }
+    }
+
+    /// Charge `fee_bps` basis points of the value of every later fill (0, the
+    /// default, charges nothing; a negative or non-finite value counts as 0).
+    pub(crate) fn set_fee_bps(&mut self, fee_bps: f64) {
+        self.fee_bps = if fee_bps.is_finite() && fee_bps > 0.0 {
+            fee_bps
+        } else {
+            0.0
+        };
     }
 
     /// A broker holding what `snapshot` says, as a new run begins.
@@ -321,12 +338,15 @@ impl PaperBroker {
         if pos.qty.abs() < EPSILON {
             self.positions.remove(token);
         }
+        let fee = qty * price * self.fee_bps / 10_000.0;
+        self.fees += fee;
         Ok(Fill {
             token: token.to_string(),
             side,
             qty,
             price,
             realised_pnl: realised,
+            fee,
         })
     }
 
@@ -391,11 +411,16 @@ impl PaperBroker {
             .sum()
     }
 
-    /// Realised plus unrealised, since the broker's state was last reset: restored
-    /// positions and realised PnL count, so this carries on across restarts. It is
-    /// reported as `pnl_total`.
+    /// Fees charged so far (always 0 live).
+    pub fn fees(&self) -> f64 {
+        self.fees
+    }
+
+    /// Realised plus unrealised, less the fees, since the broker's state was last
+    /// reset: restored positions and realised PnL count, so this carries on across
+    /// restarts. It is reported as `pnl_total`.
     pub fn pnl(&self) -> f64 {
-        self.realised_pnl + self.unrealised_pnl()
+        self.realised_pnl + self.unrealised_pnl() - self.fees
     }
 
     /// What this run made or lost: [`PaperBroker::pnl`] minus its value when the run
@@ -698,6 +723,25 @@ mod tests {
             e.to_string(),
             "order quantity -1 must be a finite number above zero"
         );
+    }
+
+    #[test]
+    fn fees_are_charged_on_every_fill_and_only_when_set() {
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        assert_close(b.submit("BTC", Side::Buy, 1.0).unwrap().fee, 0.0);
+        b.set_fee_bps(10.0);
+        // 10 bps of 2 × 100 = 0.2
+        let fill = b.submit("BTC", Side::Buy, 2.0).unwrap();
+        assert_close(fill.fee, 0.2);
+        b.mark("BTC", 110.0);
+        // Selling 3 at 110: 10 bps of 330 = 0.33; realised 3 × 10 = 30 before fees.
+        let fill = b.close("BTC").unwrap().unwrap();
+        assert_close(fill.fee, 0.33);
+        assert_close(fill.realised_pnl, 30.0);
+        assert_close(b.fees(), 0.53);
+        assert_close(b.pnl(), 30.0 - 0.53);
+        b.set_fee_bps(-1.0);
+        assert_close(b.submit("BTC", Side::Buy, 1.0).unwrap().fee, 0.0);
     }
 
     #[test]

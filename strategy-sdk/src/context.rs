@@ -6,6 +6,7 @@
 //! strategy: the executor runtime and the test kit do that through [`crate::Host`].
 
 use crate::broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
+use crate::modes::Bar;
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
 use serde_json::{Map, Value};
@@ -52,6 +53,8 @@ pub struct Context {
     custom_metrics: Map<String, Value>,
     halt_reason: Option<String>,
     now: DateTime<Utc>,
+    /// The bar whose close is the tick being handled, when driven by bars.
+    bar: Option<Bar>,
     /// Every fill since the last [`Context::take_fills`], when recording (the test
     /// kit records; the runtime does not, so a long run keeps no history).
     fill_log: Option<Vec<Fill>>,
@@ -68,6 +71,7 @@ impl Context {
             custom_metrics: Map::new(),
             halt_reason: None,
             now: Utc::now(),
+            bar: None,
             fill_log: None,
         }
     }
@@ -83,8 +87,16 @@ impl Context {
     }
 
     /// Time of the event being handled: a tick's own timestamp, the clock otherwise.
+    /// Live, the clock is the wall clock; driven by bars (a backtest, a screener, an
+    /// alert) it is the bar's time, so a strategy never reads the wall clock there.
     pub fn now(&self) -> DateTime<Utc> {
         self.now
+    }
+
+    /// In a backtest, the bar whose close the current tick is (with its open, high,
+    /// low and volume); `None` live, where ticks are all there is.
+    pub fn bar(&self) -> Option<&Bar> {
+        self.bar.as_ref()
     }
 
     /// Receive ticks of `token` (from `live_data:{token}`).
@@ -194,6 +206,14 @@ impl Context {
     pub(crate) fn restore_broker(&mut self, snapshot: BrokerSnapshot) -> Result<(), SnapshotError> {
         self.broker = PaperBroker::restored(snapshot)?;
         Ok(())
+    }
+
+    pub(crate) fn set_bar(&mut self, bar: Option<Bar>) {
+        self.bar = bar;
+    }
+
+    pub(crate) fn set_fee_bps(&mut self, fee_bps: f64) {
+        self.broker.set_fee_bps(fee_bps);
     }
 
     pub(crate) fn mark_price(&mut self, token: &str, price: f64) {

@@ -11,6 +11,7 @@
 use crate::broker::{BrokerSnapshot, Fill, OrderError, SnapshotError};
 use crate::config::ConfigError;
 use crate::context::Context;
+use crate::modes::{Bar, Signal};
 use crate::strategy::{ShutdownReason, Strategy, Tick};
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
@@ -138,6 +139,37 @@ impl<S: Strategy + ?Sized> Host<S> {
         }
         self.strategy.on_tick(&mut self.ctx, tick);
         true
+    }
+
+    /// A bar, as a backtest replays it: the tick of `token` at the bar's close,
+    /// stamped with the bar's time, with [`Context::bar`] the bar while the strategy
+    /// handles it. True when the strategy saw it.
+    pub fn bar(&mut self, token: &str, bar: &Bar) -> bool {
+        self.ctx.set_bar(Some(*bar));
+        let delivered = self.tick(&bar.close_tick(token));
+        self.ctx.set_bar(None);
+        delivered
+    }
+
+    /// The strategy's [`Strategy::score`] of `history` (oldest first), the clock at
+    /// the latest bar's time: clamped to 0–100, `None` for no score or a NaN, and
+    /// `None` without asking the strategy when there are no bars.
+    pub fn score(&mut self, history: &[Bar]) -> Option<f64> {
+        self.ctx.set_now(history.last()?.ts);
+        let score = self.strategy.score(&self.ctx, history)?;
+        (!score.is_nan()).then(|| score.clamp(0.0, 100.0))
+    }
+
+    /// The strategy's [`Strategy::signal`] on the latest bar of `history`, the clock
+    /// at that bar's time (`None`, without asking, when there are no bars).
+    pub fn signal(&mut self, history: &[Bar]) -> Option<Signal> {
+        self.ctx.set_now(history.last()?.ts);
+        self.strategy.signal(&self.ctx, history)
+    }
+
+    /// Charge `fee_bps` on every later fill (backtests).
+    pub(crate) fn set_fee_bps(&mut self, fee_bps: f64) {
+        self.ctx.set_fee_bps(fee_bps);
     }
 
     /// `on_timer`, if running.
@@ -302,6 +334,58 @@ mod tests {
             ["start", "tick", "timer", "pause", "resume", "shutdown"]
         );
         assert_eq!(host.phase(), Phase::Stopped);
+    }
+
+    /// Scores the last close, signals above 50, and notes the clock it saw.
+    struct Judge;
+    impl Strategy for Judge {
+        fn on_start(&mut self, _ctx: &mut Context) {}
+        fn on_tick(&mut self, ctx: &mut Context, _tick: &Tick) {
+            ctx.set_metric("bar_close", ctx.bar().map(|bar| bar.close));
+        }
+        fn score(&self, ctx: &Context, history: &[Bar]) -> Option<f64> {
+            assert_eq!(Some(ctx.now()), history.last().map(|bar| bar.ts));
+            history.last().map(|bar| bar.close)
+        }
+        fn signal(&self, _ctx: &Context, history: &[Bar]) -> Option<Signal> {
+            let close = history.last()?.close;
+            (close > 50.0)
+                .then(|| Signal::new("high", format!("{close}"), crate::SignalPriority::Normal))
+        }
+    }
+
+    fn bar(close: f64) -> Bar {
+        Bar {
+            ts: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            open: close,
+            high: close,
+            low: close,
+            close,
+            volume: 1.0,
+        }
+    }
+
+    #[test]
+    fn scores_are_clamped_and_bars_are_in_the_context_while_delivered() {
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Judge));
+        assert_eq!(host.score(&[bar(42.0)]), Some(42.0));
+        assert_eq!(host.context().now(), bar(42.0).ts);
+        assert_eq!(host.score(&[bar(142.0)]), Some(100.0));
+        assert_eq!(host.score(&[bar(f64::NAN)]), None);
+        assert_eq!(host.score(&[]), None);
+        assert_eq!(host.signal(&[bar(60.0)]).unwrap().message, "60");
+        assert_eq!(host.signal(&[bar(40.0)]), None);
+
+        host.start(Utc::now());
+        assert!(host.bar("BTC", &bar(7.0)));
+        assert_eq!(host.metrics().extra["bar_close"], 7.0);
+        assert_eq!(host.context().now(), bar(7.0).ts);
+        assert!(host.context().bar().is_none(), "only while it is delivered");
+        host.tick(&tick(8.0));
+        assert!(
+            host.metrics().extra["bar_close"].is_null(),
+            "a live tick has no bar"
+        );
     }
 
     #[test]

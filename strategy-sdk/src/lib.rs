@@ -7,6 +7,13 @@
 //!   orders, custom metrics, halting itself) — only what a strategy calls.
 //! - [`broker`]: the [`PaperBroker`] that fills orders at the last price and keeps
 //!   positions, PnL, orders count and success rate.
+//! - [`modes`]: the [`RunMode`]s (`live`, `backtest`, `screener`, `alert`), the
+//!   [`Bar`]s a strategy is given outside live trading, and the [`Signal`] an alert
+//!   raises.
+//! - [`indicators`]: SMA, EMA, MACD, RSI, relative volume and the distance to the
+//!   52-week high, over plain slices.
+//! - [`backtest`]: replaying bars through a strategy and the paper broker, with the
+//!   performance metrics of a run.
 //! - [`config`]: strict parsing of a strategy's JSON config into a typed struct.
 //! - [`registry`]: the [`Registry`] from `strategy_type` names to constructors.
 //! - [`testkit`]: [`testkit::TestHarness`], to test a strategy with plain
@@ -22,17 +29,23 @@
 //! **Architecture invariant:** the SDK does no I/O; strategies are synchronous and
 //! act only through [`Context`].
 
+pub mod backtest;
 pub mod broker;
 pub mod config;
 pub mod context;
 pub mod host;
+pub mod indicators;
+pub mod modes;
 pub mod registry;
 pub mod strategy;
+#[cfg(test)]
+mod testing;
 pub mod testkit;
 
 pub use broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
 pub use host::Host;
+pub use modes::{Bar, RunMode, Signal, SignalPriority};
 pub use registry::{Registry, RegistryError, StrategyInfo};
 pub use strategy::{ShutdownReason, Strategy, Tick};

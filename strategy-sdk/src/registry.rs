@@ -6,6 +6,7 @@
 //! a handle), as long as it is `Send + Sync + 'static`.
 
 use crate::config::ConfigError;
+use crate::modes::RunMode;
 use crate::strategy::Strategy;
 use serde::Serialize;
 use serde_json::Value;
@@ -21,6 +22,15 @@ pub struct StrategyInfo {
     pub strategy_type: String,
     pub description: String,
     pub example_config: Value,
+    /// The run modes the type supports: `live` always, then those it declared.
+    pub modes: Vec<RunMode>,
+}
+
+impl StrategyInfo {
+    /// Whether the type can run in `mode`.
+    pub fn supports(&self, mode: RunMode) -> bool {
+        self.modes.contains(&mode)
+    }
 }
 
 /// Why [`Registry::create`] built nothing.
@@ -112,8 +122,9 @@ impl Registry {
         Self::default()
     }
 
-    /// Register `constructor` under `strategy_type` (a later call replaces it).
-    /// `example_config` must be a config the constructor accepts: `--list` shows it.
+    /// Register `constructor` under `strategy_type` (a later call replaces it), for
+    /// live trading only. `example_config` must be a config the constructor accepts:
+    /// `--list` shows it.
     pub fn register<F>(
         &mut self,
         strategy_type: &str,
@@ -124,10 +135,56 @@ impl Registry {
     where
         F: Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError> + Send + Sync + 'static,
     {
+        self.register_with_modes(
+            strategy_type,
+            description,
+            example_config,
+            &[RunMode::Live],
+            constructor,
+        )
+    }
+
+    /// [`Registry::register`], declaring the run modes the strategy supports besides
+    /// `live` (which every strategy supports): `backtest` if `on_tick` trades
+    /// sensibly on one tick per bar close, `screener` if it implements
+    /// [`Strategy::score`], `alert` if it implements [`Strategy::signal`].
+    ///
+    /// ```
+    /// # use strategy_sdk::{Context, Registry, RunMode, Strategy, Tick};
+    /// # struct Nop;
+    /// # impl Strategy for Nop {
+    /// #     fn on_start(&mut self, _ctx: &mut Context) {}
+    /// #     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    /// # }
+    /// let mut registry = Registry::new();
+    /// registry.register_with_modes(
+    ///     "nop", "does nothing", serde_json::json!({}), &[RunMode::Backtest],
+    ///     |_config: &serde_json::Value| Ok(Box::new(Nop) as Box<dyn Strategy>),
+    /// );
+    /// let info = registry.infos().next().unwrap();
+    /// assert_eq!(info.modes, [RunMode::Live, RunMode::Backtest]);
+    /// assert!(!info.supports(RunMode::Screener));
+    /// ```
+    pub fn register_with_modes<F>(
+        &mut self,
+        strategy_type: &str,
+        description: &str,
+        example_config: Value,
+        modes: &[RunMode],
+        constructor: F,
+    ) -> &mut Self
+    where
+        F: Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError> + Send + Sync + 'static,
+    {
+        let modes = RunMode::ALL
+            .into_iter()
+            .filter(|mode| *mode == RunMode::Live || modes.contains(mode))
+            .collect();
         let info = StrategyInfo {
             strategy_type: strategy_type.to_string(),
             description: description.to_string(),
             example_config,
+            modes,
         };
         let entry = Entry {
             info,
@@ -145,6 +202,11 @@ impl Registry {
     /// Every registered type, sorted by name.
     pub fn infos(&self) -> impl Iterator<Item = &StrategyInfo> {
         self.entries.values().map(|entry| &entry.info)
+    }
+
+    /// The registered type `strategy_type`.
+    pub fn info(&self, strategy_type: &str) -> Option<&StrategyInfo> {
+        self.entries.get(strategy_type).map(|entry| &entry.info)
     }
 
     /// Build the strategy `strategy_type` from `config`.
@@ -224,6 +286,27 @@ mod tests {
         assert!(r.create("counted", &json!({})).is_ok());
         assert_eq!(built.load(Ordering::Relaxed), 2);
         assert_eq!(r.infos().next().unwrap().description, "replaced");
+    }
+
+    #[test]
+    fn every_type_runs_live_and_declares_the_rest() {
+        let mut r = Registry::new();
+        r.register("plain", "", json!({}), nop).register_with_modes(
+            "judge",
+            "",
+            json!({}),
+            &[RunMode::Alert, RunMode::Screener, RunMode::Alert],
+            nop,
+        );
+        assert_eq!(r.info("plain").unwrap().modes, [RunMode::Live]);
+        assert_eq!(
+            r.info("judge").unwrap().modes,
+            [RunMode::Live, RunMode::Screener, RunMode::Alert]
+        );
+        assert!(r.info("judge").unwrap().supports(RunMode::Live));
+        assert!(r.info("other").is_none());
+        let listed = serde_json::to_value(r.info("judge").unwrap()).unwrap();
+        assert_eq!(listed["modes"], json!(["live", "screener", "alert"]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::config::ConfigError;
 use crate::context::Context;
+use crate::modes::{Bar, Signal};
 pub use engine_protocol::{ShutdownReason, Tick};
 
 use serde_json::Value;
@@ -89,4 +90,28 @@ pub trait Strategy: Send {
     /// Called once before the process exits, also after [`Context::halt`] (with
     /// [`ShutdownReason::Stop`]).
     fn on_shutdown(&mut self, _ctx: &mut Context, _reason: ShutdownReason) {}
+
+    /// Screener: how good a buy the symbol is on its latest bar, judged from its bar
+    /// `history` (oldest first, the latest last; the strategy's `token` is the
+    /// symbol), on a scale of 0 (worst) to 100 (best). `None` means the symbol does
+    /// not pass: too little history, or rejected by the strategy's own filters and
+    /// thresholds. [`Context::now`] is the latest bar's time. The default is `None`:
+    /// a strategy that scores also declares [`crate::RunMode::Screener`] when it is
+    /// registered. A score outside 0–100 is clamped by the host, and a NaN is `None`.
+    ///
+    /// Derive it from the same state your `on_tick` trades on (e.g. replay the
+    /// history's closes through the code `on_tick` uses), so that the screener and
+    /// live trading never disagree.
+    fn score(&self, _ctx: &Context, _history: &[Bar]) -> Option<f64> {
+        None
+    }
+
+    /// Alert: whether the strategy's signal fires on the latest bar of `history`
+    /// (oldest first), with what an alert carries: its type, a message and a
+    /// priority. [`Context::now`] is the latest bar's time. The default is `None`: a
+    /// strategy that signals also declares [`crate::RunMode::Alert`] when it is
+    /// registered.
+    fn signal(&self, _ctx: &Context, _history: &[Bar]) -> Option<Signal> {
+        None
+    }
 }

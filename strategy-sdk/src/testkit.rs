@@ -45,6 +45,7 @@ use crate::broker::{BrokerSnapshot, Fill, Position};
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::host::{Host, Phase, RestoreError};
+use crate::modes::{Bar, Signal};
 use crate::registry::{Registry, RegistryError};
 use crate::strategy::{ShutdownReason, Strategy, Tick};
 use chrono::{DateTime, Utc};
@@ -181,6 +182,29 @@ impl<S: Strategy + ?Sized> TestHarness<S> {
     pub fn send(&mut self, tick: Tick) -> &mut Self {
         self.host.tick(&tick);
         self.settle()
+    }
+
+    /// One tick of `token` per bar, at its close and stamped with its time, as a
+    /// backtest delivers them ([`Context::bar`] is the bar meanwhile). The test clock
+    /// is left alone.
+    pub fn bars(&mut self, token: &str, bars: &[Bar]) -> &mut Self {
+        for bar in bars {
+            self.host.bar(token, bar);
+            self.settle();
+        }
+        self
+    }
+
+    /// The strategy's screener score of `history`, as a screener run asks for it
+    /// (0–100, or `None` when the symbol does not pass).
+    pub fn score(&mut self, history: &[Bar]) -> Option<f64> {
+        self.host.score(history)
+    }
+
+    /// The strategy's alert signal on the latest bar of `history`, as an alert run
+    /// asks for it.
+    pub fn signal(&mut self, history: &[Bar]) -> Option<Signal> {
+        self.host.signal(history)
     }
 
     /// One beat of the strategy's timer, whatever its interval.

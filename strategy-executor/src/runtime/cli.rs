@@ -24,12 +24,13 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "strategy-executor", version)]
 pub struct Cli {
-    /// Print the registered strategy types (with a description and an example config)
-    /// and exit.
+    /// Print the registered strategy types (with a description, an example config and
+    /// the run modes each supports) and exit.
     #[arg(long, conflicts_with = "validate")]
     pub list: bool,
 
-    /// With --list: print a JSON array of {strategy_type, description, example_config}.
+    /// With --list: print a JSON array of {strategy_type, description, example_config,
+    /// modes}.
     #[arg(long, requires = "list")]
     pub json: bool,
 
@@ -160,7 +161,9 @@ fn list(registry: &Registry, json: bool) -> ExitCode {
     } else {
         registry.infos().try_for_each(|info| {
             writeln!(out, "{} — {}", info.strategy_type, info.description)?;
-            writeln!(out, "    example config: {}", info.example_config)
+            writeln!(out, "    example config: {}", info.example_config)?;
+            let modes: Vec<&str> = info.modes.iter().map(|mode| mode.as_str()).collect();
+            writeln!(out, "    modes: {}", modes.join(", "))
         })
     };
     match written.and_then(|()| out.flush()) {

@@ -5,6 +5,14 @@
 //! the price is "too high": go short `order_qty`; below `−entry_z`: go long; within
 //! `±exit_z` of the mean: go flat; in between, hold. Nothing is decided until the
 //! window is full, nor while the prices in it are all equal (std = 0).
+//!
+//! Outside live trading the same code judges a symbol's bars: their closes are
+//! replayed through the window `on_tick` trades on, giving the z-score of the latest
+//! close. The screener score rates it as a buy, `50 × (1 − tanh(z / entry_z))`: 50 at
+//! the mean, 88 at `−entry_z`, 12 at `+entry_z`. The alert signal fires when the
+//! latest z-score calls for a position, exactly as `on_tick` would take one:
+//! `oversold` (a long) below `−entry_z`, `overbought` (a short) above `entry_z`,
+//! priority `high` beyond twice `entry_z`.
 
 use super::{
     abandon_token, check_max_loss, check_order_qty, check_positive, check_token, enforce_max_loss,
@@ -12,7 +20,9 @@ use super::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+use strategy_sdk::{
+    parse_config, Bar, ConfigError, Context, Signal, SignalPriority, Strategy, Tick,
+};
 
 pub const STRATEGY_TYPE: &str = "mean_reversion";
 pub const DESCRIPTION: &str =
@@ -159,6 +169,27 @@ impl MeanReversion {
         }
     }
 
+    /// Feed one price (a finite number above 0) to the window; its z-score.
+    fn observe(&mut self, price: f64) -> Option<f64> {
+        self.ticks += 1;
+        self.prices.push(price);
+        self.zscore = self.zscore_of(price);
+        self.zscore
+    }
+
+    /// The z-score of the latest of `history`'s closes, replayed through a fresh
+    /// window of this config (closes that are not finite numbers above 0 skipped).
+    fn replayed_zscore(&self, history: &[Bar]) -> Option<f64> {
+        let mut replica = MeanReversion::new(self.config.clone());
+        for bar in history
+            .iter()
+            .filter(|bar| bar.close.is_finite() && bar.close > 0.0)
+        {
+            replica.observe(bar.close);
+        }
+        replica.zscore
+    }
+
     fn report(&self, ctx: &mut Context) {
         ctx.set_metric("zscore", self.zscore);
         ctx.set_metric("ticks", self.ticks);
@@ -178,9 +209,7 @@ impl Strategy for MeanReversion {
         if !(tick.price.is_finite() && tick.price > 0.0) {
             return;
         }
-        self.ticks += 1;
-        self.prices.push(tick.price);
-        self.zscore = self.zscore_of(tick.price);
+        self.observe(tick.price);
         let halted = enforce_max_loss(ctx, STRATEGY_TYPE, &self.config.token, self.config.max_loss);
         if !halted {
             if let Some(target) = self.zscore.and_then(|z| self.target(z)) {
@@ -188,6 +217,35 @@ impl Strategy for MeanReversion {
             }
         }
         self.report(ctx);
+    }
+
+    /// `50 × (1 − tanh(z / entry_z))` of the latest close's z-score.
+    fn score(&self, _ctx: &Context, history: &[Bar]) -> Option<f64> {
+        let z = self.replayed_zscore(history)?;
+        Some(50.0 * (1.0 - (z / self.config.entry_z).tanh()))
+    }
+
+    /// The position the latest close's z-score calls for, as an alert.
+    fn signal(&self, _ctx: &Context, history: &[Bar]) -> Option<Signal> {
+        let z = self.replayed_zscore(history)?;
+        let target = self.target(z)?;
+        let (kind, side) = if target > 0.0 {
+            ("oversold", "below")
+        } else if target < 0.0 {
+            ("overbought", "above")
+        } else {
+            return None;
+        };
+        let priority = if z.abs() >= 2.0 * self.config.entry_z {
+            SignalPriority::High
+        } else {
+            SignalPriority::Normal
+        };
+        let message = format!(
+            "{}: z-score {z:.2} over the last {} closes is {side} ±{}",
+            self.config.token, self.config.window, self.config.entry_z
+        );
+        Some(Signal::new(kind, message, priority))
     }
 
     /// A new token starts afresh (the old token's position is closed); a new window
@@ -225,6 +283,44 @@ mod tests {
     /// window 5, entry 1.5, exit 0.5.
     fn small() -> MeanReversion {
         strategy(json!({"token": "ETH", "window": 5, "entry_z": 1.5, "exit_z": 0.5}))
+    }
+
+    #[test]
+    fn scores_and_signals_replay_the_zscore_it_trades_on() {
+        // window 5, entry 1.5: after 10 11 10 11 10 5 the window 11 10 11 10 5 has
+        // mean 9.4, variance (2.56 + 0.36 + 2.56 + 0.36 + 19.36) / 5 = 5.04,
+        // z = (5 − 9.4) / √5.04 ≈ −1.96: oversold, within 2 × 1.5, a long.
+        let bars = crate::strategies::daily_bars(&[10.0, 11.0, 10.0, 11.0, 10.0, 5.0]);
+        let mut h = TestHarness::started(small());
+        let z = -4.4 / 5.04f64.sqrt();
+        let score = h.score(&bars).unwrap();
+        assert!(
+            (score - 50.0 * (1.0 - (z / 1.5).tanh())).abs() < TOL,
+            "{score}"
+        );
+        assert!((93.0..93.5).contains(&score), "{score}");
+        let signal = h.signal(&bars).unwrap();
+        assert_eq!(
+            (signal.kind.as_str(), signal.priority),
+            ("oversold", SignalPriority::Normal)
+        );
+        assert!(signal.message.contains("-1.96"), "{}", signal.message);
+        assert_eq!(h.signal(&bars[..5]), None, "z within the thresholds");
+        assert_eq!(h.score(&bars[..4]), None, "window not full");
+
+        // Live, the same bars make it go long at the last one.
+        h.bars("ETH", &bars);
+        assert_eq!(h.position("ETH").qty, 1.0);
+        assert_eq!(h.ctx().broker().orders_count(), 1);
+
+        // Far above the mean: overbought, high priority.
+        let spike = crate::strategies::daily_bars(&[10.0, 10.1, 9.9, 10.0, 10.0, 10.1, 30.0]);
+        let signal = h.signal(&spike).unwrap();
+        assert_eq!(
+            (signal.kind.as_str(), signal.priority),
+            ("overbought", SignalPriority::Normal)
+        );
+        assert!(h.score(&spike).unwrap() < 10.0);
     }
 
     #[test]

@@ -6,27 +6,38 @@
 //! the trading strategies (a rolling window with O(1) mean and variance, moving to a
 //! target position, the loss limit, field checks) live here.
 
+pub mod bullish_breakout;
 pub mod heartbeat;
 pub mod mean_reversion;
 pub mod sma_crossover;
 
-use strategy_sdk::{ConfigError, Context, Registry};
+use strategy_sdk::{ConfigError, Context, Registry, RunMode};
 
 /// The registry of every built-in strategy type.
 pub fn builtin_registry() -> Registry {
+    let every_mode = [RunMode::Backtest, RunMode::Screener, RunMode::Alert];
     let mut registry = Registry::new();
     registry
-        .register(
+        .register_with_modes(
             sma_crossover::STRATEGY_TYPE,
             sma_crossover::DESCRIPTION,
             sma_crossover::example_config(),
+            &every_mode,
             sma_crossover::create,
         )
-        .register(
+        .register_with_modes(
             mean_reversion::STRATEGY_TYPE,
             mean_reversion::DESCRIPTION,
             mean_reversion::example_config(),
+            &every_mode,
             mean_reversion::create,
+        )
+        .register_with_modes(
+            bullish_breakout::STRATEGY_TYPE,
+            bullish_breakout::DESCRIPTION,
+            bullish_breakout::example_config(),
+            &every_mode,
+            bullish_breakout::create,
         )
         .register(
             heartbeat::STRATEGY_TYPE,
@@ -257,6 +268,25 @@ impl RollingWindow {
     }
 }
 
+/// Daily bars of the given closes (high and low 1 around the close, volume 1000)
+/// from 2024-01-01, for the strategies' tests.
+#[cfg(test)]
+fn daily_bars(closes: &[f64]) -> Vec<strategy_sdk::Bar> {
+    let start = chrono::DateTime::from_timestamp(1_704_067_200, 0).expect("a valid instant");
+    closes
+        .iter()
+        .enumerate()
+        .map(|(i, &close)| strategy_sdk::Bar {
+            ts: start + chrono::TimeDelta::days(i as i64),
+            open: close,
+            high: close + 1.0,
+            low: close - 1.0,
+            close,
+            volume: 1000.0,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +350,12 @@ mod tests {
         let registry = builtin_registry();
         assert_eq!(
             registry.types(),
-            vec!["heartbeat", "mean_reversion", "sma_crossover"]
+            vec![
+                "bullish_breakout",
+                "heartbeat",
+                "mean_reversion",
+                "sma_crossover"
+            ]
         );
         for info in registry.infos() {
             assert!(!info.description.is_empty());
@@ -332,6 +367,11 @@ mod tests {
                 info.strategy_type
             );
         }
+        let modes = |t: &str| registry.info(t).unwrap().modes.clone();
+        assert_eq!(modes("heartbeat"), [RunMode::Live]);
+        assert_eq!(modes("sma_crossover"), RunMode::ALL);
+        assert_eq!(modes("mean_reversion"), RunMode::ALL);
+        assert_eq!(modes("bullish_breakout"), RunMode::ALL);
         let err = registry
             .create(
                 "sma_crossover",

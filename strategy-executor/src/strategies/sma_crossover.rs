@@ -6,6 +6,13 @@
 //! averages keep the previous side. Orders move the position straight to its target
 //! (`+order_qty`, `-order_qty` or flat) in one fill, so a short is bought back and a
 //! long opened by the same order.
+//!
+//! Outside live trading the same code judges a symbol's bars: their closes are
+//! replayed through the averages `on_tick` trades on. The screener score is
+//! `50 × (1 + tanh(spread / 2 %))`, `spread` = (fast − slow) / slow at the latest
+//! bar: 50 with the averages equal, 73 with the fast one 1 % above, 88 at 2 %,
+//! towards 0 below. The alert signal fires when the latest bar makes a crossover —
+//! exactly when `on_tick` would trade: `bullish_crossover` or `bearish_crossover`.
 
 use super::{
     abandon_token, check_max_loss, check_order_qty, check_token, enforce_max_loss, move_to_target,
@@ -13,11 +20,16 @@ use super::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+use strategy_sdk::{
+    parse_config, Bar, ConfigError, Context, Signal, SignalPriority, Strategy, Tick,
+};
 
 pub const STRATEGY_TYPE: &str = "sma_crossover";
 pub const DESCRIPTION: &str =
     "goes long when the fast SMA crosses above the slow SMA, short (or flat) when it crosses below";
+
+/// The spread of the averages that scores 88 (tanh(1) of the way from 50 to 100).
+const SCORE_SPREAD: f64 = 0.02;
 
 /// Longest moving average a config may ask for, in ticks.
 pub const MAX_PERIOD: u32 = 10_000;
@@ -145,6 +157,51 @@ impl SmaCrossover {
         self.slow.is_full().then(|| self.slow.mean()).flatten()
     }
 
+    /// Feed one price to the averages; the side the fast one crossed to, if it did.
+    /// A price that is not a finite number above 0 is ignored.
+    fn observe(&mut self, price: f64) -> Option<Side> {
+        if !(price.is_finite() && price > 0.0) {
+            return None;
+        }
+        self.ticks += 1;
+        self.fast.push(price);
+        self.slow.push(price);
+        let (fast, slow) = (self.fast_sma()?, self.slow_sma()?);
+        let now = if fast > slow {
+            Some(Side::FastAbove)
+        } else if fast < slow {
+            Some(Side::FastBelow)
+        } else {
+            self.side
+        };
+        let crossed = match (self.side, now) {
+            (Some(before), Some(after)) if before != after => Some(after),
+            _ => None,
+        };
+        self.side = now;
+        crossed
+    }
+
+    /// The position a crossover to `side` calls for.
+    fn target(&self, side: Side) -> f64 {
+        match side {
+            Side::FastAbove => self.config.order_qty,
+            Side::FastBelow if self.config.allow_short => -self.config.order_qty,
+            Side::FastBelow => 0.0,
+        }
+    }
+
+    /// A fresh strategy of this config that has seen `history`'s closes, and the
+    /// crossover the latest one made.
+    fn replay(&self, history: &[Bar]) -> (SmaCrossover, Option<Side>) {
+        let mut replica = SmaCrossover::new(self.config.clone());
+        let mut crossed = None;
+        for bar in history {
+            crossed = replica.observe(bar.close);
+        }
+        (replica, crossed)
+    }
+
     fn report(&self, ctx: &mut Context) {
         ctx.set_metric("fast_sma", self.fast_sma());
         ctx.set_metric("slow_sma", self.slow_sma());
@@ -165,37 +222,35 @@ impl Strategy for SmaCrossover {
         if !(tick.price.is_finite() && tick.price > 0.0) {
             return;
         }
-        self.ticks += 1;
-        self.fast.push(tick.price);
-        self.slow.push(tick.price);
+        let crossed = self.observe(tick.price);
         let halted = enforce_max_loss(ctx, STRATEGY_TYPE, &self.config.token, self.config.max_loss);
-        if !halted {
-            if let (Some(fast), Some(slow)) = (self.fast_sma(), self.slow_sma()) {
-                let now = if fast > slow {
-                    Some(Side::FastAbove)
-                } else if fast < slow {
-                    Some(Side::FastBelow)
-                } else {
-                    self.side
-                };
-                let target = match (self.side, now) {
-                    (Some(Side::FastBelow), Some(Side::FastAbove)) => Some(self.config.order_qty),
-                    (Some(Side::FastAbove), Some(Side::FastBelow)) => {
-                        Some(if self.config.allow_short {
-                            -self.config.order_qty
-                        } else {
-                            0.0
-                        })
-                    }
-                    _ => None,
-                };
-                if let Some(target) = target {
-                    move_to_target(ctx, &self.config.token, target);
-                }
-                self.side = now;
-            }
+        if let (false, Some(side)) = (halted, crossed) {
+            move_to_target(ctx, &self.config.token, self.target(side));
         }
         self.report(ctx);
+    }
+
+    /// `50 × (1 + tanh(spread / 2 %))` of the averages after `history`'s closes.
+    fn score(&self, _ctx: &Context, history: &[Bar]) -> Option<f64> {
+        let (replica, _) = self.replay(history);
+        let (fast, slow) = (replica.fast_sma()?, replica.slow_sma()?);
+        let spread = (fast - slow) / slow;
+        Some(50.0 * (1.0 + (spread / SCORE_SPREAD).tanh()))
+    }
+
+    /// A crossover on the latest bar.
+    fn signal(&self, _ctx: &Context, history: &[Bar]) -> Option<Signal> {
+        let (replica, crossed) = self.replay(history);
+        let (fast, slow) = (replica.fast_sma()?, replica.slow_sma()?);
+        let (kind, direction) = match crossed? {
+            Side::FastAbove => ("bullish_crossover", "above"),
+            Side::FastBelow => ("bearish_crossover", "below"),
+        };
+        let message = format!(
+            "{}: the {}-bar SMA ({fast:.4}) crossed {direction} the {}-bar SMA ({slow:.4})",
+            self.config.token, self.config.fast_period, self.config.slow_period
+        );
+        Some(Signal::new(kind, message, SignalPriority::Normal))
     }
 
     /// A new token starts afresh (the old token's position is closed); new periods
@@ -525,6 +580,38 @@ mod tests {
         assert_eq!(metric(&h, "fast_sma"), Value::Null);
         h.ticks("ETH", &SERIES[..6]);
         assert_eq!(h.ctx().position("ETH").qty, 1.0);
+    }
+
+    #[test]
+    fn signals_fire_exactly_where_it_trades_and_scores_follow_the_spread() {
+        let bars = crate::strategies::daily_bars(&SERIES);
+        let s = strategy(json!({"token": "BTC", "fast_period": 2, "slow_period": 4}));
+        let mut h = TestHarness::started(s);
+        for n in 1..=bars.len() {
+            let before = h.ctx().broker().orders_count();
+            h.bars("BTC", &bars[n - 1..n]);
+            let traded = h.ctx().broker().orders_count() > before;
+            assert_eq!(h.signal(&bars[..n]).is_some(), traded, "bar {n}");
+        }
+        assert_eq!(h.ctx().broker().orders_count(), 3);
+        let up = h.signal(&bars[..6]).unwrap();
+        assert_eq!(up.kind, "bullish_crossover");
+        assert!(
+            up.message
+                .starts_with("BTC: the 2-bar SMA (10.5000) crossed above"),
+            "{}",
+            up.message
+        );
+        assert_eq!(h.signal(&bars[..8]).unwrap().kind, "bearish_crossover");
+
+        // After 10 10 10 10 9 12: fast (9 + 12) / 2 = 10.5, slow 41 / 4 = 10.25;
+        // spread 0.25 / 10.25; score 50 × (1 + tanh(spread / 0.02)) ≈ 91.97.
+        let score = h.score(&bars[..6]).unwrap();
+        assert!((score - 50.0 * (1.0 + (0.25 / 10.25 / 0.02_f64).tanh())).abs() < TOL);
+        assert!((91.9..92.0).contains(&score), "{score}");
+        // After 10 10 10 10 9: fast 9.5 below slow 9.75, under 50.
+        assert!(h.score(&bars[..5]).unwrap() < 50.0);
+        assert_eq!(h.score(&bars[..3]), None, "slow average not full");
     }
 
     #[test]
