@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     executors_by_strategy, manager_env, process_alive, sigkill, spawn_manager_binary, try_wait_for,
-    wait_for, wait_lease, LogCapture, PgStop, TestEngine, DEADLINE,
+    wait_for, wait_lease, LogCapture, PgStop, RedisStop, TestEngine, DEADLINE,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -854,5 +854,49 @@ async fn recovered_commands_are_applied_to_the_state_they_would_have_found() {
         paused, 0,
         "the global pause was applied to a strategy that was stopped when it was given"
     );
+    engine.finish().await;
+}
+
+/// Found by a full-size fault run after bug 15 (its slowest recovery, 5.01 s): a
+/// manager that adopts an executor which should be stopped sends the shutdown over
+/// the control link and Redis; right after a manager restart the executor's link is
+/// still reconnecting, and with Redis away the message reached nobody, so the stop
+/// waited for the SIGTERM at half its grace period (5 s). Now a shutdown that did not
+/// go over a link is sent over the link as soon as the executor connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_reaches_an_executor_that_connects_while_it_is_stopping() {
+    let mut engine = TestEngine::on_private_services().await;
+    let (env, log, mut manager) = binary_manager(&engine).await;
+    let id = engine
+        .start_heartbeats("hb-late-link", 1, json!({"interval_ms": 50}))
+        .await[0];
+    let op = engine.op();
+    let pid = engine.live_pid(id).await;
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    // A stop whose desired_state was written just before the manager died.
+    sqlx::query("UPDATE strategy_configs SET desired_state = 'stopped' WHERE id = $1")
+        .bind(id)
+        .execute(&op.pool)
+        .await
+        .unwrap();
+    engine.services().redis.stop(RedisStop::Kill).await;
+    let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+
+    let manager = respawn_manager(&engine, &env, &log).await;
+    op.wait_status(id, "stopped").await;
+    assert!(!process_alive(pid));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let since = &text[mark as usize..];
+    assert!(
+        since.contains("the executor connected while stopping; shutdown sent"),
+        "the shutdown was not sent when the executor connected:\n{since}"
+    );
+    assert!(
+        !since.contains("sending SIGTERM"),
+        "the stop waited for the SIGTERM:\n{since}"
+    );
+    engine.services().redis.start_again().await;
+    drop(manager);
     engine.finish().await;
 }

@@ -6,6 +6,7 @@
 use super::error::{RequestError, StartError, StopError, UpdateError, ValidateFailure};
 use super::machine::Event;
 use super::{next_frame, wait_exit, StrategySupervisor, DB_WRITE_TIMEOUT};
+use crate::link::ControlLink;
 use crate::process::{ExecutorProcess, SpawnSpec};
 use chrono::Utc;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage};
@@ -121,8 +122,10 @@ impl StrategySupervisor {
             reason: Some(reason.as_str().to_string()),
             ..self.executor_command(ExecutorCommandKind::Shutdown, None, command_id)
         };
-        self.send_to_executor(cmd).await;
-        match self.escalate(grace).await {
+        let sent_on_link = self.link.is_some();
+        self.send_to_executor(cmd.clone()).await;
+        let resend = (!(sent_on_link && self.link.is_some())).then_some(&cmd);
+        match self.escalate(grace, resend).await {
             Some(exit) => {
                 tracing::info!(%exit, "executor stopped");
                 self.forget_process();
@@ -135,8 +138,15 @@ impl StrategySupervisor {
     }
 
     /// Wait for the exit; SIGTERM at half `grace`, SIGKILL at its end (`None`: it
-    /// survived even that for 5 s).
-    async fn escalate(&mut self, grace: Duration) -> Option<crate::process::ExitInfo> {
+    /// survived even that for 5 s). `resend`: the shutdown did not go over a control
+    /// link (none was up: an executor still reconnecting to a restarted manager, with
+    /// Redis perhaps away too), so it goes over the link as soon as one comes up,
+    /// rather than waiting for the SIGTERM.
+    async fn escalate(
+        &mut self,
+        grace: Duration,
+        mut resend: Option<&ExecutorCommand>,
+    ) -> Option<crate::process::ExitInfo> {
         let started = Instant::now();
         let term_at = started + grace / 2;
         let kill_at = started + grace;
@@ -153,7 +163,14 @@ impl StrategySupervisor {
                 },
                 link = self.link_rx.recv() => {
                     // A late (re)connection: nothing to tell it but to stop.
-                    drop(link);
+                    let ours = |l: &ControlLink| self.proc.as_ref().is_some_and(|p| p.pid == l.peer_pid);
+                    if let (Some(mut link), Some(cmd)) = (link.filter(ours), resend) {
+                        if link.send(&ManagerMessage::Command(cmd.clone())).await.is_ok() {
+                            tracing::info!("the executor connected while stopping; shutdown sent");
+                            resend = None;
+                            self.link = Some(link);
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(next_deadline) => {
                     if let Some(p) = &self.proc {
