@@ -204,7 +204,7 @@ impl CommandIntake {
                     superseded: superseded(&strategy_id),
                     reply,
                 };
-                if handle.tx.send(cmd).await.is_err() {
+                if handle.tx.send(Box::new(cmd)).await.is_err() {
                     return; // shutting down: the row stays `processing` for the next manager
                 }
                 let shared = self.shared.clone();
@@ -252,7 +252,7 @@ impl CommandIntake {
                 superseded: superseded.contains(strategy_id),
                 reply,
             };
-            if handle.tx.send(cmd).await.is_ok() {
+            if handle.tx.send(Box::new(cmd)).await.is_ok() {
                 waits.push((*strategy_id, rx));
             }
         }

@@ -68,7 +68,9 @@ impl ControlLink {
 }
 
 /// Where connections for each strategy go.
-pub type LinkRoutes = Arc<Mutex<HashMap<Uuid, mpsc::Sender<ControlLink>>>>;
+/// Boxed: a channel allocates a block of 32 slots when it is made, and a boxed link
+/// keeps that block small (one route per strategy).
+pub type LinkRoutes = Arc<Mutex<HashMap<Uuid, mpsc::Sender<Box<ControlLink>>>>>;
 
 /// Accepts executor connections on `path` until `cancel`.
 pub struct ControlServer {
@@ -176,5 +178,5 @@ async fn handshake(stream: UnixStream, routes: LinkRoutes) {
         reader,
         writer,
     };
-    let _ = route.send(link).await;
+    let _ = route.send(Box::new(link)).await;
 }

@@ -81,7 +81,9 @@ pub enum Initial {
 /// The public face of one running supervisor.
 #[derive(Clone)]
 pub struct SupervisorHandle {
-    pub tx: mpsc::Sender<SupervisorCommand>,
+    /// Boxed commands: a channel allocates a block of 32 slots when it is made, and
+    /// boxes keep that block small (one inbox per strategy).
+    pub tx: mpsc::Sender<Box<SupervisorCommand>>,
     /// Fired when the strategy's row is deleted.
     removed: CancellationToken,
 }
@@ -120,8 +122,8 @@ pub struct StrategySupervisor {
     observed: ObservedState,
     proc: Option<ExecutorProcess>,
     link: Option<ControlLink>,
-    link_rx: mpsc::Receiver<ControlLink>,
-    inbox: mpsc::Receiver<SupervisorCommand>,
+    link_rx: mpsc::Receiver<Box<ControlLink>>,
+    inbox: mpsc::Receiver<Box<SupervisorCommand>>,
     /// The reply channel of the command being applied.
     replying: Option<oneshot::Sender<Outcome>>,
     journal: Journal,
@@ -210,10 +212,10 @@ impl StrategySupervisor {
                 _ = cancel.cancelled() => break,
                 _ = removed.cancelled() => return Box::pin(self.forget()).await,
                 exit = wait_exit(&mut self.proc) => Wake::Exited(exit),
-                Some(link) = self.link_rx.recv() => Wake::Link(link),
+                Some(link) = self.link_rx.recv() => Wake::Link(*link),
                 frame = next_frame(&mut self.link) => Wake::Frame(frame),
                 cmd = self.inbox.recv() => match cmd {
-                    Some(cmd) => Wake::Command(cmd),
+                    Some(cmd) => Wake::Command(*cmd),
                     None => break,
                 },
                 _ = sleep_until(self.machine.backoff_until()) => Wake::BackoffOver,

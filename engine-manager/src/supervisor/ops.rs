@@ -79,7 +79,7 @@ impl StrategySupervisor {
                 link = self.link_rx.recv() => {
                     if let Some(link) = link {
                         let hello = link.hello_status;
-                        self.accept_link(link).await;
+                        self.accept_link(*link).await;
                         if hello.is_live() && self.link.is_some() {
                             return Event::Ready { reported: hello };
                         }
@@ -164,11 +164,11 @@ impl StrategySupervisor {
                 link = self.link_rx.recv() => {
                     // A late (re)connection: nothing to tell it but to stop.
                     let ours = |l: &ControlLink| self.proc.as_ref().is_some_and(|p| p.pid == l.peer_pid);
-                    if let (Some(mut link), Some(cmd)) = (link.filter(ours), resend) {
+                    if let (Some(mut link), Some(cmd)) = (link.filter(|l| ours(l)), resend) {
                         if link.send(&ManagerMessage::Command(cmd.clone())).await.is_ok() {
                             tracing::info!("the executor connected while stopping; shutdown sent");
                             resend = None;
-                            self.link = Some(link);
+                            self.link = Some(*link);
                         }
                     }
                 }
@@ -251,7 +251,7 @@ impl StrategySupervisor {
                 }
                 link = self.link_rx.recv() => {
                     if let Some(link) = link {
-                        self.accept_link(link).await;
+                        self.accept_link(*link).await;
                         if !sent_on_link {
                             if let Some(l) = &mut self.link {
                                 sent_on_link = l.send(&ManagerMessage::Command(cmd.clone())).await.is_ok();
