@@ -508,6 +508,38 @@ mod tests {
         assert_eq!(h.strategy().shutdowns.len(), 1, "on_shutdown runs once");
     }
 
+    /// Halts on its second execution.
+    struct Twice {
+        executions: u32,
+    }
+    impl Strategy for Twice {
+        fn on_start(&mut self, _ctx: &mut Context) {}
+        fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+        fn on_execute(
+            &mut self,
+            ctx: &mut Context,
+        ) -> Result<ExecutionReport, crate::ExecuteError> {
+            self.executions += 1;
+            if self.executions == 2 {
+                ctx.halt("done");
+            }
+            Ok(ExecutionReport::done())
+        }
+    }
+
+    #[test]
+    fn executions_follow_the_runtime_rules() {
+        let mut h = TestHarness::new(Twice { executions: 0 });
+        assert_eq!(h.execute(), Err(ExecutionError::NotRunning(Phase::Created)));
+        h.start();
+        assert_eq!(h.execute(), Ok(ExecutionReport::done()));
+        assert!(h.execute().is_ok());
+        assert_eq!(h.phase(), Phase::Stopped, "a halt shuts it down");
+        assert_eq!(h.halt_reason(), Some("done"));
+        assert_eq!(h.execute(), Err(ExecutionError::NotRunning(Phase::Stopped)));
+        assert_eq!(h.strategy().executions, 2);
+    }
+
     #[test]
     fn harnesses_from_a_registry_are_not_started() {
         let mut registry = Registry::new();

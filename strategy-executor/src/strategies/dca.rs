@@ -3,9 +3,10 @@
 //! simple moving average.
 //!
 //! It is an interval strategy: it trades only in `on_execute` (once per
-//! `execution_interval_s`, or per `trigger` command). Its ticks only keep the latest
-//! prices (the last `below_sma` of them, or the last one); it never trades on a tick.
-//! An execution before the token's first tick fails, saying so. With `below_sma`, an
+//! `execution_interval_s`, or per `trigger` command), at the broker's latest price
+//! of the token, which the order fills at. Its ticks only keep the last `below_sma`
+//! prices for the average; it never trades on a tick. An execution before the
+//! token's first tick of this run fails, saying so. With `below_sma`, an
 //! execution whose price is not below the average of the last `below_sma` prices
 //! (the latest included), or that has seen fewer prices than that, buys nothing and
 //! ends well, its message saying why. It never sells: the position is what it has
@@ -58,9 +59,9 @@ impl DcaConfig {
         Ok(parsed)
     }
 
-    /// How many prices the strategy keeps.
+    /// How many prices the strategy keeps: those of the average (none without one).
     fn window(&self) -> usize {
-        self.below_sma.map_or(1, |period| period as usize)
+        self.below_sma.map_or(0, |period| period as usize)
     }
 }
 
@@ -72,7 +73,8 @@ pub fn create(config: &Value) -> Result<Box<dyn Strategy>, ConfigError> {
 #[derive(Debug)]
 pub struct Dca {
     config: DcaConfig,
-    /// The latest prices of the token, oldest first, at most `config.window()`.
+    /// The token's latest prices seen by `on_tick`, oldest first, at most
+    /// `config.window()`: the average's.
     prices: VecDeque<f64>,
     buys: u64,
     invested: f64,
@@ -137,7 +139,9 @@ impl Strategy for Dca {
 
     fn on_execute(&mut self, ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
         let token = self.config.token.clone();
-        let Some(&price) = self.prices.back() else {
+        // The broker's price, which the order fills at: also the ticks of a pause,
+        // which reached the broker but not `on_tick`.
+        let Some(price) = ctx.last_price(&token) else {
             return Err(ExecuteError::new(format!(
                 "no price for {token} yet: nothing bought until its first tick"
             )));
@@ -240,6 +244,22 @@ mod tests {
         );
         assert_eq!(h.position("BTC-USD").qty, 1.0);
         assert_eq!(h.strategy().prices.len(), 3, "only the window is kept");
+    }
+
+    #[test]
+    fn the_price_is_the_latest_even_after_a_pause() {
+        let mut h = harness(json!({"token": "BTC-USD", "notional": 100.0}));
+        h.tick("BTC-USD", 50.0)
+            .pause()
+            .tick("BTC-USD", 200.0)
+            .resume();
+        h.execute().unwrap();
+        assert_eq!(h.fills()[0].price, 200.0);
+        assert_eq!(
+            h.position("BTC-USD").qty,
+            0.5,
+            "the notional, at the fill price"
+        );
     }
 
     #[test]
