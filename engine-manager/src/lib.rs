@@ -12,6 +12,8 @@
 //! - [`publisher`]: the one task that talks to Redis for sending.
 //! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
 //!   [`recorder`]: metrics into `strategy_metrics`.
+//! - [`executions`]: the plan of interval executions (due times, the concurrency
+//!   limit, skips, time limits, statistics), pure and not wired in yet.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`tasks`]: every background task is owned; one that panics or ends early stops
@@ -22,6 +24,7 @@
 
 pub mod command_metrics;
 pub mod config;
+pub mod executions;
 pub mod health;
 pub mod http;
 pub mod intake;

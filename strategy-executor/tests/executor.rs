@@ -393,6 +393,7 @@ fn list_names_the_builtin_strategies() {
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     for name in [
+        "dca",
         "heartbeat",
         "sma_crossover",
         "mean_reversion",
@@ -409,6 +410,11 @@ fn list_names_the_builtin_strategies() {
         text.contains("    modes: live, backtest, screener, alert\n"),
         "{text}"
     );
+    assert!(
+        text.contains("dca — ") && text.contains("    interval executions: yes\n"),
+        "{text}"
+    );
+    assert!(text.contains("    interval executions: no\n"), "{text}");
 
     let output = run_to_end(&["--list", "--json"], "");
     assert!(output.status.success());
@@ -422,12 +428,18 @@ fn list_names_the_builtin_strategies() {
         names,
         [
             "bullish_breakout",
+            "dca",
             "heartbeat",
             "mean_reversion",
             "sma_crossover"
         ]
     );
     assert!(infos.iter().all(|i| i["example_config"].is_object()));
+    let dca = infos.iter().find(|i| i["strategy_type"] == "dca").unwrap();
+    assert_eq!(dca["supports_interval"], true);
+    assert!(infos
+        .iter()
+        .all(|i| i["supports_interval"] == (i["strategy_type"] == "dca")));
     assert!(infos.iter().all(|i| i["modes"][0] == "live"));
 }
 
@@ -451,7 +463,7 @@ fn unknown_strategy_type_exits_2_and_lists_the_registered_ones() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(
         stderr.trim_end(),
-        "error: unknown strategy_type 'sma_crosover'; registered: bullish_breakout, heartbeat, mean_reversion, sma_crossover"
+        "error: unknown strategy_type 'sma_crosover'; registered: bullish_breakout, dca, heartbeat, mean_reversion, sma_crossover"
     );
 }
 
@@ -516,7 +528,7 @@ fn validate_accepts_a_good_config_and_rejects_a_bad_one() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
         stderr.contains(
-            "unknown strategy_type 'nope'; registered: bullish_breakout, heartbeat, mean_reversion, sma_crossover"
+            "unknown strategy_type 'nope'; registered: bullish_breakout, dca, heartbeat, mean_reversion, sma_crossover"
         ),
         "{stderr}"
     );

@@ -11,11 +11,14 @@
 use crate::broker::{BrokerSnapshot, Fill, OrderError, SnapshotError};
 use crate::config::ConfigError;
 use crate::context::Context;
+use crate::execution::{ExecutionError, ExecutionReport};
 use crate::modes::{Bar, Signal};
 use crate::strategy::{ShutdownReason, Strategy, Tick};
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
 use serde_json::Value;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -182,6 +185,50 @@ impl<S: Strategy + ?Sized> Host<S> {
         true
     }
 
+    /// One interval execution: the strategy's [`Strategy::on_execute`], if running,
+    /// the clock at `now`. A panic in `on_execute` is caught and returned as
+    /// [`ExecutionError::Panicked`] (the strategy stays `Running`; its own fields may
+    /// be half-updated, the broker is not, since every order is applied whole). This
+    /// is the one callback whose panic is caught: a panic in any other unwinds out of
+    /// the host, and the executor exits and is restarted by the crash rules. (With
+    /// `panic = "abort"` nothing can be caught.)
+    ///
+    /// ```
+    /// use chrono::Utc;
+    /// use strategy_sdk::{Context, ExecuteError, ExecutionError, ExecutionReport, Host, Strategy, Tick};
+    /// use uuid::Uuid;
+    ///
+    /// struct Fragile;
+    /// impl Strategy for Fragile {
+    ///     fn on_start(&mut self, _ctx: &mut Context) {}
+    ///     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    ///     fn on_execute(&mut self, ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+    ///         match ctx.last_price("BTC-USD") {
+    ///             None => panic!("no price"),
+    ///             Some(price) => Ok(ExecutionReport::with_message(format!("price {price}"))),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut host = Host::new(Uuid::nil(), "fragile", Box::new(Fragile));
+    /// let err = host.execute(Utc::now()).unwrap_err();
+    /// assert_eq!(err.to_string(), "the strategy is not running (it is not started)");
+    /// host.start(Utc::now());
+    /// let err = host.execute(Utc::now()).unwrap_err();
+    /// assert_eq!(err, ExecutionError::Panicked("no price".into()));
+    /// ```
+    pub fn execute(&mut self, now: DateTime<Utc>) -> Result<ExecutionReport, ExecutionError> {
+        if self.phase != Phase::Running {
+            return Err(ExecutionError::NotRunning(self.phase));
+        }
+        self.ctx.set_now(now);
+        let (strategy, ctx) = (&mut self.strategy, &mut self.ctx);
+        match catch_unwind(AssertUnwindSafe(|| strategy.on_execute(ctx))) {
+            Ok(result) => result.map_err(ExecutionError::Failed),
+            Err(payload) => Err(ExecutionError::Panicked(panic_message(payload.as_ref()))),
+        }
+    }
+
     /// `on_pause`, if running: `Running` → `Paused`.
     pub fn pause(&mut self, now: DateTime<Utc>) -> bool {
         if self.phase != Phase::Running {
@@ -248,6 +295,17 @@ impl<S: Strategy + ?Sized> Host<S> {
     /// The fills since the last call (empty unless [`Host::record_fills`] was called).
     pub fn take_fills(&mut self) -> Vec<Fill> {
         self.ctx.take_fills()
+    }
+}
+
+/// The message a panic was raised with (`panic!("...")`), or a placeholder.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
     }
 }
 
@@ -417,5 +475,70 @@ mod tests {
         assert_eq!(metrics.orders_count, 3);
         assert_eq!(metrics.positions_count, 0);
         assert_eq!(metrics.pnl, 1.0);
+    }
+    /// Executes by its script: ok, an error, or a panic with a formatted message.
+    struct Scripted {
+        next: Vec<&'static str>,
+    }
+    impl Strategy for Scripted {
+        fn on_start(&mut self, _ctx: &mut Context) {}
+        fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+        fn on_execute(
+            &mut self,
+            ctx: &mut Context,
+        ) -> Result<ExecutionReport, crate::ExecuteError> {
+            match self.next.remove(0) {
+                "ok" => Ok(ExecutionReport::with_message(ctx.now().to_rfc3339())),
+                "err" => Err(crate::ExecuteError::new("nothing to do")),
+                other => panic!("scripted {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn executions_run_only_while_running_and_panics_become_errors() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let script = vec!["ok", "err", "boom", "ok"];
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Scripted { next: script }));
+        assert_eq!(
+            host.execute(now),
+            Err(ExecutionError::NotRunning(Phase::Created))
+        );
+        host.start(now);
+        let report = host.execute(now).unwrap();
+        assert_eq!(report.message(), Some("2023-11-14T22:13:20+00:00"));
+        let err = host.execute(now).unwrap_err();
+        assert_eq!(err.to_string(), "nothing to do");
+        let err = host.execute(now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the strategy panicked during the execution: scripted boom"
+        );
+        assert_eq!(host.phase(), Phase::Running, "a panic does not stop it");
+        host.pause(now);
+        let err = host.execute(now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the strategy is not running (it is paused)"
+        );
+        host.resume(now);
+        assert!(host.execute(now).is_ok());
+        host.shutdown(now, ShutdownReason::Stop);
+        assert_eq!(
+            host.execute(now),
+            Err(ExecutionError::NotRunning(Phase::Stopped))
+        );
+    }
+
+    #[test]
+    fn strategies_without_on_execute_say_so() {
+        let mut host = Host::new(Uuid::nil(), "t", Box::new(Recorder::default()));
+        host.start(Utc::now());
+        let err = host.execute(Utc::now()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not support interval execution"),
+            "{err}"
+        );
     }
 }

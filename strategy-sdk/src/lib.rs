@@ -7,6 +7,8 @@
 //!   orders, custom metrics, halting itself) — only what a strategy calls.
 //! - [`broker`]: the [`PaperBroker`] that fills orders at the last price and keeps
 //!   positions, PnL, orders count and success rate.
+//! - [`execution`]: one interval execution step's outcome ([`ExecutionReport`],
+//!   [`ExecuteError`]) and why a host could not run one ([`ExecutionError`]).
 //! - [`modes`]: the [`RunMode`]s (`live`, `backtest`, `screener`, `alert`), the
 //!   [`Bar`]s a strategy is given outside live trading, and the [`Signal`] an alert
 //!   raises.
@@ -33,6 +35,7 @@ pub mod backtest;
 pub mod broker;
 pub mod config;
 pub mod context;
+pub mod execution;
 pub mod host;
 pub mod indicators;
 pub mod modes;
@@ -45,6 +48,7 @@ pub mod testkit;
 pub use broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
+pub use execution::{ExecuteError, ExecutionError, ExecutionReport};
 pub use host::Host;
 pub use modes::{Bar, RunMode, Signal, SignalPriority};
 pub use registry::{Registry, RegistryError, StrategyInfo};

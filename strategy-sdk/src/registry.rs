@@ -24,6 +24,10 @@ pub struct StrategyInfo {
     pub example_config: Value,
     /// The run modes the type supports: `live` always, then those it declared.
     pub modes: Vec<RunMode>,
+    /// Whether the type implements [`Strategy::on_execute`]: it may be given an
+    /// `execution_interval_s` and `trigger` commands
+    /// ([`Registry::register_interval`]).
+    pub supports_interval: bool,
 }
 
 impl StrategyInfo {
@@ -185,12 +189,60 @@ impl Registry {
             description: description.to_string(),
             example_config,
             modes,
+            supports_interval: false,
         };
         let entry = Entry {
             info,
             constructor: Box::new(constructor),
         };
         self.entries.insert(strategy_type.to_string(), entry);
+        self
+    }
+
+    /// [`Registry::register_with_modes`] for a strategy that also implements
+    /// [`Strategy::on_execute`]: it may run with an `execution_interval_s` (executed
+    /// once per interval) and take `trigger` commands. `--list` shows it.
+    ///
+    /// ```
+    /// # use strategy_sdk::{Context, ExecuteError, ExecutionReport, Registry, RunMode, Strategy, Tick};
+    /// # struct Step;
+    /// # impl Strategy for Step {
+    /// #     fn on_start(&mut self, _ctx: &mut Context) {}
+    /// #     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    /// #     fn on_execute(&mut self, _ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+    /// #         Ok(ExecutionReport::done())
+    /// #     }
+    /// # }
+    /// let mut registry = Registry::new();
+    /// registry.register_interval(
+    ///     "step", "one step per interval", serde_json::json!({}), &[],
+    ///     |_config: &serde_json::Value| Ok(Box::new(Step) as Box<dyn Strategy>),
+    /// );
+    /// let info = registry.info("step").unwrap();
+    /// assert!(info.supports_interval);
+    /// assert_eq!(info.modes, [RunMode::Live]);
+    /// ```
+    pub fn register_interval<F>(
+        &mut self,
+        strategy_type: &str,
+        description: &str,
+        example_config: Value,
+        modes: &[RunMode],
+        constructor: F,
+    ) -> &mut Self
+    where
+        F: Fn(&Value) -> Result<Box<dyn Strategy>, ConfigError> + Send + Sync + 'static,
+    {
+        self.register_with_modes(
+            strategy_type,
+            description,
+            example_config,
+            modes,
+            constructor,
+        );
+        if let Some(entry) = self.entries.get_mut(strategy_type) {
+            entry.info.supports_interval = true;
+        }
         self
     }
 
@@ -307,6 +359,13 @@ mod tests {
         assert!(r.info("other").is_none());
         let listed = serde_json::to_value(r.info("judge").unwrap()).unwrap();
         assert_eq!(listed["modes"], json!(["live", "screener", "alert"]));
+        assert_eq!(listed["supports_interval"], json!(false));
+        r.register_interval("stepper", "", json!({}), &[RunMode::Backtest], nop);
+        let stepper = r.info("stepper").unwrap();
+        assert!(stepper.supports_interval);
+        assert_eq!(stepper.modes, [RunMode::Live, RunMode::Backtest]);
+        r.register("stepper", "replaced", json!({}), nop);
+        assert!(!r.info("stepper").unwrap().supports_interval);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::config::ConfigError;
 use crate::context::Context;
+use crate::execution::{ExecuteError, ExecutionReport};
 use crate::modes::{Bar, Signal};
 pub use engine_protocol::{ShutdownReason, Tick};
 
@@ -90,6 +91,42 @@ pub trait Strategy: Send {
     /// Called once before the process exits, also after [`Context::halt`] (with
     /// [`ShutdownReason::Stop`]).
     fn on_shutdown(&mut self, _ctx: &mut Context, _reason: ShutdownReason) {}
+
+    /// Interval execution: one step, run once per `execution_interval_s` on the
+    /// manager's clock and once per `trigger` command, with the same [`Context`] as
+    /// every callback (the latest prices, the paper broker, metrics). `Ok` with an
+    /// optional message when it ended well (doing nothing on purpose is ending well:
+    /// say why in the message), `Err` with the reason otherwise. A running strategy
+    /// only; never at the same time as another callback. The default says the
+    /// strategy does not support it: a strategy that implements it also registers
+    /// with [`crate::Registry::register_interval`].
+    ///
+    /// ```
+    /// use strategy_sdk::testkit::TestHarness;
+    /// use strategy_sdk::{Context, ExecuteError, ExecutionReport, Strategy, Tick};
+    ///
+    /// /// Buys 1 BTC-USD per execution.
+    /// struct Stack;
+    /// impl Strategy for Stack {
+    ///     fn on_start(&mut self, ctx: &mut Context) {
+    ///         ctx.subscribe("BTC-USD");
+    ///     }
+    ///     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    ///     fn on_execute(&mut self, ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+    ///         let fill = ctx.buy("BTC-USD", 1.0).map_err(|e| ExecuteError::new(e.to_string()))?;
+    ///         Ok(ExecutionReport::with_message(format!("bought 1 at {}", fill.price)))
+    ///     }
+    /// }
+    ///
+    /// let mut h = TestHarness::started(Stack);
+    /// assert!(h.execute().is_err(), "no price yet");
+    /// h.tick("BTC-USD", 100.0);
+    /// assert_eq!(h.execute().unwrap().message(), Some("bought 1 at 100"));
+    /// assert_eq!(h.position("BTC-USD").qty, 1.0);
+    /// ```
+    fn on_execute(&mut self, _ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+        Err(ExecuteError::unsupported())
+    }
 
     /// Screener: how good a buy the symbol is on its latest bar, judged from its bar
     /// `history` (oldest first, the latest last; the strategy's `token` is the

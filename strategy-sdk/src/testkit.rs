@@ -44,6 +44,7 @@
 use crate::broker::{BrokerSnapshot, Fill, Position};
 use crate::config::ConfigError;
 use crate::context::Context;
+use crate::execution::{ExecutionError, ExecutionReport};
 use crate::host::{Host, Phase, RestoreError};
 use crate::modes::{Bar, Signal};
 use crate::registry::{Registry, RegistryError};
@@ -212,6 +213,34 @@ impl<S: Strategy + ?Sized> TestHarness<S> {
         let now = self.now;
         self.host.timer(now);
         self.settle()
+    }
+
+    /// One interval execution (or a `trigger` command), at the test clock, as the
+    /// executor runs it: only while running; a panic in `on_execute` comes back as
+    /// [`ExecutionError::Panicked`]; a strategy that halts itself is shut down.
+    ///
+    /// ```
+    /// # use strategy_sdk::{Context, ExecuteError, ExecutionReport, Strategy, Tick};
+    /// # use strategy_sdk::testkit::TestHarness;
+    /// # struct Once;
+    /// # impl Strategy for Once {
+    /// #     fn on_start(&mut self, _ctx: &mut Context) {}
+    /// #     fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+    /// #     fn on_execute(&mut self, ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+    /// #         Ok(ExecutionReport::with_message(format!("at {}", ctx.now().format("%H:%M"))))
+    /// #     }
+    /// # }
+    /// let mut h = TestHarness::started(Once);
+    /// h.advance(std::time::Duration::from_secs(3600));
+    /// assert_eq!(h.execute().unwrap().message(), Some("at 01:00"));
+    /// h.pause();
+    /// assert!(h.execute().unwrap_err().to_string().contains("paused"));
+    /// ```
+    pub fn execute(&mut self) -> Result<ExecutionReport, ExecutionError> {
+        let now = self.now;
+        let result = self.host.execute(now);
+        self.settle();
+        result
     }
 
     /// Move the test clock forward.
@@ -477,6 +506,38 @@ mod tests {
         assert_eq!(h.strategy().shutdowns, [ShutdownReason::Restart]);
         h.stop(ShutdownReason::Stop).tick("BTC", 1.0);
         assert_eq!(h.strategy().shutdowns.len(), 1, "on_shutdown runs once");
+    }
+
+    /// Halts on its second execution.
+    struct Twice {
+        executions: u32,
+    }
+    impl Strategy for Twice {
+        fn on_start(&mut self, _ctx: &mut Context) {}
+        fn on_tick(&mut self, _ctx: &mut Context, _tick: &Tick) {}
+        fn on_execute(
+            &mut self,
+            ctx: &mut Context,
+        ) -> Result<ExecutionReport, crate::ExecuteError> {
+            self.executions += 1;
+            if self.executions == 2 {
+                ctx.halt("done");
+            }
+            Ok(ExecutionReport::done())
+        }
+    }
+
+    #[test]
+    fn executions_follow_the_runtime_rules() {
+        let mut h = TestHarness::new(Twice { executions: 0 });
+        assert_eq!(h.execute(), Err(ExecutionError::NotRunning(Phase::Created)));
+        h.start();
+        assert_eq!(h.execute(), Ok(ExecutionReport::done()));
+        assert!(h.execute().is_ok());
+        assert_eq!(h.phase(), Phase::Stopped, "a halt shuts it down");
+        assert_eq!(h.halt_reason(), Some("done"));
+        assert_eq!(h.execute(), Err(ExecutionError::NotRunning(Phase::Stopped)));
+        assert_eq!(h.strategy().executions, 2);
     }
 
     #[test]

@@ -163,7 +163,9 @@ fn list(registry: &Registry, json: bool) -> ExitCode {
             writeln!(out, "{} — {}", info.strategy_type, info.description)?;
             writeln!(out, "    example config: {}", info.example_config)?;
             let modes: Vec<&str> = info.modes.iter().map(|mode| mode.as_str()).collect();
-            writeln!(out, "    modes: {}", modes.join(", "))
+            writeln!(out, "    modes: {}", modes.join(", "))?;
+            let interval = if info.supports_interval { "yes" } else { "no" };
+            writeln!(out, "    interval executions: {interval}")
         })
     };
     match written.and_then(|()| out.flush()) {

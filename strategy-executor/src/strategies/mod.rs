@@ -2,11 +2,13 @@
 //!
 //! Each strategy lives in its own module with a strict config struct (unknown keys,
 //! wrong types and values out of range are errors naming the key), a `create`
-//! constructor for the [`Registry`], and live `update_config`. The helpers shared by
+//! constructor for the [`Registry`], and live `update_config`. `dca` is an interval
+//! strategy: it trades in `on_execute`, not on ticks. The helpers shared by
 //! the trading strategies (a rolling window with O(1) mean and variance, moving to a
 //! target position, the loss limit, field checks) live here.
 
 pub mod bullish_breakout;
+pub mod dca;
 pub mod heartbeat;
 pub mod mean_reversion;
 pub mod sma_crossover;
@@ -38,6 +40,13 @@ pub fn builtin_registry() -> Registry {
             bullish_breakout::example_config(),
             &every_mode,
             bullish_breakout::create,
+        )
+        .register_interval(
+            dca::STRATEGY_TYPE,
+            dca::DESCRIPTION,
+            dca::example_config(),
+            &[],
+            dca::create,
         )
         .register(
             heartbeat::STRATEGY_TYPE,
@@ -352,6 +361,7 @@ mod tests {
             registry.types(),
             vec![
                 "bullish_breakout",
+                "dca",
                 "heartbeat",
                 "mean_reversion",
                 "sma_crossover"
@@ -372,6 +382,13 @@ mod tests {
         assert_eq!(modes("sma_crossover"), RunMode::ALL);
         assert_eq!(modes("mean_reversion"), RunMode::ALL);
         assert_eq!(modes("bullish_breakout"), RunMode::ALL);
+        assert_eq!(modes("dca"), [RunMode::Live]);
+        let interval: Vec<_> = registry
+            .infos()
+            .filter(|info| info.supports_interval)
+            .map(|info| info.strategy_type.as_str())
+            .collect();
+        assert_eq!(interval, ["dca"]);
         let err = registry
             .create(
                 "sma_crossover",
