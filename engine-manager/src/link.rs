@@ -6,16 +6,17 @@
 
 use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
 use engine_protocol::Status;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,8 +26,13 @@ pub enum LinkError {
     #[error("control link write timed out")]
     WriteTimedOut,
     #[error("control link write failed")]
-    Write(#[source] tokio_util::codec::LinesCodecError),
+    Write(#[source] std::io::Error),
 }
+
+/// The read buffer a link starts with (it grows for a larger frame, up to
+/// `MAX_FRAME_BYTES`): frames are a few hundred bytes, and the codec's default of
+/// 8 KiB per link would be most of a supervised strategy's memory in the manager.
+const READ_BUFFER: usize = 1024;
 
 /// A connected executor.
 pub struct ControlLink {
@@ -34,14 +40,17 @@ pub struct ControlLink {
     /// The status the executor reported in its hello.
     pub hello_status: Status,
     reader: FramedRead<OwnedReadHalf, LinesCodec>,
-    writer: FramedWrite<OwnedWriteHalf, LinesCodec>,
+    /// Frames are written whole (`write_all`), without a codec's 8 KiB write buffer
+    /// per link: the manager keeps one link per strategy.
+    writer: OwnedWriteHalf,
 }
 
 impl ControlLink {
     /// Send one frame; an error means the link is gone.
     pub async fn send(&mut self, msg: &ManagerMessage) -> Result<(), LinkError> {
-        let line = serde_json::to_string(msg).expect("control frames serialize");
-        tokio::time::timeout(Duration::from_secs(2), self.writer.send(line))
+        let mut line = serde_json::to_vec(msg).expect("control frames serialize");
+        line.push(b'\n');
+        tokio::time::timeout(Duration::from_secs(2), self.writer.write_all(&line))
             .await
             .map_err(|_| LinkError::WriteTimedOut)?
             .map_err(LinkError::Write)
@@ -131,8 +140,9 @@ async fn handshake(stream: UnixStream, routes: LinkRoutes) {
         }
     };
     let (read, write) = stream.into_split();
-    let mut reader = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME_BYTES));
-    let writer = FramedWrite::new(write, LinesCodec::new_with_max_length(MAX_FRAME_BYTES));
+    let codec = LinesCodec::new_with_max_length(MAX_FRAME_BYTES);
+    let mut reader = FramedRead::with_capacity(read, codec, READ_BUFFER);
+    let writer = write;
     let first = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
     let hello = match first {
         Ok(Some(Ok(line))) => serde_json::from_str::<ExecutorMessage>(&line),
