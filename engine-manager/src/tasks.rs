@@ -17,7 +17,6 @@
 //! supervisor on every strategy.
 
 use futures_util::FutureExt;
-use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, Location};
@@ -51,21 +50,10 @@ impl TaskFailure {
         match err.try_into_panic() {
             Ok(panic) => TaskFailure::Panicked {
                 task,
-                message: panic_message(panic.as_ref()),
+                message: engine_protocol::panic_message(panic.as_ref()),
             },
             Err(_) => TaskFailure::Aborted { task },
         }
-    }
-}
-
-/// The text a panic was raised with.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(a panic without a message)".to_string()
     }
 }
 
@@ -164,7 +152,7 @@ impl Tasks {
             if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
                 let _ = failures.send(TaskFailure::Panicked {
                     task: name,
-                    message: panic_message(panic.as_ref()),
+                    message: engine_protocol::panic_message(panic.as_ref()),
                 });
             }
         })

@@ -17,7 +17,6 @@ use crate::strategy::{ShutdownReason, Strategy, Tick};
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
 use serde_json::Value;
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 use uuid::Uuid;
@@ -225,7 +224,9 @@ impl<S: Strategy + ?Sized> Host<S> {
         let (strategy, ctx) = (&mut self.strategy, &mut self.ctx);
         match catch_unwind(AssertUnwindSafe(|| strategy.on_execute(ctx))) {
             Ok(result) => result.map_err(ExecutionError::Failed),
-            Err(payload) => Err(ExecutionError::Panicked(panic_message(payload.as_ref()))),
+            Err(payload) => Err(ExecutionError::Panicked(engine_protocol::panic_message(
+                payload.as_ref(),
+            ))),
         }
     }
 
@@ -295,17 +296,6 @@ impl<S: Strategy + ?Sized> Host<S> {
     /// The fills since the last call (empty unless [`Host::record_fills`] was called).
     pub fn take_fills(&mut self) -> Vec<Fill> {
         self.ctx.take_fills()
-    }
-}
-
-/// The message a panic was raised with (`panic!("...")`), or a placeholder.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_string()
     }
 }
 
