@@ -16,7 +16,7 @@ async fn bad_commands_fail_clearly_and_the_manager_keeps_serving() {
         (
             "strat",
             json!({}),
-            "unknown command 'strat'; expected one of start, stop, restart, update, pause, resume",
+            "unknown command 'strat'; expected one of start, stop, restart, update, pause, resume, cancel",
         ),
         (
             "stop",

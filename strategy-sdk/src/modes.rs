@@ -11,108 +11,10 @@
 //! - `screener`: [`crate::Strategy::score`] on each symbol's bar history.
 //! - `alert`: [`crate::Strategy::signal`] on each symbol's bar history.
 
-use chrono::{DateTime, Utc};
-use engine_protocol::Tick;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
-/// A way of running a strategy. Every strategy runs `live`; a strategy type declares
-/// the others it supports when it is registered
-/// ([`crate::Registry::register_with_modes`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunMode {
-    /// Trading on live ticks (the strategy's executor).
-    Live,
-    /// Replaying bars through `on_tick` with the paper broker.
-    Backtest,
-    /// Ranking symbols by [`crate::Strategy::score`].
-    Screener,
-    /// Raising [`crate::Strategy::signal`]s.
-    Alert,
-}
-
-impl RunMode {
-    /// Every mode, in the order `--list` shows them.
-    pub const ALL: [RunMode; 4] = [
-        RunMode::Live,
-        RunMode::Backtest,
-        RunMode::Screener,
-        RunMode::Alert,
-    ];
-
-    /// The word used in `strategy_runs.mode` and `--list`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunMode::Live => "live",
-            RunMode::Backtest => "backtest",
-            RunMode::Screener => "screener",
-            RunMode::Alert => "alert",
-        }
-    }
-}
-
-impl fmt::Display for RunMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A word that is not a run mode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown run mode '{0}'; allowed: live, backtest, screener, alert")]
-pub struct UnknownRunMode(pub String);
-
-impl FromStr for RunMode {
-    type Err = UnknownRunMode;
-
-    fn from_str(word: &str) -> Result<Self, Self::Err> {
-        RunMode::ALL
-            .into_iter()
-            .find(|mode| mode.as_str() == word)
-            .ok_or_else(|| UnknownRunMode(word.to_string()))
-    }
-}
-
-/// One bar of market data (`market_bars`): `ts` is the bar's time (its open).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Bar {
-    pub ts: DateTime<Utc>,
-    pub open: f64,
-    pub high: f64,
-    pub low: f64,
-    pub close: f64,
-    pub volume: f64,
-}
-
-impl Bar {
-    /// A bar of one tick: open, high, low and close are its price, the volume its
-    /// volume (0 without one). What a strategy that keeps bars builds from live ticks.
-    pub fn from_tick(tick: &Tick) -> Bar {
-        Bar {
-            ts: tick.timestamp,
-            open: tick.price,
-            high: tick.price,
-            low: tick.price,
-            close: tick.price,
-            volume: tick.volume.unwrap_or(0.0),
-        }
-    }
-
-    /// The tick a backtest delivers for this bar: `token` at the close, stamped with
-    /// the bar's time, with the bar's volume.
-    pub fn close_tick(&self, token: &str) -> Tick {
-        Tick {
-            token: token.to_string(),
-            price: self.close,
-            timestamp: self.ts,
-            volume: Some(self.volume),
-            bid: None,
-            ask: None,
-        }
-    }
-}
+pub use engine_protocol::runs::bars_file::Bar;
+pub use engine_protocol::runs::{RunMode, UnknownRunMode};
 
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -152,6 +54,7 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
     use serde_json::json;
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`control`]: the private control link (a Unix socket, one JSON object per line).
 //! - [`inbound`]: the check every message from an executor passes (size, object,
 //!   `strategy_id`).
+//! - [`runs`]: runs (backtest, screener, alert): their words, Redis payloads, what
+//!   the manager hands a run's process and what it writes back, the bars file.
 //! - [`redact`]: credentials never reach a log line.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
@@ -26,6 +28,7 @@ pub mod inbound;
 pub mod messages;
 pub mod procfs;
 pub mod redact;
+pub mod runs;
 pub mod state_dir;
 #[cfg(feature = "validate")]
 pub mod validate;

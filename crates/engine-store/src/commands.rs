@@ -30,6 +30,10 @@ pub enum CommandKind {
     },
     Pause,
     Resume,
+    /// Cancel the run `run_id`, or every queued and running run of the strategy.
+    Cancel {
+        run_id: Option<Uuid>,
+    },
 }
 
 impl CommandKind {
@@ -41,6 +45,7 @@ impl CommandKind {
             CommandKind::Update { .. } => CommandWord::Update,
             CommandKind::Pause => CommandWord::Pause,
             CommandKind::Resume => CommandWord::Resume,
+            CommandKind::Cancel { .. } => CommandWord::Cancel,
         }
     }
 
@@ -115,6 +120,12 @@ pub enum InvalidCommand {
         "unknown parameter '{key}' for {word}; allowed: timeout_s (0 < s <= 3600), mode (\"leave\" or \"flatten\")"
     )]
     UnknownStopParameter { word: String, key: String },
+    #[error(
+        "unknown parameter '{key}' for cancel; it takes only \"run_id\": \"<uuid>\" (without it, every queued and running run of the strategy is cancelled)"
+    )]
+    UnknownCancelParameter { key: String },
+    #[error("parameters.run_id must be a run's id (a UUID string), got {value}")]
+    BadRunId { value: Value },
 }
 
 fn did_you_mean(suggestion: &Option<CommandWord>) -> String {
@@ -168,7 +179,26 @@ pub fn parse_command(
             })
         }
         CommandWord::Update => update_parameters(params),
+        CommandWord::Cancel => cancel_parameters(params),
     }
+}
+
+fn cancel_parameters(params: &Map<String, Value>) -> Result<CommandKind, InvalidCommand> {
+    if let Some(key) = params.keys().find(|k| k.as_str() != "run_id") {
+        return Err(InvalidCommand::UnknownCancelParameter { key: key.clone() });
+    }
+    let run_id = match params.get("run_id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .ok_or_else(|| InvalidCommand::BadRunId {
+                    value: value.clone(),
+                })?,
+        ),
+    };
+    Ok(CommandKind::Cancel { run_id })
 }
 
 fn update_parameters(params: &Map<String, Value>) -> Result<CommandKind, InvalidCommand> {
@@ -276,6 +306,15 @@ mod tests {
             parse_command("pause", &json!({}), true),
             Ok(CommandKind::Pause)
         );
+        let run = Uuid::new_v4();
+        assert_eq!(
+            parse_command("cancel", &json!({"run_id": run.to_string()}), false),
+            Ok(CommandKind::Cancel { run_id: Some(run) })
+        );
+        assert_eq!(
+            parse_command("cancel", &json!({}), false),
+            Ok(CommandKind::Cancel { run_id: None })
+        );
     }
 
     #[test]
@@ -301,5 +340,8 @@ mod tests {
         assert!(err("update", json!({}), true).contains("'update' cannot be global"));
         assert!(err("start", json!({"x": 1}), true).contains("'start' cannot be global"));
         assert!(err("restart", json!({"timeout_s": 0}), true).contains("cannot be global"));
+        assert!(err("cancel", json!({}), true).contains("'cancel' cannot be global"));
+        assert!(err("cancel", json!({"run": "x"}), false).contains("takes only \"run_id\""));
+        assert!(err("cancel", json!({"run_id": 7}), false).contains("a UUID string), got 7"));
     }
 }

@@ -97,6 +97,9 @@ pub enum CommandWord {
     Update,
     Pause,
     Resume,
+    /// Cancel one run (`{"run_id": …}`) or every queued and running run of the
+    /// strategy (CONTRACT.md §4).
+    Cancel,
 }
 
 vocabulary!(CommandWord, "command", [
@@ -106,6 +109,7 @@ vocabulary!(CommandWord, "command", [
     Update => "update",
     Pause => "pause",
     Resume => "resume",
+    Cancel => "cancel",
 ]);
 
 impl CommandWord {
@@ -195,11 +199,11 @@ mod tests {
         }
         assert_eq!(
             CommandWord::list(),
-            "start, stop, restart, update, pause, resume"
+            "start, stop, restart, update, pause, resume, cancel"
         );
         assert_eq!(
             "Stop".parse::<CommandWord>().unwrap_err().to_string(),
-            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume"
+            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume, cancel"
         );
         assert!("".parse::<DesiredState>().is_err());
         assert!("done".parse::<CommandStatus>().is_err());

@@ -327,7 +327,10 @@ async fn orders_for(
                 strategy: None,
                 parameters,
             }]),
-            CommandWord::Start | CommandWord::Restart | CommandWord::Update => {
+            CommandWord::Start
+            | CommandWord::Restart
+            | CommandWord::Update
+            | CommandWord::Cancel => {
                 let every = store::strategies(pool).await?;
                 Ok(every
                     .into_iter()

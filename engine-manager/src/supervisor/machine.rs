@@ -490,6 +490,9 @@ impl Machine {
                     online,
                 });
             }
+            // The intake hands `cancel` to the runs, never to a strategy's supervisor
+            // (a cancel must not wait behind the strategy's other commands).
+            CommandKind::Cancel { .. } => out.push(Effect::Reply(Outcome::NotApplicable)),
         }
     }
 

@@ -1,0 +1,321 @@
+//! A run's bars file: PostgreSQL's binary COPY format of
+//! `symbol TEXT, ts TIMESTAMPTZ, open, high, low, close, volume DOUBLE PRECISION`,
+//! ordered by symbol, then time.
+//!
+//! The manager writes it straight from
+//! `COPY (SELECT symbol, ts, open, high, low, close, volume FROM market_bars WHERE …
+//! ORDER BY symbol, ts) TO STDOUT (FORMAT binary)` without decoding a row, and the
+//! run's process reads it as a stream with [`BarsReader`], never loading it whole.
+//! [`BarsWriter`] writes the same format (tests, the bench).
+//!
+//! The format: the 11-byte signature `PGCOPY\n\xff\r\n\0`, a 32-bit flags word, a
+//! 32-bit header-extension length and that many bytes; then per row a 16-bit field
+//! count (7) and per field a 32-bit length and the value (text as UTF-8, a
+//! timestamptz as 64-bit microseconds since 2000-01-01 UTC, a float8 as its 8
+//! IEEE-754 bytes), all big-endian; and last the 16-bit count -1.
+
+use crate::Tick;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Write};
+
+/// One bar of market data (`market_bars`): `ts` is the bar's time (its open).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    pub ts: DateTime<Utc>,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    pub volume: f64,
+}
+
+impl Bar {
+    /// A bar of one tick: open, high, low and close are its price, the volume its
+    /// volume (0 without one). What a strategy that keeps bars builds from live ticks.
+    pub fn from_tick(tick: &Tick) -> Bar {
+        Bar {
+            ts: tick.timestamp,
+            open: tick.price,
+            high: tick.price,
+            low: tick.price,
+            close: tick.price,
+            volume: tick.volume.unwrap_or(0.0),
+        }
+    }
+
+    /// The tick a backtest delivers for this bar: `token` at the close, stamped with
+    /// the bar's time, with the bar's volume.
+    pub fn close_tick(&self, token: &str) -> Tick {
+        Tick {
+            token: token.to_string(),
+            price: self.close,
+            timestamp: self.ts,
+            volume: Some(self.volume),
+            bid: None,
+            ask: None,
+        }
+    }
+}
+
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+/// Seconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_UNIX_S: i64 = 946_684_800;
+const FIELDS: i16 = 7;
+
+/// What is wrong with a bars file.
+#[derive(Debug, thiserror::Error)]
+pub enum BarsFileError {
+    #[error("cannot read the bars file")]
+    Io(#[from] io::Error),
+    #[error("not a PostgreSQL binary COPY file (the signature is missing)")]
+    Signature,
+    #[error("row {row} has {found} fields; a bars file has 7 (symbol, ts, open, high, low, close, volume)")]
+    Fields { row: u64, found: i16 },
+    #[error("row {row}, field {field}: {what}")]
+    Field {
+        row: u64,
+        field: &'static str,
+        what: String,
+    },
+    #[error("the bars file ends without its trailer after {rows} rows: it was cut short")]
+    Truncated { rows: u64 },
+}
+
+/// Reads a bars file row by row, reusing one buffer for the symbol: no allocation
+/// per bar.
+pub struct BarsReader<R> {
+    inner: R,
+    symbol: String,
+    rows: u64,
+    done: bool,
+}
+
+const FIELD_NAMES: [&str; 7] = ["symbol", "ts", "open", "high", "low", "close", "volume"];
+
+impl<R: BufRead> BarsReader<R> {
+    /// Checks the header.
+    pub fn new(mut inner: R) -> Result<Self, BarsFileError> {
+        let mut signature = [0u8; 11];
+        read_exact_or(&mut inner, &mut signature, 0)?;
+        if &signature != SIGNATURE {
+            return Err(BarsFileError::Signature);
+        }
+        let mut word = [0u8; 4];
+        read_exact_or(&mut inner, &mut word, 0)?; // flags
+        read_exact_or(&mut inner, &mut word, 0)?;
+        let extension = u32::from_be_bytes(word) as u64;
+        io::copy(&mut io::Read::take(&mut inner, extension), &mut io::sink())?;
+        Ok(BarsReader {
+            inner,
+            symbol: String::new(),
+            rows: 0,
+            done: false,
+        })
+    }
+
+    /// Rows read so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The next row: its symbol (valid until the next call) and bar; `None` after
+    /// the last.
+    pub fn next_bar(&mut self) -> Result<Option<(&str, Bar)>, BarsFileError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut count = [0u8; 2];
+        read_exact_or(&mut self.inner, &mut count, self.rows)?;
+        let count = i16::from_be_bytes(count);
+        if count == -1 {
+            self.done = true;
+            return Ok(None);
+        }
+        let row = self.rows + 1;
+        if count != FIELDS {
+            return Err(BarsFileError::Fields { row, found: count });
+        }
+        let len = self.field_len(row, 0)?;
+        let mut symbol = std::mem::take(&mut self.symbol).into_bytes();
+        symbol.clear();
+        symbol.resize(len, 0);
+        read_exact_or(&mut self.inner, &mut symbol, self.rows)?;
+        self.symbol = String::from_utf8(symbol).map_err(|_| BarsFileError::Field {
+            row,
+            field: "symbol",
+            what: "not UTF-8".into(),
+        })?;
+        let micros = self.fixed(row, 1)?;
+        let ts = pg_micros_to_utc(micros as i64).ok_or_else(|| BarsFileError::Field {
+            row,
+            field: "ts",
+            what: format!("{micros} µs is out of range"),
+        })?;
+        let mut values = [0f64; 5];
+        for (i, value) in values.iter_mut().enumerate() {
+            *value = f64::from_bits(self.fixed(row, i + 2)?);
+        }
+        self.rows = row;
+        let [open, high, low, close, volume] = values;
+        Ok(Some((
+            self.symbol.as_str(),
+            Bar {
+                ts,
+                open,
+                high,
+                low,
+                close,
+                volume,
+            },
+        )))
+    }
+
+    fn field_len(&mut self, row: u64, field: usize) -> Result<usize, BarsFileError> {
+        let mut len = [0u8; 4];
+        read_exact_or(&mut self.inner, &mut len, self.rows)?;
+        let len = i32::from_be_bytes(len);
+        if len < 0 {
+            return Err(BarsFileError::Field {
+                row,
+                field: FIELD_NAMES[field],
+                what: "NULL".into(),
+            });
+        }
+        Ok(len as usize)
+    }
+
+    /// An 8-byte field (timestamptz or float8) as its big-endian bits.
+    fn fixed(&mut self, row: u64, field: usize) -> Result<u64, BarsFileError> {
+        let len = self.field_len(row, field)?;
+        if len != 8 {
+            return Err(BarsFileError::Field {
+                row,
+                field: FIELD_NAMES[field],
+                what: format!("{len} bytes, expected 8"),
+            });
+        }
+        let mut bytes = [0u8; 8];
+        read_exact_or(&mut self.inner, &mut bytes, self.rows)?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+}
+
+fn read_exact_or<R: BufRead>(r: &mut R, buf: &mut [u8], rows: u64) -> Result<(), BarsFileError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => BarsFileError::Truncated { rows },
+        _ => BarsFileError::Io(e),
+    })
+}
+
+/// Microseconds since 2000-01-01 UTC as a time.
+pub fn pg_micros_to_utc(micros: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(PG_EPOCH_UNIX_S, 0)?
+        .checked_add_signed(TimeDelta::microseconds(micros))
+}
+
+/// A time as microseconds since 2000-01-01 UTC.
+pub fn utc_to_pg_micros(ts: DateTime<Utc>) -> i64 {
+    (ts.timestamp() - PG_EPOCH_UNIX_S) * 1_000_000 + i64::from(ts.timestamp_subsec_micros())
+}
+
+/// Writes a bars file (the format PostgreSQL's binary COPY reads and writes).
+pub struct BarsWriter<W: Write> {
+    inner: W,
+}
+
+impl<W: Write> BarsWriter<W> {
+    pub fn new(mut inner: W) -> io::Result<Self> {
+        inner.write_all(SIGNATURE)?;
+        inner.write_all(&0u32.to_be_bytes())?;
+        inner.write_all(&0u32.to_be_bytes())?;
+        Ok(BarsWriter { inner })
+    }
+
+    pub fn write(&mut self, symbol: &str, bar: &Bar) -> io::Result<()> {
+        let w = &mut self.inner;
+        w.write_all(&FIELDS.to_be_bytes())?;
+        w.write_all(&(symbol.len() as i32).to_be_bytes())?;
+        w.write_all(symbol.as_bytes())?;
+        w.write_all(&8i32.to_be_bytes())?;
+        w.write_all(&utc_to_pg_micros(bar.ts).to_be_bytes())?;
+        for v in [bar.open, bar.high, bar.low, bar.close, bar.volume] {
+            w.write_all(&8i32.to_be_bytes())?;
+            w.write_all(&v.to_bits().to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the trailer and hands back the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.inner.write_all(&(-1i16).to_be_bytes())?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(day: i64, close: f64) -> Bar {
+        Bar {
+            ts: DateTime::from_timestamp(1_704_067_200 + day * 86_400, 123_000).unwrap(),
+            open: close - 1.0,
+            high: close + 2.0,
+            low: close - 2.0,
+            close,
+            volume: 1e6,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut w = BarsWriter::new(Vec::new()).unwrap();
+        w.write("AAPL", &bar(0, 100.0)).unwrap();
+        w.write("AAPL", &bar(1, 101.5)).unwrap();
+        w.write("MSFT", &bar(0, 300.25)).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut r = BarsReader::new(&bytes[..]).unwrap();
+        let mut seen = Vec::new();
+        while let Some((symbol, b)) = r.next_bar().unwrap() {
+            seen.push((symbol.to_string(), b));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("AAPL".to_string(), bar(0, 100.0)),
+                ("AAPL".to_string(), bar(1, 101.5)),
+                ("MSFT".to_string(), bar(0, 300.25)),
+            ]
+        );
+        assert_eq!(r.rows(), 3);
+        assert!(r.next_bar().unwrap().is_none());
+    }
+
+    #[test]
+    fn cut_short_and_foreign_files_are_refused() {
+        let mut w = BarsWriter::new(Vec::new()).unwrap();
+        w.write("AAPL", &bar(0, 100.0)).unwrap();
+        let bytes = w.finish().unwrap();
+        let cut = &bytes[..bytes.len() - 2];
+        let mut r = BarsReader::new(cut).unwrap();
+        assert!(r.next_bar().unwrap().is_some());
+        let err = r.next_bar().unwrap_err();
+        assert!(matches!(err, BarsFileError::Truncated { rows: 1 }), "{err}");
+        assert!(matches!(
+            BarsReader::new(&b"date,open\n1,2\n"[..]),
+            Err(BarsFileError::Signature | BarsFileError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn postgres_epoch() {
+        let ts = DateTime::from_timestamp(946_684_800, 0).unwrap();
+        assert_eq!(utc_to_pg_micros(ts), 0);
+        assert_eq!(
+            pg_micros_to_utc(1_500_000).unwrap().timestamp_millis(),
+            946_684_801_500
+        );
+    }
+}
