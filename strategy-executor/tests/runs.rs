@@ -550,3 +550,56 @@ fn a_bad_input_is_an_error_line_in_the_outbox_of_the_run_id() {
         "{error}"
     );
 }
+
+#[test]
+fn a_backtest_of_one_long_symbol_moves_its_progress_by_bars() {
+    // 300 000 one-minute bars of one symbol, a progress line allowed every 1 ms.
+    let mut run = Run::new(
+        RunMode::Backtest,
+        "sma_crossover",
+        sma_config(),
+        &["MINUTE"],
+    );
+    run.input.interval = "1m".into();
+    run.input.interval_s = 60;
+    run.input.progress_interval_ms = 1;
+    let closes = wave(300_000, 100.0, 0.0001);
+    let bars: Vec<Bar> = closes
+        .iter()
+        .enumerate()
+        .map(|(i, &close)| Bar {
+            ts: start() + TimeDelta::minutes(i as i64),
+            open: close,
+            high: close,
+            low: close,
+            close,
+            volume: 1.0,
+        })
+        .collect();
+    run.bars(&[("MINUTE", bars)]);
+    let (code, lines) = run.run();
+    let result = result_of(code, &lines);
+    assert_eq!(result["summary"]["bars"], 300_000);
+    let progress: Vec<(f64, i64)> = lines
+        .iter()
+        .filter_map(|l| match l {
+            RunOutput::Progress {
+                progress_percent,
+                completed_items,
+                ..
+            } => Some((*progress_percent, *completed_items)),
+            _ => None,
+        })
+        .collect();
+    let within: Vec<f64> = progress
+        .iter()
+        .filter(|(p, done)| *done == 0 && *p > 0.0 && *p < 100.0)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(
+        within.len() >= 2,
+        "progress moves within the one item: {progress:?}"
+    );
+    assert!(within.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&(100.0, 1)));
+}

@@ -431,6 +431,15 @@ mod tests {
     const TOL: f64 = 1e-9;
 
     #[test]
+    fn a_screener_passes_at_min_score() {
+        let config = |min_score: f64| {
+            BullishBreakoutConfig::parse(&json!({"token": "AAPL", "min_score": min_score})).unwrap()
+        };
+        assert_eq!(BullishBreakout::new(config(70.0)).passing_score(), 70.0);
+        assert_eq!(BullishBreakout::new(config(85.5)).passing_score(), 85.5);
+    }
+
+    #[test]
     fn a_clear_breakout_passes_with_a_high_score() {
         // The close 108 clears the prior high 106.3 (bar 38: 103.8 + 2 + 0.5) by
         // 1.6 %: 25 + 5 × 0.016 / 0.02; volume 2.5 × average: 25; MACD line above

@@ -286,7 +286,7 @@ fn has_key(config: &Value, key: &str) -> bool {
     config.as_object().is_some_and(|map| map.contains_key(key))
 }
 
-/// "heartbeat supports live only; a backtest run needs one of: …".
+/// "dca supports live only; a backtest run needs one of: …".
 fn unsupported(registry: &Registry, strategy_type: &str, mode: RunMode) -> RunError {
     let supported = registry
         .info(strategy_type)
