@@ -15,7 +15,7 @@
 //! IEEE-754 bytes), all big-endian; and last the 16-bit count -1.
 
 use crate::Tick;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
 
@@ -87,6 +87,8 @@ pub enum BarsFileError {
 pub struct BarsReader<R> {
     inner: R,
     symbol: String,
+    /// The symbol's bytes as read (a buffer reused for every row).
+    symbol_bytes: Vec<u8>,
     rows: u64,
     done: bool,
 }
@@ -109,6 +111,7 @@ impl<R: BufRead> BarsReader<R> {
         Ok(BarsReader {
             inner,
             symbol: String::new(),
+            symbol_bytes: Vec::new(),
             rows: 0,
             done: false,
         })
@@ -137,27 +140,47 @@ impl<R: BufRead> BarsReader<R> {
             return Err(BarsFileError::Fields { row, found: count });
         }
         let len = self.field_len(row, 0)?;
-        let mut symbol = std::mem::take(&mut self.symbol).into_bytes();
-        symbol.clear();
+        let symbol = &mut self.symbol_bytes;
         symbol.resize(len, 0);
-        read_exact_or(&mut self.inner, &mut symbol, self.rows)?;
-        self.symbol = String::from_utf8(symbol).map_err(|_| BarsFileError::Field {
-            row,
-            field: "symbol",
-            what: "not UTF-8".into(),
-        })?;
-        let micros = self.fixed(row, 1)?;
-        let ts = pg_micros_to_utc(micros as i64).ok_or_else(|| BarsFileError::Field {
+        read_exact_or(&mut self.inner, symbol, self.rows)?;
+        // Rows of one symbol come together: decode it only when it changes.
+        if symbol.as_slice() != self.symbol.as_bytes() {
+            let text = std::str::from_utf8(symbol).map_err(|_| BarsFileError::Field {
+                row,
+                field: "symbol",
+                what: "not UTF-8".into(),
+            })?;
+            self.symbol.clear();
+            self.symbol.push_str(text);
+        }
+        // The six 8-byte fields after the symbol, each with its length: one read.
+        let mut rest = [0u8; 6 * 12];
+        read_exact_or(&mut self.inner, &mut rest, self.rows)?;
+        let mut values = [0u64; 6];
+        for (i, value) in values.iter_mut().enumerate() {
+            let field = &rest[i * 12..i * 12 + 12];
+            let len = i32::from_be_bytes(field[..4].try_into().expect("4 bytes"));
+            if len != 8 {
+                return Err(BarsFileError::Field {
+                    row,
+                    field: FIELD_NAMES[i + 1],
+                    what: if len < 0 {
+                        "NULL".into()
+                    } else {
+                        format!("{len} bytes, expected 8")
+                    },
+                });
+            }
+            *value = u64::from_be_bytes(field[4..].try_into().expect("8 bytes"));
+        }
+        let micros = values[0] as i64;
+        let ts = pg_micros_to_utc(micros).ok_or_else(|| BarsFileError::Field {
             row,
             field: "ts",
             what: format!("{micros} µs is out of range"),
         })?;
-        let mut values = [0f64; 5];
-        for (i, value) in values.iter_mut().enumerate() {
-            *value = f64::from_bits(self.fixed(row, i + 2)?);
-        }
         self.rows = row;
-        let [open, high, low, close, volume] = values;
+        let [_, open, high, low, close, volume] = values.map(f64::from_bits);
         Ok(Some((
             self.symbol.as_str(),
             Bar {
@@ -184,21 +207,6 @@ impl<R: BufRead> BarsReader<R> {
         }
         Ok(len as usize)
     }
-
-    /// An 8-byte field (timestamptz or float8) as its big-endian bits.
-    fn fixed(&mut self, row: u64, field: usize) -> Result<u64, BarsFileError> {
-        let len = self.field_len(row, field)?;
-        if len != 8 {
-            return Err(BarsFileError::Field {
-                row,
-                field: FIELD_NAMES[field],
-                what: format!("{len} bytes, expected 8"),
-            });
-        }
-        let mut bytes = [0u8; 8];
-        read_exact_or(&mut self.inner, &mut bytes, self.rows)?;
-        Ok(u64::from_be_bytes(bytes))
-    }
 }
 
 fn read_exact_or<R: BufRead>(r: &mut R, buf: &mut [u8], rows: u64) -> Result<(), BarsFileError> {
@@ -210,8 +218,7 @@ fn read_exact_or<R: BufRead>(r: &mut R, buf: &mut [u8], rows: u64) -> Result<(),
 
 /// Microseconds since 2000-01-01 UTC as a time.
 pub fn pg_micros_to_utc(micros: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(PG_EPOCH_UNIX_S, 0)?
-        .checked_add_signed(TimeDelta::microseconds(micros))
+    DateTime::from_timestamp_micros(micros.checked_add(PG_EPOCH_UNIX_S * 1_000_000)?)
 }
 
 /// A time as microseconds since 2000-01-01 UTC.
