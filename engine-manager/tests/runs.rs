@@ -122,8 +122,9 @@ fn run_processes(engine: &TestEngine) -> Vec<(Uuid, u32)> {
     found
 }
 
-/// `symbols` in `securities` with `days` daily bars each from 2024-01-01, and one
-/// symbol of minute bars (`MIN1`, 300 bars).
+/// `symbols` in `securities` with `days` daily bars each from 2024-01-01 (a slow
+/// rise with waves, so that averages cross), and one inactive symbol of minute bars
+/// (`MIN1`, 300 bars).
 async fn seed_bars(pool: &PgPool, symbols: &[&str], days: i32) {
     sqlx::query(
         "INSERT INTO securities (symbol, name, sector) \
@@ -136,8 +137,9 @@ async fn seed_bars(pool: &PgPool, symbols: &[&str], days: i32) {
     sqlx::query(
         "INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
          SELECT s, '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
-                100 + i, 101 + i, 99 + i, 100 + i + (i % 7) - 3, 1000 + 10 * i \
-         FROM unnest($1::text[]) s, generate_series(0, $2 - 1) i",
+                c - 0.5, c + 1, c - 1, c, 1000 + 500 * (i % 5) + 40 * i \
+         FROM unnest($1::text[]) s, generate_series(0, $2 - 1) i, \
+              LATERAL (SELECT 100 + 0.2 * i + 8 * sin(i / 4.0 + ascii(s)) AS c) p",
     )
     .bind(symbols)
     .bind(days)
@@ -777,5 +779,212 @@ async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
     let row = wait_state(&pool, again, "completed").await;
     assert_eq!(row.attempt, 1);
     drop(manager);
+    finish(engine).await;
+}
+
+// ------------------------------------------------------- with the real executor
+
+/// The keys a backtest's `performance_metrics` has (CONTRACT.md §4), each present
+/// (a number or null).
+const METRICS: [&str; 11] = [
+    "average_return",
+    "hit_rate",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "calmar_ratio",
+    "total_return",
+    "cagr",
+    "max_drawdown",
+    "profit_factor",
+    "expectancy",
+    "exposure",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_end_to_end_with_the_real_executor() {
+    let mut engine = engine_with(2, false).await;
+    seed_bars(&engine.pool, &["AAA", "BBB", "CCC"], 300).await;
+    let sma = add_strategy(
+        &engine,
+        "sma",
+        "sma_crossover",
+        json!({"token": "AAA", "fast_period": 3, "slow_period": 10, "order_qty": 1.0, "allow_short": false}),
+    )
+    .await;
+    let breakout = add_strategy(
+        &engine,
+        "breakout",
+        "bullish_breakout",
+        json!({"token": "AAA", "min_score": 0}),
+    )
+    .await;
+    engine.start_manager().await;
+    let pool = engine.pool.clone();
+
+    // Backtest over two symbols, with fees.
+    let id = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"symbols": ["AAA", "BBB"], "fee_bps": 1}),
+    )
+    .await;
+    let row = wait_state(&pool, id, "completed").await;
+    let result = row.result.unwrap();
+    let summary = &result["summary"];
+    assert_eq!(summary["symbols_processed"], 2, "{result}");
+    assert_eq!(summary["bars"], 600, "{summary}");
+    for key in [
+        "total_instances",
+        "positive_signals",
+        "trades",
+        "date_range",
+    ] {
+        assert!(
+            summary.get(key).is_some(),
+            "summary.{key} missing: {summary}"
+        );
+    }
+    for key in METRICS {
+        assert!(
+            result["performance_metrics"].get(key).is_some(),
+            "performance_metrics.{key} missing: {result}"
+        );
+    }
+    assert!(
+        result["per_symbol"].get("AAA").is_some() || result["per_symbol"].is_array(),
+        "{result}"
+    );
+    let curve = result["equity_curve"].as_array().expect("equity_curve");
+    assert!(!curve.is_empty() && curve.len() <= 500);
+    let backtested = items(&pool, id).await;
+    assert_eq!(
+        backtested.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+        ["AAA", "BBB"]
+    );
+    assert_eq!(row.config.unwrap()["fast_period"], 3);
+    // The same run again gives the same result; by default over the config's token.
+    let again = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"symbols": ["AAA", "BBB"], "fee_bps": 1}),
+    )
+    .await;
+    let same = wait_state(&pool, again, "completed").await.result.unwrap();
+    assert_eq!(same["performance_metrics"], result["performance_metrics"]);
+    let token = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"config": {"fast_period": 4}}),
+    )
+    .await;
+    let result = wait_state(&pool, token, "completed").await.result.unwrap();
+    assert_eq!(result["summary"]["symbols_processed"], 1, "{result}");
+
+    // Screener over every active symbol (MIN1 is not), the best two kept. (A
+    // bullish_breakout score exists only for a bar that breaks out: sma_crossover
+    // scores every symbol.)
+    for (strategy, every_scored) in [(sma, true), (breakout, false)] {
+        let id = new_run(&pool, strategy, "screener", json!({"limit": 2})).await;
+        let result = wait_state(&pool, id, "completed").await.result.unwrap();
+        assert_eq!(result["universe_size"], 3, "{result}");
+        let ranked = result["ranked_results"].as_array().unwrap();
+        assert!(ranked.len() <= 2, "{result}");
+        let scores = result["scores"].as_object().unwrap();
+        let scored = items(&pool, id).await;
+        assert_eq!(scored.len(), 3);
+        if every_scored {
+            assert_eq!(scores.len(), 3, "{result}");
+            assert!(scored.iter().all(|i| i.2.is_some()), "{scored:?}");
+        }
+        for item in &scored {
+            assert_eq!(
+                item.2,
+                scores.get(&item.0).and_then(Value::as_f64),
+                "{item:?} {result}"
+            );
+        }
+    }
+
+    // Alert scan: every alert in the result was published on strategy:alerts.
+    let id = Uuid::new_v4();
+    let mut alerts = engine.subscribe(&engine.channels.alerts()).await;
+    insert_run(&pool, id, sma, "alert", json!({}), None).await;
+    let result = wait_state(&pool, id, "completed").await.result.unwrap();
+    assert_eq!(result["symbols_monitored"], 3, "{result}");
+    assert!(
+        result["signals"].is_object() && result["alerts"].is_array(),
+        "{result}"
+    );
+    for alert in result["alerts"].as_array().unwrap() {
+        let symbol = alert["symbol"].clone();
+        let published = alerts
+            .expect("the alert on strategy:alerts", |_, m| {
+                m["run_id"] == id.to_string() && m["symbol"] == symbol
+            })
+            .await;
+        assert_eq!(published["type"], alert["type"]);
+    }
+    assert_eq!(items(&pool, id).await.len(), 3);
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_run_process_refuses_ends_the_run_error_and_the_next_run_goes_on() {
+    let mut engine = engine_with(1, false).await;
+    seed_bars(&engine.pool, &["AAA"], 60).await;
+    let sma = add_strategy(
+        &engine,
+        "sma",
+        "sma_crossover",
+        json!({"token": "AAA", "fast_period": 3, "slow_period": 10, "order_qty": 1.0}),
+    )
+    .await;
+    let heartbeat = add_strategy(
+        &engine,
+        "hb",
+        "heartbeat",
+        json!({"token": "AAA", "panic_after_ticks": 20}),
+    )
+    .await;
+    let unknown_token =
+        add_strategy(&engine, "btc", "sma_crossover", json!({"token": "BTC-USD"})).await;
+    engine.start_manager().await;
+    let pool = engine.pool.clone();
+    let cases = [
+        (heartbeat, "screener", json!({}), "heartbeat supports"),
+        (
+            sma,
+            "backtest",
+            json!({"config": {"fast_period": "x"}}),
+            "fast_period",
+        ),
+        (
+            heartbeat,
+            "backtest",
+            json!({}),
+            "the strategy panicked on AAA",
+        ),
+        (
+            unknown_token,
+            "backtest",
+            json!({}),
+            "the strategy's config token 'BTC-USD' is not in securities",
+        ),
+    ];
+    for (strategy, mode, params, want) in cases {
+        let id = new_run(&pool, strategy, mode, params.clone()).await;
+        let row = wait_run(&pool, id, "to end", |r| {
+            !matches!(r.state.as_str(), "queued" | "starting" | "running")
+        })
+        .await;
+        assert_eq!(row.state, "error", "{mode} {params}: {row:?}");
+        let error = row.error.unwrap();
+        assert!(error.contains(want), "{mode} {params}: {error}");
+        let next = new_run(&pool, sma, "backtest", json!({})).await;
+        wait_state(&pool, next, "completed").await;
+    }
     finish(engine).await;
 }
