@@ -207,6 +207,11 @@ struct RunRow {
 }
 
 async fn run_row(pool: &PgPool, id: Uuid) -> RunRow {
+    try_run_row(pool, id).await.expect("run row")
+}
+
+/// The run's row; `None` while the database is away.
+async fn try_run_row(pool: &PgPool, id: Uuid) -> Option<RunRow> {
     sqlx::query_as(
         "SELECT state, error, attempt, pid, result, config, progress_percent, completed_items, \
                 total_items, stage, started_at, finished_at FROM strategy_runs WHERE id = $1",
@@ -214,7 +219,7 @@ async fn run_row(pool: &PgPool, id: Uuid) -> RunRow {
     .bind(id)
     .fetch_one(pool)
     .await
-    .expect("run row")
+    .ok()
 }
 
 /// Wait until the run's row satisfies `pred`.
@@ -986,5 +991,59 @@ async fn what_the_run_process_refuses_ends_the_run_error_and_the_next_run_goes_o
         let next = new_run(&pool, sma, "backtest", json!({})).await;
         wait_state(&pool, next, "completed").await;
     }
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once() {
+    let mut engine = TestEngine::on_private_services().await;
+    engine.config.executor_path = Some(fake_executor(&engine.state_dir));
+    seed_bars(&engine.pool, &["AAA", "BBB", "CCC", "DDD"], 10).await;
+    let strategy = add_strategy(
+        &engine,
+        "steady",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 800}}),
+    )
+    .await;
+    engine.start_manager().await;
+    let id = Uuid::new_v4();
+    let mut events = engine.subscribe(&engine.channels.run(id)).await;
+    insert_run(&engine.pool, id, strategy, "screener", json!({}), None).await;
+    wait_for("the first item", DEADLINE, || async {
+        (!items(&engine.pool, id).await.is_empty()).then_some(())
+    })
+    .await;
+    engine.services().pg.stop(common::PgStop::Fast).await;
+    // The run goes on and ends while the database is away; its events still flow.
+    events
+        .expect("the run's last item published during the outage", |_, m| {
+            m["event_type"] == "ticker_completed" && m["current_item"] == "DDD"
+        })
+        .await;
+    engine.services().pg.start_again().await;
+    let pool = engine.pool.clone();
+    let row = wait_for(
+        "the run to be completed",
+        Duration::from_secs(90),
+        || async {
+            try_run_row(&pool, id)
+                .await
+                .filter(|r| r.state == "completed")
+        },
+    )
+    .await;
+    assert_eq!(row.attempt, 0, "the outage made no retry");
+    assert_eq!((row.completed_items, row.total_items), (Some(4), Some(4)));
+    assert_eq!(items(&pool, id).await.len(), 4);
+    events
+        .expect("the completed event", |_, m| m["event_type"] == "completed")
+        .await;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM strategy_runs WHERE state = 'completed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(completed, 1);
     finish(engine).await;
 }
