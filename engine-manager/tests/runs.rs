@@ -277,6 +277,15 @@ async fn started_with_a_slow_strategy() -> (TestEngine, Uuid) {
     (engine, slow)
 }
 
+/// The most of `times` (seconds) within any one second.
+fn most_in_a_second(times: &[f64]) -> usize {
+    times
+        .iter()
+        .map(|t| times.iter().filter(|u| **u >= *t && **u < *t + 1.0).count())
+        .max()
+        .unwrap_or(0)
+}
+
 async fn finish(engine: TestEngine) {
     kill_runs(&engine);
     engine.finish().await;
@@ -779,11 +788,101 @@ async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
     manager.start_kill().unwrap();
     manager.wait().await.unwrap();
     sigkill(pid);
-    let manager = spawn_manager_binary(&env, &log);
+    let mut manager = spawn_manager_binary(&env, &log);
     wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
     let row = wait_state(&pool, again, "completed").await;
     assert_eq!(row.attempt, 1);
+
+    // And a run that finishes while no manager watches: its result line completes it.
+    let quick = add_strategy(
+        &engine,
+        "quick",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 200}}),
+    )
+    .await;
+    let finished = new_run(&pool, quick, "screener", json!({})).await;
+    let pid = wait_state(&pool, finished, "running").await.pid.unwrap() as u32;
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    wait_for("the run's process to end by itself", DEADLINE, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+    let manager = spawn_manager_binary(&env, &log);
+    wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
+    let row = wait_state(&pool, finished, "completed").await;
+    assert_eq!(row.attempt, 0, "read from its outbox, not run again");
+    assert_eq!(items(&pool, finished).await.len(), 4);
     drop(manager);
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reaches_the_row_at_most_4_times_and_redis_at_most_10_times_a_second() {
+    let mut engine = engine_with(1, true).await;
+    let symbols: Vec<String> = (0..60).map(|i| format!("S{i:02}")).collect();
+    let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    seed_bars(&engine.pool, &symbols, 5).await;
+    let busy = add_strategy(
+        &engine,
+        "busy",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 25}}),
+    )
+    .await;
+    // Every write of a run's row, counted by the database itself.
+    sqlx::raw_sql(
+        "CREATE TABLE run_writes (at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+         CREATE FUNCTION count_run_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN INSERT INTO run_writes DEFAULT VALUES; RETURN NEW; END $$; \
+         CREATE TRIGGER count_run_write AFTER UPDATE ON strategy_runs \
+           FOR EACH ROW EXECUTE FUNCTION count_run_write();",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    engine.start_manager().await;
+    let id = Uuid::new_v4();
+    let mut events = engine.subscribe(&engine.channels.run(id)).await;
+    insert_run(&engine.pool, id, busy, "screener", json!({}), None).await;
+    let mut progress = Vec::new();
+    loop {
+        let event = events.expect("an event", |_, _| true).await;
+        match event["event_type"].as_str() {
+            Some("progress") => progress.push(tokio::time::Instant::now()),
+            Some("completed") => break,
+            _ => {}
+        }
+    }
+    let row = wait_state(&engine.pool, id, "completed").await;
+    let span = (row.finished_at.unwrap() - row.started_at.unwrap()).as_seconds_f64();
+    assert!(span > 1.4, "60 symbols at 25 ms take 1.5 s: {span}");
+    assert_eq!(items(&engine.pool, id).await.len(), 60);
+    // The fake writes a progress line per symbol (40 a second).
+    // Seconds since the run's start, from both clocks.
+    let start = progress
+        .first()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    let events: Vec<f64> = progress
+        .iter()
+        .map(|t| (*t - start).as_secs_f64())
+        .collect();
+    assert!(events.len() >= 5, "progress events: {}", events.len());
+    let most = most_in_a_second(&events);
+    assert!(most <= 11, "{most} progress events in a second");
+    let writes: Vec<f64> =
+        sqlx::query_scalar("SELECT extract(epoch FROM at)::float8 FROM run_writes ORDER BY at")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    let most = most_in_a_second(&writes);
+    // claim, running, at most 4 progress writes, and the final write.
+    assert!(
+        most <= 7,
+        "{most} writes of the row in a second: {writes:?}"
+    );
     finish(engine).await;
 }
 
