@@ -42,7 +42,9 @@ pub async fn prepare(
         .into());
     };
     let (start, end) = params::date_range(req.start, req.end, span)?;
-    if !store::bars_exist(pool, &names, &req.interval, start, end).await? {
+    // Without an `end` the range holds the last bar there is: no need to ask.
+    let asked_range = req.end.is_some();
+    if asked_range && !store::bars_exist(pool, &names, &req.interval, start, end).await? {
         return Err(ParamError::NoBarsInRange {
             interval: req.interval.clone(),
             symbols: params::describe_symbols(&names),
