@@ -131,7 +131,7 @@ pub fn run_refusal(err: &sqlx::Error) -> Option<&'static str> {
 }
 
 /// A run's row with its strategy's name and type.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct RunRecord {
     pub id: Uuid,
     pub strategy_id: Uuid,
