@@ -21,6 +21,8 @@
 //!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
+//! - [`runs`]: what the manager says about runs: claims, transitions, progress,
+//!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
 //!
 //! Architecture invariant: no other crate writes SQL against the engine's tables.
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
@@ -32,6 +34,7 @@ pub mod lease;
 pub mod manager;
 pub mod metrics;
 pub mod operator;
+pub mod runs;
 pub mod runs_api;
 pub mod vocab;
 

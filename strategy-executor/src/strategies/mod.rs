@@ -48,10 +48,13 @@ pub fn builtin_registry() -> Registry {
             &[],
             dca::create,
         )
-        .register(
+        // Backtests of `heartbeat` trade nothing: they are for its
+        // `panic_after_ticks` test hook.
+        .register_with_modes(
             heartbeat::STRATEGY_TYPE,
             heartbeat::DESCRIPTION,
             heartbeat::example_config(),
+            &[RunMode::Backtest],
             heartbeat::create,
         );
     registry
@@ -378,7 +381,7 @@ mod tests {
             );
         }
         let modes = |t: &str| registry.info(t).unwrap().modes.clone();
-        assert_eq!(modes("heartbeat"), [RunMode::Live]);
+        assert_eq!(modes("heartbeat"), [RunMode::Live, RunMode::Backtest]);
         assert_eq!(modes("sma_crossover"), RunMode::ALL);
         assert_eq!(modes("mean_reversion"), RunMode::ALL);
         assert_eq!(modes("bullish_breakout"), RunMode::ALL);
