@@ -74,8 +74,8 @@ async fn runs_are_inserted_read_listed_and_cancelled() {
     let run_id: Uuid = first["run_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(first["sse_endpoint"], format!("/api/runs/{run_id}/events"));
     assert!(first["estimated_start_time"].is_string(), "{first}");
-    let row: (Uuid, String, Value, String, Option<i32>, String) = sqlx::query_as(
-        "SELECT strategy_id, mode, parameters, priority, timeout_s, state FROM strategy_runs WHERE id = $1",
+    let row: (Uuid, String, Value, String, Option<i32>) = sqlx::query_as(
+        "SELECT strategy_id, mode, parameters, priority, timeout_s FROM strategy_runs WHERE id = $1",
     )
     .bind(run_id)
     .fetch_one(&engine.pool)
@@ -89,7 +89,6 @@ async fn runs_are_inserted_read_listed_and_cancelled() {
             json!({"symbols": ["AAPL"], "fee_bps": 5}),
             "low".into(),
             Some(600),
-            "queued".into()
         )
     );
     // By id, default priority and no parameters.
@@ -108,7 +107,7 @@ async fn runs_are_inserted_read_listed_and_cancelled() {
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["strategy"], "sma-runs");
     assert_eq!(run["mode"], "backtest");
-    assert_eq!(run["can_cancel"], true);
+    assert!(run["can_cancel"].is_boolean(), "{run}");
     for key in [
         "state",
         "progress",
@@ -368,6 +367,29 @@ impl Events {
     }
 }
 
+/// A run the test plays the manager for: inserted and made `running` (with `set`)
+/// in one transaction, so that the real manager never sees it queued.
+async fn running_run(engine: &TestEngine, strategy: Uuid, set: &str) -> Uuid {
+    let mut tx = engine.pool.begin().await.unwrap();
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO strategy_runs (strategy_id, mode) VALUES ($1, 'screener') RETURNING id",
+    )
+    .bind(strategy)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "UPDATE strategy_runs SET state = 'running', started_at = now(), {set}, updated_at = now() \
+         WHERE id = $1"
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_events_start_with_the_present_state_and_end_after_the_final_one() {
     let engine = TestEngine::started().await;
@@ -376,22 +398,13 @@ async fn run_events_start_with_the_present_state_and_end_after_the_final_one() {
         .await;
     let base = engine.http_base().await;
     // A run already half done (written as the manager would), seen by a late page.
-    let run_id: Uuid = sqlx::query_scalar(
-        "INSERT INTO strategy_runs (strategy_id, mode) VALUES ($1, 'screener') RETURNING id",
+    let run_id = running_run(
+        &engine,
+        sid,
+        "progress_percent = 42, completed_items = 21, total_items = 50, stage = 'evaluating', \
+         current_item = 'MSFT', eta_s = 3, items_per_second = 7",
     )
-    .bind(sid)
-    .fetch_one(&engine.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE strategy_runs SET state = 'running', started_at = now(), progress_percent = 42, \
-         completed_items = 21, total_items = 50, stage = 'evaluating', current_item = 'MSFT', \
-         eta_s = 3, items_per_second = 7, updated_at = now() WHERE id = $1",
-    )
-    .bind(run_id)
-    .execute(&engine.pool)
-    .await
-    .unwrap();
+    .await;
     let mut events = Events::open(&base, &format!("/api/runs/{run_id}/events")).await;
     let (kind, first) = events.next().await.expect("a first event");
     assert_eq!(kind, "snapshot");
@@ -459,13 +472,7 @@ async fn run_events_start_with_the_present_state_and_end_after_the_final_one() {
     assert!(late.next().await.is_none());
 
     // Without the channel (nothing published), the row alone ends the stream.
-    let quiet: Uuid = sqlx::query_scalar(
-        "INSERT INTO strategy_runs (strategy_id, mode) VALUES ($1, 'alert') RETURNING id",
-    )
-    .bind(sid)
-    .fetch_one(&engine.pool)
-    .await
-    .unwrap();
+    let quiet = running_run(&engine, sid, "stage = 'evaluating'").await;
     let mut events = Events::open(&base, &format!("/api/runs/{quiet}/events")).await;
     let (_, first) = events.next().await.unwrap();
     assert!(first["state"].is_string());
@@ -488,5 +495,74 @@ async fn run_events_start_with_the_present_state_and_end_after_the_final_one() {
     };
     assert_eq!(last["error"], "cancelled by the test");
     assert!(events.next().await.is_none());
+    engine.finish().await;
+}
+
+/// `symbols` in `securities` with `days` daily bars each from 2024-01-01.
+async fn seed_bars(engine: &TestEngine, symbols: &[&str], days: i32) {
+    sqlx::query(
+        "INSERT INTO securities (symbol, name, sector) \
+         SELECT s, s || ' Inc', 'Tech' FROM unnest($1::text[]) s",
+    )
+    .bind(symbols)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT s, '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                100 + i, 101 + i, 99 + i, 100 + i + (i % 7) - 3, 1000 + 10 * i \
+         FROM unnest($1::text[]) s, generate_series(0, $2 - 1) i",
+    )
+    .bind(symbols)
+    .bind(days)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_posted_over_http_progresses_and_ends_with_its_result() {
+    let engine = TestEngine::started().await;
+    engine
+        .add_strategy("sma-e2e", "sma_crossover", json!({"token": "AAA"}), false)
+        .await;
+    seed_bars(&engine, &["AAA", "BBB"], 300).await;
+    let base = engine.http_base().await;
+    let (status, run) = post(
+        &base,
+        "/api/runs",
+        r#"{"strategy": "sma-e2e", "mode": "backtest", "parameters": {"symbols": ["AAA", "BBB"], "start": "2024-01-01", "end": "2024-12-31"}}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let id = run["run_id"].as_str().unwrap().to_string();
+    // The stream from the start: a snapshot, the run's events, its end.
+    let mut events = Events::open(&base, &format!("/api/runs/{id}/events")).await;
+    let mut kinds = Vec::new();
+    let mut last = Value::Null;
+    while let Some((kind, data)) = events.next().await {
+        kinds.push(kind);
+        last = data;
+    }
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("snapshot"),
+        "{kinds:?}"
+    );
+    assert_eq!(last["state"], "completed", "{kinds:?} {last}");
+    assert!(last["result"]["performance_metrics"].is_object(), "{last}");
+    let (_, items) = get(&base, &format!("/api/runs/{id}/items")).await;
+    assert_eq!(items["count"], 2, "{items}");
+    let (_, done) = get(&base, &format!("/api/runs/{id}")).await;
+    assert_eq!(done["can_cancel"], false);
+    assert_eq!(done["progress_percent"], 100.0);
+    let (_, queue) = get(&base, "/api/queue").await;
+    assert_eq!(
+        queue["max_concurrent"], 2,
+        "the manager's default, from its lease row"
+    );
+    assert_eq!(queue["max_concurrent_reported"], true);
     engine.finish().await;
 }
