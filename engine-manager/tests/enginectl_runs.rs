@@ -474,3 +474,90 @@ async fn run_follows_the_run_to_its_result_or_its_error() {
     assert_eq!(state, "queued");
     engine.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_end_to_end_with_the_manager_and_the_run_process() {
+    let engine = TestEngine::started().await;
+    engine
+        .add_strategy("sma-live", "sma_crossover", json!({"token": "AAA"}), false)
+        .await;
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol, name, sector) VALUES ('AAA', 'A Inc', 'Tech'), ('BBB', 'B Inc', 'Energy'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT s, '1d', '2023-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                100 + i, 101 + i, 99 + i, 100 + i + (i % 7) - 3, 1000 + 10 * i \
+         FROM unnest(ARRAY['AAA', 'BBB']) s, generate_series(0, 499) i",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+
+    // A backtest: the bar, then the result as tables; exit 0.
+    let ran = ctl(
+        &engine,
+        &[
+            "run",
+            "sma-live",
+            "--mode",
+            "backtest",
+            "--set",
+            "symbols=[\"AAA\",\"BBB\"]",
+            "--set",
+            "fee_bps=5",
+            "--timeout",
+            "5m",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert!(ran.stdout.contains("completed"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("performance metrics"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("sharpe_ratio"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("per symbol"), "{}", ran.stdout);
+
+    // A screener, as JSON: the contract's result shape.
+    let ran = ctl(
+        &engine,
+        &["run", "sma-live", "--mode", "screener", "--json"],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    let run: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(run["state"], "completed");
+    assert!(run["result"]["ranked_results"].is_array(), "{run}");
+    assert_eq!(run["result"]["universe_size"], 2, "{run}");
+
+    // A run the manager refuses (an unknown symbol): exit 1 with its words.
+    let ran = ctl(
+        &engine,
+        &[
+            "run",
+            "sma-live",
+            "--mode",
+            "alert",
+            "--set",
+            "symbols=[\"NOPE\"]",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{ran:#?}");
+    assert!(
+        ran.stderr.contains("ended error") && ran.stderr.contains("NOPE"),
+        "{}",
+        ran.stderr
+    );
+
+    // The list and one run's items.
+    let ran = ctl(
+        &engine,
+        &["runs", "sma-live", "--state", "completed", "--json"],
+    )
+    .await;
+    let runs: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    let id = runs[1]["id"].as_str().unwrap();
+    let ran = ctl(&engine, &["run-show", id, "--json"]).await;
+    let shown: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(shown["items"].as_array().unwrap().len(), 2, "{shown}");
+    engine.finish().await;
+}
