@@ -122,8 +122,9 @@ fn run_processes(engine: &TestEngine) -> Vec<(Uuid, u32)> {
     found
 }
 
-/// `symbols` in `securities` with `days` daily bars each from 2024-01-01, and one
-/// symbol of minute bars (`MIN1`, 300 bars).
+/// `symbols` in `securities` with `days` daily bars each from 2024-01-01 (a slow
+/// rise with waves, so that averages cross), and one inactive symbol of minute bars
+/// (`MIN1`, 300 bars).
 async fn seed_bars(pool: &PgPool, symbols: &[&str], days: i32) {
     sqlx::query(
         "INSERT INTO securities (symbol, name, sector) \
@@ -136,8 +137,9 @@ async fn seed_bars(pool: &PgPool, symbols: &[&str], days: i32) {
     sqlx::query(
         "INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
          SELECT s, '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
-                100 + i, 101 + i, 99 + i, 100 + i + (i % 7) - 3, 1000 + 10 * i \
-         FROM unnest($1::text[]) s, generate_series(0, $2 - 1) i",
+                c - 0.5, c + 1, c - 1, c, 1000 + 500 * (i % 5) + 40 * i \
+         FROM unnest($1::text[]) s, generate_series(0, $2 - 1) i, \
+              LATERAL (SELECT 100 + 0.2 * i + 8 * sin(i / 4.0 + ascii(s)) AS c) p",
     )
     .bind(symbols)
     .bind(days)
@@ -205,6 +207,11 @@ struct RunRow {
 }
 
 async fn run_row(pool: &PgPool, id: Uuid) -> RunRow {
+    try_run_row(pool, id).await.expect("run row")
+}
+
+/// The run's row; `None` while the database is away.
+async fn try_run_row(pool: &PgPool, id: Uuid) -> Option<RunRow> {
     sqlx::query_as(
         "SELECT state, error, attempt, pid, result, config, progress_percent, completed_items, \
                 total_items, stage, started_at, finished_at FROM strategy_runs WHERE id = $1",
@@ -212,7 +219,7 @@ async fn run_row(pool: &PgPool, id: Uuid) -> RunRow {
     .bind(id)
     .fetch_one(pool)
     .await
-    .expect("run row")
+    .ok()
 }
 
 /// Wait until the run's row satisfies `pred`.
@@ -268,6 +275,15 @@ async fn started_with_a_slow_strategy() -> (TestEngine, Uuid) {
     .await;
     engine.start_manager().await;
     (engine, slow)
+}
+
+/// The most of `times` (seconds) within any one second.
+fn most_in_a_second(times: &[f64]) -> usize {
+    times
+        .iter()
+        .map(|t| times.iter().filter(|u| **u >= *t && **u < *t + 1.0).count())
+        .max()
+        .unwrap_or(0)
 }
 
 async fn finish(engine: TestEngine) {
@@ -772,10 +788,361 @@ async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
     manager.start_kill().unwrap();
     manager.wait().await.unwrap();
     sigkill(pid);
-    let manager = spawn_manager_binary(&env, &log);
+    let mut manager = spawn_manager_binary(&env, &log);
     wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
     let row = wait_state(&pool, again, "completed").await;
     assert_eq!(row.attempt, 1);
+
+    // And a run that finishes while no manager watches: its result line completes it.
+    let quick = add_strategy(
+        &engine,
+        "quick",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 200}}),
+    )
+    .await;
+    let finished = new_run(&pool, quick, "screener", json!({})).await;
+    let pid = wait_state(&pool, finished, "running").await.pid.unwrap() as u32;
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    wait_for("the run's process to end by itself", DEADLINE, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+    let manager = spawn_manager_binary(&env, &log);
+    wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
+    let row = wait_state(&pool, finished, "completed").await;
+    assert_eq!(row.attempt, 0, "read from its outbox, not run again");
+    assert_eq!(items(&pool, finished).await.len(), 4);
     drop(manager);
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reaches_the_row_at_most_4_times_and_redis_at_most_10_times_a_second() {
+    let mut engine = engine_with(1, true).await;
+    let symbols: Vec<String> = (0..60).map(|i| format!("S{i:02}")).collect();
+    let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    seed_bars(&engine.pool, &symbols, 5).await;
+    let busy = add_strategy(
+        &engine,
+        "busy",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 25}}),
+    )
+    .await;
+    // Every write of a run's row, counted by the database itself.
+    sqlx::raw_sql(
+        "CREATE TABLE run_writes (at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+         CREATE FUNCTION count_run_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN INSERT INTO run_writes DEFAULT VALUES; RETURN NEW; END $$; \
+         CREATE TRIGGER count_run_write AFTER UPDATE ON strategy_runs \
+           FOR EACH ROW EXECUTE FUNCTION count_run_write();",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    engine.start_manager().await;
+    let id = Uuid::new_v4();
+    let mut events = engine.subscribe(&engine.channels.run(id)).await;
+    insert_run(&engine.pool, id, busy, "screener", json!({}), None).await;
+    let mut progress = Vec::new();
+    loop {
+        let event = events.expect("an event", |_, _| true).await;
+        match event["event_type"].as_str() {
+            Some("progress") => progress.push(tokio::time::Instant::now()),
+            Some("completed") => break,
+            _ => {}
+        }
+    }
+    let row = wait_state(&engine.pool, id, "completed").await;
+    let span = (row.finished_at.unwrap() - row.started_at.unwrap()).as_seconds_f64();
+    assert!(span > 1.4, "60 symbols at 25 ms take 1.5 s: {span}");
+    assert_eq!(items(&engine.pool, id).await.len(), 60);
+    // The fake writes a progress line per symbol (40 a second).
+    // Seconds since the run's start, from both clocks.
+    let start = progress
+        .first()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    let events: Vec<f64> = progress
+        .iter()
+        .map(|t| (*t - start).as_secs_f64())
+        .collect();
+    assert!(events.len() >= 5, "progress events: {}", events.len());
+    let most = most_in_a_second(&events);
+    assert!(most <= 11, "{most} progress events in a second");
+    let writes: Vec<f64> =
+        sqlx::query_scalar("SELECT extract(epoch FROM at)::float8 FROM run_writes ORDER BY at")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    let most = most_in_a_second(&writes);
+    // claim, running, at most 4 progress writes, and the final write.
+    assert!(
+        most <= 7,
+        "{most} writes of the row in a second: {writes:?}"
+    );
+    finish(engine).await;
+}
+
+// ------------------------------------------------------- with the real executor
+
+/// The keys a backtest's `performance_metrics` has (CONTRACT.md §4), each present
+/// (a number or null).
+const METRICS: [&str; 11] = [
+    "average_return",
+    "hit_rate",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "calmar_ratio",
+    "total_return",
+    "cagr",
+    "max_drawdown",
+    "profit_factor",
+    "expectancy",
+    "exposure",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_end_to_end_with_the_real_executor() {
+    let mut engine = engine_with(2, false).await;
+    seed_bars(&engine.pool, &["AAA", "BBB", "CCC"], 300).await;
+    let sma = add_strategy(
+        &engine,
+        "sma",
+        "sma_crossover",
+        json!({"token": "AAA", "fast_period": 3, "slow_period": 10, "order_qty": 1.0, "allow_short": false}),
+    )
+    .await;
+    let breakout = add_strategy(
+        &engine,
+        "breakout",
+        "bullish_breakout",
+        json!({"token": "AAA", "min_score": 0}),
+    )
+    .await;
+    engine.start_manager().await;
+    let pool = engine.pool.clone();
+
+    // Backtest over two symbols, with fees.
+    let id = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"symbols": ["AAA", "BBB"], "fee_bps": 1}),
+    )
+    .await;
+    let row = wait_state(&pool, id, "completed").await;
+    let result = row.result.unwrap();
+    let summary = &result["summary"];
+    assert_eq!(summary["symbols_processed"], 2, "{result}");
+    assert_eq!(summary["bars"], 600, "{summary}");
+    for key in [
+        "total_instances",
+        "positive_signals",
+        "trades",
+        "date_range",
+    ] {
+        assert!(
+            summary.get(key).is_some(),
+            "summary.{key} missing: {summary}"
+        );
+    }
+    for key in METRICS {
+        assert!(
+            result["performance_metrics"].get(key).is_some(),
+            "performance_metrics.{key} missing: {result}"
+        );
+    }
+    assert!(
+        result["per_symbol"].get("AAA").is_some() || result["per_symbol"].is_array(),
+        "{result}"
+    );
+    let curve = result["equity_curve"].as_array().expect("equity_curve");
+    assert!(!curve.is_empty() && curve.len() <= 500);
+    let backtested = items(&pool, id).await;
+    assert_eq!(
+        backtested.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+        ["AAA", "BBB"]
+    );
+    assert_eq!(row.config.unwrap()["fast_period"], 3);
+    // The same run again gives the same result; by default over the config's token.
+    let again = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"symbols": ["AAA", "BBB"], "fee_bps": 1}),
+    )
+    .await;
+    let same = wait_state(&pool, again, "completed").await.result.unwrap();
+    assert_eq!(same["performance_metrics"], result["performance_metrics"]);
+    let token = new_run(
+        &pool,
+        sma,
+        "backtest",
+        json!({"config": {"fast_period": 4}}),
+    )
+    .await;
+    let result = wait_state(&pool, token, "completed").await.result.unwrap();
+    assert_eq!(result["summary"]["symbols_processed"], 1, "{result}");
+
+    // Screener over every active symbol (MIN1 is not), the best two kept. (A
+    // bullish_breakout score exists only for a bar that breaks out: sma_crossover
+    // scores every symbol.)
+    for (strategy, every_scored) in [(sma, true), (breakout, false)] {
+        let id = new_run(&pool, strategy, "screener", json!({"limit": 2})).await;
+        let result = wait_state(&pool, id, "completed").await.result.unwrap();
+        assert_eq!(result["universe_size"], 3, "{result}");
+        let ranked = result["ranked_results"].as_array().unwrap();
+        assert!(ranked.len() <= 2, "{result}");
+        let scores = result["scores"].as_object().unwrap();
+        let scored = items(&pool, id).await;
+        assert_eq!(scored.len(), 3);
+        if every_scored {
+            assert_eq!(scores.len(), 3, "{result}");
+            assert!(scored.iter().all(|i| i.2.is_some()), "{scored:?}");
+        }
+        for item in &scored {
+            assert_eq!(
+                item.2,
+                scores.get(&item.0).and_then(Value::as_f64),
+                "{item:?} {result}"
+            );
+        }
+    }
+
+    // Alert scan: every alert in the result was published on strategy:alerts.
+    let id = Uuid::new_v4();
+    let mut alerts = engine.subscribe(&engine.channels.alerts()).await;
+    insert_run(&pool, id, sma, "alert", json!({}), None).await;
+    let result = wait_state(&pool, id, "completed").await.result.unwrap();
+    assert_eq!(result["symbols_monitored"], 3, "{result}");
+    assert!(
+        result["signals"].is_object() && result["alerts"].is_array(),
+        "{result}"
+    );
+    for alert in result["alerts"].as_array().unwrap() {
+        let symbol = alert["symbol"].clone();
+        let published = alerts
+            .expect("the alert on strategy:alerts", |_, m| {
+                m["run_id"] == id.to_string() && m["symbol"] == symbol
+            })
+            .await;
+        assert_eq!(published["type"], alert["type"]);
+    }
+    assert_eq!(items(&pool, id).await.len(), 3);
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_run_process_refuses_ends_the_run_error_and_the_next_run_goes_on() {
+    let mut engine = engine_with(1, false).await;
+    seed_bars(&engine.pool, &["AAA"], 60).await;
+    let sma = add_strategy(
+        &engine,
+        "sma",
+        "sma_crossover",
+        json!({"token": "AAA", "fast_period": 3, "slow_period": 10, "order_qty": 1.0}),
+    )
+    .await;
+    let heartbeat = add_strategy(
+        &engine,
+        "hb",
+        "heartbeat",
+        json!({"token": "AAA", "panic_after_ticks": 20}),
+    )
+    .await;
+    let unknown_token =
+        add_strategy(&engine, "btc", "sma_crossover", json!({"token": "BTC-USD"})).await;
+    engine.start_manager().await;
+    let pool = engine.pool.clone();
+    let cases = [
+        (heartbeat, "screener", json!({}), "heartbeat supports"),
+        (
+            sma,
+            "backtest",
+            json!({"config": {"fast_period": "x"}}),
+            "fast_period",
+        ),
+        (
+            heartbeat,
+            "backtest",
+            json!({}),
+            "the strategy panicked on AAA",
+        ),
+        (
+            unknown_token,
+            "backtest",
+            json!({}),
+            "the strategy's config token 'BTC-USD' is not in securities",
+        ),
+    ];
+    for (strategy, mode, params, want) in cases {
+        let id = new_run(&pool, strategy, mode, params.clone()).await;
+        let row = wait_run(&pool, id, "to end", |r| {
+            !matches!(r.state.as_str(), "queued" | "starting" | "running")
+        })
+        .await;
+        assert_eq!(row.state, "error", "{mode} {params}: {row:?}");
+        let error = row.error.unwrap();
+        assert!(error.contains(want), "{mode} {params}: {error}");
+        let next = new_run(&pool, sma, "backtest", json!({})).await;
+        wait_state(&pool, next, "completed").await;
+    }
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once() {
+    let mut engine = TestEngine::on_private_services().await;
+    engine.config.executor_path = Some(fake_executor(&engine.state_dir));
+    seed_bars(&engine.pool, &["AAA", "BBB", "CCC", "DDD"], 10).await;
+    let strategy = add_strategy(
+        &engine,
+        "steady",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 800}}),
+    )
+    .await;
+    engine.start_manager().await;
+    let id = Uuid::new_v4();
+    let mut events = engine.subscribe(&engine.channels.run(id)).await;
+    insert_run(&engine.pool, id, strategy, "screener", json!({}), None).await;
+    wait_for("the first item", DEADLINE, || async {
+        (!items(&engine.pool, id).await.is_empty()).then_some(())
+    })
+    .await;
+    engine.services().pg.stop(common::PgStop::Fast).await;
+    // The run goes on and ends while the database is away; its events still flow.
+    events
+        .expect("the run's last item published during the outage", |_, m| {
+            m["event_type"] == "ticker_completed" && m["current_item"] == "DDD"
+        })
+        .await;
+    engine.services().pg.start_again().await;
+    let pool = engine.pool.clone();
+    let row = wait_for(
+        "the run to be completed",
+        Duration::from_secs(90),
+        || async {
+            try_run_row(&pool, id)
+                .await
+                .filter(|r| r.state == "completed")
+        },
+    )
+    .await;
+    assert_eq!(row.attempt, 0, "the outage made no retry");
+    assert_eq!((row.completed_items, row.total_items), (Some(4), Some(4)));
+    assert_eq!(items(&pool, id).await.len(), 4);
+    events
+        .expect("the completed event", |_, m| m["event_type"] == "completed")
+        .await;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM strategy_runs WHERE state = 'completed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(completed, 1);
     finish(engine).await;
 }

@@ -357,7 +357,11 @@ impl PaperBroker {
             Side::Buy => qty,
             Side::Sell => -qty,
         };
-        let pos = self.positions.entry(token.to_string()).or_default();
+        if !self.positions.contains_key(token) {
+            self.positions
+                .insert(token.to_string(), Position::default());
+        }
+        let pos = self.positions.get_mut(token).expect("inserted above");
         let mut realised = 0.0;
         if pos.qty.abs() < EPSILON || pos.qty.signum() == delta.signum() {
             // Opening or adding: a new weighted average entry price.

@@ -180,7 +180,7 @@ impl Context {
 
     /// Add or replace a custom metric, reported beside pnl and the counts. In a run
     /// (backtest, screener, alert) custom metrics are not reported, and not kept.
-    #[inline]
+    #[inline(always)]
     pub fn set_metric(&mut self, key: &str, value: impl Into<Value>) {
         if !self.keep_custom_metrics {
             return;
@@ -192,6 +192,14 @@ impl Context {
                 self.custom_metrics.insert(key.to_string(), value);
             }
         }
+    }
+
+    /// Whether [`Context::set_metric`] keeps what it is given: `false` in a run
+    /// (backtest, screener, alert), where custom metrics are not reported. A strategy
+    /// may skip working its metrics out then.
+    #[inline]
+    pub fn keeps_custom_metrics(&self) -> bool {
+        self.keep_custom_metrics
     }
 
     /// A custom metric set with [`Context::set_metric`].

@@ -46,6 +46,8 @@ pub enum CancelError {
     Finished { run_id: Uuid, state: RunState },
     #[error("run {run_id} is {state} but no run task of this manager holds it; it is adopted at the manager's next start")]
     NotHeld { run_id: Uuid, state: RunState },
+    #[error("run {run_id} did not take the cancel (its task was busy with other stops); send the cancel again")]
+    Busy { run_id: Uuid },
     #[error("cannot read or write the run")]
     Database(#[from] sqlx::Error),
     #[error("{}", Several(.0))]
@@ -127,6 +129,9 @@ pub struct RunQueue {
     ended_tx: mpsc::UnboundedSender<Uuid>,
     ended_rx: mpsc::UnboundedReceiver<Uuid>,
 }
+
+/// How many stops (cancels, a deletion) may wait for one run's task.
+const STOPS: usize = 64;
 
 /// The NOTIFY channels the queue listens on.
 const RUNS_CHANNEL: &str = "strategy_runs";
@@ -218,7 +223,7 @@ impl RunQueue {
     }
 
     fn launch(&mut self, row: RunRow, start: Start) {
-        let (stop, stop_rx) = mpsc::channel(4);
+        let (stop, stop_rx) = mpsc::channel(STOPS);
         let id = row.id;
         self.active.insert(
             id,
@@ -359,6 +364,9 @@ impl RunQueue {
                             Err(CancelError::Finished { run_id, state })
                         }
                         Ok(None) => Err(CancelError::UnknownRun { run_id }),
+                        Ok(Some(_)) if !shared.cancel.is_cancelled() => {
+                            Err(CancelError::Busy { run_id })
+                        }
                         _ => return,
                     },
                 };
@@ -391,7 +399,10 @@ impl RunQueue {
                 },
                 reply: Some(tx),
             };
-            let _ = run.stop.send(stop).await;
+            // Never waits: a run task busy ending (its final write retried through a
+            // database outage) must not hold up the queue. A stop it cannot take is
+            // dropped, and the reply then comes from the run's row.
+            let _ = run.stop.try_send(stop);
             return Ok(Waiting::Run(run_id, rx));
         }
         match state {

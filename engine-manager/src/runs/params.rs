@@ -56,6 +56,8 @@ pub enum ParamError {
     EmptySymbols,
     #[error("unknown symbol{} {}: not in securities; symbols must be rows of securities (enginectl data generate or import adds them)", if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
     UnknownSymbols(Vec<String>),
+    #[error("the strategy's config token '{0}' is not in securities, and a backtest without parameters.symbols runs over it; pass parameters.symbols, or add '{0}' to securities")]
+    UnknownToken(String),
     #[error("no symbols to run over: securities has no active symbol; load market data first (enginectl data generate or import) or pass parameters.symbols")]
     NoSymbols,
     #[error(

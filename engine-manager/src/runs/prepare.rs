@@ -95,7 +95,13 @@ async fn symbols(
     let pool = &shared.pool;
     let asked = match (&req.symbols, params::default_symbols(row.mode, config)) {
         (Some(asked), _) => asked.clone(),
-        (None, DefaultSymbols::Token(token)) => vec![token],
+        (None, DefaultSymbols::Token(token)) => {
+            let found = store::securities(pool, std::slice::from_ref(&token)).await?;
+            if found.is_empty() {
+                return Err(ParamError::UnknownToken(token).into());
+            }
+            return Ok(found);
+        }
         (None, DefaultSymbols::EveryActive) => {
             let every = store::active_securities(pool).await?;
             if every.is_empty() {

@@ -167,7 +167,7 @@ impl Reporter {
             self.publish(shared, RunEventType::Progress, RunState::Running);
         }
         let row_time = self.last_row.is_none_or(|t| now - t >= ROW_INTERVAL);
-        if (self.row_due && row_time) || self.items.len() >= ITEM_BATCH {
+        if self.row_due && row_time {
             self.last_row = Some(now);
             match self.write_row(shared).await {
                 Ok(still_active) => {
@@ -177,6 +177,11 @@ impl Reporter {
                 Err(err) => {
                     tracing::warn!(run_id = %self.who.run_id, error = %err, "cannot write the run's progress; trying again");
                 }
+            }
+        } else if self.items.len() >= ITEM_BATCH {
+            // Many items between two row writes: the items alone, the row stays due.
+            if let Err(err) = self.write_items(shared).await {
+                tracing::warn!(run_id = %self.who.run_id, error = %err, "cannot write the run's items; trying again");
             }
         }
     }
