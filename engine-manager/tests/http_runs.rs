@@ -397,6 +397,24 @@ async fn run_events_start_with_the_present_state_and_end_after_the_final_one() {
         .add_strategy("sma-sse", "sma_crossover", json!({}), false)
         .await;
     let base = engine.http_base().await;
+    // The manager takes over runs left active only at its start: once a probe run
+    // has been through its queue, it leaves the runs this test plays alone.
+    let probe: Uuid = sqlx::query_scalar(
+        "INSERT INTO strategy_runs (strategy_id, mode) VALUES ($1, 'alert') RETURNING id",
+    )
+    .bind(sid)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    common::wait_for("the manager to take the probe run", DEADLINE, || async {
+        let state: String = sqlx::query_scalar("SELECT state FROM strategy_runs WHERE id = $1")
+            .bind(probe)
+            .fetch_one(&engine.pool)
+            .await
+            .ok()?;
+        (state != "queued").then_some(())
+    })
+    .await;
     // A run already half done (written as the manager would), seen by a late page.
     let run_id = running_run(
         &engine,
