@@ -668,11 +668,15 @@
     });
   }
 
-  function showGlobal(state, text) {
-    const el = $("global-outcome");
+  // Show a command's outcome in `el` (its state colours it; the title holds it whole).
+  function showIn(el, state, text) {
     el.dataset.state = state;
     setText(el, text);
     el.title = text;
+  }
+
+  function showGlobal(state, text) {
+    showIn($("global-outcome"), state, text);
   }
 
   async function sendGlobal(cmd) {
@@ -1107,10 +1111,7 @@
   }
 
   function showRunOutcome(state, text) {
-    const el = $("run-outcome");
-    el.dataset.state = state;
-    setText(el, text);
-    el.title = text;
+    showIn($("run-outcome"), state, text);
   }
 
   async function startRun(ev) {
@@ -1152,11 +1153,7 @@
   async function cancelRun(row) {
     row.cancelling = true;
     row.els.cancel.disabled = true;
-    const show = (state, text) => {
-      row.els.outcome.dataset.state = state;
-      setText(row.els.outcome, text);
-      row.els.outcome.title = text;
-    };
+    const show = (state, text) => showIn(row.els.outcome, state, text);
     try {
       await runCommand("/api/runs/" + row.id + "/cancel", {}, "cancel", show);
     } finally {
