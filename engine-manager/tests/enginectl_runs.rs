@@ -561,3 +561,86 @@ async fn run_end_to_end_with_the_manager_and_the_run_process() {
     assert_eq!(shown["items"].as_array().unwrap().len(), 2, "{shown}");
     engine.finish().await;
 }
+
+/// A run process that reports a first progress and then works for ten minutes, so
+/// that a cancel finds it running (written as the manager's `--executor-path`).
+const BUSY_RUN: &str = r#"#!/usr/bin/python3
+import json, os, sys, time
+inp = json.load(sys.stdin)
+total = len(inp['symbols'])
+with open(inp['outbox_path'], 'a') as out:
+    out.write(json.dumps({'type': 'started', 'pid': os.getpid(), 'total_items': total}) + '\n')
+    out.write(json.dumps({'type': 'progress', 'stage': 'evaluating', 'progress_percent': 10.0,
+                          'completed_items': 0, 'total_items': total,
+                          'current_item': inp['symbols'][0]['symbol']}) + '\n')
+    out.flush()
+    time.sleep(600)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waits_until_a_running_run_is_cancelled() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut engine = TestEngine::new().await;
+    let busy = engine.state_dir.join("busy_run.py");
+    std::fs::write(&busy, BUSY_RUN).unwrap();
+    std::fs::set_permissions(&busy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    engine.config.executor_path = Some(busy);
+    engine.start_manager().await;
+    engine
+        .add_strategy("sma-busy", "sma_crossover", json!({"token": "AAA"}), false)
+        .await;
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol) VALUES ('AAA'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT 'AAA', '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                100, 101, 99, 100, 1000 FROM generate_series(0, 49) i",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    let ran = ctl(
+        &engine,
+        &["run", "sma-busy", "--mode", "backtest", "--no-wait"],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    let id: Uuid = ran.stdout.trim().parse().unwrap();
+    wait_for("the run to be running", DEADLINE, || async {
+        let (state, percent): (String, f64) =
+            sqlx::query_as("SELECT state, progress_percent FROM strategy_runs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&engine.pool)
+                .await
+                .ok()?;
+        (state == "running" && percent > 0.0).then_some(())
+    })
+    .await;
+    let ran = ctl(&engine, &["run-show", &id.to_string()]).await;
+    assert!(
+        ran.stdout.contains("progress: [") && ran.stdout.contains("AAA"),
+        "{}",
+        ran.stdout
+    );
+    let ran = ctl(&engine, &["cancel", &id.to_string()]).await;
+    assert_eq!(ran.code, 0, "{ran:#?}");
+    assert!(
+        ran.stdout.contains(&format!("cancelled run {id}")),
+        "{}",
+        ran.stdout
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM strategy_runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "cancelled");
+    // Cancelling it again is refused at once, in words.
+    let ran = ctl(&engine, &["cancel", &id.to_string()]).await;
+    assert_eq!(ran.code, 1);
+    assert!(
+        ran.stderr.contains("already over (cancelled)"),
+        "{}",
+        ran.stderr
+    );
+    engine.finish().await;
+}
