@@ -167,6 +167,11 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
+    // Said in the lease row for the HTTP API and enginectl (the queue's capacity).
+    let slots = i32::try_from(config.max_concurrent_runs).unwrap_or(i32::MAX);
+    if let Err(err) = engine_store::runs_api::record_max_concurrent(&pool, slots).await {
+        tracing::warn!(error = %err, "cannot record --max-concurrent-runs in the lease row");
+    }
     let redis_client = open_redis(&config.redis_url)?;
 
     let mut background = ManagerTasks::default();

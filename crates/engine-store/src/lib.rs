@@ -17,6 +17,8 @@
 //!   history, progress of its commands, `doctor`'s checks).
 //! - [`api`]: what the manager's HTTP API reads (strategies with metrics, recent
 //!   commands and events, a command's outcome, the metrics history).
+//! - [`runs_api`]: what the HTTP API and `enginectl` read and insert about runs:
+//!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
 //! - [`runs`]: what the manager says about runs: claims, transitions, progress,
@@ -33,6 +35,7 @@ pub mod manager;
 pub mod metrics;
 pub mod operator;
 pub mod runs;
+pub mod runs_api;
 pub mod vocab;
 
 #[cfg(test)]
