@@ -19,6 +19,8 @@
 //!   commands and events, a command's outcome, the metrics history).
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
+//! - [`market`]: market data at rest: bulk loads of `securities` and `market_bars`
+//!   (binary COPY) and what `enginectl data` reads.
 //!
 //! Architecture invariant: no other crate writes SQL against the engine's tables.
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
@@ -28,6 +30,7 @@ pub mod bench;
 pub mod commands;
 pub mod lease;
 pub mod manager;
+pub mod market;
 pub mod metrics;
 pub mod operator;
 pub mod vocab;

@@ -12,9 +12,11 @@
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
+//! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod control;
+pub mod data;
 pub mod doctor;
 pub mod executor;
 pub mod feed;
@@ -152,6 +154,8 @@ pub enum Command {
     },
     /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
     Doctor,
+    /// Market data for runs: what is loaded (`data`), `data generate`, `data import`.
+    Data(data::DataArgs),
 }
 
 /// What every subcommand shares: the flags that say where the engine is.
@@ -236,5 +240,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
             history::history(&target, &name, lines, json).await
         }
         Command::Doctor => doctor::doctor(&target).await,
+        Command::Data(args) => data::data(&target, args).await,
     }
 }
