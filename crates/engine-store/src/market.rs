@@ -24,7 +24,8 @@ use sqlx::Row;
 pub const COPY_CHUNK_BYTES: usize = 1 << 20;
 
 /// A row of `securities` to load. `name` and `sector` replace the stored ones when
-/// given and keep them when `None`; a loaded symbol is made `active`.
+/// given and keep them when `None`; a new symbol is `active`, a known one keeps its
+/// `active` as an operator set it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Security {
     pub symbol: String,
@@ -71,8 +72,8 @@ pub struct LoadOutcome {
 pub async fn load_bars<F, P>(
     pool: &PgPool,
     load: BarsLoad<'_>,
-    mut fill: F,
-    mut progress: P,
+    fill: F,
+    progress: P,
 ) -> anyhow::Result<LoadOutcome>
 where
     F: FnMut(&mut BarsWriter<Vec<u8>>) -> anyhow::Result<u64>,
@@ -81,16 +82,61 @@ where
     let mut tx = pool.begin().await.context("cannot begin the load")?;
     upsert_securities(&mut tx, load.securities).await?;
     let replaced = delete_spans(&mut tx, load.interval, load.spans).await?;
-    let mut copy = tx
+    let bars = copy_in(&mut tx, load.interval, fill, progress).await?;
+    tx.commit().await.context("cannot commit the load")?;
+    Ok(LoadOutcome { bars, replaced })
+}
+
+/// The first half of a load made in parts ([`copy_bars`] on several connections
+/// at once, each its own transaction): write the securities and delete the stored
+/// bars of the spans, and commit. Returns the bars deleted. A part that fails
+/// later leaves the span partly loaded; loading it again repairs it.
+pub async fn prepare_parts(pool: &PgPool, load: BarsLoad<'_>) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await.context("cannot begin the load")?;
+    upsert_securities(&mut tx, load.securities).await?;
+    let replaced = delete_spans(&mut tx, load.interval, load.spans).await?;
+    tx.commit().await.context("cannot commit the load")?;
+    Ok(replaced)
+}
+
+/// One part of a load made in parts (after [`prepare_parts`]): COPY what `fill`
+/// encodes, in a transaction of its own, as in [`load_bars`]. Returns the bars
+/// inserted.
+pub async fn copy_bars<F, P>(
+    pool: &PgPool,
+    interval: &str,
+    fill: F,
+    progress: P,
+) -> anyhow::Result<u64>
+where
+    F: FnMut(&mut BarsWriter<Vec<u8>>) -> anyhow::Result<u64>,
+    P: FnMut(u64),
+{
+    let mut tx = pool.begin().await.context("cannot begin the load")?;
+    let bars = copy_in(&mut tx, interval, fill, progress).await?;
+    tx.commit().await.context("cannot commit the load")?;
+    Ok(bars)
+}
+
+async fn copy_in<F, P>(
+    conn: &mut sqlx::PgConnection,
+    interval: &str,
+    mut fill: F,
+    mut progress: P,
+) -> anyhow::Result<u64>
+where
+    F: FnMut(&mut BarsWriter<Vec<u8>>) -> anyhow::Result<u64>,
+    P: FnMut(u64),
+{
+    let mut copy = conn
         .copy_in_raw(
             "COPY market_bars (symbol, interval, ts, open, high, low, close, volume) \
              FROM STDIN (FORMAT binary)",
         )
         .await
         .context("cannot start COPY into market_bars")?;
-    let mut writer =
-        BarsWriter::market_bars(Vec::with_capacity(COPY_CHUNK_BYTES + 4096), load.interval)
-            .context("cannot encode bars")?;
+    let mut writer = BarsWriter::market_bars(Vec::with_capacity(COPY_CHUNK_BYTES + 4096), interval)
+        .context("cannot encode bars")?;
     let mut sent = 0u64;
     loop {
         let rows = match fill(&mut writer) {
@@ -115,9 +161,7 @@ where
     copy.send(trailer.as_slice())
         .await
         .context("cannot send bars to PostgreSQL")?;
-    let bars = copy.finish().await.map_err(copy_error)?;
-    tx.commit().await.context("cannot commit the load")?;
-    Ok(LoadOutcome { bars, replaced })
+    copy.finish().await.map_err(copy_error)
 }
 
 /// A COPY refused by the table, in words: a repeated (symbol, interval, ts) in one
@@ -155,8 +199,7 @@ async fn upsert_securities(
              AS s(symbol, name, sector) \
          ON CONFLICT (symbol) DO UPDATE SET \
              name = COALESCE(EXCLUDED.name, securities.name), \
-             sector = COALESCE(EXCLUDED.sector, securities.sector), \
-             active = true",
+             sector = COALESCE(EXCLUDED.sector, securities.sector)",
     )
     .bind(&symbols)
     .bind(&names)
@@ -342,6 +385,11 @@ mod tests {
                 replaced: 0
             }
         );
+        // An operator's `active = false` survives a reload.
+        sqlx::query("UPDATE securities SET active = false, sector = 'Energy'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
         // Days 3..=6 again, with other prices: days 0..=2 stay, 3..=4 are replaced.
         let second: Vec<Bar> = (3..7).map(|n| bar(n, 200.0 + n as f64)).collect();
         let outcome = load(&db, "AAA", &second).await;
@@ -356,7 +404,13 @@ mod tests {
         let closes: Vec<f64> = stored.iter().map(|b| b.close).collect();
         assert_eq!(closes, [100.0, 101.0, 102.0, 203.0, 204.0, 205.0, 206.0]);
         let summary = summary(&db.pool).await.unwrap();
-        assert_eq!(summary.securities, 1);
+        assert_eq!((summary.securities, summary.active), (1, 0));
+        let (name, sector): (String, String) =
+            sqlx::query_as("SELECT name, sector FROM securities")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!((name.as_str(), sector.as_str()), ("AAA Inc", "Energy"));
         assert_eq!(summary.intervals.len(), 1);
         assert_eq!(summary.intervals[0].bars, 7);
         assert_eq!(summary.intervals[0].first, day(0));

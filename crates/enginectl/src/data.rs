@@ -22,6 +22,7 @@ use engine_protocol::runs::bars_file::{Bar, BarsWriter};
 use engine_store::market::{self, BarSpan, BarsLoad, Security, COPY_CHUNK_BYTES};
 use market_sim::bars::{self as sim, BarInterval, SimSecurity, SymbolNames};
 use progress::{per_second, thousands, Progress};
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +77,12 @@ pub struct GenerateArgs {
     /// The same seed (and flags) gives the same bars.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// PostgreSQL connections loading at once. With 2, the securities and the
+    /// deletion of the spans are committed first and each connection COPYs its
+    /// share in its own transaction (a failure can leave part of the bars: run it
+    /// again); with 1, everything is one transaction.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub jobs: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -197,34 +204,27 @@ async fn generate(target: &Target, args: GenerateArgs) -> anyhow::Result<Finishe
         })
         .collect();
     let interval_word = interval.to_string();
-    let mut rows = sims.iter().flat_map(|s| {
+    let rows = sims.iter().flat_map(|s| {
         s.bars(interval, first, count, args.seed)
             .map(move |bar| Ok((s.symbol.as_str(), bar)))
     });
     let pool = target.pool().await?;
-    let label = format!(
-        "{} symbols × {} {interval_word} bars",
-        sims.len(),
-        thousands(count)
-    );
+    let symbols_word = match sims.len() {
+        1 => sims[0].symbol.clone(),
+        n => format!("{n} symbols"),
+    };
+    let label = format!("{symbols_word} × {} {interval_word} bars", thousands(count));
     let mut progress = Progress::new(label, count * sims.len() as u64);
     let load = BarsLoad {
         interval: &interval_word,
         securities: &securities,
         spans: &spans,
     };
-    let outcome = market::load_bars(
-        &pool,
-        load,
-        |w| fill_chunk(w, || rows.next().transpose()),
-        |sent| progress.update(sent),
-    )
-    .await?;
+    let outcome = load_in_parts(&pool, load, args.jobs, rows, &mut progress).await?;
     let elapsed = progress.finish();
     println!(
-        "generated {} bars: {} symbols × {} {interval_word} bars ({} … {}), seed {}{}, in {}",
+        "generated {} bars: {symbols_word} × {} {interval_word} bars ({} … {}), seed {}{}, in {}",
         thousands(outcome.bars),
-        sims.len(),
         thousands(count),
         timestamp(first),
         timestamp(last),
@@ -233,6 +233,48 @@ async fn generate(target: &Target, args: GenerateArgs) -> anyhow::Result<Finishe
         rate_words(outcome.bars, elapsed)
     );
     Ok(Finished::Ok)
+}
+
+/// Load `rows` in one transaction (`jobs` 1), or on `jobs` connections at once,
+/// each taking the next chunk of rows as it is ready, after the securities and the
+/// deletion of the spans are committed (`market::prepare_parts`).
+async fn load_in_parts<'s>(
+    pool: &sqlx::PgPool,
+    load: BarsLoad<'_>,
+    jobs: u8,
+    mut rows: impl Iterator<Item = anyhow::Result<(&'s str, Bar)>>,
+    progress: &mut Progress,
+) -> anyhow::Result<market::LoadOutcome> {
+    if jobs <= 1 {
+        return market::load_bars(
+            pool,
+            load,
+            |w| fill_chunk(w, || rows.next().transpose()),
+            |sent| progress.update(sent),
+        )
+        .await;
+    }
+    let replaced = market::prepare_parts(pool, load).await?;
+    let rows = RefCell::new(rows);
+    let encoded = Cell::new(0u64);
+    let progress = RefCell::new(progress);
+    let part = || {
+        market::copy_bars(
+            pool,
+            load.interval,
+            |w| {
+                let n = fill_chunk(w, || rows.borrow_mut().next().transpose())?;
+                encoded.set(encoded.get() + n);
+                Ok(n)
+            },
+            |_| progress.borrow_mut().update(encoded.get()),
+        )
+    };
+    let parts = futures_util::future::try_join_all((0..jobs).map(|_| part())).await?;
+    Ok(market::LoadOutcome {
+        bars: parts.iter().sum(),
+        replaced,
+    })
 }
 
 /// Encode rows from `next` until a COPY chunk is full or they run out; returns how
