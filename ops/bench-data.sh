@@ -58,9 +58,9 @@ now() { date +%s.%N; }
 rows_in() { db -At -c "SELECT count(*) FROM market_bars;"; }
 # name rows seconds [ratio to the psql ceiling]
 report() {
-    awk -v name="$1" -v rows="$2" -v secs="$3" -v ceiling="${4:-}" 'BEGIN {
+    NAME="$1" awk -v rows="$2" -v secs="$3" -v ceiling="${4:-}" 'BEGIN {
         rate = rows / secs
-        line = sprintf("%-40s %10d rows %8.2f s %12.0f rows/s", name, rows, secs, rate)
+        line = sprintf("%-40s %10d rows %8.2f s %12.0f rows/s", ENVIRON["NAME"], rows, secs, rate)
         if (ceiling != "") line = line sprintf("   %.2fx the psql \\copy time", secs / ceiling)
         print line
     }'

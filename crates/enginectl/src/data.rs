@@ -378,6 +378,7 @@ async fn import(target: &Target, args: ImportArgs) -> anyhow::Result<Finished> {
 /// Check one file whole, then load it. Returns the bars loaded.
 async fn import_file(pool: &sqlx::PgPool, file: &Path, args: &ImportArgs) -> anyhow::Result<u64> {
     let symbol = file_symbol(file, args.symbol.as_deref())?;
+    let started = std::time::Instant::now();
     let path = file.to_path_buf();
     let scan = tokio::task::spawn_blocking(move || -> anyhow::Result<csv::FileScan> {
         let reader = open(&path)?;
@@ -414,7 +415,9 @@ async fn import_file(pool: &sqlx::PgPool, file: &Path, args: &ImportArgs) -> any
         |sent| progress.update(sent),
     )
     .await?;
-    let elapsed = progress.finish();
+    progress.finish();
+    // From the start of the check: the rate of the whole import.
+    let elapsed = started.elapsed();
     println!(
         "{symbol} {interval_word}: {} bars from {} ({} … {}){}, in {}",
         thousands(outcome.bars),

@@ -110,27 +110,36 @@ impl Layout {
 
     /// One data line as a bar, or the column at fault and what would be right.
     pub fn parse(&self, line: &str) -> Result<Bar, (Option<String>, String)> {
-        let fields: Vec<&str> = line.split(',').map(clean).collect();
-        if fields.len() != self.fields {
+        // The fields this needs, picked without allocating: time, clock, then the
+        // values in VALUE_NAMES order.
+        let mut picked = [""; 7];
+        let mut count = 0;
+        for (index, field) in line.split(',').enumerate() {
+            count += 1;
+            if let Some(slot) = self.slot_of(index) {
+                picked[slot] = clean(field);
+            }
+        }
+        if count != self.fields {
             return Err((
                 None,
                 format!(
-                    "{} fields, but the header has {}; each line has one value per column",
-                    fields.len(),
+                    "{count} fields, but the header has {}; each line has one value per column",
                     self.fields
                 ),
             ));
         }
-        let (time_index, time_name) = &self.time;
         let ts = match self.clock {
-            Some(clock) => parse_time(&format!("{} {}", fields[*time_index], fields[clock])),
-            None => parse_time(fields[*time_index]),
+            Some(_) => parse_time(&format!("{} {}", picked[0], picked[1])),
+            None => parse_time(picked[0]),
         }
-        .map_err(|what| (Some(time_name.clone()), what))?;
+        .map_err(|what| (Some(self.time.1.clone()), what))?;
         let mut values = [0.0; 5];
-        for ((value, slot), name) in values.iter_mut().zip(self.values).zip(VALUE_NAMES) {
-            let Some(index) = slot else { continue };
-            *value = parse_number(fields[index], name).map_err(|what| (Some(name.into()), what))?;
+        for (i, (value, name)) in values.iter_mut().zip(VALUE_NAMES).enumerate() {
+            if self.values[i].is_some() {
+                *value =
+                    parse_number(picked[i + 2], name).map_err(|what| (Some(name.into()), what))?;
+            }
         }
         let [open, high, low, close, volume] = values;
         check_bar(open, high, low, close)?;
@@ -142,6 +151,22 @@ impl Layout {
             close,
             volume,
         })
+    }
+}
+
+impl Layout {
+    /// Where field `index` goes in [`Layout::parse`]'s picks, if it is needed.
+    fn slot_of(&self, index: usize) -> Option<usize> {
+        if index == self.time.0 {
+            return Some(0);
+        }
+        if self.clock == Some(index) {
+            return Some(1);
+        }
+        self.values
+            .iter()
+            .position(|v| *v == Some(index))
+            .map(|i| i + 2)
     }
 }
 
