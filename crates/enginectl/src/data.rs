@@ -186,7 +186,7 @@ async fn generate(target: &Target, args: GenerateArgs) -> anyhow::Result<Finishe
     let interval = args.interval;
     let count = sim::bars_in_span(args.span, interval);
     let first = sim::first_bar(args.end.unwrap_or_else(Utc::now), interval, count);
-    let last = first + interval.delta() * (count as i32 - 1);
+    let last = first + chrono::TimeDelta::seconds((interval.seconds() * (count - 1)) as i64);
     let securities: Vec<Security> = sims
         .iter()
         .map(|s| Security {
