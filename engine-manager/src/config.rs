@@ -134,6 +134,17 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_STALE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
 
+    /// At most this many runs (`strategy_runs`) are `starting` or `running` at once;
+    /// the others wait `queued` (high before normal before low, oldest first).
+    #[arg(long, env = "ENGINE_MAX_CONCURRENT_RUNS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_runs: u32,
+
+    /// The least time between two progress lines of a run's process (0 writes only
+    /// the first and the last; the manager throttles what it writes and publishes
+    /// on its own).
+    #[arg(long, env = "ENGINE_RUN_PROGRESS_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub run_progress_interval: Duration,
+
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,
@@ -157,6 +168,11 @@ impl ManagerConfig {
 
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
+    }
+
+    /// Runs' bars, outboxes and logs (`{state_dir}/runs`).
+    pub fn runs_dir(&self) -> PathBuf {
+        engine_protocol::runs::runs_dir(&self.state_dir)
     }
 
     pub fn restart_policy(&self) -> RestartPolicy {

@@ -30,6 +30,9 @@ pub enum IntakeError {
     UnknownStrategy { strategy_id: Uuid },
     #[error(transparent)]
     Failed(#[from] CommandError),
+    /// A `cancel` that did not take effect on the runs it named.
+    #[error(transparent)]
+    Cancel(#[from] crate::runs::CancelError),
     /// A global command that did not take effect on some strategies.
     #[error("did not take effect on {} strateg{}: {}", failures.len(), if failures.len() == 1 { "y" } else { "ies" }, GlobalFailures(failures))]
     Global {
@@ -189,6 +192,25 @@ impl CommandIntake {
                 return;
             }
         };
+        if let (CommandKind::Cancel { run_id }, Some(strategy_id)) = (&kind, row.strategy_id) {
+            // Straight to the runs: a cancel never waits behind the strategy's other
+            // commands in its supervisor's queue.
+            let request = crate::runs::CancelRequest {
+                command_id: row.id,
+                strategy_id,
+                run_id: *run_id,
+                recovered: recovered_from.is_some(),
+            };
+            let rx = self.shared.runs.cancel(request).await;
+            let shared = self.shared.clone();
+            let id = row.id;
+            self.shared.tracker.spawn(async move {
+                if let Ok(outcome) = rx.await {
+                    finish_with_retry(&shared, id, outcome.map_err(IntakeError::Cancel)).await;
+                }
+            });
+            return;
+        }
         match row.strategy_id {
             Some(strategy_id) => {
                 let Some(handle) = self.supervisor(strategy_id).await else {

@@ -14,6 +14,8 @@
 //!   [`recorder`]: metrics into `strategy_metrics`.
 //! - [`executions`]: the plan of interval executions (due times, the concurrency
 //!   limit, skips, time limits, statistics), pure and not wired in yet.
+//! - [`runs`]: backtests, screeners and alert scans: the queue, one task and one
+//!   process per run, cancel, timeout, adoption, the one retry.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`tasks`]: every background task is owned; one that panics or ends early stops
@@ -34,6 +36,7 @@ pub mod log_rotation;
 pub mod process;
 pub mod publisher;
 pub mod recorder;
+pub mod runs;
 pub mod supervisor;
 pub mod tasks;
 
@@ -77,6 +80,8 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Where every task that is not one of `run`'s own is spawned (see [`tasks`]).
     pub tracker: Tasks,
+    /// The runs' queue: where the intake hands `cancel` commands.
+    pub runs: runs::RunsHandle,
 }
 
 impl Shared {
@@ -162,6 +167,11 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let options = db::connect_options(&config.database_url)?;
     let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
+    // Said in the lease row for the HTTP API and enginectl (the queue's capacity).
+    let slots = i32::try_from(config.max_concurrent_runs).unwrap_or(i32::MAX);
+    if let Err(err) = engine_store::runs_api::record_max_concurrent(&pool, slots).await {
+        tracing::warn!(error = %err, "cannot record --max-concurrent-runs in the lease row");
+    }
     let redis_client = open_redis(&config.redis_url)?;
 
     let mut background = ManagerTasks::default();
@@ -172,6 +182,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     );
     background.spawn_last("publisher", publishing);
     let claim_pool = db::connect_claimer(&config.database_url)?;
+    let (runs_handle, runs_inbox) = runs::channel();
     let shared = Arc::new(Shared {
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
@@ -188,6 +199,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         link_routes: Arc::new(Mutex::new(HashMap::new())),
         cancel: CancellationToken::new(),
         tracker: background.tracker.clone(),
+        runs: runs_handle,
     });
     log_start(&shared, is_boot);
 
@@ -211,17 +223,30 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     background.spawn("health sampler", health.run());
     let interval = shared.config.health_interval;
     background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));
+    let run_queue = runs::RunQueue::new(shared.clone(), runs_inbox);
+    background.spawn("run queue", run_queue.run());
     let intake = intake::CommandIntake::new(shared.clone(), supervisors);
     background.spawn("command intake", intake.run(recovered, applied));
 
     let failure = background.watch(&shutdown).await;
+    stop(&shared, background, failure, &socket).await
+}
+
+/// Stop every task (after `shutdown`, or the first task's `failure`), remove the
+/// control socket and close the pools.
+async fn stop(
+    shared: &Shared,
+    background: ManagerTasks,
+    failure: Option<TaskFailure>,
+    socket: &std::path::Path,
+) -> Result<(), ManagerError> {
     tracing::info!(
         stop_strategies = shared.config.stop_strategies_on_exit,
         "engine-manager shutting down"
     );
     shared.cancel.cancel();
     let late = background.stop().await;
-    let _ = tokio::fs::remove_file(&socket).await;
+    let _ = tokio::fs::remove_file(socket).await;
     shared.claim_pool.close().await;
     shared.pool.close().await;
     match failure.or(late) {

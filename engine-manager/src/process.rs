@@ -1,5 +1,5 @@
 //! Executor processes: spawning one (config and broker state on stdin, output to its log file, its own
-//! process group), recognising one again after a manager restart (pid plus start
+//! process group; a run's process with its run input on stdin), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
 use crate::tasks::blocking;
@@ -24,14 +24,25 @@ use engine_protocol::procfs::{is_same_process, start_ticks};
 /// the database never heard of their pid (a manager that died between the spawn and
 /// the write).
 pub fn scan_executors(control_socket: &Path) -> HashMap<Uuid, Vec<(u32, u64)>> {
+    scan(b"--control-socket", control_socket, b"--strategy-id")
+}
+
+/// Every live run process whose command line names `runs_dir` (`--runs-dir`), by
+/// run id (`--run-id`), as [`scan_executors`] does for executors.
+pub fn scan_runs(runs_dir: &Path) -> HashMap<Uuid, Vec<(u32, u64)>> {
+    scan(b"--runs-dir", runs_dir, b"--run-id")
+}
+
+/// The live processes whose `owner_flag` is `owner`, by the UUID after `id_flag`.
+fn scan(owner_flag: &[u8], owner: &Path, id_flag: &[u8]) -> HashMap<Uuid, Vec<(u32, u64)>> {
     let mut found: HashMap<Uuid, Vec<(u32, u64)>> = HashMap::new();
-    let socket = control_socket.as_os_str().as_encoded_bytes();
+    let owner = owner.as_os_str().as_encoded_bytes();
     for (pid, cmdline) in procfs::command_lines() {
-        if cmdline.value_of(b"--control-socket") != Some(socket) {
+        if cmdline.value_of(owner_flag) != Some(owner) {
             continue;
         }
         let Some(id) = cmdline
-            .value_of(b"--strategy-id")
+            .value_of(id_flag)
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<Uuid>().ok())
         else {
@@ -42,6 +53,16 @@ pub fn scan_executors(control_socket: &Path) -> HashMap<Uuid, Vec<(u32, u64)>> {
         }
     }
     found
+}
+
+/// What the spawn of a run's process needs.
+pub struct RunSpawnSpec<'a> {
+    pub executor_path: &'a Path,
+    pub run_id: Uuid,
+    pub runs_dir: &'a Path,
+    pub log_path: &'a Path,
+    /// Written on its stdin.
+    pub input: &'a engine_protocol::runs::RunInput,
 }
 
 /// What one spawn needs.
@@ -142,31 +163,41 @@ impl ExecutorProcess {
             spec.log_path.to_path_buf(),
         );
         let (log, log2, log_offset) = blocking(move || open_log(&executor_path, &log_path)).await?;
-        let mut child = command(spec, log, log2)
-            .spawn()
-            .map_err(|source| SpawnError::Exec {
-                path: spec.executor_path.to_path_buf(),
-                source,
-            })?;
-        let pid = child.id().expect("a just-spawned child has a pid");
-        if let Some(mut stdin) = child.stdin.take() {
-            let input = engine_protocol::control::SpawnInput {
-                config: spec.config.clone(),
-                broker_state: spec.broker_state.cloned(),
-            };
-            let input = serde_json::to_vec(&input).expect("a JSON value serializes");
-            // If the executor died at once, the write fails; its exit tells why.
-            let _ = stdin.write_all(&input).await;
-            let _ = stdin.shutdown().await;
-        }
-        let start_ticks = blocking(move || start_ticks(pid)).await.unwrap_or(0);
-        Ok(ExecutorProcess {
-            pid,
-            start_ticks,
-            log_path: spec.log_path.to_path_buf(),
+        let input = engine_protocol::control::SpawnInput {
+            config: spec.config.clone(),
+            broker_state: spec.broker_state.cloned(),
+        };
+        let input = serde_json::to_vec(&input).expect("a JSON value serializes");
+        let started = Started {
+            executor_path: spec.executor_path,
+            log_path: spec.log_path,
             log_offset,
-            watch: ExitWatch::Child(child),
-        })
+        };
+        started.launch(command(spec, log, log2), &input).await
+    }
+
+    /// Spawn a run's process: `--run-id {id} --runs-dir {dir}` (never
+    /// `--strategy-id`), its own process group, output appended to its log, the
+    /// [`engine_protocol::runs::RunInput`] on stdin. It gets no database URL.
+    pub async fn spawn_run(spec: &RunSpawnSpec<'_>) -> Result<ExecutorProcess, SpawnError> {
+        let (executor_path, log_path) = (
+            spec.executor_path.to_path_buf(),
+            spec.log_path.to_path_buf(),
+        );
+        let (log, log2, log_offset) = blocking(move || open_log(&executor_path, &log_path)).await?;
+        let mut cmd = tokio::process::Command::new(spec.executor_path);
+        cmd.arg("--run-id")
+            .arg(spec.run_id.to_string())
+            .arg("--runs-dir")
+            .arg(spec.runs_dir);
+        detach(&mut cmd, log, log2);
+        let input = serde_json::to_vec(spec.input).expect("a run input serializes");
+        let started = Started {
+            executor_path: spec.executor_path,
+            log_path: spec.log_path,
+            log_offset,
+        };
+        started.launch(cmd, &input).await
     }
 
     /// Take over an executor a previous manager started, if `pid` is still that
@@ -234,6 +265,41 @@ impl ExecutorProcess {
     }
 }
 
+/// A process about to be spawned: its binary and log.
+struct Started<'a> {
+    executor_path: &'a Path,
+    log_path: &'a Path,
+    log_offset: u64,
+}
+
+impl Started<'_> {
+    /// Spawn `cmd`, write `input` on its stdin and close it, and read its start time.
+    async fn launch(
+        self,
+        mut cmd: tokio::process::Command,
+        input: &[u8],
+    ) -> Result<ExecutorProcess, SpawnError> {
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            path: self.executor_path.to_path_buf(),
+            source,
+        })?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        if let Some(mut stdin) = child.stdin.take() {
+            // If the process died at once, the write fails; its exit tells why.
+            let _ = stdin.write_all(input).await;
+            let _ = stdin.shutdown().await;
+        }
+        let start_ticks = blocking(move || start_ticks(pid)).await.unwrap_or(0);
+        Ok(ExecutorProcess {
+            pid,
+            start_ticks,
+            log_path: self.log_path.to_path_buf(),
+            log_offset: self.log_offset,
+            watch: ExitWatch::Child(child),
+        })
+    }
+}
+
 /// Check the executor binary and open its log for appending (creating its
 /// directory): the log twice (stdout and stderr) and the offset this run starts at.
 fn open_log(executor_path: &Path, log_path: &Path) -> Result<(File, File, u64), SpawnError> {
@@ -279,14 +345,21 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
         // Secrets stay out of argv: the Redis URL (it may hold a password) goes
         // in the environment, the config on stdin.
         .env("REDIS_URL", spec.redis_url)
-        .env("ENGINE_REDIS_PREFIX", spec.redis_prefix)
-        .env_remove("DATABASE_URL")
+        .env("ENGINE_REDIS_PREFIX", spec.redis_prefix);
+    detach(&mut cmd, log, log2);
+    cmd
+}
+
+/// What every process the manager starts has: no database URL, stdin piped, output
+/// appended to its log, its own process group (a dying manager or a terminal's
+/// Ctrl-C never reaches it), never killed when its handle is dropped.
+fn detach(cmd: &mut tokio::process::Command, log: File, log2: File) {
+    cmd.env_remove("DATABASE_URL")
         .stdin(Stdio::piped())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
         .process_group(0)
         .kill_on_drop(false);
-    cmd
 }
 
 /// The last `lines` non-empty lines of `path` after byte `offset` (at most 64 KiB read).

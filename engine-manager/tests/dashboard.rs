@@ -573,3 +573,104 @@ async fn dashboard_for_the_person_on_duty() {
     browser.close().await;
     engine.finish().await;
 }
+
+/// The Runs panel: a run started from the page's form moves its bar and shows its
+/// result (a backtest's metrics and equity curve); bad parameters are refused on the
+/// page; a queued run's cancel button cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_from_the_page_moves_its_bar_and_shows_its_result() {
+    require_browser();
+    let engine = TestEngine::started().await;
+    engine
+        .add_strategy("dash-sma", "sma_crossover", json!({"token": "AAA"}), false)
+        .await;
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol, name, sector) VALUES ('AAA', 'A Inc', 'Tech'), ('BBB', 'B Inc', 'Tech'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT s, '1d', '2023-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                100 + i, 101 + i, 99 + i, 100 + i + (i % 7) - 3, 1000 + 10 * i \
+         FROM unnest(ARRAY['AAA', 'BBB']) s, generate_series(0, 699) i",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    let base = engine.http_base().await;
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+    browser
+        .wait_text("the strategy in the run form", "#run-strategy", |t| {
+            t.contains("dash-sma")
+        })
+        .await;
+
+    // Parameters that are not JSON are refused on the page; nothing is inserted.
+    browser.set_value("#run-params", "{symbols").await;
+    browser.click("#run-start").await;
+    browser
+        .wait_text("the refusal", "#run-outcome", |t| {
+            t.contains("not valid JSON")
+        })
+        .await;
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM strategy_runs").await,
+        0
+    );
+
+    // A backtest from the form: its row appears, its bar moves to 100 %, its result shows.
+    browser
+        .set_value(
+            "#run-params",
+            r#"{"symbols": ["AAA", "BBB"], "fee_bps": 5}"#,
+        )
+        .await;
+    browser.click("#run-start").await;
+    browser
+        .wait_text("the run queued", "#run-outcome", |t| t.contains("queued"))
+        .await;
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM strategy_runs")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    let bar = format!("tr[data-run=\"{id}\"] .pct");
+    browser
+        .wait_text("the bar at 100 %", &bar, |t| t == "100.0%")
+        .await;
+    browser
+        .wait_text(
+            "the run completed",
+            &format!("tr[data-run=\"{id}\"] .run-state"),
+            |t| t == "completed",
+        )
+        .await;
+    browser
+        .click(&format!("tr[data-run=\"{id}\"] button.run-show"))
+        .await;
+    browser
+        .wait_text("the metrics", "#run-result-body", |t| {
+            // (headings are shown in capitals)
+            t.to_lowercase().contains("performance metrics") && t.contains("sharpe_ratio")
+        })
+        .await;
+    let points: String = browser
+        .client()
+        .execute(
+            "const s = document.querySelector('#run-result-body svg.equity'); return s ? s.dataset.points : '0';",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    assert!(
+        points.parse::<usize>().unwrap() > 1,
+        "an equity curve is drawn"
+    );
+    let _ = browser
+        .client()
+        .screenshot()
+        .await
+        .map(|png| std::fs::write(target_dir().join("dashboard-runs.png"), png));
+    browser.close().await;
+    engine.finish().await;
+}

@@ -69,6 +69,18 @@ impl std::error::Error for OrderError {}
 
 pub(crate) const EPSILON: f64 = 1e-12;
 
+/// A token interned by the broker: where its last price is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PriceSlot(usize);
+
+/// An interned token's last price (NaN before its first) and position.
+#[derive(Debug, Clone)]
+struct Mark {
+    token: String,
+    price: f64,
+    position: Position,
+}
+
 /// The version of [`BrokerSnapshot`] this SDK writes and reads.
 pub const BROKER_SNAPSHOT_VERSION: u32 = 1;
 
@@ -187,7 +199,11 @@ impl BrokerSnapshot {
 #[derive(Debug, Clone)]
 pub struct PaperBroker {
     positions: BTreeMap<String, Position>,
-    last_prices: BTreeMap<String, f64>,
+    /// Each token seen, interned: its [`PriceSlot`] indexes `marks`.
+    slots: BTreeMap<String, PriceSlot>,
+    /// Each interned token's last price and position (a copy of `positions`), so
+    /// that valuing the book ([`PaperBroker::pnl`]) touches no string.
+    marks: Vec<Mark>,
     realised_pnl: f64,
     orders_count: u64,
     closed_trades: u64,
@@ -207,7 +223,8 @@ impl PaperBroker {
     pub(crate) fn new() -> Self {
         PaperBroker {
             positions: BTreeMap::new(),
-            last_prices: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            marks: Vec::new(),
             realised_pnl: 0.0,
             orders_count: 0,
             closed_trades: 0,
@@ -242,6 +259,15 @@ impl PaperBroker {
             restored_marks: snapshot.marks,
             ..PaperBroker::new()
         };
+        let held: Vec<(String, Position)> = broker
+            .positions
+            .iter()
+            .map(|(token, pos)| (token.clone(), *pos))
+            .collect();
+        for (token, position) in held {
+            let slot = broker.slot(&token);
+            broker.marks[slot.0].position = position;
+        }
         broker.pnl_at_start = broker.pnl();
         Ok(broker)
     }
@@ -280,18 +306,41 @@ impl PaperBroker {
     /// Record the latest price of `token` (called for every tick).
     pub(crate) fn mark(&mut self, token: &str, price: f64) {
         if price.is_finite() && price > 0.0 {
-            match self.last_prices.get_mut(token) {
-                Some(p) => *p = price,
-                None => {
-                    self.last_prices.insert(token.to_string(), price);
-                }
-            }
+            let slot = self.slot(token);
+            self.marks[slot.0].price = price;
+        }
+    }
+
+    /// The slot of `token`'s price, interning it on first sight: a driver that
+    /// feeds one token many times ([`crate::host::BarFeed`]) marks by slot, without a
+    /// lookup per price.
+    pub(crate) fn slot(&mut self, token: &str) -> PriceSlot {
+        if let Some(slot) = self.slots.get(token) {
+            return *slot;
+        }
+        let slot = PriceSlot(self.marks.len());
+        self.marks.push(Mark {
+            token: token.to_string(),
+            price: f64::NAN,
+            position: Position::default(),
+        });
+        self.slots.insert(token.to_string(), slot);
+        slot
+    }
+
+    /// [`PaperBroker::mark`] by slot: an index, no lookup.
+    #[inline]
+    pub(crate) fn mark_slot(&mut self, slot: PriceSlot, price: f64) {
+        if price.is_finite() && price > 0.0 {
+            self.marks[slot.0].price = price;
         }
     }
 
     /// The last price seen for `token`.
     pub fn last_price(&self, token: &str) -> Option<f64> {
-        self.last_prices.get(token).copied()
+        let slot = self.slots.get(token)?;
+        let price = self.marks[slot.0].price;
+        (!price.is_nan()).then_some(price)
     }
 
     /// Fill a market order at the last price.
@@ -308,7 +357,11 @@ impl PaperBroker {
             Side::Buy => qty,
             Side::Sell => -qty,
         };
-        let pos = self.positions.entry(token.to_string()).or_default();
+        if !self.positions.contains_key(token) {
+            self.positions
+                .insert(token.to_string(), Position::default());
+        }
+        let pos = self.positions.get_mut(token).expect("inserted above");
         let mut realised = 0.0;
         if pos.qty.abs() < EPSILON || pos.qty.signum() == delta.signum() {
             // Opening or adding: a new weighted average entry price.
@@ -335,9 +388,12 @@ impl PaperBroker {
                 self.winning_trades += 1;
             }
         }
+        let position = *pos;
         if pos.qty.abs() < EPSILON {
             self.positions.remove(token);
         }
+        let slot = self.slot(token);
+        self.marks[slot.0].position = position;
         let fee = qty * price * self.fee_bps / 10_000.0;
         self.fees += fee;
         Ok(Fill {
@@ -402,10 +458,16 @@ impl PaperBroker {
     /// Mark-to-market PnL of the open positions at the last prices (a restored
     /// position is valued at its restored price until this run sees a tick of it).
     pub fn unrealised_pnl(&self) -> f64 {
-        self.positions
+        self.marks
             .iter()
-            .map(|(token, pos)| {
-                let last = self.mark_of(token).unwrap_or(pos.avg_price);
+            .filter(|mark| mark.position.qty != 0.0)
+            .map(|mark| {
+                let pos = mark.position;
+                let last = if mark.price.is_nan() {
+                    self.mark_of(&mark.token).unwrap_or(pos.avg_price)
+                } else {
+                    mark.price
+                };
                 pos.qty * (last - pos.avg_price)
             })
             .sum()

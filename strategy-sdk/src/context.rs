@@ -5,7 +5,9 @@
 //! building the metrics report and flattening on stop belong to whoever drives the
 //! strategy: the executor runtime and the test kit do that through [`crate::Host`].
 
-use crate::broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
+use crate::broker::{
+    BrokerSnapshot, Fill, OrderError, PaperBroker, Position, PriceSlot, Side, SnapshotError,
+};
 use crate::modes::Bar;
 use chrono::{DateTime, Utc};
 use engine_protocol::StrategyMetrics;
@@ -58,6 +60,9 @@ pub struct Context {
     /// Every fill since the last [`Context::take_fills`], when recording (the test
     /// kit records; the runtime does not, so a long run keeps no history).
     fill_log: Option<Vec<Fill>>,
+    /// Whether [`Context::set_metric`] keeps what it is given (off in runs, where
+    /// nothing reports custom metrics: a strategy's loop then pays nothing for them).
+    keep_custom_metrics: bool,
 }
 
 impl Context {
@@ -73,6 +78,7 @@ impl Context {
             now: Utc::now(),
             bar: None,
             fill_log: None,
+            keep_custom_metrics: true,
         }
     }
 
@@ -172,9 +178,28 @@ impl Context {
         tracing::info!(strategy = %self.name, "{message}");
     }
 
-    /// Add or replace a custom metric, reported beside pnl and the counts.
+    /// Add or replace a custom metric, reported beside pnl and the counts. In a run
+    /// (backtest, screener, alert) custom metrics are not reported, and not kept.
+    #[inline(always)]
     pub fn set_metric(&mut self, key: &str, value: impl Into<Value>) {
-        self.custom_metrics.insert(key.to_string(), value.into());
+        if !self.keep_custom_metrics {
+            return;
+        }
+        let value = value.into();
+        match self.custom_metrics.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.custom_metrics.insert(key.to_string(), value);
+            }
+        }
+    }
+
+    /// Whether [`Context::set_metric`] keeps what it is given: `false` in a run
+    /// (backtest, screener, alert), where custom metrics are not reported. A strategy
+    /// may skip working its metrics out then.
+    #[inline]
+    pub fn keeps_custom_metrics(&self) -> bool {
+        self.keep_custom_metrics
     }
 
     /// A custom metric set with [`Context::set_metric`].
@@ -218,6 +243,20 @@ impl Context {
 
     pub(crate) fn mark_price(&mut self, token: &str, price: f64) {
         self.broker.mark(token, price);
+    }
+
+    pub(crate) fn price_slot(&mut self, token: &str) -> PriceSlot {
+        self.broker.slot(token)
+    }
+
+    #[inline]
+    pub(crate) fn mark_slot(&mut self, slot: PriceSlot, price: f64) {
+        self.broker.mark_slot(slot, price);
+    }
+
+    pub(crate) fn drop_custom_metrics(&mut self) {
+        self.keep_custom_metrics = false;
+        self.custom_metrics.clear();
     }
 
     pub(crate) fn take_subscriptions_changed(&mut self) -> bool {

@@ -8,7 +8,7 @@
 //! strategy only ever sees its `&mut Context`, and tests use
 //! [`crate::testkit::TestHarness`].
 
-use crate::broker::{BrokerSnapshot, Fill, OrderError, SnapshotError};
+use crate::broker::{BrokerSnapshot, Fill, OrderError, PriceSlot, SnapshotError};
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::execution::{ExecutionError, ExecutionReport};
@@ -145,12 +145,54 @@ impl<S: Strategy + ?Sized> Host<S> {
 
     /// A bar, as a backtest replays it: the tick of `token` at the bar's close,
     /// stamped with the bar's time, with [`Context::bar`] the bar while the strategy
-    /// handles it. True when the strategy saw it.
+    /// handles it. True when the strategy saw it. (Many bars of one token: use a
+    /// [`BarFeed`], which allocates nothing and looks nothing up per bar.)
     pub fn bar(&mut self, token: &str, bar: &Bar) -> bool {
+        let mut feed = self.bar_feed(token);
+        self.feed_bar(&mut feed, bar)
+    }
+
+    /// A feed of `token`'s bars for [`Host::feed_bar`]: the token is interned once.
+    pub fn bar_feed(&mut self, token: &str) -> BarFeed {
+        BarFeed {
+            slot: self.ctx.price_slot(token),
+            tick: Tick {
+                token: token.to_string(),
+                price: f64::NAN,
+                timestamp: self.ctx.now(),
+                volume: None,
+                bid: None,
+                ask: None,
+            },
+        }
+    }
+
+    /// [`Host::bar`] through `feed`: the tick is the feed's own, rewritten in place,
+    /// and the price reaches the broker by its slot. No allocation, no lookup.
+    #[inline]
+    pub fn feed_bar(&mut self, feed: &mut BarFeed, bar: &Bar) -> bool {
+        if self.phase == Phase::Stopped {
+            return false;
+        }
+        let tick = &mut feed.tick;
+        tick.price = bar.close;
+        tick.timestamp = bar.ts;
+        tick.volume = Some(bar.volume);
+        self.ctx.set_now(bar.ts);
+        self.ctx.mark_slot(feed.slot, bar.close);
+        if self.phase != Phase::Running {
+            return false;
+        }
         self.ctx.set_bar(Some(*bar));
-        let delivered = self.tick(&bar.close_tick(token));
+        self.strategy.on_tick(&mut self.ctx, &feed.tick);
         self.ctx.set_bar(None);
-        delivered
+        true
+    }
+
+    /// Stop keeping custom metrics ([`Context::set_metric`] does nothing): for runs,
+    /// where nothing reports them.
+    pub fn drop_custom_metrics(&mut self) {
+        self.ctx.drop_custom_metrics();
     }
 
     /// The strategy's [`Strategy::score`] of `history` (oldest first), the clock at
@@ -297,6 +339,14 @@ impl<S: Strategy + ?Sized> Host<S> {
     pub fn take_fills(&mut self) -> Vec<Fill> {
         self.ctx.take_fills()
     }
+}
+
+/// One token's bars on their way into a [`Host`] ([`Host::bar_feed`]): the tick
+/// each bar becomes, reused, and the token's price slot in the broker.
+#[derive(Debug)]
+pub struct BarFeed {
+    tick: Tick,
+    slot: PriceSlot,
 }
 
 /// Why [`Host::restore_broker`] did not restore.

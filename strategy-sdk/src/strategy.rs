@@ -143,6 +143,15 @@ pub trait Strategy: Send {
         None
     }
 
+    /// Screener: the least [`Strategy::score`] that passes. A screener run marks a
+    /// symbol `passed` when it has a score and the score is at least this, and ranks
+    /// only the symbols that pass. The default, 50, is the middle of the scale: a
+    /// score above it says "better than neutral". A strategy with its own threshold
+    /// (`bullish_breakout`'s `min_score`) returns it here.
+    fn passing_score(&self) -> f64 {
+        50.0
+    }
+
     /// Alert: whether the strategy's signal fires on the latest bar of `history`
     /// (oldest first), with what an alert carries: its type, a message and a
     /// priority. [`Context::now`] is the latest bar's time. The default is `None`: a

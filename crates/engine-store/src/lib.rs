@@ -17,10 +17,14 @@
 //!   history, progress of its commands, `doctor`'s checks).
 //! - [`api`]: what the manager's HTTP API reads (strategies with metrics, recent
 //!   commands and events, a command's outcome, the metrics history).
+//! - [`runs_api`]: what the HTTP API and `enginectl` read and insert about runs:
+//!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
 //! - [`market`]: market data at rest: bulk loads of `securities` and `market_bars`
 //!   (binary COPY) and what `enginectl data` reads.
+//! - [`runs`]: what the manager says about runs: claims, transitions, progress,
+//!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
 //!
 //! Architecture invariant: no other crate writes SQL against the engine's tables.
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
@@ -33,6 +37,8 @@ pub mod manager;
 pub mod market;
 pub mod metrics;
 pub mod operator;
+pub mod runs;
+pub mod runs_api;
 pub mod vocab;
 
 #[cfg(test)]

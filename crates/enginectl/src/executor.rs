@@ -33,6 +33,13 @@ pub struct TypeInfo {
     pub strategy_type: String,
     pub description: String,
     pub example_config: Value,
+    /// The modes it runs in (`live`, `backtest`, `screener`, `alert`); empty from an
+    /// executor older than runs.
+    #[serde(default)]
+    pub modes: Vec<String>,
+    /// Whether it supports interval executions.
+    #[serde(default)]
+    pub supports_interval: bool,
 }
 
 /// What one run of the executor printed.
@@ -173,6 +180,11 @@ pub async fn types(target: &Target, json: bool) -> anyhow::Result<Finished> {
         println!("{}", info.strategy_type);
         println!("  {}", info.description);
         println!("  example config: {}", info.example_config);
+        if !info.modes.is_empty() {
+            println!("  modes: {}", info.modes.join(", "));
+        }
+        let interval = if info.supports_interval { "yes" } else { "no" };
+        println!("  interval executions: {interval}");
     }
     Ok(Finished::Ok)
 }

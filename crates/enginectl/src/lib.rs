@@ -13,6 +13,8 @@
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
+//! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
+//!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod control;
@@ -23,6 +25,8 @@ pub mod feed;
 pub mod history;
 pub mod lease_words;
 pub mod logs;
+pub mod run_view;
+pub mod runs;
 pub mod shell;
 pub mod spinner;
 pub mod state;
@@ -117,7 +121,37 @@ pub enum Command {
     Resume(control::TargetArgs),
     /// Change a strategy's config with a JSON merge patch, live if it runs.
     Update(control::UpdateArgs),
-    /// The registered strategy types, with a description and an example config.
+    /// Start a run of a strategy's code (backtest, screener or alert), follow its
+    /// progress and print its result (Ctrl-C leaves it running).
+    Run(runs::RunArgs),
+    /// Runs, newest first: state, progress, place in the queue, error.
+    Runs {
+        /// Only the runs of this strategy.
+        name: Option<String>,
+        /// Only runs in these states (queued, starting, running, completed, error,
+        /// cancelled, timed_out; repeat or comma-separate).
+        #[arg(long)]
+        state: Vec<String>,
+        /// How many runs at most.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: i64,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its parameters, progress, result and items.
+    RunShow {
+        /// The run's id.
+        id: String,
+        /// Print JSON (the run with its items).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run (or with --all-runs every queued and running run of a strategy)
+    /// and wait until it is cancelled.
+    Cancel(runs::CancelArgs),
+    /// The registered strategy types, with a description, an example config, the
+    /// run modes each supports and whether it supports interval executions.
     Types {
         /// Print the executor's JSON.
         #[arg(long)]
@@ -195,6 +229,8 @@ pub enum Finished {
     Ok,
     /// Something the tool reported (a failed command, a failed check): exit code 1.
     Failed,
+    /// Ctrl-C ended the wait and the tool said what goes on: exit code 130.
+    Interrupted,
 }
 
 impl Finished {
@@ -202,6 +238,7 @@ impl Finished {
         match self {
             Finished::Ok => 0,
             Finished::Failed => 1,
+            Finished::Interrupted => 130,
         }
     }
 }
@@ -240,6 +277,15 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
             history::history(&target, &name, lines, json).await
         }
         Command::Doctor => doctor::doctor(&target).await,
+        Command::Run(args) => runs::run(&target, args, shutdown).await,
+        Command::Runs {
+            name,
+            state,
+            limit,
+            json,
+        } => runs::list(&target, name.as_deref(), &state, limit, json).await,
+        Command::RunShow { id, json } => runs::show(&target, &id, json).await,
+        Command::Cancel(args) => runs::cancel(&target, args).await,
         Command::Data(args) => data::data(&target, args).await,
     }
 }

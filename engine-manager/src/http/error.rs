@@ -83,7 +83,14 @@ pub async fn not_found_route(uri: Uri) -> ApiError {
             "POST /api/global/{stop|pause|resume}",
             "GET /api/commands/{id}",
             "GET /api/history?minutes=10",
-            "GET /api/events"
+            "GET /api/events",
+            "POST /api/runs",
+            "GET /api/runs?strategy=&state=&limit=",
+            "GET /api/runs/{id}",
+            "GET /api/runs/{id}/items",
+            "GET /api/runs/{id}/events",
+            "POST /api/runs/{id}/cancel",
+            "GET /api/queue"
         ]),
     )
 }

@@ -15,6 +15,9 @@
 //! - `duty`: the kill switch (`POST /api/global/{command}`), a config checked by the
 //!   strategy before an update (`POST /api/strategies/{name}/validate`), and the tail
 //!   of a strategy's log (`GET /api/strategies/{name}/logs`).
+//! - `runs` and `run_events`: runs (CONTRACT.md §4): `POST /api/runs` inserts a
+//!   `strategy_runs` row, `/api/runs/{id}` (+ `/items`, `/events` as SSE, `/cancel`
+//!   inserts a `cancel` command row), `/api/runs?strategy=&state=`, `/api/queue`.
 //! - `dashboard`: the page, its script and style, embedded with `include_str!`.
 //!
 //! Architecture invariant: HTTP never acts on a strategy itself. A command from the
@@ -29,6 +32,8 @@ mod events;
 mod guard;
 mod probes;
 mod prometheus;
+mod run_events;
+mod runs;
 
 use crate::config::HttpToken;
 use crate::Shared;
@@ -214,6 +219,12 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/commands/{id}", get(api::get_command))
         .route("/api/history", get(api::history))
         .route("/api/events", get(events::stream))
+        .route("/api/runs", get(runs::list_runs).post(runs::post_run))
+        .route("/api/runs/{id}", get(runs::get_run))
+        .route("/api/runs/{id}/items", get(runs::get_items))
+        .route("/api/runs/{id}/events", get(run_events::events))
+        .route("/api/runs/{id}/cancel", post(runs::post_cancel))
+        .route("/api/queue", get(runs::get_queue))
         .fallback(error::not_found_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

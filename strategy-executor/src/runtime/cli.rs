@@ -18,7 +18,8 @@ use uuid::Uuid;
 /// hand.
 ///
 /// Modes: `--list [--json]`, `--validate --strategy-type T [--config-file PATH|-]`,
-/// and run mode `--strategy-id ID --strategy-type T [--config-file PATH|-]`.
+/// run mode `--strategy-id ID --strategy-type T [--config-file PATH|-]`, and one
+/// finite run `--run-id ID --runs-dir DIR` (its input on stdin).
 /// The config (a JSON object) is read from a file or from stdin (`-`), never from
 /// the command line, because it may hold API keys.
 #[derive(Debug, Clone, Parser)]
@@ -40,8 +41,18 @@ pub struct Cli {
     pub validate: bool,
 
     /// Identity of the strategy (run mode), used in the Redis channel names.
-    #[arg(long, value_name = "UUID")]
+    #[arg(long, value_name = "UUID", conflicts_with = "run_id")]
     pub strategy_id: Option<Uuid>,
+
+    /// Do one run (backtest, screener or alert; CONTRACT §4) and exit: its input
+    /// is read from stdin, its bars from its bars file, and its output appended to
+    /// `{runs_dir}/{run_id}.out`. Started by the manager.
+    #[arg(long, value_name = "UUID", requires = "runs_dir", conflicts_with_all = ["list", "validate"])]
+    pub run_id: Option<Uuid>,
+
+    /// The manager's runs directory (with --run-id).
+    #[arg(long, value_name = "DIR", requires = "run_id")]
+    pub runs_dir: Option<PathBuf>,
 
     /// Human name of the strategy (run mode; defaults to the strategy type).
     #[arg(long)]
@@ -121,6 +132,9 @@ pub fn main_with(registry: Registry) -> ExitCode {
 pub fn run_cli(cli: Cli, registry: &Registry) -> ExitCode {
     if cli.list {
         return list(registry, cli.json);
+    }
+    if let (Some(run_id), Some(runs_dir)) = (cli.run_id, cli.runs_dir.as_deref()) {
+        return super::run::run_process(run_id, runs_dir, registry);
     }
     if cli.validate {
         let strategy_type = cli.strategy_type.as_deref().unwrap_or_default();

@@ -6,6 +6,8 @@
 //!   the whole program behind a `main`; a user with their own strategies calls it
 //!   with their own [`Registry`](strategy_sdk::Registry).
 //! - [`config`]: reading the strategy's config from a file or stdin.
+//! - [`run`]: `--run-id`: one backtest, screener or alert run, streamed from its
+//!   bars file into its outbox (no Redis, no control link, no database).
 //! - `errors.rs`: how a failure reaches stderr (one line, the whole chain).
 //! - [`start`]: run mode: build the strategy, start the background tasks, run the
 //!   event loop on a current-thread tokio runtime, wait for the tasks.
@@ -39,6 +41,7 @@ mod event_loop;
 mod redis_publisher;
 mod redis_subscriber;
 mod report;
+pub mod run;
 mod signals;
 pub mod start;
 

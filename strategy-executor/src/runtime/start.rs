@@ -71,7 +71,7 @@ pub struct RunOptions {
 
 /// Run mode: build the strategy, then run the event loop until shutdown or halt.
 pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
-    init_tracing();
+    init_tracing("info");
     let config_file = options.config_file.as_deref();
     let input = if options.spawn_envelope {
         read_spawn_input(config_file)
@@ -119,9 +119,10 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_tracing() {
+/// Log to stderr at `default_level` (`RUST_LOG` overrides it).
+pub(super) fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -336,6 +336,12 @@ impl Strategy for BullishBreakout {
             .map(|a| a.score)
     }
 
+    /// `min_score`: the score a screener passes at (a bar that fails one of the
+    /// other conditions has no score at all).
+    fn passing_score(&self) -> f64 {
+        self.config.min_score
+    }
+
     /// A passing latest bar, as an alert (priority `high` from a score of 90).
     fn signal(&self, _ctx: &Context, history: &[Bar]) -> Option<Signal> {
         let a = assess(&self.config, history).filter(Assessment::passed)?;

@@ -6,6 +6,9 @@
 //! the strategy for good (the engine's `error` path), `fail_after_s` panics (the
 //! crash-and-restart path), `start_delay_ms` hangs in initialisation (the start
 //! timeout) and `shutdown_delay_ms` hangs in shutdown (SIGTERM, then SIGKILL).
+//!
+//! It also runs in backtests (where it trades nothing), for its last hook:
+//! `panic_after_ticks` panics on that tick of its token, a strategy failing mid-run.
 
 use super::{check_positive, check_token};
 use serde::Deserialize;
@@ -45,6 +48,10 @@ pub struct HeartbeatConfig {
     /// a week), to exercise the engine's crash handling.
     #[serde(default)]
     pub fail_after_s: Option<f64>,
+    /// Test hook: panic on this tick of `token` (at least 1): a strategy failing in
+    /// the middle of a run.
+    #[serde(default)]
+    pub panic_after_ticks: Option<u64>,
     /// Test hook: block this long in initialisation (0 to 3 600 000 ms), as a strategy
     /// stuck connecting to something would.
     #[serde(default)]
@@ -85,6 +92,12 @@ impl HeartbeatConfig {
         }
         if let Some(seconds) = self.fail_after_s {
             check_positive("fail_after_s", seconds, MAX_FAIL_AFTER_S)?;
+        }
+        if self.panic_after_ticks == Some(0) {
+            return Err(ConfigError::new(
+                "panic_after_ticks",
+                "0 is out of range; allowed: a whole number of at least 1",
+            ));
         }
         for (key, value) in [
             ("start_delay_ms", self.start_delay_ms),
@@ -150,6 +163,12 @@ impl Strategy for Heartbeat {
         // Kept to a comparison and an add: the `ticks` metric is refreshed on beats.
         if self.config.token.as_deref() == Some(tick.token.as_str()) {
             self.ticks += 1;
+            if self.config.panic_after_ticks == Some(self.ticks) {
+                panic!(
+                    "heartbeat: panic_after_ticks {} reached; failing on purpose (a test hook)",
+                    self.ticks
+                );
+            }
         }
     }
 
@@ -229,6 +248,7 @@ mod tests {
                 token: None,
                 halt_after_beats: None,
                 fail_after_s: None,
+                panic_after_ticks: None,
                 start_delay_ms: None,
                 shutdown_delay_ms: None,
             }

@@ -48,10 +48,13 @@ pub fn builtin_registry() -> Registry {
             &[],
             dca::create,
         )
-        .register(
+        // Backtests of `heartbeat` trade nothing: they are for its
+        // `panic_after_ticks` test hook.
+        .register_with_modes(
             heartbeat::STRATEGY_TYPE,
             heartbeat::DESCRIPTION,
             heartbeat::example_config(),
+            &[RunMode::Backtest],
             heartbeat::create,
         );
     registry
@@ -81,6 +84,13 @@ fn check_token(key: &str, token: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Whether a tick's token is the strategy's: compared inline, byte by byte (tokens
+/// are short; this runs on every tick).
+#[inline]
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// A finite number above zero and at most `max`.
@@ -134,6 +144,7 @@ fn move_to_target(ctx: &mut Context, token: &str, target: f64) -> bool {
 
 /// The loss limit: when the strategy's PnL has fallen to `-max_loss` or below, close
 /// the position in `token` and halt the strategy for good. Returns whether it halted.
+#[inline]
 fn enforce_max_loss(
     ctx: &mut Context,
     strategy_type: &str,
@@ -277,6 +288,129 @@ impl RollingWindow {
     }
 }
 
+/// The means of the last `fast` and of the last `slow` values of one series, over
+/// one ring of the last `max(fast, slow)` values: each push O(1), with no
+/// allocation and no search. The two sums are recomputed exactly once every
+/// `max(fast, slow)` pushes, so that rounding errors never accumulate.
+#[derive(Debug, Clone)]
+struct TwoMeans {
+    ring: Box<[f64]>,
+    /// Where the next value goes.
+    head: usize,
+    /// Values held (at most the ring's length).
+    len: usize,
+    fast: usize,
+    slow: usize,
+    fast_sum: f64,
+    slow_sum: f64,
+    pushes_until_resync: usize,
+}
+
+impl TwoMeans {
+    fn new(fast: usize, slow: usize) -> Self {
+        let (fast, slow) = (fast.max(1), slow.max(1));
+        let capacity = fast.max(slow);
+        TwoMeans {
+            ring: vec![0.0; capacity].into_boxed_slice(),
+            head: 0,
+            len: 0,
+            fast,
+            slow,
+            fast_sum: 0.0,
+            slow_sum: 0.0,
+            pushes_until_resync: capacity,
+        }
+    }
+
+    /// Two means of new lengths over the last values of these.
+    fn resized(&self, fast: usize, slow: usize) -> Self {
+        let mut means = TwoMeans::new(fast, slow);
+        let keep = self.len.min(means.ring.len());
+        for k in (0..keep).rev() {
+            means.push_value(self.nth_latest(k));
+        }
+        means.resync();
+        means
+    }
+
+    /// The value pushed `k` pushes ago (0: the latest); `k` < `len`.
+    #[inline]
+    fn nth_latest(&self, k: usize) -> f64 {
+        let cap = self.ring.len();
+        let mut at = self.head + cap - 1 - k;
+        if at >= cap {
+            at -= cap;
+        }
+        self.ring[at]
+    }
+
+    #[inline]
+    fn push(&mut self, value: f64) {
+        self.push_value(value);
+        self.pushes_until_resync -= 1;
+        if self.pushes_until_resync == 0 {
+            self.resync();
+        }
+    }
+
+    #[inline]
+    fn push_value(&mut self, value: f64) {
+        // The values leaving each window: `fast` and `slow` pushes ago (read before
+        // the ring slot of the oldest is overwritten). The sums are worked in locals
+        // and stored once (a load of both right after storing one stalls the CPU).
+        let (mut fast_sum, mut slow_sum) = (self.fast_sum, self.slow_sum);
+        if self.len >= self.fast {
+            fast_sum -= self.nth_latest(self.fast - 1);
+        }
+        if self.len >= self.slow {
+            slow_sum -= self.nth_latest(self.slow - 1);
+        }
+        self.ring[self.head] = value;
+        self.head += 1;
+        if self.head == self.ring.len() {
+            self.head = 0;
+        }
+        self.len = (self.len + 1).min(self.ring.len());
+        self.fast_sum = fast_sum + value;
+        self.slow_sum = slow_sum + value;
+    }
+
+    fn resync(&mut self) {
+        self.fast_sum = (0..self.len.min(self.fast))
+            .map(|k| self.nth_latest(k))
+            .sum();
+        self.slow_sum = (0..self.len.min(self.slow))
+            .map(|k| self.nth_latest(k))
+            .sum();
+        self.pushes_until_resync = self.ring.len();
+    }
+
+    /// How the fast mean compares with the slow one, once both exist. Compared as
+    /// `fast_sum × slow` against `slow_sum × fast`: the same order as the means,
+    /// without a division.
+    #[inline]
+    fn compare(&self) -> Option<std::cmp::Ordering> {
+        if self.len < self.fast.max(self.slow) {
+            return None;
+        }
+        let fast = self.fast_sum * self.slow as f64;
+        let slow = self.slow_sum * self.fast as f64;
+        fast.partial_cmp(&slow)
+    }
+
+    /// The mean of the last `fast` values, once there are that many.
+    #[inline]
+    fn fast_mean(&self) -> Option<f64> {
+        (self.len >= self.fast).then(|| self.fast_sum / self.fast as f64)
+    }
+
+    /// The mean of the last `slow` values, once there are that many.
+    #[inline]
+    fn slow_mean(&self) -> Option<f64> {
+        (self.len >= self.slow).then(|| self.slow_sum / self.slow as f64)
+    }
+}
+
 /// Daily bars of the given closes (high and low 1 around the close, volume 1000)
 /// from 2024-01-01, for the strategies' tests.
 #[cfg(test)]
@@ -325,6 +459,47 @@ mod tests {
             assert_eq!(w.len(), tail.len());
         }
         assert!(w.is_full());
+    }
+
+    #[test]
+    fn two_means_match_a_naive_computation_and_survive_resizing() {
+        let values: Vec<f64> = (0..500)
+            .map(|i| 1000.0 + ((i * 7919) % 113) as f64 * 0.37 - (i % 17) as f64)
+            .collect();
+        let naive = |upto: usize, n: usize| -> Option<f64> {
+            (upto >= n).then(|| values[upto - n..upto].iter().sum::<f64>() / n as f64)
+        };
+        let mut means = TwoMeans::new(5, 20);
+        for (i, &v) in values.iter().enumerate() {
+            means.push(v);
+            let (fast, slow) = (naive(i + 1, 5), naive(i + 1, 20));
+            for (got, want) in [(means.fast_mean(), fast), (means.slow_mean(), slow)] {
+                match (got, want) {
+                    (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{i}: {g} vs {w}"),
+                    (g, w) => assert_eq!(g, w, "{i}"),
+                }
+            }
+            let order = fast.zip(slow).and_then(|(f, s)| f.partial_cmp(&s));
+            if let (Some(f), Some(s)) = (fast, slow) {
+                if (f - s).abs() > 1e-9 {
+                    assert_eq!(means.compare(), order, "{i}");
+                }
+            } else {
+                assert_eq!(means.compare(), None);
+            }
+        }
+        // Resized: the latest values are kept, in order.
+        let wider = means.resized(3, 40);
+        assert!((wider.fast_mean().unwrap() - naive(500, 3).unwrap()).abs() < 1e-9);
+        assert_eq!(wider.slow_mean(), None, "only 20 values were kept");
+        let narrower = means.resized(2, 10);
+        assert!((narrower.slow_mean().unwrap() - naive(500, 10).unwrap()).abs() < 1e-9);
+        // Equal values compare equal.
+        let mut flat = TwoMeans::new(2, 4);
+        for _ in 0..4 {
+            flat.push(10.0);
+        }
+        assert_eq!(flat.compare(), Some(std::cmp::Ordering::Equal));
     }
 
     #[test]
@@ -378,7 +553,7 @@ mod tests {
             );
         }
         let modes = |t: &str| registry.info(t).unwrap().modes.clone();
-        assert_eq!(modes("heartbeat"), [RunMode::Live]);
+        assert_eq!(modes("heartbeat"), [RunMode::Live, RunMode::Backtest]);
         assert_eq!(modes("sma_crossover"), RunMode::ALL);
         assert_eq!(modes("mean_reversion"), RunMode::ALL);
         assert_eq!(modes("bullish_breakout"), RunMode::ALL);

@@ -16,7 +16,7 @@
 
 use super::{
     abandon_token, check_max_loss, check_order_qty, check_token, enforce_max_loss, move_to_target,
-    RollingWindow,
+    same_token, TwoMeans,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -127,8 +127,8 @@ enum Side {
 #[derive(Debug)]
 pub struct SmaCrossover {
     config: SmaCrossoverConfig,
-    fast: RollingWindow,
-    slow: RollingWindow,
+    /// The fast and the slow average, over one ring of prices.
+    averages: TwoMeans,
     /// The side seen at the last tick where the averages differed.
     side: Option<Side>,
     ticks: u64,
@@ -137,8 +137,7 @@ pub struct SmaCrossover {
 impl SmaCrossover {
     pub fn new(config: SmaCrossoverConfig) -> Self {
         SmaCrossover {
-            fast: RollingWindow::new(config.fast_period as usize),
-            slow: RollingWindow::new(config.slow_period as usize),
+            averages: TwoMeans::new(config.fast_period as usize, config.slow_period as usize),
             config,
             side: None,
             ticks: 0,
@@ -149,30 +148,29 @@ impl SmaCrossover {
         &self.config
     }
 
+    #[inline]
     fn fast_sma(&self) -> Option<f64> {
-        self.fast.is_full().then(|| self.fast.mean()).flatten()
+        self.averages.fast_mean()
     }
 
+    #[inline]
     fn slow_sma(&self) -> Option<f64> {
-        self.slow.is_full().then(|| self.slow.mean()).flatten()
+        self.averages.slow_mean()
     }
 
     /// Feed one price to the averages; the side the fast one crossed to, if it did.
     /// A price that is not a finite number above 0 is ignored.
+    #[inline]
     fn observe(&mut self, price: f64) -> Option<Side> {
         if !(price.is_finite() && price > 0.0) {
             return None;
         }
         self.ticks += 1;
-        self.fast.push(price);
-        self.slow.push(price);
-        let (fast, slow) = (self.fast_sma()?, self.slow_sma()?);
-        let now = if fast > slow {
-            Some(Side::FastAbove)
-        } else if fast < slow {
-            Some(Side::FastBelow)
-        } else {
-            self.side
+        self.averages.push(price);
+        let now = match self.averages.compare()? {
+            std::cmp::Ordering::Greater => Some(Side::FastAbove),
+            std::cmp::Ordering::Less => Some(Side::FastBelow),
+            std::cmp::Ordering::Equal => self.side,
         };
         let crossed = match (self.side, now) {
             (Some(before), Some(after)) if before != after => Some(after),
@@ -202,7 +200,11 @@ impl SmaCrossover {
         (replica, crossed)
     }
 
+    #[inline]
     fn report(&self, ctx: &mut Context) {
+        if !ctx.keeps_custom_metrics() {
+            return;
+        }
         ctx.set_metric("fast_sma", self.fast_sma());
         ctx.set_metric("slow_sma", self.slow_sma());
         ctx.set_metric("ticks", self.ticks);
@@ -216,14 +218,15 @@ impl Strategy for SmaCrossover {
     }
 
     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
-        if tick.token != self.config.token || ctx.halt_reason().is_some() {
+        if !same_token(&tick.token, &self.config.token) || ctx.halt_reason().is_some() {
             return;
         }
         if !(tick.price.is_finite() && tick.price > 0.0) {
             return;
         }
         let crossed = self.observe(tick.price);
-        let halted = enforce_max_loss(ctx, STRATEGY_TYPE, &self.config.token, self.config.max_loss);
+        let halted = self.config.max_loss.is_some()
+            && enforce_max_loss(ctx, STRATEGY_TYPE, &self.config.token, self.config.max_loss);
         if let (false, Some(side)) = (halted, crossed) {
             move_to_target(ctx, &self.config.token, self.target(side));
         }
@@ -260,15 +263,14 @@ impl Strategy for SmaCrossover {
         let new = SmaCrossoverConfig::parse(config)?;
         if new.token != self.config.token {
             abandon_token(ctx, STRATEGY_TYPE, &self.config.token, &new.token);
-            self.fast = RollingWindow::new(new.fast_period as usize);
-            self.slow = RollingWindow::new(new.slow_period as usize);
+            self.averages = TwoMeans::new(new.fast_period as usize, new.slow_period as usize);
             self.side = None;
         } else if new.fast_period != self.config.fast_period
             || new.slow_period != self.config.slow_period
         {
-            // The slow window holds every price the fast one does, and more.
-            self.fast = self.slow.resized(new.fast_period as usize);
-            self.slow = self.slow.resized(new.slow_period as usize);
+            self.averages = self
+                .averages
+                .resized(new.fast_period as usize, new.slow_period as usize);
             self.side = None;
         }
         self.config = new;

@@ -74,20 +74,39 @@ pub struct MetricsInput<'a> {
 impl PerformanceMetrics {
     /// The metrics of `input`, as defined in the [module docs](self).
     pub fn compute(input: &MetricsInput<'_>) -> Self {
-        let capital = input.initial_capital;
-        let last = input.equity.last().copied();
-        let returns = bar_returns(capital, input.equity);
-        let periods = periods_a_year(input.bar_interval);
-        let cagr = last.and_then(|e| cagr(capital, e, input.span));
-        let max_drawdown = (!input.equity.is_empty()).then(|| max_drawdown(capital, input.equity));
-        let trades = TradeStats::of(input.trades);
-        let exposure = (!input.equity.is_empty())
-            .then(|| input.exposed_bars as f64 / input.equity.len() as f64);
+        let mut equity = EquityStats::new(input.initial_capital);
+        for &e in input.equity {
+            equity.push(e);
+        }
+        PerformanceMetrics::from_stats(
+            &equity,
+            &TradeStats::of(input.trades),
+            input.exposed_bars,
+            input.bar_interval,
+            input.span,
+        )
+    }
+
+    /// The metrics from what a streaming backtest gathered: the same numbers as
+    /// [`PerformanceMetrics::compute`] on the whole series, without keeping it.
+    pub fn from_stats(
+        equity: &EquityStats,
+        trades: &TradeStats,
+        exposed_bars: usize,
+        bar_interval: Duration,
+        span: Duration,
+    ) -> Self {
+        let capital = equity.capital;
+        let last = equity.last;
+        let periods = periods_a_year(bar_interval);
+        let cagr = last.and_then(|e| cagr(capital, e, span));
+        let max_drawdown = last.map(|_| equity.max_drawdown);
+        let exposure = (equity.bars > 0).then(|| exposed_bars as f64 / equity.bars as f64);
         PerformanceMetrics {
-            average_return: finite(trades.average_return),
-            hit_rate: finite(trades.hit_rate),
-            sharpe_ratio: periods.and_then(|p| finite(sharpe(&returns, p))),
-            sortino_ratio: periods.and_then(|p| finite(sortino(&returns, p))),
+            average_return: finite(trades.average_return()),
+            hit_rate: finite(trades.hit_rate()),
+            sharpe_ratio: periods.and_then(|p| finite(equity.returns.sharpe(p))),
+            sortino_ratio: periods.and_then(|p| finite(equity.returns.sortino(p))),
             calmar_ratio: finite(
                 cagr.zip(max_drawdown)
                     .and_then(|(c, d)| (d > 0.0).then(|| c / d)),
@@ -95,8 +114,8 @@ impl PerformanceMetrics {
             total_return: finite(last.map(|e| e / capital - 1.0)),
             cagr: finite(cagr),
             max_drawdown: finite(max_drawdown),
-            profit_factor: finite(trades.profit_factor),
-            expectancy: finite(trades.expectancy),
+            profit_factor: finite(trades.profit_factor()),
+            expectancy: finite(trades.expectancy()),
             exposure: finite(exposure),
         }
     }
@@ -111,56 +130,94 @@ fn periods_a_year(interval: Duration) -> Option<f64> {
     (seconds > 0.0).then(|| YEAR_SECONDS / seconds)
 }
 
-/// `r_i = E_i / E_{i−1} − 1`, with `E_0 = capital`; 0 once `E_{i−1} ≤ 0`.
-fn bar_returns(capital: f64, equity: &[f64]) -> Vec<f64> {
-    let mut previous = capital;
-    equity
-        .iter()
-        .map(|&e| {
-            let r = if previous > 0.0 {
-                e / previous - 1.0
-            } else {
-                0.0
-            };
-            previous = e;
-            r
-        })
-        .collect()
+/// The equity series `E_1 … E_n` folded as it comes: its bar returns, running peak,
+/// worst drawdown and last value. A few numbers, whatever the length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EquityStats {
+    capital: f64,
+    previous: f64,
+    peak: f64,
+    max_drawdown: f64,
+    last: Option<f64>,
+    bars: usize,
+    returns: ReturnStats,
 }
 
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len() as f64
-}
-
-fn sharpe(returns: &[f64], periods_a_year: f64) -> Option<f64> {
-    if returns.len() < 2 {
-        return None;
-    }
-    let m = mean(returns);
-    let var = returns.iter().map(|r| (r - m).powi(2)).sum::<f64>() / (returns.len() - 1) as f64;
-    let sd = var.sqrt();
-    (sd > 0.0).then(|| m / sd * periods_a_year.sqrt())
-}
-
-fn sortino(returns: &[f64], periods_a_year: f64) -> Option<f64> {
-    if returns.len() < 2 {
-        return None;
-    }
-    let downside = returns.iter().map(|r| r.min(0.0).powi(2)).sum::<f64>() / returns.len() as f64;
-    let dd = downside.sqrt();
-    (dd > 0.0).then(|| mean(returns) / dd * periods_a_year.sqrt())
-}
-
-fn max_drawdown(capital: f64, equity: &[f64]) -> f64 {
-    let mut peak = capital;
-    let mut worst: f64 = 0.0;
-    for &e in equity {
-        peak = peak.max(e);
-        if peak > 0.0 {
-            worst = worst.max((peak - e) / peak);
+impl EquityStats {
+    /// Before the first bar: `E_0` = `capital`.
+    pub fn new(capital: f64) -> Self {
+        EquityStats {
+            capital,
+            previous: capital,
+            peak: capital,
+            max_drawdown: 0.0,
+            last: None,
+            bars: 0,
+            returns: ReturnStats::default(),
         }
     }
-    worst
+
+    /// The equity at the next bar's close.
+    pub fn push(&mut self, e: f64) {
+        let r = if self.previous > 0.0 {
+            e / self.previous - 1.0
+        } else {
+            0.0
+        };
+        self.returns.push(r);
+        self.previous = e;
+        self.peak = self.peak.max(e);
+        if self.peak > 0.0 {
+            self.max_drawdown = self.max_drawdown.max((self.peak - e) / self.peak);
+        }
+        self.last = Some(e);
+        self.bars += 1;
+    }
+
+    /// The last equity pushed.
+    pub fn last(&self) -> Option<f64> {
+        self.last
+    }
+
+    /// How many values were pushed.
+    pub fn bars(&self) -> usize {
+        self.bars
+    }
+}
+
+/// Mean, sample variance (Welford) and downside square sum of bar returns.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct ReturnStats {
+    n: usize,
+    mean: f64,
+    m2: f64,
+    downside_sq: f64,
+}
+
+impl ReturnStats {
+    fn push(&mut self, r: f64) {
+        self.n += 1;
+        let delta = r - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (r - self.mean);
+        self.downside_sq += r.min(0.0).powi(2);
+    }
+
+    fn sharpe(&self, periods_a_year: f64) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        let sd = (self.m2 / (self.n - 1) as f64).sqrt();
+        (sd > 0.0).then(|| self.mean / sd * periods_a_year.sqrt())
+    }
+
+    fn sortino(&self, periods_a_year: f64) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        let dd = (self.downside_sq / self.n as f64).sqrt();
+        (dd > 0.0).then(|| self.mean / dd * periods_a_year.sqrt())
+    }
 }
 
 fn cagr(capital: f64, last: f64, span: Duration) -> Option<f64> {
@@ -176,29 +233,73 @@ fn cagr(capital: f64, last: f64, span: Duration) -> Option<f64> {
     })
 }
 
-/// The trade metrics, `None` where undefined.
-struct TradeStats {
-    average_return: Option<f64>,
-    hit_rate: Option<f64>,
-    profit_factor: Option<f64>,
-    expectancy: Option<f64>,
+/// The closed trades folded as they come: the trade metrics without the list.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TradeStats {
+    count: usize,
+    wins: usize,
+    gross_profit: f64,
+    gross_loss: f64,
+    net: f64,
+    returns: f64,
 }
 
 impl TradeStats {
-    fn of(trades: &[Trade]) -> Self {
-        let n = trades.len() as f64;
-        let any = !trades.is_empty();
-        let wins = trades.iter().filter(|t| t.pnl > 0.0).count() as f64;
-        let gross_profit: f64 = trades.iter().map(|t| t.pnl.max(0.0)).sum();
-        let gross_loss: f64 = trades.iter().map(|t| (-t.pnl).max(0.0)).sum();
-        let net: f64 = trades.iter().map(|t| t.pnl).sum();
-        let returns: f64 = trades.iter().map(|t| t.return_ratio).sum();
-        TradeStats {
-            average_return: any.then(|| returns / n),
-            hit_rate: any.then(|| wins / n),
-            profit_factor: (gross_loss > 0.0).then(|| gross_profit / gross_loss),
-            expectancy: any.then(|| net / n),
+    /// The stats of `trades`.
+    pub fn of(trades: &[Trade]) -> Self {
+        let mut stats = TradeStats::default();
+        for trade in trades {
+            stats.add(trade);
         }
+        stats
+    }
+
+    /// Count one more closed trade.
+    pub fn add(&mut self, trade: &Trade) {
+        self.count += 1;
+        if trade.pnl > 0.0 {
+            self.wins += 1;
+        }
+        self.gross_profit += trade.pnl.max(0.0);
+        self.gross_loss += (-trade.pnl).max(0.0);
+        self.net += trade.pnl;
+        self.returns += trade.return_ratio;
+    }
+
+    /// Another set of trades, as if each had been added.
+    pub fn merge(&mut self, other: &TradeStats) {
+        self.count += other.count;
+        self.wins += other.wins;
+        self.gross_profit += other.gross_profit;
+        self.gross_loss += other.gross_loss;
+        self.net += other.net;
+        self.returns += other.returns;
+    }
+
+    /// Trades counted.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Trades with a net PnL above 0.
+    pub fn wins(&self) -> usize {
+        self.wins
+    }
+
+    fn average_return(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.returns / self.count as f64)
+    }
+
+    fn hit_rate(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.wins as f64 / self.count as f64)
+    }
+
+    fn profit_factor(&self) -> Option<f64> {
+        (self.gross_loss > 0.0).then(|| self.gross_profit / self.gross_loss)
+    }
+
+    fn expectancy(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.net / self.count as f64)
     }
 }
 
@@ -228,12 +329,38 @@ mod tests {
     /// C = 100, equity 110, 99, 108.9: returns +0.1, −0.1, +0.1.
     const EQUITY: [f64; 3] = [110.0, 99.0, 108.9];
 
+    fn returns(rs: &[f64]) -> ReturnStats {
+        let mut stats = ReturnStats::default();
+        for &r in rs {
+            stats.push(r);
+        }
+        stats
+    }
+
+    fn sharpe(rs: &[f64], periods: f64) -> Option<f64> {
+        returns(rs).sharpe(periods)
+    }
+
+    fn sortino(rs: &[f64], periods: f64) -> Option<f64> {
+        returns(rs).sortino(periods)
+    }
+
+    fn max_drawdown(capital: f64, equity: &[f64]) -> f64 {
+        let mut stats = EquityStats::new(capital);
+        for &e in equity {
+            stats.push(e);
+        }
+        stats.max_drawdown
+    }
+
     #[test]
     fn returns_sharpe_and_sortino_by_hand() {
-        let r = bar_returns(100.0, &EQUITY);
-        for (got, want) in r.iter().zip([0.1, -0.1, 0.1]) {
-            assert_close(Some(*got), want);
+        let mut stats = EquityStats::new(100.0);
+        for e in EQUITY {
+            stats.push(e);
         }
+        let r = [0.1, -0.1, 0.1];
+        assert_close(stats.returns.sharpe(365.0), sharpe(&r, 365.0).unwrap());
         // mean = 0.1/3 = 1/30; deviations 1/15, −2/15, 1/15; sample variance
         // (1/225 + 4/225 + 1/225) / 2 = 1/75, sd = 1/(5√3).
         // Sharpe, daily bars (365 a year): (1/30) × 5√3 × √365 = √1095 / 6.
@@ -280,18 +407,23 @@ mod tests {
             trade(-5.0, -0.05),
         ];
         let s = TradeStats::of(&trades);
-        assert_close(s.hit_rate, 0.5);
-        assert_close(s.profit_factor, 3.0);
-        assert_close(s.expectancy, 5.0);
-        assert_close(s.average_return, 0.05);
+        assert_close(s.hit_rate(), 0.5);
+        assert_close(s.profit_factor(), 3.0);
+        assert_close(s.expectancy(), 5.0);
+        assert_close(s.average_return(), 0.05);
         // No losing trade: no profit factor.
         let s = TradeStats::of(&trades[..1]);
-        assert_eq!(s.profit_factor, None);
-        assert_close(s.hit_rate, 1.0);
+        assert_eq!(s.profit_factor(), None);
+        assert_close(s.hit_rate(), 1.0);
         // No trade at all: none of them.
         let s = TradeStats::of(&[]);
         assert_eq!(
-            (s.average_return, s.hit_rate, s.profit_factor, s.expectancy),
+            (
+                s.average_return(),
+                s.hit_rate(),
+                s.profit_factor(),
+                s.expectancy()
+            ),
             (None, None, None, None)
         );
     }

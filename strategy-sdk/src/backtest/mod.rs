@@ -62,10 +62,10 @@
 pub mod metrics;
 mod trades;
 
-pub use metrics::{MetricsInput, PerformanceMetrics};
+pub use metrics::{EquityStats, MetricsInput, PerformanceMetrics, TradeStats};
 pub use trades::{Direction, Trade};
 
-use crate::host::Host;
+use crate::host::{BarFeed, Host};
 use crate::modes::Bar;
 use crate::strategy::{ShutdownReason, Strategy};
 use chrono::{DateTime, Utc};
@@ -170,82 +170,205 @@ pub struct BacktestReport {
 }
 
 /// Replay `bars` (in strictly increasing time order) of `settings.symbol` through
-/// `strategy`, as the [module docs](self) describe.
+/// `strategy`, as the [module docs](self) describe. [`Backtest`] does the same bar
+/// by bar, for bars that are streamed rather than held.
 pub fn run_backtest<S: Strategy + ?Sized>(
     strategy: Box<S>,
     bars: &[Bar],
     settings: &BacktestSettings,
 ) -> Result<BacktestReport, BacktestError> {
-    check(bars, settings)?;
-    let symbol = settings.symbol.as_str();
-    let mut host = Host::new(Uuid::nil(), symbol, strategy);
-    host.set_fee_bps(settings.fee_bps);
-    host.record_fills();
-    host.start(bars[0].ts);
-    let subscriptions = host.context().subscriptions();
-    if !subscriptions.is_empty() && !subscriptions.contains(symbol) {
-        return Err(BacktestError::OtherSymbol {
-            symbol: symbol.to_string(),
-            subscriptions: subscriptions.iter().cloned().collect(),
-        });
-    }
-    let mut book = TradeBook::default();
-    let mut equity: Vec<EquityPoint> = Vec::with_capacity(bars.len());
-    let mut exposed_bars = 0;
-    for bar in bars {
-        host.bar(symbol, bar);
-        book.record_all(&host.take_fills(), bar.ts, false);
-        if book.is_open() {
-            exposed_bars += 1;
-        }
-        equity.push(EquityPoint {
-            ts: bar.ts,
-            equity: settings.initial_capital + host.context().broker().pnl(),
-        });
-        if host.context().halt_reason().is_some() {
-            break;
-        }
-    }
-    let last = *equity.last().expect("at least one bar");
-    host.flatten(last.ts);
-    book.record_all(&host.take_fills(), last.ts, true);
-    host.shutdown(last.ts, ShutdownReason::Stop);
-    let final_equity = settings.initial_capital + host.context().broker().pnl();
-    if let Some(point) = equity.last_mut() {
-        point.equity = final_equity;
-    }
-    let trades = book.into_trades();
-    let values: Vec<f64> = equity.iter().map(|p| p.equity).collect();
-    let span = (last.ts - bars[0].ts).to_std().unwrap_or_default() + settings.bar_interval;
-    let metrics = PerformanceMetrics::compute(&MetricsInput {
-        initial_capital: settings.initial_capital,
-        equity: &values,
-        trades: &trades,
-        exposed_bars,
-        bar_interval: settings.bar_interval,
-        span,
-    });
-    let broker = host.context().broker();
-    Ok(BacktestReport {
-        symbol: settings.symbol.clone(),
-        bars: equity.len(),
-        start: bars[0].ts,
-        end: last.ts,
-        initial_capital: settings.initial_capital,
-        final_equity,
-        fees: broker.fees(),
-        orders: broker.orders_count(),
-        trades,
-        metrics,
-        equity_curve: downsample(&equity, MAX_EQUITY_POINTS),
-        halt_reason: host.context().halt_reason().map(str::to_string),
-    })
-}
-
-fn check(bars: &[Bar], settings: &BacktestSettings) -> Result<(), BacktestError> {
     if bars.is_empty() {
         return Err(BacktestError::NoBars);
     }
+    let mut backtest = Backtest::new(strategy, settings.clone())?;
+    for bar in bars {
+        if !backtest.bar(bar)? {
+            break;
+        }
+    }
+    backtest.finish()
+}
+
+/// A backtest of one symbol fed bar by bar: what [`run_backtest`] does, in memory
+/// that does not grow with the bars (the equity series is folded into
+/// [`EquityStats`] as it comes, and its curve decimated as it grows; only the
+/// trades are kept).
+///
+/// ```
+/// use chrono::{DateTime, TimeDelta};
+/// use std::time::Duration;
+/// use strategy_sdk::backtest::{Backtest, BacktestSettings};
+/// use strategy_sdk::{Bar, Context, Strategy, Tick};
+///
+/// struct BuyAndHold;
+/// impl Strategy for BuyAndHold {
+///     fn on_start(&mut self, _ctx: &mut Context) {}
+///     fn on_tick(&mut self, ctx: &mut Context, tick: &Tick) {
+///         if ctx.position(&tick.token).qty == 0.0 {
+///             let _ = ctx.buy(&tick.token, 1.0);
+///         }
+///     }
+/// }
+///
+/// let start = DateTime::from_timestamp(1_704_067_200, 0).unwrap();
+/// let settings = BacktestSettings::new("AAPL", Duration::from_secs(86_400), 1000.0);
+/// let mut backtest = Backtest::new(Box::new(BuyAndHold), settings).unwrap();
+/// for (i, close) in [100.0, 110.0, 121.0].into_iter().enumerate() {
+///     let ts = start + TimeDelta::days(i as i64);
+///     let bar = Bar { ts, open: close, high: close, low: close, close, volume: 1.0 };
+///     assert!(backtest.bar(&bar).unwrap(), "the replay goes on");
+/// }
+/// assert_eq!(backtest.bars(), 3);
+/// assert_eq!(backtest.finish().unwrap().final_equity, 1021.0);
+/// ```
+pub struct Backtest<S: Strategy + ?Sized = dyn Strategy> {
+    host: Host<S>,
+    feed: BarFeed,
+    settings: BacktestSettings,
+    book: TradeBook,
+    equity: EquityStats,
+    /// The latest bar's equity, folded into `equity` when the next bar comes (the
+    /// last one is amended by the closing fee first).
+    pending: Option<EquityPoint>,
+    curve: CurveSampler,
+    exposed_bars: usize,
+    first: Option<DateTime<Utc>>,
+    halted: bool,
+}
+
+impl<S: Strategy + ?Sized> Backtest<S> {
+    /// Check the settings and host `strategy`; it starts at the first bar.
+    pub fn new(strategy: Box<S>, settings: BacktestSettings) -> Result<Self, BacktestError> {
+        check_settings(&settings)?;
+        let mut host = Host::new(Uuid::nil(), settings.symbol.as_str(), strategy);
+        host.set_fee_bps(settings.fee_bps);
+        host.record_fills();
+        host.drop_custom_metrics();
+        let feed = host.bar_feed(&settings.symbol);
+        Ok(Backtest {
+            host,
+            feed,
+            equity: EquityStats::new(settings.initial_capital),
+            settings,
+            book: TradeBook::default(),
+            pending: None,
+            curve: CurveSampler::default(),
+            exposed_bars: 0,
+            first: None,
+            halted: false,
+        })
+    }
+
+    /// Bars replayed so far.
+    pub fn bars(&self) -> usize {
+        self.curve.count
+    }
+
+    /// The equity after the latest bar (the initial capital before the first).
+    pub fn equity(&self) -> f64 {
+        self.pending
+            .map_or(self.settings.initial_capital, |point| point.equity)
+    }
+
+    /// Replay the next bar (later than the one before). `Ok(false)` once the
+    /// strategy has halted itself: the replay is over, later bars are ignored.
+    #[inline]
+    pub fn bar(&mut self, bar: &Bar) -> Result<bool, BacktestError> {
+        if self.halted {
+            return Ok(false);
+        }
+        let index = self.curve.count;
+        if !bar.close.is_finite() || bar.close <= 0.0 {
+            return Err(BacktestError::BadClose {
+                index,
+                ts: bar.ts,
+                close: bar.close,
+            });
+        }
+        match self.pending.take() {
+            None => self.begin(bar.ts)?,
+            Some(previous) if bar.ts <= previous.ts => {
+                self.pending = Some(previous);
+                return Err(BacktestError::OutOfOrder {
+                    index,
+                    ts: bar.ts,
+                    previous: previous.ts,
+                });
+            }
+            Some(previous) => self.equity.push(previous.equity),
+        }
+        self.host.feed_bar(&mut self.feed, bar);
+        let fills = self.host.take_fills();
+        if !fills.is_empty() {
+            self.book.record_all(&fills, bar.ts, false);
+        }
+        if self.book.is_open() {
+            self.exposed_bars += 1;
+        }
+        let point = EquityPoint {
+            ts: bar.ts,
+            equity: self.settings.initial_capital + self.host.context().broker().pnl(),
+        };
+        self.pending = Some(point);
+        self.curve.push(point);
+        self.halted = self.host.context().halt_reason().is_some();
+        Ok(!self.halted)
+    }
+
+    /// `on_start` at the first bar's time, and the check of what it subscribed to.
+    fn begin(&mut self, ts: DateTime<Utc>) -> Result<(), BacktestError> {
+        self.first = Some(ts);
+        self.host.start(ts);
+        let symbol = self.settings.symbol.as_str();
+        let subscriptions = self.host.context().subscriptions();
+        if !subscriptions.is_empty() && !subscriptions.contains(symbol) {
+            return Err(BacktestError::OtherSymbol {
+                symbol: symbol.to_string(),
+                subscriptions: subscriptions.iter().cloned().collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Close what is still open at the last close, shut the strategy down and
+    /// measure: the report of the [module docs](self).
+    pub fn finish(mut self) -> Result<BacktestReport, BacktestError> {
+        let (Some(first), Some(last)) = (self.first, self.pending) else {
+            return Err(BacktestError::NoBars);
+        };
+        self.host.flatten(last.ts);
+        self.book.record_all(&self.host.take_fills(), last.ts, true);
+        self.host.shutdown(last.ts, ShutdownReason::Stop);
+        let broker = self.host.context().broker();
+        let final_equity = self.settings.initial_capital + broker.pnl();
+        self.equity.push(final_equity);
+        let trades = self.book.into_trades();
+        let span = (last.ts - first).to_std().unwrap_or_default() + self.settings.bar_interval;
+        let metrics = PerformanceMetrics::from_stats(
+            &self.equity,
+            &TradeStats::of(&trades),
+            self.exposed_bars,
+            self.settings.bar_interval,
+            span,
+        );
+        Ok(BacktestReport {
+            symbol: self.settings.symbol.clone(),
+            bars: self.curve.count,
+            start: first,
+            end: last.ts,
+            initial_capital: self.settings.initial_capital,
+            final_equity,
+            fees: broker.fees(),
+            orders: broker.orders_count(),
+            trades,
+            metrics,
+            equity_curve: self.curve.finish(final_equity, MAX_EQUITY_POINTS),
+            halt_reason: self.host.context().halt_reason().map(str::to_string),
+        })
+    }
+}
+
+fn check_settings(settings: &BacktestSettings) -> Result<(), BacktestError> {
     let capital = settings.initial_capital;
     if !capital.is_finite() || capital <= 0.0 {
         return Err(BacktestError::BadCapital(capital));
@@ -257,27 +380,60 @@ fn check(bars: &[Bar], settings: &BacktestSettings) -> Result<(), BacktestError>
     if settings.bar_interval.is_zero() {
         return Err(BacktestError::BadInterval);
     }
-    for (index, bar) in bars.iter().enumerate() {
-        if !bar.close.is_finite() || bar.close <= 0.0 {
-            return Err(BacktestError::BadClose {
-                index,
-                ts: bar.ts,
-                close: bar.close,
-            });
-        }
-        if index > 0 && bar.ts <= bars[index - 1].ts {
-            return Err(BacktestError::OutOfOrder {
-                index,
-                ts: bar.ts,
-                previous: bars[index - 1].ts,
-            });
-        }
-    }
     Ok(())
 }
 
+/// An equity curve kept small as it grows: every `stride`-th point, the stride
+/// doubling (and every other point dropped) whenever [`CURVE_BUFFER`] are held; the
+/// last point is kept apart. Up to [`CURVE_BUFFER`] bars it holds every point.
+#[derive(Debug, Default)]
+struct CurveSampler {
+    points: Vec<EquityPoint>,
+    /// The stride less one (the stride is a power of two).
+    mask: usize,
+    count: usize,
+    last: Option<EquityPoint>,
+}
+
+/// Points a [`CurveSampler`] holds at most (twice [`MAX_EQUITY_POINTS`]).
+const CURVE_BUFFER: usize = 2 * MAX_EQUITY_POINTS;
+
+impl CurveSampler {
+    #[inline]
+    fn push(&mut self, point: EquityPoint) {
+        if self.count & self.mask == 0 {
+            if self.points.len() == CURVE_BUFFER {
+                let mut keep = false;
+                self.points.retain(|_| {
+                    keep = !keep;
+                    keep
+                });
+                self.mask = self.mask * 2 + 1;
+            }
+            if self.count & self.mask == 0 {
+                self.points.push(point);
+            }
+        }
+        self.count += 1;
+        self.last = Some(point);
+    }
+
+    /// The curve with the last point's equity set to `final_equity`, downsampled to
+    /// at most `max` points (the first and the last kept).
+    fn finish(mut self, final_equity: f64, max: usize) -> Vec<EquityPoint> {
+        if let Some(mut last) = self.last {
+            last.equity = final_equity;
+            match self.points.last_mut() {
+                Some(kept) if kept.ts == last.ts => *kept = last,
+                _ => self.points.push(last),
+            }
+        }
+        downsample(&self.points, max)
+    }
+}
+
 /// At most `max` of `points`, evenly spread by index, the first and the last kept.
-fn downsample<T: Copy>(points: &[T], max: usize) -> Vec<T> {
+pub fn downsample<T: Copy>(points: &[T], max: usize) -> Vec<T> {
     if points.len() <= max {
         return points.to_vec();
     }

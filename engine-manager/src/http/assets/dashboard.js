@@ -942,6 +942,362 @@
     if (engine) setText($("eng-uptime"), fmtDuration(engine.msg.uptime_s + (now - engine.at) / 1000));
   }, 2000);
 
+  // ---------- runs ----------
+  // The Runs panel: the queue and recent runs (GET /api/runs, GET /api/queue, read
+  // again every RUNS_REFRESH_MS as a safety net), a live progress bar per unfinished
+  // run fed by its own event stream (/api/runs/{id}/events: the first event is the
+  // run's present state, the last its final state with the result), a form that
+  // POSTs a run, cancel buttons (a cancel command, followed to its outcome) and the
+  // result of a finished run: a backtest's metrics and equity curve, a screener's
+  // ranked table, an alert run's alerts.
+  const RUNS_REFRESH_MS = 5000;
+  const RUNS_SHOWN = 30;
+  const MAX_RUN_STREAMS = 12;
+  const FINAL_RUN = new Set(["completed", "error", "cancelled", "timed_out"]);
+  const runRows = new Map(); // run id -> { data, tr, els, source }
+
+  function runRow(id) {
+    let row = runRows.get(id);
+    if (row) return row;
+    const tr = document.createElement("tr");
+    tr.dataset.run = id;
+    const cells = [];
+    for (let i = 0; i < 9; i++) cells.push(td(i === 4 || i === 6 ? "num" : ""));
+    const name = document.createElement("div");
+    name.className = "name run-name";
+    const sub = document.createElement("div");
+    sub.className = "sub";
+    cells[0].append(name, sub);
+    const badge = document.createElement("span");
+    badge.className = "badge run-state";
+    cells[2].append(badge);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    bar.append(fill, pct);
+    cells[3].append(bar);
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "run-cancel";
+    cancel.textContent = "cancel";
+    const show = document.createElement("button");
+    show.type = "button";
+    show.className = "run-show";
+    show.textContent = "result";
+    const outcome = document.createElement("div");
+    outcome.className = "outcome";
+    cells[8].append(cancel, show, outcome);
+    tr.append(...cells);
+    row = { id, data: null, tr, source: null,
+      els: { name, sub, mode: cells[1], badge, fill, pct, items: cells[4], now: cells[5], eta: cells[6], created: cells[7], cancel, show, outcome } };
+    runRows.set(id, row);
+    return row;
+  }
+
+  // Merge what a row or an event says into the run's model, and draw it.
+  function updateRun(id, msg) {
+    const row = runRow(id);
+    const d = Object.assign(row.data || {}, msg);
+    if (msg.metrics && !("eta_s" in msg)) d.eta_s = msg.metrics.eta_s;
+    row.data = d;
+    const e = row.els;
+    setText(e.name, d.strategy || d.name || "");
+    setText(e.sub, String(id).slice(0, 8) + (d.priority ? " · " + d.priority : "") +
+      (d.position_in_queue ? " · #" + d.position_in_queue + " in queue" : ""));
+    e.name.title = id;
+    setText(e.mode, d.mode || "");
+    const state = d.state || "queued";
+    e.badge.className = "badge run-state rs-" + state;
+    setText(e.badge, state);
+    const pct = Math.max(0, Math.min(100, Number(d.progress_percent) || 0));
+    e.fill.style.width = pct.toFixed(1) + "%";
+    setText(e.pct, pct.toFixed(1) + "%");
+    const total = d.total_items, done = d.completed_items;
+    setText(e.items, total !== null && total !== undefined ? (done || 0) + "/" + total : "–");
+    const eta = d.metrics ? d.metrics.eta_s : d.eta_s;
+    setText(e.now, FINAL_RUN.has(state) ? (d.error || "") : [d.current_item, d.stage].filter(Boolean).join(" · "));
+    e.now.className = state === "error" || state === "timed_out" ? "err" : "";
+    setText(e.eta, FINAL_RUN.has(state) ? "" : fmtDuration(eta));
+    setText(e.created, d.created_at ? fmtUtc(d.created_at).replace(" UTC", "").slice(0, 19) : "");
+    e.cancel.disabled = FINAL_RUN.has(state) || row.cancelling;
+    e.show.disabled = !FINAL_RUN.has(state);
+    if (FINAL_RUN.has(state) && row.source) {
+      row.source.close();
+      row.source = null;
+    }
+    return row;
+  }
+
+  function follow(row) {
+    if (row.source || FINAL_RUN.has(row.data && row.data.state)) return;
+    let open = 0;
+    for (const r of runRows.values()) if (r.source) open++;
+    if (open >= MAX_RUN_STREAMS) return; // the periodic read keeps it current
+    const source = new EventSource("/api/runs/" + row.id + "/events");
+    row.source = source;
+    const onEvent = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      updateRun(row.id, msg);
+      if (ev.type === "snapshot" && FINAL_RUN.has(msg.state)) {
+        if ($("run-result").dataset.run === row.id) showRunResult(row.id);
+        loadRunsSoon();
+      }
+    };
+    for (const kind of ["snapshot", "started", "progress", "ticker_completed", "stage_completed",
+      "completed", "error", "cancelled", "timed_out"]) source.addEventListener(kind, onEvent);
+    // The stream ends after the final event; anything else is retried by the browser,
+    // and a run that is over closes it (updateRun).
+    source.onerror = () => {
+      if (row.data && FINAL_RUN.has(row.data.state)) { source.close(); row.source = null; }
+    };
+  }
+
+  function drawRuns(list) {
+    const tbody = $("run-rows");
+    const frag = document.createDocumentFragment();
+    for (const run of list) {
+      const row = updateRun(run.run_id, run);
+      frag.appendChild(row.tr);
+      follow(row);
+    }
+    tbody.textContent = "";
+    tbody.appendChild(frag);
+    $("runs-empty").hidden = list.length !== 0;
+  }
+
+  let runsTimer = null;
+  async function loadRuns() {
+    try {
+      const [runs, queue] = await Promise.all([
+        fetch("/api/runs?limit=" + RUNS_SHOWN, { cache: "no-store" }).then((r) => r.json()),
+        fetch("/api/queue", { cache: "no-store" }).then((r) => r.json()),
+      ]);
+      // Queued runs first (in queue order), then the others, newest first.
+      const queued = queue.queue || [];
+      const ids = new Set(queued.map((r) => r.run_id));
+      drawRuns(queued.concat((runs.runs || []).filter((r) => !ids.has(r.run_id))));
+      setText($("runs-summary"), queue.total_queued + " queued · " + queue.total_running + " running · at most " +
+        queue.max_concurrent + " at once");
+    } catch (err) {
+      setText($("runs-summary"), "could not load the runs: " + err.message);
+    }
+  }
+  function loadRunsSoon() {
+    clearTimeout(runsTimer);
+    runsTimer = setTimeout(loadRuns, 200);
+  }
+
+  function fillStrategies() {
+    const select = $("run-strategy");
+    const names = [...byId.values()].map((r) => r.data && r.data.name).filter(Boolean).sort();
+    const current = select.value;
+    const have = [...select.options].map((o) => o.value);
+    if (have.join("\n") === names.join("\n")) return;
+    select.textContent = "";
+    for (const name of names) {
+      const o = document.createElement("option");
+      o.value = o.textContent = name;
+      select.append(o);
+    }
+    if (names.includes(current)) select.value = current;
+  }
+
+  function showRunOutcome(state, text) {
+    const el = $("run-outcome");
+    el.dataset.state = state;
+    setText(el, text);
+    el.title = text;
+  }
+
+  async function startRun(ev) {
+    ev.preventDefault();
+    let parameters;
+    try {
+      parameters = JSON.parse($("run-params").value.trim() || "{}");
+    } catch (err) {
+      showRunOutcome("refused", "parameters: not valid JSON: " + err.message);
+      return;
+    }
+    const body = { strategy: $("run-strategy").value, mode: $("run-mode").value, parameters,
+      priority: $("run-priority").value };
+    const timeout = $("run-timeout").value.trim();
+    if (timeout) body.timeout_s = Number(timeout);
+    $("run-start").disabled = true;
+    try {
+      const r = await fetch("/api/runs", { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
+      const answer = await r.json().catch(() => ({}));
+      if (r.status !== 202) {
+        const extra = r.status === 401 ? " — enter the bearer token above" : "";
+        showRunOutcome("refused", (answer.error || "HTTP " + r.status) + extra);
+        return;
+      }
+      const start = answer.estimated_start_time ? ", estimated start " + fmtUtc(answer.estimated_start_time) : "";
+      showRunOutcome("executed", "run " + answer.run_id.slice(0, 8) + " queued, #" +
+        (answer.position_in_queue || 1) + " in the queue" + start);
+      const row = updateRun(answer.run_id, answer);
+      $("run-rows").prepend(row.tr);
+      $("runs-empty").hidden = true;
+      follow(row);
+    } catch (err) {
+      showRunOutcome("refused", err.message);
+    } finally {
+      $("run-start").disabled = false;
+    }
+  }
+
+  async function cancelRun(row) {
+    row.cancelling = true;
+    row.els.cancel.disabled = true;
+    const show = (state, text) => {
+      row.els.outcome.dataset.state = state;
+      setText(row.els.outcome, text);
+      row.els.outcome.title = text;
+    };
+    try {
+      await runCommand("/api/runs/" + row.id + "/cancel", {}, "cancel", show);
+    } finally {
+      row.cancelling = false;
+      loadRunsSoon();
+    }
+  }
+
+  // ----- a finished run's result -----
+  function kv(rows) {
+    const t = document.createElement("table");
+    for (const [k, v] of rows) {
+      const tr = document.createElement("tr");
+      const a = document.createElement("td");
+      a.textContent = k;
+      const b = document.createElement("td");
+      b.className = "num";
+      b.textContent = fmtValue(v);
+      tr.append(a, b);
+      t.append(tr);
+    }
+    return t;
+  }
+  function fmtValue(v) {
+    if (v === null || v === undefined) return "–";
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(4);
+    if (typeof v === "object") return JSON.stringify(v);
+    return String(v);
+  }
+  function grid(headers, rows) {
+    const t = document.createElement("table");
+    const head = document.createElement("tr");
+    for (const h of headers) {
+      const th = document.createElement("th");
+      th.textContent = h;
+      head.append(th);
+    }
+    t.append(head);
+    for (const cells of rows) {
+      const tr = document.createElement("tr");
+      for (const c of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = fmtValue(c);
+        tr.append(cell);
+      }
+      t.append(tr);
+    }
+    return t;
+  }
+  // An equity curve as a line: points [t, equity] or {t|ts|timestamp, equity|value} or numbers.
+  function equityChart(curve) {
+    const values = curve.map((p) => Array.isArray(p) ? p[1] : typeof p === "number" ? p : (p.equity ?? p.value))
+      .filter((v) => typeof v === "number");
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("class", "equity");
+    svg.setAttribute("viewBox", "0 0 100 40");
+    svg.setAttribute("preserveAspectRatio", "none");
+    const line = document.createElementNS(ns, "polyline");
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const span = hi - lo || 1;
+    line.setAttribute("points", values.map((v, i) =>
+      ((i / Math.max(1, values.length - 1)) * 100).toFixed(2) + "," + (38 - ((v - lo) / span) * 36).toFixed(2)).join(" "));
+    svg.append(line);
+    svg.dataset.points = String(values.length);
+    return svg;
+  }
+  function perSymbolRows(per) {
+    const rows = Array.isArray(per) ? per.map((m) => [m.symbol, m]) : Object.entries(per || {});
+    return rows.map(([s, m]) => {
+      const x = Object.assign({}, m, m.performance_metrics || {});
+      return [s, x.total_return, x.sharpe_ratio, x.max_drawdown, x.hit_rate, x.trades];
+    });
+  }
+  function resultView(run) {
+    const box = document.createElement("div");
+    const h = (text) => { const e = document.createElement("h4"); e.textContent = text; box.append(e); };
+    const r = run.result;
+    if (run.state !== "completed" || !r) {
+      const p = document.createElement("p");
+      p.className = "error";
+      p.textContent = run.state + ": " + (run.error || "no result");
+      box.append(p);
+      return box;
+    }
+    if (run.mode === "backtest") {
+      h("summary");
+      box.append(kv(Object.entries(r.summary || {})));
+      h("performance metrics");
+      box.append(kv(Object.entries(r.performance_metrics || {})));
+      if (Array.isArray(r.equity_curve) && r.equity_curve.length) {
+        h("equity curve");
+        box.append(equityChart(r.equity_curve));
+      }
+      const per = perSymbolRows(r.per_symbol);
+      if (per.length) {
+        h("per symbol");
+        box.append(grid(["symbol", "total return", "sharpe", "max drawdown", "hit rate", "trades"], per));
+      }
+    } else if (run.mode === "screener") {
+      h("ranked results (" + (r.ranked_results || []).length + " of " + fmtValue(r.universe_size) + ")");
+      box.append(grid(["#", "symbol", "score", "price", "sector"],
+        (r.ranked_results || []).map((x, i) => [i + 1, x.symbol, x.score, x.current_price, x.sector])));
+    } else {
+      h("alerts (" + (r.alerts || []).length + " from " + fmtValue(r.symbols_monitored) + " symbols)");
+      box.append(grid(["symbol", "type", "priority", "message"],
+        (r.alerts || []).map((a) => [a.symbol, a.type, a.priority, a.message])));
+    }
+    return box;
+  }
+  async function showRunResult(id) {
+    const panel = $("run-result");
+    panel.dataset.run = id;
+    panel.hidden = false;
+    const body = $("run-result-body");
+    body.textContent = "loading…";
+    try {
+      const r = await fetch("/api/runs/" + id, { cache: "no-store" });
+      const run = await r.json();
+      if (!r.ok) throw new Error(run.error || "HTTP " + r.status);
+      setText($("run-result-title"), run.mode + " of " + run.strategy + " · " + run.state + " · " + id);
+      body.textContent = "";
+      body.append(resultView(run));
+    } catch (err) {
+      body.textContent = "could not load the run: " + err.message;
+    }
+  }
+
+  $("run-form").addEventListener("submit", startRun);
+  $("run-rows").addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-run]");
+    const row = tr && runRows.get(tr.dataset.run);
+    if (!row) return;
+    if (ev.target.closest("button.run-cancel") && !ev.target.disabled) cancelRun(row);
+    else if (ev.target.closest("button.run-show") && !ev.target.disabled) showRunResult(row.id);
+  });
+  $("run-result-close").addEventListener("click", () => { $("run-result").hidden = true; delete $("run-result").dataset.run; });
+  setInterval(() => { if (!document.hidden) loadRuns(); }, RUNS_REFRESH_MS);
+  setInterval(fillStrategies, 1000);
+  loadRuns();
+
   resort();
   connect();
 })();

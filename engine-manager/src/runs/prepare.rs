@@ -1,0 +1,120 @@
+//! Before a run's process starts: its parameters checked and resolved against the
+//! database (`params` decides; this module asks `securities` and `market_bars`),
+//! and its bars streamed from PostgreSQL into `{runs_dir}/{run_id}.bars`.
+
+use super::params::{self, DefaultSymbols, ParamError};
+use crate::Shared;
+use engine_protocol::runs::{self as proto, RunInput, RunSymbol};
+use engine_store::runs::{self as store, CopyBarsError, RunRow, Security};
+use std::path::Path;
+
+/// Why a run could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The run's own fault: it ends `error` with these words.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The database is away or failed: tried again.
+    #[error("cannot read the run's market data")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bars(#[from] CopyBarsError),
+}
+
+/// Check and resolve `row`'s parameters, write its bars file, and return what its
+/// process gets on stdin.
+pub async fn prepare(
+    shared: &Shared,
+    row: &RunRow,
+    runs_dir: &Path,
+) -> Result<RunInput, PrepareError> {
+    let pool = &shared.pool;
+    let req = params::parse(row.mode, &row.parameters)?;
+    let config = params::merged_config(&row.strategy_config, req.config_patch.as_ref());
+    let securities = symbols(shared, row, &req, &config).await?;
+    let names: Vec<String> = securities.iter().map(|s| s.symbol.clone()).collect();
+    let Some(span) = store::bars_span(pool, &names, &req.interval).await? else {
+        return Err(ParamError::NoBars {
+            interval: req.interval.clone(),
+            symbols: params::describe_symbols(&names),
+            available: store::intervals_with_bars(pool, &names).await?,
+        }
+        .into());
+    };
+    let (start, end) = params::date_range(req.start, req.end, span)?;
+    if !store::bars_exist(pool, &names, &req.interval, start, end).await? {
+        return Err(ParamError::NoBarsInRange {
+            interval: req.interval.clone(),
+            symbols: params::describe_symbols(&names),
+            start,
+            end,
+            first: span.0,
+            last: span.1,
+        }
+        .into());
+    }
+    let bars_path = proto::bars_path(runs_dir, row.id);
+    store::copy_bars_to_file(pool, &names, &req.interval, start, end, &bars_path).await?;
+    Ok(RunInput {
+        run_id: row.id,
+        strategy_id: row.strategy_id,
+        name: row.name.clone(),
+        strategy_type: row.strategy_type.clone(),
+        mode: row.mode,
+        config,
+        symbols: securities
+            .into_iter()
+            .map(|s| RunSymbol {
+                symbol: s.symbol,
+                name: s.name,
+                sector: s.sector,
+            })
+            .collect(),
+        interval: req.interval,
+        interval_s: req.interval_s,
+        initial_capital: req.initial_capital,
+        fee_bps: req.fee_bps,
+        limit: req.limit,
+        threshold: req.threshold,
+        start,
+        end,
+        bars_path,
+        outbox_path: proto::outbox_path(runs_dir, row.id),
+        progress_interval_ms: shared.config.run_progress_interval.as_millis() as u64,
+    })
+}
+
+/// The run's symbols with what `securities` says of them, in the order of the bars
+/// file: those asked (each must be in `securities`), else the mode's default.
+async fn symbols(
+    shared: &Shared,
+    row: &RunRow,
+    req: &params::Requested,
+    config: &serde_json::Value,
+) -> Result<Vec<Security>, PrepareError> {
+    let pool = &shared.pool;
+    let asked = match (&req.symbols, params::default_symbols(row.mode, config)) {
+        (Some(asked), _) => asked.clone(),
+        (None, DefaultSymbols::Token(token)) => {
+            let found = store::securities(pool, std::slice::from_ref(&token)).await?;
+            if found.is_empty() {
+                return Err(ParamError::UnknownToken(token).into());
+            }
+            return Ok(found);
+        }
+        (None, DefaultSymbols::EveryActive) => {
+            let every = store::active_securities(pool).await?;
+            if every.is_empty() {
+                return Err(ParamError::NoSymbols.into());
+            }
+            return Ok(every);
+        }
+    };
+    let found = store::securities(pool, &asked).await?;
+    let known: Vec<String> = found.iter().map(|s| s.symbol.clone()).collect();
+    let unknown = params::unknown_symbols(&asked, &known);
+    if !unknown.is_empty() {
+        return Err(ParamError::UnknownSymbols(unknown).into());
+    }
+    Ok(found)
+}

@@ -1,0 +1,468 @@
+//! One run's task, from its claim (or adoption) to its final state: prepare (check
+//! the parameters, write the bars file), spawn its process, follow its outbox, and
+//! end it — completed or error as the process said, cancelled or timed out by a
+//! kill, tried once more when its process was lost without a final line.
+
+use super::prepare::{prepare, PrepareError};
+use super::report::{Reporter, RunIdentity, Said};
+use super::CancelError;
+use crate::process::{ExecutorProcess, ExitInfo, RunSpawnSpec};
+use crate::Shared;
+use engine_protocol::backoff::Backoff;
+use engine_protocol::runs::{self as proto, RunEventType, RunState};
+use engine_store::runs::{self as store, RunEnd, RunRow};
+use rustix::process::Signal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// How often the outbox is read while the process runs.
+const OUTBOX_POLL: Duration = Duration::from_millis(25);
+
+/// How a run's task begins.
+pub enum Start {
+    /// Claimed now (or found `starting` with no process): prepare, then spawn.
+    Fresh,
+    /// Its process still runs (found after a manager restart): follow its outbox
+    /// from the start.
+    Adopt(Box<ExecutorProcess>),
+    /// Its process is gone (it ended while no manager watched): read what it wrote,
+    /// then the retry rule.
+    Dead,
+}
+
+/// Why a run is stopped from outside.
+#[derive(Debug, Clone, Copy)]
+pub enum StopReason {
+    Cancel {
+        command_id: Uuid,
+    },
+    /// Its strategy (and so its row) was deleted.
+    Deleted,
+}
+
+/// A stop for a run's task; the reply (for a cancel) once the run is `cancelled`
+/// and its process has exited.
+pub struct StopRequest {
+    pub reason: StopReason,
+    pub reply: Option<oneshot::Sender<Result<(), CancelError>>>,
+}
+
+/// How following a run ended.
+enum Followed {
+    Exited(ExitInfo),
+    Stopped(StopRequest),
+    TimedOut,
+    /// The manager is stopping: the run goes on, and the next manager adopts it.
+    Detached,
+}
+
+pub struct RunTask {
+    shared: Arc<Shared>,
+    row: RunRow,
+    runs_dir: PathBuf,
+    stop_rx: mpsc::Receiver<StopRequest>,
+    reporter: Reporter,
+    deadline: Option<Instant>,
+}
+
+impl RunTask {
+    pub fn new(shared: Arc<Shared>, row: RunRow, stop_rx: mpsc::Receiver<StopRequest>) -> RunTask {
+        let runs_dir = shared.config.runs_dir();
+        let deadline = row.timeout_s.map(|t| {
+            let started = row.started_at.unwrap_or_else(chrono::Utc::now);
+            let left = (started + chrono::TimeDelta::seconds(t.into()) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            Instant::now() + left
+        });
+        RunTask {
+            reporter: Reporter::new(RunIdentity::of(&row)),
+            shared,
+            row,
+            runs_dir,
+            stop_rx,
+            deadline,
+        }
+    }
+
+    /// Carry the run to its end (or until the manager stops).
+    pub async fn run(mut self, mut start: Start) {
+        loop {
+            let proc = match start {
+                Start::Fresh => match self.prepare_and_spawn().await {
+                    Some(proc) => Some(proc),
+                    None => return,
+                },
+                Start::Adopt(proc) => Some(*proc),
+                Start::Dead => None,
+            };
+            let (followed, proc) = self.follow(proc).await;
+            if !self.conclude(followed, proc).await {
+                return;
+            }
+            start = Start::Fresh;
+        }
+    }
+
+    /// Prepare and spawn; `None` once the run has ended (or the manager stops).
+    async fn prepare_and_spawn(&mut self) -> Option<ExecutorProcess> {
+        let input = self.prepared().await?;
+        let _ = tokio::fs::remove_file(&input.outbox_path).await;
+        let log_path = proto::run_log_path(&self.runs_dir, self.row.id);
+        let spec = RunSpawnSpec {
+            executor_path: &self.shared.executor_path,
+            run_id: self.row.id,
+            runs_dir: &self.runs_dir,
+            log_path: &log_path,
+            input: &input,
+        };
+        let proc = match ExecutorProcess::spawn_run(&spec).await {
+            Ok(proc) => proc,
+            Err(err) => {
+                self.fail(crate::error_chain(&err)).await;
+                return None;
+            }
+        };
+        let running = store::Running {
+            pid: proc.pid,
+            pid_start_ticks: proc.start_ticks,
+            pid_boot_id: &self.shared.boot_id,
+            config: &input.config,
+            total_items: input.symbols.len() as i64,
+            attempt: self.row.attempt,
+        };
+        self.reporter.progress.total_items = Some(running.total_items);
+        self.reporter.progress.completed_items = Some(0);
+        self.reporter.progress.message = None;
+        match with_retry(&self.shared, "mark the run running", || {
+            store::mark_running(&self.shared.pool, self.row.id, &running)
+        })
+        .await
+        {
+            Some(true) => {
+                self.reporter
+                    .publish(&self.shared, RunEventType::Started, RunState::Running);
+                Some(proc)
+            }
+            Some(false) => {
+                // Its row is gone (the strategy was deleted) or ended meanwhile.
+                self.kill(proc).await;
+                self.remove_files().await;
+                None
+            }
+            None => Some(proc), // the manager stops; the next one adopts the process
+        }
+    }
+
+    /// The run's input, its bars file written; `None` once the run has ended (its
+    /// parameters were wrong, it was stopped, it timed out) or the manager stops.
+    async fn prepared(&mut self) -> Option<proto::RunInput> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let shared = self.shared.clone();
+            let attempt = prepare(&shared, &self.row, &self.runs_dir);
+            let outcome = tokio::select! {
+                _ = shared.cancel.cancelled() => return None,
+                Some(req) = self.stop_rx.recv() => Err(Followed::Stopped(req)),
+                _ = sleep_until(self.deadline) => Err(Followed::TimedOut),
+                prepared = attempt => Ok(prepared),
+            };
+            match outcome {
+                Ok(Ok(input)) => return Some(input),
+                Ok(Err(PrepareError::Database(err))) => {
+                    tracing::warn!(run_id = %self.row.id, error = %err, "cannot prepare the run yet; trying again");
+                    if !pause(&shared, &mut backoff).await {
+                        return None;
+                    }
+                }
+                Ok(Err(err)) => {
+                    self.fail(crate::error_chain(&err)).await;
+                    return None;
+                }
+                Err(stopped) => {
+                    self.conclude(stopped, None).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Read the outbox every [`OUTBOX_POLL`] until the process exits (then to its
+    /// end), a stop comes, the time limit passes or the manager stops.
+    async fn follow(
+        &mut self,
+        mut proc: Option<ExecutorProcess>,
+    ) -> (Followed, Option<ExecutorProcess>) {
+        let shared = self.shared.clone();
+        let mut outbox =
+            super::outbox::Outbox::new(&proto::outbox_path(&self.runs_dir, self.row.id));
+        let mut tick = tokio::time::interval(OUTBOX_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let followed = loop {
+            tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => break Followed::Detached,
+                Some(req) = self.stop_rx.recv() => break Followed::Stopped(req),
+                _ = sleep_until(self.deadline) => break Followed::TimedOut,
+                exit = wait(&mut proc) => {
+                    self.read(&mut outbox).await;
+                    break Followed::Exited(exit);
+                }
+                _ = tick.tick() => {
+                    self.read(&mut outbox).await;
+                    self.reporter.flush_due(&shared).await;
+                    if self.reporter.row_gone {
+                        break Followed::Stopped(StopRequest { reason: StopReason::Deleted, reply: None });
+                    }
+                }
+            }
+        };
+        (followed, proc)
+    }
+
+    async fn read(&mut self, outbox: &mut super::outbox::Outbox) {
+        match outbox.read_new().await {
+            Ok(lines) => {
+                for line in lines {
+                    match line {
+                        Ok(line) => self.reporter.take(&self.shared, line),
+                        Err(bad) => {
+                            tracing::warn!(run_id = %self.row.id, line = %bad.line, error = %bad.error, "not a run output line; skipped")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(run_id = %self.row.id, error = %err, "cannot read the run's outbox")
+            }
+        }
+    }
+
+    /// End the run as `followed` says; `true` when it is to be tried again.
+    async fn conclude(&mut self, followed: Followed, proc: Option<ExecutorProcess>) -> bool {
+        match followed {
+            Followed::Detached => false,
+            Followed::Stopped(req) => {
+                if let Some(proc) = proc {
+                    self.kill(proc).await;
+                }
+                self.stopped(req).await;
+                false
+            }
+            Followed::TimedOut => {
+                if let Some(proc) = proc {
+                    self.kill(proc).await;
+                }
+                let limit = self.row.timeout_s.unwrap_or_default();
+                let error = format!("the run took longer than its timeout_s of {limit} s and was stopped; give it a larger timeout_s (at most 86400) or less work");
+                self.end(RunEnd::Failed {
+                    state: RunState::TimedOut,
+                    error,
+                })
+                .await;
+                false
+            }
+            Followed::Exited(exit) => self.exited(exit, proc).await,
+        }
+    }
+
+    async fn stopped(&mut self, req: StopRequest) {
+        let StopReason::Cancel { command_id } = req.reason else {
+            tracing::info!(run_id = %self.row.id, "the run's strategy was deleted; its process is stopped");
+            self.remove_files().await;
+            return;
+        };
+        let error = format!("cancelled by command {command_id}");
+        let ended = self
+            .end(RunEnd::Failed {
+                state: RunState::Cancelled,
+                error,
+            })
+            .await;
+        let reply = match ended {
+            Some(true) => Ok(()),
+            Some(false) => match store::run_state(&self.shared.pool, self.row.id).await {
+                Ok(Some((_, state))) => Err(CancelError::Finished {
+                    run_id: self.row.id,
+                    state,
+                }),
+                Ok(None) => Err(CancelError::UnknownRun {
+                    run_id: self.row.id,
+                }),
+                Err(err) => Err(CancelError::Database(err)),
+            },
+            None => return, // the manager stops: the command stays `processing`
+        };
+        if let Some(tx) = req.reply {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// The process exited: its result or error, else the retry rule.
+    async fn exited(&mut self, exit: ExitInfo, proc: Option<ExecutorProcess>) -> bool {
+        match self.reporter.said.take() {
+            Some(Said::Result(result)) => {
+                let p = &mut self.reporter.progress;
+                p.progress_percent = 100.0;
+                p.completed_items = p.total_items.or(p.completed_items);
+                p.eta_s = Some(0.0);
+                p.current_item = None;
+                self.end(RunEnd::Completed { result }).await;
+                false
+            }
+            Some(Said::Error(error)) => {
+                self.end(RunEnd::Failed {
+                    state: RunState::Error,
+                    error,
+                })
+                .await;
+                false
+            }
+            None => {
+                let log = proto::run_log_path(&self.runs_dir, self.row.id);
+                let tail = match &proc {
+                    Some(proc) => proc.log_tail(5),
+                    None => crate::process::log_tail(&log, 0, 5),
+                };
+                let how = match proc {
+                    Some(_) => exit.to_string(),
+                    None => "it ended while no manager watched".to_string(),
+                };
+                self.lost(&how, &tail).await
+            }
+        }
+    }
+
+    /// The process ended without a final line: tried once more (`attempt` 1), then
+    /// the run ends `error`.
+    async fn lost(&mut self, how: &str, tail: &str) -> bool {
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; the end of its log: {tail}")
+        };
+        if self.row.attempt == 0 {
+            let why = format!("the run's process ended without a result ({how}); trying once more");
+            tracing::warn!(run_id = %self.row.id, "{why}{tail}");
+            let marked = with_retry(&self.shared, "mark the run for its retry", || {
+                store::mark_retry(&self.shared.pool, self.row.id, 1, &why)
+            })
+            .await;
+            if marked == Some(true) {
+                self.row.attempt = 1;
+                self.reporter = Reporter::new(RunIdentity::of(&self.row));
+                return true;
+            }
+            return false;
+        }
+        let error = format!("the run's process ended without a result ({how}) on its second attempt; it is not tried again{tail}");
+        self.end(RunEnd::Failed {
+            state: RunState::Error,
+            error,
+        })
+        .await;
+        false
+    }
+
+    /// Write the items that wait and the final row, publish the final event and
+    /// remove the bars and outbox (the log stays). `Some(false)`: the run had ended
+    /// already or is gone; `None`: the manager stops before it could be written.
+    async fn end(&mut self, end: RunEnd) -> Option<bool> {
+        let shared = self.shared.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while let Err(err) = self.reporter.write_items(&shared).await {
+            tracing::warn!(run_id = %self.row.id, error = %err, "cannot write the run's items; trying again");
+            if !pause(&shared, &mut backoff).await {
+                return None;
+            }
+        }
+        let (state, event) = match &end {
+            RunEnd::Completed { .. } => (RunState::Completed, RunEventType::Completed),
+            RunEnd::Failed { state, error } => {
+                self.reporter.progress.message = Some(error.clone());
+                let event = match state {
+                    RunState::Cancelled => RunEventType::Cancelled,
+                    RunState::TimedOut => RunEventType::TimedOut,
+                    _ => RunEventType::Error,
+                };
+                (*state, event)
+            }
+        };
+        let progress = self.reporter.progress.clone();
+        let written = with_retry(&shared, "finish the run", || {
+            store::finish_run(&shared.pool, self.row.id, &end, &progress)
+        })
+        .await?;
+        if written {
+            tracing::info!(run_id = %self.row.id, state = %state, "run ended");
+            self.reporter.publish(&shared, event, state);
+        }
+        self.remove_files().await;
+        Some(written)
+    }
+
+    /// End the run `error` with `error`.
+    async fn fail(&mut self, error: String) {
+        let state = RunState::Error;
+        self.end(RunEnd::Failed { state, error }).await;
+    }
+
+    /// SIGKILL the run's process group and wait for the exit.
+    async fn kill(&self, mut proc: ExecutorProcess) {
+        proc.signal(Signal::KILL);
+        proc.wait().await;
+    }
+
+    async fn remove_files(&self) {
+        let _ = tokio::fs::remove_file(proto::bars_path(&self.runs_dir, self.row.id)).await;
+        let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
+    }
+}
+
+/// The process's exit; at once (status unknown) when there is none.
+async fn wait(proc: &mut Option<ExecutorProcess>) -> ExitInfo {
+    match proc {
+        Some(proc) => proc.wait().await,
+        None => ExitInfo::Unknown,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `write` until it succeeds (the database may be away), or `None` once the manager
+/// stops.
+async fn with_retry<T, F, Fut>(shared: &Shared, what: &str, mut write: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match write().await {
+            Ok(v) => return Some(v),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot {what}; trying again");
+                if !pause(shared, &mut backoff).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sleep the backoff's next delay; `false` if the manager stops first.
+async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
+    tokio::select! {
+        _ = shared.cancel.cancelled() => false,
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
+    }
+}
