@@ -5,6 +5,9 @@
 #   bash ops/bench.sh --quick              a smoke-sized run (seconds)
 #   bash ops/bench.sh --scales 10,50,200   any engine-bench flag (engine-bench --help)
 #
+# Then ops/bench-data.sh times market data loading (enginectl data generate and
+# import against psql \copy; `--quick` makes it small too; BENCH_DATA=0 skips it).
+#
 # It makes sure PostgreSQL and Redis run (ops/ensure-services.sh), builds the release
 # binaries, and runs target/release/engine-bench against the release engine-manager
 # and strategy-executor. The table goes to stdout; the JSON to
@@ -43,4 +46,10 @@ fi
 if [ "$json_given" -eq 0 ]; then
     cp "target/bench-results/$stamp.json" target/bench-results/latest.json
     echo "results: target/bench-results/$stamp.json (and latest.json beside it)" >&2
+fi
+
+if [ "${BENCH_DATA:-1}" != 0 ]; then
+    data_args=()
+    for arg in "${args[@]}"; do [ "$arg" != --quick ] || data_args=(--quick); done
+    bash ops/bench-data.sh "${data_args[@]}"
 fi

@@ -2,7 +2,10 @@
 # The engine, up and trading on simulated market data, in one command.
 #
 #   bash ops/demo.sh          build, start market-sim + engine-manager in the background,
-#                             register three demo strategies and wait until they run
+#                             register three demo strategies and wait until they run;
+#                             then load market data (500 symbols x 2 years of daily
+#                             bars, one symbol x 2 years of 1-minute bars) and start a
+#                             backtest and a screener run, showing their progress
 #   bash ops/demo.sh status   show the demo strategies and the background processes
 #   bash ops/demo.sh stop     global stop command (every strategy), then stop
 #                             engine-manager and market-sim
@@ -22,6 +25,9 @@
 #   ENGINE_REDIS_PREFIX   optional prefix for every Redis channel and key
 #   ENGINE_STATE_DIR      default ./engine-state: pid files, logs, control socket
 #   DEMO_TIMEOUT          seconds to wait for the strategies to run / stop (default 60)
+#   DEMO_RUN_WAIT         seconds to show the demo runs' progress before the summary
+#                         (default 30; they go on in the background either way)
+#   DEMO_RELOAD_DATA=1    generate the market data again even when it is loaded
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +39,10 @@ REDIS_PREFIX="${ENGINE_REDIS_PREFIX:-}"
 STATE_DIR="${ENGINE_STATE_DIR:-$ROOT/engine-state}"
 BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 TIMEOUT="${DEMO_TIMEOUT:-60}"
+RUN_WAIT="${DEMO_RUN_WAIT:-30}"
+# The demo runs' market data: the same seed gives the same bars and tickers.
+DATA_SEED=42
+DAILY_SYMBOLS=500
 
 MANAGER_BIN="$BIN_DIR/engine-manager"
 SIM_BIN="$BIN_DIR/market-sim"
@@ -253,6 +263,108 @@ Tear down:
 EOF
 }
 
+# --- market data and runs ----------------------------------------------------------
+
+# 500 symbols x 2 years of daily bars, and 2 years of 1-minute bars of the first of
+# them (alphabetically), generated with a fixed seed. Loaded once: a demo started
+# again finds them (DEMO_RELOAD_DATA=1 generates them again, replacing them).
+load_market_data() {
+    local ctl="$BIN_DIR/enginectl" daily minute started=$SECONDS
+    daily="$(db_value "SELECT count(*) FROM market_bars WHERE interval = '1d';")"
+    minute="$(db_value "SELECT count(*) FROM market_bars WHERE interval = '1m';")"
+    if [ "${DEMO_RELOAD_DATA:-0}" != 1 ] && [ "$daily" -ge $((DAILY_SYMBOLS * 730)) ] && [ "$minute" -ge 1000000 ]; then
+        say "market data: already loaded ($daily daily bars, $minute 1-minute bars; DEMO_RELOAD_DATA=1 loads it again)"
+    else
+        say "market data: $DAILY_SYMBOLS symbols x 2 years of daily bars, then 2 years of 1-minute bars of one of them"
+        "$ctl" data generate --symbols "$DAILY_SYMBOLS" --span 2y --interval 1d --seed "$DATA_SEED" ||
+            die "enginectl data generate (daily bars) failed"
+        MINUTE_SYMBOL="$(db_value "SELECT symbol FROM securities ORDER BY symbol LIMIT 1;")"
+        "$ctl" data generate --tickers "$MINUTE_SYMBOL" --span 2y --interval 1m --seed "$DATA_SEED" ||
+            die "enginectl data generate (1-minute bars) failed"
+        say "market data: loaded in $((SECONDS - started)) s (1,416,920 bars)"
+    fi
+    MINUTE_SYMBOL="$(db_value "SELECT symbol FROM market_bars WHERE interval = '1m' GROUP BY symbol ORDER BY count(*) DESC, symbol LIMIT 1;")"
+    [ -n "$MINUTE_SYMBOL" ] || die "no 1-minute bars were loaded"
+}
+
+# Two strategies that only do runs (never started live), and one run of each: a
+# backtest of sma_crossover over the 1-minute bars, a bullish_breakout screener over
+# every active symbol's daily bars. A run is a row: the manager picks it up.
+start_demo_runs() {
+    db -v minute="$MINUTE_SYMBOL" <<'SQL'
+INSERT INTO strategy_configs (name, strategy_type, config) VALUES
+  ('demo-backtest-sma', 'sma_crossover',
+   jsonb_build_object('token', :'minute', 'fast_period', 20, 'slow_period', 100, 'order_qty', 10.0)),
+  ('demo-screener-breakout', 'bullish_breakout',
+   jsonb_build_object('token', :'minute', 'min_score', 60))
+ON CONFLICT (name) DO NOTHING;
+SQL
+    BACKTEST_RUN_ID="$(db_value "
+        INSERT INTO strategy_runs (strategy_id, mode, parameters)
+        SELECT id, 'backtest', jsonb_build_object('symbols', jsonb_build_array('$MINUTE_SYMBOL'),
+                                                  'interval', '1m', 'fee_bps', 1)
+        FROM strategy_configs WHERE name = 'demo-backtest-sma' RETURNING id;")"
+    SCREENER_RUN_ID="$(db_value "
+        INSERT INTO strategy_runs (strategy_id, mode, parameters)
+        SELECT id, 'screener', jsonb_build_object('interval', '1d', 'limit', 20)
+        FROM strategy_configs WHERE name = 'demo-screener-breakout' RETURNING id;")"
+    say "runs: backtest $BACKTEST_RUN_ID (demo-backtest-sma over $MINUTE_SYMBOL 1m)"
+    say "runs: screener $SCREENER_RUN_ID (demo-screener-breakout over every active symbol, 1d)"
+}
+
+# One line per demo run: name, mode, state, progress, stage, current item, error.
+run_lines() {
+    db_value "
+        SELECT rpad(s.name, 24) || rpad(r.mode, 10) || rpad(r.state, 11)
+               || lpad(to_char(r.progress_percent, 'FM990.0'), 6) || '%  '
+               || coalesce(r.stage, '') || coalesce(' ' || r.current_item, '')
+               || coalesce('  ' || r.error, '')
+        FROM strategy_runs r JOIN strategy_configs s ON s.id = r.strategy_id
+        WHERE r.id IN ('$BACKTEST_RUN_ID', '$SCREENER_RUN_ID') ORDER BY r.created_at;"
+}
+
+# Show the demo runs moving for up to RUN_WAIT seconds (or until both ended).
+watch_demo_runs() {
+    local deadline=$((SECONDS + RUN_WAIT)) open
+    say "runs: progress, once a second (for up to ${RUN_WAIT}s; the runs go on in the background):"
+    while :; do
+        run_lines | sed 's/^/  /'
+        open="$(db_value "SELECT count(*) FROM strategy_runs WHERE id IN ('$BACKTEST_RUN_ID', '$SCREENER_RUN_ID') AND state IN ('queued', 'starting', 'running');")"
+        [ "$open" -gt 0 ] || break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            say "  (still going: see below how to follow them)"
+            break
+        fi
+        sleep 1
+    done
+}
+
+print_run_steps() {
+    local ctl="$BIN_DIR/enginectl"
+    [ "${ctl#"$ROOT"/}" = "$ctl" ] || ctl="${ctl#"$ROOT"/}"
+    cat <<EOF
+
+Runs (backtests, screeners, alerts) on the demo's market data:
+  $ctl data                      what is loaded: symbols, bars and spans per interval
+  $ctl runs                      every run: state, progress, result
+  $ctl run-show $BACKTEST_RUN_ID
+  redis-cli -u $REDIS_URL SUBSCRIBE ${REDIS_PREFIX}strategy:run:$BACKTEST_RUN_ID
+  redis-cli -u $REDIS_URL SUBSCRIBE ${REDIS_PREFIX}strategy:run:$SCREENER_RUN_ID
+  redis-cli -u $REDIS_URL SUBSCRIBE ${REDIS_PREFIX}strategy:alerts
+The dashboard's runs view shows them too. In SQL:
+  SELECT s.name, r.mode, r.state, r.progress_percent, r.stage, r.error
+    FROM strategy_runs r JOIN strategy_configs s ON s.id = r.strategy_id ORDER BY r.created_at DESC;
+  SELECT result->'ranked_results' FROM strategy_runs WHERE id = '$SCREENER_RUN_ID';
+Start another, with a live progress bar and its result as a table:
+  $ctl run demo-backtest-sma --mode backtest --set symbols='["$MINUTE_SYMBOL"]' --set interval=1m --set config.fast_period=10
+  $ctl run demo-screener-breakout --mode screener --set interval=1d --set config.min_score=50
+or as a row, like a command:
+  INSERT INTO strategy_runs (strategy_id, mode, parameters)
+    SELECT id, 'backtest', '{"symbols": ["$MINUTE_SYMBOL"], "interval": "1m", "config": {"fast_period": 10}}'
+    FROM strategy_configs WHERE name = 'demo-backtest-sma';
+EOF
+}
+
 launch_manager() {
     local prefix_args=()
     [ -z "$REDIS_PREFIX" ] || prefix_args=(--redis-prefix "$REDIS_PREFIX")
@@ -296,9 +408,13 @@ cmd_start() {
     launch_manager
 
     wait_until_running "$(cat "$MANAGER_PID_FILE")"
+    load_market_data
+    start_demo_runs
+    watch_demo_runs
     say ""
     print_demo_rows
     print_next_steps
+    print_run_steps
 }
 
 # --- stop --------------------------------------------------------------------------
@@ -400,6 +516,6 @@ case "${1:-start}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     restart-check) cmd_restart_check ;;
-    -h | --help | help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h | --help | help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown argument '$1' (use: start, stop, status, restart-check)" ;;
 esac

@@ -21,6 +21,8 @@
 //!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
+//! - [`market`]: market data at rest: bulk loads of `securities` and `market_bars`
+//!   (binary COPY) and what `enginectl data` reads.
 //! - [`runs`]: what the manager says about runs: claims, transitions, progress,
 //!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
 //!
@@ -32,6 +34,7 @@ pub mod bench;
 pub mod commands;
 pub mod lease;
 pub mod manager;
+pub mod market;
 pub mod metrics;
 pub mod operator;
 pub mod runs;

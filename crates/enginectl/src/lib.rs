@@ -12,11 +12,13 @@
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
+//! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
 //!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod control;
+pub mod data;
 pub mod doctor;
 pub mod executor;
 pub mod feed;
@@ -186,6 +188,8 @@ pub enum Command {
     },
     /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
     Doctor,
+    /// Market data for runs: what is loaded (`data`), `data generate`, `data import`.
+    Data(data::DataArgs),
 }
 
 /// What every subcommand shares: the flags that say where the engine is.
@@ -282,5 +286,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
         } => runs::list(&target, name.as_deref(), &state, limit, json).await,
         Command::RunShow { id, json } => runs::show(&target, &id, json).await,
         Command::Cancel(args) => runs::cancel(&target, args).await,
+        Command::Data(args) => data::data(&target, args).await,
     }
 }

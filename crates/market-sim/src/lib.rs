@@ -2,6 +2,8 @@
 //! published as [`Tick`]s on `live_data:{token}` for the strategies to trade on.
 //!
 //! # Layout
+//! - [`bars`]: historical OHLCV bars and securities for `enginectl data generate`
+//!   (seeded GBM per symbol, volume with bursts).
 //! - [`StandardNormal`] and [`GbmTicker`]: the pure math (Box–Muller normals, one
 //!   token's price process), seeded and deterministic.
 //! - [`Market`]: every token's ticker stepping together, producing ticks with a
@@ -14,6 +16,8 @@
 //! Prices follow S(t+dt) = S(t) · exp((μ − σ²/2)·dt + σ·√dt·Z) with Z standard
 //! normal, μ the annual drift, σ the annualised volatility and dt in years of
 //! simulated time: each real second covers `time_scale` simulated seconds.
+
+pub mod bars;
 
 use chrono::{DateTime, Utc};
 use clap::Parser;

@@ -229,6 +229,8 @@ pub fn utc_to_pg_micros(ts: DateTime<Utc>) -> i64 {
 /// Writes a bars file (the format PostgreSQL's binary COPY reads and writes).
 pub struct BarsWriter<W: Write> {
     inner: W,
+    /// Set for rows of `market_bars` itself ([`BarsWriter::market_bars`]).
+    interval: Option<String>,
 }
 
 impl<W: Write> BarsWriter<W> {
@@ -236,14 +238,38 @@ impl<W: Write> BarsWriter<W> {
         inner.write_all(SIGNATURE)?;
         inner.write_all(&0u32.to_be_bytes())?;
         inner.write_all(&0u32.to_be_bytes())?;
-        Ok(BarsWriter { inner })
+        Ok(BarsWriter {
+            inner,
+            interval: None,
+        })
+    }
+
+    /// The same format with the `interval` column after the symbol: rows of
+    /// `market_bars` itself (`symbol, interval, ts, open, high, low, close, volume`),
+    /// what `COPY market_bars FROM STDIN (FORMAT binary)` loads (`enginectl data`).
+    /// Not a bars file: [`BarsReader`] reads the seven columns of a run's bars.
+    pub fn market_bars(inner: W, interval: &str) -> io::Result<Self> {
+        let mut writer = BarsWriter::new(inner)?;
+        writer.interval = Some(interval.to_string());
+        Ok(writer)
+    }
+
+    /// The underlying writer, to take what was written so far (a loader sends its
+    /// buffer to PostgreSQL in chunks and clears it).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     pub fn write(&mut self, symbol: &str, bar: &Bar) -> io::Result<()> {
         let w = &mut self.inner;
-        w.write_all(&FIELDS.to_be_bytes())?;
+        let fields = FIELDS + i16::from(self.interval.is_some());
+        w.write_all(&fields.to_be_bytes())?;
         w.write_all(&(symbol.len() as i32).to_be_bytes())?;
         w.write_all(symbol.as_bytes())?;
+        if let Some(interval) = &self.interval {
+            w.write_all(&(interval.len() as i32).to_be_bytes())?;
+            w.write_all(interval.as_bytes())?;
+        }
         w.write_all(&8i32.to_be_bytes())?;
         w.write_all(&utc_to_pg_micros(bar.ts).to_be_bytes())?;
         for v in [bar.open, bar.high, bar.low, bar.close, bar.volume] {
