@@ -164,3 +164,89 @@ pub async fn count_metric_inserts(pool: &PgPool, ids: &[Uuid]) -> Result<i64, sq
     .fetch_one(pool)
     .await
 }
+
+/// Insert `count` runs of one strategy in one statement (one transaction, one
+/// `created_at`); returns `(id, created_at)` of each.
+pub async fn insert_runs(
+    pool: &PgPool,
+    strategy_id: Uuid,
+    mode: &str,
+    parameters: &Value,
+    count: i64,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO strategy_runs (strategy_id, mode, parameters) \
+         SELECT $1, $2, $3 FROM generate_series(1, $4) RETURNING id, created_at",
+    )
+    .bind(strategy_id)
+    .bind(mode)
+    .bind(parameters)
+    .bind(count)
+    .fetch_all(pool)
+    .await
+}
+
+/// A run's state and times, as the manager wrote them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunTimes {
+    pub id: Uuid,
+    pub state: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When the manager claimed it (`starting`).
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The state and times of the runs `ids`.
+pub async fn run_times(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<RunTimes>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, state, error, created_at, started_at, finished_at \
+         FROM strategy_runs WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many of the runs `ids` are finished (any final state).
+pub async fn count_finished_runs(pool: &PgPool, ids: &[Uuid]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM strategy_runs WHERE id = ANY($1) \
+         AND state IN ('completed', 'error', 'cancelled', 'timed_out')",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+}
+
+/// Insert one run with a chosen id; returns its `created_at`.
+pub async fn insert_run(
+    pool: &PgPool,
+    id: Uuid,
+    strategy_id: Uuid,
+    mode: &str,
+    parameters: &Value,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO strategy_runs (id, strategy_id, mode, parameters) VALUES ($1, $2, $3, $4) \
+         RETURNING created_at",
+    )
+    .bind(id)
+    .bind(strategy_id)
+    .bind(mode)
+    .bind(parameters)
+    .fetch_one(pool)
+    .await
+}
+
+/// A run's `progress_percent` (0 when the run does not exist).
+pub async fn run_progress(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT progress_percent FROM strategy_runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0.0),
+    )
+}
