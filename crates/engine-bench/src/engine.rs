@@ -91,6 +91,8 @@ pub struct EngineOptions {
     pub metrics_interval: Option<Duration>,
     pub restart_delay: Option<Duration>,
     pub strategies: Vec<StrategySpec>,
+    /// `enginectl` argument lists run before the manager starts (market data).
+    pub data: Vec<Vec<String>>,
 }
 
 /// What tearing an engine down needs, kept apart so that it also works after an
@@ -394,6 +396,9 @@ impl BenchEngine {
 
         let db_url = create_database(&args.database_url, &db_name).await?;
         migrate(binaries, &db_url, &state_dir).await?;
+        for words in &options.data {
+            enginectl(binaries, &db_url, words).await?;
+        }
 
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -708,6 +713,25 @@ async fn migrate(binaries: &Binaries, db_url: &str, state_dir: &Path) -> anyhow:
             migrate.status,
             String::from_utf8_lossy(&migrate.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+/// Run the `enginectl` beside the manager with `words` on the bench's database (its
+/// progress goes to the bench's stderr).
+async fn enginectl(binaries: &Binaries, db_url: &str, words: &[String]) -> anyhow::Result<()> {
+    let path = binaries.manager.with_file_name("enginectl");
+    eprintln!("engine-bench: enginectl {}", words.join(" "));
+    let status = tokio::process::Command::new(&path)
+        .args(words)
+        .env("DATABASE_URL", db_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    if !status.success() {
+        bail!("enginectl {} failed ({status})", words.join(" "));
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "latency,throughput,growth"
+        default_value = "latency,throughput,growth,runs"
     )]
     pub parts: Vec<Part>,
 
@@ -123,6 +123,8 @@ pub enum Part {
     Throughput,
     /// Memory, CPU and start-all time at each of --scales.
     Growth,
+    /// Backtest and screener run times, the run queue, cancel.
+    Runs,
 }
 
 impl BenchArgs {
@@ -208,6 +210,11 @@ async fn run(args: BenchArgs, cleanup: engine::CleanupRegistry) -> anyhow::Resul
         scenarios::growth(&ctx, &mut results)
             .await
             .context("growth part")?;
+    }
+    if args.parts.contains(&Part::Runs) {
+        scenarios::runs(&ctx, &mut results)
+            .await
+            .context("runs part")?;
     }
     results.finish().await;
     results

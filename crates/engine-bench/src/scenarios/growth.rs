@@ -53,6 +53,7 @@ async fn growth_at_scale(ctx: &BenchContext, n: usize) -> anyhow::Result<GrowthP
         strategies: (0..n)
             .map(|i| StrategySpec::heartbeat(format!("g{n}-{i:04}")))
             .collect(),
+        data: Vec::new(),
     };
     let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
     let outcome = growth_on(&mut engine, ctx, n).await;

@@ -35,6 +35,7 @@ pub async fn latency(ctx: &BenchContext, results: &mut Results) -> anyhow::Resul
         strategies: (0..n)
             .map(|i| StrategySpec::heartbeat(format!("lat-{i:04}")))
             .collect(),
+        data: Vec::new(),
     };
     let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
     let outcome = latency_on(&mut engine, results).await;

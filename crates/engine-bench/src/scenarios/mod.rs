@@ -4,7 +4,8 @@
 //! - [`throughput()`]: metrics persisted per second and ticks per second through
 //!   one executor;
 //! - [`growth()`]: manager memory and CPU, executors' memory and CPU, and start-all
-//!   time at each scale.
+//!   time at each scale;
+//! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11).
 //!
 //! Times are wall-clock (`CLOCK_REALTIME`, shared by PostgreSQL, the executors and
 //! the bench on this one machine): a command's origin is its row's `created_at`
@@ -13,10 +14,12 @@
 
 mod growth;
 mod latency;
+mod runs;
 mod throughput;
 
 pub use growth::growth;
 pub use latency::latency;
+pub use runs::runs;
 pub use throughput::throughput;
 
 use crate::engine::{Binaries, CleanupRegistry};

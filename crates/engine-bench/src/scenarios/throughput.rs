@@ -40,6 +40,7 @@ pub async fn throughput(ctx: &BenchContext, results: &mut Results) -> anyhow::Re
         metrics_interval: Some(Duration::from_millis(100)),
         restart_delay: None,
         strategies,
+        data: Vec::new(),
     };
     let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
     let outcome = throughput_on(&mut engine, ctx, &token, results).await;
