@@ -70,6 +70,8 @@ fn quick_bench_completes_and_prints_its_table() {
         "metrics persisted",
         "market ticks through one executor",
         "### Growth curve",
+        "INSERT → completed",
+        "cancel INSERT → executed",
     ] {
         assert!(
             stdout.contains(needle),
@@ -98,8 +100,8 @@ fn quick_bench_completes_and_prints_its_table() {
         .clone();
     assert_eq!(
         engines.len(),
-        4,
-        "latency, throughput and two scales: {engines:?}"
+        5,
+        "latency, throughput, two scales and runs: {engines:?}"
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
