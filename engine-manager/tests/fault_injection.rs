@@ -3,7 +3,7 @@
 //! on a private PostgreSQL and Redis, while operators' commands flow and faults are
 //! injected at random:
 //!
-//! - executors SIGKILLed,
+//! - executors SIGKILLed, and run processes (`--run-id`) SIGKILLed,
 //! - the manager SIGKILLed in the middle of commands and started again,
 //! - Redis stopped (SIGKILL) and started again empty, PostgreSQL stopped (fast or
 //!   immediate shutdown) and started again.
@@ -19,6 +19,12 @@
 //! - no command took effect twice (`strategy_events` per command id);
 //! - all along (a `/proc` scan every few ms): never two executors for one strategy.
 //!
+//! Runs (CONTRACT §4, [`runs`]) flow alongside: backtests, screeners and alerts over a
+//! small data set, cancels for some; at every checkpoint each run is final or
+//! legitimately queued/running, a completed one has its result and items, `attempt`
+//! ≤ 1, and all along never two processes of one run nor more run processes than
+//! `--max-concurrent-runs`.
+//!
 //! Size: `FAULT_SCALE` (default 1, the CI size: about 40 s;
 //! `FAULT_SCALE=10` is the full run of RELIABILITY.md: hundreds of executor kills,
 //! dozens of manager kills). `FAULT_SEED` replays a run. The figures are printed at the
@@ -27,6 +33,8 @@
 #![allow(clippy::too_many_lines)] // a test reads best as one story
 
 mod common;
+#[path = "fault_injection/runs.rs"]
+mod runs;
 
 use common::{
     executors_alive_together, executors_by_strategy, executors_in_proc, kill_all_executors,
@@ -65,6 +73,7 @@ struct Scale {
     round_len: Duration,
     executor_kills_per_round: usize,
     manager_kills_per_round: usize,
+    run_kills_per_round: usize,
     seed: u64,
 }
 
@@ -86,6 +95,7 @@ impl Scale {
             round_len: Duration::from_secs(6),
             executor_kills_per_round: if factor >= 5.0 { 8 } else { 5 },
             manager_kills_per_round: 1,
+            run_kills_per_round: if factor >= 5.0 { 5 } else { 3 },
             seed,
         }
     }
@@ -101,26 +111,46 @@ struct ProcStats {
     max_per_strategy: usize,
     /// Each distinct (strategy, pids) seen with more than one executor, with when.
     doubles: Vec<(f64, Uuid, Vec<u32>)>,
+    /// The most run processes seen alive at once.
+    max_runs: usize,
+    /// Each distinct set of run processes seen over `--max-concurrent-runs`, with when.
+    runs_over_limit: Vec<(f64, Vec<u32>)>,
+    /// Each distinct (run, pids) seen with more than one process, with when.
+    run_doubles: Vec<(f64, Uuid, Vec<u32>)>,
 }
 
 fn watch_proc(
     socket: PathBuf,
+    runs_dir: PathBuf,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<ProcStats>>,
     started: std::time::Instant,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reported: HashSet<(Uuid, Vec<u32>)> = HashSet::new();
+        let mut reported_runs: HashSet<(Uuid, Vec<u32>)> = HashSet::new();
+        let mut reported_over: HashSet<Vec<u32>> = HashSet::new();
         while !stop.load(Ordering::Relaxed) {
             let seen = executors_alive_together(&socket);
+            let runs_seen = runs::run_processes_together(&runs_dir);
             let mut stats = stats.lock().unwrap();
             stats.scans += 1;
+            let at = started.elapsed().as_secs_f64();
             for (id, pids) in seen {
                 stats.max_per_strategy = stats.max_per_strategy.max(pids.len());
                 if pids.len() > 1 && reported.insert((id, pids.clone())) {
-                    stats
-                        .doubles
-                        .push((started.elapsed().as_secs_f64(), id, pids));
+                    stats.doubles.push((at, id, pids));
+                }
+            }
+            let mut all: Vec<u32> = runs_seen.values().flatten().copied().collect();
+            all.sort_unstable();
+            stats.max_runs = stats.max_runs.max(all.len());
+            if all.len() > runs::MAX_RUNS && reported_over.insert(all.clone()) {
+                stats.runs_over_limit.push((at, all));
+            }
+            for (id, pids) in runs_seen {
+                if pids.len() > 1 && reported_runs.insert((id, pids.clone())) {
+                    stats.run_doubles.push((at, id, pids));
                 }
             }
             drop(stats);
@@ -660,6 +690,7 @@ async fn duplicated(op: &Operator, issued: &[Issued]) -> Vec<String> {
 
 enum Fault {
     KillExecutor,
+    KillRun,
     KillManager,
     RedisDown,
     RedisUp,
@@ -673,6 +704,9 @@ fn plan_round(round: usize, scale: &Scale, rng: &mut StdRng) -> Vec<(Duration, F
     let mut plan = Vec::new();
     for _ in 0..scale.executor_kills_per_round {
         plan.push((at(rng, 0, len), Fault::KillExecutor));
+    }
+    for _ in 0..scale.run_kills_per_round {
+        plan.push((at(rng, 0, len), Fault::KillRun));
     }
     let outage = rng.random_range(1000..(len / 2).max(1001));
     let start = rng.random_range(0..len - outage);
@@ -750,9 +784,11 @@ async fn run_suite(options: SuiteOptions) {
     let state_dir = std::env::temp_dir().join(format!("engine-faults-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&state_dir).unwrap();
     let socket = state_dir.join("control.sock");
+    let runs_dir = engine_protocol::runs::runs_dir(&state_dir);
     let log = state_dir.join("manager.log");
     let _cleanup = Cleanup {
         socket: socket.clone(),
+        runs_dir: runs_dir.clone(),
         state_dir: state_dir.clone(),
         log: log.clone(),
     };
@@ -770,6 +806,7 @@ async fn run_suite(options: SuiteOptions) {
         ("ENGINE_METRICS_INTERVAL", "1s".into()),
         ("ENGINE_POLL_INTERVAL", "300ms".into()),
         ("ENGINE_START_TIMEOUT", "10s".into()),
+        ("ENGINE_MAX_CONCURRENT_RUNS", runs::MAX_RUNS.to_string()),
         ("ENGINE_ACK_TIMEOUT", "3s".into()),
         ("ENGINE_RESTART_DELAY", "100ms".into()),
         ("ENGINE_RESTART_MAX_DELAY", "500ms".into()),
@@ -829,11 +866,16 @@ async fn run_suite(options: SuiteOptions) {
         ids.push(id);
         op.run_ok(Some(id), "start", json!({})).await;
     }
+    let run_strategies = runs::seed(&op).await;
+    let run_figures = Arc::new(Mutex::new(runs::RunFigures::default()));
+    let mut runs_settle = Vec::new();
+    let mut runs_reported = HashSet::new();
 
     let proc_stop = Arc::new(AtomicBool::new(false));
     let proc_stats = Arc::new(Mutex::new(ProcStats::default()));
     let watcher = watch_proc(
         socket.clone(),
+        runs_dir.clone(),
         proc_stop.clone(),
         proc_stats.clone(),
         started,
@@ -850,6 +892,14 @@ async fn run_suite(options: SuiteOptions) {
             issued.clone(),
             rng.random(),
             options,
+            stop.clone(),
+        ));
+        let run_driver = tokio::spawn(runs::drive_runs(
+            op.clone(),
+            run_strategies.clone(),
+            issued.clone(),
+            run_figures.clone(),
+            rng.random(),
             stop.clone(),
         ));
         let round_start = Instant::now();
@@ -883,6 +933,9 @@ async fn run_suite(options: SuiteOptions) {
                         sigkill(live[rng.random_range(0..live.len())].pid);
                         figures.executor_kills += 1;
                     }
+                }
+                Fault::KillRun => {
+                    runs::kill_a_run_process(&runs_dir, &mut rng, &run_figures).await;
                 }
                 Fault::KillManager => {
                     // In the middle of a command: wait (a little) for one to be
@@ -938,6 +991,7 @@ async fn run_suite(options: SuiteOptions) {
         tokio::time::sleep_until(round_start + scale.round_len).await;
         stop.cancel();
         figures.inserts_refused += driver.await.expect("command driver");
+        run_driver.await.expect("run driver");
         if !keeper.wait_up().await {
             figures.violations.push(format!(
                 "round {round}: the manager did not come back within {MANAGER_UP_DEADLINE:?}"
@@ -945,11 +999,22 @@ async fn run_suite(options: SuiteOptions) {
         }
         let snapshot = issued.lock().unwrap().clone();
         checkpoint(round, &op, &socket, &mut figures).await;
+        runs_settle.push(
+            runs::checkpoint(
+                round,
+                &op,
+                &runs_dir,
+                &mut runs_reported,
+                &mut figures.violations,
+            )
+            .await,
+        );
         println!(
-            "round {round}: {} commands so far; drained in {:.2}s, settled in {:.2}s; {} violations",
+            "round {round}: {} commands so far; drained in {:.2}s, settled in {:.2}s, runs settled in {:.2}s; {} violations",
             snapshot.len(),
             figures.drain.last().unwrap_or(&0.0),
             figures.settle.last().unwrap_or(&0.0),
+            runs_settle.last().unwrap_or(&0.0),
             figures.violations.len()
         );
     }
@@ -1012,6 +1077,9 @@ async fn run_suite(options: SuiteOptions) {
         }
     }
     kill_all_executors(&socket);
+    runs::kill_all_runs(&runs_dir);
+
+    let (runs_per_state, runs_retried) = runs::final_figures(&op).await;
 
     // The figures.
     let proc = proc_stats.lock().unwrap();
@@ -1053,6 +1121,11 @@ async fn run_suite(options: SuiteOptions) {
         figures.pg_outages,
         figures.pg_down.as_secs_f64()
     );
+    let rf = run_figures.lock().unwrap();
+    println!(
+        "  run process SIGKILL     {:>6}  ({} skipped: none alive within 1s)",
+        rf.process_kills, rf.process_kills_skipped
+    );
     println!(
         "commands issued: {} (+{} inserts refused while the database was down)",
         issued.len(),
@@ -1061,6 +1134,19 @@ async fn run_suite(options: SuiteOptions) {
     for (word, [n, ok, failed]) in &by_word {
         println!("  {word:<26} {n:>5} issued, {ok:>5} executed, {failed:>5} failed");
     }
+    println!(
+        "runs inserted: {} {:?} (+{} inserts refused while the database was down)",
+        rf.inserted.values().sum::<u32>(),
+        rf.inserted,
+        rf.inserts_refused
+    );
+    println!("  runs per state at the end: {runs_per_state:?}");
+    println!("  runs tried again (attempt 1): {runs_retried}");
+    println!(
+        "  runs settled at the checkpoints in max {:.2}s",
+        max(&runs_settle)
+    );
+    drop(rf);
     println!("lost (never ended):        {}", lost.len());
     println!("duplicated (effect twice): {}", dups.len());
     println!(
@@ -1068,6 +1154,13 @@ async fn run_suite(options: SuiteOptions) {
         proc.doubles.len(),
         proc.scans,
         proc.max_per_strategy
+    );
+    println!(
+        "two processes of one run: {} observations; more than {} run processes at once: {} observations (max {} at once)",
+        proc.run_doubles.len(),
+        runs::MAX_RUNS,
+        proc.runs_over_limit.len(),
+        proc.max_runs
     );
     println!(
         "manager kills in the middle of a command: {:?}",
@@ -1096,6 +1189,18 @@ async fn run_suite(options: SuiteOptions) {
         println!(
             "  two executors at {:.1}s: strategy {} pids {:?}",
             d.0, d.1, d.2
+        );
+    }
+    for d in &proc.run_doubles {
+        println!(
+            "  two processes of run {} at {:.1}s: pids {:?}",
+            d.1, d.0, d.2
+        );
+    }
+    for d in &proc.runs_over_limit {
+        println!(
+            "  run processes over the limit at {:.1}s: pids {:?}",
+            d.0, d.1
         );
     }
     for l in &lost {
@@ -1140,6 +1245,18 @@ async fn run_suite(options: SuiteOptions) {
             proc.doubles.len()
         ));
     }
+    if !proc.run_doubles.is_empty() {
+        failures.push(format!(
+            "{} times two processes of one run",
+            proc.run_doubles.len()
+        ));
+    }
+    if !proc.runs_over_limit.is_empty() {
+        failures.push(format!(
+            "{} times more run processes than --max-concurrent-runs",
+            proc.runs_over_limit.len()
+        ));
+    }
     if !crashes.is_empty() {
         failures.push(format!("{} manager crashes", crashes.len()));
     }
@@ -1169,6 +1286,7 @@ fn global_word(word: &str) -> &'static str {
 /// Kills what the run leaves behind, even when it panics.
 struct Cleanup {
     socket: PathBuf,
+    runs_dir: PathBuf,
     state_dir: PathBuf,
     log: PathBuf,
 }
@@ -1176,6 +1294,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         kill_all_executors(&self.socket);
+        runs::kill_all_runs(&self.runs_dir);
         if std::thread::panicking() {
             let kept = std::env::temp_dir().join("fault-suite-manager.log");
             let _ = std::fs::copy(&self.log, &kept);

@@ -1146,3 +1146,94 @@ async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once
     assert_eq!(completed, 1);
     finish(engine).await;
 }
+
+/// Regression (found by the fault suite, RELIABILITY.md): a COPY of a run's bars
+/// dropped before its end (the run cancelled or timed out while it was prepared) gave
+/// its connection back to the pool with the rest of the COPY unread, and the next
+/// statement there read that as its own answer: a later run ended `error` with
+/// "expected CopyOutResponse, got ReadyForQuery", cancels read a finished run as
+/// still `starting`. Now the COPY's connection is closed, never reused.
+#[tokio::test]
+async fn a_bars_copy_dropped_midway_leaves_no_connection_out_of_step() {
+    let engine = TestEngine::new().await;
+    // Enough minute bars that the COPY is cut well before its end.
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol) VALUES ('BIG'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT 'BIG', '1m', '2024-01-01T00:00:00Z'::timestamptz + make_interval(mins => i), \
+                50, 51, 49, 50, 10 FROM generate_series(0, 199999) i",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    // One connection, as the manager's pool uses them (no ping before a statement).
+    let pool = engine_store::manager::connect(&engine.db_url, 1)
+        .await
+        .expect("connect");
+    // The COPY writes into a pipe that is read only as far as its header: it is then
+    // mid-stream and cannot finish, and is dropped there.
+    let fifo = engine.state_dir.join("cut.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {} failed", fifo.display());
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let symbols = ["BIG".to_string()];
+    let copy = engine_store::runs::copy_bars_to_file(
+        &pool,
+        &symbols,
+        "1m",
+        at("2024-01-01T00:00:00Z"),
+        at("2025-01-01T00:00:00Z"),
+        &fifo,
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut pipe = std::fs::File::open(&fifo).expect("open the pipe");
+            let mut header = [0u8; 11];
+            pipe.read_exact(&mut header)
+                .expect("read the COPY's header");
+            (pipe, header)
+        })
+    };
+    let pipe = tokio::select! {
+        done = copy => panic!("the COPY ended before it could be cut: {done:?}"),
+        read = tokio::time::timeout(DEADLINE, reader) => {
+            let (pipe, header) = read.expect("the COPY's first bytes in time").unwrap();
+            assert_eq!(&header, b"PGCOPY\n\xff\r\n\x00", "not a binary COPY");
+            pipe
+        }
+    };
+    drop(pipe); // the dropped COPY's last write fails, and its thread ends
+    let path = engine.state_dir.join("next.bars");
+    // The next COPY (the next run's bars) and every statement after it get their own
+    // answers.
+    let small = engine_store::runs::copy_bars_to_file(
+        &pool,
+        &symbols,
+        "1m",
+        at("2024-01-01T00:00:00Z"),
+        at("2024-01-01T00:09:00Z"),
+        &path,
+    )
+    .await
+    .expect("the COPY after a cut one fails: its connection is out of step");
+    assert!(small > 0, "the second COPY wrote nothing");
+    for expected in [1i64, 2, 3] {
+        let answer: i64 = sqlx::query_scalar("SELECT $1::bigint")
+            .bind(expected)
+            .fetch_one(&pool)
+            .await
+            .expect("a statement after a cut COPY fails: its connection is out of step");
+        assert_eq!(answer, expected, "a statement read another's answer");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM market_bars")
+        .fetch_one(&pool)
+        .await
+        .expect("count the bars");
+    assert_eq!(count, 200_000);
+    engine.finish().await;
+}

@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use engine_protocol::runs::{RunMode, RunPriority, RunState};
 use futures_util::StreamExt;
 use serde_json::Value;
-use sqlx::postgres::PgPoolCopyExt;
 use sqlx::PgPool;
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
@@ -449,6 +448,12 @@ pub fn bars_copy_statement(
 /// Stream the bars of [`bars_copy_statement`] into `path` (created or truncated) as
 /// they arrive from PostgreSQL, never holding them in memory. Returns the bytes
 /// written.
+///
+/// The COPY runs on a connection of its own that is closed afterwards, never given
+/// back to the pool: a COPY not read to its end (this future dropped by a cancel or
+/// a timeout, a write to the file failing) leaves its rows and its ReadyForQuery
+/// unread on the connection, which sqlx does not count, so the next statement there
+/// would read them as its own answer ("expected CopyOutResponse, got ReadyForQuery").
 pub async fn copy_bars_to_file(
     pool: &PgPool,
     symbols: &[String],
@@ -462,7 +467,9 @@ pub async fn copy_bars_to_file(
         source,
     };
     let statement = bars_copy_statement(symbols, interval, start, end);
-    let mut stream = pool.copy_out_raw(&statement).await?;
+    let mut conn = pool.acquire().await?;
+    conn.close_on_drop();
+    let mut stream = conn.copy_out_raw(&statement).await?;
     let file = tokio::fs::File::create(path).await.map_err(file_err)?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut written = 0u64;

@@ -56,7 +56,13 @@ pub async fn prepare(
         .into());
     }
     let bars_path = proto::bars_path(runs_dir, row.id);
-    store::copy_bars_to_file(pool, &names, &req.interval, start, end, &bars_path).await?;
+    store::copy_bars_to_file(pool, &names, &req.interval, start, end, &bars_path)
+        .await
+        .map_err(|err| match err {
+            // The database away mid-COPY is tried again, like every other read here.
+            CopyBarsError::Database(err) => PrepareError::Database(err),
+            err => PrepareError::Bars(err),
+        })?;
     Ok(RunInput {
         run_id: row.id,
         strategy_id: row.strategy_id,
