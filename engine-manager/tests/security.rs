@@ -1,0 +1,202 @@
+//! Least privilege (CONTRACT.md §8, issue #14), tried the way an attacker would:
+//! what an executor's environment holds (read from `/proc/<pid>/environ` of a live
+//! strategy executor and a live run process, under a manager binary started with a
+//! database URL, an HTTP token and a made-up secret).
+
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
+mod common;
+
+use common::{manager_env, spawn_manager_binary, wait_for, wait_lease, TestEngine, DEADLINE};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+// ------------------------------------------------------------------ environment
+
+/// What an executor may find in its environment (an independent copy of the
+/// allow-list, so that a name added there must be added here on purpose).
+fn allowed(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "HOSTNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TZDIR",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+        "NO_COLOR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ];
+    NAMES.contains(&name) || name.starts_with("LC_")
+}
+
+const DB_PASSWORD: &str = "db-password-42";
+const HTTP_SECRET: &str = "http-token-that-must-not-leak";
+const MADE_UP_SECRET: &str = "made-up-secret-value";
+
+/// The variables of process `pid` as `/proc/<pid>/environ` holds them.
+fn environ(pid: u32) -> Vec<(String, String)> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/environ: {e}"));
+    bytes
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let text = String::from_utf8_lossy(entry);
+            let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+/// Start the manager binary on `engine` with `executor` and, besides its settings,
+/// the secrets an executor must never see (the database URL is one of its settings,
+/// here with a password) and a locale and time zone it should see.
+async fn manager_with_secrets(engine: &TestEngine, executor: &Path) -> tokio::process::Child {
+    let mut config = engine.config.clone();
+    config.executor_path = Some(executor.to_path_buf());
+    let mut env = manager_env(&config);
+    let db_url = env
+        .iter_mut()
+        .find(|(name, _)| name == "DATABASE_URL")
+        .expect("manager_env sets DATABASE_URL");
+    // The test database's URL, with a password PostgreSQL's trust ignores.
+    let mut url = url::Url::parse(&db_url.1).expect("the test database URL parses");
+    url.set_password(Some(DB_PASSWORD))
+        .expect("a URL with a host takes a password");
+    db_url.1 = url.to_string();
+    for (name, value) in [
+        ("ENGINE_HTTP_TOKEN", HTTP_SECRET),
+        ("SECRET_SOMETHING", MADE_UP_SECRET),
+        ("LANG", "C.UTF-8"),
+        ("LC_TIME", "C.UTF-8"),
+        ("TZ", "UTC"),
+        ("RUST_BACKTRACE", "1"),
+    ] {
+        env.push((name.to_string(), value.to_string()));
+    }
+    let child = spawn_manager_binary(&env, &engine.state_dir.join("manager.log"));
+    let pid = child.id().expect("a running manager has a pid");
+    wait_lease(&engine.op(), pid, DEADLINE).await;
+    child
+}
+
+/// Check the environment of `pid` (a `what`): only allowed names, the locale and
+/// time zone passed, none of the secrets' values anywhere, and the names `given`
+/// on purpose present.
+fn check_environment(pid: u32, what: &str, given: &[&str]) {
+    let env = environ(pid);
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    let outside: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !allowed(n) && !given.contains(n))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "the {what} holds {outside:?} outside the allow-list; all: {names:?}"
+    );
+    for (name, value) in &env {
+        assert!(
+            !value.starts_with("postgres"),
+            "the {what}'s {name} is a database URL"
+        );
+        for secret in [DB_PASSWORD, HTTP_SECRET, MADE_UP_SECRET] {
+            assert!(
+                !value.contains(secret),
+                "the {what}'s {name} holds a secret"
+            );
+        }
+    }
+    for name in ["PATH", "LANG", "LC_TIME", "TZ", "RUST_BACKTRACE"]
+        .iter()
+        .chain(given)
+    {
+        assert!(names.contains(name), "the {what} lacks {name}: {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strategy_executor_sees_the_allow_list_and_no_secret_of_the_manager() {
+    let engine = TestEngine::new().await;
+    let mut manager = manager_with_secrets(&engine, &common::executor_path()).await;
+    let id = engine.add_heartbeat("env-probe").await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    let pid = engine.live_pid(id).await;
+    check_environment(
+        pid,
+        "strategy executor",
+        &["REDIS_URL", "ENGINE_REDIS_PREFIX"],
+    );
+    let _ = manager.kill().await;
+    engine.finish().await;
+}
+
+/// The stand-in run process of `tests/runs.rs`, cut down: it takes its input and
+/// then stays alive (until killed) so that its environment can be read.
+const SLOW_RUN: &str = r#"#!/usr/bin/python3
+import json, sys, time
+inp = json.load(sys.stdin)
+out = open(inp['outbox_path'], 'a')
+out.write(json.dumps({'type': 'started', 'total_items': 1}) + '\n'); out.flush()
+time.sleep(600)
+"#;
+
+fn slow_run_executor(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("slow_run.py");
+    std::fs::write(&path, SLOW_RUN).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
+    let engine = TestEngine::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol) VALUES ('AAA'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT 'AAA', '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                10, 11, 9, 10, 100 FROM generate_series(0, 9) i",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    let mut manager = manager_with_secrets(&engine, &slow_run_executor(&engine.state_dir)).await;
+    let strategy = engine
+        .add_strategy("env-run", "sma_crossover", json!({}), false)
+        .await;
+    let run = Uuid::new_v4();
+    sqlx::query("INSERT INTO strategy_runs (id, strategy_id, mode, parameters) VALUES ($1, $2, 'screener', '{}')")
+        .bind(run)
+        .bind(strategy)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let pid = wait_for("the run to be running with a pid", DEADLINE, || async {
+        let row: (String, Option<i32>) =
+            sqlx::query_as("SELECT state, pid FROM strategy_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&engine.pool)
+                .await
+                .ok()?;
+        (row.0 == "running").then_some(row.1).flatten()
+    })
+    .await as u32;
+    check_environment(pid, "run process", &[]);
+    let _ = manager.kill().await;
+    for (_, procs) in engine_manager::process::scan_runs(&engine.config.runs_dir()) {
+        for (pid, _) in procs {
+            common::sigkill(pid);
+        }
+    }
+    engine.finish().await;
+}
