@@ -1,14 +1,17 @@
 //! Least privilege (CONTRACT.md §8, issue #14), tried the way an attacker would:
 //! what an executor's environment holds (read from `/proc/<pid>/environ` of a live
 //! strategy executor and a live run process, under a manager binary started with a
-//! database URL, an HTTP token and a made-up secret).
+//! database URL, an HTTP token and a made-up secret); the size caps on what people
+//! put in (`config`, a command's and a run's `parameters`, HTTP bodies).
 
 #![allow(clippy::too_many_lines)] // a test reads best as one story
 
 mod common;
 
 use common::{manager_env, spawn_manager_binary, wait_for, wait_lease, TestEngine, DEADLINE};
-use serde_json::json;
+use engine_store::limits::MAX_INPUT_BYTES;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -198,5 +201,184 @@ async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
             common::sigkill(pid);
         }
     }
+    engine.finish().await;
+}
+
+// ------------------------------------------------------------------ size caps
+
+/// `{key: "aaa…"}` whose JSON text (as PostgreSQL writes it) is `bytes` long.
+fn object_of_size(key: &str, bytes: usize) -> Value {
+    let overhead = format!("{{\"{key}\": \"\"}}").len();
+    json!({ key: "a".repeat(bytes - overhead) })
+}
+
+/// The words of a refused insert, as the store gives them to every tool.
+fn refusal(err: &sqlx::Error) -> String {
+    engine_store::operator::schema_refusal(err)
+        .unwrap_or_else(|| panic!("not a refusal in words: {err}"))
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_config_and_parameters_are_refused_naming_the_cap() {
+    let engine = TestEngine::started().await;
+    let pool = &engine.pool;
+    let limit = MAX_INPUT_BYTES;
+    assert_eq!(limit, 65536);
+
+    // strategy_configs.config: at the cap stored, one byte over refused in words.
+    let at_cap = object_of_size("token", limit);
+    assert_eq!(
+        engine_store::limits::json_text_len(&at_cap),
+        limit,
+        "the test's own sizes"
+    );
+    let id = engine.add_strategy("big", "heartbeat", at_cap, false).await;
+    let insert = |config: Value| async move {
+        sqlx::query("INSERT INTO strategy_configs (name, strategy_type, config) VALUES ('big2', 'heartbeat', $1)")
+            .bind(config)
+            .execute(pool)
+            .await
+            .unwrap_err()
+    };
+    let err = insert(object_of_size("token", limit + 1)).await;
+    assert_eq!(refusal(&err), "config is 65537 bytes; the limit is 65536");
+    let err = sqlx::query("UPDATE strategy_configs SET config = $2 WHERE id = $1")
+        .bind(id)
+        .bind(object_of_size("token", 200_000))
+        .execute(pool)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), "config is 200000 bytes; the limit is 65536");
+    // enginectl's insert says the same through the store.
+    let err = engine_store::operator::insert_strategy(
+        pool,
+        "big3",
+        "heartbeat",
+        &object_of_size("token", 70_000),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("config is 70000 bytes; the limit is 65536"),
+        "{err:#}"
+    );
+
+    // strategy_commands.parameters.
+    let err = engine
+        .op()
+        .try_command(
+            Some(id),
+            "update",
+            &json!({"config": object_of_size("x", limit)}),
+        )
+        .await
+        .unwrap_err();
+    let words = refusal(&err);
+    assert!(
+        words.starts_with("parameters is ") && words.ends_with("bytes; the limit is 65536"),
+        "{words}"
+    );
+
+    // strategy_runs.parameters (the run refusal words too).
+    let err = sqlx::query(
+        "INSERT INTO strategy_runs (strategy_id, mode, parameters) VALUES ($1, 'backtest', $2)",
+    )
+    .bind(id)
+    .bind(object_of_size("note", 100_000))
+    .execute(pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        engine_store::runs_api::run_refusal(&err).as_deref(),
+        Some("parameters is 100000 bytes; the limit is 65536")
+    );
+
+    // An update whose parameters fit but whose merged config would not: a failed
+    // command naming the cap, the stored config untouched.
+    let small = engine
+        .add_strategy("small", "heartbeat", object_of_size("token", 40_000), false)
+        .await;
+    let failed = engine
+        .run_failed(
+            Some(small),
+            "update",
+            json!({"config": object_of_size("start_delay_ms", 40_000)}),
+        )
+        .await;
+    assert!(
+        failed.contains("bytes; the limit is 65536"),
+        "the failed command names the cap: {failed}"
+    );
+    let stored: Value = sqlx::query_scalar("SELECT config FROM strategy_configs WHERE id = $1")
+        .bind(small)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, object_of_size("token", 40_000));
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_http_bodies_are_refused_with_413_naming_the_cap() {
+    let engine = TestEngine::started().await;
+    engine.add_heartbeat("hb-big").await;
+    let base = engine.http_base().await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/strategies/hb-big/update");
+    let cap = engine_manager::http::MAX_BODY_BYTES;
+    assert_eq!(cap, 131_072);
+
+    // Declared too large: refused before it is read.
+    let body = serde_json::to_vec(&json!({"config": object_of_size("token", 200_000)})).unwrap();
+    let declared = body.len();
+    let r = client.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["error"],
+        format!("the request body is {declared} bytes; the limit is 131072"),
+        "{answer}"
+    );
+
+    // Streamed without a length: refused once the cap is passed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 8192])).collect();
+    let r = client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["error"], "the request body is over the limit of 131072 bytes",
+        "{answer}"
+    );
+
+    // Under the HTTP cap but over the config cap: the database's words, 400.
+    let r = client
+        .post(&url)
+        .json(&json!({"config": object_of_size("token", 100_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let answer: Value = r.json().await.unwrap();
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("bytes; the limit is 65536"), "{error}");
+
+    // A body within every cap still works.
+    let r = client
+        .post(&url)
+        .json(&json!({"config": {"interval_ms": 100}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
     engine.finish().await;
 }

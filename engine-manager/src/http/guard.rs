@@ -3,7 +3,7 @@
 //! 127.0.0.1 must not read or drive the API: DNS rebinding). Requests that change
 //! state (anything but GET/HEAD): a browser's `Origin`, when sent, must be the
 //! server's own (no cross-site posts), and the bearer token, when one is configured,
-//! is required.
+//! is required. A request body is at most [`MAX_BODY_BYTES`] (413 past it).
 
 use super::error::ApiError;
 use super::AppState;
@@ -15,11 +15,64 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+/// The largest request body the server reads: a config or parameters are at most
+/// 64 KiB as stored (`engine_store::limits`), a body carries one with room around it.
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
+
 pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Err(err) = allowed(&state, request.method(), request.headers()) {
         return err.into_response();
     }
-    next.run(request).await
+    match within_body_limit(request).await {
+        Ok(request) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
+}
+
+/// The request with its body read, if it is at most [`MAX_BODY_BYTES`]; else 413
+/// naming the cap (at once when `Content-Length` says so, else once the cap is passed).
+async fn within_body_limit(request: Request) -> Result<Request, ApiError> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return Ok(request);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(bytes) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) {
+        return Err(body_too_large(format!(
+            "the request body is {bytes} bytes; the limit is {MAX_BODY_BYTES}"
+        )));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| {
+            let over = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                body_too_large(format!(
+                    "the request body is over the limit of {MAX_BODY_BYTES} bytes"
+                ))
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {err}"),
+                )
+            }
+        })?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+fn body_too_large(message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).with(
+        "hint",
+        "a config or parameters object is at most 65536 bytes; keep large data out of it",
+    )
 }
 
 fn allowed(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 pub use events::LiveCache;
+pub use guard::MAX_BODY_BYTES;
 
 /// The file, in the state directory, that holds the address the server is bound to.
 pub const ADDR_FILE: &str = "http.addr";
