@@ -2,13 +2,16 @@
 //! what an executor's environment holds (read from `/proc/<pid>/environ` of a live
 //! strategy executor and a live run process, under a manager binary started with a
 //! database URL, an HTTP token and a made-up secret); the size caps on what people
-//! put in (`config`, a command's and a run's `parameters`, HTTP bodies).
+//! put in (`config`, a command's and a run's `parameters`, HTTP bodies); HTTP tokens
+//! (every route without, with a wrong, a read and an operate token) and the refusal
+//! to listen beyond loopback without an operate token.
 
 #![allow(clippy::too_many_lines)] // a test reads best as one story
 
 mod common;
 
 use common::{manager_env, spawn_manager_binary, wait_for, wait_lease, TestEngine, DEADLINE};
+use engine_manager::config::HttpToken;
 use engine_store::limits::MAX_INPUT_BYTES;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -380,5 +383,181 @@ async fn oversized_http_bodies_are_refused_with_413_naming_the_cap() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+    engine.finish().await;
+}
+
+// ------------------------------------------------------------------ HTTP tokens
+
+const OPERATE: &str = "operate-token-1";
+const READ: &str = "read-token-1";
+/// Tokens of the tokens file: (name, scope, token).
+const FILE_TOKENS: &[(&str, &str, &str)] = &[
+    ("carol", "read", "carol-token"),
+    ("dave", "operate", "dave-token"),
+];
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Send `method path` with `token`; the status.
+async fn status_of(base: &str, method: &str, path: &str, token: Option<&str>) -> StatusCode {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let url = format!("{base}{path}");
+    let mut req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url).json(&json!({})),
+    };
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_without_with_a_wrong_a_read_and_an_operate_token() {
+    let mut engine = TestEngine::new().await;
+    let file = engine.state_dir.join("tokens");
+    let mut text = String::from("# name scope sha256\n\n");
+    for (name, scope, token) in FILE_TOKENS {
+        text.push_str(&format!("{name} {scope} {}\n", sha256_hex(token)));
+    }
+    std::fs::write(&file, text).unwrap();
+    engine.config.http_token = Some(HttpToken(OPERATE.into()));
+    engine.config.http_read_token = Some(HttpToken(READ.into()));
+    engine.config.http_tokens_file = Some(file);
+    engine.start_manager().await;
+    let strategy = engine.add_heartbeat("hb-tokens").await;
+    let base = engine.http_base().await;
+    let (run, command) = (Uuid::new_v4(), Uuid::new_v4());
+
+    let reads = [
+        "/api/strategies".to_string(),
+        "/api/strategies/hb-tokens".to_string(),
+        "/api/strategies/hb-tokens/logs".to_string(),
+        format!("/api/commands/{command}"),
+        "/api/history".to_string(),
+        "/api/events".to_string(),
+        "/api/runs".to_string(),
+        format!("/api/runs/{run}"),
+        format!("/api/runs/{run}/items"),
+        format!("/api/runs/{run}/events"),
+        "/api/queue".to_string(),
+        "/metrics".to_string(),
+    ];
+    let commands = [
+        "/api/strategies/nope/pause".to_string(),
+        "/api/strategies/hb-tokens/validate".to_string(),
+        "/api/global/no_such_command".to_string(),
+        "/api/runs".to_string(),
+        format!("/api/runs/{run}/cancel"),
+    ];
+    let denied = [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
+    for path in &reads {
+        for token in [None, Some("wrong-token")] {
+            let status = status_of(&base, "GET", path, token).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "GET {path} with {token:?}"
+            );
+        }
+        for token in [READ, OPERATE, "carol-token", "dave-token"] {
+            let status = status_of(&base, "GET", path, Some(token)).await;
+            assert!(
+                !denied.contains(&status),
+                "GET {path} with {token}: {status}"
+            );
+        }
+    }
+    for path in &commands {
+        for token in [None, Some("wrong-token")] {
+            let status = status_of(&base, "POST", path, token).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "POST {path} with {token:?}"
+            );
+        }
+        for token in [READ, "carol-token"] {
+            let status = status_of(&base, "POST", path, Some(token)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "POST {path} with {token}");
+        }
+        for token in [OPERATE, "dave-token"] {
+            let status = status_of(&base, "POST", path, Some(token)).await;
+            assert!(
+                !denied.contains(&status),
+                "POST {path} with {token}: {status}"
+            );
+        }
+    }
+    // The dashboard's files and the liveness probe stay open.
+    for path in ["/", "/dashboard.js", "/dashboard.css", "/health"] {
+        let status = status_of(&base, "GET", path, None).await;
+        assert!(!denied.contains(&status), "GET {path}: {status}");
+    }
+    // A read token's refusal says what would be right.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/strategies/hb-tokens/start"))
+        .bearer_auth("carol-token")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"], "token 'carol' may only read; commands need an operate token",
+        "{body}"
+    );
+    // An operate token commands for real.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/strategies/hb-tokens/start"))
+        .bearer_auth("dave-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    engine.wait_status(strategy, "running").await;
+    engine.finish().await;
+}
+
+/// Start the manager binary with `env`, require that it exits 2 at once; what it said.
+async fn refused_start(env: &[(String, String)], log: &Path) -> String {
+    let mut manager = spawn_manager_binary(env, log);
+    let status = tokio::time::timeout(DEADLINE, manager.wait())
+        .await
+        .expect("the manager exits at once")
+        .unwrap();
+    let said = std::fs::read_to_string(log).unwrap();
+    assert_eq!(status.code(), Some(2), "exit code 2: {said}");
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_address_without_an_operate_token_refuses_to_start() {
+    let engine = TestEngine::new().await;
+    let mut env = manager_env(&engine.config);
+    env.retain(|(name, _)| name != "ENGINE_HTTP_ADDR");
+    env.push(("ENGINE_HTTP_ADDR".into(), "0.0.0.0:0".into()));
+    env.push(("ENGINE_HTTP_READ_TOKEN".into(), "only-a-read-token".into()));
+    let said = refused_start(&env, &engine.state_dir.join("refused.log")).await;
+    assert!(
+        said.contains("--http-addr 0.0.0.0:0 is reachable beyond this host")
+            && said.contains("set --http-token"),
+        "{said}"
+    );
+    // A bad tokens file is refused the same way, naming the line.
+    let file = engine.state_dir.join("bad-tokens");
+    std::fs::write(&file, "alice admin 00\n").unwrap();
+    let mut env = manager_env(&engine.config);
+    env.push(("ENGINE_HTTP_TOKENS_FILE".into(), file.display().to_string()));
+    let said = refused_start(&env, &engine.state_dir.join("refused-file.log")).await;
+    assert!(said.contains("bad-tokens line 1: scope 'admin'"), "{said}");
     engine.finish().await;
 }
