@@ -110,6 +110,16 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_HTTP_TOKEN", hide_env_values = true, value_parser = HttpToken::parse)]
     pub http_token: Option<HttpToken>,
 
+    /// Bearer token needed to read the HTTP API and `/metrics` (`GET`); an operate
+    /// token reads too. Without any read token, reads are open.
+    #[arg(long, env = "ENGINE_HTTP_READ_TOKEN", hide_env_values = true, value_parser = HttpToken::parse)]
+    pub http_read_token: Option<HttpToken>,
+
+    /// File of named HTTP tokens, one a line: `NAME SCOPE SHA256HEX` (scope `read`
+    /// or `operate`; the token's SHA-256 as `printf %s "$TOKEN" | sha256sum` prints it).
+    #[arg(long, env = "ENGINE_HTTP_TOKENS_FILE", value_name = "PATH")]
+    pub http_tokens_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -82,6 +82,8 @@ pub struct Shared {
     pub tracker: Tasks,
     /// The runs' queue: where the intake hands `cancel` commands.
     pub runs: runs::RunsHandle,
+    /// The HTTP tokens (checked at start-up, before the database).
+    pub http_access: Arc<http::HttpAccess>,
 }
 
 impl Shared {
@@ -125,13 +127,17 @@ pub enum ManagerError {
     ProcessTable(#[source] sysinfo::Error),
     #[error(transparent)]
     Task(#[from] TaskFailure),
+    #[error(transparent)]
+    HttpAccess(#[from] http::AccessError),
 }
 
 impl ManagerError {
-    /// 3 when another manager serves the database, else 1.
+    /// 3 when another manager serves the database, 2 for an HTTP set-up that must
+    /// not start (a bad tokens file, open beyond loopback), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             ManagerError::Lease(LeaseError::Held { .. } | LeaseError::HeldUnknown) => 3,
+            ManagerError::HttpAccess(_) => 2,
             _ => 1,
         }
     }
@@ -156,6 +162,8 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// [`tasks`]): then it stops the same graceful way and returns
 /// [`ManagerError::Task`], so that the binary exits non-zero.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
+    // Before anything else: a server that must not start says so at once.
+    let http_access = Arc::new(http::HttpAccess::from_config(&config)?);
     let pool = db::connect(&config.database_url, 10).await?;
     db::migrate(&pool).await?;
     if config.migrate_only {
@@ -200,6 +208,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         cancel: CancellationToken::new(),
         tracker: background.tracker.clone(),
         runs: runs_handle,
+        http_access,
     });
     log_start(&shared, is_boot);
 

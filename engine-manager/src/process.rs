@@ -178,7 +178,8 @@ impl ExecutorProcess {
 
     /// Spawn a run's process: `--run-id {id} --runs-dir {dir}` (never
     /// `--strategy-id`), its own process group, output appended to its log, the
-    /// [`engine_protocol::runs::RunInput`] on stdin. It gets no database URL.
+    /// [`engine_protocol::runs::RunInput`] on stdin. Its environment is the
+    /// allow-list alone (no database URL, no Redis URL).
     pub async fn spawn_run(spec: &RunSpawnSpec<'_>) -> Result<ExecutorProcess, SpawnError> {
         let (executor_path, log_path) = (
             spec.executor_path.to_path_buf(),
@@ -341,20 +342,24 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
         .arg(spec.control_socket)
         .arg("--metrics-interval")
         .arg(format!("{}ms", spec.metrics_interval.as_millis()))
-        .args(spec.start_paused.then_some("--start-paused"))
-        // Secrets stay out of argv: the Redis URL (it may hold a password) goes
-        // in the environment, the config on stdin.
-        .env("REDIS_URL", spec.redis_url)
-        .env("ENGINE_REDIS_PREFIX", spec.redis_prefix);
+        .args(spec.start_paused.then_some("--start-paused"));
     detach(&mut cmd, log, log2);
+    // After `detach` (which clears the environment): secrets stay out of argv, so
+    // the Redis URL (it may hold a password) goes in the environment, the config on
+    // stdin.
+    cmd.env("REDIS_URL", spec.redis_url)
+        .env("ENGINE_REDIS_PREFIX", spec.redis_prefix);
     cmd
 }
 
-/// What every process the manager starts has: no database URL, stdin piped, output
-/// appended to its log, its own process group (a dying manager or a terminal's
-/// Ctrl-C never reaches it), never killed when its handle is dropped.
+/// What every process the manager starts has: the allow-list environment (none of
+/// the manager's settings or secrets: no database URL, no HTTP token; see
+/// [`engine_protocol::executor_env`]), stdin piped, output appended to its log, its
+/// own process group (a dying manager or a terminal's Ctrl-C never reaches it),
+/// never killed when its handle is dropped.
 fn detach(cmd: &mut tokio::process::Command, log: File, log2: File) {
-    cmd.env_remove("DATABASE_URL")
+    cmd.env_clear()
+        .envs(engine_protocol::executor_env::inherited())
         .stdin(Stdio::piped())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))

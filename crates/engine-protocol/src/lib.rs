@@ -16,6 +16,7 @@
 //!   the tail of a log).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
 //! - [`procfs`]: every read of `/proc` (start times, CPU time, the process table).
+//! - [`executor_env`]: the allow-list environment every executor process starts with.
 //! - `validate` (feature `validate`): asking the executor binary whether a config is
 //!   acceptable (`--validate`), for the manager and `enginectl`.
 //!
@@ -24,6 +25,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod executor_env;
 pub mod inbound;
 pub mod messages;
 pub mod procfs;

@@ -65,8 +65,11 @@ pub async fn validate_config(
     config: &Value,
     timeout: Duration,
 ) -> Result<Verdict, ValidateError> {
+    // Strategy code runs here (its constructor): the allow-list environment only.
     let mut child = tokio::process::Command::new(path)
         .args(validate_args(strategy_type))
+        .env_clear()
+        .envs(crate::executor_env::inherited())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

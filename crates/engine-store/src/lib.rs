@@ -19,6 +19,7 @@
 //!   commands and events, a command's outcome, the metrics history).
 //! - [`runs_api`]: what the HTTP API and `enginectl` read and insert about runs:
 //!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
+//! - [`limits`]: the size caps on `config` and `parameters`, and their refusals.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
 //! - [`market`]: market data at rest: bulk loads of `securities` and `market_bars`
@@ -33,6 +34,7 @@ pub mod api;
 pub mod bench;
 pub mod commands;
 pub mod lease;
+pub mod limits;
 pub mod manager;
 pub mod market;
 pub mod metrics;

@@ -10,6 +10,7 @@ use engine_protocol::redact::redact_url;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,19 +53,24 @@ pub fn sql_state(err: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// What the database refused to store (a CHECK, UNIQUE or foreign key constraint, or
-/// a character PostgreSQL cannot hold), in the operator's words; `None` for any other
-/// error (the database unreachable, a bug).
-pub fn schema_refusal(err: &sqlx::Error) -> Option<&'static str> {
+/// What the database refused to store (a CHECK, UNIQUE or foreign key constraint, a
+/// size cap, or a character PostgreSQL cannot hold), in the operator's words; `None`
+/// for any other error (the database unreachable, a bug).
+pub fn schema_refusal(err: &sqlx::Error) -> Option<Cow<'static, str>> {
+    if let Some(words) = crate::limits::size_refusal(err) {
+        return Some(Cow::Owned(words));
+    }
     let db = err.as_database_error()?;
     match db.code().as_deref() {
         // untranslatable_character: "unsupported Unicode escape sequence" in jsonb.
-        Some("22P05") => return Some("JSON must not contain \\u0000: PostgreSQL cannot store it"),
+        Some("22P05") => {
+            return Some("JSON must not contain \\u0000: PostgreSQL cannot store it".into())
+        }
         // character_not_in_repertoire: a NUL byte in a text value.
-        Some("22021") => return Some("text must not contain a NUL character"),
+        Some("22021") => return Some("text must not contain a NUL character".into()),
         _ => {}
     }
-    Some(match db.constraint()? {
+    let words = match db.constraint()? {
         "strategy_configs_name_check" => "the name must not be blank",
         "strategy_configs_name_key" => {
             "a strategy with that name already exists; pick another name"
@@ -82,7 +88,8 @@ pub fn schema_refusal(err: &sqlx::Error) -> Option<&'static str> {
             "status and desired_state are written by the manager only; send a command instead"
         }
         _ => return None,
-    })
+    };
+    Some(Cow::Borrowed(words))
 }
 
 /// A query error, with a hint when the engine's tables are missing, and in words

@@ -13,6 +13,7 @@ use engine_protocol::json_kind;
 use engine_protocol::runs::{RunMode, RunPriority, RunState};
 use serde_json::Value;
 use sqlx::PgPool;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -115,9 +116,12 @@ pub async fn insert_run(pool: &PgPool, run: &NewRun) -> Result<InsertedRun, sqlx
 
 /// What the schema refused about a run, in the operator's words; `None` for any
 /// other error.
-pub fn run_refusal(err: &sqlx::Error) -> Option<&'static str> {
+pub fn run_refusal(err: &sqlx::Error) -> Option<Cow<'static, str>> {
+    if let Some(words) = crate::limits::size_refusal(err) {
+        return Some(Cow::Owned(words));
+    }
     let db = err.as_database_error()?;
-    Some(match db.constraint()? {
+    let words = match db.constraint()? {
         "run_mode_vocabulary" => "a run's mode is one of backtest, screener, alert",
         "run_priority_vocabulary" => "a run's priority is one of high, normal, low",
         "run_timeout_range" => "timeout_s must be above 0 and at most 86400 seconds, or NULL",
@@ -127,7 +131,8 @@ pub fn run_refusal(err: &sqlx::Error) -> Option<&'static str> {
             "no such strategy (it was deleted); `enginectl list` shows the strategies"
         }
         _ => return None,
-    })
+    };
+    Some(Cow::Borrowed(words))
 }
 
 /// A run's row with its strategy's name and type.
@@ -601,7 +606,7 @@ mod tests {
         bad.timeout_s = Some(0);
         let err = insert_run(pool, &bad).await.unwrap_err();
         assert_eq!(
-            run_refusal(&err),
+            run_refusal(&err).as_deref(),
             Some("timeout_s must be above 0 and at most 86400 seconds, or NULL")
         );
         let gone = new_run(Uuid::new_v4(), RunMode::Backtest, RunPriority::Normal);

@@ -53,6 +53,9 @@ async fn run_executor(path: &Path, args: &[&str], stdin: Option<&[u8]>) -> anyho
     let mut command = tokio::process::Command::new(path);
     command
         .args(args)
+        // Strategy code runs here: none of enginectl's settings (its database URL).
+        .env_clear()
+        .envs(engine_protocol::executor_env::inherited())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -2,9 +2,12 @@
 //! must be a loopback name or an IP address (a web page whose domain resolves to
 //! 127.0.0.1 must not read or drive the API: DNS rebinding). Requests that change
 //! state (anything but GET/HEAD): a browser's `Origin`, when sent, must be the
-//! server's own (no cross-site posts), and the bearer token, when one is configured,
-//! is required.
+//! server's own (no cross-site posts), and an operate token, when any token is
+//! configured, is required (401 without or with a wrong one, 403 for a read token).
+//! Reads need a read or operate token when a read token is configured (the
+//! dashboard's files and `/health` excepted). A request body is at most [`MAX_BODY_BYTES`] (413 past it).
 
+use super::access::{NamedToken, Scope};
 use super::error::ApiError;
 use super::AppState;
 use axum::extract::{Request, State};
@@ -13,16 +16,78 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::IpAddr;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
+
+/// The largest request body the server reads: a config or parameters are at most
+/// 64 KiB as stored (`engine_store::limits`), a body carries one with room around it.
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
 pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Err(err) = allowed(&state, request.method(), request.headers()) {
+    if let Err(err) = allowed(
+        &state,
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+    ) {
         return err.into_response();
     }
-    next.run(request).await
+    match within_body_limit(request).await {
+        Ok(request) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
 }
 
-fn allowed(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The request with its body read, if it is at most [`MAX_BODY_BYTES`]; else 413
+/// naming the cap (at once when `Content-Length` says so, else once the cap is passed).
+async fn within_body_limit(request: Request) -> Result<Request, ApiError> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return Ok(request);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(bytes) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) {
+        return Err(body_too_large(format!(
+            "the request body is {bytes} bytes; the limit is {MAX_BODY_BYTES}"
+        )));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| {
+            let over = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                body_too_large(format!(
+                    "the request body is over the limit of {MAX_BODY_BYTES} bytes"
+                ))
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {err}"),
+                )
+            }
+        })?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+fn body_too_large(message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).with(
+        "hint",
+        "a config or parameters object is at most 65536 bytes; keep large data out of it",
+    )
+}
+
+fn allowed(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -34,6 +99,9 @@ fn allowed(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(),
         ));
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        if state.access.reads_guarded() && !open_to_read(path) && *method != Method::OPTIONS {
+            presented_token(state, headers, "reads")?;
+        }
         return Ok(());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -48,31 +116,47 @@ fn allowed(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(),
             ));
         }
     }
-    if let Some(token) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), token.0.as_bytes()) => {}
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "wrong bearer token",
-                )
-                .with("hint", "send the --http-token / ENGINE_HTTP_TOKEN value as 'Authorization: Bearer <token>'"))
-            }
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "this server requires a bearer token for commands",
-                )
-                .with("hint", "send the --http-token / ENGINE_HTTP_TOKEN value as 'Authorization: Bearer <token>'"))
-            }
+    if state.access.commands_guarded() {
+        let token = presented_token(state, headers, "commands")?;
+        if token.scope == Scope::Read {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token '{}' may only read; commands need an operate token", token.name),
+            )
+            .with("hint", "use --http-token / ENGINE_HTTP_TOKEN or a token whose --http-tokens-file line has the scope operate"));
         }
     }
     Ok(())
+}
+
+/// Routes anyone may read: the dashboard's page, script and style (they hold no
+/// data; the page asks for a token) and `/health` (a liveness probe).
+fn open_to_read(path: &str) -> bool {
+    matches!(path, "/" | "/dashboard.js" | "/dashboard.css" | "/health")
+}
+
+/// The configured token the request carries; 401 when it carries none or another.
+fn presented_token<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<&'a NamedToken, ApiError> {
+    const HINT: &str = "send a token as 'Authorization: Bearer <token>': --http-token (ENGINE_HTTP_TOKEN), --http-read-token (reads only) or one of --http-tokens-file";
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) => state.access.find(given).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").with("hint", HINT)
+        }),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("this server requires a bearer token for {what}"),
+        )
+        .with("hint", HINT)),
+    }
 }
 
 /// `localhost`, `*.localhost` or an IP address, with or without a port.
@@ -87,12 +171,6 @@ fn is_local_host(host: &str) -> bool {
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name == "localhost" || name.ends_with(".localhost") || name.parse::<IpAddr>().is_ok()
-}
-
-/// Equal bytes, compared in time independent of where they differ (the length is
-/// not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
 }
 
 #[cfg(test)]
@@ -115,12 +193,5 @@ mod tests {
         for bad in ["evil.example:8080", "", "localhost.evil.com", "[zz]:1"] {
             assert!(!is_local_host(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -8,6 +8,8 @@
 //!   address is retried, never fatal), writes the bound address to
 //!   `{state_dir}/http.addr`, serves until the manager's cancel token fires.
 //! - `guard`: Host/Origin checks (DNS rebinding, cross-site posts) and the bearer token.
+//! - `access`: the tokens and their scopes (`read`, `operate`), the tokens file, and
+//!   the refusal to listen beyond loopback without an operate token.
 //! - `probes`: `GET /health`, database and Redis reachability.
 //! - `api`: `/api/strategies`, the command API, `/api/commands/{id}`, `/api/history`.
 //! - `prometheus`: `GET /metrics` in the Prometheus text format.
@@ -24,6 +26,7 @@
 //! API is a row in `strategy_commands`, carried out by the same intake and supervisor
 //! as a row an operator inserts with SQL.
 
+mod access;
 mod api;
 mod dashboard;
 mod duty;
@@ -35,7 +38,6 @@ mod prometheus;
 mod run_events;
 mod runs;
 
-use crate::config::HttpToken;
 use crate::Shared;
 use axum::routing::{get, post};
 use axum::Router;
@@ -47,7 +49,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
+pub use access::{AccessError, HttpAccess};
 pub use events::LiveCache;
+pub use guard::MAX_BODY_BYTES;
 
 /// The file, in the state directory, that holds the address the server is bound to.
 pub const ADDR_FILE: &str = "http.addr";
@@ -106,7 +110,8 @@ pub(crate) struct AppState {
     /// The relayed Redis messages, to every `/api/events` client.
     pub events: broadcast::Sender<Arc<events::RelayedEvent>>,
     pub started: Instant,
-    pub token: Option<HttpToken>,
+    /// The tokens, and whether reads and commands need one.
+    pub access: Arc<HttpAccess>,
     /// Bound to a loopback address: only loopback `Host` names are accepted.
     pub loopback: bool,
     pub sse_clients: AtomicUsize,
@@ -136,7 +141,7 @@ impl HttpServer {
         write_atomically(&addr_file, &format!("{addr}\n"))?;
         let (events, _) = broadcast::channel(events::BROADCAST_CAPACITY);
         let state = Arc::new(AppState {
-            token: shared.config.http_token.clone(),
+            access: shared.http_access.clone(),
             loopback: addr.ip().is_loopback(),
             shared,
             redis,
@@ -146,13 +151,11 @@ impl HttpServer {
             started: Instant::now(),
             sse_clients: AtomicUsize::new(0),
         });
-        if state.token.is_none() && !state.loopback {
-            tracing::warn!(%addr, "HTTP is reachable beyond this host and no --http-token is set: anyone who reaches it can send commands");
-        }
         tracing::info!(
             %addr,
             url = %format!("http://{addr}/"),
-            token_required = state.token.is_some(),
+            token_required = state.access.commands_guarded(),
+            read_token_required = state.access.reads_guarded(),
             "HTTP API and dashboard listening"
         );
         Ok(Some(HttpServer {

@@ -63,6 +63,8 @@ pub enum RequestError {
 pub enum UpdateError {
     #[error("the merged config is not a JSON object")]
     NotAnObject,
+    #[error("config is {bytes} bytes; the limit is {limit} (the new config was not stored)")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("the strategy rejected the new config, which was not stored")]
     ExecutorRefused(#[source] RequestError),
     #[error("the strategy rejected the new config, which was not stored: {reason}")]

@@ -293,6 +293,13 @@ impl StrategySupervisor {
         if !merged.is_object() {
             return Err(UpdateError::NotAnObject);
         }
+        let (bytes, limit) = (
+            engine_store::limits::json_text_len(&merged),
+            engine_store::limits::MAX_INPUT_BYTES,
+        );
+        if bytes > limit {
+            return Err(UpdateError::TooLarge { bytes, limit });
+        }
         if online {
             self.request(
                 ExecutorCommandKind::UpdateConfig,
