@@ -15,19 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(15))
-        .build()
-        .unwrap()
-}
-
-async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let r = client().get(format!("{base}{path}")).send().await.unwrap();
-    let status = r.status();
-    let body = r.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
+use common::http_client::{client, get};
 
 async fn post(
     base: &str,

@@ -20,18 +20,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(15))
-        .build()
-        .unwrap()
-}
-
-async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let r = client().get(format!("{base}{path}")).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
+use common::http_client::{client, get};
 
 async fn post(base: &str, path: &str, body: &str, token: Option<&str>) -> (StatusCode, Value) {
     let mut req = client()

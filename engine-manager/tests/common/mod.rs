@@ -12,11 +12,13 @@
 //! - [`private_services`]: a private `postgres` and `redis-server` per test.
 //! - [`processes`]: an engine's executors in the process table.
 //! - [`log_capture`]: the in-process managers' log lines.
+//! - [`http_client`]: the API tests' HTTP client and JSON GET.
 //! - [`manager_binary`]: the `engine-manager` binary as a subprocess.
 #![allow(dead_code)] // each test crate uses a part of the harness
 #![allow(unused_imports)] // re-exported for the test crates, each uses some
 
 pub mod engine;
+pub mod http_client;
 pub mod log_capture;
 pub mod manager_binary;
 pub mod operator;
