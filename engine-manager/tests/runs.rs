@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 /// The stand-in run process (see the module documentation).
 const FAKE_RUN: &str = r#"#!/usr/bin/python3
-import json, os, struct, sys, time
+import fcntl, json, os, struct, sys, time
 args = sys.argv[1:]
 run_id = args[args.index('--run-id') + 1]
 runs_dir = args[args.index('--runs-dir') + 1]
@@ -39,6 +39,7 @@ with open(os.path.join(runs_dir, run_id + '.starts')) as f:
     starts = len(f.read().split())
 counts = {}
 with open(inp['bars_path'], 'rb') as f:
+    fcntl.flock(f, fcntl.LOCK_SH)  # the manager's COPY holds it until the file is whole
     data = f.read()
 assert data[:11] == b'PGCOPY\n\xff\r\n\x00', 'not a binary COPY file'
 pos = 15
@@ -1147,12 +1148,68 @@ async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once
     finish(engine).await;
 }
 
+/// The run's process starts while the COPY of its bars still goes on; a COPY cut by
+/// the database then (its backend terminated) stops the process, and the run is
+/// prepared anew, without counting a try, and completes with every bar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bars_copy_cut_by_the_database_prepares_the_run_anew() {
+    let mut engine = engine_with(1, true).await;
+    let pool = engine.pool.clone();
+    sqlx::raw_sql(
+        "INSERT INTO securities (symbol) VALUES ('BIG'); \
+         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+         SELECT 'BIG', '1m', '2024-01-01T00:00:00Z'::timestamptz + make_interval(mins => i), \
+                50, 51, 49, 50, 10 FROM generate_series(0, 399999) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let strategy = add_strategy(&engine, "big", "sma_crossover", json!({"token": "BIG"})).await;
+    engine.start_manager().await;
+    let id = Uuid::new_v4();
+    let mut events = engine.subscribe(&engine.channels.run(id)).await;
+    let params = json!({"symbols": ["BIG"], "interval": "1m"});
+    insert_run(&pool, id, strategy, "backtest", params, None).await;
+    // Its process is started (the `started` event follows the spawn) while the
+    // COPY streams: the COPY's backend is terminated then.
+    events
+        .expect("the run started", |_, m| m["event_type"] == "started")
+        .await;
+    let cut: bool = wait_for("the run's COPY, to terminate it", DEADLINE, || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND query LIKE 'COPY (SELECT symbol%' AND state = 'active'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .expect("look for the COPY")
+        }
+    })
+    .await;
+    assert!(cut, "the COPY's backend was not terminated");
+    events
+        .expect("the run started again", |_, m| m["event_type"] == "started")
+        .await;
+    let row = wait_state(&pool, id, "completed").await;
+    assert_eq!(
+        row.attempt, 0,
+        "a COPY cut by the database counts as no try"
+    );
+    let result = row.result.unwrap();
+    assert_eq!(result["counts"]["BIG"], 400_000, "{result}");
+    assert!(run_processes(&engine).is_empty());
+    finish(engine).await;
+}
+
 /// Regression (found by the fault suite, RELIABILITY.md): a COPY of a run's bars
 /// dropped before its end (the run cancelled or timed out while it was prepared) gave
 /// its connection back to the pool with the rest of the COPY unread, and the next
 /// statement there read that as its own answer: a later run ended `error` with
 /// "expected CopyOutResponse, got ReadyForQuery", cancels read a finished run as
-/// still `starting`. Now the COPY's connection is closed, never reused.
+/// still `starting`. Now a COPY stopped before its end closes its connection.
 #[tokio::test]
 async fn a_bars_copy_dropped_midway_leaves_no_connection_out_of_step() {
     let engine = TestEngine::new().await;
@@ -1170,48 +1227,30 @@ async fn a_bars_copy_dropped_midway_leaves_no_connection_out_of_step() {
     let pool = engine_store::manager::connect(&engine.db_url, 1)
         .await
         .expect("connect");
-    // The COPY writes into a pipe that is read only as far as its header: it is then
-    // mid-stream and cannot finish, and is dropped there.
-    let fifo = engine.state_dir.join("cut.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo {} failed", fifo.display());
     let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
     let symbols = ["BIG".to_string()];
-    let copy = engine_store::runs::copy_bars_to_file(
+    let cut = engine.state_dir.join("cut.bars");
+    let copy = engine_store::runs::start_bars_copy(
         &pool,
         &symbols,
         "1m",
         at("2024-01-01T00:00:00Z"),
         at("2025-01-01T00:00:00Z"),
-        &fifo,
-    );
-    let reader = {
-        let fifo = fifo.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut pipe = std::fs::File::open(&fifo).expect("open the pipe");
-            let mut header = [0u8; 11];
-            pipe.read_exact(&mut header)
-                .expect("read the COPY's header");
-            (pipe, header)
-        })
-    };
-    let pipe = tokio::select! {
-        done = copy => panic!("the COPY ended before it could be cut: {done:?}"),
-        read = tokio::time::timeout(DEADLINE, reader) => {
-            let (pipe, header) = read.expect("the COPY's first bytes in time").unwrap();
-            assert_eq!(&header, b"PGCOPY\n\xff\r\n\x00", "not a binary COPY");
-            pipe
-        }
-    };
-    drop(pipe); // the dropped COPY's last write fails, and its thread ends
+        &cut,
+    )
+    .await
+    .expect("start the COPY");
+    // Some of it written, then dropped (stopped) while the rest is still to come.
+    wait_for("the COPY's first bytes", DEADLINE, || {
+        let len = std::fs::metadata(&cut).map_or(0, |m| m.len());
+        std::future::ready((len > 0).then_some(()))
+    })
+    .await;
+    drop(copy);
     let path = engine.state_dir.join("next.bars");
     // The next COPY (the next run's bars) and every statement after it get their own
     // answers.
-    let small = engine_store::runs::copy_bars_to_file(
+    let small = engine_store::runs::start_bars_copy(
         &pool,
         &symbols,
         "1m",
@@ -1219,6 +1258,9 @@ async fn a_bars_copy_dropped_midway_leaves_no_connection_out_of_step() {
         at("2024-01-01T00:09:00Z"),
         &path,
     )
+    .await
+    .expect("start the next COPY")
+    .finished()
     .await
     .expect("the COPY after a cut one fails: its connection is out of step");
     assert!(small > 0, "the second COPY wrote nothing");

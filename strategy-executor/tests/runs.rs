@@ -477,7 +477,7 @@ fn a_config_the_strategy_rejects_is_an_error_with_its_message() {
 }
 
 #[test]
-fn no_bars_at_all_and_foreign_or_cut_files_are_errors() {
+fn no_bars_at_all_and_foreign_files_are_errors() {
     let run = Run::new(RunMode::Backtest, "sma_crossover", sma_config(), &["AAPL"]);
     run.bars(&[]);
     let error = error_of(run.run().0, &run.run().1);
@@ -496,7 +496,11 @@ fn no_bars_at_all_and_foreign_or_cut_files_are_errors() {
     );
 
     let run = Run::new(RunMode::Backtest, "sma_crossover", sma_config(), &["AAPL"]);
-    std::fs::write(&run.input.bars_path, b"date,open\n").unwrap();
+    std::fs::write(
+        &run.input.bars_path,
+        b"date,open,high,low,close\n2024-01-02,1,2,0.5,1.5\n",
+    )
+    .unwrap();
     let (code, lines) = run.run();
     let error = error_of(code, &lines);
     assert!(error.contains("cannot read the bars file"), "{error}");
@@ -563,20 +567,8 @@ fn a_backtest_of_one_long_symbol_moves_its_progress_by_bars() {
     run.input.interval = "1m".into();
     run.input.interval_s = 60;
     run.input.progress_interval_ms = 1;
-    let closes = wave(300_000, 100.0, 0.0001);
-    let bars: Vec<Bar> = closes
-        .iter()
-        .enumerate()
-        .map(|(i, &close)| Bar {
-            ts: start() + TimeDelta::minutes(i as i64),
-            open: close,
-            high: close,
-            low: close,
-            close,
-            volume: 1.0,
-        })
-        .collect();
-    run.bars(&[("MINUTE", bars)]);
+    run.input.end = start() + TimeDelta::minutes(300_000);
+    run.bars(&[("MINUTE", minutes(0, 300_000))]);
     let (code, lines) = run.run();
     let result = result_of(code, &lines);
     assert_eq!(result["summary"]["bars"], 300_000);
@@ -602,4 +594,83 @@ fn a_backtest_of_one_long_symbol_moves_its_progress_by_bars() {
     );
     assert!(within.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     assert_eq!(progress.last(), Some(&(100.0, 1)));
+}
+
+/// Minute bars of one symbol from [`start`], `from..to`.
+fn minutes(from: usize, to: usize) -> Vec<Bar> {
+    wave(to, 100.0, 0.0001)[from..]
+        .iter()
+        .enumerate()
+        .map(|(i, &close)| Bar {
+            ts: start() + TimeDelta::minutes((from + i) as i64),
+            open: close,
+            high: close,
+            low: close,
+            close,
+            volume: 1.0,
+        })
+        .collect()
+}
+
+/// A run whose bars file is still being written (under the writer's lock, as the
+/// manager's COPY writes it) when its process starts: half the bars before, the
+/// rest once the process has started; `whole` says whether the writer ends with the
+/// trailer or is gone without it. The process's exit code and lines.
+fn run_while_written(whole: bool) -> (i32, Vec<RunOutput>) {
+    let mut run = Run::new(
+        RunMode::Backtest,
+        "sma_crossover",
+        sma_config(),
+        &["MINUTE"],
+    );
+    run.input.interval = "1m".into();
+    run.input.interval_s = 60;
+    run.input.end = start() + TimeDelta::minutes(20_000);
+    let file = std::fs::File::create_new(&run.input.bars_path).unwrap();
+    file.lock().unwrap();
+    let mut writer = BarsWriter::new(BufWriter::new(file)).unwrap();
+    for bar in minutes(0, 10_000) {
+        writer.write("MINUTE", &bar).unwrap();
+    }
+    writer.get_mut().flush().unwrap();
+    std::thread::scope(|scope| {
+        let process = scope.spawn(|| run.run());
+        let deadline = Instant::now() + DEADLINE;
+        while !run
+            .lines()
+            .iter()
+            .any(|l| matches!(l, RunOutput::Started { .. }))
+        {
+            assert!(Instant::now() < deadline, "the run did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for bar in minutes(10_000, 20_000) {
+            writer.write("MINUTE", &bar).unwrap();
+        }
+        if whole {
+            drop(writer.finish().unwrap()); // the lock goes with the file
+        } else {
+            drop(writer); // no trailer: the writer is gone, and its lock with it
+        }
+        process.join().unwrap()
+    })
+}
+
+#[test]
+fn a_run_reads_its_bars_file_while_the_manager_writes_it() {
+    let (code, lines) = run_while_written(true);
+    let result = result_of(code, &lines);
+    assert_eq!(result["summary"]["bars"], 20_000, "{result:#}");
+}
+
+#[test]
+fn a_bars_file_whose_writer_is_gone_before_its_end_gives_no_outcome() {
+    let (code, lines) = run_while_written(false);
+    assert_eq!(code, 3, "the exit code of a run cut short: {lines:#?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| matches!(l, RunOutput::Result { .. } | RunOutput::Error { .. })),
+        "a run cut short says neither result nor error (the manager tries it again): {lines:#?}"
+    );
 }

@@ -7,9 +7,11 @@ use chrono::{DateTime, Utc};
 use engine_protocol::runs::{RunMode, RunPriority, RunState};
 use futures_util::StreamExt;
 use serde_json::Value;
-use sqlx::PgPool;
-use std::path::Path;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// A run as the manager needs it, with its strategy's name, type and config.
@@ -409,6 +411,10 @@ pub enum CopyBarsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the bars COPY was stopped")]
+    Stopped,
+    #[error("the bars COPY's task failed: {0}")]
+    Task(String),
 }
 
 /// `text` as an SQL string literal (`standard_conforming_strings` is on: a quote
@@ -445,40 +451,123 @@ pub fn bars_copy_statement(
     )
 }
 
-/// Stream the bars of [`bars_copy_statement`] into `path` (created or truncated) as
-/// they arrive from PostgreSQL, never holding them in memory. Returns the bytes
-/// written.
+/// A run's bars being copied out of PostgreSQL into its bars file by a task of its
+/// own, so that the run's process can start at once and read the file as it grows
+/// (the COPY and the strategy overlap).
 ///
-/// The COPY runs on a connection of its own that is closed afterwards, never given
-/// back to the pool: a COPY not read to its end (this future dropped by a cancel or
-/// a timeout, a write to the file failing) leaves its rows and its ReadyForQuery
-/// unread on the connection, which sqlx does not count, so the next statement there
-/// would read them as its own answer ("expected CopyOutResponse, got ReadyForQuery").
-pub async fn copy_bars_to_file(
+/// While the COPY goes on, the file is held under an exclusive `flock`: a reader at
+/// the end of what is written so far knows that more is coming while the lock is
+/// held, and that the file is all there is once it is free (see
+/// [`engine_protocol::runs::bars_file`]). The lock goes with the file when the COPY
+/// ends, well or not, and when the manager dies.
+///
+/// Dropping the handle stops the COPY (a run cancelled while its bars still come).
+pub struct BarsCopy {
+    task: tokio::task::JoinHandle<Result<u64, CopyBarsError>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl BarsCopy {
+    /// The end of the COPY: the bytes written, or why it failed. Await it once: a
+    /// `select!` that polls it may poll it again only while it is not finished.
+    pub async fn finished(&mut self) -> Result<u64, CopyBarsError> {
+        match (&mut self.task).await {
+            Ok(outcome) => outcome,
+            Err(err) => Err(CopyBarsError::Task(err.to_string())),
+        }
+    }
+}
+
+/// Start streaming the bars of [`bars_copy_statement`] into a new file at `path`
+/// (one there is removed first), never holding them in memory. Returns once the
+/// connection is taken and the file made and locked: the run's process may then open
+/// it. A database that cannot be reached fails here, before any process starts.
+///
+/// The COPY's connection goes back to the pool only when the COPY was read to its
+/// end. A COPY not read to its end (stopped, or the file failing) leaves its rows
+/// and its ReadyForQuery unread on the connection, which sqlx does not count, so the
+/// next statement there would read them as its own answer ("expected
+/// CopyOutResponse, got ReadyForQuery"): that connection is closed instead.
+pub async fn start_bars_copy(
     pool: &PgPool,
     symbols: &[String],
     interval: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     path: &Path,
-) -> Result<u64, CopyBarsError> {
+) -> Result<BarsCopy, CopyBarsError> {
     let file_err = |source| CopyBarsError::File {
         path: path.display().to_string(),
         source,
     };
     let statement = bars_copy_statement(symbols, interval, start, end);
-    let mut conn = pool.acquire().await?;
-    conn.close_on_drop();
-    let mut stream = conn.copy_out_raw(&statement).await?;
-    let file = tokio::fs::File::create(path).await.map_err(file_err)?;
+    let conn = pool.acquire().await?;
+    // A new file, not the old one truncated: a stopped COPY's task may still be
+    // writing into the old one.
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(file_err(err)),
+        _ => {}
+    }
+    let file = std::fs::File::create_new(path).map_err(file_err)?;
+    file.lock().map_err(file_err)?;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(copy_into(
+        conn,
+        statement,
+        file,
+        path.to_path_buf(),
+        stop_rx,
+    ));
+    Ok(BarsCopy {
+        task,
+        _stop: stop_tx,
+    })
+}
+
+async fn copy_into(
+    mut conn: PoolConnection<Postgres>,
+    statement: String,
+    file: std::fs::File,
+    path: PathBuf,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<u64, CopyBarsError> {
+    let outcome = stream_into(&mut conn, &statement, file, &path, &mut stop).await;
+    if outcome.is_err() {
+        conn.close_on_drop();
+    }
+    outcome
+}
+
+async fn stream_into(
+    conn: &mut PgConnection,
+    statement: &str,
+    file: std::fs::File,
+    path: &Path,
+    stop: &mut oneshot::Receiver<()>,
+) -> Result<u64, CopyBarsError> {
+    let file_err = |source| CopyBarsError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut stream = conn.copy_out_raw(statement).await?;
+    let file = tokio::fs::File::from_std(file);
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut written = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = &mut *stop => return Err(CopyBarsError::Stopped),
+            chunk = stream.next() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = chunk?;
         written += chunk.len() as u64;
         out.write_all(&chunk).await.map_err(file_err)?;
     }
     out.flush().await.map_err(file_err)?;
+    // Whole: the reader may take the rest as final once the lock is free.
+    let file = out.into_inner().into_std().await;
+    file.unlock().map_err(file_err)?;
     Ok(written)
 }
 

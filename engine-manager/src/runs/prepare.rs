@@ -1,11 +1,12 @@
 //! Before a run's process starts: its parameters checked and resolved against the
 //! database (`params` decides; this module asks `securities` and `market_bars`),
-//! and its bars streamed from PostgreSQL into `{runs_dir}/{run_id}.bars`.
+//! and the COPY of its bars from PostgreSQL into `{runs_dir}/{run_id}.bars` begun.
+//! The process starts while the COPY goes on and reads the file as it grows.
 
 use super::params::{self, DefaultSymbols, ParamError};
 use crate::Shared;
 use engine_protocol::runs::{self as proto, RunInput, RunSymbol};
-use engine_store::runs::{self as store, CopyBarsError, RunRow, Security};
+use engine_store::runs::{self as store, BarsCopy, CopyBarsError, RunRow, Security};
 use std::path::Path;
 
 /// Why a run could not be prepared.
@@ -21,13 +22,13 @@ pub enum PrepareError {
     Bars(#[from] CopyBarsError),
 }
 
-/// Check and resolve `row`'s parameters, write its bars file, and return what its
-/// process gets on stdin.
+/// Check and resolve `row`'s parameters, begin the COPY of its bars into its bars
+/// file, and return what its process gets on stdin, with the COPY under way.
 pub async fn prepare(
     shared: &Shared,
     row: &RunRow,
     runs_dir: &Path,
-) -> Result<RunInput, PrepareError> {
+) -> Result<(RunInput, BarsCopy), PrepareError> {
     let pool = &shared.pool;
     let req = params::parse(row.mode, &row.parameters)?;
     let config = params::merged_config(&row.strategy_config, req.config_patch.as_ref());
@@ -56,14 +57,14 @@ pub async fn prepare(
         .into());
     }
     let bars_path = proto::bars_path(runs_dir, row.id);
-    store::copy_bars_to_file(pool, &names, &req.interval, start, end, &bars_path)
+    let copy = store::start_bars_copy(pool, &names, &req.interval, start, end, &bars_path)
         .await
         .map_err(|err| match err {
-            // The database away mid-COPY is tried again, like every other read here.
+            // The database away is tried again, like every other read here.
             CopyBarsError::Database(err) => PrepareError::Database(err),
             err => PrepareError::Bars(err),
         })?;
-    Ok(RunInput {
+    let input = RunInput {
         run_id: row.id,
         strategy_id: row.strategy_id,
         name: row.name.clone(),
@@ -89,7 +90,8 @@ pub async fn prepare(
         bars_path,
         outbox_path: proto::outbox_path(runs_dir, row.id),
         progress_interval_ms: shared.config.run_progress_interval.as_millis() as u64,
-    })
+    };
+    Ok((input, copy))
 }
 
 /// The run's symbols with what `securities` says of them, in the order of the bars

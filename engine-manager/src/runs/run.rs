@@ -1,7 +1,9 @@
 //! One run's task, from its claim (or adoption) to its final state: prepare (check
-//! the parameters, write the bars file), spawn its process, follow its outbox, and
-//! end it — completed or error as the process said, cancelled or timed out by a
-//! kill, tried once more when its process was lost without a final line.
+//! the parameters, begin the COPY of its bars file), spawn its process at once (it
+//! reads the file as the COPY writes it), follow its outbox and the COPY, and end it
+//! — completed or error as the process said, cancelled or timed out by a kill, tried
+//! once more when its process was lost without a final line, and prepared anew
+//! (not counted as a try) when the COPY failed for the database.
 
 use super::prepare::{prepare, PrepareError};
 use super::report::{Reporter, RunIdentity, Said};
@@ -10,7 +12,7 @@ use crate::process::{ExecutorProcess, ExitInfo, RunSpawnSpec};
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::runs::{self as proto, RunEventType, RunState};
-use engine_store::runs::{self as store, RunEnd, RunRow};
+use engine_store::runs::{self as store, BarsCopy, CopyBarsError, RunEnd, RunRow};
 use rustix::process::Signal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,9 @@ use uuid::Uuid;
 
 /// How often the outbox is read while the process runs.
 const OUTBOX_POLL: Duration = Duration::from_millis(25);
+/// How long a process that ended without a result waits for the COPY's end, to
+/// tell a COPY's failure from a lost process.
+const COPY_END_WAIT: Duration = Duration::from_secs(2);
 
 /// How a run's task begins.
 pub enum Start {
@@ -58,6 +63,8 @@ enum Followed {
     TimedOut,
     /// The manager is stopping: the run goes on, and the next manager adopts it.
     Detached,
+    /// The COPY of its bars failed (the process, reading a file cut short, ends).
+    BarsFailed(CopyBarsError),
 }
 
 pub struct RunTask {
@@ -92,15 +99,15 @@ impl RunTask {
     /// Carry the run to its end (or until the manager stops).
     pub async fn run(mut self, mut start: Start) {
         loop {
-            let proc = match start {
+            let (proc, copy) = match start {
                 Start::Fresh => match self.prepare_and_spawn().await {
-                    Some(proc) => Some(proc),
+                    Some((proc, copy)) => (Some(proc), Some(copy)),
                     None => return,
                 },
-                Start::Adopt(proc) => Some(*proc),
-                Start::Dead => None,
+                Start::Adopt(proc) => (Some(*proc), None),
+                Start::Dead => (None, None),
             };
-            let (followed, proc) = self.follow(proc).await;
+            let (followed, proc) = self.follow(proc, copy).await;
             if !self.conclude(followed, proc).await {
                 return;
             }
@@ -109,8 +116,8 @@ impl RunTask {
     }
 
     /// Prepare and spawn; `None` once the run has ended (or the manager stops).
-    async fn prepare_and_spawn(&mut self) -> Option<ExecutorProcess> {
-        let input = self.prepared().await?;
+    async fn prepare_and_spawn(&mut self) -> Option<(ExecutorProcess, BarsCopy)> {
+        let (input, copy) = self.prepared().await?;
         let _ = tokio::fs::remove_file(&input.outbox_path).await;
         let log_path = proto::run_log_path(&self.runs_dir, self.row.id);
         let spec = RunSpawnSpec {
@@ -146,7 +153,7 @@ impl RunTask {
             Some(true) => {
                 self.reporter
                     .publish(&self.shared, RunEventType::Started, RunState::Running);
-                Some(proc)
+                Some((proc, copy))
             }
             Some(false) => {
                 // Its row is gone (the strategy was deleted) or ended meanwhile.
@@ -154,13 +161,15 @@ impl RunTask {
                 self.remove_files().await;
                 None
             }
-            None => Some(proc), // the manager stops; the next one adopts the process
+            // The manager stops; the next one adopts the process.
+            None => Some((proc, copy)),
         }
     }
 
-    /// The run's input, its bars file written; `None` once the run has ended (its
-    /// parameters were wrong, it was stopped, it timed out) or the manager stops.
-    async fn prepared(&mut self) -> Option<proto::RunInput> {
+    /// The run's input, the COPY of its bars file begun; `None` once the run has
+    /// ended (its parameters were wrong, it was stopped, it timed out) or the
+    /// manager stops.
+    async fn prepared(&mut self) -> Option<(proto::RunInput, BarsCopy)> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let shared = self.shared.clone();
@@ -172,7 +181,7 @@ impl RunTask {
                 prepared = attempt => Ok(prepared),
             };
             match outcome {
-                Ok(Ok(input)) => return Some(input),
+                Ok(Ok(prepared)) => return Some(prepared),
                 Ok(Err(PrepareError::Database(err))) => {
                     tracing::warn!(run_id = %self.row.id, error = %err, "cannot prepare the run yet; trying again");
                     if !pause(&shared, &mut backoff).await {
@@ -192,10 +201,12 @@ impl RunTask {
     }
 
     /// Read the outbox every [`OUTBOX_POLL`] until the process exits (then to its
-    /// end), a stop comes, the time limit passes or the manager stops.
+    /// end), a stop comes, the time limit passes, the COPY of its bars fails or the
+    /// manager stops.
     async fn follow(
         &mut self,
         mut proc: Option<ExecutorProcess>,
+        mut copy: Option<BarsCopy>,
     ) -> (Followed, Option<ExecutorProcess>) {
         let shared = self.shared.clone();
         let mut outbox =
@@ -208,8 +219,23 @@ impl RunTask {
                 _ = shared.cancel.cancelled() => break Followed::Detached,
                 Some(req) = self.stop_rx.recv() => break Followed::Stopped(req),
                 _ = sleep_until(self.deadline) => break Followed::TimedOut,
+                copied = bars_copied(&mut copy) => {
+                    copy = None;
+                    if let Err(err) = copied {
+                        break Followed::BarsFailed(err);
+                    }
+                }
                 exit = wait(&mut proc) => {
                     self.read(&mut outbox).await;
+                    // A process that read a file cut short ends without a result:
+                    // the COPY's failure is the reason, if it failed.
+                    if self.reporter.said.is_none() {
+                        if let Some(mut copy) = copy.take() {
+                            if let Ok(Err(err)) = tokio::time::timeout(COPY_END_WAIT, copy.finished()).await {
+                                break Followed::BarsFailed(err);
+                            }
+                        }
+                    }
                     break Followed::Exited(exit);
                 }
                 _ = tick.tick() => {
@@ -267,7 +293,37 @@ impl RunTask {
                 false
             }
             Followed::Exited(exit) => self.exited(exit, proc).await,
+            Followed::BarsFailed(err) => {
+                if let Some(proc) = proc {
+                    self.kill(proc).await;
+                }
+                self.bars_failed(err).await
+            }
         }
+    }
+
+    /// The COPY of the run's bars failed: for the database (away, or the
+    /// connection cut), the run is prepared anew once it answers, without counting
+    /// a try; for the file, the run ends `error`. `true` when it is to be prepared
+    /// again.
+    async fn bars_failed(&mut self, err: CopyBarsError) -> bool {
+        let why = crate::error_chain(&err);
+        if !matches!(err, CopyBarsError::Database(_)) {
+            self.fail(why).await;
+            return false;
+        }
+        tracing::warn!(run_id = %self.row.id, error = %why, "the COPY of the run's bars failed; preparing it again");
+        let message = format!("the COPY of its bars failed ({why}); preparing it again");
+        let attempt = self.row.attempt;
+        let marked = with_retry(&self.shared, "mark the run for its new start", || {
+            store::mark_retry(&self.shared.pool, self.row.id, attempt, &message)
+        })
+        .await;
+        if marked != Some(true) {
+            return false;
+        }
+        self.reporter = Reporter::new(RunIdentity::of(&self.row));
+        true
     }
 
     async fn stopped(&mut self, req: StopRequest) {
@@ -420,6 +476,14 @@ impl RunTask {
     async fn remove_files(&self) {
         let _ = tokio::fs::remove_file(proto::bars_path(&self.runs_dir, self.row.id)).await;
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
+    }
+}
+
+/// The end of the COPY of the run's bars; never, when there is none (any more).
+async fn bars_copied(copy: &mut Option<BarsCopy>) -> Result<u64, CopyBarsError> {
+    match copy {
+        Some(copy) => copy.finished().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,11 +13,21 @@
 //! count (7) and per field a 32-bit length and the value (text as UTF-8, a
 //! timestamptz as 64-bit microseconds since 2000-01-01 UTC, a float8 as its 8
 //! IEEE-754 bytes), all big-endian; and last the 16-bit count -1.
+//!
+//! The run's process starts while the manager still writes the file (the COPY and
+//! the strategy overlap): the manager holds an exclusive `flock` on the file from its
+//! creation until the COPY ends, and the process reads it through [`GrowingFile`],
+//! which waits at the end of what is written so far while that lock is held. A file
+//! whose lock is free is all there will be: with its trailer it is whole; without,
+//! its writer failed or died ([`BarsFileError::Truncated`]).
 
 use crate::Tick;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::io::{self, BufRead, Write};
+use std::fs::{File, TryLockError};
+use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
+use std::time::Duration;
 
 /// One bar of market data (`market_bars`): `ts` is the bar's time (its open).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -209,6 +219,62 @@ impl<R: BufRead> BarsReader<R> {
     }
 }
 
+/// A bars file opened while its writer may still be at work: a read at the end of
+/// what is written so far waits (sleeping 50 µs, doubling up to 2 ms) while the
+/// writer holds its exclusive lock, and ends there once the lock is free. Counts the
+/// bytes read.
+pub struct GrowingFile {
+    file: File,
+    /// Whether the writer may still add to the file (its lock was held at the last
+    /// look).
+    writing: bool,
+    read: u64,
+}
+
+const FIRST_PAUSE: Duration = Duration::from_micros(50);
+const LONGEST_PAUSE: Duration = Duration::from_millis(2);
+
+impl GrowingFile {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(GrowingFile {
+            file: File::open(path)?,
+            writing: true,
+            read: 0,
+        })
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl Read for GrowingFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let n = self.file.read(buf)?;
+            if n > 0 || buf.is_empty() || !self.writing {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            match self.file.try_lock_shared() {
+                // The writer is done (or gone): what it wrote is all there is. Read
+                // once more, for what it wrote between that read and its unlock.
+                Ok(()) => {
+                    self.file.unlock()?;
+                    self.writing = false;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
+                Err(TryLockError::Error(err)) => return Err(err),
+            }
+        }
+    }
+}
+
 fn read_exact_or<R: BufRead>(r: &mut R, buf: &mut [u8], rows: u64) -> Result<(), BarsFileError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => BarsFileError::Truncated { rows },
@@ -340,6 +406,59 @@ mod tests {
             BarsReader::new(&b"date,open\n1,2\n"[..]),
             Err(BarsFileError::Signature | BarsFileError::Truncated { .. })
         ));
+    }
+
+    /// A bars file written (under the writer's lock) while it is read: two rows
+    /// before the reader starts, a third once it has read those; `finish` says
+    /// whether the writer ends with the trailer or dies without it. The rows read.
+    fn read_while_written(name: &str, finish: bool) -> Result<Vec<Bar>, BarsFileError> {
+        let path = std::env::temp_dir().join(format!("{name}-{}.bars", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let file = File::create_new(&path).unwrap();
+        file.lock().unwrap();
+        let mut w = BarsWriter::new(io::BufWriter::new(file)).unwrap();
+        w.write("AAPL", &bar(0, 100.0)).unwrap();
+        w.write("AAPL", &bar(1, 101.0)).unwrap();
+        w.get_mut().flush().unwrap();
+        let (told, heard) = std::sync::mpsc::channel();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let file = GrowingFile::open(&path)?;
+                let mut r = BarsReader::new(io::BufReader::new(file))?;
+                let mut seen = Vec::new();
+                while let Some((_, b)) = r.next_bar()? {
+                    seen.push(b);
+                    if seen.len() == 2 {
+                        told.send(()).unwrap();
+                    }
+                }
+                Ok(seen)
+            })
+        };
+        heard.recv().unwrap();
+        // The reader is at the end of what is written: it waits for the rest.
+        w.write("AAPL", &bar(2, 102.0)).unwrap();
+        if finish {
+            drop(w.finish().unwrap()); // the lock goes with the file
+        } else {
+            drop(w); // no trailer: the writer is gone, and its lock with it
+        }
+        let seen = reader.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        seen
+    }
+
+    #[test]
+    fn a_file_is_read_while_it_is_written() {
+        let seen = read_while_written("growing", true).unwrap();
+        assert_eq!(seen, vec![bar(0, 100.0), bar(1, 101.0), bar(2, 102.0)]);
+    }
+
+    #[test]
+    fn a_file_whose_writer_dies_is_cut_short() {
+        let err = read_while_written("dying", false).unwrap_err();
+        assert!(matches!(err, BarsFileError::Truncated { rows: 3 }), "{err}");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub(super) fn run(scope: &mut RunScope<'_>) -> Result<Value, RunError> {
         if countdown == 0 {
             countdown = PROGRESS_EVERY_BARS;
             let at = Position {
-                fraction: source.fraction(),
+                fraction: source.fraction(r.position),
                 completed_items: outcomes.len() as i64,
                 current_item: Some(&r.symbol),
             };

@@ -236,7 +236,7 @@ fn judge_all(
         if changed || countdown == 0 {
             countdown = PROGRESS_EVERY_BARS;
             let at = Position {
-                fraction: source.fraction(),
+                fraction: source.fraction(current.as_ref().map_or(0, |(_, position)| *position)),
                 completed_items: completed,
                 current_item: current.as_ref().map(|(symbol, _)| symbol.as_str()),
             };

@@ -14,7 +14,8 @@
 //! an `error` line naming the symbol. The process opens no database connection.
 //!
 //! # Layout
-//! - `source.rs`: the bars file as a stream, with how far into it the reading is.
+//! - `source.rs`: the bars file as a stream, read while the manager still writes it,
+//!   with how far the reading is.
 //! - `outbox.rs`: the outbox lines and the progress throttle.
 //! - `backtest.rs`: per symbol the SDK's streaming [`strategy_sdk::backtest::Backtest`],
 //!   and the equal-weight portfolio the result describes.
@@ -45,6 +46,10 @@ use uuid::Uuid;
 
 /// Bars between two looks at the clock for a progress line.
 const PROGRESS_EVERY_BARS: u32 = 4096;
+
+/// Exit code of a run process whose bars file was cut short: it ends without a
+/// result or an error line (its run is tried again by the manager's rule).
+pub const EXIT_CUT_SHORT: u8 = 3;
 
 /// Why a run ended `error` (the text of its `error` line).
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,19 @@ pub enum RunError {
     Outbox(#[from] std::io::Error),
 }
 
+impl RunError {
+    /// The bars file ends without its trailer and its writer is gone.
+    fn cut_short(&self) -> bool {
+        matches!(
+            self,
+            RunError::Bars {
+                source: BarsFileError::Truncated { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// What a mode needs of the run: its input, the registry, the outbox, and the
 /// symbol being worked on (so that a panic can name it).
 pub(super) struct RunScope<'a> {
@@ -136,7 +154,14 @@ impl<'a> RunScope<'a> {
     }
 
     fn open_bars(&self) -> Result<BarsSource, RunError> {
-        BarsSource::open(&self.input.bars_path).map_err(|source| RunError::Bars {
+        let input = self.input;
+        BarsSource::open(
+            &input.bars_path,
+            input.start,
+            input.end,
+            input.symbols.len(),
+        )
+        .map_err(|source| RunError::Bars {
             path: self.input.bars_path.display().to_string(),
             source,
         })
@@ -182,11 +207,20 @@ pub fn run_process(run_id: Uuid, runs_dir: &Path, registry: &Registry) -> ExitCo
         Ok(input) => run_input(&input, registry, outbox),
         Err(err) => {
             let error = one_line(&error_chain(&err));
-            outbox.write(&RunOutput::Error { error })
+            outbox.write(&RunOutput::Error { error }).map(|()| None)
         }
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(cut_short)) => {
+            // The bars file's writer is gone before its end (the manager died or
+            // failed mid-COPY): no outcome, so that the manager's retry rule applies.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {cut_short}; exiting without a result"
+            );
+            ExitCode::from(EXIT_CUT_SHORT)
+        }
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "error: cannot write the outbox: {err}");
             ExitCode::from(1)
@@ -210,8 +244,13 @@ fn read_input(run_id: Uuid) -> Result<RunInput, RunError> {
     Ok(input)
 }
 
-/// Run `input`, and write its last line (`result` or `error`).
-fn run_input(input: &RunInput, registry: &Registry, mut outbox: Outbox) -> std::io::Result<()> {
+/// Run `input`, and write its last line (`result` or `error`); or, its bars file
+/// cut short, write none and say why.
+fn run_input(
+    input: &RunInput,
+    registry: &Registry,
+    mut outbox: Outbox,
+) -> std::io::Result<Option<String>> {
     outbox.write(&RunOutput::Started {
         pid: std::process::id(),
         total_items: input.symbols.len() as i64,
@@ -235,6 +274,7 @@ fn run_input(input: &RunInput, registry: &Registry, mut outbox: Outbox) -> std::
     let outcome = catch_unwind(AssertUnwindSafe(|| run_mode(&mut scope)));
     let last = match outcome {
         Ok(Ok(result)) => RunOutput::Result { result },
+        Ok(Err(err)) if err.cut_short() => return Ok(Some(one_line(&error_chain(&err)))),
         Ok(Err(err)) => RunOutput::Error {
             error: one_line(&error_chain(&err)),
         },
@@ -251,7 +291,7 @@ fn run_input(input: &RunInput, registry: &Registry, mut outbox: Outbox) -> std::
             }
         }
     };
-    scope.reporter.write(&last)
+    scope.reporter.write(&last).map(|()| None)
 }
 
 /// Check the type, its mode and its config, then run the mode.

@@ -1,13 +1,11 @@
 //! The run's bars, streamed from its bars file: row by row through
-//! [`BarsReader`], never the whole file in memory, with how far into the file the
-//! reading is (the run's progress).
+//! [`BarsReader`], never the whole file in memory, and read while the manager still
+//! writes it ([`GrowingFile`]), with how far the reading is (the run's progress).
 
-use engine_protocol::runs::bars_file::{BarsFileError, BarsReader};
-use std::cell::Cell;
-use std::fs::File;
-use std::io::{self, BufReader, Read};
+use chrono::{DateTime, Utc};
+use engine_protocol::runs::bars_file::{BarsFileError, BarsReader, GrowingFile};
+use std::io::BufReader;
 use std::path::Path;
-use std::rc::Rc;
 use strategy_sdk::Bar;
 
 /// Bytes of the file read into the buffer at a time.
@@ -15,55 +13,57 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// The bars file, open.
 pub(super) struct BarsSource {
-    reader: BarsReader<BufReader<Counted>>,
-    read: Rc<Cell<u64>>,
-    size: u64,
+    reader: BarsReader<BufReader<GrowingFile>>,
+    start: DateTime<Utc>,
+    /// The run's span in seconds (at least 1).
+    span_s: f64,
+    symbols: usize,
+    /// The time of the last bar read.
+    last: Option<DateTime<Utc>>,
 }
 
 impl BarsSource {
-    pub(super) fn open(path: &Path) -> Result<Self, BarsFileError> {
-        let file = File::open(path)?;
-        let size = file.metadata()?.len();
-        let read = Rc::new(Cell::new(0));
-        let counted = Counted {
-            file,
-            read: read.clone(),
-        };
-        let reader = BarsReader::new(BufReader::with_capacity(READ_BUFFER, counted))?;
-        Ok(BarsSource { reader, read, size })
+    /// Open the bars file of a run over `symbols` symbols from `start` to `end`.
+    pub(super) fn open(
+        path: &Path,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        symbols: usize,
+    ) -> Result<Self, BarsFileError> {
+        let file = GrowingFile::open(path)?;
+        let reader = BarsReader::new(BufReader::with_capacity(READ_BUFFER, file))?;
+        Ok(BarsSource {
+            reader,
+            start,
+            span_s: ((end - start).num_seconds() as f64).max(1.0),
+            symbols: symbols.max(1),
+            last: None,
+        })
     }
 
     /// The next row: its symbol and bar; `None` after the last.
     #[inline]
     pub(super) fn next_bar(&mut self) -> Result<Option<(&str, Bar)>, BarsFileError> {
-        self.reader.next_bar()
+        let next = self.reader.next_bar()?;
+        if let Some((_, bar)) = &next {
+            self.last = Some(bar.ts);
+        }
+        Ok(next)
     }
 
-    /// How much of the file has been read, 0 to 1 (by bytes: rows are all about the
-    /// same size, so this is the share of the bars).
-    pub(super) fn fraction(&self) -> f64 {
-        if self.size == 0 {
-            return 1.0;
-        }
-        (self.read.get() as f64 / self.size as f64).min(1.0)
+    /// How far the reading is, 0 to 1, the last bar read being of the symbol at
+    /// `position` in the run's list: the symbols before it done, and its own bars
+    /// read up to that bar's time. (The file is still being written, so its size
+    /// says nothing; the rows come ordered by symbol, then time.)
+    pub(super) fn fraction(&self, position: usize) -> f64 {
+        let within = self.last.map_or(0.0, |ts| {
+            ((ts - self.start).num_seconds() as f64 / self.span_s).clamp(0.0, 1.0)
+        });
+        ((position as f64 + within) / self.symbols as f64).min(1.0)
     }
 
     /// Rows read so far.
     pub(super) fn rows(&self) -> u64 {
         self.reader.rows()
-    }
-}
-
-/// The file, counting the bytes read from it.
-struct Counted {
-    file: File,
-    read: Rc<Cell<u64>>,
-}
-
-impl Read for Counted {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
-        Ok(n)
     }
 }
