@@ -1,7 +1,8 @@
 //! Runs (CONTRACT.md §4) in the fault suite: a small data set and two
 //! `sma_crossover` strategies seeded at set-up; runs inserted during the rounds
-//! (backtest, screener, alert; mixed priorities; some with a short `timeout_s`) and
-//! `cancel` commands for some; run processes SIGKILLed among the faults; and at every
+//! (backtest, screener, alert; mixed priorities; some with a short `timeout_s`;
+//! and backtests of a strategy stuck in its set-up, [`SLOW`], which must end
+//! `timed_out`) and `cancel` commands for some; run processes SIGKILLed among the faults; and at every
 //! checkpoint, the runs against the contract and the process table.
 
 use super::common::{sigkill, try_wait_for, Operator};
@@ -22,6 +23,9 @@ pub const SYMBOLS: [&str; 4] = ["AAA", "BBB", "CCC", "DDD"];
 const BARS: i32 = 300;
 /// How long a checkpoint waits for every run to be final or legitimately active.
 const RUNS_SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+/// The strategy whose runs cannot finish within their `timeout_s`: a `heartbeat`
+/// that blocks 5 s in `on_start`, its backtests given 1 or 2 s.
+pub const SLOW: &str = "run-slow";
 
 /// The securities, their bars and the strategies whose runs the suite inserts.
 pub async fn seed(op: &Operator) -> Vec<Uuid> {
@@ -55,6 +59,8 @@ pub async fn seed(op: &Operator) -> Vec<Uuid> {
                 .await,
         );
     }
+    let config = json!({"token": "AAA", "start_delay_ms": 5000});
+    ids.push(op.add_strategy(SLOW, "heartbeat", config).await);
     ids
 }
 
@@ -86,7 +92,8 @@ fn pick_run(rng: &mut StdRng) -> (&'static str, &'static str, Value, Option<i32>
 }
 
 /// Insert runs and cancel some until `stop` fires; cancels join `issued` (they are
-/// commands like the others).
+/// commands like the others). The last of `strategies` is [`SLOW`]: its runs are
+/// backtests of one symbol with a `timeout_s` of 1 or 2.
 pub async fn drive_runs(
     op: Operator,
     strategies: Vec<Uuid>,
@@ -98,8 +105,14 @@ pub async fn drive_runs(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut mine: Vec<(Uuid, Uuid)> = Vec::new();
     while !stop.is_cancelled() {
-        let strategy = strategies[rng.random_range(0..strategies.len())];
-        let (mode, priority, params, timeout) = pick_run(&mut rng);
+        let pick = rng.random_range(0..strategies.len());
+        let strategy = strategies[pick];
+        let (mut mode, priority, mut params, mut timeout) = pick_run(&mut rng);
+        if pick == strategies.len() - 1 {
+            mode = "backtest";
+            params = json!({"symbols": ["AAA"]});
+            timeout = Some(rng.random_range(1..=2));
+        }
         let id = Uuid::new_v4();
         let insert = sqlx::query(
             "INSERT INTO strategy_runs (id, strategy_id, mode, parameters, priority, timeout_s) \
@@ -211,6 +224,11 @@ pub struct RunRow {
     /// The row's `message` and `updated_at`, for a violation's report.
     message: Option<String>,
     updated_at: chrono::DateTime<chrono::Utc>,
+    /// A run of [`SLOW`].
+    slow: bool,
+    timeout_s: Option<i32>,
+    /// `finished_at` − `started_at`, in seconds.
+    ran_s: Option<f64>,
 }
 
 async fn run_rows(op: &Operator) -> Result<Vec<RunRow>, sqlx::Error> {
@@ -218,9 +236,12 @@ async fn run_rows(op: &Operator) -> Result<Vec<RunRow>, sqlx::Error> {
         "SELECT r.id, r.state, r.attempt, r.pid, r.error, r.result IS NOT NULL AS has_result, \
                 jsonb_array_length(r.parameters->'symbols') AS symbols, \
                 (SELECT count(*) FROM strategy_run_items i WHERE i.run_id = r.id) AS items, \
-                r.message, r.updated_at \
+                r.message, r.updated_at, \
+                EXISTS (SELECT 1 FROM strategy_configs s WHERE s.id = r.strategy_id AND s.name = $1) AS slow, \
+                r.timeout_s, EXTRACT(EPOCH FROM r.finished_at - r.started_at)::float8 AS ran_s \
          FROM strategy_runs r ORDER BY r.created_at",
     )
+    .bind(SLOW)
     .fetch_all(&op.pool)
     .await
 }
@@ -252,6 +273,10 @@ fn wrong(row: &RunRow) -> Vec<String> {
         wrong.push(format!("run {} has attempt {}", row.id, row.attempt));
     }
     match row.state.as_str() {
+        "completed" if row.slow => wrong.push(format!(
+            "run {} of {SLOW} completed, though it is stuck past its timeout_s {:?}",
+            row.id, row.timeout_s
+        )),
         "completed" => {
             let expected = row.symbols.map_or(SYMBOLS.len() as i64, i64::from);
             if !row.has_result || row.items != expected {
@@ -260,6 +285,15 @@ fn wrong(row: &RunRow) -> Vec<String> {
                     row.id,
                     if row.has_result { "set" } else { "missing" },
                     row.items
+                ));
+            }
+        }
+        "timed_out" => {
+            let limit = f64::from(row.timeout_s.unwrap_or_default());
+            if row.ran_s.is_none_or(|ran| ran < limit - 0.01) {
+                wrong.push(format!(
+                    "run {} timed out after {:?} s, before its timeout_s of {limit}",
+                    row.id, row.ran_s
                 ));
             }
         }
