@@ -526,6 +526,31 @@ fn a_panic_in_strategy_code_is_an_error_naming_the_symbol() {
 
 #[test]
 fn a_bad_input_is_an_error_line_in_the_outbox_of_the_run_id() {
+    let (code, text) = run_with_stdin(b"{\"run_id\": 3}");
+    assert_eq!(code, 0, "{text}");
+    let line: RunOutput = serde_json::from_str(text.trim()).unwrap();
+    let RunOutput::Error { error } = line else {
+        panic!("{text}")
+    };
+    assert!(
+        error.starts_with("the run's input on stdin is not a run input"),
+        "{error}"
+    );
+}
+
+/// An input cut short (the manager died while writing it, or before): no outcome,
+/// exit code 3, so that the next manager's retry rule applies.
+#[test]
+fn an_input_cut_short_gives_no_outcome() {
+    for cut in [&b""[..], &b"{\"run_id\": \"0b6e"[..]] {
+        let (code, text) = run_with_stdin(cut);
+        assert_eq!(code, 3, "{text}");
+        assert_eq!(text, "", "no line in the outbox");
+    }
+}
+
+/// A run process given `stdin`: its exit code and its outbox's text.
+fn run_with_stdin(stdin: &[u8]) -> (i32, String) {
     let dir = TestDir::new();
     let run_id = Uuid::new_v4();
     let mut child = Command::new(env!("CARGO_BIN_EXE_strategy-executor"))
@@ -537,22 +562,10 @@ fn a_bad_input_is_an_error_line_in_the_outbox_of_the_run_id() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"run_id\": 3}")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let text = std::fs::read_to_string(outbox_path(&dir.0, run_id)).unwrap();
-    let line: RunOutput = serde_json::from_str(text.trim()).unwrap();
-    let RunOutput::Error { error } = line else {
-        panic!("{text}")
-    };
-    assert!(
-        error.starts_with("the run's input on stdin is not a run input"),
-        "{error}"
-    );
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let text = std::fs::read_to_string(outbox_path(&dir.0, run_id)).unwrap_or_default();
+    (code, text)
 }
 
 #[test]

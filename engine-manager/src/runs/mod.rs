@@ -25,6 +25,7 @@ pub mod run;
 
 use crate::process::{self, ExecutorProcess};
 use crate::Shared;
+use engine_protocol::backoff::Backoff;
 use engine_protocol::runs::{self as proto, RunEvent, RunEventMetrics, RunEventType, RunState};
 use engine_store::runs::{self as store, RunRow};
 use run::{RunTask, Start, StopReason, StopRequest};
@@ -335,16 +336,28 @@ impl RunQueue {
         }
     }
 
-    async fn cancel(&mut self, request: CancelRequest, reply: CancelReply) {
-        let waits = match request.run_id {
-            Some(run_id) => self.cancel_one(&request, run_id).await.map(|w| vec![w]),
-            None => self.cancel_all(&request).await,
-        };
-        let waits = match waits {
-            Ok(waits) => waits,
-            Err(err) => {
-                let _ = reply.send(Err(err));
-                return;
+    async fn cancel(&mut self, mut request: CancelRequest, reply: CancelReply) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let waits = loop {
+            let waits = match request.run_id {
+                Some(run_id) => self.cancel_one(&request, run_id).await.map(|w| vec![w]),
+                None => self.cancel_all(&request).await,
+            };
+            match waits {
+                Ok(waits) => break waits,
+                // The database away is waited out, not the command's failure; what
+                // the try before did counts (a run it cancelled is done).
+                Err(CancelError::Database(err)) => {
+                    tracing::warn!(command_id = %request.command_id, error = %err, "cannot read or write the runs to cancel; trying again");
+                    request.recovered = true;
+                    if !run::pause(&self.shared, &mut backoff).await {
+                        return; // the manager stops: the next one carries the command out
+                    }
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                    return;
+                }
             }
         };
         let shared = self.shared.clone();

@@ -341,16 +341,22 @@ impl RunTask {
             .await;
         let reply = match ended {
             Some(true) => Ok(()),
-            Some(false) => match store::run_state(&self.shared.pool, self.row.id).await {
-                Ok(Some((_, state))) => Err(CancelError::Finished {
-                    run_id: self.row.id,
-                    state,
-                }),
-                Ok(None) => Err(CancelError::UnknownRun {
-                    run_id: self.row.id,
-                }),
-                Err(err) => Err(CancelError::Database(err)),
-            },
+            Some(false) => {
+                let state = with_retry(&self.shared, "read the run's state", || {
+                    store::run_state(&self.shared.pool, self.row.id)
+                })
+                .await;
+                match state {
+                    Some(Some((_, state))) => Err(CancelError::Finished {
+                        run_id: self.row.id,
+                        state,
+                    }),
+                    Some(None) => Err(CancelError::UnknownRun {
+                        run_id: self.row.id,
+                    }),
+                    None => return, // the manager stops: the command stays `processing`
+                }
+            }
             None => return, // the manager stops: the command stays `processing`
         };
         if let Some(tx) = req.reply {
@@ -524,7 +530,7 @@ where
 }
 
 /// Sleep the backoff's next delay; `false` if the manager stops first.
-async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
+pub(super) async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
     tokio::select! {
         _ = shared.cancel.cancelled() => false,
         _ = tokio::time::sleep(backoff.next_delay()) => true,

@@ -47,8 +47,9 @@ use uuid::Uuid;
 /// Bars between two looks at the clock for a progress line.
 const PROGRESS_EVERY_BARS: u32 = 4096;
 
-/// Exit code of a run process whose bars file was cut short: it ends without a
-/// result or an error line (its run is tried again by the manager's rule).
+/// Exit code of a run process whose input or bars file was cut short (its manager
+/// died or failed while handing them over): it ends without a result or an error
+/// line, and its run is tried again by the manager's rule.
 pub const EXIT_CUT_SHORT: u8 = 3;
 
 /// Why a run ended `error` (the text of its `error` line).
@@ -58,6 +59,10 @@ pub enum RunError {
     ReadInput(#[source] std::io::Error),
     #[error("the run's input on stdin is not a run input: {0}")]
     BadInput(String),
+    #[error(
+        "the run's input on stdin ends early ({0}): its manager stopped while handing it over"
+    )]
+    InputCut(String),
     #[error(
         "the run's input is for run {found}, but this process was started with --run-id {expected}"
     )]
@@ -100,14 +105,16 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// The bars file ends without its trailer and its writer is gone.
+    /// What the manager hands over was cut short: the input on stdin, or the bars
+    /// file (it ends without its trailer and its writer is gone).
     fn cut_short(&self) -> bool {
         matches!(
             self,
-            RunError::Bars {
-                source: BarsFileError::Truncated { .. },
-                ..
-            }
+            RunError::InputCut(_)
+                | RunError::Bars {
+                    source: BarsFileError::Truncated { .. },
+                    ..
+                }
         )
     }
 }
@@ -205,6 +212,7 @@ pub fn run_process(run_id: Uuid, runs_dir: &Path, registry: &Registry) -> ExitCo
     };
     let outcome = match input {
         Ok(input) => run_input(&input, registry, outbox),
+        Err(err) if err.cut_short() => Ok(Some(one_line(&error_chain(&err)))),
         Err(err) => {
             let error = one_line(&error_chain(&err));
             outbox.write(&RunOutput::Error { error }).map(|()| None)
@@ -233,8 +241,10 @@ fn read_input(run_id: Uuid) -> Result<RunInput, RunError> {
     std::io::stdin()
         .read_to_string(&mut text)
         .map_err(RunError::ReadInput)?;
-    let input: RunInput =
-        serde_json::from_str(&text).map_err(|e| RunError::BadInput(e.to_string()))?;
+    let input: RunInput = serde_json::from_str(&text).map_err(|e| match e.is_eof() {
+        true => RunError::InputCut(e.to_string()),
+        false => RunError::BadInput(e.to_string()),
+    })?;
     if input.run_id != run_id {
         return Err(RunError::OtherRun {
             expected: run_id,
