@@ -149,6 +149,12 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_MAX_CONCURRENT_RUNS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_runs: u32,
 
+    /// At most this many interval executions run at once across all strategies; a due
+    /// execution waits for a slot, and one still waiting when its next is due is
+    /// counted in `skipped_executions` (CONTRACT.md §5).
+    #[arg(long, env = "ENGINE_MAX_CONCURRENT_EXECUTIONS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_executions: u32,
+
     /// The least time between two progress lines of a run's process (0 writes only
     /// the first and the last; the manager throttles what it writes and publishes
     /// on its own).

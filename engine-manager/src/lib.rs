@@ -82,6 +82,8 @@ pub struct Shared {
     pub tracker: Tasks,
     /// The runs' queue: where the intake hands `cancel` commands.
     pub runs: runs::RunsHandle,
+    /// The interval executions' task: what the supervisors tell it.
+    pub executions: executions::task::ExecutionsHandle,
     /// The HTTP tokens (checked at start-up, before the database).
     pub http_access: Arc<http::HttpAccess>,
 }
@@ -191,6 +193,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     background.spawn_last("publisher", publishing);
     let claim_pool = db::connect_claimer(&config.database_url)?;
     let (runs_handle, runs_inbox) = runs::channel();
+    let (executions_handle, executions_inbox) = executions::task::channel();
     let shared = Arc::new(Shared {
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
@@ -208,6 +211,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         cancel: CancellationToken::new(),
         tracker: background.tracker.clone(),
         runs: runs_handle,
+        executions: executions_handle,
         http_access,
     });
     log_start(&shared, is_boot);
@@ -222,6 +226,9 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     background.spawn("control socket", server.run(shared.cancel.clone()));
     background.spawn("http", http::run(shared.clone(), redis_client.clone()));
 
+    // Before the supervisors: they report `running` to it from their first step.
+    let executions = executions::task::Executions::new(shared.clone(), executions_inbox);
+    background.spawn("interval executions", executions.run());
     let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;
     let (supervisors, applied) =
         start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;

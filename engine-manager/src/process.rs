@@ -81,6 +81,8 @@ pub struct SpawnSpec<'a> {
     pub log_path: &'a Path,
     /// Pass `--start-paused`: the executor comes up `paused`.
     pub start_paused: bool,
+    /// The strategy has an `execution_interval_s` (its type must support it).
+    pub interval: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ impl ExecutorProcess {
         let input = engine_protocol::control::SpawnInput {
             config: spec.config.clone(),
             broker_state: spec.broker_state.cloned(),
+            interval: spec.interval,
         };
         let input = serde_json::to_vec(&input).expect("a JSON value serializes");
         let started = Started {

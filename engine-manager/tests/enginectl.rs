@@ -988,3 +988,88 @@ async fn add_and_start_warn_when_nothing_is_published_on_the_token() {
     ctl(&engine, &["stop", "no-token"]).await.ok();
     engine.finish().await;
 }
+
+#[tokio::test]
+async fn interval_strategies_are_added_triggered_edited_and_listed() {
+    let engine = TestEngine::started().await;
+    let added = ctl(
+        &engine,
+        &[
+            "add",
+            "hourly",
+            "--type",
+            "heartbeat",
+            "--interval",
+            "3600",
+            "--max-execution",
+            "5",
+        ],
+    )
+    .await
+    .ok();
+    assert!(added.stdout.contains("executed every 3600s"), "{added:?}");
+    let row = listed(&engine, "hourly").await;
+    assert_eq!(row["executions"]["execution_interval_s"], 3600, "{row}");
+    assert_eq!(row["executions"]["max_execution_s"], 5, "{row}");
+
+    // Refused before the INSERT: a type without interval support, a bad interval.
+    let refused = ctl(
+        &engine,
+        &[
+            "add",
+            "sma",
+            "--type",
+            "sma_crossover",
+            "--config",
+            r#"{"token": "BTC-USD"}"#,
+            "--interval",
+            "60",
+        ],
+    )
+    .await
+    .failed();
+    assert!(
+        refused
+            .stderr
+            .contains("'sma_crossover' does not support interval execution")
+            && refused.stderr.contains("types that do: dca, heartbeat"),
+        "{refused:?}"
+    );
+    let usage = ctl(&engine, &["edit", "hourly", "--interval", "0"]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    assert!(usage.stderr.contains("--interval"), "{usage:?}");
+
+    ctl(&engine, &["start", "hourly"]).await.ok();
+    let triggered = ctl(&engine, &["trigger", "hourly"]).await.ok();
+    assert!(
+        triggered.stdout.contains("hourly: trigger executed"),
+        "{triggered:?}"
+    );
+    let row = wait_for("the execution in list --json", DEADLINE, || async {
+        let row = listed(&engine, "hourly").await;
+        (row["executions"]["execution_count"] == 1).then_some(row)
+    })
+    .await;
+    assert_eq!(row["executions"]["successful_executions"], 1, "{row}");
+    assert!(row["executions"]["next_execution_at"].is_string(), "{row}");
+    let table = ctl(&engine, &["list"]).await.ok();
+    assert!(
+        table
+            .stdout
+            .contains("every 3600s: 1 ok, 0 failed, 0 skipped; next "),
+        "{table:?}"
+    );
+
+    // A continuous strategy again: the manager takes the edit, and trigger says why not.
+    ctl(&engine, &["edit", "hourly", "--no-interval"])
+        .await
+        .ok();
+    let refusal = wait_for("the edit taken by the manager", DEADLINE, || async {
+        let run = ctl(&engine, &["trigger", "hourly"]).await;
+        (run.code == 1).then_some(run.stderr)
+    })
+    .await;
+    assert!(refusal.contains("no execution_interval_s"), "{refusal}");
+    assert_eq!(listed(&engine, "hourly").await["executions"], Value::Null);
+    engine.finish().await;
+}

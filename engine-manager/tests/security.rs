@@ -260,6 +260,7 @@ async fn oversized_config_and_parameters_are_refused_naming_the_cap() {
         "heartbeat",
         &object_of_size("token", 70_000),
         false,
+        Default::default(),
     )
     .await
     .unwrap_err();

@@ -60,6 +60,18 @@ pub enum ExecutorMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         discarded: Option<String>,
     },
+    /// The end of an interval execution ([`ManagerMessage::Execute`]): `ok`, or the
+    /// strategy's error; `duration_ms` as the executor measured `on_execute`.
+    Executed {
+        execution_id: Uuid,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// What the strategy said about an execution that ended well.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        duration_ms: u64,
+    },
 }
 
 /// What the manager writes on an executor's stdin (with `--stdin-envelope`): the
@@ -69,6 +81,10 @@ pub struct SpawnInput {
     pub config: Value,
     #[serde(default)]
     pub broker_state: Option<Value>,
+    /// The strategy has an `execution_interval_s`: an executor whose strategy type
+    /// does not support interval execution refuses to start ([`EXIT_BAD_CONFIG`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interval: bool,
 }
 
 /// Manager → executor.
@@ -76,6 +92,11 @@ pub struct SpawnInput {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ManagerMessage {
     Command(ExecutorCommand),
+    /// Run the strategy's interval step (`Strategy::on_execute`) once now; answered
+    /// by [`ExecutorMessage::Executed`] with the same `execution_id`.
+    Execute {
+        execution_id: Uuid,
+    },
 }
 
 /// One frame as a line (JSON plus `\n`).
@@ -83,4 +104,42 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut line = serde_json::to_vec(msg).expect("control frames always serialize");
     line.push(b'\n');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_frames_round_trip() {
+        let id = Uuid::new_v4();
+        let line = encode_frame(&ManagerMessage::Execute { execution_id: id });
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(
+            text,
+            format!("{{\"type\":\"execute\",\"execution_id\":\"{id}\"}}\n")
+        );
+        let done = ExecutorMessage::Executed {
+            execution_id: id,
+            ok: false,
+            error: Some("no price yet".into()),
+            message: None,
+            duration_ms: 12,
+        };
+        let back: ExecutorMessage = serde_json::from_slice(&encode_frame(&done)).unwrap();
+        assert_eq!(back, done);
+    }
+
+    #[test]
+    fn the_interval_flag_is_optional_in_the_spawn_input() {
+        let input: SpawnInput = serde_json::from_str(r#"{"config": {}}"#).unwrap();
+        assert!(!input.interval);
+        let text = serde_json::to_string(&SpawnInput {
+            config: serde_json::json!({}),
+            broker_state: None,
+            interval: true,
+        })
+        .unwrap();
+        assert!(text.contains(r#""interval":true"#), "{text}");
+    }
 }

@@ -56,6 +56,10 @@ impl Channels {
     pub fn live_data(&self, token: &str) -> String {
         format!("{}live_data:{token}", self.prefix)
     }
+    /// `strategy:execution:{strategy_id}`: every interval execution ([`ExecutionMessage`]).
+    pub fn execution(&self, id: Uuid) -> String {
+        format!("{}strategy:execution:{id}", self.prefix)
+    }
     pub fn state_key(&self, id: Uuid) -> String {
         format!("{}strategy:state:{id}", self.prefix)
     }
@@ -168,6 +172,23 @@ pub struct StatusMessage {
     /// Who published it: `manager` or `executor` (an additive field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+}
+
+/// `strategy:execution:{strategy_id}`: one interval execution's end (CONTRACT.md §5),
+/// or due executions skipped. Exactly the contract's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionMessage {
+    pub strategy_id: Uuid,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    /// When it started (for `skipped`: the latest due time skipped).
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// `ok`, `error`, `timeout` or `skipped`.
+    pub outcome: String,
+    pub error: Option<String>,
 }
 
 /// `strategy:health`: one message per running strategy every health interval.

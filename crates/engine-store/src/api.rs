@@ -31,6 +31,9 @@ pub struct StrategyOverview {
     pub orders_count: Option<i32>,
     pub success_rate: Option<f64>,
     pub metrics: Option<Value>,
+    /// Interval executions: the interval, the time limit and the statistics.
+    #[sqlx(flatten)]
+    pub executions: crate::executions::ExecutionColumns,
 }
 
 /// The newest `strategy` metrics row among a strategy's last 64 rows (health rows
@@ -38,7 +41,10 @@ pub struct StrategyOverview {
 const STRATEGY_SELECT: &str = "SELECT c.id, c.name, c.strategy_type, c.config, c.auto_start, \
        c.desired_state, c.status, c.pid, c.last_error, c.restart_count, c.started_at, \
        c.created_at, c.updated_at, m.\"timestamp\" AS metrics_at, m.pnl::float8 AS pnl, \
-       m.positions_count, m.orders_count, m.success_rate, m.metrics \
+       m.positions_count, m.orders_count, m.success_rate, m.metrics, \
+       c.execution_interval_s, c.max_execution_s, c.next_execution_at, c.last_execution_at, \
+       c.execution_count, c.successful_executions, c.failed_executions, c.skipped_executions, \
+       c.last_execution_duration_ms, c.avg_execution_ms, c.last_execution_error \
      FROM strategy_configs c \
      LEFT JOIN LATERAL ( \
        SELECT * FROM ( \

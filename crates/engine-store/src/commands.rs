@@ -34,6 +34,8 @@ pub enum CommandKind {
     Cancel {
         run_id: Option<Uuid>,
     },
+    /// One execution of an interval strategy now (CONTRACT.md §5).
+    Trigger,
 }
 
 impl CommandKind {
@@ -46,6 +48,7 @@ impl CommandKind {
             CommandKind::Pause => CommandWord::Pause,
             CommandKind::Resume => CommandWord::Resume,
             CommandKind::Cancel { .. } => CommandWord::Cancel,
+            CommandKind::Trigger => CommandWord::Trigger,
         }
     }
 
@@ -162,11 +165,12 @@ pub fn parse_command(
         });
     }
     match command {
-        CommandWord::Start | CommandWord::Pause | CommandWord::Resume => {
+        CommandWord::Start | CommandWord::Pause | CommandWord::Resume | CommandWord::Trigger => {
             no_parameters(word, params)?;
             Ok(match command {
                 CommandWord::Start => CommandKind::Start,
                 CommandWord::Pause => CommandKind::Pause,
+                CommandWord::Trigger => CommandKind::Trigger,
                 _ => CommandKind::Resume,
             })
         }
@@ -315,6 +319,10 @@ mod tests {
             parse_command("cancel", &json!({}), false),
             Ok(CommandKind::Cancel { run_id: None })
         );
+        assert_eq!(
+            parse_command("trigger", &json!({}), false),
+            Ok(CommandKind::Trigger)
+        );
     }
 
     #[test]
@@ -336,6 +344,8 @@ mod tests {
         assert!(err("start", json!({}), true).contains("cannot be global"));
         assert!(err("update", json!({"config": {}}), true).contains("cannot be global"));
         assert!(err("restart", json!({}), true).contains("cannot be global"));
+        assert!(err("trigger", json!({}), true).contains("'trigger' cannot be global"));
+        assert!(err("trigger", json!({"now": true}), false).contains("takes no parameters"));
         // Refused as global before its parameters are judged.
         assert!(err("update", json!({}), true).contains("'update' cannot be global"));
         assert!(err("start", json!({"x": 1}), true).contains("'start' cannot be global"));

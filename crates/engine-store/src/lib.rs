@@ -13,6 +13,8 @@
 //!   and beaten by the daemon, read by operators' tools.
 //! - [`commands`]: inserting a command row (one statement for every tool), and
 //!   checking a row and turning it into a typed command.
+//! - [`executions`]: interval strategies' columns and their statistics (read when a
+//!   strategy is planned, written in batches).
 //! - [`operator`]: what `enginectl` reads and inserts (strategies, latest metrics,
 //!   history, progress of its commands, `doctor`'s checks).
 //! - [`api`]: what the manager's HTTP API reads (strategies with metrics, recent
@@ -33,6 +35,7 @@
 pub mod api;
 pub mod bench;
 pub mod commands;
+pub mod executions;
 pub mod lease;
 pub mod limits;
 pub mod manager;

@@ -190,12 +190,14 @@ pub struct StrategyRow {
     pub restart_policy: Option<Value>,
     /// The broker state the strategy's last executor reported, for the next one.
     pub broker_state: Option<Value>,
+    /// `NULL`: a continuous strategy; else an interval strategy (CONTRACT.md §5).
+    pub execution_interval_s: Option<i32>,
 }
 
 const STRATEGY_COLUMNS: &str =
     "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
      restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy, \
-     broker_state";
+     broker_state, execution_interval_s";
 
 pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
     sqlx::query_as(&format!(

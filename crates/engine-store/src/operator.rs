@@ -61,6 +61,14 @@ pub fn schema_refusal(err: &sqlx::Error) -> Option<Cow<'static, str>> {
         return Some(Cow::Owned(words));
     }
     let db = err.as_database_error()?;
+    // These checks refuse the row in words of their own (migration
+    // `interval_executions`): the value given and the range allowed.
+    if matches!(
+        db.constraint(),
+        Some("execution_interval_range" | "max_execution_range")
+    ) {
+        return Some(Cow::Owned(db.message().to_string()));
+    }
     match db.code().as_deref() {
         // untranslatable_character: "unsupported Unicode escape sequence" in jsonb.
         Some("22P05") => {
@@ -122,6 +130,9 @@ pub struct StrategyRecord {
     pub restart_count: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Interval executions: the interval, the time limit and the statistics.
+    #[sqlx(flatten)]
+    pub executions: crate::executions::ExecutionColumns,
 }
 
 impl StrategyRecord {
@@ -132,7 +143,10 @@ impl StrategyRecord {
 }
 
 const COLUMNS: &str = "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
-                       last_error, restart_count, started_at, created_at";
+                       last_error, restart_count, started_at, created_at, execution_interval_s, \
+                       max_execution_s, next_execution_at, last_execution_at, execution_count, \
+                       successful_executions, failed_executions, skipped_executions, \
+                       last_execution_duration_ms, avg_execution_ms, last_execution_error";
 
 pub async fn strategies(pool: &PgPool) -> anyhow::Result<Vec<StrategyRecord>> {
     sqlx::query_as(&format!(
@@ -387,6 +401,15 @@ fn split_latest(
     (strategy, health)
 }
 
+/// The interval columns an operator sets (`None`: the column's default, or left as
+/// it is by [`set_interval`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntervalSettings {
+    /// `Some(None)`: make it a continuous strategy (`NULL`).
+    pub execution_interval_s: Option<Option<i32>>,
+    pub max_execution_s: Option<i32>,
+}
+
 /// Insert a strategy; a taken name or a refused row gets an error that says so.
 pub async fn insert_strategy(
     pool: &PgPool,
@@ -394,14 +417,18 @@ pub async fn insert_strategy(
     strategy_type: &str,
     config: &Value,
     auto_start: bool,
+    interval: IntervalSettings,
 ) -> anyhow::Result<Uuid> {
     sqlx::query_scalar(
-        "INSERT INTO strategy_configs (name, strategy_type, config, auto_start) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO strategy_configs (name, strategy_type, config, auto_start, execution_interval_s, max_execution_s) \
+         VALUES ($1, $2, $3, $4, $5, coalesce($6, 30)) RETURNING id",
     )
     .bind(name)
     .bind(strategy_type)
     .bind(config)
     .bind(auto_start)
+    .bind(interval.execution_interval_s.flatten())
+    .bind(interval.max_execution_s)
     .fetch_one(pool)
     .await
     .map_err(|err| match (sql_state(&err).as_deref(), schema_refusal(&err)) {
@@ -409,6 +436,29 @@ pub async fn insert_strategy(
         (_, Some(words)) => anyhow!("strategy '{name}' was not added: {words}"),
         _ => query_error(err, "insert into strategy_configs"),
     })
+}
+
+/// Change a strategy's interval columns (those given); the manager picks the change
+/// up within seconds. False when there is no such strategy.
+pub async fn set_interval(
+    pool: &PgPool,
+    id: Uuid,
+    interval: IntervalSettings,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE strategy_configs SET \
+             execution_interval_s = CASE WHEN $2 THEN $3 ELSE execution_interval_s END, \
+             max_execution_s = coalesce($4, max_execution_s), updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(interval.execution_interval_s.is_some())
+    .bind(interval.execution_interval_s.flatten())
+    .bind(interval.max_execution_s)
+    .execute(pool)
+    .await
+    .map_err(|err| query_error(err, "change the strategy's interval"))?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// The server's version (`SHOW server_version`).
@@ -534,6 +584,7 @@ mod tests {
             restart_count: 0,
             started_at: None,
             created_at: Utc::now(),
+            executions: Default::default(),
         }
     }
 

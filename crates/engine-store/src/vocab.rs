@@ -100,6 +100,8 @@ pub enum CommandWord {
     /// Cancel one run (`{"run_id": …}`) or every queued and running run of the
     /// strategy (CONTRACT.md §4).
     Cancel,
+    /// One execution of an interval strategy now (CONTRACT.md §5).
+    Trigger,
 }
 
 vocabulary!(CommandWord, "command", [
@@ -110,6 +112,7 @@ vocabulary!(CommandWord, "command", [
     Pause => "pause",
     Resume => "resume",
     Cancel => "cancel",
+    Trigger => "trigger",
 ]);
 
 impl CommandWord {
@@ -199,11 +202,11 @@ mod tests {
         }
         assert_eq!(
             CommandWord::list(),
-            "start, stop, restart, update, pause, resume, cancel"
+            "start, stop, restart, update, pause, resume, cancel, trigger"
         );
         assert_eq!(
             "Stop".parse::<CommandWord>().unwrap_err().to_string(),
-            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume, cancel"
+            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume, cancel, trigger"
         );
         assert!("".parse::<DesiredState>().is_err());
         assert!("done".parse::<CommandStatus>().is_err());

@@ -124,6 +124,34 @@ pub struct AddArgs {
     /// without the executor binary; the manager still checks it at start).
     #[arg(long)]
     pub no_validate: bool,
+
+    /// Make it an interval strategy: executed once every SECONDS (the type must
+    /// support interval execution; `enginectl types` says which do).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(i32).range(1..=31_536_000))]
+    pub interval: Option<i32>,
+
+    /// How long one execution may take before it counts as failed (1 to 3600,
+    /// default 30); 5 s more and the executor is killed and restarted.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub max_execution: Option<i32>,
+}
+
+/// `edit`: change a strategy's interval columns.
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    pub name: String,
+
+    /// Execute it once every SECONDS (an interval strategy).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(i32).range(1..=31_536_000), conflicts_with = "no_interval")]
+    pub interval: Option<i32>,
+
+    /// Make it a continuous strategy again (execution_interval_s NULL).
+    #[arg(long)]
+    pub no_interval: bool,
+
+    /// How long one execution may take (1 to 3600 seconds).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub max_execution: Option<i32>,
 }
 
 /// One command row to insert.
@@ -270,20 +298,68 @@ async fn add_checked(target: &Target, args: &AddArgs, config: &Value) -> anyhow:
             bail!("strategy '{}' was not added: {reason}", args.name);
         }
     }
+    if args.interval.is_some() && !args.no_validate {
+        executor::check_interval_support(&target.executor_path, &args.strategy_type).await?;
+    }
+    let interval = store::IntervalSettings {
+        execution_interval_s: args.interval.map(Some),
+        max_execution_s: args.max_execution,
+    };
     let id = store::insert_strategy(
         &pool,
         &args.name,
         &args.strategy_type,
         config,
         args.auto_start,
+        interval,
     )
     .await?;
+    let every = args
+        .interval
+        .map(|s| format!(", executed every {s}s"))
+        .unwrap_or_default();
     println!(
-        "added '{}' ({}, id {id}{}); start it with `enginectl start {}`",
+        "added '{}' ({}, id {id}{}{every}); start it with `enginectl start {}`",
         args.name,
         args.strategy_type,
         if args.auto_start { ", auto_start" } else { "" },
         name_arg(&args.name)
+    );
+    Ok(Finished::Ok)
+}
+
+/// `edit NAME --interval S | --no-interval [--max-execution S]`.
+pub async fn edit(target: &Target, args: EditArgs) -> anyhow::Result<Finished> {
+    let execution_interval_s = match (args.interval, args.no_interval) {
+        (Some(seconds), _) => Some(Some(seconds)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    if execution_interval_s.is_none() && args.max_execution.is_none() {
+        bail!(
+            "nothing to change: give --interval SECONDS, --no-interval or --max-execution SECONDS"
+        );
+    }
+    let pool = target.pool().await?;
+    let strategy = store::resolve_one(&pool, &args.name).await?;
+    if let Some(Some(_)) = execution_interval_s {
+        executor::check_interval_support(&target.executor_path, &strategy.strategy_type).await?;
+    }
+    let settings = store::IntervalSettings {
+        execution_interval_s,
+        max_execution_s: args.max_execution,
+    };
+    if !store::set_interval(&pool, strategy.id, settings).await? {
+        bail!("strategy '{}' was deleted meanwhile", args.name);
+    }
+    let now = match execution_interval_s {
+        Some(Some(seconds)) => format!("executed every {seconds}s"),
+        Some(None) => "a continuous strategy".to_string(),
+        None => "unchanged interval".to_string(),
+    };
+    println!(
+        "'{}' is now {now}; a running strategy takes the change within a few seconds",
+        args.name
     );
     Ok(Finished::Ok)
 }
@@ -330,7 +406,8 @@ async fn orders_for(
             CommandWord::Start
             | CommandWord::Restart
             | CommandWord::Update
-            | CommandWord::Cancel => {
+            | CommandWord::Cancel
+            | CommandWord::Trigger => {
                 let every = store::strategies(pool).await?;
                 Ok(every
                     .into_iter()

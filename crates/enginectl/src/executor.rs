@@ -162,6 +162,32 @@ pub async fn validate(
     }
 }
 
+/// An interval needs a type that supports interval execution: an error naming the
+/// types that do when `strategy_type` does not (an unknown type is left to the
+/// config check, which lists the known ones).
+pub async fn check_interval_support(path: &Path, strategy_type: &str) -> anyhow::Result<()> {
+    let infos = list_types(path)
+        .await
+        .context("cannot check that the type supports interval execution")?;
+    match infos
+        .iter()
+        .find(|info| info.strategy_type == strategy_type)
+    {
+        Some(info) if !info.supports_interval => {
+            let supported: Vec<&str> = infos
+                .iter()
+                .filter(|info| info.supports_interval)
+                .map(|info| info.strategy_type.as_str())
+                .collect();
+            bail!(
+                "strategy type '{strategy_type}' does not support interval execution (--interval); types that do: {}",
+                supported.join(", ")
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
 fn describe_code(code: Option<i32>) -> String {
     match code {
         Some(c) => format!("exit code {c}"),

@@ -121,6 +121,11 @@ pub enum Command {
     Resume(control::TargetArgs),
     /// Change a strategy's config with a JSON merge patch, live if it runs.
     Update(control::UpdateArgs),
+    /// Change a strategy's interval execution: `--interval SECONDS`, `--no-interval`,
+    /// `--max-execution SECONDS`.
+    Edit(control::EditArgs),
+    /// Execute interval strategies once now, and wait for the execution's outcome.
+    Trigger(control::TargetArgs),
     /// Start a run of a strategy's code (backtest, screener or alert), follow its
     /// progress and print its result (Ctrl-C leaves it running).
     Run(runs::RunArgs),
@@ -266,6 +271,10 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
             control::stop_or_restart(&target, engine_store::CommandWord::Restart, args).await
         }
         Command::Update(args) => control::update(&target, args).await,
+        Command::Edit(args) => control::edit(&target, args).await,
+        Command::Trigger(args) => {
+            control::simple(&target, engine_store::CommandWord::Trigger, args).await
+        }
         Command::Types { json } => executor::types(&target, json).await,
         Command::Watch { once, interval } => watch::watch(&target, once, interval, shutdown).await,
         Command::Logs {

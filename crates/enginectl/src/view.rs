@@ -16,6 +16,7 @@ use super::table::{self, Align, Table};
 use super::{Finished, Target};
 use chrono::{DateTime, Utc};
 use engine_protocol::Channels;
+use engine_store::executions::ExecutionColumns;
 use engine_store::operator::{self as store, LatestHealth, LatestStrategyMetrics, StrategyRecord};
 use engine_store::{DesiredState, Status};
 use redis::aio::MultiplexedConnection;
@@ -45,6 +46,9 @@ pub struct StrategyView {
     pub last_tick_at: Option<DateTime<Utc>>,
     pub stale: bool,
     pub last_error: Option<String>,
+    /// An interval strategy's interval, time limit and execution statistics (`null`
+    /// for a continuous strategy).
+    pub executions: Option<ExecutionColumns>,
     /// What the age is computed from when it is shown.
     #[serde(skip)]
     pub tick: TickSeen,
@@ -167,6 +171,11 @@ impl StrategyView {
             last_tick_at: tick.at,
             stale,
             last_error: record.last_error.clone().filter(|e| !e.is_empty()),
+            executions: record
+                .executions
+                .execution_interval_s
+                .is_some()
+                .then(|| record.executions.clone()),
             tick,
         }
     }
@@ -250,6 +259,7 @@ pub fn list_table(views: &[StrategyView]) -> Table {
         ("PNL", Align::Right),
         ("PNL TOTAL", Align::Right),
         ("TICK", Align::Right),
+        ("EXECUTIONS", Align::Left),
         ("LAST ERROR", Align::Left),
     ]);
     for v in views {
@@ -270,6 +280,7 @@ pub fn list_table(views: &[StrategyView]) -> Table {
             table::money(v.pnl),
             table::money(v.pnl_total),
             tick_cell(v.last_tick_age_ms, v.stale),
+            executions_cell(v.executions.as_ref()),
             v.last_error
                 .as_deref()
                 .map(|e| table::shorten(e, 60))
@@ -277,6 +288,25 @@ pub fn list_table(views: &[StrategyView]) -> Table {
         ]);
     }
     t
+}
+
+/// The executions column: `-` for a continuous strategy, else the interval, the
+/// counts and the next execution, e.g. `every 60s: 12 ok, 1 failed, 2 skipped; next
+/// 10:47:05`.
+pub fn executions_cell(executions: Option<&ExecutionColumns>) -> String {
+    let Some(e) = executions else {
+        return table::NONE.into();
+    };
+    let every = e.execution_interval_s.unwrap_or_default();
+    let s = &e.stats;
+    let next = s
+        .next_execution_at
+        .map(|at| format!("; next {}", at.format("%H:%M:%S")))
+        .unwrap_or_default();
+    format!(
+        "every {every}s: {} ok, {} failed, {} skipped{next}",
+        s.successful_executions, s.failed_executions, s.skipped_executions
+    )
 }
 
 /// `enginectl list [--json]`.
@@ -310,6 +340,7 @@ mod tests {
             restart_count: 2,
             started_at,
             created_at: Utc::now(),
+            executions: Default::default(),
         }
     }
 

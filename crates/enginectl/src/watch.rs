@@ -514,6 +514,7 @@ mod tests {
             stale: false,
             tick: Default::default(),
             last_error: None,
+            executions: None,
         }
     }
 

@@ -5,7 +5,10 @@
 //!   strategy — which executions are due at `now`, which may start under the
 //!   concurrency limit, which are skipped, timed out or must be killed, and the
 //!   statistics the manager keeps — with no I/O and no tasks.
-//!
-//! Not wired yet: no supervisor, database column or flag drives it so far.
+//! - [`task`]: [`task::Executions`], the one task that drives the plan: fed by the
+//!   supervisors (`running` reached and left, `trigger` commands, execution ends),
+//!   it asks them to execute or kill, answers triggers, publishes
+//!   `strategy:execution:{id}` and writes the statistics in batches.
 
 pub mod plan;
+pub mod task;

@@ -160,6 +160,9 @@ fn strategy_json(
         "updated_at": row.updated_at,
         "health": health_json(state, health, live),
         "metrics": metrics_json(row, memory),
+        // An interval strategy's interval, time limit and statistics; null for a
+        // continuous one.
+        "executions": row.executions.execution_interval_s.is_some().then_some(&row.executions),
     })
 }
 

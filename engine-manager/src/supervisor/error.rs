@@ -121,6 +121,28 @@ pub enum CommandError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Update(#[from] UpdateError),
+    /// `trigger` on a strategy that is not running.
+    #[error("cannot trigger: {}", trigger_refusal(*status))]
+    CannotTrigger { status: Status },
+    /// `trigger` on a running strategy with no `execution_interval_s`.
+    #[error(
+        "cannot trigger: the strategy has no execution_interval_s (it is a continuous strategy); give it one, e.g. `enginectl edit NAME --interval 60`, to execute it"
+    )]
+    NotInterval,
+    /// The triggered execution failed, timed out, or never ended.
+    #[error("the execution failed: {error}")]
+    Execution { error: String },
+}
+
+/// Why a strategy in `status` cannot be triggered, and what would help.
+fn trigger_refusal(status: Status) -> String {
+    match status {
+        Status::Paused => {
+            "the strategy is paused, and a paused strategy is not executed; resume it first"
+                .to_string()
+        }
+        other => format!("the strategy is {other}, not running; start it first"),
+    }
 }
 
 /// An error and its causes on one line, `: `-separated (what `{:#}` prints for anyhow).
@@ -191,5 +213,16 @@ mod tests {
             timeout: std::time::Duration::from_secs(10),
         });
         assert_eq!(render(&e), "config validation timed out after 10s");
+        let e = CommandError::CannotTrigger {
+            status: Status::Paused,
+        };
+        assert!(render(&e).contains("paused strategy is not executed; resume it first"));
+        let e = CommandError::CannotTrigger {
+            status: Status::Stopped,
+        };
+        assert_eq!(
+            render(&e),
+            "cannot trigger: the strategy is stopped, not running; start it first"
+        );
     }
 }

@@ -195,6 +195,11 @@ pub enum Effect {
         command_id: Uuid,
         online: bool,
     },
+    /// A `trigger` of a running strategy: hand it, with the current command's reply,
+    /// to the executions task (which answers it when the execution ends).
+    Trigger {
+        command_id: Uuid,
+    },
     /// The current command's outcome.
     Reply(Outcome),
     Log {
@@ -493,6 +498,11 @@ impl Machine {
             // The intake hands `cancel` to the runs, never to a strategy's supervisor
             // (a cancel must not wait behind the strategy's other commands).
             CommandKind::Cancel { .. } => out.push(Effect::Reply(Outcome::NotApplicable)),
+            // Executions are the executions task's; only a running strategy has them.
+            CommandKind::Trigger => match status {
+                Status::Running => out.push(Effect::Trigger { command_id: id }),
+                status => out.push(reply(Err(CommandError::CannotTrigger { status }))),
+            },
         }
     }
 

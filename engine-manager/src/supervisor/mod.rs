@@ -23,11 +23,12 @@ mod record;
 pub use error::CommandError;
 
 use crate::config::RestartPolicy;
+use crate::executions::task::{ExecRequest, Message as ExecMessage};
 use crate::link::ControlLink;
 use crate::process::{ExecutorProcess, ExitInfo};
 use crate::Shared;
 use chrono::{DateTime, Utc};
-use engine_protocol::control::ExecutorMessage;
+use engine_protocol::control::{ExecutorMessage, ManagerMessage};
 use engine_protocol::Status;
 use engine_store::commands::CommandKind;
 use engine_store::manager::{self as db, ObservedState};
@@ -116,6 +117,8 @@ pub struct StrategySupervisor {
     name: String,
     strategy_type: String,
     config: Value,
+    /// The strategy has an `execution_interval_s` (as of the last reload).
+    interval: bool,
     policy: RestartPolicy,
     /// The decisions: status, desired state, crash count, backoff, what is in flight.
     machine: Machine,
@@ -131,6 +134,12 @@ pub struct StrategySupervisor {
     broker: broker::BrokerState,
     /// Cancelled when the strategy's row is deleted.
     removed: CancellationToken,
+    /// What the executions task asks of the executor (execute, kill), and the sender
+    /// handed to it with every `running`.
+    exec_rx: mpsc::Receiver<ExecRequest>,
+    exec_tx: mpsc::Sender<ExecRequest>,
+    /// Why the manager killed the executor (a hung execution), for its exit's error.
+    killed_for: Option<String>,
 }
 
 /// What woke the supervisor's loop.
@@ -139,10 +148,15 @@ enum Wake {
     Link(ControlLink),
     Frame(Option<ExecutorMessage>),
     Command(SupervisorCommand),
+    Exec(ExecRequest),
     BackoffOver,
     /// The once-a-second retry of writes and the reconciler.
     Second,
 }
+
+/// Execute and kill requests a supervisor holds (the plan runs one execution per
+/// strategy at a time).
+const EXEC_REQUESTS: usize = 4;
 
 /// How long one database write may hold up a supervisor: past it the write is
 /// retried every second, and the supervisor goes on serving its executor.
@@ -153,6 +167,7 @@ impl StrategySupervisor {
     pub fn spawn(shared: Arc<Shared>, row: db::StrategyRow, initial: Initial) -> SupervisorHandle {
         let (tx, inbox) = mpsc::channel(1024);
         let (link_tx, link_rx) = mpsc::channel(4);
+        let (exec_tx, exec_rx) = mpsc::channel(EXEC_REQUESTS);
         shared
             .link_routes
             .lock()
@@ -179,6 +194,7 @@ impl StrategySupervisor {
             name: row.name,
             strategy_type: row.strategy_type,
             config: row.config,
+            interval: row.execution_interval_s.is_some(),
             policy: shared.policy,
             machine: Machine::new(status, desired, row.operator_stopped),
             observed,
@@ -190,6 +206,9 @@ impl StrategySupervisor {
             journal: Journal::default(),
             broker: broker::BrokerState::from_row(row.broker_state),
             removed: CancellationToken::new(),
+            exec_rx,
+            exec_tx,
+            killed_for: None,
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
         let removed = supervisor.removed.clone();
@@ -218,6 +237,7 @@ impl StrategySupervisor {
                     Some(cmd) => Wake::Command(*cmd),
                     None => break,
                 },
+                Some(request) = self.exec_rx.recv() => Wake::Exec(request),
                 _ = sleep_until(self.machine.backoff_until()) => Wake::BackoffOver,
                 _ = db_retry.tick() => Wake::Second,
             };
@@ -244,6 +264,7 @@ impl StrategySupervisor {
             Wake::Link(link) => self.accept_link(link).await,
             Wake::Frame(frame) => self.on_frame(frame).await,
             Wake::Command(cmd) => self.on_command(cmd).await,
+            Wake::Exec(request) => self.on_exec_request(request).await,
             Wake::BackoffOver => self.feed(Event::BackoffOver).await,
             Wake::Second => {
                 self.retry_writes().await;
@@ -282,6 +303,10 @@ impl StrategySupervisor {
             let _ = cmd.reply.send(Outcome::NotApplicable);
         }
         self.shared.forget_strategy(self.id);
+        self.shared.executions.send(ExecMessage::NotRunning {
+            strategy_id: self.id,
+            status: Status::Stopped,
+        });
         self.shared
             .link_routes
             .lock()
@@ -410,6 +435,15 @@ impl StrategySupervisor {
             }
             Effect::CountRestart => self.observed.restart_count += 1,
             Effect::Reply(outcome) => self.reply(outcome),
+            Effect::Trigger { command_id } => {
+                if let Some(reply) = self.replying.take() {
+                    self.shared.executions.send(ExecMessage::Trigger {
+                        strategy_id: self.id,
+                        command_id,
+                        reply,
+                    });
+                }
+            }
             Effect::Log { level, message } => log(level, &message),
             waits => {
                 tracing::error!(effect = ?waits, "an effect that waits cannot be performed here");
@@ -437,11 +471,14 @@ impl StrategySupervisor {
     /// The event for an exit nobody asked for (its log's tail read before the process
     /// is forgotten).
     fn exit_event(&mut self, exit: ExitInfo) -> Event {
-        let tail = self
-            .proc
-            .as_ref()
-            .map(|p| p.log_tail(5))
-            .unwrap_or_default();
+        let tail = match self.killed_for.take() {
+            Some(reason) => reason,
+            None => self
+                .proc
+                .as_ref()
+                .map(|p| p.log_tail(5))
+                .unwrap_or_default(),
+        };
         self.forget_process();
         Event::Exited { exit, tail }
     }
@@ -484,7 +521,60 @@ impl StrategySupervisor {
             Some(ExecutorMessage::BrokerState { state, discarded }) => {
                 self.keep_broker_state(state, discarded).await
             }
+            Some(ExecutorMessage::Executed {
+                execution_id,
+                ok,
+                error,
+                ..
+            }) => {
+                let outcome = match (ok, error) {
+                    (true, _) => Ok(()),
+                    (false, error) => {
+                        Err(error.unwrap_or_else(|| "the strategy reported a failure".into()))
+                    }
+                };
+                self.shared.executions.send(ExecMessage::Ended {
+                    strategy_id: self.id,
+                    execution_id,
+                    outcome,
+                });
+            }
             Some(_) => {}
+        }
+    }
+
+    /// What the executions task asks: an execute frame on the control link (an
+    /// executor that cannot be reached ends the execution with an error), or the
+    /// SIGKILL of a hung executor (its exit then takes the crash rules).
+    async fn on_exec_request(&mut self, request: ExecRequest) {
+        match request {
+            ExecRequest::Execute { execution_id } => {
+                let frame = ManagerMessage::Execute { execution_id };
+                let error = match &mut self.link {
+                    Some(link) => match link.send(&frame).await {
+                        Ok(()) => return,
+                        Err(err) => {
+                            self.link = None;
+                            format!("the execute request could not be sent: {err}")
+                        }
+                    },
+                    None => {
+                        "the executor is not connected to the manager's control socket".to_string()
+                    }
+                };
+                self.shared.executions.send(ExecMessage::Ended {
+                    strategy_id: self.id,
+                    execution_id,
+                    outcome: Err(error),
+                });
+            }
+            ExecRequest::Kill { reason } => {
+                if let Some(proc) = &self.proc {
+                    tracing::warn!(pid = proc.pid, "{reason}");
+                    proc.signal(rustix::process::Signal::KILL);
+                    self.killed_for = Some(reason);
+                }
+            }
         }
     }
 

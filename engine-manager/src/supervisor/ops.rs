@@ -48,6 +48,7 @@ impl StrategySupervisor {
             metrics_interval: self.shared.config.metrics_interval,
             log_path: &log_path,
             start_paused: paused,
+            interval: self.interval,
         };
         let proc = match ExecutorProcess::spawn(&spec).await {
             Ok(p) => p,
@@ -357,6 +358,7 @@ impl StrategySupervisor {
                 self.name = row.name;
                 self.strategy_type = row.strategy_type;
                 self.config = row.config;
+                self.interval = row.execution_interval_s.is_some();
                 self.broker.reloaded(row.broker_state);
                 self.apply_restart_policy(row.restart_policy.as_ref());
             }

@@ -136,6 +136,24 @@ impl StrategySupervisor {
     }
 
     /// Record a transition everywhere: the row, the status channel, the state hash.
+    /// The executions task follows `running`: an interval strategy is executed only
+    /// then (not paused, stopping, in backoff or stopped).
+    fn tell_executions(&self, from: Status, to: Status) {
+        use crate::executions::task::Message;
+        if to == Status::Running {
+            self.shared.executions.send(Message::Running {
+                strategy_id: self.id,
+                name: self.name.clone(),
+                requests: self.exec_tx.clone(),
+            });
+        } else if from == Status::Running {
+            self.shared.executions.send(Message::NotRunning {
+                strategy_id: self.id,
+                status: to,
+            });
+        }
+    }
+
     pub(super) async fn transition(&mut self, t: Transition) {
         let status = t.to;
         self.observed.status = status;
@@ -165,6 +183,7 @@ impl StrategySupervisor {
             });
         }
         self.record().await;
+        self.tell_executions(t.from, status);
         let msg = StatusMessage {
             strategy_id: self.id,
             name: self.name.clone(),

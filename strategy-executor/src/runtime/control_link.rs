@@ -6,7 +6,7 @@
 use super::commands::{CommandSource, InboundCommand};
 use engine_protocol::backoff::Backoff;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
-use engine_protocol::{ExecutorCommand, Status};
+use engine_protocol::Status;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::io;
@@ -56,6 +56,8 @@ pub(super) struct ControlLink {
     status: watch::Receiver<Status>,
     outbound: mpsc::Receiver<LinkOutbound>,
     commands: mpsc::Sender<InboundCommand>,
+    /// Interval executions asked for, by id, for the loop.
+    executions: mpsc::Sender<Uuid>,
     /// Acks, `halted` and the latest broker state waiting for a connection (state
     /// frames are not kept: the hello carries the current status).
     pending: VecDeque<ExecutorMessage>,
@@ -80,6 +82,7 @@ impl ControlLink {
         path: PathBuf,
         strategy_id: Uuid,
         commands: mpsc::Sender<InboundCommand>,
+        executions: mpsc::Sender<Uuid>,
         link_up: Arc<AtomicBool>,
         cancel: CancellationToken,
     ) -> (ControlLink, LinkHandle) {
@@ -91,6 +94,7 @@ impl ControlLink {
             status: status_rx,
             outbound: frame_rx,
             commands,
+            executions,
             pending: VecDeque::new(),
             flush_waiters: Vec::new(),
             link_up,
@@ -230,9 +234,17 @@ impl ControlLink {
                 _ = self.cancel.cancelled() => return Served::Cancelled,
                 frame = reader.next() => match frame {
                     Some(Ok(frame)) => {
-                        let Some(command) = frame.into_command() else { continue };
-                        let inbound = InboundCommand { command, source: CommandSource::Link };
-                        if self.commands.send(inbound).await.is_err() {
+                        let sent = match frame.into_message() {
+                            None => continue,
+                            Some(ManagerMessage::Command(command)) => {
+                                let inbound = InboundCommand { command, source: CommandSource::Link };
+                                self.commands.send(inbound).await.is_ok()
+                            }
+                            Some(ManagerMessage::Execute { execution_id }) => {
+                                self.executions.send(execution_id).await.is_ok()
+                            }
+                        };
+                        if !sent {
                             return Served::Cancelled;
                         }
                     }
@@ -324,9 +336,9 @@ enum Frame {
 }
 
 impl Frame {
-    /// The command a frame carries; anything else is logged and skipped (an empty
+    /// The message a frame carries; anything else is logged and skipped (an empty
     /// line silently).
-    fn into_command(self) -> Option<ExecutorCommand> {
+    fn into_message(self) -> Option<ManagerMessage> {
         let line = match self {
             Frame::Line(line) => line,
             Frame::TooLong => {
@@ -342,7 +354,7 @@ impl Frame {
             return None;
         }
         match serde_json::from_str::<ManagerMessage>(&line) {
-            Ok(ManagerMessage::Command(command)) => Some(command),
+            Ok(message) => Some(message),
             Err(err) => {
                 tracing::warn!("invalid control link frame dropped: {err}");
                 None
@@ -382,6 +394,7 @@ impl Decoder for ControlFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine_protocol::ExecutorCommand;
     use tokio::io::AsyncWriteExt;
 
     const INPUT: &[u8] = b"{\"a\":1}\n0123456789abc\n\n\xffx\nxy\npartial";
@@ -418,13 +431,19 @@ mod tests {
     }
 
     #[test]
-    fn only_commands_are_taken() {
-        assert_eq!(Frame::Line("  ".into()).into_command(), None);
+    fn only_commands_and_executions_are_taken() {
+        assert_eq!(Frame::Line("  ".into()).into_message(), None);
         assert_eq!(
-            Frame::Line("{\"type\":\"nope\"}".into()).into_command(),
+            Frame::Line("{\"type\":\"nope\"}".into()).into_message(),
             None
         );
-        assert_eq!(Frame::TooLong.into_command(), None);
+        assert_eq!(Frame::TooLong.into_message(), None);
+        let execution_id = Uuid::new_v4();
+        let line = format!("{{\"type\":\"execute\",\"execution_id\":\"{execution_id}\"}}");
+        assert_eq!(
+            Frame::Line(line).into_message(),
+            Some(ManagerMessage::Execute { execution_id })
+        );
         let command = ExecutorCommand {
             strategy_id: None,
             name: "test".into(),
@@ -437,6 +456,9 @@ mod tests {
             source: None,
         };
         let line = serde_json::to_string(&ManagerMessage::Command(command.clone())).unwrap();
-        assert_eq!(Frame::Line(line).into_command(), Some(command));
+        assert_eq!(
+            Frame::Line(line).into_message(),
+            Some(ManagerMessage::Command(command))
+        );
     }
 }

@@ -5,12 +5,13 @@
 
 use super::broker_state::BrokerReports;
 use super::commands::{CommandLog, InboundCommand};
-use super::control_link::LinkHandle;
+use super::control_link::{LinkHandle, LinkOutbound};
 use super::redis_publisher::Outgoing;
 use super::redis_subscriber::TickCounters;
 use super::report::Cause;
 use super::signals::ProcessSignals;
 use super::TICK_BATCH;
+use engine_protocol::control::ExecutorMessage;
 use engine_protocol::{Channels, Status, StopMode};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub(super) struct Inputs {
     pub(super) ticks: mpsc::Receiver<Tick>,
     /// One sender kept so that the command channel never closes under the loop.
     pub(super) keep_commands_open: mpsc::Sender<InboundCommand>,
+    /// Interval executions the manager asked for (by id), from the control link.
+    pub(super) executions: mpsc::Receiver<Uuid>,
+    pub(super) keep_executions_open: mpsc::Sender<Uuid>,
 }
 
 /// The loop ended: the process exits with this code.
@@ -113,6 +117,7 @@ impl EventLoop {
         let mut tick_batch = Vec::with_capacity(TICK_BATCH);
         let mut ticks_open = true;
         let _keep_commands_open = &inputs.keep_commands_open;
+        let _keep_executions_open = &inputs.keep_executions_open;
 
         loop {
             let exit = tokio::select! {
@@ -129,6 +134,7 @@ impl EventLoop {
                     None
                 }
                 Some(inbound) = inputs.commands.recv() => self.handle_command(inbound).await,
+                Some(execution_id) = inputs.executions.recv() => self.handle_execute(execution_id).await,
                 n = inputs.ticks.recv_many(&mut tick_batch, TICK_BATCH), if ticks_open => {
                     ticks_open = n > 0;
                     self.handle_ticks(&mut tick_batch).await
@@ -204,6 +210,34 @@ impl EventLoop {
         self.last_tick_wall = Some(chrono::Utc::now());
         if !self.host.tick(&tick) {
             return None;
+        }
+        self.after_callback().await
+    }
+
+    /// One interval execution (`on_execute`, on this loop, with the strategy's own
+    /// `Context`), answered on the control link with its outcome and duration. A
+    /// paused strategy is not executed: the answer says so.
+    async fn handle_execute(&mut self, execution_id: Uuid) -> Option<Exit> {
+        let began = Instant::now();
+        let result = self.host.execute(chrono::Utc::now());
+        let duration_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (ok, error, message) = match result {
+            Ok(report) => (true, None, report.message().map(str::to_string)),
+            Err(err) => (false, Some(err.to_string()), None),
+        };
+        match &error {
+            Some(error) => tracing::warn!(%execution_id, duration_ms, "execution failed: {error}"),
+            None => tracing::debug!(%execution_id, duration_ms, "execution ended"),
+        }
+        if let Some(link) = &self.out.link {
+            let frame = ExecutorMessage::Executed {
+                execution_id,
+                ok,
+                error,
+                message,
+                duration_ms,
+            };
+            let _ = link.frames.send(LinkOutbound::Frame(frame)).await;
         }
         self.after_callback().await
     }

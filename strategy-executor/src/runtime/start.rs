@@ -49,6 +49,13 @@ pub enum StartupError {
     Runtime(#[source] std::io::Error),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(
+        "strategy type '{strategy_type}' does not support interval execution, but the strategy has an execution_interval_s; types that do: {supported} (set execution_interval_s to NULL for a continuous strategy)"
+    )]
+    IntervalUnsupported {
+        strategy_type: String,
+        supported: String,
+    },
 }
 
 /// Everything run mode needs, from the flags.
@@ -79,12 +86,18 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         read_config(config_file).map(|config| control::SpawnInput {
             config,
             broker_state: None,
+            interval: false,
         })
     };
-    let (config, saved_broker) = match input {
-        Ok(input) => (input.config, input.broker_state),
+    let (config, saved_broker, interval) = match input {
+        Ok(input) => (input.config, input.broker_state, input.interval),
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
     };
+    if interval {
+        if let Err(err) = check_interval_support(registry, &options.strategy_type) {
+            return print_error(&err, control::EXIT_BAD_CONFIG);
+        }
+    }
     let strategy = match registry.create(&options.strategy_type, &config) {
         Ok(strategy) => strategy,
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
@@ -117,6 +130,25 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         runtime.block_on(run_async(options, strategy, saved_broker, redis_client).instrument(span));
     runtime.shutdown_timeout(TASK_SHUTDOWN_TIMEOUT);
     ExitCode::from(code)
+}
+
+/// An interval strategy needs a type that implements `on_execute` (an unknown type is
+/// left to `Registry::create`, which names the known ones).
+fn check_interval_support(registry: &Registry, strategy_type: &str) -> Result<(), StartupError> {
+    match registry.info(strategy_type) {
+        Some(info) if !info.supports_interval => {
+            let supported: Vec<&str> = registry
+                .infos()
+                .filter(|info| info.supports_interval)
+                .map(|info| info.strategy_type.as_str())
+                .collect();
+            Err(StartupError::IntervalUnsupported {
+                strategy_type: strategy_type.to_string(),
+                supported: supported.join(", "),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Log to stderr at `default_level` (`RUST_LOG` overrides it).
@@ -190,6 +222,7 @@ fn start_tasks(
 ) -> (EventLoop, Inputs) {
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
+    let (execution_tx, execution_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let counters = Arc::new(TickCounters::default());
     // True while the control link to the manager is connected: the manager then
     // delivers global commands itself, in order, and the Redis broadcast is ignored.
@@ -200,6 +233,7 @@ fn start_tasks(
             path,
             options.strategy_id,
             command_tx.clone(),
+            execution_tx.clone(),
             link_up.clone(),
             cancel.clone(),
         );
@@ -253,6 +287,8 @@ fn start_tasks(
         commands: command_rx,
         ticks: tick_rx,
         keep_commands_open: command_tx,
+        executions: execution_rx,
+        keep_executions_open: execution_tx,
     };
     (event_loop, inputs)
 }

@@ -7,6 +7,10 @@
 //! crash-and-restart path), `start_delay_ms` hangs in initialisation (the start
 //! timeout) and `shutdown_delay_ms` hangs in shutdown (SIGTERM, then SIGKILL).
 //!
+//! It is an interval strategy too (an execution counts itself in the `executions`
+//! metric), with `execute_delay_ms`, which makes each execution take that long: the
+//! concurrency cap, skips and the `max_execution_s` kill.
+//!
 //! It also runs in backtests (where it trades nothing), for its last hook:
 //! `panic_after_ticks` panics on that tick of its token, a strategy failing mid-run.
 
@@ -14,7 +18,9 @@ use super::{check_positive, check_token};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-use strategy_sdk::{parse_config, ConfigError, Context, Strategy, Tick};
+use strategy_sdk::{
+    parse_config, ConfigError, Context, ExecuteError, ExecutionReport, Strategy, Tick,
+};
 
 pub const STRATEGY_TYPE: &str = "heartbeat";
 pub const DESCRIPTION: &str =
@@ -60,6 +66,10 @@ pub struct HeartbeatConfig {
     /// strategy that ignores shutdown would.
     #[serde(default)]
     pub shutdown_delay_ms: Option<u64>,
+    /// Test hook: block this long in each interval execution (0 to 3 600 000 ms), as
+    /// a slow or stuck step would.
+    #[serde(default)]
+    pub execute_delay_ms: Option<u64>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -102,6 +112,7 @@ impl HeartbeatConfig {
         for (key, value) in [
             ("start_delay_ms", self.start_delay_ms),
             ("shutdown_delay_ms", self.shutdown_delay_ms),
+            ("execute_delay_ms", self.execute_delay_ms),
         ] {
             if let Some(ms) = value {
                 ConfigError::check_range(key, ms, 0, MAX_INTERVAL_MS)?;
@@ -121,6 +132,7 @@ pub struct Heartbeat {
     config: HeartbeatConfig,
     beats: u64,
     ticks: u64,
+    executions: u64,
     /// Milliseconds of beats so far (beats × the interval at the time of each beat).
     beat_ms: u64,
 }
@@ -131,6 +143,7 @@ impl Heartbeat {
             config,
             beats: 0,
             ticks: 0,
+            executions: 0,
             beat_ms: 0,
         }
     }
@@ -143,6 +156,9 @@ impl Heartbeat {
         ctx.set_metric("beats", self.beats);
         if self.config.token.is_some() {
             ctx.set_metric("ticks", self.ticks);
+        }
+        if self.executions > 0 {
+            ctx.set_metric("executions", self.executions);
         }
     }
 }
@@ -206,6 +222,19 @@ impl Strategy for Heartbeat {
         }
     }
 
+    fn on_execute(&mut self, ctx: &mut Context) -> Result<ExecutionReport, ExecuteError> {
+        if let Some(ms) = self.config.execute_delay_ms {
+            // Deliberately blocking: this hook stands for a slow or stuck step.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        self.executions += 1;
+        self.report(ctx);
+        Ok(ExecutionReport::with_message(format!(
+            "execution {}",
+            self.executions
+        )))
+    }
+
     /// Counts are kept; a new token replaces the old subscription. The runtime reads
     /// the new [`Strategy::timer_interval`] after a successful update.
     fn update_config(&mut self, ctx: &mut Context, config: &Value) -> Result<(), ConfigError> {
@@ -251,6 +280,7 @@ mod tests {
                 panic_after_ticks: None,
                 start_delay_ms: None,
                 shutdown_delay_ms: None,
+                execute_delay_ms: None,
             }
         );
         let s = Heartbeat::new(c);
@@ -402,5 +432,19 @@ mod tests {
         assert!(registry
             .create("heartbeat", &json!({"interval_ms": 1}))
             .is_err());
+    }
+
+    #[test]
+    fn executions_count_themselves_and_take_their_delay() {
+        let mut h = TestHarness::started(heartbeat(json!({"execute_delay_ms": 20})));
+        let began = std::time::Instant::now();
+        assert_eq!(h.execute().unwrap().message(), Some("execution 1"));
+        assert!(began.elapsed() >= Duration::from_millis(20));
+        h.execute().unwrap();
+        assert_eq!(metric(&h, "executions"), json!(2));
+        let err = HeartbeatConfig::parse(&json!({"execute_delay_ms": 3_600_001}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("execute_delay_ms"), "{err}");
     }
 }

@@ -49,8 +49,8 @@ pub fn builtin_registry() -> Registry {
             dca::create,
         )
         // Backtests of `heartbeat` trade nothing: they are for its
-        // `panic_after_ticks` test hook.
-        .register_with_modes(
+        // `panic_after_ticks` test hook; its interval step counts itself.
+        .register_interval(
             heartbeat::STRATEGY_TYPE,
             heartbeat::DESCRIPTION,
             heartbeat::example_config(),
@@ -563,7 +563,7 @@ mod tests {
             .filter(|info| info.supports_interval)
             .map(|info| info.strategy_type.as_str())
             .collect();
-        assert_eq!(interval, ["dca"]);
+        assert_eq!(interval, ["dca", "heartbeat"]);
         let err = registry
             .create(
                 "sma_crossover",

@@ -220,6 +220,14 @@
     return out.trim();
   }
 
+  // An interval strategy's executions: "every 60s: 12 ok, 1 failed, 2 skipped, next 10:47:05".
+  function executionsText(x) {
+    if (!x || !x.execution_interval_s) return "";
+    const next = x.next_execution_at ? ", next " + new Date(x.next_execution_at).toISOString().slice(11, 19) : "";
+    return "every " + x.execution_interval_s + "s: " + x.successful_executions + " ok, " +
+      x.failed_executions + " failed, " + x.skipped_executions + " skipped" + next;
+  }
+
   // ---------- rendering ----------
   function markDirty(row) {
     dirty.add(row);
@@ -255,7 +263,7 @@
     e.name.title = d.name + " (" + d.id + ")";
     const pid = d.pid ? "pid " + d.pid : "";
     const up = LIVE.has(d.status) && d.started_at ? "up " + fmtDuration((now - Date.parse(d.started_at)) / 1000) : "";
-    setText(e.sub, [d.strategy_type, pid, up].filter(Boolean).join(" · "));
+    setText(e.sub, [d.strategy_type, pid, up, executionsText(d.executions)].filter(Boolean).join(" · "));
     if (row.lastStatus !== d.status) {
       e.badge.className = "badge status st-" + d.status;
       setText(e.badge, d.status);

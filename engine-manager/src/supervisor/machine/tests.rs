@@ -1163,3 +1163,30 @@ fn next_is_step_by_value() {
     assert_eq!(spawns(&effects), vec![false]);
     assert_eq!(m.desired(), DesiredState::Running);
 }
+
+#[test]
+fn trigger_of_a_running_strategy_goes_to_the_executions_and_fails_otherwise() {
+    let c = with_process();
+    let mut m = at(Status::Running, &c);
+    let effects = m.step(command(CommandKind::Trigger), &c);
+    assert!(
+        matches!(effects.as_slice(), [Effect::Trigger { .. }]),
+        "{effects:?}"
+    );
+    assert_eq!(m.status(), Status::Running);
+    let mut m = at(Status::Paused, &c);
+    let effects = m.step(command(CommandKind::Trigger), &c);
+    assert!(replied(&effects)
+        .unwrap()
+        .contains("paused strategy is not executed; resume it first"));
+    for status in NOT_LIVE {
+        let mut m = machine(status);
+        let effects = m.step(command(CommandKind::Trigger), &ctx());
+        assert_eq!(
+            replied(&effects),
+            Some(format!(
+                "cannot trigger: the strategy is {status}, not running; start it first"
+            ))
+        );
+    }
+}
