@@ -227,8 +227,9 @@ pub async fn set_idle(pool: &PgPool, id: Uuid, error: Option<&str>) -> Result<()
 // ------------------------------------------------------------------ operators
 
 /// A schedule as an operator asks for it (checked by the caller: the timetable with
-/// `engine_protocol::schedule`, the words by their types).
-#[derive(Debug, Clone, PartialEq)]
+/// `engine_protocol::schedule`, the words by their types); also the operator's
+/// part of a [`ScheduleRecord`].
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct NewSchedule {
     pub strategy_id: Uuid,
     pub mode: RunMode,
@@ -288,18 +289,12 @@ pub async fn set_enabled(pool: &PgPool, id: Uuid, enabled: bool) -> Result<bool,
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct ScheduleRecord {
     pub id: Uuid,
-    pub strategy_id: Uuid,
+    /// The strategy's name.
     pub strategy: String,
-    pub mode: RunMode,
-    pub parameters: Value,
-    pub priority: RunPriority,
-    pub timeout_s: Option<i32>,
-    pub cron: Option<String>,
-    pub timezone: Option<String>,
-    pub interval_s: Option<i32>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub schedule: NewSchedule,
     pub enabled: bool,
-    pub overlap: Overlap,
-    pub catch_up: CatchUp,
     pub next_run_at: Option<DateTime<Utc>>,
     pub last_run_at: Option<DateTime<Utc>>,
     pub last_run_id: Option<Uuid>,
@@ -446,9 +441,10 @@ mod tests {
             fire(pool, &due_at(id, t)).await.unwrap(),
             Fired::AlreadyServed
         );
-        let runs: Vec<(DateTime<Utc>, String, Value, String, Option<i32>)> = sqlx::query_as(
-            "SELECT scheduled_for, mode, parameters, priority, timeout_s FROM strategy_runs \
-             WHERE schedule_id = $1",
+        // The run is made from the schedule's row.
+        let runs: Vec<(DateTime<Utc>, Value)> = sqlx::query_as(
+            "SELECT scheduled_for, jsonb_build_array(mode, parameters, priority, timeout_s) \
+             FROM strategy_runs WHERE schedule_id = $1",
         )
         .bind(id)
         .fetch_all(pool)
@@ -456,13 +452,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             runs,
-            vec![(
-                t,
-                "screener".to_string(),
-                serde_json::json!({"limit": 5}),
-                "high".to_string(),
-                Some(60)
-            )]
+            vec![(t, serde_json::json!(["screener", {"limit": 5}, "high", 60]))]
         );
         // Even with next_run_at set back by hand, the unique key holds.
         set_next(pool, id, Some(t), 0).await.unwrap();
@@ -495,6 +485,7 @@ mod tests {
         let s = row(pool, skip).await;
         assert_eq!((s.runs_created, s.skipped_overlap, s.missed), (1, 1, 2));
         assert_eq!(s.last_run_id, Some(first));
+        assert_eq!(s.schedule.overlap, Overlap::Skip);
         assert_eq!(s.next_run_at, Some(t + TimeDelta::seconds(120)));
 
         let cancel = schedule(pool, Overlap::CancelPrevious).await;
