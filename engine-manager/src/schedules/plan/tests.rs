@@ -5,8 +5,8 @@ use super::*;
 use chrono::TimeDelta;
 
 fn t(seconds: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 3600, 0).unwrap()
-        + TimeDelta::seconds(seconds)
+    // 1 800 000 000 s after the epoch is a whole hour (500 000 h).
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap() + TimeDelta::seconds(seconds)
 }
 
 fn id(n: u128) -> Uuid {
