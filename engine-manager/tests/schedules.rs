@@ -44,15 +44,7 @@ async fn engine_with(slots: u32) -> TestEngine {
     engine.config.executor_path =
         Some(write_executable(&engine.state_dir, "fake_run.py", FAKE_RUN));
     engine.config.max_concurrent_runs = slots;
-    sqlx::raw_sql(
-        "INSERT INTO securities (symbol) VALUES ('AAA'); \
-         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
-         SELECT 'AAA', '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
-                10, 11, 9, 10, 100 FROM generate_series(0, 9) i",
-    )
-    .execute(&engine.pool)
-    .await
-    .unwrap();
+    engine.seed_one_security().await;
     engine
 }
 
