@@ -16,6 +16,8 @@
 //!   limit, skips, time limits, statistics), pure and not wired in yet.
 //! - [`runs`]: backtests, screeners and alert scans: the queue, one task and one
 //!   process per run, cancel, timeout, adoption, the one retry.
+//! - [`schedules`]: schedules of runs: one timer over every schedule, a run per due
+//!   time (exactly once, by the database's unique key), `overlap` and `catch_up`.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`tasks`]: every background task is owned; one that panics or ends early stops
@@ -37,6 +39,7 @@ pub mod process;
 pub mod publisher;
 pub mod recorder;
 pub mod runs;
+pub mod schedules;
 pub mod supervisor;
 pub mod tasks;
 
@@ -241,6 +244,8 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));
     let run_queue = runs::RunQueue::new(shared.clone(), runs_inbox);
     background.spawn("run queue", run_queue.run());
+    let schedule_timer = schedules::ScheduleTimer::new(shared.clone());
+    background.spawn("schedule timer", schedule_timer.run());
     let intake = intake::CommandIntake::new(shared.clone(), supervisors);
     background.spawn("command intake", intake.run(recovered, applied));
 

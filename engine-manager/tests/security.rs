@@ -167,15 +167,7 @@ fn slow_run_executor(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
     let engine = TestEngine::new().await;
-    sqlx::raw_sql(
-        "INSERT INTO securities (symbol) VALUES ('AAA'); \
-         INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
-         SELECT 'AAA', '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
-                10, 11, 9, 10, 100 FROM generate_series(0, 9) i",
-    )
-    .execute(&engine.pool)
-    .await
-    .unwrap();
+    engine.seed_one_security().await;
     let mut manager = manager_with_secrets(&engine, &slow_run_executor(&engine.state_dir)).await;
     let strategy = engine
         .add_strategy("env-run", "sma_crossover", json!({}), false)

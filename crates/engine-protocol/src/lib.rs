@@ -17,6 +17,8 @@
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
 //! - [`procfs`]: every read of `/proc` (start times, CPU time, the process table).
 //! - [`executor_env`]: the allow-list environment every executor process starts with.
+//! - `schedule` (feature `schedule`): a schedule's timetable (cron in a time zone,
+//!   or an interval), checked with the field at fault named, and its due times.
 //! - `validate` (feature `validate`): asking the executor binary whether a config is
 //!   acceptable (`--validate`), for the manager and `enginectl`.
 //!
@@ -31,6 +33,8 @@ pub mod messages;
 pub mod procfs;
 pub mod redact;
 pub mod runs;
+#[cfg(feature = "schedule")]
+pub mod schedule;
 pub mod state_dir;
 #[cfg(feature = "validate")]
 pub mod validate;

@@ -28,6 +28,8 @@
 //!   (binary COPY) and what `enginectl data` reads.
 //! - [`runs`]: what the manager says about runs: claims, transitions, progress,
 //!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
+//! - [`schedules`]: schedules of runs: a due time fired into exactly one run (the
+//!   `overlap` rule, the statistics), and what operators insert, change and list.
 //!
 //! Architecture invariant: no other crate writes SQL against the engine's tables.
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
@@ -44,6 +46,7 @@ pub mod metrics;
 pub mod operator;
 pub mod runs;
 pub mod runs_api;
+pub mod schedules;
 pub mod vocab;
 
 #[cfg(test)]
@@ -51,4 +54,4 @@ mod test_db;
 
 pub use lease::LOCK_KEY;
 pub use manager::MIGRATOR;
-pub use vocab::{CommandStatus, CommandWord, DesiredState, Status, UnknownWord};
+pub use vocab::{CatchUp, CommandStatus, CommandWord, DesiredState, Overlap, Status, UnknownWord};

@@ -152,6 +152,43 @@ impl CommandStatus {
     }
 }
 
+/// What a schedule does when a run is due while its last run is unfinished
+/// (`strategy_schedules.overlap`, CONTRACT.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Overlap {
+    /// Make no run; count it in `skipped_overlap` (the default).
+    Skip,
+    /// Make the run; it waits in the queue behind the last one.
+    Queue,
+    /// Cancel the unfinished runs (a `cancel` command each), then make the run.
+    CancelPrevious,
+}
+
+vocabulary!(Overlap, "overlap", [
+    Skip => "skip",
+    Queue => "queue",
+    CancelPrevious => "cancel_previous",
+]);
+
+/// What a schedule does with the due times that passed while no manager served it
+/// (`strategy_schedules.catch_up`, CONTRACT.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum CatchUp {
+    /// One run for all of them (the default); the others count as `missed`.
+    One,
+    /// No run; each counts as `missed`.
+    None,
+}
+
+vocabulary!(CatchUp, "catch_up", [
+    One => "one",
+    None => "none",
+]);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +237,17 @@ mod tests {
             assert_eq!(w.as_str().parse::<CommandStatus>(), Ok(w));
             assert_eq!(serde_json::to_value(w).unwrap(), w.as_str());
         }
+        for w in Overlap::ALL {
+            assert_eq!(w.as_str().parse::<Overlap>(), Ok(w));
+            assert_eq!(serde_json::to_value(w).unwrap(), w.as_str());
+        }
+        for w in CatchUp::ALL {
+            assert_eq!(w.as_str().parse::<CatchUp>(), Ok(w));
+        }
+        assert_eq!(
+            "never".parse::<Overlap>().unwrap_err().to_string(),
+            "unknown overlap 'never'; expected one of skip, queue, cancel_previous"
+        );
         assert_eq!(
             CommandWord::list(),
             "start, stop, restart, update, pause, resume, cancel, trigger"

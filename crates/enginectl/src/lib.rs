@@ -15,6 +15,7 @@
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
 //!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
+//! - [`schedules`]: `schedule add|list|remove|enable|disable` (runs on a timetable).
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod control;
@@ -27,6 +28,7 @@ pub mod lease_words;
 pub mod logs;
 pub mod run_view;
 pub mod runs;
+pub mod schedules;
 pub mod shell;
 pub mod spinner;
 pub mod state;
@@ -155,6 +157,12 @@ pub enum Command {
     /// Cancel a run (or with --all-runs every queued and running run of a strategy)
     /// and wait until it is cancelled.
     Cancel(runs::CancelArgs),
+    /// Schedules of runs: `schedule add NAME --mode screener --cron '30 18 * * 1-5'`,
+    /// `schedule list`, `schedule remove|enable|disable ID`.
+    Schedule {
+        #[command(subcommand)]
+        command: schedules::ScheduleCommand,
+    },
     /// The registered strategy types, with a description, an example config, the
     /// run modes each supports and whether it supports interval executions.
     Types {
@@ -295,6 +303,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
         } => runs::list(&target, name.as_deref(), &state, limit, json).await,
         Command::RunShow { id, json } => runs::show(&target, &id, json).await,
         Command::Cancel(args) => runs::cancel(&target, args).await,
+        Command::Schedule { command } => schedules::schedule(&target, command).await,
         Command::Data(args) => data::data(&target, args).await,
     }
 }

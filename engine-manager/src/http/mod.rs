@@ -228,6 +228,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/runs/{id}/events", get(run_events::events))
         .route("/api/runs/{id}/cancel", post(runs::post_cancel))
         .route("/api/queue", get(runs::get_queue))
+        .route("/api/schedules", get(runs::list_schedules))
         .fallback(error::not_found_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,6 +6,7 @@
 //! /api/runs/{id}/cancel` inserts a `cancel` command row, and `GET
 //! /api/runs/{id}/events` streams the run's `strategy:run:{id}` channel as
 //! server-sent events, the first one being the run's present state from its row.
+//! `GET /api/schedules?strategy=` lists the schedules of runs with their statistics.
 
 use super::api::{find_strategy, redact_secrets};
 use super::error::ApiError;
@@ -352,4 +353,36 @@ pub(super) fn snapshot_event(run: &RunRecord, view: &QueueView) -> Event {
     body["event_type"] = json!("snapshot");
     body["timestamp"] = json!(Utc::now());
     Event::default().event("snapshot").data(body.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SchedulesQuery {
+    strategy: Option<String>,
+}
+
+/// `GET /api/schedules?strategy=`: schedules of runs (CONTRACT.md §5) with their
+/// next run time and statistics, by strategy name.
+pub async fn list_schedules(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<SchedulesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let strategy_id = match query.strategy.as_deref().filter(|s| !s.is_empty()) {
+        Some(name) => Some(find_strategy(&state, name).await?.id),
+        None => None,
+    };
+    let rows = engine_store::schedules::list_schedules(&state.shared.pool, strategy_id)
+        .await
+        .map_err(|e| ApiError::database("cannot list schedules", e))?;
+    let schedules: Vec<Value> = rows
+        .iter()
+        .map(|s| {
+            let mut value = serde_json::to_value(s).unwrap_or(Value::Null);
+            value["parameters"] = redact_secrets(&s.schedule.parameters);
+            value
+        })
+        .collect();
+    Ok(Json(json!({
+        "generated_at": Utc::now(),
+        "schedules": schedules,
+    })))
 }

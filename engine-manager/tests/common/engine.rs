@@ -192,6 +192,19 @@ impl TestEngine {
         ids
     }
 
+    /// One security, `AAA`, with ten daily bars from 2024-01-01: enough for a run.
+    pub async fn seed_one_security(&self) {
+        sqlx::raw_sql(
+            "INSERT INTO securities (symbol) VALUES ('AAA'); \
+             INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
+             SELECT 'AAA', '1d', '2024-01-01T00:00:00Z'::timestamptz + make_interval(days => i), \
+                    10, 11, 9, 10, 100 FROM generate_series(0, 9) i",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
     /// The operator's side of this engine's database.
     pub fn op(&self) -> Operator {
         Operator {

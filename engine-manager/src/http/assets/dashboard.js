@@ -1103,6 +1103,43 @@
     runsTimer = setTimeout(loadRuns, 200);
   }
 
+  // ---------- schedules ----------
+  // The Schedules panel: every schedule of runs, grouped by strategy, with its
+  // timetable, next run time and statistics (GET /api/schedules, read with the runs).
+  async function loadSchedules() {
+    let body;
+    try {
+      body = await fetch("/api/schedules", { cache: "no-store" }).then((r) => r.json());
+    } catch (err) {
+      setText($("schedules-summary"), "could not load the schedules: " + err.message);
+      return;
+    }
+    const list = body.schedules || [];
+    const frag = document.createDocumentFragment();
+    let last = null;
+    for (const s of list) {
+      const tr = document.createElement("tr");
+      const when = s.cron ? s.cron + (s.timezone ? " " + s.timezone : "") : "every " + fmtDuration(s.interval_s);
+      const next = !s.enabled ? "disabled" : s.next_run_at ? fmtUtc(s.next_run_at).slice(0, 19) : "–";
+      const cells = [s.strategy === last ? "" : s.strategy, s.mode, when, next,
+        String(s.runs_created), String(s.skipped_overlap), String(s.missed), s.overlap + " · " + s.catch_up,
+        s.last_error || ""];
+      last = s.strategy;
+      cells.forEach((text, i) => {
+        const c = td(i >= 4 && i <= 6 ? "num" : i === 8 && text ? "err" : "");
+        c.textContent = text;
+        tr.append(c);
+      });
+      tr.title = s.id;
+      frag.append(tr);
+    }
+    const tbody = $("schedule-rows");
+    tbody.textContent = "";
+    tbody.append(frag);
+    $("schedules-empty").hidden = list.length !== 0;
+    setText($("schedules-summary"), list.length + " schedule" + (list.length === 1 ? "" : "s"));
+  }
+
   function fillStrategies() {
     const select = $("run-strategy");
     const names = [...byId.values()].map((r) => r.data && r.data.name).filter(Boolean).sort();
@@ -1299,9 +1336,10 @@
     else if (ev.target.closest("button.run-show") && !ev.target.disabled) showRunResult(row.id);
   });
   $("run-result-close").addEventListener("click", () => { $("run-result").hidden = true; delete $("run-result").dataset.run; });
-  setInterval(() => { if (!document.hidden) loadRuns(); }, RUNS_REFRESH_MS);
+  setInterval(() => { if (!document.hidden) { loadRuns(); loadSchedules(); } }, RUNS_REFRESH_MS);
   setInterval(fillStrategies, 1000);
   loadRuns();
+  loadSchedules();
 
   resort();
   connect();
