@@ -289,6 +289,7 @@ mod tests {
             Some(id),
             CommandWord::Start,
             &serde_json::json!({}),
+            None,
         )
         .await
         .unwrap();
@@ -333,6 +334,7 @@ mod tests {
             Some(id),
             CommandWord::Pause,
             &serde_json::json!({}),
+            None,
         )
         .await
         .unwrap();
