@@ -25,9 +25,13 @@ ALTER TABLE strategy_runs
     ADD COLUMN on_behalf_of TEXT NULL
         CONSTRAINT run_on_behalf_of_length CHECK (length(on_behalf_of) BETWEEN 1 AND 200);
 
--- The tool's `on_behalf_of`: the session setting, if it says one.
-CREATE FUNCTION engine_on_behalf_of() RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT left(nullif(btrim(current_setting('engine.on_behalf_of', true)), ''), 200)
+-- The tool's `on_behalf_of`: the session setting, if it says one. (PL/pgSQL, here
+-- and in engine_session_role: it keeps its plans for the session, where an SQL
+-- function called from a trigger is planned again on every row.)
+CREATE FUNCTION engine_on_behalf_of() RETURNS text LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN left(nullif(btrim(current_setting('engine.on_behalf_of', true)), ''), 200);
+END;
 $$;
 
 CREATE FUNCTION engine_stamp_issuer() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -97,14 +101,16 @@ CREATE TRIGGER engine_audit_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION engine_audit_refuse_change();
 
 -- The engine role the session acts through (see engine_audit.role).
-CREATE FUNCTION engine_session_role() RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT CASE
+CREATE FUNCTION engine_session_role() RETURNS text LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN CASE
         WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN 'superuser'
         WHEN current_setting('role') <> 'none' THEN current_setting('role')
         ELSE (SELECT string_agg(r.rolname, ',' ORDER BY r.rolname) FROM pg_roles r
               WHERE r.rolname IN ('engine_viewer', 'engine_operator', 'engine_manager')
                 AND pg_has_role(session_user, r.oid, 'MEMBER'))
-    END
+    END;
+END;
 $$;
 
 -- Append one audit row. SECURITY DEFINER: the row is written with the owner's
