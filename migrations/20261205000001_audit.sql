@@ -66,7 +66,7 @@ CREATE TABLE engine_audit (
     -- is a member of, or 'superuser'.
     role          TEXT NULL,
     on_behalf_of  TEXT NULL,
-    -- 'strategy', 'command' or 'run', and its row's id.
+    -- 'strategy', 'command', 'run' or 'schedule', and its row's id.
     object        TEXT NOT NULL,
     object_id     UUID NULL,
     -- 'insert', 'update' or 'delete'.
@@ -140,9 +140,15 @@ BEGIN
         IF TG_TABLE_NAME = 'strategy_commands' THEN
             obj := 'command';
             keys := ARRAY['command', 'parameters', 'status', 'error'];
-        ELSE
+        ELSIF TG_TABLE_NAME = 'strategy_runs' THEN
             obj := 'run';
             keys := ARRAY['mode', 'parameters', 'priority', 'timeout_s', 'state', 'error'];
+        ELSE
+            -- strategy_schedules (CONTRACT.md §5), once a migration makes it and
+            -- attaches this function to it: its operator columns.
+            obj := 'schedule';
+            keys := ARRAY['mode', 'parameters', 'priority', 'timeout_s', 'cron', 'timezone',
+                          'interval_s', 'enabled', 'overlap', 'catch_up'];
         END IF;
         sid := (row_now ->> 'strategy_id')::uuid;
         SELECT s.name INTO sname FROM strategy_configs s WHERE s.id = sid;
@@ -167,6 +173,7 @@ BEGIN
         WHEN obj = 'run' AND TG_OP = 'INSERT' THEN row_now ->> 'mode'
         WHEN obj = 'run' THEN (row_now ->> 'mode') || ' ' || (row_now ->> 'state')
         WHEN TG_OP = 'UPDATE' THEN 'edited ' || array_to_string(keys, ', ')
+        WHEN obj = 'schedule' AND TG_OP = 'INSERT' THEN 'added (' || (row_now ->> 'mode') || ')'
         WHEN TG_OP = 'INSERT' THEN 'added (' || (row_now ->> 'strategy_type') || ')'
         ELSE 'deleted'
     END;
