@@ -178,7 +178,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let http_access = Arc::new(http::HttpAccess::from_config(&config)?);
     let pool = db::connect(&config.database_url, 10).await?;
     check_rights(&pool).await?;
-    db::migrate(&pool).await?;
+    engine_store::roles::migrate_as_manager(&pool).await?;
     if config.migrate_only {
         tracing::info!("migrations applied");
         return Ok(());

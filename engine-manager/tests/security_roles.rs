@@ -701,3 +701,57 @@ async fn the_audit_survives_command_retention_and_strategy_deletion() {
     engine.finish().await;
     drop_logins(&[&operator]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_applied_by_a_login_granted_engine_manager_belong_to_engine_manager() {
+    let engine = TestEngine::new().await;
+    setup_roles(&engine).await;
+    let manager = login(&engine, "mgr", "engine_manager").await;
+    // An empty database whose schema engine_manager may create in (what
+    // --setup-roles grants), as after an upgrade that brings new migrations.
+    let name = format!("roles_fresh_{}", Uuid::new_v4().simple());
+    let admin = engine_store::manager::connect_options(&admin_url()).expect("admin URL");
+    engine_store::manager::create_database(&admin.clone().database(&name), &name)
+        .await
+        .expect("create the fresh database");
+    let fresh_admin = Operator::connect(&format!(
+        "{}/{name}",
+        admin_url().rsplit_once('/').expect("a URL with a path").0
+    ))
+    .await
+    .pool;
+    sqlx::query("GRANT CREATE ON SCHEMA public TO engine_manager")
+        .execute(&fresh_admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&manager.url).unwrap();
+    url.set_path(&name);
+    let pool = Operator::connect(url.as_str()).await.pool;
+    engine_store::roles::migrate_as_manager(&pool)
+        .await
+        .expect("the manager's login applies the migrations");
+    let current: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        current, manager.name,
+        "the connection went back to its own role"
+    );
+    pool.close().await;
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT pg_get_userbyid(relowner)::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND relkind IN ('r', 'S')",
+    )
+    .fetch_all(&fresh_admin)
+    .await
+    .unwrap();
+    assert_eq!(owners, ["engine_manager"], "not the login's: {owners:?}");
+    fresh_admin.close().await;
+    engine_store::manager::drop_database(&admin, &name)
+        .await
+        .expect("drop the fresh database");
+    drop_logins(&[&manager]).await;
+    engine.finish().await;
+}

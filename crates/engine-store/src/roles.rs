@@ -13,7 +13,7 @@
 
 use crate::manager::{self, connect_options, DbError};
 use engine_protocol::redact::redact_url;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub const VIEWER: &str = "engine_viewer";
@@ -145,12 +145,43 @@ pub enum RolesError {
 /// this lock in the `postgres` database, the grants the same key in the engine's.
 const ROLES_LOCK: i64 = 0x656e_6769_6e65_7231; // "enginer1"
 
+/// Apply the migrations as `engine_manager` when the connected role may act as it
+/// and it may create in the schema (the roles are set up here): what they make is
+/// then owned by `engine_manager` whichever login (a superuser, or the daemon's own
+/// login granted `engine_manager`) applies them. Otherwise as the connected role.
+pub async fn migrate_as_manager(pool: &PgPool) -> Result<(), DbError> {
+    let switch: bool = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regrole('engine_manager') IS NULL THEN false \
+                ELSE current_user <> 'engine_manager' \
+                     AND pg_has_role(current_user, 'engine_manager', 'MEMBER') \
+                     AND has_schema_privilege('engine_manager', 'public', 'CREATE') END",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| DbError::Migrate(e.into()))?;
+    if !switch {
+        return manager::migrate(pool).await;
+    }
+    // A connection of its own that starts as engine_manager (`SET ROLE` at start-up).
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("role", MANAGER)]);
+    let as_manager = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|e| DbError::Migrate(e.into()))?;
+    let applied = manager::migrate(&as_manager).await;
+    as_manager.close().await;
+    applied
+}
+
 /// Apply the migrations, create the three roles (idempotent, safe to run
 /// concurrently), give the schema's objects to `engine_manager` and grant each role
 /// exactly its rights. Run as a superuser.
 pub async fn setup_roles(url: &str) -> Result<(), RolesError> {
     let pool = manager::connect(url, 2).await?;
-    manager::migrate(&pool).await?;
+    migrate_as_manager(&pool).await?;
     let options = connect_options(url)?;
     create_roles(&options, url).await?;
     grant(&pool, url).await?;
