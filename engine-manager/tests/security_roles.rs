@@ -674,12 +674,12 @@ async fn the_audit_survives_command_retention_and_strategy_deletion() {
             "{message}"
         );
     }
-    // enginectl --as: the session says whom it acts for.
+    // enginectl --as: the session says whom it acts for (any name: spaces, quotes).
     enginectl(
         &operator,
         &[
             "--as",
-            "carol",
+            "Carol O'Neil, desk 2",
             "add",
             "carol-made",
             "--type",
@@ -696,7 +696,7 @@ async fn the_audit_survives_command_retention_and_strategy_deletion() {
     .unwrap();
     assert_eq!(
         (who, behalf.as_deref()),
-        (operator.name.clone(), Some("carol"))
+        (operator.name.clone(), Some("Carol O'Neil, desk 2"))
     );
     engine.finish().await;
     drop_logins(&[&operator]).await;

@@ -29,15 +29,27 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 /// `engine_audit` records.
 pub async fn connect_as(url: &str, on_behalf_of: Option<&str>) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
-    let mut options =
+    let options =
         PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {shown}"))?;
-    if let Some(name) = on_behalf_of {
-        options = options.options([("engine.on_behalf_of", name)]);
-    }
     let database = options.get_database().unwrap_or("postgres").to_string();
+    // Set on each new connection as a bound value (a startup option would not take
+    // a name with spaces or quotes).
+    let on_behalf_of = on_behalf_of.map(str::to_string);
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(CONNECT_TIMEOUT)
+        .after_connect(move |conn, _| {
+            let name = on_behalf_of.clone();
+            Box::pin(async move {
+                if let Some(name) = name {
+                    sqlx::query("SELECT set_config('engine.on_behalf_of', $1, false)")
+                        .bind(name)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|err| connect_error(err, &shown, &database))

@@ -35,7 +35,9 @@ pub fn render(rows: &[AuditRecord]) -> String {
         let what = format!("{} {}", row.object, row.what);
         t.push(vec![
             table::timestamp(row.at),
-            who(&row.who, row.on_behalf_of.as_deref()),
+            who(&row.who, row.on_behalf_of.as_deref())
+                .trim_start_matches("by ")
+                .to_string(),
             row.role.clone().unwrap_or_else(|| "-".into()),
             row.strategy_name.clone().unwrap_or_else(|| "-".into()),
             table::shorten(&what, 100),
