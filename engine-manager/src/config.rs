@@ -164,6 +164,12 @@ pub struct ManagerConfig {
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,
+
+    /// Apply the migrations, create the roles `engine_viewer`, `engine_operator` and
+    /// `engine_manager` with their grants (idempotent), and exit. Run it as a
+    /// superuser (`--database-url postgres://postgres@…/strategy_engine`).
+    #[arg(long, conflicts_with = "migrate_only")]
+    pub setup_roles: bool,
 }
 
 impl ManagerConfig {

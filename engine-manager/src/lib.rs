@@ -134,6 +134,15 @@ pub enum ManagerError {
     Task(#[from] TaskFailure),
     #[error(transparent)]
     HttpAccess(#[from] http::AccessError),
+    #[error(transparent)]
+    Roles(#[from] engine_store::roles::RolesError),
+    #[error("cannot check the database role's rights")]
+    CheckRights(#[source] sqlx::Error),
+    #[error(
+        "the database role '{role}' lacks what the manager needs: {}; run `engine-manager --setup-roles` as a superuser once, then start the manager as engine_manager (or a login role granted it)",
+        missing.join(", ")
+    )]
+    MissingRights { role: String, missing: Vec<String> },
 }
 
 impl ManagerError {
@@ -142,7 +151,7 @@ impl ManagerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ManagerError::Lease(LeaseError::Held { .. } | LeaseError::HeldUnknown) => 3,
-            ManagerError::HttpAccess(_) => 2,
+            ManagerError::HttpAccess(_) | ManagerError::MissingRights { .. } => 2,
             _ => 1,
         }
     }
@@ -167,10 +176,14 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// [`tasks`]): then it stops the same graceful way and returns
 /// [`ManagerError::Task`], so that the binary exits non-zero.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
+    if config.setup_roles {
+        return setup_roles(&config.database_url).await;
+    }
     // Before anything else: a server that must not start says so at once.
     let http_access = Arc::new(http::HttpAccess::from_config(&config)?);
     let pool = db::connect(&config.database_url, 10).await?;
-    db::migrate(&pool).await?;
+    check_rights(&pool).await?;
+    engine_store::roles::migrate_as_manager(&pool).await?;
     if config.migrate_only {
         tracing::info!("migrations applied");
         return Ok(());
@@ -251,6 +264,33 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
 
     let failure = background.watch(&shutdown).await;
     stop(&shared, background, failure, &socket).await
+}
+
+/// `--setup-roles`: the migrations, the three roles and their grants
+/// ([`engine_store::roles`]), then exit.
+async fn setup_roles(url: &str) -> Result<(), ManagerError> {
+    engine_store::roles::setup_roles(url).await?;
+    tracing::info!(
+        "migrations applied; roles engine_viewer, engine_operator and engine_manager set up"
+    );
+    Ok(())
+}
+
+/// The start-up check: the connected role can do what the manager does (read and
+/// write its tables, draw from their sequences, apply the migrations), else the
+/// manager exits saying what is missing. A superuser and the schema's owner pass.
+async fn check_rights(pool: &sqlx::PgPool) -> Result<(), ManagerError> {
+    use engine_store::roles;
+    let missing = roles::missing_privileges(pool)
+        .await
+        .map_err(ManagerError::CheckRights)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let role = roles::current_role(pool)
+        .await
+        .map_err(ManagerError::CheckRights)?;
+    Err(ManagerError::MissingRights { role, missing })
 }
 
 /// Stop every task (after `shutdown`, or the first task's `failure`), remove the

@@ -498,7 +498,7 @@ impl BenchEngine {
         command: CommandWord,
         parameters: Value,
     ) -> anyhow::Result<Inserted> {
-        let inserted = insert_command_row(&self.pool, strategy_id, command, &parameters)
+        let inserted = insert_command_row(&self.pool, strategy_id, command, &parameters, None)
             .await
             .with_context(|| format!("cannot insert a {command} command"))?;
         Ok(Inserted {

@@ -102,10 +102,14 @@ pub struct CommandOverview {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub executed_at: Option<DateTime<Utc>>,
+    /// The login role that inserted it (stamped by the database, CONTRACT.md §8).
+    pub issued_by: String,
+    /// The person or token the inserting tool acted for.
+    pub on_behalf_of: Option<String>,
 }
 
 const COMMAND_SELECT: &str = "SELECT k.id, k.strategy_id, c.name AS strategy, k.command, \
-     k.parameters, k.status, k.error, k.created_at, k.executed_at \
+     k.parameters, k.status, k.error, k.created_at, k.executed_at, k.issued_by, k.on_behalf_of \
      FROM strategy_commands k LEFT JOIN strategy_configs c ON c.id = k.strategy_id";
 
 /// The commands of strategy `$1`: its own, and the global ones that concerned it

@@ -66,19 +66,23 @@ pub struct InsertedCommand {
 }
 
 /// Insert a `pending` command row (`strategy_id` `None`: a global command).
+/// `on_behalf_of`: the person or token the tool acts for (`None`: the session's
+/// `engine.on_behalf_of` setting, if any); `issued_by` is the database's to stamp.
 pub async fn insert_command_row(
     pool: &PgPool,
     strategy_id: Option<Uuid>,
     command: CommandWord,
     parameters: &Value,
+    on_behalf_of: Option<&str>,
 ) -> Result<InsertedCommand, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO strategy_commands (strategy_id, command, parameters) VALUES ($1, $2, $3) \
-         RETURNING id, created_at",
+        "INSERT INTO strategy_commands (strategy_id, command, parameters, on_behalf_of) \
+         VALUES ($1, $2, $3, $4) RETURNING id, created_at",
     )
     .bind(strategy_id)
     .bind(command.as_str())
     .bind(parameters)
+    .bind(on_behalf_of)
     .fetch_one(pool)
     .await
 }

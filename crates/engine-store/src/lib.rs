@@ -22,6 +22,11 @@
 //! - [`runs_api`]: what the HTTP API and `enginectl` read and insert about runs:
 //!   a run (queued), runs and their items, the queue, the estimated start, `cancel`.
 //! - [`limits`]: the size caps on `config` and `parameters`, and their refusals.
+//! - [`audit`]: reading `engine_audit`, the append-only record of who asked for
+//!   what (kept by triggers).
+//! - [`roles`]: the database roles (`engine_viewer`, `engine_operator`,
+//!   `engine_manager`): creating them and their grants (one table-driven list), and
+//!   the manager's start-up check of its own rights.
 //! - [`bench`]: what `engine-bench` reads and writes to time the engine.
 //! - [`metrics`]: what Prometheus `/metrics` reads, and the command retention.
 //! - [`market`]: market data at rest: bulk loads of `securities` and `market_bars`
@@ -35,6 +40,7 @@
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod commands;
 pub mod executions;
@@ -44,6 +50,7 @@ pub mod manager;
 pub mod market;
 pub mod metrics;
 pub mod operator;
+pub mod roles;
 pub mod runs;
 pub mod runs_api;
 pub mod schedules;

@@ -21,13 +21,35 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Open a small pool on `url`. Unlike the manager, never creates the database.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    connect_as(url, None).await
+}
+
+/// [`connect`], its sessions saying whom the tool acts for (`engine.on_behalf_of`):
+/// the `on_behalf_of` of the commands and runs it inserts and of the strategy edits
+/// `engine_audit` records.
+pub async fn connect_as(url: &str, on_behalf_of: Option<&str>) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
     let options =
         PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {shown}"))?;
     let database = options.get_database().unwrap_or("postgres").to_string();
+    // Set on each new connection as a bound value (a startup option would not take
+    // a name with spaces or quotes).
+    let on_behalf_of = on_behalf_of.map(str::to_string);
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(CONNECT_TIMEOUT)
+        .after_connect(move |conn, _| {
+            let name = on_behalf_of.clone();
+            Box::pin(async move {
+                if let Some(name) = name {
+                    sqlx::query("SELECT set_config('engine.on_behalf_of', $1, false)")
+                        .bind(name)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|err| connect_error(err, &shown, &database))
@@ -242,7 +264,7 @@ pub async fn insert_command(
     command: CommandWord,
     parameters: &Value,
 ) -> anyhow::Result<Uuid> {
-    insert_command_row(pool, strategy_id, command, parameters)
+    insert_command_row(pool, strategy_id, command, parameters, None)
         .await
         .map(|InsertedCommand { id, .. }| id)
         .map_err(|e| query_error(e, "insert into strategy_commands"))
@@ -514,6 +536,9 @@ pub struct CommandRecord {
     pub status: CommandStatus,
     pub error: Option<String>,
     pub global: bool,
+    /// The login role that inserted it, and whom its tool acted for.
+    pub issued_by: String,
+    pub on_behalf_of: Option<String>,
 }
 
 /// A row of `strategy_events`.
@@ -543,7 +568,7 @@ pub async fn history(
 ) -> anyhow::Result<(Vec<CommandRecord>, Vec<EventRecord>)> {
     let commands = sqlx::query_as(&format!(
         "SELECT k.id, k.created_at, k.executed_at, k.command, k.parameters, k.status, k.error, \
-                k.strategy_id IS NULL AS global \
+                k.strategy_id IS NULL AS global, k.issued_by, k.on_behalf_of \
          FROM strategy_commands k \
          WHERE {} \
          ORDER BY k.created_at DESC, k.seq DESC LIMIT $2",

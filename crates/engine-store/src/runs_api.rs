@@ -35,6 +35,9 @@ pub struct NewRun {
     pub parameters: Value,
     pub priority: RunPriority,
     pub timeout_s: Option<i32>,
+    /// The person or token the tool acts for (`None`: the session's
+    /// `engine.on_behalf_of` setting, if any).
+    pub on_behalf_of: Option<String>,
 }
 
 /// What is wrong with a run's request, before it reaches the database: each says
@@ -102,14 +105,15 @@ pub struct InsertedRun {
 /// Insert a run (`queued`). See [`run_refusal`] for the schema's refusals in words.
 pub async fn insert_run(pool: &PgPool, run: &NewRun) -> Result<InsertedRun, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO strategy_runs (strategy_id, mode, parameters, priority, timeout_s) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at",
+        "INSERT INTO strategy_runs (strategy_id, mode, parameters, priority, timeout_s, on_behalf_of) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
     )
     .bind(run.strategy_id)
     .bind(run.mode)
     .bind(&run.parameters)
     .bind(run.priority)
     .bind(run.timeout_s)
+    .bind(&run.on_behalf_of)
     .fetch_one(pool)
     .await
 }
@@ -166,6 +170,10 @@ pub struct RunRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The login role that inserted it (stamped by the database, CONTRACT.md §8).
+    pub issued_by: String,
+    /// The person or token the inserting tool acted for.
+    pub on_behalf_of: Option<String>,
     /// Where it stands in the queue (1 = next), while it is `queued`.
     pub position_in_queue: Option<i64>,
 }
@@ -179,7 +187,7 @@ fn run_select(result: &str) -> String {
                 r.priority, r.timeout_s, r.state, r.progress_percent, r.completed_items, \
                 r.total_items, r.items_per_second, r.eta_s, r.stage, r.current_item, r.message, \
                 r.config, {result} AS result, r.error, r.pid, r.node, r.attempt, r.created_at, \
-                r.started_at, r.finished_at, r.updated_at, \
+                r.started_at, r.finished_at, r.updated_at, r.issued_by, r.on_behalf_of, \
                 CASE WHEN r.state = 'queued' THEN ( \
                     SELECT count(*) FROM strategy_runs q WHERE q.state = 'queued' AND \
                       ((CASE q.priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END), q.created_at, q.seq) \
@@ -319,12 +327,20 @@ pub async fn insert_cancel(
     pool: &PgPool,
     strategy_id: Uuid,
     run_id: Option<Uuid>,
+    on_behalf_of: Option<&str>,
 ) -> Result<InsertedCommand, sqlx::Error> {
     let parameters = match run_id {
         Some(id) => serde_json::json!({ "run_id": id }),
         None => serde_json::json!({}),
     };
-    insert_command_row(pool, Some(strategy_id), CommandWord::Cancel, &parameters).await
+    insert_command_row(
+        pool,
+        Some(strategy_id),
+        CommandWord::Cancel,
+        &parameters,
+        on_behalf_of,
+    )
+    .await
 }
 
 /// What the estimates of a run's start and end are made from.
@@ -525,6 +541,7 @@ mod tests {
             parameters: json!({"symbols": ["AAPL"]}),
             priority,
             timeout_s: Some(60),
+            on_behalf_of: None,
         }
     }
 
@@ -613,7 +630,7 @@ mod tests {
         let err = insert_run(pool, &gone).await.unwrap_err();
         assert!(run_refusal(&err).unwrap().contains("no such strategy"));
         // The cancel command row.
-        let cancel = insert_cancel(pool, a, Some(low.id)).await.unwrap();
+        let cancel = insert_cancel(pool, a, Some(low.id), None).await.unwrap();
         let (word, params): (String, Value) =
             sqlx::query_as("SELECT command, parameters FROM strategy_commands WHERE id = $1")
                 .bind(cancel.id)

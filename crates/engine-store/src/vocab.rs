@@ -340,6 +340,7 @@ mod tests {
             Some(id),
             CommandWord::Start,
             &serde_json::json!({}),
+            None,
         )
         .await
         .unwrap();
@@ -384,6 +385,7 @@ mod tests {
             Some(id),
             CommandWord::Pause,
             &serde_json::json!({}),
+            None,
         )
         .await
         .unwrap();

@@ -25,6 +25,9 @@ pub enum Entry {
         status: CommandStatus,
         error: Option<String>,
         executed_at: Option<DateTime<Utc>>,
+        /// The database login role that inserted it, and whom its tool acted for.
+        issued_by: String,
+        on_behalf_of: Option<String>,
     },
     Transition {
         at: DateTime<Utc>,
@@ -57,6 +60,8 @@ impl From<CommandRecord> for Entry {
             status: c.status,
             error: c.error,
             executed_at: c.executed_at,
+            issued_by: c.issued_by,
+            on_behalf_of: c.on_behalf_of,
         }
     }
 }
@@ -93,6 +98,14 @@ fn short(id: Uuid) -> String {
     id.simple().to_string()[..8].to_string()
 }
 
+/// Who asked: `by ROLE`, plus `for NAME` when a tool acted for someone else.
+pub fn who(issued_by: &str, on_behalf_of: Option<&str>) -> String {
+    match on_behalf_of {
+        Some(name) if name != issued_by => format!("by {issued_by} for {name}"),
+        _ => format!("by {issued_by}"),
+    }
+}
+
 /// The history as a table: TIME, WHAT, DETAIL.
 pub fn render(entries: &[Entry]) -> String {
     let mut t = Table::new(&[
@@ -109,6 +122,8 @@ pub fn render(entries: &[Entry]) -> String {
                 global,
                 status,
                 error,
+                issued_by,
+                on_behalf_of,
                 ..
             } => {
                 let mut what = format!("command {command}");
@@ -122,7 +137,11 @@ pub fn render(entries: &[Entry]) -> String {
                 if let Some(error) = error {
                     detail.push_str(&format!(": {}", table::shorten(error, 100)));
                 }
-                detail.push_str(&format!(" [cmd {}]", short(*id)));
+                detail.push_str(&format!(
+                    " [cmd {}] {}",
+                    short(*id),
+                    who(issued_by, on_behalf_of.as_deref())
+                ));
                 (what, detail)
             }
             Entry::Transition {
@@ -200,6 +219,8 @@ mod tests {
             status: CommandStatus::Executed,
             error: None,
             global: false,
+            issued_by: "alice".into(),
+            on_behalf_of: Some("ops-bot".into()),
         }];
         let events = vec![
             EventRecord {
@@ -237,6 +258,7 @@ mod tests {
         assert!(text.contains("reason: stopped by an operator"), "{text}");
         assert!(text.contains("command stop"), "{text}");
         assert!(text.contains(r#"executed {"timeout_s":5}"#), "{text}");
+        assert!(text.contains("by alice for ops-bot"), "{text}");
         assert_eq!(merge(vec![], vec![], 10), vec![]);
         let json = serde_json::to_value(&entries[0]).unwrap();
         assert_eq!(json["kind"], "transition");

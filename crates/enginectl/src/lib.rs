@@ -11,13 +11,14 @@
 //! - [`control`]: `start` … `update`, `add`, `remove` (insert rows, wait, report).
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
-//! - [`watch`], [`logs`], [`history`], [`doctor`], [`executor`] (`types`, validation).
+//! - [`watch`], [`logs`], [`history`], [`audit`], [`doctor`], [`executor`] (`types`, validation).
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
 //!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
 //! - [`schedules`]: `schedule add|list|remove|enable|disable` (runs on a timetable).
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
+pub mod audit;
 pub mod control;
 pub mod data;
 pub mod doctor;
@@ -88,6 +89,12 @@ pub struct Cli {
     /// beside this binary, else `strategy-executor` on PATH].
     #[arg(long, env = "ENGINE_EXECUTOR_PATH", global = true)]
     pub executor_path: Option<PathBuf>,
+
+    /// Whom you act for: the `on_behalf_of` of the commands and runs you insert and
+    /// of your strategy edits in `engine_audit` [default: your login name]. The
+    /// database stamps `issued_by` (your database role) itself.
+    #[arg(long = "as", value_name = "NAME", env = "ENGINECTL_AS", global = true)]
+    pub on_behalf_of: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -199,6 +206,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Who asked for what: every command, run and strategy edit or deletion, with
+    /// the database role and whom its tool acted for (`engine_audit`), newest first.
+    Audit {
+        /// Only this strategy's entries (also after it was deleted).
+        #[arg(long)]
+        strategy: Option<String>,
+        /// From this time on: RFC 3339 (2026-12-01T09:00:00Z) or a duration back
+        /// from now (90m, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
     Doctor,
     /// Market data for runs: what is loaded (`data`), `data generate`, `data import`.
@@ -213,6 +237,8 @@ pub struct Target {
     pub channels: Channels,
     pub state_dir: PathBuf,
     pub executor_path: PathBuf,
+    /// `--as`, else the login name.
+    pub on_behalf_of: Option<String>,
 }
 
 impl Target {
@@ -223,6 +249,7 @@ impl Target {
             channels: Channels::new(cli.redis_prefix.clone()),
             state_dir: cli.state_dir.clone(),
             executor_path: executor::default_path(cli.executor_path.as_deref()),
+            on_behalf_of: cli.on_behalf_of.clone().or_else(login_name),
         }
     }
 
@@ -231,8 +258,17 @@ impl Target {
     }
 
     pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        store::connect(&self.database_url).await
+        store::connect_as(&self.database_url, self.on_behalf_of.as_deref()).await
     }
+}
+
+/// The name of the user running the tool (`USER`, else `LOGNAME`).
+fn login_name() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|value| value.trim().to_string())
+        .find(|value| !value.is_empty())
 }
 
 /// How a subcommand ended when it did not fail outright.
@@ -293,6 +329,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
         Command::History { name, lines, json } => {
             history::history(&target, &name, lines, json).await
         }
+        Command::Audit {
+            strategy,
+            since,
+            lines,
+            json,
+        } => audit::audit(&target, strategy, since.as_deref(), lines, json).await,
         Command::Doctor => doctor::doctor(&target).await,
         Command::Run(args) => runs::run(&target, args, shutdown).await,
         Command::Runs {

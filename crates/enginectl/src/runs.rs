@@ -119,6 +119,8 @@ pub async fn run(
         parameters,
         priority,
         timeout_s: args.timeout,
+        // The session's `engine.on_behalf_of` (`--as`) says it.
+        on_behalf_of: None,
     };
     let inserted =
         db::insert_run(&pool, &new)
@@ -440,7 +442,7 @@ pub async fn cancel(target: &Target, args: CancelArgs) -> anyhow::Result<Finishe
         }
         (run.strategy_id, Some(id), format!("run {id}"))
     };
-    let command = db::insert_cancel(&pool, strategy_id, run)
+    let command = db::insert_cancel(&pool, strategy_id, run, None)
         .await
         .map_err(|e| store::query_error(e, "insert into strategy_commands"))?;
     if args.no_wait {

@@ -5,13 +5,14 @@
 
 use super::error::ApiError;
 use super::events::HealthSample;
+use super::guard::Caller;
 use super::AppState;
 use crate::recorder::LastMetrics;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use engine_store::api::{self as db, CommandOverview, StrategyOverview};
 use engine_store::commands::{insert_command_row, parse_command};
@@ -263,6 +264,8 @@ fn command_json(command: &CommandOverview) -> Value {
         "latency_ms": latency_ms,
         "finished": command.status.is_finished(),
         "global": command.strategy_id.is_none(),
+        "issued_by": command.issued_by,
+        "on_behalf_of": command.on_behalf_of,
     })
 }
 
@@ -301,6 +304,7 @@ pub async fn get_strategy(
 pub async fn post_command(
     State(state): State<Arc<AppState>>,
     Path((name, command)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Ok(word) = command.parse::<CommandWord>() else {
@@ -323,14 +327,20 @@ pub async fn post_command(
         return Err(ApiError::bad_request(invalid.to_string()));
     }
     let strategy = find_strategy(&state, &name).await?;
-    let inserted = insert_command_row(&state.shared.pool, Some(strategy.id), word, &parameters)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-                ApiError::not_found(format!("strategy '{}' was deleted", strategy.name))
-            }
-            _ => ApiError::database("cannot insert the command", e),
-        })?;
+    let inserted = insert_command_row(
+        &state.shared.pool,
+        Some(strategy.id),
+        word,
+        &parameters,
+        Some(&caller.0),
+    )
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+            ApiError::not_found(format!("strategy '{}' was deleted", strategy.name))
+        }
+        _ => ApiError::database("cannot insert the command", e),
+    })?;
     let id = inserted.id;
     tracing::info!(command_id = %id, strategy = %strategy.name, command = %command, "command received over HTTP");
     let url = format!("/api/commands/{id}");

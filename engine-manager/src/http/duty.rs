@@ -15,12 +15,13 @@
 
 use super::api::{find_strategy, redact_secrets};
 use super::error::ApiError;
+use super::guard::Caller;
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use engine_protocol::control::EXIT_BAD_CONFIG;
 use engine_protocol::state_dir::{last_lines, log_file_name};
 use engine_protocol::validate::validate_config;
@@ -64,6 +65,7 @@ fn body_object(body: &Bytes, hint: &str) -> Result<Value, ApiError> {
 pub async fn post_global(
     State(state): State<Arc<AppState>>,
     Path(command): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if !GLOBAL_COMMANDS.contains(&command.as_str()) {
@@ -81,7 +83,7 @@ pub async fn post_global(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("'{command}' is not a command word")))?;
     let InsertedCommand { id, created_at } =
-        insert_command_row(&state.shared.pool, None, word, &parameters)
+        insert_command_row(&state.shared.pool, None, word, &parameters, Some(&caller.0))
             .await
             .map_err(|e| ApiError::database("cannot insert the command", e))?;
     tracing::warn!(command_id = %id, command = %command, "global command (kill switch) received over HTTP");

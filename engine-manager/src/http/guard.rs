@@ -21,7 +21,16 @@ use std::sync::Arc;
 /// 64 KiB as stored (`engine_store::limits`), a body carries one with room around it.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
-pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Whom a request acts for, as rows it inserts say in `on_behalf_of`: the name of
+/// the configured token it carries, or `http` when it carries none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+pub async fn check(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if let Err(err) = allowed(
         &state,
         request.method(),
@@ -30,6 +39,10 @@ pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: N
     ) {
         return err.into_response();
     }
+    let caller = bearer(request.headers())
+        .and_then(|given| state.access.find(given))
+        .map_or_else(|| "http".to_string(), |token| token.name.clone());
+    request.extensions_mut().insert(Caller(caller));
     match within_body_limit(request).await {
         Ok(request) => next.run(request).await,
         Err(err) => err.into_response(),
@@ -142,12 +155,7 @@ fn presented_token<'a>(
     what: &str,
 ) -> Result<&'a NamedToken, ApiError> {
     const HINT: &str = "send a token as 'Authorization: Bearer <token>': --http-token (ENGINE_HTTP_TOKEN), --http-read-token (reads only) or one of --http-tokens-file";
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    match bearer(headers) {
         Some(given) => state.access.find(given).ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").with("hint", HINT)
         }),
@@ -157,6 +165,15 @@ fn presented_token<'a>(
         )
         .with("hint", HINT)),
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// `localhost`, `*.localhost` or an IP address, with or without a port.

@@ -12,6 +12,7 @@
 //!   the refusal to listen beyond loopback without an operate token.
 //! - `probes`: `GET /health`, database and Redis reachability.
 //! - `api`: `/api/strategies`, the command API, `/api/commands/{id}`, `/api/history`.
+//! - `audit`: `GET /api/audit`, who asked for what (`engine_audit`).
 //! - `prometheus`: `GET /metrics` in the Prometheus text format.
 //! - `events`: the Redis relay (one subscription for every browser) and `/api/events`.
 //! - `duty`: the kill switch (`POST /api/global/{command}`), a config checked by the
@@ -28,6 +29,7 @@
 
 mod access;
 mod api;
+mod audit;
 mod dashboard;
 mod duty;
 mod error;
@@ -221,6 +223,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/global/{command}", post(duty::post_global))
         .route("/api/commands/{id}", get(api::get_command))
         .route("/api/history", get(api::history))
+        .route("/api/audit", get(audit::audit))
         .route("/api/events", get(events::stream))
         .route("/api/runs", get(runs::list_runs).post(runs::post_run))
         .route("/api/runs/{id}", get(runs::get_run))

@@ -10,13 +10,14 @@
 
 use super::api::{find_strategy, redact_secrets};
 use super::error::ApiError;
+use super::guard::Caller;
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use engine_protocol::runs::RunState;
 use engine_store::runs_api::{self as db, BadRunRequest, NewRun, QueueEstimate, RunRecord};
@@ -120,6 +121,8 @@ fn run_json(run: &RunRecord, view: &QueueView) -> Value {
         "attempt": run.attempt,
         "pid": run.pid,
         "node": run.node,
+        "issued_by": run.issued_by,
+        "on_behalf_of": run.on_behalf_of,
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
@@ -198,6 +201,7 @@ async fn new_run(state: &AppState, body: &Bytes) -> Result<NewRun, ApiError> {
         parameters,
         priority,
         timeout_s,
+        on_behalf_of: None,
     })
 }
 
@@ -205,9 +209,11 @@ async fn new_run(state: &AppState, body: &Bytes) -> Result<NewRun, ApiError> {
 /// estimated start and event stream.
 pub async fn post_run(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let run = new_run(&state, &body).await?;
+    let mut run = new_run(&state, &body).await?;
+    run.on_behalf_of = Some(caller.0);
     let inserted = db::insert_run(&state.shared.pool, &run)
         .await
         .map_err(|e| db_error("cannot insert the run", e))?;
@@ -323,11 +329,17 @@ pub async fn get_queue(State(state): State<Arc<AppState>>) -> Result<Json<Value>
 pub async fn post_cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let run = find_run(&state, parse_run_id(&id)?).await?;
-    let inserted = db::insert_cancel(&state.shared.pool, run.strategy_id, Some(run.id))
-        .await
-        .map_err(|e| ApiError::database("cannot insert the cancel command", e))?;
+    let inserted = db::insert_cancel(
+        &state.shared.pool,
+        run.strategy_id,
+        Some(run.id),
+        Some(&caller.0),
+    )
+    .await
+    .map_err(|e| ApiError::database("cannot insert the cancel command", e))?;
     tracing::info!(command_id = %inserted.id, run_id = %run.id, "cancel received over HTTP");
     let url = format!("/api/commands/{}", inserted.id);
     let body = json!({

@@ -386,6 +386,7 @@ async fn cancel_samples(
             Some(strategy),
             CommandWord::Cancel,
             &json!({"run_id": id}),
+            None,
         )
         .await?;
         let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
