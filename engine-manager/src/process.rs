@@ -2,7 +2,9 @@
 //! process group; a run's process with its run input on stdin), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
+use crate::limits::{Confinement, LimitGroup, Limiter};
 use crate::tasks::blocking;
+use engine_protocol::limits::ResourceLimits;
 use engine_protocol::procfs;
 use rustix::process::{Pid, Signal};
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
@@ -63,6 +66,19 @@ pub struct RunSpawnSpec<'a> {
     pub log_path: &'a Path,
     /// Written on its stdin.
     pub input: &'a engine_protocol::runs::RunInput,
+    /// Its strategy's limits, in force before it reads its input.
+    pub confine: Confine<'a>,
+}
+
+/// The limits a new process is held to, in the group `engine/<id>`: put in force
+/// after the spawn and before anything is written on its stdin (the executor creates
+/// its strategy only after reading all of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Confine<'a> {
+    pub limiter: &'a Arc<Limiter>,
+    /// The strategy's or the run's id: the group's name.
+    pub id: Uuid,
+    pub limits: ResourceLimits,
 }
 
 /// What one spawn needs.
@@ -81,6 +97,7 @@ pub struct SpawnSpec<'a> {
     pub log_path: &'a Path,
     /// Pass `--start-paused`: the executor comes up `paused`.
     pub start_paused: bool,
+    pub confine: Confine<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +125,11 @@ pub enum ExitInfo {
     Signal(i32),
     /// An adopted process (not our child): its exit status cannot be read.
     Unknown,
+    /// Killed by the kernel for memory: its group's OOM kill count rose (or, under
+    /// rlimits, an allocation failed at the limit); `limit_mb` is its `memory_mb`.
+    OutOfMemory {
+        limit_mb: Option<u64>,
+    },
 }
 
 impl ExitInfo {
@@ -130,6 +152,10 @@ impl std::fmt::Display for ExitInfo {
                 Err(_) => write!(f, "killed by signal {s}"),
             },
             ExitInfo::Unknown => write!(f, "exited (status unknown: adopted process)"),
+            ExitInfo::OutOfMemory {
+                limit_mb: Some(limit),
+            } => write!(f, "killed: out of memory, limit {limit} MB"),
+            ExitInfo::OutOfMemory { limit_mb: None } => write!(f, "killed: out of memory"),
         }
     }
 }
@@ -148,6 +174,14 @@ pub struct ExecutorProcess {
     pub log_path: PathBuf,
     pub log_offset: u64,
     watch: ExitWatch,
+    /// Its limits group (none under rlimits alone), removed after the exit.
+    pub group: Option<LimitGroup>,
+    /// The limits it was started with (updated live).
+    pub limits: ResourceLimits,
+    /// The limits that are not enforced, and why (said once after the spawn).
+    pub unenforced: Option<String>,
+    /// Whether [`ExecutorProcess::wait`] has looked at how it ended (OOM) yet.
+    exit_examined: bool,
 }
 
 impl ExecutorProcess {
@@ -172,6 +206,7 @@ impl ExecutorProcess {
             executor_path: spec.executor_path,
             log_path: spec.log_path,
             log_offset,
+            confine: spec.confine,
         };
         started.launch(command(spec, log, log2), &input).await
     }
@@ -197,13 +232,20 @@ impl ExecutorProcess {
             executor_path: spec.executor_path,
             log_path: spec.log_path,
             log_offset,
+            confine: spec.confine,
         };
         started.launch(cmd, &input).await
     }
 
     /// Take over an executor a previous manager started, if `pid` is still that
     /// process (same start time). Its exit is watched through a pidfd.
-    pub fn adopt(pid: u32, ticks: u64, log_path: PathBuf) -> Option<ExecutorProcess> {
+    pub fn adopt(
+        pid: u32,
+        ticks: u64,
+        log_path: PathBuf,
+        group: Option<LimitGroup>,
+        limits: ResourceLimits,
+    ) -> Option<ExecutorProcess> {
         if !is_same_process(pid, ticks) {
             return None;
         }
@@ -224,11 +266,55 @@ impl ExecutorProcess {
             log_path,
             log_offset,
             watch,
+            group,
+            limits,
+            unenforced: None,
+            exit_examined: false,
         })
     }
 
     /// Wait until the process exits (cancel-safe; returns at once if it already did).
+    /// An exit the kernel caused for memory is [`ExitInfo::OutOfMemory`]; the limits
+    /// group is removed after the exit.
     pub async fn wait(&mut self) -> ExitInfo {
+        let info = self.wait_status().await;
+        if self.exit_examined {
+            return info;
+        }
+        // Examined on the blocking pool with a copy of the group: dropped midway (a
+        // `select!`), the next call examines again (reading and removing are
+        // idempotent).
+        let group = self.group.clone();
+        let limit_mb = self.limits.memory_mb;
+        let (log_path, log_offset) = (self.log_path.clone(), self.log_offset);
+        let info = blocking(move || {
+            let oom = match &group {
+                Some(group) => {
+                    let killed = group.oom_killed();
+                    group.remove();
+                    killed
+                }
+                // Under rlimits: an allocation refused at RLIMIT_DATA aborts.
+                None => {
+                    limit_mb.is_some()
+                        && info == ExitInfo::Signal(6)
+                        && log_tail(&log_path, log_offset, 3).contains("memory allocation of")
+                }
+            };
+            if oom {
+                ExitInfo::OutOfMemory { limit_mb }
+            } else {
+                info
+            }
+        })
+        .await;
+        self.group = None;
+        self.exit_examined = true;
+        self.watch = ExitWatch::Exited(info);
+        info
+    }
+
+    async fn wait_status(&mut self) -> ExitInfo {
         let info = match &mut self.watch {
             ExitWatch::Exited(info) => return *info,
             ExitWatch::Child(child) => match child.wait().await {
@@ -266,11 +352,12 @@ impl ExecutorProcess {
     }
 }
 
-/// A process about to be spawned: its binary and log.
+/// A process about to be spawned: its binary, log and limits.
 struct Started<'a> {
     executor_path: &'a Path,
     log_path: &'a Path,
     log_offset: u64,
+    confine: Confine<'a>,
 }
 
 impl Started<'_> {
@@ -285,6 +372,14 @@ impl Started<'_> {
             source,
         })?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        // In its group, with its limits, before it reads a byte of its input.
+        let (limiter, id, limits) = (
+            self.confine.limiter.clone(),
+            self.confine.id,
+            self.confine.limits,
+        );
+        let Confinement { group, unenforced } =
+            blocking(move || limiter.confine(&id.to_string(), pid, &limits)).await;
         if let Some(mut stdin) = child.stdin.take() {
             // If the process died at once, the write fails; its exit tells why.
             let _ = stdin.write_all(input).await;
@@ -297,6 +392,10 @@ impl Started<'_> {
             log_path: self.log_path.to_path_buf(),
             log_offset: self.log_offset,
             watch: ExitWatch::Child(child),
+            group,
+            limits,
+            unenforced,
+            exit_examined: false,
         })
     }
 }

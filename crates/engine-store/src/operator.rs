@@ -61,6 +61,10 @@ pub fn schema_refusal(err: &sqlx::Error) -> Option<Cow<'static, str>> {
         return Some(Cow::Owned(words));
     }
     let db = err.as_database_error()?;
+    // The limits check says the key at fault and what is allowed in its own words.
+    if db.constraint() == Some("limits_valid") {
+        return Some(Cow::Owned(db.message().to_string()));
+    }
     match db.code().as_deref() {
         // untranslatable_character: "unsupported Unicode escape sequence" in jsonb.
         Some("22P05") => {
@@ -122,6 +126,8 @@ pub struct StrategyRecord {
     pub restart_count: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Its resource limits (`{}`: none).
+    pub limits: Value,
 }
 
 impl StrategyRecord {
@@ -132,7 +138,7 @@ impl StrategyRecord {
 }
 
 const COLUMNS: &str = "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
-                       last_error, restart_count, started_at, created_at";
+                       last_error, restart_count, started_at, created_at, limits";
 
 pub async fn strategies(pool: &PgPool) -> anyhow::Result<Vec<StrategyRecord>> {
     sqlx::query_as(&format!(
@@ -534,6 +540,7 @@ mod tests {
             restart_count: 0,
             started_at: None,
             created_at: Utc::now(),
+            limits: serde_json::json!({}),
         }
     }
 

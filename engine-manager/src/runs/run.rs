@@ -6,7 +6,7 @@
 use super::prepare::{prepare, PrepareError};
 use super::report::{Reporter, RunIdentity, Said};
 use super::CancelError;
-use crate::process::{ExecutorProcess, ExitInfo, RunSpawnSpec};
+use crate::process::{Confine, ExecutorProcess, ExitInfo, RunSpawnSpec};
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::runs::{self as proto, RunEventType, RunState};
@@ -119,6 +119,11 @@ impl RunTask {
             runs_dir: &self.runs_dir,
             log_path: &log_path,
             input: &input,
+            confine: Confine {
+                limiter: &self.shared.limiter,
+                id: self.row.id,
+                limits: self.limits(),
+            },
         };
         let proc = match ExecutorProcess::spawn_run(&spec).await {
             Ok(proc) => proc,
@@ -127,6 +132,9 @@ impl RunTask {
                 return None;
             }
         };
+        if let Some(note) = &proc.unenforced {
+            tracing::warn!(run_id = %self.row.id, "{note}");
+        }
         let running = store::Running {
             pid: proc.pid,
             pid_start_ticks: proc.start_ticks,
@@ -160,6 +168,11 @@ impl RunTask {
 
     /// The run's input, its bars file written; `None` once the run has ended (its
     /// parameters were wrong, it was stopped, it timed out) or the manager stops.
+    /// The strategy's limits, which the run takes.
+    fn limits(&self) -> engine_protocol::limits::ResourceLimits {
+        run_limits(&self.row)
+    }
+
     async fn prepared(&mut self) -> Option<proto::RunInput> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
@@ -421,6 +434,11 @@ impl RunTask {
         let _ = tokio::fs::remove_file(proto::bars_path(&self.runs_dir, self.row.id)).await;
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
     }
+}
+
+/// A run's limits: its strategy's.
+pub(super) fn run_limits(row: &RunRow) -> engine_protocol::limits::ResourceLimits {
+    crate::limits::stored(&row.strategy_limits)
 }
 
 /// The process's exit; at once (status unknown) when there is none.

@@ -108,6 +108,8 @@ pub struct LiveEntry {
     pub pid: Option<u32>,
     pub started_at: Option<DateTime<Utc>>,
     pub restart_count: i32,
+    /// Its resource limits (health shows `memory_limit_mb`, `cpu_limit_percent`).
+    pub limits: engine_protocol::limits::ResourceLimits,
 }
 
 pub struct StrategySupervisor {
@@ -116,6 +118,8 @@ pub struct StrategySupervisor {
     name: String,
     strategy_type: String,
     config: Value,
+    /// `strategy_configs.limits` as stored (checked by the schema).
+    limits: Value,
     policy: RestartPolicy,
     /// The decisions: status, desired state, crash count, backoff, what is in flight.
     machine: Machine,
@@ -179,6 +183,7 @@ impl StrategySupervisor {
             name: row.name,
             strategy_type: row.strategy_type,
             config: row.config,
+            limits: row.limits,
             policy: shared.policy,
             machine: Machine::new(status, desired, row.operator_stopped),
             observed,
@@ -387,10 +392,12 @@ impl StrategySupervisor {
             )),
             Effect::Update {
                 patch,
+                limits,
                 command_id,
                 online,
             } => Some(Event::UpdateEnded(
-                self.update(&patch, command_id, online).await,
+                self.update(&patch, limits.as_ref(), command_id, online)
+                    .await,
             )),
             other => self.perform_now(other).await,
         }
