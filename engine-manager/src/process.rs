@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
@@ -180,8 +180,8 @@ pub struct ExecutorProcess {
     pub limits: ResourceLimits,
     /// The limits that are not enforced, and why (said once after the spawn).
     pub unenforced: Option<String>,
-    /// Whether [`ExecutorProcess::wait`] has looked at how it ended (OOM) yet.
-    exit_examined: bool,
+    /// How it ended, once [`ExecutorProcess::wait`] has looked (an OOM kill or not).
+    examined: Arc<OnceLock<ExitInfo>>,
 }
 
 impl ExecutorProcess {
@@ -269,7 +269,7 @@ impl ExecutorProcess {
             group,
             limits,
             unenforced: None,
-            exit_examined: false,
+            examined: Arc::default(),
         })
     }
 
@@ -278,38 +278,40 @@ impl ExecutorProcess {
     /// group is removed after the exit.
     pub async fn wait(&mut self) -> ExitInfo {
         let info = self.wait_status().await;
-        if self.exit_examined {
-            return info;
+        if let Some(examined) = self.examined.get() {
+            return *examined;
         }
-        // Examined on the blocking pool with a copy of the group: dropped midway (a
-        // `select!`), the next call examines again (reading and removing are
-        // idempotent).
+        // Examined on the blocking pool, the verdict kept in `examined`: dropped
+        // midway (a `select!`), the examination still finishes and the next call
+        // finds its verdict (the group is gone by then).
+        let examined = self.examined.clone();
         let group = self.group.clone();
         let limit_mb = self.limits.memory_mb;
         let (log_path, log_offset) = (self.log_path.clone(), self.log_offset);
         let info = blocking(move || {
-            let oom = match &group {
-                Some(group) => {
-                    let killed = group.oom_killed();
-                    group.remove();
-                    killed
+            *examined.get_or_init(|| {
+                let oom = match &group {
+                    Some(group) => {
+                        let killed = group.oom_killed();
+                        group.remove();
+                        killed
+                    }
+                    // Under rlimits: an allocation refused at RLIMIT_DATA aborts.
+                    None => {
+                        limit_mb.is_some()
+                            && info == ExitInfo::Signal(6)
+                            && log_tail(&log_path, log_offset, 3).contains("memory allocation of")
+                    }
+                };
+                if oom {
+                    ExitInfo::OutOfMemory { limit_mb }
+                } else {
+                    info
                 }
-                // Under rlimits: an allocation refused at RLIMIT_DATA aborts.
-                None => {
-                    limit_mb.is_some()
-                        && info == ExitInfo::Signal(6)
-                        && log_tail(&log_path, log_offset, 3).contains("memory allocation of")
-                }
-            };
-            if oom {
-                ExitInfo::OutOfMemory { limit_mb }
-            } else {
-                info
-            }
+            })
         })
         .await;
         self.group = None;
-        self.exit_examined = true;
         self.watch = ExitWatch::Exited(info);
         info
     }
@@ -395,7 +397,7 @@ impl Started<'_> {
             group,
             limits,
             unenforced,
-            exit_examined: false,
+            examined: Arc::default(),
         })
     }
 }
