@@ -380,8 +380,14 @@ impl Started<'_> {
             self.confine.id,
             self.confine.limits,
         );
-        let Confinement { group, unenforced } =
-            blocking(move || limiter.confine(&id.to_string(), pid, &limits)).await;
+        // Without limits there is nothing to do: no hop to the blocking pool between
+        // the spawn and the input (a manager killed in between leaves a process that
+        // reads no input).
+        let Confinement { group, unenforced } = if limits.is_empty() {
+            Confinement::default()
+        } else {
+            blocking(move || limiter.confine(&id.to_string(), pid, &limits)).await
+        };
         if let Some(mut stdin) = child.stdin.take() {
             // If the process died at once, the write fails; its exit tells why.
             let _ = stdin.write_all(input).await;

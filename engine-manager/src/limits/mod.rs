@@ -131,6 +131,10 @@ impl Limiter {
     /// group `engine/<id>` with `limits` in force. Never fails: what cannot be
     /// enforced is said in [`Confinement::unenforced`].
     pub fn confine(&self, id: &str, pid: u32, limits: &ResourceLimits) -> Confinement {
+        if limits.is_empty() {
+            // Nothing to hold: no group (one is made if limits are set live).
+            return Confinement::default();
+        }
         let mut unenforced = Vec::new();
         let mut confinement = Confinement::default();
         let cgroup_held = match &self.driver {
@@ -140,9 +144,7 @@ impl Limiter {
                     true
                 }
                 Err(err) => {
-                    if !limits.is_empty() {
-                        unenforced.push(format!("cgroup: {err}"));
-                    }
+                    unenforced.push(format!("cgroup: {err}"));
                     false
                 }
             },
