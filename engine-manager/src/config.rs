@@ -161,6 +161,12 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_RUN_PROGRESS_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub run_progress_interval: Duration,
 
+    /// How strategies' resource limits are enforced: `auto` takes the first that
+    /// works here (cgroup v2, cgroup v1, rlimits); said at start-up and in
+    /// `enginectl doctor`.
+    #[arg(long, env = "ENGINE_LIMITS_MECHANISM", value_enum, default_value_t = crate::limits::MechanismChoice::Auto)]
+    pub limits_mechanism: crate::limits::MechanismChoice,
+
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,

@@ -208,6 +208,8 @@ impl HealthSampler {
             stale: verdict.stale,
             last_tick_age_ms: verdict.age_ms,
             last_tick_at: verdict.last_tick_at,
+            memory_limit_mb: entry.limits.memory_mb,
+            cpu_limit_percent: entry.limits.cpu_percent,
         }
     }
 
@@ -242,6 +244,19 @@ impl HealthSampler {
                 ),
                 ("cpu_percent".into(), msg.cpu_percent.to_string()),
                 ("memory_mb".into(), msg.memory_mb.to_string()),
+                // Use against limit, for `enginectl list` and the dashboard.
+                (
+                    "memory_limit_mb".into(),
+                    msg.memory_limit_mb
+                        .map(|mb| mb.to_string())
+                        .unwrap_or_default(),
+                ),
+                (
+                    "cpu_limit_percent".into(),
+                    msg.cpu_limit_percent
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                ),
                 ("uptime_s".into(), msg.uptime_s.to_string()),
                 ("health_at".into(), msg.timestamp.to_rfc3339()),
                 ("stale".into(), msg.stale.to_string()),

@@ -9,6 +9,7 @@
 //!   its executor process, applies its commands in order, restarts crashes).
 //! - [`process`]: spawning, adopting, signalling and watching executor processes.
 //! - [`link`]: the control socket executors connect to (readiness and acks).
+//! - [`limits`]: resource limits: one cgroup (v2 or v1) per executor, else rlimits.
 //! - [`publisher`]: the one task that talks to Redis for sending.
 //! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
 //!   [`recorder`]: metrics into `strategy_metrics`.
@@ -33,6 +34,7 @@ pub mod health;
 pub mod http;
 pub mod intake;
 pub mod lease;
+pub mod limits;
 pub mod link;
 pub mod log_rotation;
 pub mod process;
@@ -89,6 +91,8 @@ pub struct Shared {
     pub executions: executions::task::ExecutionsHandle,
     /// The HTTP tokens (checked at start-up, before the database).
     pub http_access: Arc<http::HttpAccess>,
+    /// How resource limits are enforced here (chosen at start-up).
+    pub limiter: Arc<limits::Limiter>,
 }
 
 impl Shared {
@@ -198,6 +202,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     if let Err(err) = engine_store::runs_api::record_max_concurrent(&pool, slots).await {
         tracing::warn!(error = %err, "cannot record --max-concurrent-runs in the lease row");
     }
+    let limiter = detect_limits(&pool, config.limits_mechanism).await;
     let redis_client = open_redis(&config.redis_url)?;
 
     let mut background = ManagerTasks::default();
@@ -229,6 +234,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         runs: runs_handle,
         executions: executions_handle,
         http_access,
+        limiter,
     });
     log_start(&shared, is_boot);
 
@@ -291,6 +297,18 @@ async fn check_rights(pool: &sqlx::PgPool) -> Result<(), ManagerError> {
         .await
         .map_err(ManagerError::CheckRights)?;
     Err(ManagerError::MissingRights { role, missing })
+}
+
+/// Choose how resource limits are enforced here, and say so: in the log and in the
+/// lease row (for `enginectl doctor`).
+async fn detect_limits(pool: &PgPool, choice: limits::MechanismChoice) -> Arc<limits::Limiter> {
+    let limiter = Arc::new(tasks::blocking(move || limits::Limiter::detect(choice)).await);
+    let mechanism = limiter.describe();
+    tracing::info!(%mechanism, "resource limits");
+    if let Err(err) = engine_store::lease::record_limits_mechanism(pool, &mechanism).await {
+        tracing::warn!(error = %err, "cannot record the limits mechanism in the lease row");
+    }
+    limiter
 }
 
 /// Stop every task (after `shutdown`, or the first task's `failure`), remove the
@@ -510,7 +528,9 @@ async fn initial_action(
     let mut live = None;
     for (pid, ticks) in running {
         if live.is_none() {
-            live = ExecutorProcess::adopt(pid, ticks, log_path.clone());
+            let group = shared.limiter.existing(&row.id.to_string());
+            let limits = limits::stored(&row.limits);
+            live = ExecutorProcess::adopt(pid, ticks, log_path.clone(), group, limits);
             if live.is_some() {
                 continue;
             }

@@ -2,7 +2,9 @@
 //! process group; a run's process with its run input on stdin), recognising one again after a manager restart (pid plus start
 //! time), awaiting its exit, signalling it, and reading the tail of its log.
 
+use crate::limits::{Confinement, LimitGroup, Limiter};
 use crate::tasks::blocking;
+use engine_protocol::limits::ResourceLimits;
 use engine_protocol::procfs;
 use rustix::process::{Pid, Signal};
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
@@ -63,6 +66,19 @@ pub struct RunSpawnSpec<'a> {
     pub log_path: &'a Path,
     /// Written on its stdin.
     pub input: &'a engine_protocol::runs::RunInput,
+    /// Its strategy's limits, in force before it reads its input.
+    pub confine: Confine<'a>,
+}
+
+/// The limits a new process is held to, in the group `engine/<id>`: put in force
+/// after the spawn and before anything is written on its stdin (the executor creates
+/// its strategy only after reading all of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Confine<'a> {
+    pub limiter: &'a Arc<Limiter>,
+    /// The strategy's or the run's id: the group's name.
+    pub id: Uuid,
+    pub limits: ResourceLimits,
 }
 
 /// What one spawn needs.
@@ -83,6 +99,7 @@ pub struct SpawnSpec<'a> {
     pub start_paused: bool,
     /// The strategy has an `execution_interval_s` (its type must support it).
     pub interval: bool,
+    pub confine: Confine<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +127,11 @@ pub enum ExitInfo {
     Signal(i32),
     /// An adopted process (not our child): its exit status cannot be read.
     Unknown,
+    /// Killed by the kernel for memory: its group's OOM kill count rose (or, under
+    /// rlimits, an allocation failed at the limit); `limit_mb` is its `memory_mb`.
+    OutOfMemory {
+        limit_mb: Option<u64>,
+    },
 }
 
 impl ExitInfo {
@@ -132,6 +154,10 @@ impl std::fmt::Display for ExitInfo {
                 Err(_) => write!(f, "killed by signal {s}"),
             },
             ExitInfo::Unknown => write!(f, "exited (status unknown: adopted process)"),
+            ExitInfo::OutOfMemory {
+                limit_mb: Some(limit),
+            } => write!(f, "killed: out of memory, limit {limit} MB"),
+            ExitInfo::OutOfMemory { limit_mb: None } => write!(f, "killed: out of memory"),
         }
     }
 }
@@ -150,6 +176,14 @@ pub struct ExecutorProcess {
     pub log_path: PathBuf,
     pub log_offset: u64,
     watch: ExitWatch,
+    /// Its limits group (none under rlimits alone), removed after the exit.
+    pub group: Option<LimitGroup>,
+    /// The limits it was started with (updated live).
+    pub limits: ResourceLimits,
+    /// The limits that are not enforced, and why (said once after the spawn).
+    pub unenforced: Option<String>,
+    /// How it ended, once [`ExecutorProcess::wait`] has looked (an OOM kill or not).
+    examined: Arc<OnceLock<ExitInfo>>,
 }
 
 impl ExecutorProcess {
@@ -175,6 +209,7 @@ impl ExecutorProcess {
             executor_path: spec.executor_path,
             log_path: spec.log_path,
             log_offset,
+            confine: spec.confine,
         };
         started.launch(command(spec, log, log2), &input).await
     }
@@ -200,13 +235,20 @@ impl ExecutorProcess {
             executor_path: spec.executor_path,
             log_path: spec.log_path,
             log_offset,
+            confine: spec.confine,
         };
         started.launch(cmd, &input).await
     }
 
     /// Take over an executor a previous manager started, if `pid` is still that
     /// process (same start time). Its exit is watched through a pidfd.
-    pub fn adopt(pid: u32, ticks: u64, log_path: PathBuf) -> Option<ExecutorProcess> {
+    pub fn adopt(
+        pid: u32,
+        ticks: u64,
+        log_path: PathBuf,
+        group: Option<LimitGroup>,
+        limits: ResourceLimits,
+    ) -> Option<ExecutorProcess> {
         if !is_same_process(pid, ticks) {
             return None;
         }
@@ -227,11 +269,57 @@ impl ExecutorProcess {
             log_path,
             log_offset,
             watch,
+            group,
+            limits,
+            unenforced: None,
+            examined: Arc::default(),
         })
     }
 
     /// Wait until the process exits (cancel-safe; returns at once if it already did).
+    /// An exit the kernel caused for memory is [`ExitInfo::OutOfMemory`]; the limits
+    /// group is removed after the exit.
     pub async fn wait(&mut self) -> ExitInfo {
+        let info = self.wait_status().await;
+        if let Some(examined) = self.examined.get() {
+            return *examined;
+        }
+        // Examined on the blocking pool, the verdict kept in `examined`: dropped
+        // midway (a `select!`), the examination still finishes and the next call
+        // finds its verdict (the group is gone by then).
+        let examined = self.examined.clone();
+        let group = self.group.clone();
+        let limit_mb = self.limits.memory_mb;
+        let (log_path, log_offset) = (self.log_path.clone(), self.log_offset);
+        let info = blocking(move || {
+            *examined.get_or_init(|| {
+                let oom = match &group {
+                    Some(group) => {
+                        let killed = group.oom_killed();
+                        group.remove();
+                        killed
+                    }
+                    // Under rlimits: an allocation refused at RLIMIT_DATA aborts.
+                    None => {
+                        limit_mb.is_some()
+                            && info == ExitInfo::Signal(6)
+                            && log_tail(&log_path, log_offset, 3).contains("memory allocation of")
+                    }
+                };
+                if oom {
+                    ExitInfo::OutOfMemory { limit_mb }
+                } else {
+                    info
+                }
+            })
+        })
+        .await;
+        self.group = None;
+        self.watch = ExitWatch::Exited(info);
+        info
+    }
+
+    async fn wait_status(&mut self) -> ExitInfo {
         let info = match &mut self.watch {
             ExitWatch::Exited(info) => return *info,
             ExitWatch::Child(child) => match child.wait().await {
@@ -269,11 +357,12 @@ impl ExecutorProcess {
     }
 }
 
-/// A process about to be spawned: its binary and log.
+/// A process about to be spawned: its binary, log and limits.
 struct Started<'a> {
     executor_path: &'a Path,
     log_path: &'a Path,
     log_offset: u64,
+    confine: Confine<'a>,
 }
 
 impl Started<'_> {
@@ -288,6 +377,20 @@ impl Started<'_> {
             source,
         })?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        // In its group, with its limits, before it reads a byte of its input.
+        let (limiter, id, limits) = (
+            self.confine.limiter.clone(),
+            self.confine.id,
+            self.confine.limits,
+        );
+        // Without limits there is nothing to do: no hop to the blocking pool between
+        // the spawn and the input (a manager killed in between leaves a process that
+        // reads no input).
+        let Confinement { group, unenforced } = if limits.is_empty() {
+            Confinement::default()
+        } else {
+            blocking(move || limiter.confine(&id.to_string(), pid, &limits)).await
+        };
         if let Some(mut stdin) = child.stdin.take() {
             // If the process died at once, the write fails; its exit tells why.
             let _ = stdin.write_all(input).await;
@@ -300,6 +403,10 @@ impl Started<'_> {
             log_path: self.log_path.to_path_buf(),
             log_offset: self.log_offset,
             watch: ExitWatch::Child(child),
+            group,
+            limits,
+            unenforced,
+            examined: Arc::default(),
         })
     }
 }

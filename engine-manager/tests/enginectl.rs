@@ -481,6 +481,7 @@ async fn doctor_watch_and_types() {
         "postgres",
         "migrations",
         "manager",
+        "limits",
         "redis",
         "executor",
         "strategies",
@@ -544,6 +545,32 @@ async fn doctor_watch_and_types() {
         !frame.contains('\u{1b}'),
         "no terminal codes with --once: {frame:?}"
     );
+
+    // A resource limit, set live; `list` shows the use against it.
+    let run = ctl(&engine, &["update", "hb-doc", "--limit", "memory_mb=256"])
+        .await
+        .ok();
+    assert!(
+        run.stdout.contains(r#"applied limits {"memory_mb":256}"#),
+        "{run:?}"
+    );
+    let run = ctl(&engine, &["update", "hb-doc", "--limit", "memory_mb=0"])
+        .await
+        .failed();
+    assert!(
+        run.stderr
+            .contains("limits.memory_mb must be a whole number"),
+        "{run:?}"
+    );
+    wait_for(
+        "list to show memory against its limit",
+        DEADLINE,
+        || async {
+            let run = ctl(&engine, &["list"]).await.ok();
+            run.stdout.contains(" MB / 256 MB").then_some(())
+        },
+    )
+    .await;
 
     let run = ctl(&engine, &["types"]).await.ok();
     for t in ["heartbeat", "mean_reversion", "sma_crossover"] {

@@ -611,6 +611,54 @@ async fn a_run_past_its_timeout_ends_timed_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_takes_its_strategys_limits_in_a_group_removed_after_it() {
+    if !common::cgroups::cgroup_v1_here() {
+        return;
+    }
+    let mut engine = engine_with(2, true).await;
+    engine.config.limits_mechanism = engine_manager::limits::MechanismChoice::CgroupV1;
+    seed_bars(&engine.pool, &["AAA"], 10).await;
+    let slow = add_strategy(
+        &engine,
+        "limited",
+        "sma_crossover",
+        json!({"fake": {"item_ms": 30000}}),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE strategy_configs SET limits = '{\"memory_mb\": 128, \"pids\": 64}' WHERE id = $1",
+    )
+    .bind(slow)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    engine.start_manager().await;
+    let id = new_run(&engine.pool, slow, "backtest", json!({"symbols": ["AAA"]})).await;
+    let pid = wait_state(&engine.pool, id, "running").await.pid.unwrap() as u32;
+    let (memory, pids) = (
+        common::cgroups::v1_group("memory", id),
+        common::cgroups::v1_group("pids", id),
+    );
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(read(&memory, "memory.limit_in_bytes").trim(), "134217728");
+    assert_eq!(read(&pids, "pids.max").trim(), "64");
+    assert!(
+        read(&memory, "cgroup.procs")
+            .lines()
+            .any(|p| p == pid.to_string()),
+        "run process {pid} not in its group"
+    );
+    cancel(&engine, slow, Some(id)).await;
+    wait_for(
+        "the run's group removed after its exit",
+        DEADLINE,
+        || async { (!memory.exists()).then_some(()) },
+    )
+    .await;
+    finish(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_keeps_its_limit_and_its_priorities() {
     let mut engine = engine_with(2, true).await;
     seed_bars(&engine.pool, &["AAA", "BBB"], 10).await;

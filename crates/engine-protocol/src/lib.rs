@@ -11,6 +11,8 @@
 //!   `strategy_id`).
 //! - [`runs`]: runs (backtest, screener, alert): their words, Redis payloads, what
 //!   the manager hands a run's process and what it writes back, the bars file.
+//! - [`limits`]: a strategy's resource limits (`memory_mb`, `cpu_percent`, `pids`,
+//!   `open_files`) and the one check of them.
 //! - [`redact`]: credentials never reach a log line.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
@@ -29,6 +31,7 @@ pub mod backoff;
 pub mod control;
 pub mod executor_env;
 pub mod inbound;
+pub mod limits;
 pub mod messages;
 pub mod procfs;
 pub mod redact;

@@ -217,6 +217,12 @@ pub struct HealthMessage {
     /// (additive; see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tick_at: Option<DateTime<Utc>>,
+    /// The strategy's `memory_mb` limit, when it has one (CONTRACT §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+    /// The strategy's `cpu_percent` limit (100 = one core), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_percent: Option<u64>,
 }
 
 /// `engine:health`: the manager's own health every health interval.

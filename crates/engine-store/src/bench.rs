@@ -30,6 +30,16 @@ pub async fn insert_strategies(
     .await
 }
 
+/// Set `limits` on every strategy of `ids` (the bench's starts with limits).
+pub async fn set_limits(pool: &PgPool, ids: &[Uuid], limits: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET limits = $2 WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(limits)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
 /// Insert `command` (no parameters) for every strategy in one statement (so one
 /// transaction, one `created_at`); returns the rows' `created_at`.
 pub async fn command_every_strategy(

@@ -24,9 +24,11 @@ pub enum CommandKind {
         timeout: Duration,
         mode: StopMode,
     },
-    /// A JSON merge patch (RFC 7386) for `config`.
+    /// A JSON merge patch (RFC 7386) for `config` (`{}` when the update carries only
+    /// limits), and one for `limits` (checked: `null` removes a limit).
     Update {
         patch: Value,
+        limits: Option<Value>,
     },
     Pause,
     Resume,
@@ -106,13 +108,15 @@ pub enum InvalidCommand {
     #[error("unknown parameter '{key}' for {word}; {word} takes no parameters (use {{}})")]
     TakesNoParameters { word: String, key: String },
     #[error(
-        "unknown parameter '{key}' for update; it takes only \"config\": {{...}} (a JSON merge patch)"
+        "unknown parameter '{key}' for update; it takes \"config\": {{...}} (a JSON merge patch) and/or \"limits\": {{...}}"
     )]
     UnknownUpdateParameter { key: String },
+    #[error(transparent)]
+    BadLimits(#[from] engine_protocol::limits::LimitError),
     #[error("parameters.config must be a JSON object (a merge patch for the config), got {kind}")]
     ConfigNotAnObject { kind: &'static str },
     #[error(
-        "update needs parameters {{\"config\": {{...}}}}: a JSON merge patch for the strategy's config"
+        "update needs parameters {{\"config\": {{...}}}} (a JSON merge patch for the strategy's config), {{\"limits\": {{...}}}} or both"
     )]
     UpdateWithoutConfig,
     #[error(
@@ -210,18 +214,30 @@ fn cancel_parameters(params: &Map<String, Value>) -> Result<CommandKind, Invalid
 }
 
 fn update_parameters(params: &Map<String, Value>) -> Result<CommandKind, InvalidCommand> {
-    if let Some(key) = params.keys().find(|k| k.as_str() != "config") {
+    if let Some(key) = params
+        .keys()
+        .find(|k| k.as_str() != "config" && k.as_str() != "limits")
+    {
         return Err(InvalidCommand::UnknownUpdateParameter { key: key.clone() });
     }
-    match params.get("config") {
-        Some(Value::Object(patch)) => Ok(CommandKind::Update {
-            patch: Value::Object(patch.clone()),
-        }),
-        Some(other) => Err(InvalidCommand::ConfigNotAnObject {
-            kind: json_kind(other),
-        }),
-        None => Err(InvalidCommand::UpdateWithoutConfig),
+    let limits = params.get("limits");
+    if let Some(limits) = limits {
+        engine_protocol::limits::ResourceLimits::check_patch(limits)?;
     }
+    let patch = match (params.get("config"), limits) {
+        (Some(Value::Object(patch)), _) => Value::Object(patch.clone()),
+        (Some(other), _) => {
+            return Err(InvalidCommand::ConfigNotAnObject {
+                kind: json_kind(other),
+            })
+        }
+        (None, Some(_)) => Value::Object(Map::new()),
+        (None, None) => return Err(InvalidCommand::UpdateWithoutConfig),
+    };
+    Ok(CommandKind::Update {
+        patch,
+        limits: limits.cloned(),
+    })
 }
 
 fn no_parameters(word: &str, params: &Map<String, Value>) -> Result<(), InvalidCommand> {
@@ -307,7 +323,15 @@ mod tests {
         assert_eq!(
             parse_command("update", &json!({"config": {"a": 1}}), false),
             Ok(CommandKind::Update {
-                patch: json!({"a": 1})
+                patch: json!({"a": 1}),
+                limits: None,
+            })
+        );
+        assert_eq!(
+            parse_command("update", &json!({"limits": {"memory_mb": 64}}), false),
+            Ok(CommandKind::Update {
+                patch: json!({}),
+                limits: Some(json!({"memory_mb": 64})),
             })
         );
         assert_eq!(
@@ -345,6 +369,13 @@ mod tests {
         assert!(
             err("update", json!({"config": {}, "x": 1}), false).contains("unknown parameter 'x'")
         );
+        assert_eq!(
+            err("update", json!({"limits": {"memory_mb": 0}}), false),
+            "limits.memory_mb must be a whole number from 16 to 1048576 (megabytes), got 0"
+        );
+        assert!(err("update", json!({"limits": {"cpus": 2}}), false)
+            .contains("unknown limit 'cpus'; allowed: memory_mb, cpu_percent"));
+        assert!(err("update", json!({"limits": 64}), false).contains("got a number"));
         assert!(err("start", json!({}), true).contains("cannot be global"));
         assert!(err("update", json!({"config": {}}), true).contains("cannot be global"));
         assert!(err("restart", json!({}), true).contains("cannot be global"));

@@ -146,6 +146,26 @@ pub async fn lease(pool: &PgPool) -> anyhow::Result<Option<LeaseInfo>> {
     ))
 }
 
+/// The manager records how it enforces resource limits (its start-up line) in its
+/// lease row, for `enginectl doctor`.
+pub async fn record_limits_mechanism(pool: &PgPool, mechanism: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE engine_manager_lease SET limits_mechanism = $1 WHERE id = 1")
+        .bind(mechanism)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// How the manager said it enforces resource limits (`None`: no manager said).
+pub async fn limits_mechanism(pool: &PgPool) -> anyhow::Result<Option<String>> {
+    let said: Option<Option<String>> =
+        sqlx::query_scalar("SELECT limits_mechanism FROM engine_manager_lease WHERE id = 1")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| query_error(e, "read engine_manager_lease"))?;
+    Ok(said.flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

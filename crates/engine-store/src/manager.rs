@@ -192,12 +192,14 @@ pub struct StrategyRow {
     pub broker_state: Option<Value>,
     /// `NULL`: a continuous strategy; else an interval strategy (CONTRACT.md §5).
     pub execution_interval_s: Option<i32>,
+    /// Its resource limits (CONTRACT §6; `{}`: none), checked by the schema.
+    pub limits: Value,
 }
 
 const STRATEGY_COLUMNS: &str =
     "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
      restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy, \
-     broker_state, execution_interval_s";
+     broker_state, execution_interval_s, limits";
 
 pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -316,6 +318,10 @@ pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Err
 
 /// The `reason` of the event an applied `update` records.
 pub const CONFIG_UPDATED: &str = "config updated";
+/// The reason of the event an `update` of `limits` leaves.
+pub const LIMITS_UPDATED: &str = "limits updated";
+/// The reason of the event saying which limits are not enforced, and why.
+pub const LIMITS_UNENFORCED: &str = "limits unenforced";
 
 /// For the commands left `processing`: the strategies on which each has provably
 /// been applied already, as `(command id, strategy id)`. A supervisor applies its
@@ -505,6 +511,16 @@ pub async fn write_config(pool: &PgPool, id: Uuid, config: &Value) -> Result<(),
     sqlx::query("UPDATE strategy_configs SET config = $2, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(config)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Store a strategy's `limits` (already checked; the schema checks them again).
+pub async fn write_limits(pool: &PgPool, id: Uuid, limits: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET limits = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(limits)
         .execute(pool)
         .await?;
     Ok(())

@@ -83,11 +83,12 @@ pub fn schema_refusal(err: &sqlx::Error) -> Option<Cow<'static, str>> {
         return Some(Cow::Owned(words));
     }
     let db = err.as_database_error()?;
-    // These checks refuse the row in words of their own (migration
-    // `interval_executions`): the value given and the range allowed.
+    // These checks refuse the row in words of their own (migrations
+    // `interval_executions` and `resource_limits`): the value given and what is
+    // allowed, the key at fault for the limits.
     if matches!(
         db.constraint(),
-        Some("execution_interval_range" | "max_execution_range")
+        Some("execution_interval_range" | "max_execution_range" | "limits_valid")
     ) {
         return Some(Cow::Owned(db.message().to_string()));
     }
@@ -155,6 +156,8 @@ pub struct StrategyRecord {
     /// Interval executions: the interval, the time limit and the statistics.
     #[sqlx(flatten)]
     pub executions: crate::executions::ExecutionColumns,
+    /// Its resource limits (`{}`: none).
+    pub limits: Value,
 }
 
 impl StrategyRecord {
@@ -168,7 +171,7 @@ const COLUMNS: &str = "id, name, strategy_type, config, auto_start, desired_stat
                        last_error, restart_count, started_at, created_at, execution_interval_s, \
                        max_execution_s, next_execution_at, last_execution_at, execution_count, \
                        successful_executions, failed_executions, skipped_executions, \
-                       last_execution_duration_ms, avg_execution_ms, last_execution_error";
+                       last_execution_duration_ms, avg_execution_ms, last_execution_error, limits";
 
 pub async fn strategies(pool: &PgPool) -> anyhow::Result<Vec<StrategyRecord>> {
     sqlx::query_as(&format!(
@@ -610,6 +613,7 @@ mod tests {
             started_at: None,
             created_at: Utc::now(),
             executions: Default::default(),
+            limits: serde_json::json!({}),
         }
     }
 

@@ -35,11 +35,13 @@ pub struct RunRow {
     pub name: String,
     pub strategy_type: String,
     pub strategy_config: Value,
+    /// The strategy's resource limits (a run takes its strategy's).
+    pub strategy_limits: Value,
 }
 
 const RUN_COLUMNS: &str = "r.id, r.strategy_id, r.mode, r.parameters, r.priority, r.timeout_s, \
      r.state, r.attempt, r.pid, r.pid_start_ticks, r.pid_boot_id, r.created_at, r.started_at, \
-     r.seq, c.name, c.strategy_type, c.config AS strategy_config";
+     r.seq, c.name, c.strategy_type, c.config AS strategy_config, c.limits AS strategy_limits";
 
 /// The queue order: `high` before `normal` before `low`, oldest first.
 fn queue_key(row: &RunRow) -> (RunPriority, DateTime<Utc>, i64) {

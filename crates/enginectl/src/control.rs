@@ -97,6 +97,11 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "FILE|JSON")]
     pub config: Option<String>,
 
+    /// Set a resource limit, applied live: `--limit memory_mb=256`, `--limit
+    /// cpu_percent=50` (100 = one core), `pids`, `open_files`; `KEY=null` removes it.
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    pub limit: Vec<String>,
+
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -239,14 +244,23 @@ pub async fn update(target: &Target, args: UpdateArgs) -> anyhow::Result<Finishe
         None => None,
     };
     let patch = build_patch(base, &args.set, &args.unset)?;
-    if patch.as_object().is_none_or(Map::is_empty) {
-        bail!("nothing to update: give --set KEY=VALUE, --unset KEY or --config FILE|JSON");
+    let limits = build_patch(None, &args.limit, &[])?;
+    let mut parameters = Map::new();
+    if patch.as_object().is_some_and(|p| !p.is_empty()) {
+        parameters.insert("config".into(), patch);
+    }
+    if limits.as_object().is_some_and(|l| !l.is_empty()) {
+        engine_protocol::limits::ResourceLimits::check_patch(&limits)?;
+        parameters.insert("limits".into(), limits);
+    }
+    if parameters.is_empty() {
+        bail!("nothing to update: give --set KEY=VALUE, --unset KEY, --config FILE|JSON or --limit KEY=VALUE");
     }
     let pool = target.pool().await?;
     let strategy = store::resolve_one(&pool, &args.name).await?;
     let orders = vec![Order {
         strategy: Some(strategy),
-        parameters: json!({ "config": patch }),
+        parameters: Value::Object(parameters),
     }];
     let plan = WaitPlan {
         wait: !args.wait.no_wait,
@@ -570,14 +584,14 @@ async fn report_success(
     };
     let pid = now.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
     if verb == CommandWord::Update {
-        let patch = order
-            .parameters
-            .get("config")
-            .map(Value::to_string)
-            .unwrap_or_default();
+        let applied: Vec<String> = [("", "config"), ("limits ", "limits")]
+            .iter()
+            .filter_map(|(label, key)| order.parameters.get(*key).map(|v| format!("{label}{v}")))
+            .collect();
         println!(
-            "{name}: update executed ({}{pid}); applied {patch}",
-            now.status
+            "{name}: update executed ({}{pid}); applied {}",
+            now.status,
+            applied.join(" and ")
         );
     } else {
         println!("{name}: {word} executed ({}{pid})", now.status);

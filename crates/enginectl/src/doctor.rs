@@ -68,6 +68,7 @@ pub async fn checks(target: &Target) -> Vec<Check> {
             ));
             out.push(migrations(&pool).await);
             out.push(manager(&pool).await);
+            out.push(limits(&pool).await);
             out.push(strategies(&pool).await);
             pool.close().await;
         }
@@ -189,6 +190,26 @@ async fn manager(pool: &PgPool) -> Check {
         ),
         Ok(None) => Check::fail("manager", "no manager has ever served this database", HINT),
         Err(err) => Check::fail("manager", format!("{err:#}"), HINT),
+    }
+}
+
+/// How the manager enforces resource limits, as it said in its lease row.
+async fn limits(pool: &PgPool) -> Check {
+    match engine_store::lease::limits_mechanism(pool).await {
+        Ok(Some(mechanism)) if mechanism.starts_with("cgroup") => Check::ok("limits", mechanism),
+        Ok(Some(mechanism)) => Check::warn(
+            "limits",
+            mechanism,
+            "cpu_percent and pids need a cgroup: run the manager where it may create child \
+             groups (cgroup v2 with memory, cpu and pids delegated, e.g. systemd Delegate=yes; \
+             or cgroup v1 with those controllers mounted)",
+        ),
+        Ok(None) => Check::warn(
+            "limits",
+            "no manager has said how it enforces limits",
+            "start engine-manager; it says so at start-up",
+        ),
+        Err(err) => Check::warn("limits", format!("{err:#}"), "see the migrations check"),
     }
 }
 

@@ -106,6 +106,15 @@ pub fn megabytes(x: Option<f64>) -> String {
         .unwrap_or_else(|| NONE.into())
 }
 
+/// A use shown against its limit: `12.3 MB / 64 MB`, `19.8% / 20%`; the use alone
+/// without a limit.
+pub fn against_limit(used: String, limit: Option<u64>, unit: &str) -> String {
+    match limit {
+        Some(limit) => format!("{used} / {limit}{unit}"),
+        None => used,
+    }
+}
+
 /// A PnL with its sign: `+42.15`, `-3.20`, `0.00`.
 pub fn money(x: Option<f64>) -> String {
     match x {

@@ -15,6 +15,7 @@ use super::state::{self, StateHash};
 use super::table::{self, Align, Table};
 use super::{Finished, Target};
 use chrono::{DateTime, Utc};
+use engine_protocol::limits::ResourceLimits;
 use engine_protocol::Channels;
 use engine_store::executions::ExecutionColumns;
 use engine_store::operator::{self as store, LatestHealth, LatestStrategyMetrics, StrategyRecord};
@@ -38,6 +39,9 @@ pub struct StrategyView {
     pub uptime_s: Option<f64>,
     pub cpu_percent: Option<f64>,
     pub memory_mb: Option<f64>,
+    /// Its limits (CONTRACT §6), shown against the use above.
+    pub memory_limit_mb: Option<u64>,
+    pub cpu_limit_percent: Option<u64>,
     pub restart_count: i32,
     pub pnl: Option<f64>,
     pub pnl_total: Option<f64>,
@@ -153,6 +157,8 @@ impl StrategyView {
             };
             (tick, health.and_then(|h| h.stale).unwrap_or(false))
         };
+        // The row's limits, which the schema checked (unreadable: shown as none).
+        let limits = ResourceLimits::from_value(&record.limits).unwrap_or_default();
         StrategyView {
             id: record.id,
             name: record.name.clone(),
@@ -164,6 +170,8 @@ impl StrategyView {
             uptime_s,
             cpu_percent,
             memory_mb,
+            memory_limit_mb: limits.memory_mb,
+            cpu_limit_percent: limits.cpu_percent,
             restart_count: record.restart_count,
             pnl: sources.metrics.and_then(|m| m.pnl),
             pnl_total: sources.metrics.and_then(|m| m.pnl_total),
@@ -274,8 +282,8 @@ pub fn list_table(views: &[StrategyView]) -> Table {
             v.uptime_s
                 .map(table::duration)
                 .unwrap_or_else(|| table::NONE.into()),
-            table::percent(v.cpu_percent),
-            table::megabytes(v.memory_mb),
+            table::against_limit(table::percent(v.cpu_percent), v.cpu_limit_percent, "%"),
+            table::against_limit(table::megabytes(v.memory_mb), v.memory_limit_mb, " MB"),
             v.restart_count.to_string(),
             table::money(v.pnl),
             table::money(v.pnl_total),
@@ -341,6 +349,7 @@ mod tests {
             started_at,
             created_at: Utc::now(),
             executions: Default::default(),
+            limits: serde_json::json!({"memory_mb": 64}),
         }
     }
 
@@ -387,6 +396,9 @@ mod tests {
         );
         assert_eq!(v.cpu_percent, Some(1.5));
         assert_eq!(v.memory_mb, Some(9.25));
+        assert_eq!((v.memory_limit_mb, v.cpu_limit_percent), (Some(64), None));
+        let cells = list_table(std::slice::from_ref(&v)).render();
+        assert!(cells.contains(" MB / 64 MB"), "{cells}");
         assert_eq!(v.uptime_s, Some(90.0));
         assert_eq!(v.pnl, Some(12.5));
         assert_eq!(v.pnl_total, Some(40.0));

@@ -506,6 +506,8 @@ mod tests {
             uptime_s: Some(10.0),
             cpu_percent: Some(1.0),
             memory_mb: Some(2.0),
+            memory_limit_mb: None,
+            cpu_limit_percent: None,
             restart_count: 0,
             pnl: None,
             pnl_total: None,

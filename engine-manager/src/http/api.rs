@@ -80,6 +80,8 @@ fn health_json(state: &AppState, sample: Option<&HealthSample>, live: bool) -> V
     json!({
         "cpu_percent": msg.cpu_percent,
         "memory_mb": msg.memory_mb,
+        "cpu_limit_percent": msg.cpu_limit_percent,
+        "memory_limit_mb": msg.memory_limit_mb,
         "uptime_s": msg.uptime_s,
         "pid": msg.pid,
         "stale": msg.stale,

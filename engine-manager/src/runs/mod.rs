@@ -285,7 +285,9 @@ impl RunQueue {
             let mut live = None;
             for (pid, ticks) in candidates {
                 if live.is_none() {
-                    live = ExecutorProcess::adopt(pid, ticks, log.clone());
+                    let group = self.shared.limiter.existing(&row.id.to_string());
+                    let limits = run::run_limits(&row);
+                    live = ExecutorProcess::adopt(pid, ticks, log.clone(), group, limits);
                     if live.is_some() {
                         continue;
                     }

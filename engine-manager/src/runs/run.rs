@@ -8,7 +8,7 @@
 use super::prepare::{prepare, PrepareError};
 use super::report::{Reporter, RunIdentity, Said};
 use super::CancelError;
-use crate::process::{ExecutorProcess, ExitInfo, RunSpawnSpec};
+use crate::process::{Confine, ExecutorProcess, ExitInfo, RunSpawnSpec};
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::runs::{self as proto, RunEventType, RunState};
@@ -126,6 +126,11 @@ impl RunTask {
             runs_dir: &self.runs_dir,
             log_path: &log_path,
             input: &input,
+            confine: Confine {
+                limiter: &self.shared.limiter,
+                id: self.row.id,
+                limits: self.limits(),
+            },
         };
         let proc = match ExecutorProcess::spawn_run(&spec).await {
             Ok(proc) => proc,
@@ -134,6 +139,9 @@ impl RunTask {
                 return None;
             }
         };
+        if let Some(note) = &proc.unenforced {
+            tracing::warn!(run_id = %self.row.id, "{note}");
+        }
         let running = store::Running {
             pid: proc.pid,
             pid_start_ticks: proc.start_ticks,
@@ -164,6 +172,11 @@ impl RunTask {
             // The manager stops; the next one adopts the process.
             None => Some((proc, copy)),
         }
+    }
+
+    /// The strategy's limits, which the run takes.
+    fn limits(&self) -> engine_protocol::limits::ResourceLimits {
+        run_limits(&self.row)
     }
 
     /// The run's input, the COPY of its bars file begun; `None` once the run has
@@ -491,6 +504,11 @@ async fn bars_copied(copy: &mut Option<BarsCopy>) -> Result<u64, CopyBarsError> 
         Some(copy) => copy.finished().await,
         None => std::future::pending().await,
     }
+}
+
+/// A run's limits: its strategy's.
+pub(super) fn run_limits(row: &RunRow) -> engine_protocol::limits::ResourceLimits {
+    crate::limits::stored(&row.strategy_limits)
 }
 
 /// The process's exit; at once (status unknown) when there is none.

@@ -75,6 +75,13 @@ pub enum UpdateError {
     Validate(#[from] ValidateFailure),
     #[error("the config was accepted but could not be stored")]
     Store(#[source] sqlx::Error),
+    #[error(transparent)]
+    BadLimits(engine_protocol::limits::LimitError),
+    #[error("the new limits could not be applied to the running executor and were not stored")]
+    LimitsNotApplied {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why `--validate` could not give a verdict (the manager's words for

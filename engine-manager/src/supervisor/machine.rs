@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+/// The event reason of an executor the kernel killed at its memory limit (CONTRACT §6).
+pub const OOM_REASON: &str = "oom";
+
 /// The state of one strategy's process, as the supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -192,6 +195,8 @@ pub enum Effect {
     /// with `--validate`) → [`Event::UpdateEnded`].
     Update {
         patch: Value,
+        /// A merge patch for `limits`, applied to the executor's group live.
+        limits: Option<Value>,
         command_id: Uuid,
         online: bool,
     },
@@ -486,11 +491,12 @@ impl Machine {
             }
             CommandKind::Pause => self.pause_or_resume(ExecutorCommandKind::Pause, id, out),
             CommandKind::Resume => self.pause_or_resume(ExecutorCommandKind::Resume, id, out),
-            CommandKind::Update { patch } => {
+            CommandKind::Update { patch, limits } => {
                 let online = ctx.process && status.is_live();
                 self.waiting = Some(Waiting::Update);
                 out.push(Effect::Update {
                     patch,
+                    limits,
                     command_id: id,
                     online,
                 });
@@ -604,7 +610,7 @@ impl Machine {
         } else {
             // Killed or crashed in its start-up: a crash like any other, restarted
             // with backoff; an operator's command says it did not take.
-            self.crashed(message, ctx, out);
+            self.crashed(message, None, ctx, out);
             if command.is_some() {
                 out.push(reply(Err(CommandError::StartRetrying { failure })));
             }
@@ -790,12 +796,18 @@ impl Machine {
             self.go(State::Error, None, Some(message), None, out);
             return;
         }
+        if let ExitInfo::OutOfMemory { .. } = exit {
+            // The kernel's kill at the memory limit: said plainly, a crash otherwise.
+            self.crashed(exit.to_string(), Some(OOM_REASON), ctx, out);
+            return;
+        }
         let message = describe_exit("the executor exited without being asked", exit, tail);
-        self.crashed(message, ctx, out);
+        self.crashed(message, None, ctx, out);
     }
 
-    /// Count a crash and schedule a restart, or give up.
-    fn crashed(&mut self, message: String, ctx: &Ctx, out: &mut Vec<Effect>) {
+    /// Count a crash and schedule a restart, or give up. `why`: the event's reason
+    /// when it is not the plain crash's (`oom`).
+    fn crashed(&mut self, message: String, why: Option<&str>, ctx: &Ctx, out: &mut Vec<Effect>) {
         let policy = &ctx.policy;
         let stable = self
             .state
@@ -820,11 +832,12 @@ impl Machine {
         }
         let delay = policy.jittered_delay(self.consecutive_crashes, ctx.jitter);
         out.push(Effect::CountRestart);
-        let reason = format!("crashed; restarting in {:.1}s", delay.as_secs_f64());
+        let restarting = format!("crashed; restarting in {:.1}s", delay.as_secs_f64());
         out.push(Effect::Log {
             level: tracing::Level::WARN,
-            message: format!("{reason}: {message}"),
+            message: format!("{restarting}: {message}"),
         });
+        let reason = why.map_or(restarting, str::to_string);
         let until = Some(ctx.now + delay);
         self.go(
             State::Backoff { until },

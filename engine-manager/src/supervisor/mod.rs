@@ -109,6 +109,8 @@ pub struct LiveEntry {
     pub pid: Option<u32>,
     pub started_at: Option<DateTime<Utc>>,
     pub restart_count: i32,
+    /// Its resource limits (health shows `memory_limit_mb`, `cpu_limit_percent`).
+    pub limits: engine_protocol::limits::ResourceLimits,
 }
 
 pub struct StrategySupervisor {
@@ -119,6 +121,8 @@ pub struct StrategySupervisor {
     config: Value,
     /// The strategy has an `execution_interval_s` (as of the last reload).
     interval: bool,
+    /// `strategy_configs.limits` as stored (checked by the schema).
+    limits: Value,
     policy: RestartPolicy,
     /// The decisions: status, desired state, crash count, backoff, what is in flight.
     machine: Machine,
@@ -195,6 +199,7 @@ impl StrategySupervisor {
             strategy_type: row.strategy_type,
             config: row.config,
             interval: row.execution_interval_s.is_some(),
+            limits: row.limits,
             policy: shared.policy,
             machine: Machine::new(status, desired, row.operator_stopped),
             observed,
@@ -412,10 +417,12 @@ impl StrategySupervisor {
             )),
             Effect::Update {
                 patch,
+                limits,
                 command_id,
                 online,
             } => Some(Event::UpdateEnded(
-                self.update(&patch, command_id, online).await,
+                self.update(&patch, limits.as_ref(), command_id, online)
+                    .await,
             )),
             other => self.perform_now(other).await,
         }

@@ -7,9 +7,10 @@ use super::error::{RequestError, StartError, StopError, UpdateError, ValidateFai
 use super::machine::Event;
 use super::{next_frame, wait_exit, StrategySupervisor, DB_WRITE_TIMEOUT};
 use crate::link::ControlLink;
-use crate::process::{ExecutorProcess, SpawnSpec};
+use crate::process::{Confine, ExecutorProcess, SpawnSpec};
 use chrono::Utc;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage};
+use engine_protocol::limits::ResourceLimits;
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind, ShutdownReason, StopMode};
 use engine_store::manager as db;
 use rustix::process::Signal;
@@ -49,12 +50,22 @@ impl StrategySupervisor {
             log_path: &log_path,
             start_paused: paused,
             interval: self.interval,
+            confine: Confine {
+                limiter: &self.shared.limiter,
+                id: self.id,
+                limits: crate::limits::stored(&self.limits),
+            },
         };
         let proc = match ExecutorProcess::spawn(&spec).await {
             Ok(p) => p,
             Err(e) => return Event::StartFailed(StartError::Spawn(e)),
         };
-        tracing::info!(pid = proc.pid, "executor spawned");
+        tracing::info!(pid = proc.pid, limits = %proc.limits, "executor spawned");
+        if let Some(note) = proc.unenforced.clone() {
+            tracing::warn!(pid = proc.pid, "{note}");
+            self.record_note(db::LIMITS_UNENFORCED, Some(note), None)
+                .await;
+        }
         self.observed.pid = Some(proc.pid);
         self.observed.pid_start_ticks = Some(proc.start_ticks);
         self.observed.pid_boot_id = Some(self.shared.boot_id.clone());
@@ -279,16 +290,69 @@ impl StrategySupervisor {
     }
 
     /// Merge `patch` into the config, have it accepted (by the running executor when
-    /// `online`, else by `--validate`), store it, and record the change.
+    /// `online`, else by `--validate`), store it, and record the change; then merge
+    /// `limits` into the limits, apply them to the running executor's group and
+    /// store them.
     pub(super) async fn update(
         &mut self,
         patch: &Value,
+        limits: Option<&Value>,
         command_id: Uuid,
         online: bool,
     ) -> Result<(), UpdateError> {
         if !self.machine.status().is_live() {
             self.reload_definition().await;
         }
+        // Only limits: the config is left alone (no round trip to the executor).
+        if limits.is_none() || patch.as_object().is_none_or(|p| !p.is_empty()) {
+            self.update_config(patch, command_id, online).await?;
+        }
+        if let Some(limits) = limits {
+            self.update_limits(limits, command_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Merge `patch` into `limits`, put them in force on the running executor (its
+    /// group's files, its rlimits), store them and record the change.
+    async fn update_limits(&mut self, patch: &Value, command_id: Uuid) -> Result<(), UpdateError> {
+        let mut merged = self.limits.clone();
+        json_patch::merge(&mut merged, patch);
+        let limits = ResourceLimits::from_value(&merged).map_err(UpdateError::BadLimits)?;
+        if let Some(proc) = self.proc.as_mut() {
+            let (limiter, id, pid) = (self.shared.limiter.clone(), self.id, proc.pid);
+            let mut group = proc.group.take();
+            let (group, applied) = crate::tasks::blocking(move || {
+                let applied = limiter.update(&mut group, &id.to_string(), pid, &limits);
+                (group, applied)
+            })
+            .await;
+            proc.group = group;
+            let note = applied.map_err(|source| UpdateError::LimitsNotApplied { source })?;
+            proc.limits = limits;
+            if let Some(note) = note {
+                tracing::warn!(pid, "{note}");
+                self.record_note(db::LIMITS_UNENFORCED, Some(note), Some(command_id))
+                    .await;
+            }
+        }
+        db::write_limits(&self.shared.pool, self.id, &merged)
+            .await
+            .map_err(UpdateError::Store)?;
+        self.limits = merged;
+        self.publish_live();
+        tracing::info!(%limits, "limits updated");
+        self.record_event(db::LIMITS_UPDATED, Some(command_id))
+            .await;
+        Ok(())
+    }
+
+    async fn update_config(
+        &mut self,
+        patch: &Value,
+        command_id: Uuid,
+        online: bool,
+    ) -> Result<(), UpdateError> {
         let mut merged = self.config.clone();
         json_patch::merge(&mut merged, patch);
         if !merged.is_object() {
@@ -359,6 +423,7 @@ impl StrategySupervisor {
                 self.strategy_type = row.strategy_type;
                 self.config = row.config;
                 self.interval = row.execution_interval_s.is_some();
+                self.limits = row.limits;
                 self.broker.reloaded(row.broker_state);
                 self.apply_restart_policy(row.restart_policy.as_ref());
             }

@@ -233,6 +233,17 @@ impl StrategySupervisor {
 
     /// An event that is not a transition (the status stays), e.g. a config change.
     pub(super) async fn record_event(&mut self, reason: &str, command_id: Option<Uuid>) {
+        self.record_note(reason, None, command_id).await;
+    }
+
+    /// A `strategy_events` row with no status change, `reason` and an `error` in
+    /// words (e.g. limits that are not enforced).
+    pub(super) async fn record_note(
+        &mut self,
+        reason: &str,
+        error: Option<String>,
+        command_id: Option<Uuid>,
+    ) {
         let status = self.machine.status();
         self.journal.push_event(db::TransitionEvent {
             event_id: Uuid::new_v4(),
@@ -240,7 +251,7 @@ impl StrategySupervisor {
             old_status: status,
             new_status: status,
             reason: Some(reason.to_string()),
-            error: None,
+            error,
             command_id,
             pid: self.observed.pid,
         });
@@ -292,6 +303,7 @@ impl StrategySupervisor {
                 pid: self.observed.pid,
                 started_at: self.observed.started_at,
                 restart_count: self.observed.restart_count,
+                limits: crate::limits::stored(&self.limits),
             },
         );
     }

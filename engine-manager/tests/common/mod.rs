@@ -5,6 +5,7 @@
 //! deadlines ([`DEADLINE`], [`engine::MANAGER_STOP_DEADLINE`]).
 //!
 //! # Layout
+//! - [`cgroups`]: where the manager puts an executor's limits group (cgroup v1).
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.
@@ -17,6 +18,7 @@
 #![allow(dead_code)] // each test crate uses a part of the harness
 #![allow(unused_imports)] // re-exported for the test crates, each uses some
 
+pub mod cgroups;
 pub mod engine;
 pub mod http_client;
 pub mod log_capture;

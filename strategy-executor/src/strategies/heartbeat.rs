@@ -13,6 +13,11 @@
 //!
 //! It also runs in backtests (where it trades nothing), for its last hook:
 //! `panic_after_ticks` panics on that tick of its token, a strategy failing mid-run.
+//!
+//! Three hooks misbehave for the resource limits' tests: `hog_mb_per_beat` allocates
+//! (and touches) that much memory every beat and never frees it, `spin_ms_per_beat`
+//! burns the CPU that long every beat, `threads_per_beat` starts that many threads
+//! every beat that never end.
 
 use super::{check_positive, check_token};
 use serde::Deserialize;
@@ -70,6 +75,17 @@ pub struct HeartbeatConfig {
     /// a slow or stuck step would.
     #[serde(default)]
     pub execute_delay_ms: Option<u64>,
+    /// Test hook: allocate and touch this many MB (1 to 1024) every beat, never freed:
+    /// a memory hog.
+    #[serde(default)]
+    pub hog_mb_per_beat: Option<u64>,
+    /// Test hook: spin on the CPU this long (1 to 10 000 ms) every beat.
+    #[serde(default)]
+    pub spin_ms_per_beat: Option<u64>,
+    /// Test hook: start this many threads (1 to 1000) every beat that never end: a
+    /// thread bomb. Threads the system refuses are counted (`threads_refused`).
+    #[serde(default)]
+    pub threads_per_beat: Option<u64>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -118,6 +134,15 @@ impl HeartbeatConfig {
                 ConfigError::check_range(key, ms, 0, MAX_INTERVAL_MS)?;
             }
         }
+        for (key, value, max) in [
+            ("hog_mb_per_beat", self.hog_mb_per_beat, 1024),
+            ("spin_ms_per_beat", self.spin_ms_per_beat, 10_000),
+            ("threads_per_beat", self.threads_per_beat, 1000),
+        ] {
+            if let Some(n) = value {
+                ConfigError::check_range(key, n, 1, max)?;
+            }
+        }
         Ok(())
     }
 }
@@ -135,6 +160,11 @@ pub struct Heartbeat {
     executions: u64,
     /// Milliseconds of beats so far (beats × the interval at the time of each beat).
     beat_ms: u64,
+    /// What `hog_mb_per_beat` holds on to.
+    hoard: Vec<Vec<u8>>,
+    /// Threads `threads_per_beat` started, and those the system refused.
+    threads: u64,
+    threads_refused: u64,
 }
 
 impl Heartbeat {
@@ -145,6 +175,9 @@ impl Heartbeat {
             ticks: 0,
             executions: 0,
             beat_ms: 0,
+            hoard: Vec::new(),
+            threads: 0,
+            threads_refused: 0,
         }
     }
 
@@ -152,8 +185,38 @@ impl Heartbeat {
         &self.config
     }
 
+    /// The misbehaving hooks of one beat (see the module's documentation).
+    fn misbehave(&mut self) {
+        if let Some(mb) = self.config.hog_mb_per_beat {
+            // Every page written, so that it is resident and counted.
+            self.hoard.push(vec![1u8; (mb * 1024 * 1024) as usize]);
+        }
+        if let Some(ms) = self.config.spin_ms_per_beat {
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut spins = 0u64;
+            while std::time::Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        }
+        for _ in 0..self.config.threads_per_beat.unwrap_or(0) {
+            let started = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(|| loop {
+                    std::thread::park();
+                });
+            match started {
+                Ok(_) => self.threads += 1,
+                Err(_) => self.threads_refused += 1,
+            }
+        }
+    }
+
     fn report(&self, ctx: &mut Context) {
         ctx.set_metric("beats", self.beats);
+        if self.config.threads_per_beat.is_some() {
+            ctx.set_metric("threads", self.threads);
+            ctx.set_metric("threads_refused", self.threads_refused);
+        }
         if self.config.token.is_some() {
             ctx.set_metric("ticks", self.ticks);
         }
@@ -198,6 +261,7 @@ impl Strategy for Heartbeat {
         }
         self.beats += 1;
         self.beat_ms = self.beat_ms.saturating_add(self.config.interval_ms);
+        self.misbehave();
         self.report(ctx);
         if let Some(limit) = self.config.halt_after_beats {
             if self.beats >= limit {
@@ -281,10 +345,34 @@ mod tests {
                 start_delay_ms: None,
                 shutdown_delay_ms: None,
                 execute_delay_ms: None,
+                hog_mb_per_beat: None,
+                spin_ms_per_beat: None,
+                threads_per_beat: None,
             }
         );
         let s = Heartbeat::new(c);
         assert_eq!(s.timer_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_misbehaving_hooks_hold_memory_and_threads_and_are_bounded() {
+        let mut h = TestHarness::started(heartbeat(
+            json!({"hog_mb_per_beat": 1, "threads_per_beat": 2, "spin_ms_per_beat": 1}),
+        ));
+        h.timer().timer();
+        assert_eq!(metric(&h, "threads"), json!(4));
+        assert_eq!(metric(&h, "threads_refused"), json!(0));
+        assert_eq!(h.strategy().hoard.len(), 2);
+        assert!(h.strategy().hoard.iter().all(|b| b.len() == 1024 * 1024));
+        for (key, bad) in [
+            ("hog_mb_per_beat", 0),
+            ("hog_mb_per_beat", 1025),
+            ("spin_ms_per_beat", 10_001),
+            ("threads_per_beat", 0),
+        ] {
+            let err = HeartbeatConfig::parse(&json!({ key: bad })).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
     }
 
     #[test]

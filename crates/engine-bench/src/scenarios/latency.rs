@@ -52,10 +52,12 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     let (rss, pss) = executor_memory(engine).await?;
     let kills = sigkill_samples(engine, &ids).await?;
     let stops = stop_samples(engine, &ids).await?;
+    let limited = limited_start_samples(engine, &ids).await?;
     let busy = busy.finish();
 
     report_claim(results, &claims, &starts, &busy);
     report_start(results, &starts);
+    report_limited_start(results, &starts, &limited);
     report_stop(results, &stops);
     report_sigkill_and_memory(results, &kills, &rss, &pss);
     results
@@ -101,6 +103,24 @@ async fn start_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result
     progress.finish();
 
     Ok(s)
+}
+
+/// The limits every strategy gets for the starts with limits: each a file write in
+/// its group (or an rlimit), none binding for a heartbeat.
+const BENCH_LIMITS: &str =
+    r#"{"memory_mb": 256, "cpu_percent": 100, "pids": 256, "open_files": 1024}"#;
+
+/// start with limits set (CONTRACT §6: a group made, written and joined before the
+/// executor reads its stdin), on the same strategies, stopped again after.
+async fn limited_start_samples(
+    engine: &mut BenchEngine,
+    ids: &[Uuid],
+) -> anyhow::Result<StartSeries> {
+    let limits: serde_json::Value = serde_json::from_str(BENCH_LIMITS)?;
+    db::set_limits(&engine.pool, ids, &limits).await?;
+    let limited = start_samples(engine, ids).await?;
+    stop_samples(engine, ids).await?;
+    Ok(limited)
 }
 
 /// claim: a no-op command (start of a running strategy), polled in a tight loop on
@@ -330,6 +350,34 @@ fn report_start(results: &mut Results, s: &StartSeries) {
         "message_to_executed_ms",
         "manager's `running` message → row executed_at",
         &s.message_to_executed,
+    ));
+}
+
+/// The cost of limits: start → running with limits against without, in one run.
+fn report_limited_start(results: &mut Results, plain: &StartSeries, limited: &StartSeries) {
+    results.push(
+        Figure::series(
+            "start_running_limited_ms",
+            "`start` INSERT → `running` on strategy:status, with limits set",
+            "ms",
+            &limited.to_running,
+            None,
+        )
+        .with_note(format!(
+            "the same strategies as start_running_ms, after it, with limits {BENCH_LIMITS}; the mechanism is the manager's (`enginectl doctor`)"
+        )),
+    );
+    let p50 = |s: &StartSeries| summarize(&s.to_running).map(|sum| sum.p50);
+    let ratio = p50(limited)
+        .zip(p50(plain))
+        .filter(|(_, plain)| *plain > 0.0)
+        .map(|(limited, plain)| limited / plain);
+    results.push(Figure::single(
+        "start_limits_ratio",
+        "start → running p50, with limits / without",
+        "×",
+        ratio,
+        None,
     ));
 }
 

@@ -277,8 +277,11 @@
     }
     const h = d.health;
     const fresh = h && LIVE.has(d.status);
-    setText(e.cpu.val, fresh ? fmtNum(h.cpu_percent, 1) + "%" : "–");
-    setText(e.mem.val, fresh ? fmtNum(h.memory_mb, 1) + " MB" : "–");
+    // Use against limit (CONTRACT §6) where a limit is set.
+    const cpuLimit = fresh && h.cpu_limit_percent ? " / " + h.cpu_limit_percent + "%" : "";
+    const memLimit = fresh && h.memory_limit_mb ? " / " + h.memory_limit_mb + " MB" : "";
+    setText(e.cpu.val, fresh ? fmtNum(h.cpu_percent, 1) + "%" + cpuLimit : "–");
+    setText(e.mem.val, fresh ? fmtNum(h.memory_mb, 1) + " MB" + memLimit : "–");
     const m = d.metrics;
     const pnl = m ? m.pnl : null;
     setText(e.pnl.val, fmtMoney(pnl));
@@ -520,6 +523,7 @@
     const t = Date.parse(msg.timestamp);
     d.health = {
       cpu_percent: msg.cpu_percent, memory_mb: msg.memory_mb, uptime_s: msg.uptime_s,
+      cpu_limit_percent: msg.cpu_limit_percent, memory_limit_mb: msg.memory_limit_mb,
       stale: msg.stale === true, at: msg.timestamp,
     };
     d.restart_count = msg.restart_count;

@@ -660,7 +660,13 @@ fn update_goes_through_the_executor_only_when_it_is_live() {
             let c = Ctx { process, ..ctx() };
             let mut m = machine(status);
             let patch = serde_json::json!({"threshold": 2});
-            let effects = m.step(command(CommandKind::Update { patch }), &c);
+            let effects = m.step(
+                command(CommandKind::Update {
+                    patch,
+                    limits: None,
+                }),
+                &c,
+            );
             let online = process && status.is_live();
             assert!(
                 matches!(effects[..], [Effect::Update { online: o, command_id: CMD, .. }] if o == online),
@@ -676,6 +682,7 @@ fn an_update_outcome_is_the_command_outcome() {
     m.step(
         command(CommandKind::Update {
             patch: serde_json::json!({}),
+            limits: None,
         }),
         &ctx(),
     );
@@ -760,6 +767,22 @@ fn a_crash_in_every_state_with_a_process_schedules_a_restart_after_the_delay() {
         assert_eq!(m.backoff_until(), Some(c.now + Duration::from_secs(1)));
         assert!(effects.iter().any(|e| matches!(e, Effect::CountRestart)));
     }
+}
+
+#[test]
+fn a_kill_for_memory_is_a_crash_said_plainly_with_the_reason_oom() {
+    let c = with_process();
+    let mut m = at(Status::Running, &c);
+    let oom = ExitInfo::OutOfMemory { limit_mb: Some(64) };
+    let effects = m.step(crash(oom), &c);
+    let t = transitions(&effects);
+    assert_eq!((t[0].from, t[0].to), (Status::Running, Status::Backoff));
+    assert_eq!(t[0].reason.as_deref(), Some("oom"));
+    assert_eq!(
+        t[0].error.as_deref(),
+        Some("killed: out of memory, limit 64 MB")
+    );
+    assert!(effects.iter().any(|e| matches!(e, Effect::CountRestart)));
 }
 
 #[test]
