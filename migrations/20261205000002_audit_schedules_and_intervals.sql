@@ -1,6 +1,6 @@
 -- Least privilege and audit (20261205000001) over what landed beside it: the
--- schedules of runs (20261204000002) and the interval columns of strategy_configs
--- (20261204000001).
+-- schedules of runs (20261204000002), and the interval columns (20261204000001) and
+-- `limits` (20261204000003) of strategy_configs.
 --
 -- strategy_schedules gets `issued_by` (stamped from session_user) and
 -- `on_behalf_of`, as strategy_commands and strategy_runs have them, and its
@@ -17,7 +17,7 @@ CREATE TRIGGER strategy_schedules_stamp_issuer
     BEFORE INSERT OR UPDATE OF issued_by, on_behalf_of ON strategy_schedules
     FOR EACH ROW EXECUTE FUNCTION engine_stamp_issuer();
 
--- The interval columns join a strategy's audited operator columns.
+-- The interval columns and the limits join a strategy's audited operator columns.
 CREATE OR REPLACE FUNCTION engine_audit_record() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -36,7 +36,7 @@ BEGIN
     IF TG_TABLE_NAME = 'strategy_configs' THEN
         obj := 'strategy';
         keys := ARRAY['name', 'strategy_type', 'config', 'auto_start', 'restart_policy', 'broker_state',
-                     'execution_interval_s', 'max_execution_s'];
+                     'execution_interval_s', 'max_execution_s', 'limits'];
         sid := (row_now ->> 'id')::uuid;
         sname := row_now ->> 'name';
         behalf := engine_on_behalf_of();
@@ -118,5 +118,6 @@ CREATE TRIGGER strategy_configs_audit_edit
                        OR OLD.restart_policy IS DISTINCT FROM NEW.restart_policy
                        OR (NEW.broker_state IS NULL AND OLD.broker_state IS NOT NULL)
                        OR OLD.execution_interval_s IS DISTINCT FROM NEW.execution_interval_s
-                       OR OLD.max_execution_s IS DISTINCT FROM NEW.max_execution_s)
+                       OR OLD.max_execution_s IS DISTINCT FROM NEW.max_execution_s
+                       OR OLD.limits IS DISTINCT FROM NEW.limits)
     EXECUTE FUNCTION engine_audit_record();

@@ -238,13 +238,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     });
     log_start(&shared, is_boot);
 
-    let socket = shared.config.control_socket_path();
-    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
-        ManagerError::ControlSocket {
-            path: socket.clone(),
-            source,
-        }
-    })?;
+    let (socket, server) = bind_control_socket(&shared)?;
     background.spawn("control socket", server.run(shared.cancel.clone()));
     background.spawn("http", http::run(shared.clone(), redis_client.clone()));
 
@@ -270,6 +264,20 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
 
     let failure = background.watch(&shutdown).await;
     stop(&shared, background, failure, &socket).await
+}
+
+/// The control socket every executor connects to, bound: its path and server.
+fn bind_control_socket(
+    shared: &Shared,
+) -> Result<(std::path::PathBuf, ControlServer), ManagerError> {
+    let socket = shared.config.control_socket_path();
+    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
+        ManagerError::ControlSocket {
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    Ok((socket, server))
 }
 
 /// `--setup-roles`: the migrations, the three roles and their grants

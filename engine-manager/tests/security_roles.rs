@@ -144,6 +144,21 @@ fn operator_rights(all: &[(String, String)]) -> OperatorRights {
         "config",
         "auto_start",
         "restart_policy",
+        "execution_interval_s",
+        "max_execution_s",
+        "limits",
+    ];
+    let schedules = [
+        "mode",
+        "parameters",
+        "priority",
+        "timeout_s",
+        "cron",
+        "timezone",
+        "interval_s",
+        "enabled",
+        "overlap",
+        "catch_up",
     ];
     let mut insert: BTreeSet<(String, String)> = pairs("strategy_configs", &["id"])
         .into_iter()
@@ -164,10 +179,17 @@ fn operator_rights(all: &[(String, String)]) -> OperatorRights {
                 "on_behalf_of",
             ],
         ))
+        .chain(pairs(
+            "strategy_schedules",
+            &["id", "strategy_id", "on_behalf_of"],
+        ))
+        .chain(pairs("strategy_schedules", &schedules))
         .collect();
     let mut update: BTreeSet<(String, String)> = pairs("strategy_configs", &configs)
         .into_iter()
-        .chain(pairs("strategy_configs", &["broker_state"]))
+        .chain(pairs("strategy_configs", &["broker_state", "updated_at"]))
+        .chain(pairs("strategy_schedules", &schedules))
+        .chain(pairs("strategy_schedules", &["updated_at"]))
         .collect();
     // Market data: every column.
     for (table, column) in all {
@@ -179,9 +201,14 @@ fn operator_rights(all: &[(String, String)]) -> OperatorRights {
     OperatorRights {
         insert,
         update,
-        delete: ["strategy_configs", "securities", "market_bars"]
-            .map(String::from)
-            .into(),
+        delete: [
+            "strategy_configs",
+            "strategy_schedules",
+            "securities",
+            "market_bars",
+        ]
+        .map(String::from)
+        .into(),
     }
 }
 
@@ -419,7 +446,7 @@ async fn the_manager_refuses_to_start_without_its_rights_and_says_which() {
              INSERT on strategy_metrics, DELETE on strategy_metrics, INSERT on strategy_events, \
              DELETE on strategy_events, INSERT on engine_manager_lease, UPDATE on engine_manager_lease, \
              INSERT on strategy_runs, UPDATE on strategy_runs, INSERT on strategy_run_items, \
-             USAGE on sequence public.strategy_metrics_id_seq, USAGE on sequence public.strategy_events_id_seq, \
+             UPDATE on strategy_schedules, USAGE on sequence public.strategy_metrics_id_seq, USAGE on sequence public.strategy_events_id_seq, \
              CREATE on schema public (to apply the migrations); run `engine-manager --setup-roles` \
              as a superuser once, then start the manager as engine_manager (or a login role granted it)",
             operator.name
@@ -504,6 +531,96 @@ async fn issued_by_is_the_login_role_whatever_the_insert_says() {
             .await
             .unwrap();
     assert_eq!(issued_by, "postgres");
+    drop_logins(&[&operator]).await;
+    engine.finish().await;
+}
+
+/// The tables and columns that landed beside the roles: an operator's schedule is
+/// stamped and audited like a command, and the interval and limits columns of a
+/// strategy are audited operator columns; the manager's bookkeeping is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_intervals_and_limits_are_stamped_and_audited() {
+    let (engine, operator) = with_operator().await;
+    let id = engine.add_heartbeat("audited-schedules").await;
+    let pool = connect(&operator).await;
+    let (schedule, issued_by, on_behalf_of): (Uuid, String, Option<String>) = sqlx::query_as(
+        "INSERT INTO strategy_schedules (strategy_id, mode, interval_s, on_behalf_of) \
+         VALUES ($1, 'screener', 60, 'carol') RETURNING id, issued_by, on_behalf_of",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .expect("an operator adds a schedule");
+    assert_eq!(
+        (issued_by.as_str(), on_behalf_of.as_deref()),
+        (operator.name.as_str(), Some("carol"))
+    );
+    sqlx::query("UPDATE strategy_schedules SET enabled = false, updated_at = now() WHERE id = $1")
+        .bind(schedule)
+        .execute(&pool)
+        .await
+        .expect("an operator disables a schedule");
+    sqlx::query(
+        "UPDATE strategy_configs SET execution_interval_s = 30, limits = '{\"memory_mb\": 128}', \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect("an operator sets an interval and limits");
+    // The manager's own columns stay out of an operator's reach, and out of the audit.
+    assert_denied(
+        refusal(&pool, "UPDATE strategy_schedules SET runs_created = 9").await,
+        "strategy_schedules",
+        "writing a schedule's statistics",
+    );
+    sqlx::query(
+        "UPDATE strategy_schedules SET runs_created = 9, next_run_at = now() WHERE id = $1",
+    )
+    .bind(schedule)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM strategy_schedules WHERE id = $1")
+        .bind(schedule)
+        .execute(&pool)
+        .await
+        .expect("an operator removes a schedule");
+    let audit: Vec<(String, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT object, action, who, on_behalf_of, what FROM engine_audit \
+         WHERE strategy_id = $1 AND object IN ('schedule', 'strategy') AND action <> 'insert' \
+            OR object = 'schedule' AND object_id = $2 ORDER BY id",
+    )
+    .bind(id)
+    .bind(schedule)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    let me = operator.name.clone();
+    let row = |object: &str, action: &str, behalf: Option<&str>, what: &str| {
+        (
+            object.to_string(),
+            action.to_string(),
+            me.clone(),
+            behalf.map(String::from),
+            what.to_string(),
+        )
+    };
+    assert_eq!(
+        audit,
+        vec![
+            row("schedule", "insert", Some("carol"), "added (screener)"),
+            row("schedule", "update", Some("carol"), "edited enabled"),
+            row(
+                "strategy",
+                "update",
+                None,
+                "edited execution_interval_s, limits"
+            ),
+            row("schedule", "delete", Some("carol"), "deleted"),
+        ]
+    );
+    pool.close().await;
     drop_logins(&[&operator]).await;
     engine.finish().await;
 }

@@ -94,6 +94,41 @@ pub struct Sources<'a> {
     pub health: Option<&'a LatestHealth>,
 }
 
+/// When the strategy last saw a tick, and whether it is stale: from the state hash
+/// when there is one, else the executor's own report of this run (a health row
+/// adding the manager's verdict).
+fn tick_seen(
+    hash: Option<&StateHash>,
+    this_run_metrics: Option<&LatestStrategyMetrics>,
+    health: Option<&LatestHealth>,
+) -> (TickSeen, bool) {
+    if hash.is_some() {
+        let tick = TickSeen {
+            at: state::time(hash, "last_tick_at"),
+            reported_at: state::time(hash, "tick_reported_at"),
+            report_every: state::number(hash, "metrics_interval_ms")
+                .filter(|ms| *ms > 0.0)
+                .map(|ms| std::time::Duration::from_millis(ms as u64)),
+            measured_age_ms: state::number(hash, "last_tick_age_ms"),
+        };
+        return (tick, state::flag(hash, "stale").unwrap_or(false));
+    }
+    let tick = match this_run_metrics {
+        Some(m) => TickSeen {
+            at: m.last_tick_at,
+            reported_at: Some(m.at),
+            report_every: m.report_every,
+            measured_age_ms: m.last_tick_age_ms,
+        },
+        None => TickSeen {
+            at: health.and_then(|h| h.last_tick_at),
+            measured_age_ms: health.and_then(|h| h.last_tick_age_ms),
+            ..TickSeen::default()
+        },
+    };
+    (tick, health.and_then(|h| h.stale).unwrap_or(false))
+}
+
 impl StrategyView {
     pub fn build(
         record: &StrategyRecord,
@@ -129,34 +164,7 @@ impl StrategyView {
         let memory_mb =
             state::number(hash, "memory_mb").or_else(|| health.and_then(|h| h.memory_mb));
         let this_run_metrics = sources.metrics.filter(|m| alive && this_run(Some(m.at)));
-        let (tick, stale) = if hash.is_some() {
-            let tick = TickSeen {
-                at: state::time(hash, "last_tick_at"),
-                reported_at: state::time(hash, "tick_reported_at"),
-                report_every: state::number(hash, "metrics_interval_ms")
-                    .filter(|ms| *ms > 0.0)
-                    .map(|ms| std::time::Duration::from_millis(ms as u64)),
-                measured_age_ms: state::number(hash, "last_tick_age_ms"),
-            };
-            (tick, state::flag(hash, "stale").unwrap_or(false))
-        } else {
-            // The executor's own report of this run says most; a health row adds
-            // the manager's verdict.
-            let tick = match this_run_metrics {
-                Some(m) => TickSeen {
-                    at: m.last_tick_at,
-                    reported_at: Some(m.at),
-                    report_every: m.report_every,
-                    measured_age_ms: m.last_tick_age_ms,
-                },
-                None => TickSeen {
-                    at: health.and_then(|h| h.last_tick_at),
-                    measured_age_ms: health.and_then(|h| h.last_tick_age_ms),
-                    ..TickSeen::default()
-                },
-            };
-            (tick, health.and_then(|h| h.stale).unwrap_or(false))
-        };
+        let (tick, stale) = tick_seen(hash, this_run_metrics, health);
         // The row's limits, which the schema checked (unreadable: shown as none).
         let limits = ResourceLimits::from_value(&record.limits).unwrap_or_default();
         StrategyView {
