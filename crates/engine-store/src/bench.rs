@@ -249,14 +249,3 @@ pub async fn insert_run(
     .fetch_one(pool)
     .await
 }
-
-/// A run's `progress_percent` (0 when the run does not exist).
-pub async fn run_progress(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Error> {
-    Ok(
-        sqlx::query_scalar("SELECT progress_percent FROM strategy_runs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .unwrap_or(0.0),
-    )
-}

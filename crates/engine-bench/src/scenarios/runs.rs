@@ -66,7 +66,8 @@ pub async fn runs(ctx: &BenchContext, results: &mut Results) -> anyhow::Result<(
 
 /// `enginectl` argument lists that load the bench's bars.
 fn data_commands(quick: bool) -> Vec<Vec<String>> {
-    let (symbols, minute_span) = if quick { ("20", "7d") } else { ("500", "2y") };
+    // Quick: enough minute bars that a cancel still finds the run busy.
+    let (symbols, minute_span) = if quick { ("20", "30d") } else { ("500", "2y") };
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
         words(&[
@@ -364,8 +365,8 @@ struct Cancels {
     missed: usize,
 }
 
-/// Start the big backtest, wait until its process is up and has reported
-/// progress, cancel it, and time the cancel command from INSERT to `executed`.
+/// Start the big backtest, wait until its process is up (it then reads its bars
+/// while the manager's COPY writes them: busy), cancel it, and time the cancel command from INSERT to `executed`.
 async fn cancel_samples(
     engine: &BenchEngine,
     strategy: Uuid,
@@ -408,18 +409,15 @@ async fn cancel_samples(
     Ok(out)
 }
 
-/// The process of run `id` once it is up and its outbox has progress (the row's
-/// `progress_percent` above 0); `None` when the run finished before that was seen.
+/// The process of run `id` once it is up; `None` when the run finished before that
+/// was seen.
 async fn wait_busy(engine: &BenchEngine, id: Uuid) -> anyhow::Result<Option<ProcId>> {
     let until = Instant::now() + EVENT_DEADLINE;
     let arg = PathBuf::from(id.to_string());
     loop {
-        let busy = db::run_progress(&engine.pool, id).await?;
         if let Some(pid) = procfs::pids_with_arg(&arg).first() {
-            if busy > 0.0 {
-                if let Some(process) = ProcId::of(*pid) {
-                    return Ok(Some(process));
-                }
+            if let Some(process) = ProcId::of(*pid) {
+                return Ok(Some(process));
             }
         }
         if db::count_finished_runs(&engine.pool, &[id]).await? == 1 {
