@@ -38,21 +38,22 @@ with open(os.path.join(runs_dir, run_id + '.starts'), 'a') as f:
 with open(os.path.join(runs_dir, run_id + '.starts')) as f:
     starts = len(f.read().split())
 counts = {}
-with open(inp['bars_path'], 'rb') as f:
-    fcntl.flock(f, fcntl.LOCK_SH)  # the manager's COPY holds it until the file is whole
-    data = f.read()
-assert data[:11] == b'PGCOPY\n\xff\r\n\x00', 'not a binary COPY file'
-pos = 15
-ext, = struct.unpack('>i', data[pos:pos + 4]); pos += 4 + ext
-while True:
-    n, = struct.unpack('>h', data[pos:pos + 2]); pos += 2
-    if n == -1:
-        break
-    ln, = struct.unpack('>i', data[pos:pos + 4]); pos += 4
-    sym = data[pos:pos + ln].decode(); pos += ln
-    for _ in range(n - 1):
-        ln, = struct.unpack('>i', data[pos:pos + 4]); pos += 4 + ln
-    counts[sym] = counts.get(sym, 0) + 1
+for path in [inp['bars_path']] + inp.get('more_bars_paths', []):
+    with open(path, 'rb') as f:
+        fcntl.flock(f, fcntl.LOCK_SH)  # the manager's COPY holds it until the file is whole
+        data = f.read()
+    assert data[:11] == b'PGCOPY\n\xff\r\n\x00', 'not a binary COPY file'
+    pos = 15
+    ext, = struct.unpack('>i', data[pos:pos + 4]); pos += 4 + ext
+    while True:
+        n, = struct.unpack('>h', data[pos:pos + 2]); pos += 2
+        if n == -1:
+            break
+        ln, = struct.unpack('>i', data[pos:pos + 4]); pos += 4
+        sym = data[pos:pos + ln].decode(); pos += ln
+        for _ in range(n - 1):
+            ln, = struct.unpack('>i', data[pos:pos + 4]); pos += 4 + ln
+        counts[sym] = counts.get(sym, 0) + 1
 out = open(inp['outbox_path'], 'a')
 def emit(**kw):
     out.write(json.dumps(kw) + '\n'); out.flush()
@@ -785,8 +786,9 @@ async fn a_deleted_strategy_takes_its_runs_and_their_processes_with_it() {
     finish(engine).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
+/// One run slot, four symbols of 10 daily bars, and a strategy whose (fake) run
+/// takes 700 ms a symbol: long enough to kill its manager midway.
+async fn slowish_engine() -> (TestEngine, Uuid) {
     let engine = engine_with(1, true).await;
     seed_bars(&engine.pool, &["AAA", "BBB", "CCC", "DDD"], 10).await;
     let strategy = add_strategy(
@@ -796,6 +798,12 @@ async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
         json!({"fake": {"item_ms": 700}}),
     )
     .await;
+    (engine, strategy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_sigkilled_with_runs_queued_and_running_adopts_them() {
+    let (engine, strategy) = slowish_engine().await;
     let pool = engine.pool.clone();
     let mut env = manager_env(&engine.config);
     env.push(("ENGINE_MAX_CONCURRENT_RUNS".to_string(), "1".to_string()));
@@ -1203,52 +1211,116 @@ async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once
 async fn a_bars_copy_cut_by_the_database_prepares_the_run_anew() {
     let mut engine = engine_with(1, true).await;
     let pool = engine.pool.clone();
+    // 800,000 minute bars: copied in two parts of 400,000 at once, each long enough
+    // to be caught while it streams.
     sqlx::raw_sql(
         "INSERT INTO securities (symbol) VALUES ('BIG'); \
          INSERT INTO market_bars (symbol, interval, ts, open, high, low, close, volume) \
          SELECT 'BIG', '1m', '2024-01-01T00:00:00Z'::timestamptz + make_interval(mins => i), \
-                50, 51, 49, 50, 10 FROM generate_series(0, 399999) i",
+                50, 51, 49, 50, 10 FROM generate_series(0, 799999) i",
     )
     .execute(&pool)
     .await
     .unwrap();
     let strategy = add_strategy(&engine, "big", "sma_crossover", json!({"token": "BIG"})).await;
     engine.start_manager().await;
-    let id = Uuid::new_v4();
-    let mut events = engine.subscribe(&engine.channels.run(id)).await;
-    let params = json!({"symbols": ["BIG"], "interval": "1m"});
-    insert_run(&pool, id, strategy, "backtest", params, None).await;
-    // Its process is started (the `started` event follows the spawn) while the
-    // COPY streams: the COPY's backend is terminated then.
-    events
-        .expect("the run started", |_, m| m["event_type"] == "started")
+    // The COPY's backend is terminated while it streams, which the process (started
+    // at once) reads. On a loaded machine a COPY may end before it is seen: then the
+    // run completes uncut, and another is tried (at most 5).
+    let mut cut_run = None;
+    for _ in 0..5 {
+        let id = Uuid::new_v4();
+        let mut events = engine.subscribe(&engine.channels.run(id)).await;
+        let params = json!({"symbols": ["BIG"], "interval": "1m"});
+        insert_run(&pool, id, strategy, "backtest", params, None).await;
+        let cut = wait_for("the run's COPY, or its end", DEADLINE, || {
+            let pool = pool.clone();
+            async move {
+                let cut: Option<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND query LIKE 'COPY (SELECT symbol%' AND state = 'active'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .expect("look for the COPY");
+                if cut == Some(true) {
+                    return Some(true);
+                }
+                let state: String =
+                    sqlx::query_scalar("SELECT state FROM strategy_runs WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("the run's state");
+                (!["queued", "starting", "running"].contains(&state.as_str())).then_some(false)
+            }
+        })
         .await;
-    let cut: bool = wait_for("the run's COPY, to terminate it", DEADLINE, || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                   AND query LIKE 'COPY (SELECT symbol%' AND state = 'active'",
-            )
-            .fetch_optional(&pool)
-            .await
-            .expect("look for the COPY")
+        if cut {
+            // Started before or after the cut, then prepared anew and started again.
+            for n in ["the run started", "the run started again"] {
+                events.expect(n, |_, m| m["event_type"] == "started").await;
+            }
+            cut_run = Some(id);
+            break;
         }
-    })
-    .await;
-    assert!(cut, "the COPY's backend was not terminated");
-    events
-        .expect("the run started again", |_, m| m["event_type"] == "started")
-        .await;
+    }
+    let id = cut_run.expect("no COPY was caught while it streamed, in 5 runs");
     let row = wait_state(&pool, id, "completed").await;
     assert_eq!(
         row.attempt, 0,
         "a COPY cut by the database counts as no try"
     );
     let result = row.result.unwrap();
-    assert_eq!(result["counts"]["BIG"], 400_000, "{result}");
+    assert_eq!(result["counts"]["BIG"], 800_000, "{result}");
     assert!(run_processes(&engine).is_empty());
+    finish(engine).await;
+}
+
+/// A manager killed between a run's spawn and its `running` write leaves the row
+/// `starting` with no pid while the process goes on: the next manager adopts the
+/// process and the row says `running` with its pid (it used to stay `starting` until
+/// the end), and the run completes once, from that process.
+#[tokio::test]
+async fn a_run_adopted_while_starting_is_marked_running() {
+    let (engine, strategy) = slowish_engine().await;
+    let pool = engine.pool.clone();
+    let env = manager_env(&engine.config);
+    let log = engine.state_dir.join("manager.log");
+    let mut manager = spawn_manager_binary(&env, &log);
+    wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
+    let id = new_run(&pool, strategy, "screener", json!({})).await;
+    let pid = wait_state(&pool, id, "running").await.pid.unwrap();
+    manager.start_kill().unwrap();
+    manager.wait().await.unwrap();
+    // The row as that manager would have left it had it died before `running`.
+    sqlx::query(
+        "UPDATE strategy_runs SET state = 'starting', pid = NULL, pid_start_ticks = NULL, \
+             pid_boot_id = NULL, config = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(process_alive(pid as u32), "a run outlives its manager");
+
+    let manager = spawn_manager_binary(&env, &log);
+    wait_lease(&engine.op(), manager.id().unwrap(), DEADLINE).await;
+    let row = wait_state(&pool, id, "running").await;
+    assert_eq!(row.pid, Some(pid), "the adopted process is the run's");
+    let config: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT config FROM strategy_runs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(config.unwrap()["fake"]["item_ms"], 700);
+    let row = wait_state(&pool, id, "completed").await;
+    assert_eq!(row.attempt, 0, "adopted, not run again");
+    let starts = std::fs::read_to_string(runs_dir(&engine).join(format!("{id}.starts"))).unwrap();
+    assert_eq!(starts.lines().count(), 1, "started once: {starts}");
+    drop(manager);
     finish(engine).await;
 }
 

@@ -281,6 +281,7 @@ fn run_process(dir: &Path, bars_file: &Path, progress_interval_ms: u64) -> Measu
         start,
         end: start + TimeDelta::days(730),
         bars_path: bars_file.to_path_buf(),
+        more_bars_paths: Vec::new(),
         outbox_path: outbox_path(dir, run_id),
         progress_interval_ms,
     };

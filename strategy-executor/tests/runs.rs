@@ -108,6 +108,7 @@ impl Run {
             start: start(),
             end: start() + TimeDelta::days(3650),
             bars_path: dir.0.join(format!("{run_id}.bars")),
+            more_bars_paths: Vec::new(),
             outbox_path: outbox_path(&dir.0, run_id),
             progress_interval_ms: 50,
         };
@@ -239,7 +240,12 @@ fn a_backtest_of_one_symbol_gives_the_contract_result() {
         );
         assert!(result["per_symbol"]["AAPL"].get(metric).is_some());
     }
-    assert_eq!(result["performance_metrics"], result["per_symbol"]["AAPL"]);
+    // One symbol: its metrics are the run's, with its bars and closed trades added.
+    let mut aapl = result["per_symbol"]["AAPL"].clone();
+    let aapl = aapl.as_object_mut().unwrap();
+    assert_eq!(aapl.remove("bars"), Some(json!(800)));
+    assert_eq!(aapl.remove("trades").as_ref(), Some(&summary["trades"]));
+    assert_eq!(result["performance_metrics"], Value::Object(aapl.clone()));
     let curve = result["equity_curve"].as_array().unwrap();
     assert_eq!(curve.len(), 500, "800 bars downsampled to 500 points");
     assert_eq!(curve[0]["ts"], json!(start()));
@@ -301,6 +307,12 @@ fn several_symbols_make_a_portfolio_and_a_symbol_without_bars_is_an_item() {
     assert_eq!(summary["bars"], 600);
     let per_symbol = result["per_symbol"].as_object().unwrap();
     assert_eq!(per_symbol.len(), 2);
+    let trades: u64 = per_symbol
+        .values()
+        .map(|m| m["trades"].as_u64().unwrap())
+        .sum();
+    assert_eq!(json!(trades), summary["trades"], "{result}");
+    assert_eq!(per_symbol["AAPL"]["bars"], 300);
 
     let items = items(&lines);
     let names: Vec<(&str, i64)> = items.iter().map(|i| (i.0.as_str(), i.1)).collect();
@@ -348,6 +360,43 @@ fn the_same_run_twice_gives_the_same_result() {
         serde_json::to_string(&a.0).unwrap(),
         serde_json::to_string(&b.0).unwrap()
     );
+}
+
+/// A large run's bars come in parts (the manager's COPY split by symbols, or by time
+/// for one symbol), read one after the other: the same result and items as one file.
+#[test]
+fn bars_in_parts_give_the_same_run_as_one_file() {
+    let aaa = daily(&wave(500, 50.0, 0.01));
+    let bbb = daily(&wave(400, 80.0, 0.03));
+    let run = |parts: &[Vec<(&str, Vec<Bar>)>]| {
+        let mut run = Run::new(
+            RunMode::Backtest,
+            "sma_crossover",
+            sma_config(),
+            &["AAA", "BBB"],
+        );
+        run.bars(&parts[0]);
+        for (n, part) in parts.iter().enumerate().skip(1) {
+            let path = run.dir.0.join(format!("{}.bars.{n}", run.input.run_id));
+            write_bars(&path, part);
+            run.input.more_bars_paths.push(path);
+        }
+        let (code, lines) = run.run();
+        (result_of(code, &lines), items(&lines))
+    };
+    let whole = run(&[vec![("AAA", aaa.clone()), ("BBB", bbb.clone())]]);
+    let by_symbol = run(&[vec![("AAA", aaa.clone())], vec![("BBB", bbb.clone())]]);
+    assert_eq!(whole, by_symbol);
+    // BBB cut in time: its first 150 bars in the first part, the rest in the second.
+    let by_time = run(&[
+        vec![("AAA", aaa.clone()), ("BBB", bbb[..150].to_vec())],
+        vec![("BBB", bbb[150..].to_vec())],
+    ]);
+    assert_eq!(whole, by_time);
+    // An empty part (no bars in its half) is read through.
+    let empty = run(&[vec![("AAA", aaa), ("BBB", bbb)], vec![]]);
+    assert_eq!(whole, empty);
+    assert_eq!(whole.0["summary"]["bars"], 900);
 }
 
 #[test]

@@ -119,6 +119,32 @@ pub async fn mark_running(pool: &PgPool, id: Uuid, r: &Running<'_>) -> Result<bo
     Ok(done.rows_affected() == 1)
 }
 
+/// A run found `starting` with its process alive after a manager restart (the last
+/// manager died between the spawn and its `running` write): `running`, with the
+/// process adopted. `false` when the run is gone or no longer `starting`.
+pub async fn mark_adopted_running(
+    pool: &PgPool,
+    id: Uuid,
+    pid: u32,
+    pid_start_ticks: u64,
+    pid_boot_id: &str,
+    config: &Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE strategy_runs SET state = 'running', pid = $2, pid_start_ticks = $3, \
+             pid_boot_id = $4, config = COALESCE(config, $5), updated_at = now() \
+         WHERE id = $1 AND state = 'starting'",
+    )
+    .bind(id)
+    .bind(pid as i32)
+    .bind(pid_start_ticks as i64)
+    .bind(pid_boot_id)
+    .bind(config)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Where a run is, as its row shows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunProgress {
@@ -425,6 +451,63 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Which of a run's bars one COPY carries: `symbols` (in the run's order) from
+/// `start` to `end` (inclusive when `end_inclusive`, else up to just before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BarsPart {
+    pub symbols: Vec<String>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub end_inclusive: bool,
+}
+
+/// The bars of `symbols` from `start` to `end` inclusive cut in `parts` parts (at
+/// least 1) that, read one after the other, are the rows ordered by symbol, then
+/// time: by the symbols (in their order, which must be the COPY's: `ORDER BY
+/// symbol`) when there are enough of them, else by time, in equal spans of the
+/// times that hold bars (`data`: the first and last bar there is, [`bars_span`]).
+pub fn split_bars(
+    symbols: &[String],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    data: (DateTime<Utc>, DateTime<Utc>),
+    parts: usize,
+) -> Vec<BarsPart> {
+    let whole = |symbols: &[String], start, end, end_inclusive| BarsPart {
+        symbols: symbols.to_vec(),
+        start,
+        end,
+        end_inclusive,
+    };
+    let parts = parts.max(1);
+    if parts == 1 {
+        return vec![whole(symbols, start, end, true)];
+    }
+    if symbols.len() >= parts {
+        let size = symbols.len().div_ceil(parts);
+        return symbols
+            .chunks(size)
+            .map(|chunk| whole(chunk, start, end, true))
+            .collect();
+    }
+    let (from, to) = (start.max(data.0), end.min(data.1));
+    let span = to - from;
+    if span <= chrono::TimeDelta::zero() {
+        return vec![whole(symbols, start, end, true)];
+    }
+    // The first part from `start`, the last to `end`: the cuts alone are in the data.
+    let at = |k: usize| match k {
+        0 => start,
+        k => from + span / parts as i32 * k as i32,
+    };
+    (0..parts)
+        .map(|k| {
+            let last = k + 1 == parts;
+            whole(symbols, at(k), if last { end } else { at(k + 1) }, last)
+        })
+        .collect()
+}
+
 /// The COPY statement of a run's bars: `symbol, ts, open, high, low, close, volume`
 /// of `symbols` at `interval` from `start` to `end` inclusive, ordered by symbol then
 /// time, in PostgreSQL's binary format. (COPY takes no parameters: the values are
@@ -435,7 +518,18 @@ pub fn bars_copy_statement(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> String {
-    let symbols = match symbols {
+    let part = BarsPart {
+        symbols: symbols.to_vec(),
+        start,
+        end,
+        end_inclusive: true,
+    };
+    bars_part_statement(&part, interval)
+}
+
+/// The COPY statement of one [`BarsPart`] of a run's bars at `interval`.
+pub fn bars_part_statement(part: &BarsPart, interval: &str) -> String {
+    let symbols = match part.symbols.as_slice() {
         [one] => format!("symbol = {}", literal(one)),
         many => {
             let list: Vec<String> = many.iter().map(|s| literal(s)).collect();
@@ -443,53 +537,55 @@ pub fn bars_copy_statement(
         }
     };
     let ts = |t: DateTime<Utc>| literal(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let before = if part.end_inclusive { "<=" } else { "<" };
     format!(
         "COPY (SELECT symbol, ts, open, high, low, close, volume FROM market_bars \
-         WHERE {symbols} AND interval = {} AND ts >= {}::timestamptz AND ts <= {}::timestamptz \
+         WHERE {symbols} AND interval = {} AND ts >= {}::timestamptz AND ts {before} {}::timestamptz \
          ORDER BY symbol, ts) TO STDOUT (FORMAT binary)",
         literal(interval),
-        ts(start),
-        ts(end),
+        ts(part.start),
+        ts(part.end),
     )
 }
 
-/// A run's bars being copied out of PostgreSQL into its bars file by a task of its
-/// own, so that the run's process can start at once and read the file as it grows
-/// (the COPY and the strategy overlap).
+/// A run's bars being copied out of PostgreSQL into its bars files by tasks of their
+/// own (one per part, each on its own connection, so that PostgreSQL works on a
+/// large run with more than one core), so that the run's process can start at once
+/// and read the files as they grow (the COPY and the strategy overlap).
 ///
-/// While the COPY goes on, the file is held under an exclusive `flock`: a reader at
-/// the end of what is written so far knows that more is coming while the lock is
+/// While a part's COPY goes on, its file is held under an exclusive `flock`: a reader
+/// at the end of what is written so far knows that more is coming while the lock is
 /// held, and that the file is all there is once it is free (see
 /// [`engine_protocol::runs::bars_file`]). The lock goes with the file when the COPY
 /// ends, well or not, and when the manager dies.
 ///
-/// Dropping the handle stops the COPY (a run cancelled while its bars still come).
+/// Dropping the handle stops every part's COPY (a run cancelled while its bars still
+/// come).
 pub struct BarsCopy {
-    task: tokio::task::JoinHandle<Result<u64, CopyBarsError>>,
-    _stop: oneshot::Sender<()>,
+    tasks:
+        futures_util::stream::FuturesUnordered<tokio::task::JoinHandle<Result<u64, CopyBarsError>>>,
+    written: u64,
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl BarsCopy {
-    /// The end of the COPY: the bytes written, or why it failed. Await it once: a
-    /// `select!` that polls it may poll it again only while it is not finished.
+    /// The end of every part's COPY: the bytes written in all, or why one failed (the
+    /// first failure, as soon as it happens). Cancel-safe: a `select!` may poll it
+    /// again after dropping it; once it has returned, it is not awaited again.
     pub async fn finished(&mut self) -> Result<u64, CopyBarsError> {
-        match (&mut self.task).await {
-            Ok(outcome) => outcome,
-            Err(err) => Err(CopyBarsError::Task(err.to_string())),
+        while let Some(outcome) = self.tasks.next().await {
+            match outcome {
+                Ok(Ok(bytes)) => self.written += bytes,
+                Ok(Err(err)) => return Err(err),
+                Err(err) => return Err(CopyBarsError::Task(err.to_string())),
+            }
         }
+        Ok(self.written)
     }
 }
 
-/// Start streaming the bars of [`bars_copy_statement`] into a new file at `path`
-/// (one there is removed first), never holding them in memory. Returns once the
-/// connection is taken and the file made and locked: the run's process may then open
-/// it. A database that cannot be reached fails here, before any process starts.
-///
-/// The COPY's connection goes back to the pool only when the COPY was read to its
-/// end. A COPY not read to its end (stopped, or the file failing) leaves its rows
-/// and its ReadyForQuery unread on the connection, which sqlx does not count, so the
-/// next statement there would read them as its own answer ("expected
-/// CopyOutResponse, got ReadyForQuery"): that connection is closed instead.
+/// Start streaming the bars of [`bars_copy_statement`] into a new file at `path`:
+/// [`start_bars_copies`] in one part.
 pub async fn start_bars_copy(
     pool: &PgPool,
     symbols: &[String],
@@ -498,32 +594,60 @@ pub async fn start_bars_copy(
     end: DateTime<Utc>,
     path: &Path,
 ) -> Result<BarsCopy, CopyBarsError> {
-    let file_err = |source| CopyBarsError::File {
-        path: path.display().to_string(),
-        source,
-    };
-    let statement = bars_copy_statement(symbols, interval, start, end);
-    let conn = pool.acquire().await?;
-    // A new file, not the old one truncated: a stopped COPY's task may still be
-    // writing into the old one.
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(file_err(err)),
-        _ => {}
+    let part = split_bars(symbols, start, end, (start, end), 1).remove(0);
+    start_bars_copies(pool, interval, &[(part, path.to_path_buf())]).await
+}
+
+/// Start streaming each [`BarsPart`] at `interval` into a new file at its path (one
+/// there is removed first), never holding the bars in memory. Returns once every
+/// part's connection is taken and its file made and locked: the run's process may
+/// then open them. A database that cannot be reached fails here, before any process
+/// starts.
+///
+/// A COPY's connection goes back to the pool only when the COPY was read to its end.
+/// A COPY not read to its end (stopped, or the file failing) leaves its rows and its
+/// ReadyForQuery unread on the connection, which sqlx does not count, so the next
+/// statement there would read them as its own answer ("expected CopyOutResponse, got
+/// ReadyForQuery"): that connection is closed instead.
+pub async fn start_bars_copies(
+    pool: &PgPool,
+    interval: &str,
+    parts: &[(BarsPart, PathBuf)],
+) -> Result<BarsCopy, CopyBarsError> {
+    let mut conns = Vec::with_capacity(parts.len());
+    for _ in parts {
+        conns.push(pool.acquire().await?);
     }
-    let file = std::fs::File::create_new(path).map_err(file_err)?;
-    file.lock().map_err(file_err)?;
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(copy_into(
-        conn,
-        statement,
-        file,
-        path.to_path_buf(),
-        stop_rx,
-    ));
-    Ok(BarsCopy {
-        task,
-        _stop: stop_tx,
-    })
+    let mut copy = BarsCopy {
+        tasks: futures_util::stream::FuturesUnordered::new(),
+        written: 0,
+        _stop: Vec::with_capacity(parts.len()),
+    };
+    for ((part, path), conn) in parts.iter().zip(conns) {
+        let file_err = |source| CopyBarsError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        // A new file, not the old one truncated: a stopped COPY's task may still be
+        // writing into the old one.
+        match std::fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(file_err(err)),
+            _ => {}
+        }
+        let file = std::fs::File::create_new(path).map_err(file_err)?;
+        file.lock().map_err(file_err)?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let statement = bars_part_statement(part, interval);
+        copy.tasks.push(tokio::spawn(copy_into(
+            conn,
+            statement,
+            file,
+            path.clone(),
+            stop_rx,
+        )));
+        copy._stop.push(stop_tx);
+    }
+    Ok(copy)
 }
 
 async fn copy_into(
@@ -596,5 +720,58 @@ mod tests {
             t("2024-01-02T00:00:00Z"),
         );
         assert!(many.contains("symbol IN ('A', 'B')"), "{many}");
+    }
+
+    #[test]
+    fn bars_are_split_by_symbols_else_by_time_into_parts_read_in_order() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let (start, end) = (t("2024-01-01T00:00:00Z"), t("2024-01-03T00:00:00Z"));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let five = names(&["A", "B", "C", "D", "E"]);
+        let all = (start, end);
+        let one = split_bars(&five, start, end, all, 1);
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].symbols.len(), one[0].end_inclusive), (5, true));
+
+        let by_symbol = split_bars(&five, start, end, all, 2);
+        let groups: Vec<_> = by_symbol.iter().map(|p| p.symbols.clone()).collect();
+        assert_eq!(groups, vec![names(&["A", "B", "C"]), names(&["D", "E"])]);
+        assert!(by_symbol
+            .iter()
+            .all(|p| p.start == start && p.end == end && p.end_inclusive));
+
+        let by_time = split_bars(&names(&["A"]), start, end, all, 2);
+        assert_eq!(by_time.len(), 2);
+        let mid = t("2024-01-02T00:00:00Z");
+        assert_eq!((by_time[0].start, by_time[0].end), (start, mid));
+        assert!(
+            !by_time[0].end_inclusive,
+            "the middle bar would be read twice"
+        );
+        assert_eq!((by_time[1].start, by_time[1].end), (mid, end));
+        assert!(by_time[1].end_inclusive, "the last bar would be lost");
+        let first = bars_part_statement(&by_time[0], "1m");
+        assert!(
+            first.contains("ts < '2024-01-02T00:00:00.000000Z'"),
+            "{first}"
+        );
+        let second = bars_part_statement(&by_time[1], "1m");
+        assert!(
+            second.contains("ts >= '2024-01-02T00:00:00.000000Z'"),
+            "{second}"
+        );
+        assert!(
+            second.contains("ts <= '2024-01-03T00:00:00.000000Z'"),
+            "{second}"
+        );
+
+        // A span of one instant is not cut.
+        assert_eq!(split_bars(&names(&["A"]), start, start, all, 2).len(), 1);
+        // The cut is in the middle of the times that hold bars, not of the range
+        // asked (two years back by default, for bars of a day).
+        let asked = t("2022-01-03T00:00:00Z");
+        let in_data = split_bars(&names(&["A"]), asked, end, all, 2);
+        assert_eq!((in_data[0].start, in_data[0].end), (asked, mid));
+        assert_eq!((in_data[1].start, in_data[1].end), (mid, end));
     }
 }

@@ -104,7 +104,12 @@ impl RunTask {
                     Some((proc, copy)) => (Some(proc), Some(copy)),
                     None => return,
                 },
-                Start::Adopt(proc) => (Some(*proc), None),
+                Start::Adopt(proc) => {
+                    if self.row.state == RunState::Starting {
+                        self.adopted_while_starting(&proc).await;
+                    }
+                    (Some(*proc), None)
+                }
                 Start::Dead => (None, None),
             };
             let (followed, proc) = self.follow(proc, copy).await;
@@ -171,6 +176,35 @@ impl RunTask {
             }
             // The manager stops; the next one adopts the process.
             None => Some((proc, copy)),
+        }
+    }
+
+    /// A process adopted from a run left `starting` (its manager died between the
+    /// spawn and the `running` write): the row says `running` with the process, as
+    /// if that write had happened, and `started` is published.
+    async fn adopted_while_starting(&mut self, proc: &ExecutorProcess) {
+        // The config the process was given: the same merge `prepare` makes.
+        let config = match super::params::parse(self.row.mode, &self.row.parameters) {
+            Ok(req) => {
+                super::params::merged_config(&self.row.strategy_config, req.config_patch.as_ref())
+            }
+            Err(_) => self.row.strategy_config.clone(),
+        };
+        let marked = with_retry(&self.shared, "mark the adopted run running", || {
+            store::mark_adopted_running(
+                &self.shared.pool,
+                self.row.id,
+                proc.pid,
+                proc.start_ticks,
+                &self.shared.boot_id,
+                &config,
+            )
+        })
+        .await;
+        if marked == Some(true) {
+            self.row.state = RunState::Running;
+            self.reporter
+                .publish(&self.shared, RunEventType::Started, RunState::Running);
         }
     }
 
@@ -494,6 +528,10 @@ impl RunTask {
 
     async fn remove_files(&self) {
         let _ = tokio::fs::remove_file(proto::bars_path(&self.runs_dir, self.row.id)).await;
+        for part in 1..proto::MAX_BARS_PARTS {
+            let path = proto::bars_part_path(&self.runs_dir, self.row.id, part);
+            let _ = tokio::fs::remove_file(path).await;
+        }
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
     }
 }

@@ -135,6 +135,19 @@ impl<R: BufRead> BarsReader<R> {
     /// The next row: its symbol (valid until the next call) and bar; `None` after
     /// the last.
     pub fn next_bar(&mut self) -> Result<Option<(&str, Bar)>, BarsFileError> {
+        let bar = self.advance()?;
+        Ok(bar.map(|bar| (self.symbol.as_str(), bar)))
+    }
+
+    /// The symbol of the last row read (empty before the first).
+    pub fn symbol(&self) -> &str {
+        &self.symbol
+    }
+
+    /// The next row's bar, its symbol then in [`BarsReader::symbol`]; `None` after
+    /// the last. (The bar alone borrows nothing: a caller may read on into another
+    /// file when this one ends.)
+    pub fn advance(&mut self) -> Result<Option<Bar>, BarsFileError> {
         if self.done {
             return Ok(None);
         }
@@ -191,17 +204,14 @@ impl<R: BufRead> BarsReader<R> {
         })?;
         self.rows = row;
         let [_, open, high, low, close, volume] = values.map(f64::from_bits);
-        Ok(Some((
-            self.symbol.as_str(),
-            Bar {
-                ts,
-                open,
-                high,
-                low,
-                close,
-                volume,
-            },
-        )))
+        Ok(Some(Bar {
+            ts,
+            open,
+            high,
+            low,
+            close,
+            volume,
+        }))
     }
 
     fn field_len(&mut self, row: u64, field: usize) -> Result<usize, BarsFileError> {

@@ -8,7 +8,9 @@
 //!
 //! - The manager resolves and checks the run's parameters against the database,
 //!   writes the bars the run needs to `{runs_dir}/{run_id}.bars` (PostgreSQL's binary
-//!   COPY format, see [`bars_file`]), and spawns
+//!   COPY format, see [`bars_file`]; a large run's bars in parts, the later ones in
+//!   `{run_id}.bars.1`, … [`bars_part_path`], written at once by COPYs of their
+//!   own), and spawns
 //!   `strategy-executor --run-id {run_id} --runs-dir {runs_dir}` with a [`RunInput`]
 //!   on stdin. Its output goes to `{runs_dir}/{run_id}.log`.
 //! - The process appends what it does to `{runs_dir}/{run_id}.out`, one
@@ -327,6 +329,12 @@ pub struct RunInput {
     /// The bars: PostgreSQL binary COPY of `symbol, ts, open, high, low, close,
     /// volume` ordered by symbol then time ([`bars_file`]).
     pub bars_path: PathBuf,
+    /// More bars files, read after `bars_path` in this order, each in the same format
+    /// and written at the same time as the first (a large run's COPY is split in
+    /// parts, so that PostgreSQL works on them with more than one core): together
+    /// they are the rows ordered by symbol, then time. Empty for one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_bars_paths: Vec<PathBuf>,
     /// Where the process appends its [`RunOutput`] lines.
     pub outbox_path: PathBuf,
     /// The least time between two `progress` lines; 0 writes none but the first and
@@ -395,6 +403,15 @@ pub fn runs_dir(state_dir: &Path) -> PathBuf {
 /// `{runs_dir}/{run_id}.bars`
 pub fn bars_path(runs_dir: &Path, run_id: Uuid) -> PathBuf {
     runs_dir.join(format!("{run_id}.bars"))
+}
+
+/// The most parts a run's bars are split in (the first is [`bars_path`]).
+pub const MAX_BARS_PARTS: usize = 2;
+
+/// `{runs_dir}/{run_id}.bars.{part}`: the part after the first `part` parts of a
+/// run's bars (`part` ≥ 1; part 0 is [`bars_path`]).
+pub fn bars_part_path(runs_dir: &Path, run_id: Uuid, part: usize) -> PathBuf {
+    runs_dir.join(format!("{run_id}.bars.{part}"))
 }
 
 /// `{runs_dir}/{run_id}.out`

@@ -254,9 +254,18 @@ fn result(scope: &RunScope<'_>, mut outcomes: Vec<Outcome>, grid: &Grid, rows: u
             bars,
         )
     };
+    // Each symbol's metrics with its bars and closed trades (what `enginectl run`
+    // shows per symbol).
     let per_symbol: Map<String, Value> = outcomes
         .iter()
-        .map(|o| (o.symbol.clone(), metrics_json(&o.metrics)))
+        .map(|o| {
+            let mut metrics = metrics_json(&o.metrics);
+            if let Value::Object(map) = &mut metrics {
+                map.insert("bars".into(), json!(o.bars));
+                map.insert("trades".into(), json!(o.trades.count()));
+            }
+            (o.symbol.clone(), metrics)
+        })
         .collect();
     let positive = outcomes
         .iter()

@@ -164,6 +164,7 @@ impl<'a> RunScope<'a> {
         let input = self.input;
         BarsSource::open(
             &input.bars_path,
+            &input.more_bars_paths,
             input.start,
             input.end,
             input.symbols.len(),

@@ -1,19 +1,24 @@
-//! The run's bars, streamed from its bars file: row by row through
+//! The run's bars, streamed from its bars files (one, or a large run's parts in order): row by row through
 //! [`BarsReader`], never the whole file in memory, and read while the manager still
 //! writes it ([`GrowingFile`]), with how far the reading is (the run's progress).
 
 use chrono::{DateTime, Utc};
 use engine_protocol::runs::bars_file::{BarsFileError, BarsReader, GrowingFile};
+use std::collections::VecDeque;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use strategy_sdk::Bar;
 
 /// Bytes of the file read into the buffer at a time.
 const READ_BUFFER: usize = 256 * 1024;
 
-/// The bars file, open.
+/// The bars files, open one after the other.
 pub(super) struct BarsSource {
     reader: BarsReader<BufReader<GrowingFile>>,
+    /// The parts still to read after the open one, in order.
+    more: VecDeque<PathBuf>,
+    /// Rows of the parts already read.
+    rows_before: u64,
     start: DateTime<Utc>,
     /// The run's span in seconds (at least 1).
     span_s: f64,
@@ -23,17 +28,19 @@ pub(super) struct BarsSource {
 }
 
 impl BarsSource {
-    /// Open the bars file of a run over `symbols` symbols from `start` to `end`.
+    /// Open the bars of a run over `symbols` symbols from `start` to `end`: the file
+    /// at `path`, then those of `more` in order.
     pub(super) fn open(
         path: &Path,
+        more: &[PathBuf],
         start: DateTime<Utc>,
         end: DateTime<Utc>,
         symbols: usize,
     ) -> Result<Self, BarsFileError> {
-        let file = GrowingFile::open(path)?;
-        let reader = BarsReader::new(BufReader::with_capacity(READ_BUFFER, file))?;
         Ok(BarsSource {
-            reader,
+            reader: open_part(path)?,
+            more: more.iter().cloned().collect(),
+            rows_before: 0,
             start,
             span_s: ((end - start).num_seconds() as f64).max(1.0),
             symbols: symbols.max(1),
@@ -41,14 +48,20 @@ impl BarsSource {
         })
     }
 
-    /// The next row: its symbol and bar; `None` after the last.
+    /// The next row: its symbol and bar; `None` after the last of the last part.
     #[inline]
     pub(super) fn next_bar(&mut self) -> Result<Option<(&str, Bar)>, BarsFileError> {
-        let next = self.reader.next_bar()?;
-        if let Some((_, bar)) = &next {
-            self.last = Some(bar.ts);
+        loop {
+            if let Some(bar) = self.reader.advance()? {
+                self.last = Some(bar.ts);
+                return Ok(Some((self.reader.symbol(), bar)));
+            }
+            let Some(next) = self.more.pop_front() else {
+                return Ok(None);
+            };
+            self.rows_before += self.reader.rows();
+            self.reader = open_part(&next)?;
         }
-        Ok(next)
     }
 
     /// How far the reading is, 0 to 1, the last bar read being of the symbol at
@@ -64,6 +77,12 @@ impl BarsSource {
 
     /// Rows read so far.
     pub(super) fn rows(&self) -> u64 {
-        self.reader.rows()
+        self.rows_before + self.reader.rows()
     }
+}
+
+/// One part's file, its header read (waiting for it while the part is written).
+fn open_part(path: &Path) -> Result<BarsReader<BufReader<GrowingFile>>, BarsFileError> {
+    let file = GrowingFile::open(path)?;
+    BarsReader::new(BufReader::with_capacity(READ_BUFFER, file))
 }
