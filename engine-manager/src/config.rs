@@ -161,6 +161,15 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_RUN_PROGRESS_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub run_progress_interval: Duration,
 
+    /// In how many parts (1 or 2) the bars of a large run (300,000 bars or more) are
+    /// copied out of PostgreSQL at once, each on its own connection. 2 lets
+    /// PostgreSQL give one run two cores: worth it only where the database has cores
+    /// to spare. On a 2-core host shared by PostgreSQL, the manager and the run, 2
+    /// made the 1M-bar backtest slower and a cancel meanwhile 2.5 times slower
+    /// (BENCHMARKS.md, "Runs"), hence the default 1.
+    #[arg(long, env = "ENGINE_RUN_COPY_PARTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub run_copy_parts: u32,
+
     /// How strategies' resource limits are enforced: `auto` takes the first that
     /// works here (cgroup v2, cgroup v1, rlimits); said at start-up and in
     /// `enginectl doctor`.

@@ -1210,6 +1210,8 @@ async fn a_postgres_outage_during_a_run_is_caught_up_and_the_result_written_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bars_copy_cut_by_the_database_prepares_the_run_anew() {
     let mut engine = engine_with(1, true).await;
+    // The bars in two parts, two COPYs at once (`--run-copy-parts 2`).
+    engine.config.run_copy_parts = 2;
     let pool = engine.pool.clone();
     // 800,000 minute bars: copied in two parts of 400,000 at once, each long enough
     // to be caught while it streams.

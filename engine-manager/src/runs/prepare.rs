@@ -64,6 +64,7 @@ pub async fn prepare(
         start.max(span.0),
         end.min(span.1),
         req.interval_s,
+        shared.config.run_copy_parts as usize,
     );
     let mut paths = vec![bars_path.clone()];
     paths.extend((1..parts).map(|part| proto::bars_part_path(runs_dir, row.id, part)));
@@ -116,13 +117,20 @@ pub async fn prepare(
 /// on two cores, while a small run is not worth a second connection.
 const BARS_PER_PART: u64 = 150_000;
 
-/// How many parts a run's bars are copied in: one, or [`proto::MAX_BARS_PARTS`] for
-/// a run of at least twice [`BARS_PER_PART`] bars at most.
-fn bars_parts(symbols: usize, start: DateTime<Utc>, end: DateTime<Utc>, interval_s: u64) -> usize {
+/// How many parts a run's bars are copied in: one, or `most` (`--run-copy-parts`,
+/// at most [`proto::MAX_BARS_PARTS`]) for a run of at least twice [`BARS_PER_PART`]
+/// bars at most.
+fn bars_parts(
+    symbols: usize,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    interval_s: u64,
+    most: usize,
+) -> usize {
     let per_symbol = (end - start).num_seconds().max(0) as u64 / interval_s.max(1) + 1;
     let bars = per_symbol.saturating_mul(symbols as u64);
     if bars >= 2 * BARS_PER_PART {
-        proto::MAX_BARS_PARTS
+        most.clamp(1, proto::MAX_BARS_PARTS)
     } else {
         1
     }
