@@ -193,6 +193,35 @@ async fn owners(engine: &TestEngine, ids: &[Uuid]) -> HashMap<Uuid, Option<Strin
     rows.into_iter().collect()
 }
 
+/// `enginectl list` has a NODE column naming each strategy's owner.
+async fn assert_list_names_owners(engine: &TestEngine, owned: &HashMap<Uuid, Option<String>>) {
+    let output = tokio::process::Command::new(workspace_bin("enginectl"))
+        .args([
+            "--database-url",
+            &engine.db_url,
+            "--redis-prefix",
+            &engine.prefix,
+            "list",
+        ])
+        .output()
+        .await
+        .expect("run enginectl list");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    assert!(
+        table.lines().next().unwrap().starts_with("NAME  NODE"),
+        "{table}"
+    );
+    for (id, node) in owned {
+        let name = engine.op().state(*id).await.name;
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        assert!(line.contains(node.as_deref().unwrap()), "{table}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_ten_strategies_each_run_once_by_its_owner() {
     let engine = TestEngine::new().await;
@@ -245,6 +274,9 @@ async fn two_nodes_share_ten_strategies_each_run_once_by_its_owner() {
         let on_owner = nodes.iter().zip(&seen).find(|(n, _)| n.name == owner);
         assert_eq!(on_owner.unwrap().1[id], vec![pid]);
     }
+
+    // `enginectl list` names each strategy's owner.
+    assert_list_names_owners(&engine, &owned).await;
 
     // Commands are carried out by the owner, whichever node is woken.
     for node in &nodes {
