@@ -126,6 +126,12 @@ pub enum ManagerError {
         #[source]
         source: redis::RedisError,
     },
+    #[error(
+        "the state directory {} is in use: a live engine-manager answers on its control socket {}; \
+         give each node of a cluster its own --state-dir",
+        path.parent().unwrap_or(path).display(), path.display()
+    )]
+    StateDirInUse { path: PathBuf },
     #[error("cannot listen on the control socket {path}")]
     ControlSocket {
         path: PathBuf,
@@ -158,6 +164,7 @@ impl ManagerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ManagerError::Lease(held) if held.is_held() => 3,
+            ManagerError::StateDirInUse { .. } => 3,
             ManagerError::HttpAccess(_) | ManagerError::MissingRights { .. } => 2,
             _ => 1,
         }
@@ -195,6 +202,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         tracing::info!("migrations applied");
         return Ok(());
     }
+    check_state_dir_free(&config).await?;
     let node = config.node_name();
     let boot_id = engine_protocol::procfs::boot_id();
     let (lease, is_boot) = acquire_lease(&config, &node, &boot_id).await?;
@@ -290,6 +298,18 @@ async fn acquire_lease(
     let lease = ManagerLease::acquire(&options, &host, std::process::id(), boot_id, mode).await?;
     let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id);
     Ok((lease, is_boot))
+}
+
+/// A cluster node refuses a state directory another live manager uses (nodes on one
+/// host, one `--state-dir` given twice): it would take that manager's executors for
+/// strays of its own. Without `--cluster` the database lease alone decides, as
+/// always.
+async fn check_state_dir_free(config: &ManagerConfig) -> Result<(), ManagerError> {
+    let path = config.control_socket_path();
+    if config.cluster && tokio::net::UnixStream::connect(&path).await.is_ok() {
+        return Err(ManagerError::StateDirInUse { path });
+    }
+    Ok(())
 }
 
 /// The control socket every executor connects to, bound: its path and server.

@@ -138,7 +138,7 @@ async fn a_cluster_node_and_a_manager_without_cluster_exclude_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_node_name_twice_is_refused_and_another_name_joins() {
+async fn the_same_node_name_or_state_dir_twice_is_refused_and_another_name_joins() {
     let engine = TestEngine::new().await;
     let first = start_node(&engine, "node-a").await;
     let (mut env, _) = node_env(&engine, "node-a-again", true);
@@ -157,6 +157,24 @@ async fn the_same_node_name_twice_is_refused_and_another_name_joins() {
         .await
         .unwrap();
     assert_eq!(pid as u32, first.pid());
+
+    // Another name, but node-a's state directory: refused before it joins (it would
+    // take node-a's executors for strays of its own).
+    let (mut env, _) = node_env(&engine, "node-b", true);
+    for (key, value) in env.iter_mut() {
+        if key == "ENGINE_STATE_DIR" {
+            *value = first.state_dir.display().to_string();
+        }
+    }
+    let (code, stderr) = refused(&env).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("state directory"), "{stderr}");
+    assert!(stderr.contains("--state-dir"), "{stderr}");
+    let joined: i64 = sqlx::query_scalar("SELECT count(*) FROM engine_nodes WHERE node = 'node-b'")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(joined, 0, "a refused node leaves no row");
 
     // Nodes of other names share the database.
     let second = start_node(&engine, "node-b").await;
