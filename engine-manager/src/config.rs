@@ -176,6 +176,26 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_LIMITS_MECHANISM", value_enum, default_value_t = crate::limits::MechanismChoice::Auto)]
     pub limits_mechanism: crate::limits::MechanismChoice,
 
+    /// Join a cluster: several managers (nodes) share the database, each strategy
+    /// owned by one of them (README "Cluster"). Without it, a manager refuses to run
+    /// beside any other one (exit code 3).
+    #[arg(long, env = "ENGINE_CLUSTER")]
+    pub cluster: bool,
+
+    /// This manager's node name: in `strategy:status`, `engine:health`, and, with
+    /// `--cluster`, its row in `engine_nodes` (two live nodes of one name: the second
+    /// exits with code 3) [default: the host name].
+    #[arg(long, env = "ENGINE_NODE", value_parser = parse_node_name)]
+    pub node: Option<String>,
+
+    /// With `--cluster`: the most strategies this node takes.
+    #[arg(long, env = "ENGINE_CAPACITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub capacity: u32,
+
+    /// With `--cluster`: a node whose heartbeat is older than this is dead.
+    #[arg(long, env = "ENGINE_LEASE_TIME", default_value = "10s", value_parser = parse_lease_time)]
+    pub lease_time: Duration,
+
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,
@@ -197,6 +217,19 @@ impl ManagerConfig {
             .ok()
             .and_then(|exe| exe.parent().map(|dir| dir.join("strategy-executor")))
             .unwrap_or_else(|| PathBuf::from("strategy-executor"))
+    }
+
+    /// This manager's node name: `--node`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(engine_protocol::node_name)
+    }
+
+    /// The strategies this manager serves: every one, or with `--cluster` its node's.
+    pub fn scope(&self) -> engine_store::manager::Scope {
+        match self.cluster {
+            true => engine_store::manager::Scope::Node(self.node_name()),
+            false => engine_store::manager::Scope::All,
+        }
     }
 
     pub fn control_socket_path(&self) -> PathBuf {
@@ -221,6 +254,32 @@ impl ManagerConfig {
             max_crashes: self.restart_max_crashes.max(1),
         }
     }
+}
+
+/// A node name: 1 to 200 characters, none of them blank or a control character.
+pub fn parse_node_name(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > 200 {
+        return Err("a node name is 1 to 200 characters, like 'host-a' (or leave --node unset for the host name)".to_string());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "'{value}' has a blank or a control character; a node name is one word like 'host-a'"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A lease time: at least 1 s (a node beats every third of it), at most 10 min.
+pub fn parse_lease_time(value: &str) -> Result<Duration, String> {
+    let lease = humantime::parse_duration(value)
+        .map_err(|e| format!("'{value}' is not a duration like 10s ({e})"))?;
+    if lease < Duration::from_secs(1) || lease > Duration::from_secs(600) {
+        return Err(format!(
+            "a lease time of {value} is out of range: it must be from 1s to 10m (default 10s)"
+        ));
+    }
+    Ok(lease)
 }
 
 /// Where the HTTP server listens (`None`: disabled).
@@ -329,6 +388,34 @@ impl RestartPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_flags_are_checked_with_words_that_say_what_is_right() {
+        let config = ManagerConfig::parse_from(["engine-manager"]);
+        assert!(!config.cluster);
+        assert_eq!(config.capacity, 1000);
+        assert_eq!(config.lease_time, Duration::from_secs(10));
+        assert_eq!(config.node_name(), engine_protocol::node_name());
+        let config = ManagerConfig::parse_from([
+            "engine-manager",
+            "--cluster",
+            "--node",
+            "host-a",
+            "--lease-time",
+            "3s",
+        ]);
+        assert!(config.cluster);
+        assert_eq!(config.node_name(), "host-a");
+        assert_eq!(config.lease_time, Duration::from_secs(3));
+        assert!(parse_node_name(" ").unwrap_err().contains("1 to 200"));
+        assert!(parse_node_name("a b").unwrap_err().contains("one word"));
+        assert!(parse_lease_time("500ms")
+            .unwrap_err()
+            .contains("from 1s to 10m"));
+        assert!(parse_lease_time("ten").unwrap_err().contains("like 10s"));
+        let zero = ManagerConfig::try_parse_from(["engine-manager", "--capacity", "0"]);
+        assert!(zero.is_err());
+    }
 
     fn policy() -> RestartPolicy {
         RestartPolicy {

@@ -33,6 +33,13 @@ pub enum IntakeError {
     /// A `cancel` that did not take effect on the runs it named.
     #[error(transparent)]
     Cancel(#[from] crate::runs::CancelError),
+    /// A global command reached a cluster node, which serves only its own
+    /// strategies (a gap of this first slice of the cluster: README "Cluster").
+    #[error(
+        "global commands are not carried out in a cluster yet (a node would reach only its own strategies); \
+         send the command to each strategy instead, e.g. `enginectl stop NAME`"
+    )]
+    GlobalInCluster,
     /// A global command that did not take effect on some strategies.
     #[error("did not take effect on {} strateg{}: {}", failures.len(), if failures.len() == 1 { "y" } else { "ies" }, GlobalFailures(failures))]
     Global {
@@ -140,7 +147,11 @@ impl CommandIntake {
                 deletions_checked = tokio::time::Instant::now();
                 self.check_deleted().await;
             }
-            match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH).await {
+            if !db_down {
+                self.claim_strategies().await;
+            }
+            match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH, &self.shared.scope).await
+            {
                 Ok(rows) => {
                     if db_down {
                         tracing::info!("database is back; taking commands again");
@@ -241,6 +252,9 @@ impl CommandIntake {
                     }
                 });
             }
+            None if self.shared.scope.node().is_some() => {
+                self.finish(row.id, Err(IntakeError::GlobalInCluster));
+            }
             None => {
                 let superseded: HashSet<Uuid> = self
                     .supervisors
@@ -325,6 +339,41 @@ impl CommandIntake {
             );
             finish_with_retry(&shared, id, result).await;
         });
+    }
+
+    /// A cluster node: claim the strategies nobody owns that need an owner, when this
+    /// node is the least loaded ([`db::claim_strategies`]), and start a supervisor for
+    /// each, which acts as a manager's start-up does (a strategy that should run is
+    /// started). Commands for them are claimed next.
+    async fn claim_strategies(&mut self) {
+        let Some(node) = self.shared.scope.node() else {
+            return;
+        };
+        let claimed = match db::claim_strategies(&self.shared.pool, node, CLAIM_BATCH).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot claim strategies for this node");
+                return;
+            }
+        };
+        for id in claimed {
+            let row = match db::load_strategy(&self.shared.pool, id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => continue, // deleted meanwhile
+                Err(err) => {
+                    // Owned now: its commands come to this node, which starts its
+                    // supervisor on the first one.
+                    tracing::error!(error = %err, strategy_id = %id, "cannot load a strategy this node claimed");
+                    continue;
+                }
+            };
+            tracing::info!(strategy = %row.name, strategy_id = %id, node, "this node owns the strategy now");
+            let desired = row.desired_state;
+            let initial =
+                crate::initial_action(&self.shared, &row, false, Vec::new(), desired).await;
+            let handle = StrategySupervisor::spawn(self.shared.clone(), row, initial);
+            self.supervisors.insert(id, handle);
+        }
     }
 
     /// The supervisor of `id`, started on first use for a strategy added after boot.

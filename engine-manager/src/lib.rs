@@ -74,6 +74,8 @@ pub struct Shared {
     pub channels: Channels,
     pub executor_path: PathBuf,
     pub node: String,
+    /// Which strategies this manager serves: all, or (`--cluster`) its node's.
+    pub scope: db::Scope,
     pub boot_id: String,
     pub policy: RestartPolicy,
     pub live: Mutex<HashMap<Uuid, LiveEntry>>,
@@ -124,6 +126,12 @@ pub enum ManagerError {
         #[source]
         source: redis::RedisError,
     },
+    #[error(
+        "the state directory {} is in use: a live engine-manager answers on its control socket {}; \
+         give each node of a cluster its own --state-dir",
+        path.parent().unwrap_or(path).display(), path.display()
+    )]
+    StateDirInUse { path: PathBuf },
     #[error("cannot listen on the control socket {path}")]
     ControlSocket {
         path: PathBuf,
@@ -150,11 +158,13 @@ pub enum ManagerError {
 }
 
 impl ManagerError {
-    /// 3 when another manager serves the database, 2 for an HTTP set-up that must
+    /// 3 when another manager serves the database (or, in a cluster, holds this
+    /// node's name), 2 for an HTTP set-up that must
     /// not start (a bad tokens file, open beyond loopback), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ManagerError::Lease(LeaseError::Held { .. } | LeaseError::HeldUnknown) => 3,
+            ManagerError::Lease(held) if held.is_held() => 3,
+            ManagerError::StateDirInUse { .. } => 3,
             ManagerError::HttpAccess(_) | ManagerError::MissingRights { .. } => 2,
             _ => 1,
         }
@@ -192,11 +202,10 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let node = engine_protocol::node_name();
+    check_state_dir_free(&config).await?;
+    let node = config.node_name();
     let boot_id = engine_protocol::procfs::boot_id();
-    let options = db::connect_options(&config.database_url)?;
-    let lease = ManagerLease::acquire(&options, &node, std::process::id(), &boot_id).await?;
-    let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id.as_str());
+    let (lease, is_boot) = acquire_lease(&config, &node, &boot_id).await?;
     // Said in the lease row for the HTTP API and enginectl (the queue's capacity).
     let slots = i32::try_from(config.max_concurrent_runs).unwrap_or(i32::MAX);
     if let Err(err) = engine_store::runs_api::record_max_concurrent(&pool, slots).await {
@@ -219,6 +228,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         channels: Channels::new(config.redis_prefix.clone()),
         policy: config.restart_policy(),
         executor_path: config.executor_path(),
+        scope: config.scope(),
         config,
         pool,
         claim_pool,
@@ -253,7 +263,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let health =
         health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;
     background.spawn("health sampler", health.run());
-    let interval = shared.config.health_interval;
+    let interval = lease.beat_interval(shared.config.health_interval);
     background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));
     let run_queue = runs::RunQueue::new(shared.clone(), runs_inbox);
     background.spawn("run queue", run_queue.run());
@@ -264,6 +274,42 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
 
     let failure = background.watch(&shutdown).await;
     stop(&shared, background, failure, &socket).await
+}
+
+/// Take the lease: as the one manager of the database, or (`--cluster`) as node
+/// `node` of a cluster. Also says whether the host booted since the previous manager
+/// (in a cluster: the previous life of this node) ran.
+async fn acquire_lease(
+    config: &ManagerConfig,
+    node: &str,
+    boot_id: &str,
+) -> Result<(ManagerLease, bool), ManagerError> {
+    let mode = if config.cluster {
+        lease::LeaseMode::Cluster {
+            node: node.to_string(),
+            capacity: config.capacity,
+            lease_time: config.lease_time,
+        }
+    } else {
+        lease::LeaseMode::Single
+    };
+    let options = db::connect_options(&config.database_url)?;
+    let host = engine_protocol::node_name();
+    let lease = ManagerLease::acquire(&options, &host, std::process::id(), boot_id, mode).await?;
+    let is_boot = lease.previous_boot_id.as_deref() != Some(boot_id);
+    Ok((lease, is_boot))
+}
+
+/// A cluster node refuses a state directory another live manager uses (nodes on one
+/// host, one `--state-dir` given twice): it would take that manager's executors for
+/// strays of its own. Without `--cluster` the database lease alone decides, as
+/// always.
+async fn check_state_dir_free(config: &ManagerConfig) -> Result<(), ManagerError> {
+    let path = config.control_socket_path();
+    if config.cluster && tokio::net::UnixStream::connect(&path).await.is_ok() {
+        return Err(ManagerError::StateDirInUse { path });
+    }
+    Ok(())
 }
 
 /// The control socket every executor connects to, bound: its path and server.
@@ -375,14 +421,18 @@ async fn load_until_ready(
     let pool = &shared.pool;
     loop {
         let loaded = async {
-            let recovered = db::load_processing(pool).await?;
+            let recovered = db::load_processing(pool, &shared.scope).await?;
             let superseded = if recovered.is_empty() {
                 Vec::new()
             } else {
                 db::superseded_recovered(pool).await?
             };
             shared.command_metrics.seed(pool).await?;
-            Ok::<_, sqlx::Error>((db::load_strategies(pool).await?, recovered, superseded))
+            Ok::<_, sqlx::Error>((
+                db::load_strategies(pool, &shared.scope).await?,
+                recovered,
+                superseded,
+            ))
         };
         match loaded.await {
             Ok(loaded) => return Ok(loaded),
@@ -431,7 +481,7 @@ async fn start_supervisors(
                 pid,
                 ticks,
                 &id.to_string(),
-                "an executor of a strategy that is not in the database",
+                "an executor of a strategy this manager does not serve (not in the database, or owned by another node)",
             );
         }
     }
@@ -501,7 +551,7 @@ fn boot_desired(row: DesiredState, implied: DesiredState) -> DesiredState {
 /// starts. A live executor of ours is adopted; after a host reboot only `auto_start`
 /// strategies not stopped by an operator come back; after a manager restart every
 /// strategy whose desired state is running or paused does.
-async fn initial_action(
+pub(crate) async fn initial_action(
     shared: &Shared,
     row: &db::StrategyRow,
     is_boot: bool,

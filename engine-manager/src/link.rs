@@ -92,8 +92,8 @@ impl ControlServer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        // A socket file left by a previous manager: we hold the database lease, so
-        // nobody else is listening on it.
+        // A socket file left by a previous manager: we hold the database lease (a
+        // cluster node: and found nobody answering on it), so nobody listens on it.
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         Ok(ControlServer { listener, routes })

@@ -449,6 +449,15 @@ fn accept(
             return;
         }
     };
+    if shared.scope.node().is_some()
+        && !shared
+            .live
+            .lock()
+            .expect("live lock")
+            .contains_key(&row.strategy_id)
+    {
+        return; // a cluster node records only its own strategies' metrics
+    }
     let (pending, metrics) = PendingRow::split(row);
     let last = LastMetrics {
         pnl: pending.pnl,

@@ -33,10 +33,135 @@ pub async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
         .await
 }
 
+/// Try to take the advisory lock shared, as a cluster node does (`--cluster`): any
+/// number of nodes hold it together, and none while a manager without `--cluster`
+/// holds it exclusively ([`try_lock`]), nor that one while a node holds it.
+pub async fn try_lock_shared(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock_shared($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(conn)
+        .await
+}
+
+/// The first key of a node's own advisory lock (the second is `hashtext` of its
+/// name): a two-key lock, so apart from [`LOCK_KEY`]'s space ("NODE" in ASCII).
+pub const NODE_LOCK_CLASS: i32 = 0x4e4f_4445;
+
+/// Try to take the lock of node `node` on this session; `false` when a live node of
+/// that name holds it (or, rarely, one whose name hashes alike).
+pub async fn try_lock_node(conn: &mut PgConnection, node: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+        .bind(NODE_LOCK_CLASS)
+        .bind(node)
+        .fetch_one(conn)
+        .await
+}
+
+/// Whether cluster nodes hold [`LOCK_KEY`] (shared) right now.
+pub async fn cluster_holds_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' \
+               AND d.datname = current_database() \
+               AND l.classid::text::int8 = $1 AND l.objid::text::int8 = $2 AND l.objsubid = 1)",
+    )
+    .bind(LOCK_KEY >> 32)
+    .bind(LOCK_KEY & 0xffff_ffff)
+    .fetch_one(conn)
+    .await
+}
+
+/// A cluster node's row in `engine_nodes`, as it writes it at start.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NodeRow {
+    pub node: String,
+    pub host: String,
+    pub pid: i32,
+    pub boot_id: String,
+    pub started_at: DateTime<Utc>,
+    pub capacity: i32,
+    pub lease_ms: i32,
+}
+
+/// The row of node `node`, if it ever ran.
+pub async fn read_node(
+    conn: &mut PgConnection,
+    node: &str,
+) -> Result<Option<NodeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT node, host, pid, boot_id, started_at, capacity, lease_ms FROM engine_nodes WHERE node = $1",
+    )
+    .bind(node)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The most recently beating node of the cluster, if any (for a refusal's words).
+pub async fn newest_node(conn: &mut PgConnection) -> Result<Option<NodeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT node, host, pid, boot_id, started_at, capacity, lease_ms FROM engine_nodes \
+         ORDER BY heartbeat_at DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Write (or overwrite) the node's row, its heartbeat now. `draining` is kept.
+pub async fn write_node(conn: &mut PgConnection, row: &NodeRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO engine_nodes (node, host, pid, boot_id, started_at, heartbeat_at, capacity, lease_ms) \
+         VALUES ($1, $2, $3, $4, $5, now(), $6, $7) \
+         ON CONFLICT (node) DO UPDATE SET host = $2, pid = $3, boot_id = $4, started_at = $5, \
+             heartbeat_at = now(), capacity = $6, lease_ms = $7",
+    )
+    .bind(&row.node)
+    .bind(&row.host)
+    .bind(row.pid)
+    .bind(&row.boot_id)
+    .bind(row.started_at)
+    .bind(row.capacity)
+    .bind(row.lease_ms)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// A cluster node's heartbeat: its `engine_nodes` row and the manager lease row (what
+/// operators' tools read to tell whether a manager serves the database) in one
+/// statement, whatever the number of strategies the node owns. `false` when the
+/// node's row is gone.
+pub async fn node_heartbeat(conn: &mut PgConnection, node: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH beat AS (UPDATE engine_nodes SET heartbeat_at = now() WHERE node = $1 RETURNING 1), \
+              lease AS (UPDATE engine_manager_lease SET heartbeat_at = now() WHERE id = 1) \
+         SELECT EXISTS (SELECT 1 FROM beat)",
+    )
+    .bind(node)
+    .fetch_one(conn)
+    .await
+}
+
 /// Release the advisory lock held by this session.
 pub async fn unlock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Release the shared advisory lock held by this session.
+pub async fn unlock_shared(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(LOCK_KEY)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Release every advisory lock of this session (a node's two).
+pub async fn unlock_all(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock_all()")
         .execute(conn)
         .await
         .map(drop)

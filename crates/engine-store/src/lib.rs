@@ -9,8 +9,9 @@
 //! - [`manager`]: what the daemon says to PostgreSQL: connecting (creating the
 //!   database when missing), migrations, claiming and finishing commands, recording
 //!   observed and desired state, metrics and their pruning.
-//! - [`lease`]: one manager per database: the advisory lock and the lease row, taken
-//!   and beaten by the daemon, read by operators' tools.
+//! - [`lease`]: one manager per database, or a cluster's nodes: the advisory locks,
+//!   the lease row and `engine_nodes`, taken and beaten by the daemon, read by
+//!   operators' tools. [`nodes`]: the cluster's nodes as `enginectl nodes` shows them.
 //! - [`commands`]: inserting a command row (one statement for every tool), and
 //!   checking a row and turning it into a typed command.
 //! - [`executions`]: interval strategies' columns and their statistics (read when a
@@ -49,6 +50,7 @@ pub mod limits;
 pub mod manager;
 pub mod market;
 pub mod metrics;
+pub mod nodes;
 pub mod operator;
 pub mod roles;
 pub mod runs;

@@ -201,10 +201,81 @@ const STRATEGY_COLUMNS: &str =
      restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy, \
      broker_state, execution_interval_s, limits";
 
-pub async fn load_strategies(pool: &PgPool) -> Result<Vec<StrategyRow>, sqlx::Error> {
+/// Which strategies a manager serves: every one (a manager without `--cluster`), or
+/// those its node owns (`strategy_configs.node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Node(String),
+}
+
+impl Scope {
+    /// The owner to filter on; `None` for every strategy.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Scope::All => None,
+            Scope::Node(node) => Some(node),
+        }
+    }
+}
+
+/// The strategies the manager serves (see [`Scope`]).
+pub async fn load_strategies(
+    pool: &PgPool,
+    scope: &Scope,
+) -> Result<Vec<StrategyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {STRATEGY_COLUMNS} FROM strategy_configs ORDER BY name"
+        "SELECT {STRATEGY_COLUMNS} FROM strategy_configs \
+         WHERE $1::text IS NULL OR node = $1 ORDER BY name"
     ))
+    .bind(scope.node())
+    .fetch_all(pool)
+    .await
+}
+
+/// A cluster node's claim of the strategies nobody owns that need an owner: those
+/// that should run (`desired_state` running or paused, or `auto_start` not stopped by
+/// an operator) and those with a pending command or a queued run. Only the least
+/// loaded live node that is not draining claims (strategies owned over capacity,
+/// ties by name), and at most its share of what is unowned and `limit`, so that
+/// nodes starting together take turns; `FOR UPDATE SKIP LOCKED` and `node IS NULL`
+/// make each strategy one node's. Each claim moves `lease_epoch` up by one. Returns
+/// the ids claimed.
+pub async fn claim_strategies(
+    pool: &PgPool,
+    node: &str,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH live AS ( \
+             SELECT n.node, n.capacity, \
+                 (SELECT count(*) FROM strategy_configs c WHERE c.node = n.node) AS owned \
+             FROM engine_nodes n \
+             WHERE n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond' AND NOT n.draining), \
+         best AS ( \
+             SELECT node, capacity - owned AS room FROM live WHERE owned < capacity \
+             ORDER BY owned::float8 / capacity, node LIMIT 1), \
+         wanted AS ( \
+             SELECT c.id, c.created_at FROM strategy_configs c \
+             WHERE c.node IS NULL AND (c.desired_state IN ('running', 'paused') \
+                 OR (c.auto_start AND NOT c.operator_stopped) \
+                 OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id AND k.status = 'pending') \
+                 OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id AND r.state = 'queued'))), \
+         share AS ( \
+             SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM best WHERE node = $1) THEN 0 \
+                 ELSE LEAST($2, (SELECT room FROM best), \
+                     ceil((SELECT count(*) FROM wanted)::float8 / GREATEST((SELECT count(*) FROM live), 1))::int8) \
+                 END AS n), \
+         next AS ( \
+             SELECT c.id FROM strategy_configs c \
+             WHERE c.id IN (SELECT id FROM wanted) AND c.node IS NULL \
+             ORDER BY c.created_at, c.id LIMIT (SELECT COALESCE(n, 0) FROM share) \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE strategy_configs c SET node = $1, lease_epoch = c.lease_epoch + 1 \
+         FROM next WHERE c.id = next.id RETURNING c.id",
+    )
+    .bind(node)
+    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -291,15 +362,24 @@ pub struct CommandRow {
 
 /// Claim up to `limit` pending commands, oldest first, marking them `processing` in
 /// this statement's own transaction (so a crash leaves them visibly `processing`).
-pub async fn claim_pending(pool: &PgPool, limit: i64) -> Result<Vec<CommandRow>, sqlx::Error> {
+/// Claim up to `limit` pending commands in order: every one, or (a cluster node)
+/// the global ones and those of the strategies it owns.
+pub async fn claim_pending(
+    pool: &PgPool,
+    limit: i64,
+    scope: &Scope,
+) -> Result<Vec<CommandRow>, sqlx::Error> {
     let mut rows: Vec<CommandRow> = sqlx::query_as(
         "WITH next AS ( \
              SELECT id FROM strategy_commands WHERE status = 'pending' \
+                 AND ($2::text IS NULL OR strategy_id IS NULL \
+                     OR strategy_id IN (SELECT id FROM strategy_configs WHERE node = $2)) \
              ORDER BY created_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
          UPDATE strategy_commands c SET status = 'processing' FROM next WHERE c.id = next.id \
          RETURNING c.id, c.strategy_id, c.command, c.parameters, c.created_at, c.seq",
     )
     .bind(limit)
+    .bind(scope.node())
     .fetch_all(pool)
     .await?;
     rows.sort_by_key(|r| (r.created_at, r.seq));
@@ -307,11 +387,15 @@ pub async fn claim_pending(pool: &PgPool, limit: i64) -> Result<Vec<CommandRow>,
 }
 
 /// Commands a previous manager left `processing` (it died in the middle of them).
-pub async fn load_processing(pool: &PgPool) -> Result<Vec<CommandRow>, sqlx::Error> {
+/// For a cluster node, those of the strategies it owns and the global ones.
+pub async fn load_processing(pool: &PgPool, scope: &Scope) -> Result<Vec<CommandRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, strategy_id, command, parameters, created_at, seq FROM strategy_commands \
-         WHERE status = 'processing' ORDER BY created_at, seq",
+         WHERE status = 'processing' AND ($1::text IS NULL OR strategy_id IS NULL \
+             OR strategy_id IN (SELECT id FROM strategy_configs WHERE node = $1)) \
+         ORDER BY created_at, seq",
     )
+    .bind(scope.node())
     .fetch_all(pool)
     .await
 }

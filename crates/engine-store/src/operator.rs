@@ -158,6 +158,8 @@ pub struct StrategyRecord {
     pub executions: crate::executions::ExecutionColumns,
     /// Its resource limits (`{}`: none).
     pub limits: Value,
+    /// The cluster node that owns it (`None`: none, or no cluster).
+    pub node: Option<String>,
 }
 
 impl StrategyRecord {
@@ -171,7 +173,7 @@ const COLUMNS: &str = "id, name, strategy_type, config, auto_start, desired_stat
                        last_error, restart_count, started_at, created_at, execution_interval_s, \
                        max_execution_s, next_execution_at, last_execution_at, execution_count, \
                        successful_executions, failed_executions, skipped_executions, \
-                       last_execution_duration_ms, avg_execution_ms, last_execution_error, limits";
+                       last_execution_duration_ms, avg_execution_ms, last_execution_error, limits, node";
 
 pub async fn strategies(pool: &PgPool) -> anyhow::Result<Vec<StrategyRecord>> {
     sqlx::query_as(&format!(
@@ -614,6 +616,7 @@ mod tests {
             created_at: Utc::now(),
             executions: Default::default(),
             limits: serde_json::json!({}),
+            node: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! the reads of adoption and cancel, the `securities` and `market_bars` reads that
 //! resolve a run's parameters, and the bars COPY streamed into a run's bars file.
 
+use crate::manager::Scope;
 use chrono::{DateTime, Utc};
 use engine_protocol::runs::{RunMode, RunPriority, RunState};
 use futures_util::StreamExt;
@@ -50,10 +51,14 @@ fn queue_key(row: &RunRow) -> (RunPriority, DateTime<Utc>, i64) {
 
 /// Claim up to `limit` queued runs in queue order (`FOR UPDATE SKIP LOCKED`), moving
 /// them to `starting` (stage `loading`) on `node`, with `started_at` now.
+///
+/// A cluster node (`scope` [`Scope::Node`]) claims only the runs of the strategies
+/// it owns, under its strategy's `lease_epoch`.
 pub async fn claim_queued(
     pool: &PgPool,
     limit: i64,
     node: &str,
+    scope: &Scope,
 ) -> Result<Vec<RunRow>, sqlx::Error> {
     if limit <= 0 {
         return Ok(Vec::new());
@@ -61,27 +66,31 @@ pub async fn claim_queued(
     let mut rows: Vec<RunRow> = sqlx::query_as(&format!(
         "WITH next AS ( \
              SELECT id FROM strategy_runs WHERE state = 'queued' \
+                 AND ($3::text IS NULL OR strategy_id IN (SELECT id FROM strategy_configs WHERE node = $3)) \
              ORDER BY (CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END), created_at, seq \
              LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE strategy_runs r SET state = 'starting', node = $2, stage = 'loading', \
+         UPDATE strategy_runs r SET state = 'starting', node = $2, lease_epoch = c.lease_epoch, stage = 'loading', \
              message = 'resolving parameters and loading bars', started_at = now(), updated_at = now() \
          FROM next, strategy_configs c WHERE r.id = next.id AND c.id = r.strategy_id \
          RETURNING {RUN_COLUMNS}"
     ))
     .bind(limit)
     .bind(node)
+    .bind(scope.node())
     .fetch_all(pool)
     .await?;
     rows.sort_by_key(queue_key);
     Ok(rows)
 }
 
-/// The runs that are `starting` or `running` (what a manager adopts at start-up).
-pub async fn active_runs(pool: &PgPool) -> Result<Vec<RunRow>, sqlx::Error> {
+/// The runs that are `starting` or `running` (what a manager adopts at start-up); a
+/// cluster node's own only (`strategy_runs.node`).
+pub async fn active_runs(pool: &PgPool, scope: &Scope) -> Result<Vec<RunRow>, sqlx::Error> {
     let mut rows: Vec<RunRow> = sqlx::query_as(&format!(
         "SELECT {RUN_COLUMNS} FROM strategy_runs r JOIN strategy_configs c ON c.id = r.strategy_id \
-         WHERE r.state IN ('starting', 'running')"
+         WHERE r.state IN ('starting', 'running') AND ($1::text IS NULL OR r.node = $1)"
     ))
+    .bind(scope.node())
     .fetch_all(pool)
     .await?;
     rows.sort_by_key(queue_key);

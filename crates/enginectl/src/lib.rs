@@ -12,6 +12,7 @@
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`audit`], [`doctor`], [`executor`] (`types`, validation).
+//! - [`nodes`]: `nodes`, the cluster's nodes.
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
 //!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
@@ -27,6 +28,7 @@ pub mod feed;
 pub mod history;
 pub mod lease_words;
 pub mod logs;
+pub mod nodes;
 pub mod run_view;
 pub mod runs;
 pub mod schedules;
@@ -225,6 +227,13 @@ pub enum Command {
     },
     /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
     Doctor,
+    /// The cluster's nodes (managers started with --cluster): host, pid, heartbeat
+    /// age, strategies owned / capacity, draining.
+    Nodes {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Market data for runs: what is loaded (`data`), `data generate`, `data import`.
     Data(data::DataArgs),
 }
@@ -336,6 +345,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
             json,
         } => audit::audit(&target, strategy, since.as_deref(), lines, json).await,
         Command::Doctor => doctor::doctor(&target).await,
+        Command::Nodes { json } => nodes::nodes(&target, json).await,
         Command::Run(args) => runs::run(&target, args, shutdown).await,
         Command::Runs {
             name,

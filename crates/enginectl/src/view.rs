@@ -53,6 +53,8 @@ pub struct StrategyView {
     /// An interval strategy's interval, time limit and execution statistics (`null`
     /// for a continuous strategy).
     pub executions: Option<ExecutionColumns>,
+    /// The cluster node that owns it (`null`: none, or no cluster).
+    pub node: Option<String>,
     /// What the age is computed from when it is shown.
     #[serde(skip)]
     pub tick: TickSeen,
@@ -192,6 +194,7 @@ impl StrategyView {
                 .execution_interval_s
                 .is_some()
                 .then(|| record.executions.clone()),
+            node: record.node.clone(),
             tick,
         }
     }
@@ -260,50 +263,75 @@ pub async fn load_views(target: &Target) -> anyhow::Result<Vec<StrategyView>> {
     Ok(views)
 }
 
-/// The `list` table.
+/// The `list` table; with a `NODE` column when a cluster node owns any strategy.
 pub fn list_table(views: &[StrategyView]) -> Table {
-    let mut t = Table::new(&[
-        ("NAME", Align::Left),
-        ("TYPE", Align::Left),
-        ("STATUS", Align::Left),
-        ("DESIRED", Align::Left),
-        ("PID", Align::Right),
-        ("UPTIME", Align::Right),
-        ("CPU", Align::Right),
-        ("MEM", Align::Right),
-        ("RESTARTS", Align::Right),
-        ("PNL", Align::Right),
-        ("PNL TOTAL", Align::Right),
-        ("TICK", Align::Right),
-        ("EXECUTIONS", Align::Left),
-        ("LAST ERROR", Align::Left),
-    ]);
+    let with_node = views.iter().any(|v| v.node.is_some());
+    let mut t = list_table_columns(with_node);
     for v in views {
-        t.push(vec![
-            v.name.clone(),
-            v.strategy_type.clone(),
-            v.status.to_string(),
-            v.desired_state.to_string(),
-            v.pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| table::NONE.into()),
-            v.uptime_s
-                .map(table::duration)
-                .unwrap_or_else(|| table::NONE.into()),
-            table::against_limit(table::percent(v.cpu_percent), v.cpu_limit_percent, "%"),
-            table::against_limit(table::megabytes(v.memory_mb), v.memory_limit_mb, " MB"),
-            v.restart_count.to_string(),
-            table::money(v.pnl),
-            table::money(v.pnl_total),
-            tick_cell(v.last_tick_age_ms, v.stale),
-            executions_cell(v.executions.as_ref()),
-            v.last_error
-                .as_deref()
-                .map(|e| table::shorten(e, 60))
-                .unwrap_or_default(),
-        ]);
+        let mut row = list_row(v);
+        if with_node {
+            row.insert(1, v.node.clone().unwrap_or_else(|| table::NONE.into()));
+        }
+        t.push(row);
     }
     t
+}
+
+fn list_table_columns(with_node: bool) -> Table {
+    let node: &[(&'static str, Align)] = if with_node {
+        &[("NODE", Align::Left)]
+    } else {
+        &[]
+    };
+    let columns: Vec<(&'static str, Align)> = [("NAME", Align::Left)]
+        .into_iter()
+        .chain(node.iter().copied())
+        .chain(LIST_COLUMNS.iter().copied())
+        .collect();
+    Table::new(&columns)
+}
+
+const LIST_COLUMNS: &[(&str, Align)] = &[
+    ("TYPE", Align::Left),
+    ("STATUS", Align::Left),
+    ("DESIRED", Align::Left),
+    ("PID", Align::Right),
+    ("UPTIME", Align::Right),
+    ("CPU", Align::Right),
+    ("MEM", Align::Right),
+    ("RESTARTS", Align::Right),
+    ("PNL", Align::Right),
+    ("PNL TOTAL", Align::Right),
+    ("TICK", Align::Right),
+    ("EXECUTIONS", Align::Left),
+    ("LAST ERROR", Align::Left),
+];
+
+/// One strategy's cells of the `list` table, the node's aside.
+fn list_row(v: &StrategyView) -> Vec<String> {
+    vec![
+        v.name.clone(),
+        v.strategy_type.clone(),
+        v.status.to_string(),
+        v.desired_state.to_string(),
+        v.pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| table::NONE.into()),
+        v.uptime_s
+            .map(table::duration)
+            .unwrap_or_else(|| table::NONE.into()),
+        table::against_limit(table::percent(v.cpu_percent), v.cpu_limit_percent, "%"),
+        table::against_limit(table::megabytes(v.memory_mb), v.memory_limit_mb, " MB"),
+        v.restart_count.to_string(),
+        table::money(v.pnl),
+        table::money(v.pnl_total),
+        tick_cell(v.last_tick_age_ms, v.stale),
+        executions_cell(v.executions.as_ref()),
+        v.last_error
+            .as_deref()
+            .map(|e| table::shorten(e, 60))
+            .unwrap_or_default(),
+    ]
 }
 
 /// The executions column: `-` for a continuous strategy, else the interval, the
@@ -358,7 +386,25 @@ mod tests {
             created_at: Utc::now(),
             executions: Default::default(),
             limits: serde_json::json!({"memory_mb": 64}),
+            node: None,
         }
+    }
+
+    #[test]
+    fn list_shows_the_owner_node_only_on_a_cluster() {
+        let now = Utc::now();
+        let view = |node: Option<&str>| {
+            let mut r = record("running", Some(42), Some(now));
+            r.node = node.map(str::to_string);
+            StrategyView::build(&r, Sources::default(), now)
+        };
+        let single = list_table(&[view(None)]).render();
+        assert!(!single.contains("NODE"), "{single}");
+        let cluster = list_table(&[view(Some("host-a")), view(None)]).render();
+        let lines: Vec<&str> = cluster.lines().collect();
+        assert!(lines[0].starts_with("NAME  NODE"), "{cluster}");
+        assert!(lines[1].starts_with("a     host-a"), "{cluster}");
+        assert!(lines[2].starts_with("a     -"), "{cluster}");
     }
 
     #[test]

@@ -517,6 +517,7 @@ mod tests {
             tick: Default::default(),
             last_error: None,
             executions: None,
+            node: None,
         }
     }
 

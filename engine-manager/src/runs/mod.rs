@@ -215,7 +215,13 @@ impl RunQueue {
         if free == 0 {
             return Ok(());
         }
-        let rows = store::claim_queued(&self.shared.pool, free as i64, &self.shared.node).await?;
+        let rows = store::claim_queued(
+            &self.shared.pool,
+            free as i64,
+            &self.shared.node,
+            &self.shared.scope,
+        )
+        .await?;
         for row in rows {
             tracing::info!(run_id = %row.id, strategy = %row.name, mode = %row.mode, "run claimed");
             self.launch(row, Start::Fresh);
@@ -247,7 +253,7 @@ impl RunQueue {
     /// for the database if it is away; `false` if the manager stops first.
     async fn adopt_until_ready(&mut self) -> bool {
         loop {
-            match store::active_runs(&self.shared.pool).await {
+            match store::active_runs(&self.shared.pool, &self.shared.scope).await {
                 Ok(rows) => {
                     self.adopt(rows).await;
                     return true;
