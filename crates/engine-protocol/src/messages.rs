@@ -73,6 +73,19 @@ impl Channels {
     }
 }
 
+/// A Redis glob pattern that matches `literal` exactly (`*`, `?`, `[`, `]` and `\\`
+/// escaped): a prefix in a subscription pattern or an ACL channel rule.
+pub fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The observed state of a strategy (the `status` vocabulary of the contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -423,6 +436,12 @@ pub fn node_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_globs() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("t1:"), "t1:");
+    }
 
     #[test]
     fn channel_names_match_the_contract() {
