@@ -216,8 +216,8 @@ pub struct ExecutorUsers {
     mode: Mode,
     /// The users this manager keeps, by strategy: their password digests (the files).
     users: HashMap<Uuid, String>,
-    /// Users to delete once Redis answers.
-    doomed: HashSet<Uuid>,
+    /// Users to delete once Redis answers, with the digest they were made with.
+    doomed: HashMap<Uuid, String>,
     /// Whether the unreachable Redis was logged (once per outage).
     outage_logged: bool,
 }
@@ -247,7 +247,7 @@ impl ExecutorUsers {
             inbox,
             mode: Mode::Unchecked,
             users: HashMap::new(),
-            doomed: HashSet::new(),
+            doomed: HashMap::new(),
             outage_logged: false,
         };
         (task, ExecutorUsersHandle { tx, shared_url })
@@ -343,36 +343,51 @@ impl ExecutorUsers {
     }
 
     async fn release(&mut self, strategy_id: Uuid) {
-        if self.users.remove(&strategy_id).is_none() {
+        let Some(digest) = self.users.remove(&strategy_id) else {
             return;
-        }
+        };
         let path = self.dir.join(strategy_id.to_string());
         if let Err(err) = tasks::blocking(move || std::fs::remove_file(path)).await {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(%strategy_id, error = %err, "cannot remove the record of the executor's redis user");
             }
         }
-        self.doomed.insert(strategy_id);
+        self.doomed.insert(strategy_id, digest);
         if let Err(err) = self.delete_users().await {
             self.note_failure("delete the executor's redis user", &err);
         }
     }
 
-    /// Delete the users in `doomed`.
+    /// Delete the users in `doomed` that still have the password they were made with:
+    /// one with another is no longer this manager's (the strategy moved to another
+    /// node, whose manager made it anew).
     async fn delete_users(&mut self) -> redis::RedisResult<()> {
-        if self.doomed.is_empty() || self.mode == Mode::Shared {
+        if self.mode == Mode::Shared {
             return Ok(());
         }
-        let names: Vec<String> = self
+        let doomed: Vec<(Uuid, String)> = self
             .doomed
             .iter()
-            .map(|id| user_name(&self.prefix, *id))
+            .map(|(id, digest)| (*id, digest.clone()))
             .collect();
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("DELUSER").arg(&names);
-        let _: i64 = self.query(&cmd).await?;
-        tracing::debug!(users = ?names, "redis users deleted");
-        self.doomed.clear();
+        for (id, digest) in doomed {
+            let name = user_name(&self.prefix, id);
+            let user: Option<HashMap<String, redis::Value>> = self
+                .query(redis::cmd("ACL").arg("GETUSER").arg(&name))
+                .await?;
+            let ours = user.is_some_and(|user| {
+                user.get("passwords")
+                    .and_then(|p| redis::from_redis_value_ref::<Vec<String>>(p).ok())
+                    .is_some_and(|passwords| passwords.contains(&digest))
+            });
+            if ours {
+                let _: i64 = self
+                    .query(redis::cmd("ACL").arg("DELUSER").arg(&name))
+                    .await?;
+                tracing::debug!(user = %name, "redis user deleted");
+            }
+            self.doomed.remove(&id);
+        }
         Ok(())
     }
 
@@ -395,9 +410,6 @@ impl ExecutorUsers {
         }
         if let Err(err) = self.delete_users().await {
             self.note_failure("delete executors' redis users", &err);
-            return;
-        }
-        if self.users.is_empty() {
             return;
         }
         let existing: HashSet<String> = match self.query(redis::cmd("ACL").arg("USERS")).await {

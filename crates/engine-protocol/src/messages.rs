@@ -349,7 +349,8 @@ pub enum ExecutorCommandKind {
     Resume,
 }
 
-/// A command from the manager to an executor (on Redis and on the control link).
+/// A command from the manager to an executor: sent on the control link (the only
+/// way an executor takes commands) and announced on Redis for dashboards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutorCommand {
     /// The target; absent on `strategy:global:commands`.
@@ -369,9 +370,9 @@ pub struct ExecutorCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Who sent it: `manager` on the manager's own `strategy:global:commands`
-    /// broadcast, which it publishes after its supervisors applied the command (an
-    /// executor under a manager then ignores it: it got the command over its control
-    /// link, in order). Absent elsewhere. Additive to the contract.
+    /// announcement, which it publishes after its supervisors applied the command
+    /// (no executor acts on it: each got the command over its control link, in
+    /// order). Absent elsewhere. Additive to the contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }
