@@ -218,6 +218,9 @@ pub struct ExecutorUsers {
     users: HashMap<Uuid, String>,
     /// Users to delete once Redis answers, with the digest they were made with.
     doomed: HashMap<Uuid, String>,
+    /// Users issued while Redis was away: made (or given their new password) by the
+    /// next reconcile, whether Redis has a user of that name or not.
+    unsynced: HashSet<Uuid>,
     /// Whether the unreachable Redis was logged (once per outage).
     outage_logged: bool,
 }
@@ -248,6 +251,7 @@ impl ExecutorUsers {
             mode: Mode::Unchecked,
             users: HashMap::new(),
             doomed: HashMap::new(),
+            unsynced: HashSet::new(),
             outage_logged: false,
         };
         (task, ExecutorUsersHandle { tx, shared_url })
@@ -334,9 +338,13 @@ impl ExecutorUsers {
         self.users.insert(strategy_id, digest.clone());
         // While Redis is away the user is made by the next reconcile; the executor
         // retries its connections until then.
+        self.unsynced.insert(strategy_id);
         if self.connection.is_some() || !self.outage_logged {
-            if let Err(err) = self.set_user(strategy_id, &digest).await {
-                self.note_failure("create the executor's redis user", &err);
+            match self.set_user(strategy_id, &digest).await {
+                Ok(()) => {
+                    self.unsynced.remove(&strategy_id);
+                }
+                Err(err) => self.note_failure("create the executor's redis user", &err),
             }
         }
         url
@@ -346,6 +354,7 @@ impl ExecutorUsers {
         let Some(digest) = self.users.remove(&strategy_id) else {
             return;
         };
+        self.unsynced.remove(&strategy_id);
         let path = self.dir.join(strategy_id.to_string());
         if let Err(err) = tasks::blocking(move || std::fs::remove_file(path)).await {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -422,13 +431,15 @@ impl ExecutorUsers {
         let missing: Vec<(Uuid, String)> = self
             .users
             .iter()
-            .filter(|(id, _)| !existing.contains(&user_name(&self.prefix, **id)))
+            .filter(|(id, _)| {
+                self.unsynced.contains(id) || !existing.contains(&user_name(&self.prefix, **id))
+            })
             .map(|(id, digest)| (*id, digest.clone()))
             .collect();
         if !missing.is_empty() {
             tracing::info!(
                 users = missing.len(),
-                "making again the redis users of running executors that redis lost"
+                "making the redis users of running executors that redis lost or did not get"
             );
         }
         for (id, digest) in missing {
@@ -436,6 +447,7 @@ impl ExecutorUsers {
                 self.note_failure("create an executor's redis user", &err);
                 return;
             }
+            self.unsynced.remove(&id);
         }
         self.redis_answered();
     }
@@ -628,6 +640,10 @@ mod tests {
         assert_eq!(
             executor_url("rediss://manager:old@redis.example", "u", "pw").unwrap(),
             "rediss://u:pw@redis.example"
+        );
+        assert_eq!(
+            executor_url("rediss://:old@127.0.0.1:7000/0#insecure", "u", "pw").unwrap(),
+            "rediss://u:pw@127.0.0.1:7000/0#insecure"
         );
         assert_eq!(
             executor_url("redis+unix:///run/redis.sock?db=1&pass=old", "u", "pw").unwrap(),
