@@ -196,6 +196,13 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_LEASE_TIME", default_value = "10s", value_parser = parse_lease_time)]
     pub lease_time: Duration,
 
+    /// Redis users of the executors: `auto` gives each executor a Redis user of its
+    /// own that may publish only its own channels, where Redis (7.0 or newer) lets the
+    /// manager's user run `ACL SETUSER`; `off` gives every executor the manager's URL.
+    /// Said at start-up and in `enginectl doctor`.
+    #[arg(long, env = "ENGINE_REDIS_ACL", value_enum, default_value_t = crate::redis_users::RedisAclChoice::Auto)]
+    pub redis_acl: crate::redis_users::RedisAclChoice,
+
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,

@@ -316,8 +316,8 @@ impl CommandIntake {
             } else {
                 Err(IntakeError::Global { failures })
             };
-            // Tell every executor too (e.g. one run by hand), now that the supervised
-            // ones took it in order; they ignore a command id they already applied.
+            // Announce it for dashboards, now that the supervised executors took it
+            // over their control links, in order (no executor acts on the channel).
             let (command, mode) = match &kind {
                 CommandKind::Stop { mode, .. } => (ExecutorCommandKind::Shutdown, Some(*mode)),
                 CommandKind::Pause => (ExecutorCommandKind::Pause, None),

@@ -40,6 +40,7 @@ pub mod log_rotation;
 pub mod process;
 pub mod publisher;
 pub mod recorder;
+pub mod redis_users;
 pub mod runs;
 pub mod schedules;
 pub mod supervisor;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub http_access: Arc<http::HttpAccess>,
     /// How resource limits are enforced here (chosen at start-up).
     pub limiter: Arc<limits::Limiter>,
+    /// The executors' Redis users: the URL each new executor gets, and its release.
+    pub redis_users: redis_users::ExecutorUsersHandle,
 }
 
 impl Shared {
@@ -215,12 +218,8 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let redis_client = open_redis(&config.redis_url)?;
 
     let mut background = ManagerTasks::default();
-    let (publisher, publishing) = publisher::start(
-        redis_client.clone(),
-        &config.redis_url,
-        background.last_cancel(),
-    );
-    background.spawn_last("publisher", publishing);
+    let (publisher, redis_users) =
+        start_redis_tasks(&config, &redis_client, &pool, &mut background);
     let claim_pool = db::connect_claimer(&config.database_url)?;
     let (runs_handle, runs_inbox) = runs::channel();
     let (executions_handle, executions_inbox) = executions::task::channel();
@@ -245,6 +244,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         executions: executions_handle,
         http_access,
         limiter,
+        redis_users,
     });
     log_start(&shared, is_boot);
 
@@ -351,6 +351,33 @@ async fn check_rights(pool: &sqlx::PgPool) -> Result<(), ManagerError> {
         .await
         .map_err(ManagerError::CheckRights)?;
     Err(ManagerError::MissingRights { role, missing })
+}
+
+/// The tasks stopped last, so that every final state is sent and the supervisors'
+/// final releases reach Redis: the publisher, and the one that makes the executors'
+/// Redis users ([`redis_users`]).
+fn start_redis_tasks(
+    config: &ManagerConfig,
+    redis_client: &redis::Client,
+    pool: &PgPool,
+    background: &mut ManagerTasks,
+) -> (Publisher, redis_users::ExecutorUsersHandle) {
+    let (publisher, publishing) = publisher::start(
+        redis_client.clone(),
+        &config.redis_url,
+        background.last_cancel(),
+    );
+    background.spawn_last("publisher", publishing);
+    let (users, handle) = redis_users::ExecutorUsers::new(redis_users::UsersConfig {
+        client: redis_client.clone(),
+        shared_url: config.redis_url.clone(),
+        prefix: config.redis_prefix.clone(),
+        state_dir: config.state_dir.clone(),
+        choice: config.redis_acl,
+        pool: pool.clone(),
+    });
+    background.spawn_last("executor redis users", users.run(background.last_cancel()));
+    (publisher, handle)
 }
 
 /// Choose how resource limits are enforced here, and say so: in the log and in the
@@ -467,11 +494,22 @@ async fn start_supervisors(
     for (command_id, strategy_id) in superseded {
         applied.entry(command_id).or_default().insert(strategy_id);
     }
-    let mut supervisors = HashMap::new();
+    let mut initials = Vec::with_capacity(rows.len());
     for row in rows {
         let running = found.remove(&row.id).unwrap_or_default();
         let desired = recovered_desired(row.desired_state, row.id, recovered, &applied);
         let initial = initial_action(shared, &row, is_boot, running, desired).await;
+        initials.push((row, initial));
+    }
+    // Before any supervisor asks for a user: the users of executors not adopted go.
+    let adopted = initials
+        .iter()
+        .filter(|(_, initial)| matches!(initial, Initial::Adopt(..)))
+        .map(|(row, _)| row.id)
+        .collect();
+    shared.redis_users.adopted(adopted);
+    let mut supervisors = HashMap::new();
+    for (row, initial) in initials {
         let id = row.id;
         supervisors.insert(id, StrategySupervisor::spawn(shared.clone(), row, initial));
     }

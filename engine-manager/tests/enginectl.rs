@@ -482,6 +482,7 @@ async fn doctor_watch_and_types() {
         "migrations",
         "manager",
         "limits",
+        "redis acl",
         "redis",
         "executor",
         "strategies",

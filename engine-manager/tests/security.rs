@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{manager_env, spawn_manager_binary, wait_for, wait_lease, TestEngine, DEADLINE};
+use common::{
+    environ, manager_env, spawn_manager_binary, wait_for, wait_lease, TestEngine, DEADLINE,
+};
 use engine_manager::config::HttpToken;
 use engine_store::limits::MAX_INPUT_BYTES;
 use reqwest::StatusCode;
@@ -47,21 +49,6 @@ fn allowed(name: &str) -> bool {
 const DB_PASSWORD: &str = "db-password-42";
 const HTTP_SECRET: &str = "http-token-that-must-not-leak";
 const MADE_UP_SECRET: &str = "made-up-secret-value";
-
-/// The variables of process `pid` as `/proc/<pid>/environ` holds them.
-fn environ(pid: u32) -> Vec<(String, String)> {
-    let bytes = std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/environ: {e}"));
-    bytes
-        .split(|b| *b == 0)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let text = String::from_utf8_lossy(entry);
-            let (name, value) = text.split_once('=').unwrap_or((&text, ""));
-            (name.to_string(), value.to_string())
-        })
-        .collect()
-}
 
 /// Start the manager binary on `engine` with `executor` and, besides its settings,
 /// the secrets an executor must never see (the database URL is one of its settings,

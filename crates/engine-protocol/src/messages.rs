@@ -73,6 +73,19 @@ impl Channels {
     }
 }
 
+/// A Redis glob pattern that matches `literal` exactly (`*`, `?`, `[`, `]` and `\\`
+/// escaped): a prefix in a subscription pattern or an ACL channel rule.
+pub fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The observed state of a strategy (the `status` vocabulary of the contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -336,7 +349,8 @@ pub enum ExecutorCommandKind {
     Resume,
 }
 
-/// A command from the manager to an executor (on Redis and on the control link).
+/// A command from the manager to an executor: sent on the control link (the only
+/// way an executor takes commands) and announced on Redis for dashboards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutorCommand {
     /// The target; absent on `strategy:global:commands`.
@@ -356,9 +370,9 @@ pub struct ExecutorCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Who sent it: `manager` on the manager's own `strategy:global:commands`
-    /// broadcast, which it publishes after its supervisors applied the command (an
-    /// executor under a manager then ignores it: it got the command over its control
-    /// link, in order). Absent elsewhere. Additive to the contract.
+    /// announcement, which it publishes after its supervisors applied the command
+    /// (no executor acts on it: each got the command over its control link, in
+    /// order). Absent elsewhere. Additive to the contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }
@@ -423,6 +437,12 @@ pub fn node_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_globs() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("t1:"), "t1:");
+    }
 
     #[test]
     fn channel_names_match_the_contract() {

@@ -291,6 +291,27 @@ pub async fn limits_mechanism(pool: &PgPool) -> anyhow::Result<Option<String>> {
     Ok(said.flatten())
 }
 
+/// The manager records how its executors get their Redis credentials (per-executor
+/// ACL users, or its own URL and why) in its lease row, for `enginectl doctor`.
+pub async fn record_redis_acl(pool: &PgPool, said: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE engine_manager_lease SET redis_acl = $1 WHERE id = 1")
+        .bind(said)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// What the manager said about its executors' Redis credentials (`None`: no manager
+/// said).
+pub async fn redis_acl(pool: &PgPool) -> anyhow::Result<Option<String>> {
+    let said: Option<Option<String>> =
+        sqlx::query_scalar("SELECT redis_acl FROM engine_manager_lease WHERE id = 1")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| query_error(e, "read engine_manager_lease"))?;
+    Ok(said.flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

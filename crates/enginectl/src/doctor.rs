@@ -69,6 +69,7 @@ pub async fn checks(target: &Target) -> Vec<Check> {
             out.push(migrations(&pool).await);
             out.push(manager(&pool).await);
             out.push(limits(&pool).await);
+            out.push(redis_acl(&pool).await);
             out.push(strategies(&pool).await);
             pool.close().await;
         }
@@ -210,6 +211,27 @@ async fn limits(pool: &PgPool) -> Check {
             "start engine-manager; it says so at start-up",
         ),
         Err(err) => Check::warn("limits", format!("{err:#}"), "see the migrations check"),
+    }
+}
+
+/// How the manager's executors reach Redis, as it said in its lease row: each as its
+/// own ACL user, or all with the manager's URL (and why).
+async fn redis_acl(pool: &PgPool) -> Check {
+    match engine_store::lease::redis_acl(pool).await {
+        Ok(Some(said)) if said.starts_with("per-executor") => Check::ok("redis acl", said),
+        Ok(Some(said)) => Check::warn(
+            "redis acl",
+            said,
+            "give the manager's Redis user the right to run ACL SETUSER, ACL DELUSER and ACL \
+             USERS on Redis 7.0 or newer, so each strategy gets a user that may publish only \
+             its own channels (README, \"Redis users of the executors\")",
+        ),
+        Ok(None) => Check::warn(
+            "redis acl",
+            "no manager has said how its executors reach Redis",
+            "start engine-manager; it says so at start-up",
+        ),
+        Err(err) => Check::warn("redis acl", format!("{err:#}"), "see the migrations check"),
     }
 }
 

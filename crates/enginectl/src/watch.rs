@@ -10,7 +10,7 @@ use super::table;
 use super::view::{self, StrategyView, TickSeen};
 use super::{Finished, Target};
 use crate::lease_words::DescribeLease;
-use engine_protocol::Channels;
+use engine_protocol::{glob_escape, Channels};
 use engine_store::lease::LeaseInfo;
 use engine_store::Status;
 use futures_util::StreamExt;
@@ -327,18 +327,6 @@ pub async fn watch(
     screen.restore();
     pool.close().await;
     Ok(Finished::Ok)
-}
-
-/// A pattern that matches `literal` exactly (glob characters escaped).
-fn glob_escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The four subscriptions of the board (patterns, the prefix escaped).

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use engine_protocol::inbound::check_message;
-use engine_protocol::{EngineHealthMessage, HealthMessage};
+use engine_protocol::{glob_escape, EngineHealthMessage, HealthMessage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -97,18 +97,6 @@ fn classify(channels: &engine_protocol::Channels, channel: &str) -> Option<Kind>
         return id.parse().ok().map(Kind::Metrics);
     }
     None
-}
-
-/// Escape the glob characters of a Redis pattern (the prefix is taken literally).
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Subscribe to the dashboard channels and relay them until `cancel` fires,
@@ -312,11 +300,5 @@ mod tests {
         assert_eq!(Kind::Metrics(id).channel_strategy(), Some(id));
         assert_eq!(Kind::Health.channel_strategy(), None);
         assert_eq!(Kind::Engine.channel_strategy(), None);
-    }
-
-    #[test]
-    fn escapes_globs() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(glob_escape("t1:"), "t1:");
     }
 }

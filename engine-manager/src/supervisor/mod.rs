@@ -509,7 +509,8 @@ impl StrategySupervisor {
     async fn on_frame(&mut self, frame: Option<ExecutorMessage>) {
         match frame {
             None => self.link = None,
-            // The executor applied a command that came over Redis (pause/resume).
+            // A state the executor reports by itself (a halt's way out, an adopted
+            // executor's hello, a command it took on the link).
             Some(ExecutorMessage::State {
                 status,
                 reason,
@@ -585,7 +586,9 @@ impl StrategySupervisor {
         }
     }
 
+    /// The executor is gone (or was never there): its Redis user goes too.
     fn forget_process(&mut self) {
+        self.shared.redis_users.release(self.id);
         self.proc = None;
         self.link = None;
         self.observed.pid = None;

@@ -36,6 +36,8 @@ impl StrategySupervisor {
                     &self.name, self.id,
                 ));
         let control_socket = self.shared.config.control_socket_path();
+        // Its own Redis user where Redis allows it (crate::redis_users).
+        let redis_url = self.shared.redis_users.issue(self.id).await;
         let spec = SpawnSpec {
             executor_path: &self.shared.executor_path,
             strategy_id: self.id,
@@ -44,7 +46,7 @@ impl StrategySupervisor {
             config: &self.config,
             broker_state: self.broker.latest(),
             control_socket: &control_socket,
-            redis_url: &self.shared.config.redis_url,
+            redis_url: &redis_url,
             redis_prefix: &self.shared.config.redis_prefix,
             metrics_interval: self.shared.config.metrics_interval,
             log_path: &log_path,
@@ -58,7 +60,10 @@ impl StrategySupervisor {
         };
         let proc = match ExecutorProcess::spawn(&spec).await {
             Ok(p) => p,
-            Err(e) => return Event::StartFailed(StartError::Spawn(e)),
+            Err(e) => {
+                self.shared.redis_users.release(self.id);
+                return Event::StartFailed(StartError::Spawn(e));
+            }
         };
         tracing::info!(pid = proc.pid, limits = %proc.limits, "executor spawned");
         if let Some(note) = proc.unenforced.clone() {
@@ -229,7 +234,10 @@ impl StrategySupervisor {
         }
     }
 
-    /// Send on the control link (if connected) and on `strategy:commands:{id}`.
+    /// Send on the control link (if connected), the one way an executor is commanded,
+    /// and announce it on `strategy:commands:{id}` for dashboards (no executor
+    /// listens there). With the link down, the callers send it again when the
+    /// executor connects, until their deadline.
     async fn send_to_executor(&mut self, cmd: ExecutorCommand) {
         if let Some(link) = &mut self.link {
             if let Err(err) = link.send(&ManagerMessage::Command(cmd.clone())).await {

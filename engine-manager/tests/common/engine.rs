@@ -331,7 +331,8 @@ impl TestEngine {
         }
     }
 
-    /// Delete this test's keys from the shared Redis (a private one goes whole).
+    /// Delete this test's keys and Redis users from the shared Redis (a private one
+    /// goes whole).
     fn remove_redis_keys(&self) {
         if self.services.is_some() || self.prefix.is_empty() {
             return;
@@ -349,6 +350,19 @@ impl TestEngine {
             };
         for chunk in keys.chunks(500) {
             let _: redis::RedisResult<()> = redis::Commands::del(&mut con, chunk);
+        }
+        // The executors' Redis users (and any the test made) carry the prefix too.
+        let users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query(&mut con)
+            .unwrap_or_default();
+        let ours: Vec<&String> = users
+            .iter()
+            .filter(|u| u.starts_with(&self.prefix))
+            .collect();
+        if !ours.is_empty() {
+            let _: redis::RedisResult<i64> =
+                redis::cmd("ACL").arg("DELUSER").arg(&ours).query(&mut con);
         }
     }
 }

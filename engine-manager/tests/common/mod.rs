@@ -35,8 +35,8 @@ pub use operator::{
 };
 pub use private_services::{PgStop, PrivateServices, RedisStop};
 pub use processes::{
-    executors_alive_together, executors_by_strategy, executors_in_proc, kill_all_executors,
-    sigkill, write_executable,
+    environ, executors_alive_together, executors_by_strategy, executors_in_proc,
+    kill_all_executors, sigkill, write_executable,
 };
 
 use std::path::PathBuf;

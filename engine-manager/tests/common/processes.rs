@@ -129,3 +129,19 @@ pub fn write_executable(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
+
+/// The variables of process `pid` as `/proc/<pid>/environ` holds them: what the
+/// process itself (a strategy's code) can read of its environment.
+pub fn environ(pid: u32) -> Vec<(String, String)> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/environ: {e}"));
+    bytes
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let text = String::from_utf8_lossy(entry);
+            let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}

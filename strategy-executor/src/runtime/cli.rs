@@ -67,7 +67,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH|-")]
     pub config_file: Option<PathBuf>,
 
-    /// Redis to subscribe and publish to.
+    /// Redis to subscribe and publish to. A manager that gives each executor its own
+    /// Redis user puts that user's URL here (in the environment, never argv).
     #[arg(
         long,
         env = "REDIS_URL",

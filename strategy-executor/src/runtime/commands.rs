@@ -1,4 +1,5 @@
-//! Commands, from the control link or Redis, as the event loop applies them: each is
+//! Commands, from the manager's control link (the only source an executor obeys;
+//! CONTRACT.md §8), as the event loop applies them: each is
 //! acknowledged once and applied at most once (a repeated id is acknowledged again
 //! from [`CommandLog`]); `shutdown` and a strategy's own halt end the loop.
 
@@ -16,28 +17,10 @@ use uuid::Uuid;
 /// How many command ids are remembered to spot duplicates.
 const COMMAND_LOG_SIZE: usize = 256;
 
-/// Who sent a command: the reply (the ack) always goes to the control link when there
-/// is one, whatever the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CommandSource {
-    Link,
-    Redis,
-}
-
-impl CommandSource {
-    fn as_str(self) -> &'static str {
-        match self {
-            CommandSource::Link => "control_link",
-            CommandSource::Redis => "redis",
-        }
-    }
-}
-
-/// A command on its way from a background task to the loop.
+/// A command on its way from the control link to the loop.
 #[derive(Debug)]
 pub(super) struct InboundCommand {
     pub(super) command: ExecutorCommand,
-    pub(super) source: CommandSource,
 }
 
 /// The outcome of a command, as acknowledged.
@@ -88,7 +71,7 @@ impl CommandLog {
 impl EventLoop {
     #[tracing::instrument(
         skip_all,
-        fields(command_id = %inbound.command.command_id, command = ?inbound.command.command, source = inbound.source.as_str())
+        fields(command_id = %inbound.command.command_id, command = ?inbound.command.command)
     )]
     pub(super) async fn handle_command(&mut self, inbound: InboundCommand) -> Option<Exit> {
         let command = inbound.command;

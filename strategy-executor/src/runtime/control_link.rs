@@ -1,9 +1,10 @@
 //! The executor's end of the private control link: a Unix socket to the manager,
 //! reconnected forever, carrying `hello`, state changes, acks and `halted` out and
-//! commands in. Frames are JSON objects, one per line, framed by `LinesCodec` as on
+//! commands in: the one way an executor is commanded (the Redis command channels are
+//! announcements it does not subscribe to). Frames are JSON objects, one per line, framed by `LinesCodec` as on
 //! the manager's side (`engine-manager/src/link.rs`).
 
-use super::commands::{CommandSource, InboundCommand};
+use super::commands::InboundCommand;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
 use engine_protocol::Status;
@@ -11,8 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -63,8 +62,6 @@ pub(super) struct ControlLink {
     pending: VecDeque<ExecutorMessage>,
     /// Flushes waiting for `pending` to go out on the next connection.
     flush_waiters: Vec<oneshot::Sender<()>>,
-    /// Set while connected (read by the Redis subscriber).
-    link_up: Arc<AtomicBool>,
     cancel: CancellationToken,
 }
 
@@ -83,7 +80,6 @@ impl ControlLink {
         strategy_id: Uuid,
         commands: mpsc::Sender<InboundCommand>,
         executions: mpsc::Sender<Uuid>,
-        link_up: Arc<AtomicBool>,
         cancel: CancellationToken,
     ) -> (ControlLink, LinkHandle) {
         let (status_tx, status_rx) = watch::channel(Status::Starting);
@@ -97,7 +93,6 @@ impl ControlLink {
             executions,
             pending: VecDeque::new(),
             flush_waiters: Vec::new(),
-            link_up,
             cancel,
         };
         let handle = LinkHandle {
@@ -120,10 +115,7 @@ impl ControlLink {
                     tracing::info!(socket = %self.path.display(), "control link connected");
                     failure_logged = false;
                     backoff.reset();
-                    self.link_up.store(true, Ordering::Relaxed);
-                    let served = self.serve(stream).await;
-                    self.link_up.store(false, Ordering::Relaxed);
-                    match served {
+                    match self.serve(stream).await {
                         Served::Cancelled => return,
                         Served::Disconnected(why) => {
                             tracing::info!("control link lost ({why}); reconnecting");
@@ -237,7 +229,7 @@ impl ControlLink {
                         let sent = match frame.into_message() {
                             None => continue,
                             Some(ManagerMessage::Command(command)) => {
-                                let inbound = InboundCommand { command, source: CommandSource::Link };
+                                let inbound = InboundCommand { command };
                                 self.commands.send(inbound).await.is_ok()
                             }
                             Some(ManagerMessage::Execute { execution_id }) => {

@@ -39,8 +39,6 @@ pub(super) struct Outlets {
     pub(super) publisher: mpsc::Sender<Outgoing>,
     /// The channels the Redis subscriber should be subscribed to.
     pub(super) subscriptions: watch::Sender<BTreeSet<String>>,
-    /// The command channels, always subscribed.
-    pub(super) base_channels: BTreeSet<String>,
     pub(super) counters: Arc<TickCounters>,
 }
 
@@ -184,8 +182,10 @@ impl EventLoop {
     pub(super) async fn after_callback(&mut self) -> Option<Exit> {
         if self.host.take_subscriptions_changed() {
             let tokens = self.host.context().subscriptions();
-            let mut desired = self.out.base_channels.clone();
-            desired.extend(tokens.iter().map(|token| self.channels.live_data(token)));
+            let desired: BTreeSet<String> = tokens
+                .iter()
+                .map(|token| self.channels.live_data(token))
+                .collect();
             tracing::debug!(?tokens, "subscriptions changed");
             self.out.subscriptions.send_replace(desired);
         }

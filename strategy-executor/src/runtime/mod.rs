@@ -19,14 +19,19 @@
 //!   broker's state restored at start and reported for the next executor.
 //! - Background tasks that talk to the loop only through bounded channels:
 //!   - `control_link.rs`: a Unix socket to the manager, reconnected forever,
-//!     carrying `hello`, state changes, acks and `halted` (framed by `LinesCodec`);
-//!   - `redis_subscriber.rs`: command channels and `live_data:{token}` for the
-//!     strategy's subscriptions, reconnected with backoff;
+//!     carrying `hello`, state changes, acks and `halted` out and commands in
+//!     (framed by `LinesCodec`);
+//!   - `redis_subscriber.rs`: `live_data:{token}` for the strategy's
+//!     subscriptions, reconnected with backoff;
 //!   - `redis_publisher.rs`: status and metrics messages.
 //!
 //! **Architecture invariant:** nothing on the start-up path or on the path to an exit
 //! waits on Redis for longer than a short bound. Readiness is `State{running}` on the
 //! control link; Redis may be down for the whole life of the process.
+//!
+//! **Architecture invariant:** commands come only on the control link. The Redis
+//! command channels are the manager's announcements for dashboards; the executor
+//! does not subscribe to them, so whoever can publish on Redis cannot command it.
 //!
 //! **Architecture invariant:** the config is read from a file or stdin, never from
 //! argv, and is never logged.

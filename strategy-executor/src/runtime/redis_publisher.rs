@@ -44,22 +44,14 @@ impl RedisPublisher {
     }
 
     pub(super) async fn run(mut self) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut connection =
-            match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-                Ok(connection) => connection,
-                Err(err) => {
-                    tracing::error!(
-                        "redis publisher cannot start; nothing will be published: {err}"
-                    );
-                    self.answer_flushes_only().await;
-                    return;
-                }
-            };
+        let mut connection = match self.connection_manager() {
+            Ok(connection) => connection,
+            Err(err) => {
+                tracing::error!("redis publisher cannot start; nothing will be published: {err}");
+                self.answer_flushes_only().await;
+                return;
+            }
+        };
         let mut in_outage = false;
         loop {
             let outgoing = tokio::select! {
@@ -75,10 +67,28 @@ impl RedisPublisher {
                 }
                 Outgoing::Publish { channel, payload } => {
                     let failure = publish(&mut connection, &channel, &payload).await;
-                    log_outage(&channel, failure, &mut in_outage);
+                    if failure.as_ref().is_some_and(|f| f.refused_login) {
+                        // The manager reconnects by itself only after an I/O error; a
+                        // refused login (its Redis user not made again yet after a
+                        // Redis restart) would stay its answer for good.
+                        if let Ok(fresh) = self.connection_manager() {
+                            connection = fresh;
+                        }
+                    }
+                    log_outage(&channel, failure.map(|f| f.text), &mut in_outage);
                 }
             }
         }
+    }
+
+    /// A connection manager that connects on its first use.
+    fn connection_manager(&self) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_lazy_with_config(self.client.clone(), config)
     }
 
     /// Without a connection: messages are dropped, flushes answered.
@@ -91,12 +101,19 @@ impl RedisPublisher {
     }
 }
 
-/// Publish one message; the failure, if any, in words.
+/// Why a message was not published.
+struct PublishFailure {
+    text: String,
+    /// Redis refused the login (a wrong password or an unknown user).
+    refused_login: bool,
+}
+
+/// Publish one message; the failure, if any.
 async fn publish(
     connection: &mut ConnectionManager,
     channel: &str,
     payload: &str,
-) -> Option<String> {
+) -> Option<PublishFailure> {
     let published = tokio::time::timeout(
         REDIS_PUBLISH_TIMEOUT,
         connection.publish::<_, _, i64>(channel, payload),
@@ -104,8 +121,15 @@ async fn publish(
     .await;
     match published {
         Ok(Ok(_)) => None,
-        Ok(Err(err)) => Some(err.to_string()),
-        Err(_) => Some("timed out".to_string()),
+        Ok(Err(err)) => Some(PublishFailure {
+            refused_login: err.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(err.code(), Some("WRONGPASS" | "NOAUTH")),
+            text: err.to_string(),
+        }),
+        Err(_) => Some(PublishFailure {
+            text: "timed out".to_string(),
+            refused_login: false,
+        }),
     }
 }
 

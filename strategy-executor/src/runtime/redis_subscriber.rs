@@ -1,24 +1,23 @@
-//! The Redis subscriber task: the command channels and `live_data:{token}` for each
-//! of the strategy's tokens, handed to the loop without ever waiting on it;
-//! reconnected with backoff, logged once per outage.
+//! The Redis subscriber task: `live_data:{token}` for each of the strategy's tokens,
+//! handed to the loop without ever waiting on it; reconnected with backoff, logged
+//! once per outage. It subscribes to no command channel: an executor obeys only its
+//! manager's control link (CONTRACT.md §8), and under a per-executor Redis user it
+//! may read nothing but market data and its own channels.
 
-use super::commands::{CommandSource, InboundCommand};
 use super::errors::error_chain;
 use super::TICK_BATCH;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::control::MAX_FRAME_BYTES;
-use engine_protocol::ExecutorCommand;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strategy_sdk::Tick;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Reconnect backoff.
 const REDIS_RETRY_MIN: Duration = Duration::from_millis(100);
@@ -28,7 +27,7 @@ const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the subscriber pings to notice a dead connection.
 const REDIS_PING_INTERVAL: Duration = Duration::from_secs(30);
 const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest Redis command or tick payload the executor parses.
+/// The largest tick payload the executor parses.
 const MAX_REDIS_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES;
 
 /// Counters shared between the Redis subscriber and the loop.
@@ -61,26 +60,17 @@ enum ConnectionLost {
     PingTimeout,
 }
 
-/// Subscribes to the command channels and to `live_data:{token}` for each of the
-/// strategy's tokens; hands commands and ticks to the loop without ever waiting on it.
-/// Reconnects with backoff and logs once per outage.
+/// Subscribes to `live_data:{token}` for each of the strategy's tokens; hands ticks
+/// to the loop without ever waiting on it. Reconnects with backoff and logs once per
+/// outage.
 pub(super) struct RedisSubscriber {
     pub(super) client: redis::Client,
-    /// `strategy:commands:{id}`, `strategy:global:commands` and `live_data:` with the
-    /// prefix, named once rather than for every message.
-    pub(super) commands_channel: String,
-    pub(super) global_channel: String,
+    /// `live_data:` with the prefix, named once rather than for every message.
     pub(super) live_data_prefix: String,
-    pub(super) strategy_id: Uuid,
     /// The channels the loop wants, kept in sync on every (re)connection.
     pub(super) desired: watch::Receiver<BTreeSet<String>>,
-    pub(super) commands: mpsc::Sender<InboundCommand>,
     pub(super) ticks: mpsc::Sender<Tick>,
     pub(super) counters: Arc<TickCounters>,
-    /// Whether the control link is connected (see `route_command`).
-    pub(super) link_up: Arc<AtomicBool>,
-    /// Started by a manager (`--control-socket`).
-    pub(super) managed: bool,
     pub(super) cancel: CancellationToken,
 }
 
@@ -190,46 +180,8 @@ impl RedisSubscriber {
         }
         if let Some(token) = channel.strip_prefix(self.live_data_prefix.as_str()) {
             self.route_tick(token, payload);
-        } else if channel == self.commands_channel || channel == self.global_channel {
-            self.route_command(channel, payload);
         } else {
             tracing::debug!(channel, "message on an unexpected channel ignored");
-        }
-    }
-
-    fn route_command(&self, channel: &str, payload: &[u8]) {
-        let command: ExecutorCommand = match serde_json::from_slice(payload) {
-            Ok(command) => command,
-            Err(err) => {
-                tracing::warn!(channel, "malformed command dropped: {err}");
-                return;
-            }
-        };
-        if let Some(target) = command.strategy_id {
-            if target != self.strategy_id {
-                tracing::debug!(channel, %target, "command for another strategy ignored");
-                return;
-            }
-        }
-        // Under a manager, a global command reaches this executor through its
-        // supervisor, in order with the strategy's other commands (or not at all, when
-        // it does not apply). The broadcast is for executors no manager serves: applied
-        // here it could overtake, or undo, commands given after it. That holds for the
-        // manager's own broadcast (`source: manager`) even while the link is down (a
-        // manager restarting): it applied the command before publishing it.
-        let manager_sent = command.source.as_deref() == Some("manager");
-        if channel == self.global_channel
-            && (self.link_up.load(Ordering::Relaxed) || (self.managed && manager_sent))
-        {
-            tracing::debug!(channel, command_id = %command.command_id, "global broadcast ignored: the manager delivers it over the control link");
-            return;
-        }
-        let inbound = InboundCommand {
-            command,
-            source: CommandSource::Redis,
-        };
-        if let Err(err) = self.commands.try_send(inbound) {
-            tracing::warn!(channel, "command queue full; command dropped: {err}");
         }
     }
 

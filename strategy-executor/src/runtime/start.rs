@@ -16,7 +16,6 @@ use engine_protocol::Channels;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use strategy_sdk::{Host, Registry, Strategy};
@@ -224,9 +223,6 @@ fn start_tasks(
     let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
     let (execution_tx, execution_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let counters = Arc::new(TickCounters::default());
-    // True while the control link to the manager is connected: the manager then
-    // delivers global commands itself, in order, and the Redis broadcast is ignored.
-    let link_up = Arc::new(AtomicBool::new(false));
 
     let link: Option<LinkHandle> = options.control_socket.clone().map(|path| {
         let (task, handle) = ControlLink::new(
@@ -234,7 +230,6 @@ fn start_tasks(
             options.strategy_id,
             command_tx.clone(),
             execution_tx.clone(),
-            link_up.clone(),
             cancel.clone(),
         );
         tracker.spawn(task.run().in_current_span());
@@ -244,26 +239,16 @@ fn start_tasks(
     let (publisher, publish_tx) = RedisPublisher::new(redis_client.clone(), cancel.clone());
     tracker.spawn(publisher.run().in_current_span());
 
+    // Market data only: commands come on the control link alone (an executor run by
+    // hand, without one, is stopped by a signal).
     let channels = &options.channels;
-    let base_channels: BTreeSet<String> = [
-        channels.commands(options.strategy_id),
-        channels.global_commands(),
-    ]
-    .into_iter()
-    .collect();
-    let (subscriptions_tx, subscriptions_rx) = watch::channel(base_channels.clone());
+    let (subscriptions_tx, subscriptions_rx) = watch::channel(BTreeSet::new());
     let subscriber = RedisSubscriber {
         client: redis_client,
-        commands_channel: channels.commands(options.strategy_id),
-        global_channel: channels.global_commands(),
         live_data_prefix: channels.live_data(""),
-        strategy_id: options.strategy_id,
         desired: subscriptions_rx,
-        commands: command_tx.clone(),
         ticks: tick_tx,
         counters: counters.clone(),
-        link_up,
-        managed: options.control_socket.is_some(),
         cancel: cancel.clone(),
     };
     tracker.spawn(subscriber.run().in_current_span());
@@ -279,7 +264,6 @@ fn start_tasks(
         link,
         publisher: publish_tx,
         subscriptions: subscriptions_tx,
-        base_channels,
         counters,
     };
     let event_loop = EventLoop::new(host, identity, channels.clone(), outlets);
