@@ -358,7 +358,11 @@ pub struct ExecutorCommand {
     /// Who sent it: `manager` on the manager's own `strategy:global:commands`
     /// broadcast, which it publishes after its supervisors applied the command (an
     /// executor under a manager then ignores it: it got the command over its control
-    /// link, in order). Absent elsewhere. Additive to the contract.
+    /// link, in order); and on a `strategy:commands:{id}` announcement of an
+    /// `update_config` whose `config` is the stored one (secret references
+    /// unresolved, secret-looking values masked), which no executor applies: the
+    /// config it must get comes over the control link. Absent elsewhere. Additive
+    /// to the contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }

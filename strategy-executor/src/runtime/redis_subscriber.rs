@@ -7,7 +7,7 @@ use super::errors::error_chain;
 use super::TICK_BATCH;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::control::MAX_FRAME_BYTES;
-use engine_protocol::ExecutorCommand;
+use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use std::collections::BTreeSet;
@@ -218,6 +218,16 @@ impl RedisSubscriber {
         // manager's own broadcast (`source: manager`) even while the link is down (a
         // manager restarting): it applied the command before publishing it.
         let manager_sent = command.source.as_deref() == Some("manager");
+        // The manager's announcement of an update whose config is not what this
+        // executor must get (secret references unresolved, secret-looking values
+        // masked): the config comes over the control link.
+        if channel == self.commands_channel
+            && manager_sent
+            && command.command == ExecutorCommandKind::UpdateConfig
+        {
+            tracing::debug!(channel, command_id = %command.command_id, "update announcement ignored: the manager delivers the config over the control link");
+            return;
+        }
         if channel == self.global_channel
             && (self.link_up.load(Ordering::Relaxed) || (self.managed && manager_sent))
         {
