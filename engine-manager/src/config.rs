@@ -120,6 +120,14 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_HTTP_TOKENS_FILE", value_name = "PATH")]
     pub http_tokens_file: Option<PathBuf>,
 
+    /// File of secrets that configs refer to (`{"secret": "NAME"}`), one
+    /// `NAME = VALUE` a line, `#` comments. It must not be readable by group or
+    /// others (`chmod 600`), or the manager refuses to start. Read again at every
+    /// spawn that needs a secret. A name not in it is looked up in the manager's
+    /// environment as `ENGINE_SECRET_<NAME>`.
+    #[arg(long, env = "ENGINE_SECRETS_FILE", value_name = "PATH")]
+    pub secrets_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

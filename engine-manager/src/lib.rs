@@ -19,6 +19,8 @@
 //!   process per run, cancel, timeout, adoption, the one retry.
 //! - [`schedules`]: schedules of runs: one timer over every schedule, a run per due
 //!   time (exactly once, by the database's unique key), `overlap` and `catch_up`.
+//! - [`secrets`]: the secrets a config refers to (`{"secret": "NAME"}`), from
+//!   `--secrets-file` or `ENGINE_SECRET_<NAME>`, resolved only for an executor.
 //! - [`command_metrics`]: the command counters of `/metrics`, kept in memory.
 //! - [`http`]: the HTTP API, Prometheus `/metrics` and the web dashboard.
 //! - [`tasks`]: every background task is owned; one that panics or ends early stops
@@ -43,6 +45,7 @@ pub mod recorder;
 pub mod redis_users;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod supervisor;
 pub mod tasks;
 
@@ -98,6 +101,8 @@ pub struct Shared {
     pub limiter: Arc<limits::Limiter>,
     /// The executors' Redis users: the URL each new executor gets, and its release.
     pub redis_users: redis_users::ExecutorUsersHandle,
+    /// Where config references to secrets are resolved from (checked at start-up).
+    pub secrets: secrets::Secrets,
 }
 
 impl Shared {
@@ -150,6 +155,8 @@ pub enum ManagerError {
     #[error(transparent)]
     HttpAccess(#[from] http::AccessError),
     #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    #[error(transparent)]
     Roles(#[from] engine_store::roles::RolesError),
     #[error("cannot check the database role's rights")]
     CheckRights(#[source] sqlx::Error),
@@ -162,13 +169,15 @@ pub enum ManagerError {
 
 impl ManagerError {
     /// 3 when another manager serves the database (or, in a cluster, holds this
-    /// node's name), 2 for an HTTP set-up that must
-    /// not start (a bad tokens file, open beyond loopback), else 1.
+    /// node's name), 2 for a set-up that must not start (a bad tokens file, open
+    /// beyond loopback, a secrets file others may read), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             ManagerError::Lease(held) if held.is_held() => 3,
             ManagerError::StateDirInUse { .. } => 3,
-            ManagerError::HttpAccess(_) | ManagerError::MissingRights { .. } => 2,
+            ManagerError::HttpAccess(_)
+            | ManagerError::MissingRights { .. }
+            | ManagerError::Secrets(_) => 2,
             _ => 1,
         }
     }
@@ -197,7 +206,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         return setup_roles(&config.database_url).await;
     }
     // Before anything else: a server that must not start says so at once.
-    let http_access = Arc::new(http::HttpAccess::from_config(&config)?);
+    let (http_access, secrets) = refusals(&config).await?;
     let pool = db::connect(&config.database_url, 10).await?;
     check_rights(&pool).await?;
     engine_store::roles::migrate_as_manager(&pool).await?;
@@ -245,6 +254,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         http_access,
         limiter,
         redis_users,
+        secrets,
     });
     log_start(&shared, is_boot);
 
@@ -310,6 +320,16 @@ async fn check_state_dir_free(config: &ManagerConfig) -> Result<(), ManagerError
         return Err(ManagerError::StateDirInUse { path });
     }
     Ok(())
+}
+
+/// What must stop the start-up at once, before the database: the HTTP tokens and
+/// addresses, and the secrets file (exit code 2).
+async fn refusals(
+    config: &ManagerConfig,
+) -> Result<(Arc<http::HttpAccess>, secrets::Secrets), ManagerError> {
+    let http_access = Arc::new(http::HttpAccess::from_config(config)?);
+    let secrets = secrets::Secrets::open(config.secrets_file.clone()).await?;
+    Ok((http_access, secrets))
 }
 
 /// The control socket every executor connects to, bound: its path and server.

@@ -14,6 +14,9 @@
 //! - [`limits`]: a strategy's resource limits (`memory_mb`, `cpu_percent`, `pids`,
 //!   `open_files`) and the one check of them.
 //! - [`redact`]: credentials never reach a log line.
+//! - [`secrets`]: secret references in a config (`{"secret": "name"}`), resolved
+//!   for an executor only, and the one masking of secret-looking keys wherever a
+//!   config is shown.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
@@ -38,6 +41,7 @@ pub mod redact;
 pub mod runs;
 #[cfg(feature = "schedule")]
 pub mod schedule;
+pub mod secrets;
 pub mod state_dir;
 #[cfg(feature = "validate")]
 pub mod validate;

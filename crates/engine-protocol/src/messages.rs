@@ -370,9 +370,12 @@ pub struct ExecutorCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Who sent it: `manager` on the manager's own `strategy:global:commands`
-    /// announcement, which it publishes after its supervisors applied the command
-    /// (no executor acts on it: each got the command over its control link, in
-    /// order). Absent elsewhere. Additive to the contract.
+    /// announcement, which it publishes after its supervisors applied the command;
+    /// and on a `strategy:commands:{id}` announcement of an `update_config` whose
+    /// `config` is the stored one (secret references unresolved, secret-looking
+    /// values masked) rather than what the executor gets. No executor acts on either:
+    /// each gets its commands over its control link, in order. Absent elsewhere.
+    /// Additive to the contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }

@@ -60,9 +60,14 @@ pub async fn audit(
         since,
         limit: i64::try_from(limit).unwrap_or(i64::MAX),
     };
-    let rows = store::audit(&pool, &filter)
+    let mut rows = store::audit(&pool, &filter)
         .await
         .map_err(|e| engine_store::operator::query_error(e, "read engine_audit"))?;
+    // The triggers copy the rows as they are: a secret stored in clear is masked here.
+    for row in &mut rows {
+        row.before = row.before.as_ref().map(engine_protocol::secrets::mask);
+        row.after = row.after.as_ref().map(engine_protocol::secrets::mask);
+    }
     pool.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -304,7 +304,16 @@ async fn add_checked(target: &Target, args: &AddArgs, config: &Value) -> anyhow:
             name_arg(&args.name)
         );
     }
-    if !args.no_validate {
+    // A config with secret references is checked by the manager, which holds the
+    // secrets, when it starts the strategy: the executor here would see only the
+    // references.
+    let references = engine_protocol::secrets::has_references(config);
+    if references && !args.no_validate {
+        eprintln!(
+            "note: the config holds secret references ({{\"secret\": ...}}); the manager resolves and checks it when the strategy starts"
+        );
+    }
+    if !args.no_validate && !references {
         let verdict = executor::validate(&target.executor_path, &args.strategy_type, config)
             .await
             .context("cannot check the config (pass --no-validate to skip the check)")?;

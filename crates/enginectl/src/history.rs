@@ -55,7 +55,8 @@ impl From<CommandRecord> for Entry {
             at: c.created_at,
             id: c.id,
             command: c.command,
-            parameters: c.parameters,
+            // An update's config may hold secrets in clear: shown masked.
+            parameters: engine_protocol::secrets::mask(&c.parameters),
             global: c.global,
             status: c.status,
             error: c.error,

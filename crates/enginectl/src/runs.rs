@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use engine_protocol::runs::{RunEvent, RunState};
+use engine_protocol::secrets::mask;
 use engine_store::runs_api::{self as db, NewRun, QueueEstimate, RunRecord};
 use engine_store::CommandStatus;
 use futures_util::StreamExt;
@@ -200,7 +201,16 @@ async fn read_run(pool: &PgPool, id: Uuid) -> anyhow::Result<RunRecord> {
     db::run(pool, id)
         .await
         .map_err(|e| store::query_error(e, "read strategy_runs"))?
+        .map(masked)
         .ok_or_else(|| anyhow!("no run with id {id} (it was deleted with its strategy?)"))
+}
+
+/// `run` as it may be shown: secret-looking values of its parameters and config
+/// masked ([`engine_protocol::secrets::mask`]).
+fn masked(mut run: RunRecord) -> RunRecord {
+    run.parameters = mask(&run.parameters);
+    run.config = run.config.as_ref().map(mask);
+    run
 }
 
 async fn subscribe(target: &Target, run_id: Uuid) -> anyhow::Result<redis::aio::PubSubStream> {
@@ -361,9 +371,12 @@ pub async fn list(
         states,
         limit,
     };
-    let runs = db::runs(&pool, &filter)
+    let runs: Vec<RunRecord> = db::runs(&pool, &filter)
         .await
-        .map_err(|e| store::query_error(e, "read strategy_runs"))?;
+        .map_err(|e| store::query_error(e, "read strategy_runs"))?
+        .into_iter()
+        .map(masked)
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
     } else if runs.is_empty() {

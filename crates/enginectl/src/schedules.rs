@@ -199,9 +199,12 @@ async fn list(target: &Target, name: Option<&str>, json: bool) -> anyhow::Result
         Some(name) => Some(store::resolve_one(&pool, name).await?.id),
         None => None,
     };
-    let schedules = db::list_schedules(&pool, strategy_id)
+    let mut schedules = db::list_schedules(&pool, strategy_id)
         .await
         .map_err(|e| store::query_error(e, "read strategy_schedules"))?;
+    for s in &mut schedules {
+        s.schedule.parameters = engine_protocol::secrets::mask(&s.schedule.parameters);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&schedules)?);
     } else if schedules.is_empty() {

@@ -14,6 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
+use engine_protocol::secrets::mask;
 use engine_store::api::{self as db, CommandOverview, StrategyOverview};
 use engine_store::commands::{insert_command_row, parse_command};
 use engine_store::CommandWord;
@@ -25,46 +26,6 @@ use uuid::Uuid;
 
 /// How many recent commands and events the detail view shows.
 const RECENT: i64 = 20;
-
-/// Hide the values of config keys that look like credentials, at any depth.
-pub fn redact_secrets(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let shown = if is_secret_key(k) && !v.is_null() {
-                        Value::String("***".into())
-                    } else {
-                        redact_secrets(v)
-                    };
-                    (k.clone(), shown)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact_secrets).collect()),
-        other => other.clone(),
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "secret",
-        "password",
-        "passwd",
-        "passphrase",
-        "api_key",
-        "apikey",
-        "private_key",
-        "credential",
-        "authorization",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-        || key.ends_with("_token")
-        || key.ends_with("-token")
-        || key == "key"
-}
 
 /// The latest health sample of a live strategy; `null` for one that is not live (a
 /// stopped strategy has no pid, CPU or memory, whatever its last sample said).
@@ -150,7 +111,7 @@ fn strategy_json(
         "id": row.id,
         "name": row.name,
         "strategy_type": row.strategy_type,
-        "config": redact_secrets(&row.config),
+        "config": mask(&row.config),
         "auto_start": row.auto_start,
         "desired_state": row.desired_state,
         "status": row.status,
@@ -258,7 +219,7 @@ fn command_json(command: &CommandOverview) -> Value {
         "strategy_id": command.strategy_id,
         "strategy": command.strategy,
         "command": command.command,
-        "parameters": redact_secrets(&command.parameters),
+        "parameters": mask(&command.parameters),
         "status": command.status,
         "error": command.error,
         "created_at": command.created_at,
@@ -351,7 +312,7 @@ pub async fn post_command(
         "strategy_id": strategy.id,
         "strategy": strategy.name,
         "command": command,
-        "parameters": redact_secrets(&parameters),
+        "parameters": mask(&parameters),
         "status": "pending",
         "created_at": inserted.created_at,
         "url": url,
@@ -424,27 +385,4 @@ pub async fn history(
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_hidden_at_any_depth() {
-        let config = json!({
-            "token": "BTC-USD",
-            "api_key": "k",
-            "exchange": {"Secret": "s", "password": null, "access_token": "t", "fast": 5},
-            "list": [{"key": "x"}],
-        });
-        let shown = redact_secrets(&config);
-        assert_eq!(shown["token"], "BTC-USD");
-        assert_eq!(shown["api_key"], "***");
-        assert_eq!(shown["exchange"]["Secret"], "***");
-        assert_eq!(shown["exchange"]["password"], Value::Null);
-        assert_eq!(shown["exchange"]["access_token"], "***");
-        assert_eq!(shown["exchange"]["fast"], 5);
-        assert_eq!(shown["list"][0]["key"], "***");
-    }
 }

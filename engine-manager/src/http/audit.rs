@@ -2,12 +2,12 @@
 //! (the login role, the engine role, whom a tool acted for), when and what; the
 //! values of secret-looking config keys are hidden as everywhere in the API.
 
-use super::api::redact_secrets;
 use super::error::ApiError;
 use super::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use engine_protocol::secrets::mask;
 use engine_store::audit::{self as db, AuditFilter};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -57,8 +57,8 @@ pub async fn audit(
     let entries: Vec<Value> = rows
         .into_iter()
         .map(|mut row| {
-            row.before = row.before.as_ref().map(redact_secrets);
-            row.after = row.after.as_ref().map(redact_secrets);
+            row.before = row.before.as_ref().map(mask);
+            row.after = row.after.as_ref().map(mask);
             json!(row)
         })
         .collect();

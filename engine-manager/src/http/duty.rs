@@ -13,7 +13,7 @@
 //!   log in the state directory (the file `enginectl logs` reads), read on the
 //!   blocking pool.
 
-use super::api::{find_strategy, redact_secrets};
+use super::api::find_strategy;
 use super::error::ApiError;
 use super::guard::Caller;
 use super::AppState;
@@ -23,6 +23,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use engine_protocol::control::EXIT_BAD_CONFIG;
+use engine_protocol::secrets::mask;
 use engine_protocol::state_dir::{last_lines, log_file_name};
 use engine_protocol::validate::validate_config;
 use engine_store::commands::{insert_command_row, parse_command, InsertedCommand};
@@ -133,12 +134,20 @@ pub async fn validate(
             "the merged config is not a JSON object",
         ));
     }
-    let rejection = ask_executor(&state, &strategy.strategy_type, &merged).await?;
+    // Checked as the executor would get it: its secret references resolved.
+    let resolved = state.shared.secrets.resolve(&merged).await.map_err(|err| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, crate::error_chain(&err))
+            .with("valid", false)
+            .with("strategy", strategy.name.clone())
+    })?;
+    let rejection = ask_executor(&state, &strategy.strategy_type, &resolved.config)
+        .await?
+        .map(|reason| resolved.scrub.scrub(&reason));
     match rejection {
         None => Ok(Json(json!({
             "valid": true,
             "strategy": strategy.name,
-            "config": redact_secrets(&merged),
+            "config": mask(&merged),
         }))),
         Some(reason) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

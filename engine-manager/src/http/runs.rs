@@ -8,7 +8,7 @@
 //! server-sent events, the first one being the run's present state from its row.
 //! `GET /api/schedules?strategy=` lists the schedules of runs with their statistics.
 
-use super::api::{find_strategy, redact_secrets};
+use super::api::find_strategy;
 use super::error::ApiError;
 use super::guard::Caller;
 use super::AppState;
@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use engine_protocol::runs::RunState;
+use engine_protocol::secrets::mask;
 use engine_store::runs_api::{self as db, BadRunRequest, NewRun, QueueEstimate, RunRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -100,7 +101,7 @@ fn run_json(run: &RunRecord, view: &QueueView) -> Value {
         "status": run.state,
         "priority": run.priority,
         "timeout_s": run.timeout_s,
-        "parameters": redact_secrets(&run.parameters),
+        "parameters": mask(&run.parameters),
         "position_in_queue": run.position_in_queue,
         "stage": run.stage,
         "progress_percent": run.progress_percent,
@@ -115,7 +116,7 @@ fn run_json(run: &RunRecord, view: &QueueView) -> Value {
             "current_item": run.current_item,
         },
         "metrics": {"items_per_second": run.items_per_second, "eta_s": run.eta_s},
-        "config": run.config.as_ref().map(redact_secrets),
+        "config": run.config.as_ref().map(mask),
         "result": run.result,
         "error": run.error,
         "attempt": run.attempt,
@@ -389,7 +390,7 @@ pub async fn list_schedules(
         .iter()
         .map(|s| {
             let mut value = serde_json::to_value(s).unwrap_or(Value::Null);
-            value["parameters"] = redact_secrets(&s.schedule.parameters);
+            value["parameters"] = mask(&s.schedule.parameters);
             value
         })
         .collect();

@@ -22,18 +22,37 @@ pub enum PrepareError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Bars(#[from] CopyBarsError),
+    /// A secret reference of the config cannot be resolved: the run's own fault.
+    #[error("the run's process was not started")]
+    Secrets(#[source] crate::secrets::SecretsError),
 }
 
-/// Check and resolve `row`'s parameters, begin the COPY of its bars into its bars
-/// file, and return what its process gets on stdin, with the COPY under way.
+/// A prepared run: what its process gets on stdin (the config's secret references
+/// resolved), the config as the run's row keeps it (references as they are), and
+/// the COPY of its bars under way.
+pub struct Prepared {
+    pub input: RunInput,
+    pub stored_config: serde_json::Value,
+    pub copy: BarsCopy,
+}
+
+/// Check and resolve `row`'s parameters and its config's secret references, begin
+/// the COPY of its bars into its bars file, and return what its process gets on
+/// stdin, with the COPY under way.
 pub async fn prepare(
     shared: &Shared,
     row: &RunRow,
     runs_dir: &Path,
-) -> Result<(RunInput, BarsCopy), PrepareError> {
+) -> Result<Prepared, PrepareError> {
     let pool = &shared.pool;
     let req = params::parse(row.mode, &row.parameters)?;
-    let config = params::merged_config(&row.strategy_config, req.config_patch.as_ref());
+    let stored_config = params::merged_config(&row.strategy_config, req.config_patch.as_ref());
+    let config = shared
+        .secrets
+        .resolve(&stored_config)
+        .await
+        .map_err(PrepareError::Secrets)?
+        .config;
     let securities = symbols(shared, row, &req, &config).await?;
     let names: Vec<String> = securities.iter().map(|s| s.symbol.clone()).collect();
     let Some(span) = store::bars_span(pool, &names, &req.interval).await? else {
@@ -108,7 +127,11 @@ pub async fn prepare(
         outbox_path: proto::outbox_path(runs_dir, row.id),
         progress_interval_ms: shared.config.run_progress_interval.as_millis() as u64,
     };
-    Ok((input, copy))
+    Ok(Prepared {
+        input,
+        stored_config,
+        copy,
+    })
 }
 
 /// Bars (at most, as the span and the interval give them) from which a run's COPY

@@ -5,7 +5,7 @@
 //! once more when its process was lost without a final line, and prepared anew
 //! (not counted as a try) when the COPY failed for the database.
 
-use super::prepare::{prepare, PrepareError};
+use super::prepare::{prepare, PrepareError, Prepared};
 use super::report::{Reporter, RunIdentity, Said};
 use super::CancelError;
 use crate::process::{Confine, ExecutorProcess, ExitInfo, RunSpawnSpec};
@@ -122,7 +122,11 @@ impl RunTask {
 
     /// Prepare and spawn; `None` once the run has ended (or the manager stops).
     async fn prepare_and_spawn(&mut self) -> Option<(ExecutorProcess, BarsCopy)> {
-        let (input, copy) = self.prepared().await?;
+        let Prepared {
+            input,
+            stored_config,
+            copy,
+        } = self.prepared().await?;
         let _ = tokio::fs::remove_file(&input.outbox_path).await;
         let log_path = proto::run_log_path(&self.runs_dir, self.row.id);
         let spec = RunSpawnSpec {
@@ -151,7 +155,7 @@ impl RunTask {
             pid: proc.pid,
             pid_start_ticks: proc.start_ticks,
             pid_boot_id: &self.shared.boot_id,
-            config: &input.config,
+            config: &stored_config,
             total_items: input.symbols.len() as i64,
             attempt: self.row.attempt,
         };
@@ -216,7 +220,7 @@ impl RunTask {
     /// The run's input, the COPY of its bars file begun; `None` once the run has
     /// ended (its parameters were wrong, it was stopped, it timed out) or the
     /// manager stops.
-    async fn prepared(&mut self) -> Option<(proto::RunInput, BarsCopy)> {
+    async fn prepared(&mut self) -> Option<Prepared> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let shared = self.shared.clone();

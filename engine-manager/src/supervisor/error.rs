@@ -14,6 +14,9 @@ use thiserror::Error;
 pub enum StartError {
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// A secret reference the manager cannot resolve: nothing was spawned.
+    #[error("the executor was not started")]
+    Secrets(#[source] crate::secrets::SecretsError),
     #[error("the executor exited during start-up ({exit}){}", Tail(tail))]
     Exited { exit: ExitInfo, tail: String },
     #[error(
@@ -63,6 +66,9 @@ pub enum RequestError {
 pub enum UpdateError {
     #[error("the merged config is not a JSON object")]
     NotAnObject,
+    /// A secret reference of the new config cannot be resolved: nothing was sent.
+    #[error("the new config was not stored")]
+    Secrets(#[source] crate::secrets::SecretsError),
     #[error("config is {bytes} bytes; the limit is {limit} (the new config was not stored)")]
     TooLarge { bytes: usize, limit: usize },
     #[error("the strategy rejected the new config, which was not stored")]

@@ -29,6 +29,7 @@ use crate::process::{ExecutorProcess, ExitInfo};
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::control::{ExecutorMessage, ManagerMessage};
+use engine_protocol::secrets::Scrub;
 use engine_protocol::Status;
 use engine_store::commands::CommandKind;
 use engine_store::manager::{self as db, ObservedState};
@@ -144,6 +145,9 @@ pub struct StrategySupervisor {
     exec_tx: mpsc::Sender<ExecRequest>,
     /// Why the manager killed the executor (a hung execution), for its exit's error.
     killed_for: Option<String>,
+    /// The secret values the running executor's config was given: hidden in its
+    /// log's tail before that becomes an error.
+    scrub: Scrub,
 }
 
 /// What woke the supervisor's loop.
@@ -214,6 +218,7 @@ impl StrategySupervisor {
             exec_rx,
             exec_tx,
             killed_for: None,
+            scrub: Scrub::default(),
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
         let removed = supervisor.removed.clone();
@@ -480,11 +485,13 @@ impl StrategySupervisor {
     fn exit_event(&mut self, exit: ExitInfo) -> Event {
         let tail = match self.killed_for.take() {
             Some(reason) => reason,
-            None => self
-                .proc
-                .as_ref()
-                .map(|p| p.log_tail(5))
-                .unwrap_or_default(),
+            None => self.scrub.scrub(
+                &self
+                    .proc
+                    .as_ref()
+                    .map(|p| p.log_tail(5))
+                    .unwrap_or_default(),
+            ),
         };
         self.forget_process();
         Event::Exited { exit, tail }

@@ -11,6 +11,7 @@ use crate::process::{Confine, ExecutorProcess, SpawnSpec};
 use chrono::Utc;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage};
 use engine_protocol::limits::ResourceLimits;
+use engine_protocol::secrets::{Resolved, Scrub};
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind, ShutdownReason, StopMode};
 use engine_store::manager as db;
 use rustix::process::Signal;
@@ -21,6 +22,19 @@ use uuid::Uuid;
 
 /// How long `--validate` may take.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `source` of an announcement the executor must not apply (see `send_to_executor`).
+const MANAGER_SOURCE: &str = "manager";
+
+/// `err` with the secret values of `scrub` hidden in the executor's words.
+fn scrubbed(err: RequestError, scrub: &Scrub) -> RequestError {
+    match err {
+        RequestError::Rejected { reason } => RequestError::Rejected {
+            reason: reason.map(|r| scrub.scrub(&r)),
+        },
+        other => other,
+    }
+}
 
 impl StrategySupervisor {
     /// Spawn an executor (`--start-paused` with `paused`), from the definition the row
@@ -38,12 +52,18 @@ impl StrategySupervisor {
         let control_socket = self.shared.config.control_socket_path();
         // Its own Redis user where Redis allows it (crate::redis_users).
         let redis_url = self.shared.redis_users.issue(self.id).await;
+        // The config's secret references resolved for this executor's stdin only.
+        let resolved = match self.shared.secrets.resolve(&self.config).await {
+            Ok(resolved) => resolved,
+            Err(err) => return Event::StartFailed(StartError::Secrets(err)),
+        };
+        self.scrub = resolved.scrub;
         let spec = SpawnSpec {
             executor_path: &self.shared.executor_path,
             strategy_id: self.id,
             name: &self.name,
             strategy_type: &self.strategy_type,
-            config: &self.config,
+            config: &resolved.config,
             broker_state: self.broker.latest(),
             control_socket: &control_socket,
             redis_url: &redis_url,
@@ -90,6 +110,7 @@ impl StrategySupervisor {
             tokio::select! {
                 exit = wait_exit(&mut self.proc) => {
                     let tail = self.proc.as_ref().map(|p| p.log_tail(5)).unwrap_or_default();
+                    let tail = self.scrub.scrub(&tail);
                     self.forget_process();
                     return Event::StartFailed(StartError::Exited { exit, tail });
                 }
@@ -140,7 +161,7 @@ impl StrategySupervisor {
             ..self.executor_command(ExecutorCommandKind::Shutdown, None, command_id)
         };
         let sent_on_link = self.link.is_some();
-        self.send_to_executor(cmd.clone()).await;
+        self.send_to_executor(cmd.clone(), None).await;
         let resend = (!(sent_on_link && self.link.is_some())).then_some(&cmd);
         match self.escalate(grace, resend).await {
             Some(exit) => {
@@ -234,33 +255,46 @@ impl StrategySupervisor {
         }
     }
 
-    /// Send on the control link (if connected), the one way an executor is commanded,
-    /// and announce it on `strategy:commands:{id}` for dashboards (no executor
-    /// listens there). With the link down, the callers send it again when the
-    /// executor connects, until their deadline.
-    async fn send_to_executor(&mut self, cmd: ExecutorCommand) {
+    /// Send on the control link (if connected) and announce on
+    /// `strategy:commands:{id}`. An `update_config` is announced with `stored`, the
+    /// config as stored, masked ([`engine_protocol::secrets::mask`]): never with the
+    /// resolved secrets the link carries. When the two differ the announcement says
+    /// `source: manager`, and an executor does not apply it (the link brings the
+    /// config it must get, or the request resends it when the link comes up).
+    async fn send_to_executor(&mut self, cmd: ExecutorCommand, stored: Option<&Value>) {
         if let Some(link) = &mut self.link {
             if let Err(err) = link.send(&ManagerMessage::Command(cmd.clone())).await {
                 tracing::warn!(error = %super::error::render(&err), "control link write failed");
                 self.link = None;
             }
         }
+        let mut announced = cmd;
+        if let Some(stored) = stored {
+            let shown = engine_protocol::secrets::mask(stored);
+            if announced.config.as_ref() != Some(&shown) {
+                announced.source = Some(MANAGER_SOURCE.to_string());
+            }
+            announced.config = Some(shown);
+        }
         self.shared
             .publisher
-            .publish(self.shared.channels.commands(self.id), &cmd);
+            .publish(self.shared.channels.commands(self.id), &announced);
     }
 
     /// Pause, resume or update the running executor and wait for its acknowledgement.
+    /// An update carries `config`, the config the executor gets (secrets resolved),
+    /// and `stored`, the one announced on Redis.
     pub(super) async fn request(
         &mut self,
         kind: ExecutorCommandKind,
-        config: Option<Value>,
+        config: Option<(Value, &Value)>,
         command_id: Uuid,
     ) -> Result<(), RequestError> {
+        let (config, stored) = config.unzip();
         let cmd = self.executor_command(kind, config, command_id);
         let deadline = Instant::now() + self.shared.config.ack_timeout;
         let mut sent_on_link = self.link.is_some();
-        self.send_to_executor(cmd.clone()).await;
+        self.send_to_executor(cmd.clone(), stored).await;
         sent_on_link &= self.link.is_some();
         loop {
             tokio::select! {
@@ -373,21 +407,33 @@ impl StrategySupervisor {
         if bytes > limit {
             return Err(UpdateError::TooLarge { bytes, limit });
         }
+        // Checked and handed over with its secret references resolved; stored and
+        // announced as it is.
+        let resolved = self
+            .shared
+            .secrets
+            .resolve(&merged)
+            .await
+            .map_err(UpdateError::Secrets)?;
         if online {
             self.request(
                 ExecutorCommandKind::UpdateConfig,
-                Some(merged.clone()),
+                Some((resolved.config, &merged)),
                 command_id,
             )
             .await
-            .map_err(UpdateError::ExecutorRefused)?;
+            .map_err(|err| UpdateError::ExecutorRefused(scrubbed(err, &resolved.scrub)))?;
         } else {
-            self.validate_offline(&merged).await?;
+            self.validate_offline(&resolved).await?;
         }
         db::write_config(&self.shared.pool, self.id, &merged)
             .await
             .map_err(UpdateError::Store)?;
         self.config = merged;
+        if online {
+            // The running executor holds these secrets now.
+            self.scrub = resolved.scrub;
+        }
         // The history says when the config changed, and a recovered update can tell
         // that a later one has been applied since (`db::superseded_recovered`).
         self.record_event(db::CONFIG_UPDATED, Some(command_id))
@@ -395,8 +441,8 @@ impl StrategySupervisor {
         Ok(())
     }
 
-    /// Ask the executor binary whether it accepts `config` (`--validate`).
-    async fn validate_offline(&self, config: &Value) -> Result<(), UpdateError> {
+    /// Ask the executor binary whether it accepts `resolved` (`--validate`).
+    async fn validate_offline(&self, resolved: &Resolved) -> Result<(), UpdateError> {
         let path = &self.shared.executor_path;
         if !path.is_file() {
             return Err(UpdateError::ExecutorMissing { path: path.clone() });
@@ -404,7 +450,7 @@ impl StrategySupervisor {
         let verdict = engine_protocol::validate::validate_config(
             path,
             &self.strategy_type,
-            config,
+            &resolved.config,
             VALIDATE_TIMEOUT,
         )
         .await
@@ -412,7 +458,9 @@ impl StrategySupervisor {
         if verdict.accepted() {
             Ok(())
         } else {
-            let reason = verdict.stderr.trim_start_matches("error: ").to_string();
+            let reason = resolved
+                .scrub
+                .scrub(verdict.stderr.trim_start_matches("error: "));
             Err(UpdateError::ValidatorRefused { reason })
         }
     }

@@ -470,6 +470,17 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// Every message received so far and not yet taken, as (channel, payload).
+    pub fn drain(&mut self) -> Vec<(String, Value)> {
+        let mut taken = Vec::new();
+        while let Ok(message) = self.rx.try_recv() {
+            taken.push(message);
+        }
+        taken
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.task.abort();

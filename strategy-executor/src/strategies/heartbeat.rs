@@ -14,6 +14,11 @@
 //! It also runs in backtests (where it trades nothing), for its last hook:
 //! `panic_after_ticks` panics on that tick of its token, a strategy failing mid-run.
 //!
+//! One hook stands for an exchange credential: `api_key` (a string, usually a secret
+//! reference the manager resolves) is reported only as its SHA-256 in the
+//! `api_key_sha256` metric, so a test can tell that the strategy got the right value
+//! without the value appearing anywhere.
+//!
 //! Three hooks misbehave for the resource limits' tests: `hog_mb_per_beat` allocates
 //! (and touches) that much memory every beat and never frees it, `spin_ms_per_beat`
 //! burns the CPU that long every beat, `threads_per_beat` starts that many threads
@@ -86,6 +91,9 @@ pub struct HeartbeatConfig {
     /// thread bomb. Threads the system refuses are counted (`threads_refused`).
     #[serde(default)]
     pub threads_per_beat: Option<u64>,
+    /// Test hook: a credential, reported only as its SHA-256 (`api_key_sha256`).
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -223,7 +231,19 @@ impl Heartbeat {
         if self.executions > 0 {
             ctx.set_metric("executions", self.executions);
         }
+        if let Some(key) = &self.config.api_key {
+            ctx.set_metric("api_key_sha256", sha256_hex(key));
+        }
     }
+}
+
+/// `text`'s SHA-256 in lower-case hex.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Strategy for Heartbeat {
@@ -348,10 +368,22 @@ mod tests {
                 hog_mb_per_beat: None,
                 spin_ms_per_beat: None,
                 threads_per_beat: None,
+                api_key: None,
             }
         );
         let s = Heartbeat::new(c);
         assert_eq!(s.timer_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn api_key_is_reported_only_as_its_sha256() {
+        let h = TestHarness::started(heartbeat(json!({"api_key": "abc"})));
+        assert_eq!(
+            metric(&h, "api_key_sha256"),
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        let reported = serde_json::to_string(&h.metrics()).unwrap();
+        assert!(!reported.contains("\"abc\""), "{reported}");
     }
 
     #[test]
