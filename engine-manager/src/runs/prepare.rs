@@ -9,7 +9,7 @@ use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::runs::{self as proto, RunInput, RunSymbol};
 use engine_store::runs::{self as store, BarsCopy, CopyBarsError, RunRow, Security};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Why a run could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -77,28 +77,14 @@ pub async fn prepare(
         }
         .into());
     }
-    let bars_path = proto::bars_path(runs_dir, row.id);
-    let parts = bars_parts(
-        names.len(),
-        start.max(span.0),
-        end.min(span.1),
-        req.interval_s,
-        shared.config.run_copy_parts as usize,
-    );
-    let mut paths = vec![bars_path.clone()];
-    paths.extend((1..parts).map(|part| proto::bars_part_path(runs_dir, row.id, part)));
-    let parts: Vec<_> = store::split_bars(&names, start, end, span, parts)
-        .into_iter()
-        .zip(paths)
-        .collect();
-    let more_bars_paths = parts[1..].iter().map(|(_, path)| path.clone()).collect();
-    let copy = store::start_bars_copies(pool, &req.interval, &parts)
-        .await
-        .map_err(|err| match err {
-            // The database away is tried again, like every other read here.
-            CopyBarsError::Database(err) => PrepareError::Database(err),
-            err => PrepareError::Bars(err),
-        })?;
+    let bars = BarsAsked {
+        names: &names,
+        interval: &req.interval,
+        interval_s: req.interval_s,
+        range: (start, end),
+        span,
+    };
+    let (bars_path, more_bars_paths, copy) = start_copy(shared, row.id, runs_dir, &bars).await?;
     let input = RunInput {
         run_id: row.id,
         strategy_id: row.strategy_id,
@@ -132,6 +118,49 @@ pub async fn prepare(
         stored_config,
         copy,
     })
+}
+
+/// The bars a run reads: its symbols (in the file's order) and interval, the range
+/// asked and the span of the bars there are.
+struct BarsAsked<'a> {
+    names: &'a [String],
+    interval: &'a str,
+    interval_s: u64,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    span: (DateTime<Utc>, DateTime<Utc>),
+}
+
+/// Begin the COPY of a run's bars, in one part or `--run-copy-parts`: the first
+/// file's path, the others', and the COPY under way.
+async fn start_copy(
+    shared: &Shared,
+    run_id: uuid::Uuid,
+    runs_dir: &Path,
+    bars: &BarsAsked<'_>,
+) -> Result<(PathBuf, Vec<PathBuf>, BarsCopy), PrepareError> {
+    let ((start, end), span) = (bars.range, bars.span);
+    let parts = bars_parts(
+        bars.names.len(),
+        start.max(span.0),
+        end.min(span.1),
+        bars.interval_s,
+        shared.config.run_copy_parts as usize,
+    );
+    let mut paths = vec![proto::bars_path(runs_dir, run_id)];
+    paths.extend((1..parts).map(|part| proto::bars_part_path(runs_dir, run_id, part)));
+    let parts: Vec<_> = store::split_bars(bars.names, start, end, span, parts)
+        .into_iter()
+        .zip(paths.iter().cloned())
+        .collect();
+    let copy = store::start_bars_copies(&shared.pool, bars.interval, &parts)
+        .await
+        .map_err(|err| match err {
+            // The database away is tried again, like every other read here.
+            CopyBarsError::Database(err) => PrepareError::Database(err),
+            err => PrepareError::Bars(err),
+        })?;
+    let first = paths.remove(0);
+    Ok((first, paths, copy))
 }
 
 /// Bars (at most, as the span and the interval give them) from which a run's COPY
