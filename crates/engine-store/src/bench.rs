@@ -40,6 +40,21 @@ pub async fn set_limits(pool: &PgPool, ids: &[Uuid], limits: &Value) -> Result<(
         .map(drop)
 }
 
+/// Make strategy `id` an interval strategy executed every `interval_s` seconds
+/// (CONTRACT §5).
+pub async fn set_execution_interval(
+    pool: &PgPool,
+    id: Uuid,
+    interval_s: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET execution_interval_s = $2 WHERE id = $1")
+        .bind(id)
+        .bind(interval_s)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
 /// Insert `command` (no parameters) for every strategy in one statement (so one
 /// transaction, one `created_at`); returns the rows' `created_at`.
 pub async fn command_every_strategy(

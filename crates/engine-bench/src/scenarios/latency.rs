@@ -53,11 +53,13 @@ async fn latency_on(engine: &mut BenchEngine, results: &mut Results) -> anyhow::
     let kills = sigkill_samples(engine, &ids).await?;
     let stops = stop_samples(engine, &ids).await?;
     let limited = limited_start_samples(engine, &ids).await?;
+    let triggers = trigger_samples(engine, ids[0], ids.len()).await?;
     let busy = busy.finish();
 
     report_claim(results, &claims, &starts, &busy);
     report_start(results, &starts);
     report_limited_start(results, &starts, &limited);
+    report_trigger(results, &triggers);
     report_stop(results, &stops);
     report_sigkill_and_memory(results, &kills, &rss, &pss);
     results
@@ -266,6 +268,60 @@ async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<
     }
     progress.finish();
     Ok(t)
+}
+
+/// trigger (CONTRACT §5): `samples` `trigger` commands, one at a time, to a running
+/// heartbeat made an interval strategy with an interval too long to come due
+/// (3600 s), so that every execution is a manual one; a no-op step. INSERT → row
+/// `executed` (the execution ended well, carried over the control link).
+async fn trigger_samples(
+    engine: &mut BenchEngine,
+    id: Uuid,
+    samples: usize,
+) -> anyhow::Result<Vec<f64>> {
+    db::set_execution_interval(&engine.pool, id, 3600)
+        .await
+        .context("make the strategy an interval strategy")?;
+    let start = engine
+        .insert_command_timed(Some(id), CommandWord::Start, json!({}))
+        .await?;
+    wait_running(engine, id).await?;
+    let end = engine.wait_command(start.id, EVENT_DEADLINE).await?;
+    if end.status != CommandStatus::Executed {
+        bail!("start of {id} ended {}: {:?}", end.status, end.error);
+    }
+    let mut samples_ms = Vec::with_capacity(samples);
+    let mut progress = Progress::new("trigger", samples);
+    for i in 0..samples {
+        let cmd = engine
+            .insert_command_timed(Some(id), CommandWord::Trigger, json!({}))
+            .await?;
+        let end = engine.wait_command(cmd.id, EVENT_DEADLINE).await?;
+        if end.status != CommandStatus::Executed {
+            bail!("trigger of {id} ended {}: {:?}", end.status, end.error);
+        }
+        let executed = end.executed_at.context("executed without executed_at")?;
+        if i >= WARMUP {
+            samples_ms.push(ms(executed, cmd.created_at));
+        }
+        progress.set(i + 1);
+    }
+    progress.finish();
+    stop_samples(engine, &[id]).await?;
+    Ok(samples_ms)
+}
+
+fn report_trigger(results: &mut Results, samples: &[f64]) {
+    results.push(
+        Figure::series(
+            "trigger_executed_ms",
+            "`trigger` INSERT → execution ended, row `executed` (no-op step)",
+            "ms",
+            samples,
+            Some(Goal::P50AtMost(5.0)),
+        )
+        .with_note("a heartbeat with execution_interval_s 3600 (no due execution meanwhile); created_at → executed_at of the command row, polled every 2 ms".to_string()),
+    );
 }
 
 fn report_claim(results: &mut Results, c: &ClaimSeries, s: &StartSeries, busy: &str) {
