@@ -14,6 +14,7 @@
 //! - [`limits`]: a strategy's resource limits (`memory_mb`, `cpu_percent`, `pids`,
 //!   `open_files`) and the one check of them.
 //! - [`redact`]: credentials never reach a log line.
+//! - [`redis_tls`]: a `rediss://…#insecure` URL only with `--tls-insecure`.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod messages;
 pub mod procfs;
 pub mod redact;
+pub mod redis_tls;
 pub mod runs;
 #[cfg(feature = "schedule")]
 pub mod schedule;
