@@ -211,6 +211,22 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_REDIS_ACL", value_enum, default_value_t = crate::redis_users::RedisAclChoice::Auto)]
     pub redis_acl: crate::redis_users::RedisAclChoice,
 
+    /// Accept TLS that does not verify the server's certificate: `sslmode=require`
+    /// (or `prefer`, `allow`, `disable`) to a PostgreSQL server that is not on this
+    /// host, and a `rediss://…#insecure` Redis URL. Logged as a warning at start-up.
+    /// Without it, a remote database gets `sslmode=verify-full` unless the URL says
+    /// `verify-ca`/`verify-full`, and the refusals say what to change.
+    #[arg(long, env = "ENGINE_TLS_INSECURE")]
+    pub tls_insecure: bool,
+
+    /// Run every executor (strategies, runs, `--validate`) as this user and its
+    /// primary group, with no supplementary groups, so strategy code cannot read
+    /// the manager's files. The manager must run as root (or with CAP_SETUID and
+    /// CAP_SETGID); the user must be able to reach the state directory and run the
+    /// executor binary. Checked at start-up.
+    #[arg(long, env = "ENGINE_EXECUTOR_USER", value_name = "NAME")]
+    pub executor_user: Option<String>,
+
     /// Create the database if needed, apply migrations, and exit.
     #[arg(long)]
     pub migrate_only: bool,

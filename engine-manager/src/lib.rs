@@ -9,6 +9,7 @@
 //!   its executor process, applies its commands in order, restarts crashes).
 //! - [`process`]: spawning, adopting, signalling and watching executor processes.
 //! - [`link`]: the control socket executors connect to (readiness and acks).
+//! - [`executor_user`]: `--executor-user`, executors run as another user.
 //! - [`limits`]: resource limits: one cgroup (v2 or v1) per executor, else rlimits.
 //! - [`publisher`]: the one task that talks to Redis for sending.
 //! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
@@ -32,6 +33,7 @@
 pub mod command_metrics;
 pub mod config;
 pub mod executions;
+pub mod executor_user;
 pub mod health;
 pub mod http;
 pub mod intake;
@@ -103,6 +105,8 @@ pub struct Shared {
     pub redis_users: redis_users::ExecutorUsersHandle,
     /// Where config references to secrets are resolved from (checked at start-up).
     pub secrets: secrets::Secrets,
+    /// The user executors run as (`--executor-user`), checked at start-up.
+    pub executor_user: Option<engine_protocol::executor_env::RunAs>,
 }
 
 impl Shared {
@@ -160,6 +164,12 @@ pub enum ManagerError {
     Roles(#[from] engine_store::roles::RolesError),
     #[error("cannot check the database role's rights")]
     CheckRights(#[source] sqlx::Error),
+    #[error(transparent)]
+    ExecutorUser(#[from] executor_user::ExecutorUserError),
+    #[error(transparent)]
+    InsecureRedis(#[from] engine_protocol::redis_tls::InsecureRedisUrl),
+    #[error("the Redis URL {url} ends in #insecure, but this build cannot skip the check of the server's certificate (its Redis client is built without tls-rustls-insecure, as release builds are); drop #insecure and give Redis a certificate that a public root (webpki-roots) trusts")]
+    InsecureRedisUnsupported { url: String },
     #[error(
         "the database role '{role}' lacks what the manager needs: {}; run `engine-manager --setup-roles` as a superuser once, then start the manager as engine_manager (or a login role granted it)",
         missing.join(", ")
@@ -170,14 +180,21 @@ pub enum ManagerError {
 impl ManagerError {
     /// 3 when another manager serves the database (or, in a cluster, holds this
     /// node's name), 2 for a set-up that must not start (a bad tokens file, open
-    /// beyond loopback, a secrets file others may read), else 1.
+    /// beyond loopback, a secrets file others may read, unverified TLS, an
+    /// `--executor-user` that cannot work), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             ManagerError::Lease(held) if held.is_held() => 3,
             ManagerError::StateDirInUse { .. } => 3,
             ManagerError::HttpAccess(_)
             | ManagerError::MissingRights { .. }
-            | ManagerError::Secrets(_) => 2,
+            | ManagerError::Secrets(_)
+            | ManagerError::ExecutorUser(_)
+            | ManagerError::InsecureRedis(_)
+            | ManagerError::InsecureRedisUnsupported { .. }
+            | ManagerError::Database(DbError::UnverifiedTls { .. } | DbError::BadSslMode { .. }) => {
+                2
+            }
             _ => 1,
         }
     }
@@ -203,19 +220,19 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// [`ManagerError::Task`], so that the binary exits non-zero.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ManagerError> {
     if config.setup_roles {
-        return setup_roles(&config.database_url).await;
+        return setup_roles(&config).await;
     }
     // Before anything else: a server that must not start says so at once.
     let (http_access, secrets) = refusals(&config).await?;
     let pool = db::connect(&config.database_url, 10).await?;
-    check_rights(&pool).await?;
-    engine_store::roles::migrate_as_manager(&pool).await?;
+    check_rights_and_migrate(&pool).await?;
     if config.migrate_only {
         tracing::info!("migrations applied");
         return Ok(());
     }
     check_state_dir_free(&config).await?;
     let node = config.node_name();
+    let executor_user = prepare_executor_user(&config).await?;
     let boot_id = engine_protocol::procfs::boot_id();
     let (lease, is_boot) = acquire_lease(&config, &node, &boot_id).await?;
     // Said in the lease row for the HTTP API and enginectl (the queue's capacity).
@@ -255,6 +272,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         limiter,
         redis_users,
         secrets,
+        executor_user,
     });
     log_start(&shared, is_boot);
 
@@ -322,49 +340,129 @@ async fn check_state_dir_free(config: &ManagerConfig) -> Result<(), ManagerError
     Ok(())
 }
 
-/// What must stop the start-up at once, before the database: the HTTP tokens and
-/// addresses, and the secrets file (exit code 2).
+/// What must stop the start-up at once, before the database: unverified TLS, the
+/// HTTP tokens and addresses, and the secrets file (exit code 2).
 async fn refusals(
     config: &ManagerConfig,
 ) -> Result<(Arc<http::HttpAccess>, secrets::Secrets), ManagerError> {
-    let http_access = Arc::new(http::HttpAccess::from_config(config)?);
+    let http_access = preflight(config).await?;
     let secrets = secrets::Secrets::open(config.secrets_file.clone()).await?;
     Ok((http_access, secrets))
 }
 
 /// The control socket every executor connects to, bound: its path and server.
+/// With `--executor-user`, the socket is given to that user's group.
 fn bind_control_socket(
     shared: &Shared,
 ) -> Result<(std::path::PathBuf, ControlServer), ManagerError> {
     let socket = shared.config.control_socket_path();
-    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(|source| {
-        ManagerError::ControlSocket {
-            path: socket.clone(),
-            source,
-        }
-    })?;
+    let failed = |source| ManagerError::ControlSocket {
+        path: socket.clone(),
+        source,
+    };
+    let server = ControlServer::bind(&socket, shared.link_routes.clone()).map_err(failed)?;
+    if let Some(user) = &shared.executor_user {
+        executor_user::share_socket(&socket, user).map_err(failed)?;
+    }
     Ok((socket, server))
+}
+
+/// TLS as the flags allow it: unverified PostgreSQL modes to a remote host and a
+/// `rediss://…#insecure` URL only with `--tls-insecure`, which is said loudly; a
+/// `#insecure` URL is refused where the Redis client cannot skip the check at all.
+async fn check_tls(config: &ManagerConfig) -> Result<(), ManagerError> {
+    engine_store::tls::allow_unverified(config.tls_insecure);
+    engine_protocol::redis_tls::check_redis_url(&config.redis_url, config.tls_insecure)?;
+    if !config.tls_insecure {
+        return Ok(());
+    }
+    tracing::warn!(
+        "--tls-insecure is set: TLS connections to PostgreSQL and Redis may skip the check of the server's certificate, so anyone on the network path could pose as the server and read or change what is sent; use sslmode=verify-full and certificates the client trusts, and drop --tls-insecure (ENGINE_TLS_INSECURE)"
+    );
+    if engine_protocol::redis_tls::skips_verification(&config.redis_url)
+        && !redis_client_skips_verification().await
+    {
+        return Err(ManagerError::InsecureRedisUnsupported {
+            url: engine_protocol::redact::redact_url(&config.redis_url),
+        });
+    }
+    Ok(())
+}
+
+/// Whether this build's Redis client can skip certificate checks (its feature
+/// `tls-rustls-insecure`, on in test builds only). Asked of the client itself: it
+/// builds its TLS settings before it opens a socket, and refuses an `#insecure` URL
+/// there with `InvalidClientConfig` when it cannot; otherwise the connection to a
+/// closed local port fails with an I/O error.
+async fn redis_client_skips_verification() -> bool {
+    let Ok(client) = redis::Client::open("rediss://127.0.0.1:1/#insecure") else {
+        return false;
+    };
+    let attempt = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await;
+    !matches!(attempt, Ok(Err(err)) if err.kind() == redis::ErrorKind::InvalidClientConfig)
+}
+
+/// `--executor-user`: the user looked up, this process's right to become it checked,
+/// and the files it needs made reachable ([`executor_user::prepare`]).
+async fn prepare_executor_user(
+    config: &ManagerConfig,
+) -> Result<Option<engine_protocol::executor_env::RunAs>, ManagerError> {
+    let Some(name) = config.executor_user.clone() else {
+        return Ok(None);
+    };
+    let (executor, state, logs, runs) = (
+        config.executor_path(),
+        config.state_dir.clone(),
+        config.logs_dir(),
+        config.runs_dir(),
+    );
+    let tokens_file = config.http_tokens_file.clone();
+    let (user, exposed) = tasks::blocking(move || {
+        let user = executor_user::prepare(&name, &executor, &state, &logs, &runs)?;
+        let exposed = tokens_file.filter(|path| executor_user::can_read(&user, path));
+        Ok::<_, executor_user::ExecutorUserError>((user, exposed))
+    })
+    .await?;
+    if let Some(path) = exposed {
+        tracing::warn!(path = %path.display(), user = %user.name, "the HTTP tokens file is readable by --executor-user; make it the manager's alone (chmod 600)");
+    }
+    tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "executors run as another user");
+    Ok(Some(user))
 }
 
 /// `--setup-roles`: the migrations, the three roles and their grants
 /// ([`engine_store::roles`]), then exit.
-async fn setup_roles(url: &str) -> Result<(), ManagerError> {
-    engine_store::roles::setup_roles(url).await?;
+async fn setup_roles(config: &ManagerConfig) -> Result<(), ManagerError> {
+    check_tls(config).await?;
+    engine_store::roles::setup_roles(&config.database_url).await?;
     tracing::info!(
         "migrations applied; roles engine_viewer, engine_operator and engine_manager set up"
     );
     Ok(())
 }
 
+/// What must hold before the manager touches the database: TLS as the flags allow
+/// ([`check_tls`]) and the HTTP tokens ([`http::HttpAccess::from_config`]).
+async fn preflight(config: &ManagerConfig) -> Result<Arc<http::HttpAccess>, ManagerError> {
+    check_tls(config).await?;
+    Ok(Arc::new(http::HttpAccess::from_config(config)?))
+}
+
 /// The start-up check: the connected role can do what the manager does (read and
 /// write its tables, draw from their sequences, apply the migrations), else the
-/// manager exits saying what is missing. A superuser and the schema's owner pass.
-async fn check_rights(pool: &sqlx::PgPool) -> Result<(), ManagerError> {
+/// manager exits saying what is missing; then the migrations are applied. A
+/// superuser and the schema's owner pass.
+async fn check_rights_and_migrate(pool: &sqlx::PgPool) -> Result<(), ManagerError> {
     use engine_store::roles;
     let missing = roles::missing_privileges(pool)
         .await
         .map_err(ManagerError::CheckRights)?;
     if missing.is_empty() {
+        roles::migrate_as_manager(pool).await?;
         return Ok(());
     }
     let role = roles::current_role(pool)

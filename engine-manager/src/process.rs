@@ -4,6 +4,7 @@
 
 use crate::limits::{Confinement, LimitGroup, Limiter};
 use crate::tasks::blocking;
+use engine_protocol::executor_env::RunAs;
 use engine_protocol::limits::ResourceLimits;
 use engine_protocol::procfs;
 use rustix::process::{Pid, Signal};
@@ -68,6 +69,8 @@ pub struct RunSpawnSpec<'a> {
     pub input: &'a engine_protocol::runs::RunInput,
     /// Its strategy's limits, in force before it reads its input.
     pub confine: Confine<'a>,
+    /// The user it runs as (`--executor-user`), else the manager's.
+    pub run_as: Option<&'a RunAs>,
 }
 
 /// The limits a new process is held to, in the group `engine/<id>`: put in force
@@ -100,6 +103,8 @@ pub struct SpawnSpec<'a> {
     /// The strategy has an `execution_interval_s` (its type must support it).
     pub interval: bool,
     pub confine: Confine<'a>,
+    /// The user it runs as (`--executor-user`), else the manager's.
+    pub run_as: Option<&'a RunAs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +234,7 @@ impl ExecutorProcess {
             .arg(spec.run_id.to_string())
             .arg("--runs-dir")
             .arg(spec.runs_dir);
-        detach(&mut cmd, log, log2);
+        detach(&mut cmd, log, log2, spec.run_as);
         let input = serde_json::to_vec(spec.input).expect("a run input serializes");
         let started = Started {
             executor_path: spec.executor_path,
@@ -453,7 +458,7 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
         .arg("--metrics-interval")
         .arg(format!("{}ms", spec.metrics_interval.as_millis()))
         .args(spec.start_paused.then_some("--start-paused"));
-    detach(&mut cmd, log, log2);
+    detach(&mut cmd, log, log2, spec.run_as);
     // After `detach` (which clears the environment): secrets stay out of argv, so
     // the Redis URL (it may hold a password) goes in the environment, the config on
     // stdin.
@@ -466,10 +471,15 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
 /// the manager's settings or secrets: no database URL, no HTTP token; see
 /// [`engine_protocol::executor_env`]), stdin piped, output appended to its log, its
 /// own process group (a dying manager or a terminal's Ctrl-C never reaches it),
-/// never killed when its handle is dropped.
-fn detach(cmd: &mut tokio::process::Command, log: File, log2: File) {
+/// never killed when its handle is dropped; with `run_as`, that user's uid and
+/// primary group and no supplementary groups (the standard library's spawn drops
+/// them when a uid is set).
+fn detach(cmd: &mut tokio::process::Command, log: File, log2: File, run_as: Option<&RunAs>) {
+    if let Some(user) = run_as {
+        cmd.uid(user.uid).gid(user.gid);
+    }
     cmd.env_clear()
-        .envs(engine_protocol::executor_env::inherited())
+        .envs(engine_protocol::executor_env::inherited_as(run_as))
         .stdin(Stdio::piped())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))

@@ -214,6 +214,22 @@ fn row(id: Uuid) -> String {
     format!("tr[data-id=\"{id}\"]")
 }
 
+/// Publish on Redis, as an executor would, that strategy `id` (`name`) is in
+/// `backoff` with `error`: what the page shows comes through the manager's relay.
+async fn publish_backoff(engine: &TestEngine, id: Uuid, name: &str, error: &str) {
+    let mut redis = engine.redis_conn().await;
+    let message = json!({
+        "strategy_id": id, "name": name, "timestamp": chrono::Utc::now(),
+        "status": "backoff", "pid": null, "node": "test", "error": error,
+    });
+    let _: () = redis::cmd("PUBLISH")
+        .arg(engine.channels.status(id))
+        .arg(message.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_state_and_sends_commands() {
     require_browser();
@@ -268,17 +284,7 @@ async fn dashboard_shows_live_state_and_sends_commands() {
         .await;
 
     // A status published on Redis shows up (relayed by the manager over SSE).
-    let mut redis = engine.redis_conn().await;
-    let message = json!({
-        "strategy_id": idle, "name": "dash-idle", "timestamp": chrono::Utc::now(),
-        "status": "backoff", "pid": null, "node": "test", "error": "published on redis by the test",
-    });
-    let _: () = redis::cmd("PUBLISH")
-        .arg(engine.channels.status(idle))
-        .arg(message.to_string())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    publish_backoff(&engine, idle, "dash-idle", "published on redis by the test").await;
     browser
         .wait_text(
             "the published status on the page",
@@ -671,6 +677,98 @@ async fn a_run_started_from_the_page_moves_its_bar_and_shows_its_result() {
         .screenshot()
         .await
         .map(|png| std::fs::write(target_dir().join("dashboard-runs.png"), png));
+    browser.close().await;
+    engine.finish().await;
+}
+
+const READ_TOKEN: &str = "dashboard-read-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_a_server_that_guards_reads_asks_for_a_token_and_streams_with_it() {
+    require_browser();
+    let mut engine = TestEngine::new().await;
+    engine.config.http_token = Some(HttpToken(TOKEN.into()));
+    engine.config.http_read_token = Some(HttpToken(READ_TOKEN.into()));
+    engine.start_manager().await;
+    let id = engine.add_heartbeat("dash-guarded").await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    let base = engine.http_base().await;
+
+    // The event stream takes the token as a query parameter, checked like the header.
+    let http = reqwest::Client::new();
+    for (query, expected) in [
+        ("", 401),
+        ("?access_token=wrong", 401),
+        ("?access_token=dashboard-read-token", 200),
+    ] {
+        let answer = http
+            .get(format!("{base}/api/events{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), expected, "/api/events{query}");
+    }
+    let elsewhere = http
+        .get(format!("{base}/api/strategies?access_token={READ_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.status().as_u16(),
+        401,
+        "only event streams take it in the query"
+    );
+
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+    // The first read is refused: the page asks for a token.
+    let why = browser
+        .wait_text("the token form", "#token-why", |t| !t.is_empty())
+        .await;
+    assert!(why.contains("requires a bearer token"), "{why}");
+    browser
+        .client()
+        .find(Locator::Id("token-ask"))
+        .await
+        .unwrap()
+        .send_keys(READ_TOKEN)
+        .await
+        .unwrap();
+    browser.click("#token-use").await;
+
+    // With it, the snapshot and the live stream come through.
+    browser
+        .wait_text("the strategy's row", &format!("{} .status", row(id)), |t| {
+            t == "running"
+        })
+        .await;
+    browser
+        .wait_text("the live connection", "#conn", |t| t == "live")
+        .await;
+    publish_backoff(
+        &engine,
+        id,
+        "dash-guarded",
+        "sent through the guarded stream",
+    )
+    .await;
+    browser
+        .wait_text(
+            "a status relayed by the guarded stream",
+            &format!("{} .last-error", row(id)),
+            |t| t.contains("sent through the guarded stream"),
+        )
+        .await;
+    // Kept for the tab only.
+    let kept = browser
+        .client()
+        .execute(
+            "return [sessionStorage.getItem('engine.token'), localStorage.getItem('engine.token')];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, json!([READ_TOKEN, null]));
     browser.close().await;
     engine.finish().await;
 }

@@ -151,14 +151,8 @@ fn slow_run_executor(dir: &Path) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
-    let engine = TestEngine::new().await;
-    engine.seed_one_security().await;
-    let mut manager = manager_with_secrets(&engine, &slow_run_executor(&engine.state_dir)).await;
-    let strategy = engine
-        .add_strategy("env-run", "sma_crossover", json!({}), false)
-        .await;
+/// Queue a screener run of `strategy` (its parameters all defaults); its id.
+async fn insert_screener_run(engine: &TestEngine, strategy: Uuid) -> Uuid {
     let run = Uuid::new_v4();
     sqlx::query("INSERT INTO strategy_runs (id, strategy_id, mode, parameters) VALUES ($1, $2, 'screener', '{}')")
         .bind(run)
@@ -166,7 +160,12 @@ async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
         .execute(&engine.pool)
         .await
         .unwrap();
-    let pid = wait_for("the run to be running with a pid", DEADLINE, || async {
+    run
+}
+
+/// The pid of `run`'s process, once the run is `running`.
+async fn running_run_pid(engine: &TestEngine, run: Uuid) -> u32 {
+    wait_for("the run to be running with a pid", DEADLINE, || async {
         let row: (String, Option<i32>) =
             sqlx::query_as("SELECT state, pid FROM strategy_runs WHERE id = $1")
                 .bind(run)
@@ -175,7 +174,19 @@ async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
                 .ok()?;
         (row.0 == "running").then_some(row.1).flatten()
     })
-    .await as u32;
+    .await as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_process_sees_the_allow_list_and_no_secret_of_the_manager() {
+    let engine = TestEngine::new().await;
+    engine.seed_one_security().await;
+    let mut manager = manager_with_secrets(&engine, &slow_run_executor(&engine.state_dir)).await;
+    let strategy = engine
+        .add_strategy("env-run", "sma_crossover", json!({}), false)
+        .await;
+    let run = insert_screener_run(&engine, strategy).await;
+    let pid = running_run_pid(&engine, run).await;
     check_environment(pid, "run process", &[]);
     let _ = manager.kill().await;
     for (_, procs) in engine_manager::process::scan_runs(&engine.config.runs_dir()) {
@@ -539,5 +550,245 @@ async fn a_non_loopback_address_without_an_operate_token_refuses_to_start() {
     env.push(("ENGINE_HTTP_TOKENS_FILE".into(), file.display().to_string()));
     let said = refused_start(&env, &engine.state_dir.join("refused-file.log")).await;
     assert!(said.contains("bad-tokens line 1: scope 'admin'"), "{said}");
+    engine.finish().await;
+}
+
+// ------------------------------------------------------------------ TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_tls_to_a_remote_server_is_refused_naming_the_fix() {
+    let engine = TestEngine::new().await;
+    // An explicit sslmode that does not verify, to a host that is not this one: the
+    // refusal comes before any connection is tried.
+    let remote = "postgres://postgres:pw@db.example.invalid:5432/engine?sslmode=require";
+    let mut env = manager_env(&engine.config);
+    env.retain(|(name, _)| name != "DATABASE_URL");
+    env.push(("DATABASE_URL".into(), remote.into()));
+    let said = refused_start(&env, &engine.state_dir.join("refused-pg.log")).await;
+    assert!(
+        said.contains("sslmode=require to db.example.invalid does not verify")
+            && said.contains("sslmode=verify-full")
+            && said.contains("--tls-insecure")
+            && !said.contains(":pw@"),
+        "{said}"
+    );
+    // `#insecure` on a Redis URL needs the flag too.
+    let mut env = manager_env(&engine.config);
+    env.retain(|(name, _)| name != "REDIS_URL");
+    env.push(("REDIS_URL".into(), "rediss://127.0.0.1:1/0#insecure".into()));
+    let said = refused_start(&env, &engine.state_dir.join("refused-redis.log")).await;
+    assert!(
+        said.contains("ends in #insecure") && said.contains("--tls-insecure"),
+        "{said}"
+    );
+    // enginectl applies the same rule, and `--tls-insecure` there is said out loud.
+    let enginectl = common::workspace_bin("enginectl");
+    let out = tokio::process::Command::new(&enginectl)
+        .args(["--database-url", remote, "list"])
+        .env_remove("ENGINE_TLS_INSECURE")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sslmode=require to db.example.invalid does not verify"),
+        "{stderr}"
+    );
+    let out = tokio::process::Command::new(&enginectl)
+        .args(["--tls-insecure", "--database-url", &engine.db_url, "doctor"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("warning: --tls-insecure is set"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("--tls-insecure: certificates may go unverified"),
+        "{stdout}"
+    );
+    engine.finish().await;
+}
+
+// ------------------------------------------------------------------ executor user
+
+const NOBODY: u32 = 65534;
+
+/// A stand-in run process that says on stderr what it may open: its bars file, its
+/// outbox, and the manager's private file `manager-secret` in the state directory.
+const PROBING_RUN: &str = r#"#!/usr/bin/python3
+import json, os, sys, time
+inp = json.load(sys.stdin)
+secret = os.path.join(os.path.dirname(os.path.dirname(inp['outbox_path'])), 'manager-secret')
+def probe(what, path):
+    try:
+        open(path, 'rb').read(1)
+        print(what + ': readable', file=sys.stderr, flush=True)
+    except OSError as e:
+        print(what + ': ' + type(e).__name__, file=sys.stderr, flush=True)
+probe('bars', inp['bars_path'])
+probe('secret', secret)
+out = open(inp['outbox_path'], 'a')
+out.write(json.dumps({'type': 'started', 'total_items': 1}) + '\n'); out.flush()
+print('outbox: written', file=sys.stderr, flush=True)
+time.sleep(600)
+"#;
+
+/// Require that `pid` runs as nobody, its primary group and no other group.
+fn assert_runs_as_nobody(pid: u32, what: &str) {
+    let ids = engine_protocol::procfs::ids(pid).expect("the process is alive");
+    assert_eq!((ids.uid, ids.gid), (NOBODY, NOBODY), "the {what}'s ids");
+    assert!(
+        ids.groups.iter().all(|g| *g == NOBODY),
+        "the {what} keeps supplementary groups {:?}",
+        ids.groups
+    );
+}
+
+/// A file only root may read, beside the state directory's own files.
+fn manager_secret(state_dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = state_dir.join("manager-secret");
+    std::fs::write(&path, "only the manager's user may read this").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_run_as_the_executor_user_and_are_adopted_across_a_restart() {
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test starts processes as nobody: run it as root"
+    );
+    let mut engine = TestEngine::new().await;
+    let secret = manager_secret(&engine.state_dir);
+    engine.config.executor_user = Some("nobody".to_string());
+    engine.start_manager().await;
+    let id = engine.add_heartbeat("as-nobody").await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    let pid = engine.live_pid(id).await;
+    assert_runs_as_nobody(pid, "strategy executor");
+    let env = environ(pid);
+    assert!(env.contains(&("USER".into(), "nobody".into())), "{env:?}");
+    assert!(
+        !env.iter().any(|(n, v)| n == "HOME" && v == "/root"),
+        "{env:?}"
+    );
+    // What it may reach and what it may not.
+    let socket = std::fs::metadata(engine.control_socket()).unwrap();
+    assert_eq!((socket.gid(), socket.mode() & 0o777), (NOBODY, 0o660));
+    let logs = std::fs::metadata(engine.config.logs_dir()).unwrap();
+    assert_eq!(
+        logs.mode() & 0o777,
+        0o700,
+        "executor logs stay the manager's"
+    );
+    let file = std::fs::metadata(&secret).unwrap();
+    assert_eq!((file.uid(), file.mode() & 0o777), (0, 0o600));
+    // The control link works: a pause and a resume are acknowledged by the executor.
+    engine.run_ok(Some(id), "pause", json!({})).await;
+    engine.run_ok(Some(id), "resume", json!({})).await;
+
+    // A new manager adopts it, still as nobody, and its link comes back.
+    engine.stop_manager().await;
+    engine.start_manager().await;
+    engine.run_ok(Some(id), "pause", json!({})).await;
+    let state = engine.wait_status(id, "paused").await;
+    assert_eq!(state.pid, Some(pid as i32), "adopted, not started again");
+    assert_runs_as_nobody(pid, "adopted strategy executor");
+    engine.run_ok(Some(id), "stop", json!({})).await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_process_as_the_executor_user_reads_its_bars_but_not_the_managers_files() {
+    let mut engine = TestEngine::new().await;
+    engine.seed_one_security().await;
+    manager_secret(&engine.state_dir);
+    let executor = write_probe(&engine.state_dir);
+    engine.config.executor_path = Some(executor);
+    engine.config.executor_user = Some("nobody".to_string());
+    engine.start_manager().await;
+    let strategy = engine
+        .add_strategy("probe-run", "sma_crossover", json!({}), false)
+        .await;
+    let run = insert_screener_run(&engine, strategy).await;
+    let log = engine_protocol::runs::run_log_path(&engine.config.runs_dir(), run);
+    let probed = common::try_wait_for(DEADLINE, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("outbox: written").then_some(text)
+    })
+    .await;
+    let Some(said) = probed else {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT state, error FROM strategy_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&engine.pool)
+                .await
+                .unwrap();
+        panic!(
+            "the run process did not probe its files: run {row:?}, log {:?}",
+            std::fs::read_to_string(&log)
+        );
+    };
+    assert!(said.contains("bars: readable"), "{said}");
+    assert!(said.contains("secret: PermissionError"), "{said}");
+    let pid = running_run_pid(&engine, run).await;
+    assert_runs_as_nobody(pid, "run process");
+    engine.stop_manager().await;
+    common::sigkill(pid);
+    engine.finish().await;
+}
+
+fn write_probe(dir: &Path) -> PathBuf {
+    common::write_executable(dir, "probing_run.py", PROBING_RUN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_user_without_root_or_for_an_unknown_user_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let engine = TestEngine::new().await;
+    let mut env = manager_env(&engine.config);
+    env.push(("ENGINE_EXECUTOR_USER".into(), "no-such-user-here".into()));
+    let said = refused_start(&env, &engine.state_dir.join("refused-user.log")).await;
+    assert!(
+        said.contains("--executor-user no-such-user-here: no such user"),
+        "{said}"
+    );
+    // The manager itself as nobody may not start processes as another user.
+    let state = engine.state_dir.join("unprivileged");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut env = manager_env(&engine.config);
+    env.retain(|(name, _)| name != "ENGINE_STATE_DIR");
+    env.push(("ENGINE_STATE_DIR".into(), state.display().to_string()));
+    env.push(("ENGINE_EXECUTOR_USER".into(), "nobody".into()));
+    let log = engine.state_dir.join("refused-unprivileged.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let status = tokio::process::Command::new(common::workspace_bin("engine-manager"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status();
+    let status = tokio::time::timeout(DEADLINE, status)
+        .await
+        .expect("the manager exits at once")
+        .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("needs the manager to run as root") && said.contains("uid 65534"),
+        "{said}"
+    );
     engine.finish().await;
 }

@@ -46,6 +46,40 @@ pub fn inherited() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+/// The user an executor process runs as (`engine-manager --executor-user`): its
+/// uid and primary group (supplementary groups are dropped: the standard library's
+/// spawn calls `setgroups(0)` before `setuid`), and the `HOME`, `USER` and `LOGNAME`
+/// it sees instead of its starter's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+}
+
+impl RunAs {
+    /// The variables that name the user, replacing the starter's.
+    pub fn env(&self) -> [(&'static str, OsString); 3] {
+        [
+            ("HOME", self.home.clone().into_os_string()),
+            ("USER", OsString::from(&self.name)),
+            ("LOGNAME", OsString::from(&self.name)),
+        ]
+    }
+}
+
+/// The allow-list environment of a process run as `run_as` (its own `HOME`,
+/// `USER`, `LOGNAME`), or as its starter (`None`: [`inherited`]).
+pub fn inherited_as(run_as: Option<&RunAs>) -> Vec<(OsString, OsString)> {
+    let mut vars = inherited();
+    if let Some(user) = run_as {
+        vars.retain(|(name, _)| !matches!(name.to_str(), Some("HOME" | "USER" | "LOGNAME")));
+        vars.extend(user.env().map(|(k, v)| (OsString::from(k), v)));
+    }
+    vars
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +105,25 @@ mod tests {
         ] {
             assert!(!is_passed(OsStr::new(name)), "{name} should stay behind");
         }
+    }
+
+    #[test]
+    fn a_process_run_as_another_user_sees_its_home_and_name() {
+        let user = RunAs {
+            name: "nobody".to_string(),
+            uid: 65534,
+            gid: 65534,
+            home: "/nonexistent".into(),
+        };
+        let vars = inherited_as(Some(&user));
+        let get = |key: &str| {
+            let found: Vec<_> = vars.iter().filter(|(k, _)| k == key).collect();
+            assert!(found.len() <= 1, "{key} appears twice");
+            found.first().map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("HOME"), Some(OsString::from("/nonexistent")));
+        assert_eq!(get("USER"), Some(OsString::from("nobody")));
+        assert_eq!(get("LOGNAME"), Some(OsString::from("nobody")));
+        assert_eq!(inherited_as(None), inherited());
     }
 }

@@ -17,6 +17,7 @@
 //! - [`secrets`]: secret references in a config (`{"secret": "name"}`), resolved
 //!   for an executor only, and the one masking of secret-looking keys wherever a
 //!   config is shown.
+//! - [`redis_tls`]: a `rediss://…#insecure` URL only with `--tls-insecure`.
 //! - [`state_dir`]: the layout of the manager's state directory (log file names,
 //!   the tail of a log).
 //! - [`backoff`]: the doubling retry delay every reconnect loop uses.
@@ -38,6 +39,7 @@ pub mod limits;
 pub mod messages;
 pub mod procfs;
 pub mod redact;
+pub mod redis_tls;
 pub mod runs;
 #[cfg(feature = "schedule")]
 pub mod schedule;

@@ -109,6 +109,43 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     kib_field(&text, field)
 }
 
+/// The ids of a process as `/proc/<pid>/status` gives them: real uid, real gid
+/// and the supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// The uid, gid and supplementary groups of `pid`.
+pub fn ids(pid: u32) -> Option<ProcIds> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let numbers = |field: &str| -> Option<Vec<u32>> {
+        let line = text.lines().find_map(|l| l.strip_prefix(field))?;
+        line.split_whitespace().map(|n| n.parse().ok()).collect()
+    };
+    Some(ProcIds {
+        uid: *numbers("Uid:")?.first()?,
+        gid: *numbers("Gid:")?.first()?,
+        groups: numbers("Groups:")?,
+    })
+}
+
+/// Whether this process holds CAP_SETUID and CAP_SETGID (`CapEff` of
+/// `/proc/self/status`): it may start processes as another user.
+pub fn may_set_ids() -> bool {
+    const CAP_SETGID: u64 = 1 << 6;
+    const CAP_SETUID: u64 = 1 << 7;
+    let Ok(text) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (CAP_SETGID | CAP_SETUID) == CAP_SETGID | CAP_SETUID)
+}
+
 /// Resident set size (what `ps` and the contract's `memory_mb` report), in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")

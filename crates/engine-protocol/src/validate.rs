@@ -4,6 +4,7 @@
 //! running) and by `enginectl` (before it inserts a command); each says in its own
 //! words what a failure means.
 
+use crate::executor_env::RunAs;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,11 +66,27 @@ pub async fn validate_config(
     config: &Value,
     timeout: Duration,
 ) -> Result<Verdict, ValidateError> {
+    validate_config_as(path, strategy_type, config, timeout, None).await
+}
+
+/// [`validate_config`], the process run as `run_as` when given (the manager's
+/// `--executor-user`).
+pub async fn validate_config_as(
+    path: &Path,
+    strategy_type: &str,
+    config: &Value,
+    timeout: Duration,
+    run_as: Option<&RunAs>,
+) -> Result<Verdict, ValidateError> {
     // Strategy code runs here (its constructor): the allow-list environment only.
-    let mut child = tokio::process::Command::new(path)
+    let mut command = tokio::process::Command::new(path);
+    if let Some(user) = run_as {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let mut child = command
         .args(validate_args(strategy_type))
         .env_clear()
-        .envs(crate::executor_env::inherited())
+        .envs(crate::executor_env::inherited_as(run_as))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -36,6 +36,8 @@
 //!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
 //! - [`schedules`]: schedules of runs: a due time fired into exactly one run (the
 //!   `overlap` rule, the statistics), and what operators insert, change and list.
+//! - [`tls`]: the `sslmode` of every connection: remote servers' certificates
+//!   verified by default, unverified modes only with `--tls-insecure`.
 //!
 //! Architecture invariant: no other crate writes SQL against the engine's tables.
 //! The daemon, `enginectl`, the HTTP API and the bench call functions here.
@@ -56,6 +58,7 @@ pub mod roles;
 pub mod runs;
 pub mod runs_api;
 pub mod schedules;
+pub mod tls;
 pub mod vocab;
 
 #[cfg(test)]

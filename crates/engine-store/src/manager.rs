@@ -42,16 +42,37 @@ pub enum DbError {
     },
     #[error("applying migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("the database URL {url} is refused")]
+    UnverifiedTls {
+        url: String,
+        #[source]
+        source: crate::tls::UnverifiedTls,
+    },
+    #[error("the database URL {url} names sslmode={word}; use one of disable, allow, prefer, require, verify-ca, verify-full")]
+    BadSslMode { url: String, word: String },
 }
 
-/// Connection options for `url`.
+/// Connection options for `url`, its `sslmode` decided by [`crate::tls`]: a remote
+/// server's certificate is verified unless the URL says otherwise and the process
+/// was started with `--tls-insecure`.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
-    PgConnectOptions::from_str(url)
+    let options = PgConnectOptions::from_str(url)
         .map(|o| o.log_statements(tracing::log::LevelFilter::Debug))
         .map_err(|source| DbError::BadUrl {
             url: redact_url(url),
             source,
-        })
+        })?;
+    let (host, explicit) = crate::tls::url_host_and_mode(url);
+    let explicit = explicit.transpose().map_err(|word| DbError::BadSslMode {
+        url: redact_url(url),
+        word,
+    })?;
+    let mode = crate::tls::decide_ssl_mode(&host, explicit, crate::tls::unverified_allowed())
+        .map_err(|source| DbError::UnverifiedTls {
+            url: redact_url(url),
+            source,
+        })?;
+    Ok(options.ssl_mode(mode))
 }
 
 fn is_missing_database(err: &sqlx::Error) -> bool {

@@ -4,15 +4,14 @@
 
 use crate::commands::{insert_command_row, InsertedCommand};
 use crate::vocab::{CommandStatus, CommandWord, DesiredState, Status};
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use engine_protocol::redact::redact_url;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -29,8 +28,8 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 /// `engine_audit` records.
 pub async fn connect_as(url: &str, on_behalf_of: Option<&str>) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
-    let options =
-        PgConnectOptions::from_str(url).with_context(|| format!("invalid database URL {shown}"))?;
+    // The manager's own rule for `sslmode` (remote certificates verified).
+    let options = crate::manager::connect_options(url)?;
     let database = options.get_database().unwrap_or("postgres").to_string();
     // Set on each new connection as a bound value (a startup option would not take
     // a name with spaces or quotes).

@@ -55,6 +55,13 @@ impl Check {
 /// Run every check.
 pub async fn checks(target: &Target) -> Vec<Check> {
     let mut out = Vec::new();
+    if target.tls_insecure {
+        out.push(Check::warn(
+            "tls",
+            "--tls-insecure: certificates may go unverified",
+            crate::TLS_INSECURE_WARNING,
+        ));
+    }
     let shown = redact_url(&target.database_url);
     match store::connect(&target.database_url).await {
         Ok(pool) => {

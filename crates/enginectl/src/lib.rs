@@ -98,6 +98,13 @@ pub struct Cli {
     #[arg(long = "as", value_name = "NAME", env = "ENGINECTL_AS", global = true)]
     pub on_behalf_of: Option<String>,
 
+    /// Accept TLS that does not verify the server's certificate (`sslmode=require`
+    /// and the like to a remote PostgreSQL, a `rediss://…#insecure` Redis URL), as
+    /// engine-manager's flag does; said on stderr and by `doctor`. Without it a
+    /// remote database gets `sslmode=verify-full`.
+    #[arg(long, env = "ENGINE_TLS_INSECURE", global = true)]
+    pub tls_insecure: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -248,6 +255,8 @@ pub struct Target {
     pub executor_path: PathBuf,
     /// `--as`, else the login name.
     pub on_behalf_of: Option<String>,
+    /// `--tls-insecure`.
+    pub tls_insecure: bool,
 }
 
 impl Target {
@@ -259,6 +268,7 @@ impl Target {
             state_dir: cli.state_dir.clone(),
             executor_path: executor::default_path(cli.executor_path.as_deref()),
             on_behalf_of: cli.on_behalf_of.clone().or_else(login_name),
+            tls_insecure: cli.tls_insecure,
         }
     }
 
@@ -270,6 +280,9 @@ impl Target {
         store::connect_as(&self.database_url, self.on_behalf_of.as_deref()).await
     }
 }
+
+/// What `--tls-insecure` costs, said on stderr and by `doctor`.
+pub const TLS_INSECURE_WARNING: &str = "--tls-insecure is set: TLS to PostgreSQL and Redis may skip the check of the server's certificate, so anyone on the network path could pose as the server; use sslmode=verify-full and drop --tls-insecure (ENGINE_TLS_INSECURE)";
 
 /// The name of the user running the tool (`USER`, else `LOGNAME`).
 fn login_name() -> Option<String> {
@@ -304,6 +317,10 @@ impl Finished {
 /// Run one subcommand. `shutdown` ends the long-running ones (`watch`, `logs -f`).
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finished> {
     let target = Target::from_cli(&cli);
+    engine_store::tls::allow_unverified(target.tls_insecure);
+    if target.tls_insecure {
+        eprintln!("warning: {TLS_INSECURE_WARNING}");
+    }
     match cli.command {
         Command::List { json } => view::list(&target, json).await,
         Command::Add(args) => control::add(&target, args).await,

@@ -17,6 +17,8 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 pub type StateHash = HashMap<String, String>;
 
 pub fn client(url: &str) -> anyhow::Result<redis::Client> {
+    // `#insecure` only with --tls-insecure, as for the manager.
+    engine_protocol::redis_tls::check_redis_url(url, engine_store::tls::unverified_allowed())?;
     redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact_url(url)))
 }
 

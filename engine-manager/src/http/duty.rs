@@ -25,7 +25,7 @@ use axum::{Extension, Json};
 use engine_protocol::control::EXIT_BAD_CONFIG;
 use engine_protocol::secrets::mask;
 use engine_protocol::state_dir::{last_lines, log_file_name};
-use engine_protocol::validate::validate_config;
+use engine_protocol::validate::validate_config_as;
 use engine_store::commands::{insert_command_row, parse_command, InsertedCommand};
 use engine_store::CommandWord;
 use serde::Deserialize;
@@ -176,7 +176,8 @@ async fn ask_executor(
             ),
         ));
     }
-    let verdict = validate_config(path, strategy_type, config, VALIDATE_TIMEOUT)
+    let run_as = state.shared.executor_user.as_ref();
+    let verdict = validate_config_as(path, strategy_type, config, VALIDATE_TIMEOUT, run_as)
         .await
         .map_err(|e| {
             let cause = std::error::Error::source(&e)

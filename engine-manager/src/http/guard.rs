@@ -5,7 +5,10 @@
 //! server's own (no cross-site posts), and an operate token, when any token is
 //! configured, is required (401 without or with a wrong one, 403 for a read token).
 //! Reads need a read or operate token when a read token is configured (the
-//! dashboard's files and `/health` excepted). A request body is at most [`MAX_BODY_BYTES`] (413 past it).
+//! dashboard's files and `/health` excepted). The event streams (`/api/events`,
+//! `/api/runs/{id}/events`) also take the token as `?access_token=`, since a
+//! browser's `EventSource` cannot set a header; it is checked exactly like the
+//! header (the same constant-time comparison), and only there. A request body is at most [`MAX_BODY_BYTES`] (413 past it).
 
 use super::access::{NamedToken, Scope};
 use super::error::ApiError;
@@ -31,15 +34,18 @@ pub async fn check(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let presented = presented(request.method(), request.uri(), request.headers());
     if let Err(err) = allowed(
         &state,
         request.method(),
         request.uri().path(),
         request.headers(),
+        presented.as_deref(),
     ) {
         return err.into_response();
     }
-    let caller = bearer(request.headers())
+    let caller = presented
+        .as_deref()
         .and_then(|given| state.access.find(given))
         .map_or_else(|| "http".to_string(), |token| token.name.clone());
     request.extensions_mut().insert(Caller(caller));
@@ -100,6 +106,7 @@ fn allowed(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    presented: Option<&str>,
 ) -> Result<(), ApiError> {
     let host = headers
         .get(header::HOST)
@@ -113,7 +120,7 @@ fn allowed(
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         if state.access.reads_guarded() && !open_to_read(path) && *method != Method::OPTIONS {
-            presented_token(state, headers, "reads")?;
+            presented_token(state, presented, "reads")?;
         }
         return Ok(());
     }
@@ -130,7 +137,7 @@ fn allowed(
         }
     }
     if state.access.commands_guarded() {
-        let token = presented_token(state, headers, "commands")?;
+        let token = presented_token(state, presented, "commands")?;
         if token.scope == Scope::Read {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -151,11 +158,11 @@ fn open_to_read(path: &str) -> bool {
 /// The configured token the request carries; 401 when it carries none or another.
 fn presented_token<'a>(
     state: &'a AppState,
-    headers: &HeaderMap,
+    presented: Option<&str>,
     what: &str,
 ) -> Result<&'a NamedToken, ApiError> {
-    const HINT: &str = "send a token as 'Authorization: Bearer <token>': --http-token (ENGINE_HTTP_TOKEN), --http-read-token (reads only) or one of --http-tokens-file";
-    match bearer(headers) {
+    const HINT: &str = "send a token as 'Authorization: Bearer <token>' (an event stream also takes '?access_token=<token>'): --http-token (ENGINE_HTTP_TOKEN), --http-read-token (reads only) or one of --http-tokens-file";
+    match presented {
         Some(given) => state.access.find(given).ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").with("hint", HINT)
         }),
@@ -165,6 +172,29 @@ fn presented_token<'a>(
         )
         .with("hint", HINT)),
     }
+}
+
+/// The token a request carries: its `Authorization: Bearer …` header, else, on a
+/// `GET` of an event stream, its `access_token` query parameter.
+fn presented(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = bearer(headers) {
+        return Some(token.to_string());
+    }
+    if *method != Method::GET || !is_event_stream(uri.path()) {
+        return None;
+    }
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(key, _)| key == "access_token")
+        .map(|(_, value)| value.trim().to_string())
+}
+
+/// `/api/events` and `/api/runs/{id}/events`: what a browser reads with `EventSource`.
+fn is_event_stream(path: &str) -> bool {
+    path == "/api/events"
+        || path
+            .strip_prefix("/api/runs/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The token of an `Authorization: Bearer …` header.
@@ -210,5 +240,41 @@ mod tests {
         for bad in ["evil.example:8080", "", "localhost.evil.com", "[zz]:1"] {
             assert!(!is_local_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_event_streams_take_the_token_in_the_query() {
+        let get = |uri: &str, headers: &HeaderMap| {
+            presented(&Method::GET, &uri.parse().unwrap(), headers)
+        };
+        let none = HeaderMap::new();
+        assert_eq!(
+            get("/api/events?access_token=a%2Bb", &none).as_deref(),
+            Some("a+b")
+        );
+        assert_eq!(
+            get("/api/runs/3f1c/events?access_token=t", &none).as_deref(),
+            Some("t")
+        );
+        for elsewhere in [
+            "/api/strategies?access_token=t",
+            "/api/runs/3f1c/items?access_token=t",
+            "/api/runs//events?access_token=t",
+            "/metrics?access_token=t",
+        ] {
+            assert_eq!(get(elsewhere, &none), None, "{elsewhere}");
+        }
+        let post = presented(
+            &Method::POST,
+            &"/api/events?access_token=t".parse().unwrap(),
+            &none,
+        );
+        assert_eq!(post, None);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
+        assert_eq!(
+            get("/api/events?access_token=q", &headers).as_deref(),
+            Some("h")
+        );
     }
 }

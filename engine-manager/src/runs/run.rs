@@ -128,6 +128,17 @@ impl RunTask {
             copy,
         } = self.prepared().await?;
         let _ = tokio::fs::remove_file(&input.outbox_path).await;
+        if let Some(user) = &self.shared.executor_user {
+            // Its process runs as that user: the bars file to read, the outbox to write.
+            if let Err(err) = hand_over_files(&input, user).await {
+                self.fail(format!(
+                    "cannot give the run's files to --executor-user {}: {err}",
+                    user.name
+                ))
+                .await;
+                return None;
+            }
+        }
         let log_path = proto::run_log_path(&self.runs_dir, self.row.id);
         let spec = RunSpawnSpec {
             executor_path: &self.shared.executor_path,
@@ -140,6 +151,7 @@ impl RunTask {
                 id: self.row.id,
                 limits: self.limits(),
             },
+            run_as: self.shared.executor_user.as_ref(),
         };
         let proc = match ExecutorProcess::spawn_run(&spec).await {
             Ok(proc) => proc,
@@ -595,4 +607,23 @@ pub(super) async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
         _ = shared.cancel.cancelled() => false,
         _ = tokio::time::sleep(backoff.next_delay()) => true,
     }
+}
+
+/// The run's bars file (being written by the COPY) and a new, empty outbox, made
+/// the `--executor-user`'s (see [`crate::executor_user::hand_over`]).
+async fn hand_over_files(
+    input: &proto::RunInput,
+    user: &engine_protocol::executor_env::RunAs,
+) -> std::io::Result<()> {
+    let (bars, outbox, user) = (
+        input.bars_path.clone(),
+        input.outbox_path.clone(),
+        user.clone(),
+    );
+    crate::tasks::blocking(move || {
+        std::fs::File::create_new(&outbox)?;
+        crate::executor_user::hand_over(&outbox, &user)?;
+        crate::executor_user::hand_over(&bars, &user)
+    })
+    .await
 }

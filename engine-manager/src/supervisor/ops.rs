@@ -77,6 +77,7 @@ impl StrategySupervisor {
                 id: self.id,
                 limits: crate::limits::stored(&self.limits),
             },
+            run_as: self.shared.executor_user.as_ref(),
         };
         let proc = match ExecutorProcess::spawn(&spec).await {
             Ok(p) => p,
@@ -447,11 +448,12 @@ impl StrategySupervisor {
         if !path.is_file() {
             return Err(UpdateError::ExecutorMissing { path: path.clone() });
         }
-        let verdict = engine_protocol::validate::validate_config(
+        let verdict = engine_protocol::validate::validate_config_as(
             path,
             &self.strategy_type,
             &resolved.config,
             VALIDATE_TIMEOUT,
+            self.shared.executor_user.as_ref(),
         )
         .await
         .map_err(ValidateFailure::from)?;

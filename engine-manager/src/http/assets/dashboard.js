@@ -37,6 +37,47 @@
   };
 
   const $ = (id) => document.getElementById(id);
+
+  // ---------- the bearer token ----------
+  // Kept for this tab only (sessionStorage, never localStorage), sent as
+  // `Authorization: Bearer` on every request, and as `?access_token=` on the event
+  // streams (EventSource cannot set a header; the server takes it there only). A read
+  // answered 401 asks for it in a small form.
+  const TOKEN_KEY = "engine.token";
+  localStorage.removeItem(TOKEN_KEY); // earlier dashboards kept it for good
+  function token() {
+    return (sessionStorage.getItem(TOKEN_KEY) || "").trim();
+  }
+  function setToken(value) {
+    value = value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    $("token").value = value;
+  }
+  function streamUrl(path) {
+    return token() ? path + "?access_token=" + encodeURIComponent(token()) : path;
+  }
+  // Every request of this page goes through here (it shadows window.fetch).
+  const browserFetch = window.fetch.bind(window);
+  async function fetch(url, options) {
+    options = options || {};
+    const headers = new Headers(options.headers || {});
+    if (token()) headers.set("Authorization", "Bearer " + token());
+    const r = await browserFetch(url, Object.assign({}, options, { headers }));
+    if (r.status === 401 && (options.method || "GET") === "GET") {
+      const answer = await r.clone().json().catch(() => ({}));
+      askForToken(answer.error || "this server requires a bearer token to read");
+    }
+    return r;
+  }
+  function askForToken(why) {
+    const dialog = $("token-dialog");
+    if (dialog.open) return;
+    setText($("token-why"), why + ": enter a read or operate token.");
+    $("token-ask").value = "";
+    dialog.showModal();
+    $("token-ask").focus();
+  }
   const tbody = $("rows");
   const byId = new Map(); // strategy id -> row model
   const byTr = new WeakMap(); // <tr> -> row model
@@ -568,7 +609,7 @@
   let source = null;
   function connect() {
     if (source) source.close();
-    source = new EventSource("/api/events");
+    source = new EventSource(streamUrl("/api/events"));
     source.addEventListener("hello", (ev) => {
       try {
         const h = JSON.parse(ev.data);
@@ -592,9 +633,6 @@
   }
 
   // ---------- commands ----------
-  function token() {
-    return $("token").value.trim();
-  }
 
   function showOutcome(row, state, text) {
     row.els.outcome.dataset.state = state;
@@ -935,10 +973,23 @@
     th.addEventListener("click", () => { sortKey = th.dataset.sort; resort(); });
   }
   const tokenInput = $("token");
-  tokenInput.value = localStorage.getItem("engine.token") || "";
-  tokenInput.addEventListener("change", () => {
-    if (tokenInput.value.trim()) localStorage.setItem("engine.token", tokenInput.value.trim());
-    else localStorage.removeItem("engine.token");
+  tokenInput.value = token();
+  tokenInput.addEventListener("input", () => {
+    const typed = tokenInput.value.trim();
+    if (typed) sessionStorage.setItem(TOKEN_KEY, typed);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  });
+  tokenInput.addEventListener("change", () => { setToken(tokenInput.value); connect(); });
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const given = $("token-ask").value.trim();
+    if (!given) return;
+    setToken(given);
+    $("token-dialog").close();
+    // The stream again with the token (its hello reloads the snapshot), and the rest.
+    connect();
+    loadRuns();
+    loadSchedules();
   });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) {
@@ -1052,7 +1103,7 @@
     let open = 0;
     for (const r of runRows.values()) if (r.source) open++;
     if (open >= MAX_RUN_STREAMS) return; // the periodic read keeps it current
-    const source = new EventSource("/api/runs/" + row.id + "/events");
+    const source = new EventSource(streamUrl("/api/runs/" + row.id + "/events"));
     row.source = source;
     const onEvent = (ev) => {
       let msg;
