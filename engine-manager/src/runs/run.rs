@@ -609,21 +609,20 @@ pub(super) async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
     }
 }
 
-/// The run's bars file (being written by the COPY) and a new, empty outbox, made
+/// The run's bars files (being written by the COPY) and a new, empty outbox, made
 /// the `--executor-user`'s (see [`crate::executor_user::hand_over`]).
 async fn hand_over_files(
     input: &proto::RunInput,
     user: &engine_protocol::executor_env::RunAs,
 ) -> std::io::Result<()> {
-    let (bars, outbox, user) = (
-        input.bars_path.clone(),
-        input.outbox_path.clone(),
-        user.clone(),
-    );
+    let mut bars = vec![input.bars_path.clone()];
+    bars.extend(input.more_bars_paths.iter().cloned());
+    let (outbox, user) = (input.outbox_path.clone(), user.clone());
     crate::tasks::blocking(move || {
         std::fs::File::create_new(&outbox)?;
         crate::executor_user::hand_over(&outbox, &user)?;
-        crate::executor_user::hand_over(&bars, &user)
+        bars.iter()
+            .try_for_each(|path| crate::executor_user::hand_over(path, &user))
     })
     .await
 }
