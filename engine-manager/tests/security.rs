@@ -662,6 +662,7 @@ fn manager_secret(state_dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executors_run_as_the_executor_user_and_are_adopted_across_a_restart() {
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
     assert!(
         rustix::process::geteuid().is_root(),
         "this test starts processes as nobody: run it as root"
@@ -691,6 +692,20 @@ async fn executors_run_as_the_executor_user_and_are_adopted_across_a_restart() {
     );
     let file = std::fs::metadata(&secret).unwrap();
     assert_eq!((file.uid(), file.mode() & 0o777), (0, 0o600));
+    // Another process of the same user (another strategy's executor) cannot read its
+    // environment (its Redis password): the executor made itself non-dumpable.
+    let environ_path = format!("/proc/{pid}/environ");
+    assert_eq!(std::fs::metadata(&environ_path).unwrap().uid(), 0);
+    let peek = std::process::Command::new("cat")
+        .arg(&environ_path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run cat as nobody");
+    assert!(
+        !peek.status.success() && peek.stdout.is_empty(),
+        "another process of user nobody read the executor's environment: {peek:?}"
+    );
     // The control link works: a pause and a resume are acknowledged by the executor.
     engine.run_ok(Some(id), "pause", json!({})).await;
     engine.run_ok(Some(id), "resume", json!({})).await;

@@ -125,8 +125,22 @@ fn parse_period(text: &str) -> Result<Duration, String> {
 /// }
 /// ```
 pub fn main_with(registry: Registry) -> ExitCode {
+    private_process();
     let cli = Cli::parse();
     run_cli(cli, &registry)
+}
+
+/// Not dumpable (`PR_SET_DUMPABLE` 0), before any strategy code runs: another
+/// process of the same user — another strategy's executor, under one
+/// `--executor-user` — can then neither read this one's `/proc/<pid>/environ` (its
+/// own Redis user's password) or memory (its resolved secrets) nor ptrace it, and a
+/// crash leaves no core file holding them. The manager reads only what `/proc`
+/// shows everyone (`stat`, `status`, `cmdline`), and signals it as before.
+fn private_process() {
+    use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+    if let Err(err) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        eprintln!("strategy-executor: cannot make the process non-dumpable: {err}");
+    }
 }
 
 /// Run the program for already parsed flags.
