@@ -324,10 +324,19 @@ async fn oversized_http_bodies_are_refused_with_413_naming_the_cap() {
     let cap = engine_manager::http::MAX_BODY_BYTES;
     assert_eq!(cap, 131_072);
 
-    // Declared too large: refused before it is read.
+    // Declared too large: refused before it is read. (The client sends the headers
+    // only, then waits: a body the server never reads would be in its socket when it
+    // closes, and the kernel's reset could reach the client before the 413 does.)
     let body = serde_json::to_vec(&json!({"config": object_of_size("token", 200_000)})).unwrap();
     let declared = body.len();
-    let r = client.post(&url).body(body).send().await.unwrap();
+    let nothing = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+    let r = client
+        .post(&url)
+        .header(reqwest::header::CONTENT_LENGTH, declared)
+        .body(reqwest::Body::wrap_stream(nothing))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(
@@ -336,13 +345,15 @@ async fn oversized_http_bodies_are_refused_with_413_naming_the_cap() {
         "{answer}"
     );
 
-    // Streamed without a length: refused once the cap is passed.
+    // Streamed without a length: refused once the cap is passed. (17 chunks of 8 KiB
+    // pass it; then the client waits, so that the server has read all it was sent.)
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..40).map(|_| Ok(vec![b' '; 8192])).collect();
+        (0..17).map(|_| Ok(vec![b' '; 8192])).collect();
     let r = client
         .post(&url)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
+        .body(reqwest::Body::wrap_stream(futures_util::StreamExt::chain(
+            futures_util::stream::iter(chunks),
+            futures_util::stream::pending(),
         )))
         .send()
         .await
