@@ -45,16 +45,7 @@ impl Run {
 
 /// Run `enginectl args…` against `engine` (and `env` on top of its variables).
 async fn ctl_with(engine: &TestEngine, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = tokio::process::Command::new(common::workspace_bin("enginectl"));
-    command
-        .args(args)
-        .env("DATABASE_URL", &engine.db_url)
-        .env("REDIS_URL", &engine.config.redis_url)
-        .env("ENGINE_REDIS_PREFIX", &engine.prefix)
-        .env("ENGINE_STATE_DIR", &engine.state_dir)
-        .env("ENGINE_EXECUTOR_PATH", common::executor_path())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut command = engine.enginectl(args);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -22,18 +22,8 @@ struct Ran {
 }
 
 fn command(engine: &TestEngine, args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(common::workspace_bin("enginectl"));
-    command
-        .args(args)
-        .env("DATABASE_URL", &engine.db_url)
-        .env("REDIS_URL", &engine.config.redis_url)
-        .env("ENGINE_REDIS_PREFIX", &engine.prefix)
-        .env("ENGINE_STATE_DIR", &engine.state_dir)
-        .env("ENGINE_EXECUTOR_PATH", common::executor_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = engine.enginectl(args);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command
 }
 

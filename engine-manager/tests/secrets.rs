@@ -153,16 +153,7 @@ fn assert_absent(secrets: &[&str], what: &str, text: &str) {
 
 /// `enginectl args…` against `engine`: its stdout, the exit code required to be 0.
 async fn enginectl(engine: &TestEngine, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(common::workspace_bin("enginectl"))
-        .args(args)
-        .env("DATABASE_URL", &engine.db_url)
-        .env("REDIS_URL", &engine.config.redis_url)
-        .env("ENGINE_REDIS_PREFIX", &engine.prefix)
-        .env("ENGINE_STATE_DIR", &engine.state_dir)
-        .env("ENGINE_EXECUTOR_PATH", common::executor_path())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let output = engine.enginectl(args).output();
     let output = tokio::time::timeout(DEADLINE, output)
         .await
         .expect("enginectl finishes")

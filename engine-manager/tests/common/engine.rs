@@ -113,6 +113,22 @@ impl TestEngine {
             .expect("an engine on private services (TestEngine::on_private_services)")
     }
 
+    /// `enginectl args…` aimed at this engine (its database, Redis namespace, state
+    /// directory and executor), stdin closed, killed if dropped.
+    pub fn enginectl(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(super::workspace_bin("enginectl"));
+        command
+            .args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .env("REDIS_URL", &self.config.redis_url)
+            .env("ENGINE_REDIS_PREFIX", &self.prefix)
+            .env("ENGINE_STATE_DIR", &self.state_dir)
+            .env("ENGINE_EXECUTOR_PATH", super::executor_path())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.config.control_socket_path()
     }
