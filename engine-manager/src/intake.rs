@@ -367,7 +367,12 @@ impl CommandIntake {
                     continue;
                 }
             };
-            tracing::info!(strategy = %row.name, strategy_id = %id, node, "this node owns the strategy now");
+            tracing::info!(strategy = %row.name, strategy_id = %id, node, lease_epoch = row.lease_epoch, "this node owns the strategy now");
+            // A supervisor of an earlier tenure (lost, then taken back): its
+            // epoch is stale, so it goes.
+            if let Some(old) = self.supervisors.remove(&id) {
+                old.lose();
+            }
             let desired = row.desired_state;
             let initial =
                 crate::initial_action(&self.shared, &row, false, Vec::new(), desired).await;
@@ -401,9 +406,19 @@ impl CommandIntake {
     async fn check_deleted(&mut self) {
         let ids: Vec<Uuid> = self.supervisors.keys().copied().collect();
         // Bounded: a slow database must not hold up the claims.
-        let check = db::deleted_strategies(&self.shared.pool, &ids);
+        let check = db::gone_strategies(&self.shared.pool, &ids, self.shared.scope.node());
         match tokio::time::timeout(Duration::from_secs(1), check).await {
-            Ok(Ok(deleted)) => self.drop_supervisors(&deleted),
+            Ok(Ok(gone)) => {
+                let (lost, deleted): (Vec<_>, Vec<_>) =
+                    gone.into_iter().partition(|(_, lost)| *lost);
+                self.drop_supervisors(&deleted.into_iter().map(|(id, _)| id).collect::<Vec<_>>());
+                for (id, _) in lost {
+                    if let Some(handle) = self.supervisors.remove(&id) {
+                        tracing::warn!(strategy_id = %id, "the strategy is another node's now; dropping its supervisor here");
+                        handle.lose();
+                    }
+                }
+            }
             Ok(Err(err)) => tracing::debug!(error = %err, "cannot check for deleted strategies"),
             Err(_) => tracing::debug!("the check for deleted strategies timed out"),
         }

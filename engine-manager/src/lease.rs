@@ -7,10 +7,12 @@
 //! keeps its `engine_nodes` row beating with one statement per beat.
 
 use chrono::{DateTime, Utc};
+use engine_protocol::control::{monotonic_ms, LeaseGrant};
 use engine_store::lease::{self as db, LeaseHolder};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +75,68 @@ pub enum LeaseMode {
     },
 }
 
+/// A cluster node's lease as its supervisors and executors see it: the deadline (in
+/// [`monotonic_ms`]) before which this node may act for its strategies, and how many
+/// times it lapsed (no renewal in time). Without `--cluster` there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseClock {
+    pub deadline_ms: u64,
+    pub lapses: u64,
+}
+
+/// The node's lease for its supervisors (`Shared::fence`): `None` without
+/// `--cluster`, where executors outlive the manager and nothing is fenced.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    rx: Option<watch::Receiver<LeaseClock>>,
+}
+
+impl Fence {
+    pub fn none() -> Fence {
+        Fence { rx: None }
+    }
+
+    /// Whether this manager is a cluster node (its strategies are fenced).
+    pub fn is_cluster(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// The node's lease now.
+    pub fn clock(&self) -> Option<LeaseClock> {
+        self.rx.as_ref().map(|rx| *rx.borrow())
+    }
+
+    /// What an executor of a strategy held at `epoch` trades under.
+    pub fn grant(&self, epoch: i64) -> Option<LeaseGrant> {
+        self.clock().map(|c| LeaseGrant {
+            epoch,
+            deadline_ms: c.deadline_ms,
+        })
+    }
+
+    /// Whether the node may act for its strategies now: always without `--cluster`.
+    pub fn valid(&self) -> bool {
+        self.clock().is_none_or(|c| c.deadline_ms > monotonic_ms())
+    }
+
+    /// A receiver that wakes at each renewal (`None` without `--cluster`).
+    pub fn subscribe(&self) -> Option<watch::Receiver<LeaseClock>> {
+        self.rx.clone()
+    }
+}
+
+/// How much earlier than the database's deadline (`heartbeat_at` + the lease time,
+/// after which other nodes may take this node's strategies) this node's own deadline
+/// falls: room for an executor to stop and exit, and for clocks to drift. A tenth of
+/// the lease, at least 200 ms.
+pub fn fence_margin(lease_time: Duration) -> Duration {
+    (lease_time / 10).max(Duration::from_millis(200))
+}
+
 pub struct ManagerLease {
     conn: PgConnection,
+    /// In a cluster: the renewals' deadline, sent to [`Fence`]s.
+    clock: Option<watch::Sender<LeaseClock>>,
     options: PgConnectOptions,
     holder: LeaseHolder,
     mode: LeaseMode,
@@ -104,15 +166,51 @@ impl ManagerLease {
                 take_node_locks(&mut conn, node).await?.map(|p| p.boot_id)
             }
         };
+        let clock = match &mode {
+            LeaseMode::Single => None,
+            LeaseMode::Cluster { .. } => Some(watch::Sender::new(LeaseClock::default())),
+        };
         let mut lease = ManagerLease {
             conn,
+            clock,
             options: options.clone(),
             holder,
             mode,
             previous_boot_id,
         };
+        let renewing = monotonic_ms();
         lease.write_rows().await?;
+        lease.renewed(renewing);
         Ok(lease)
+    }
+
+    /// The fence this node's supervisors hold.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            rx: self.clock.as_ref().map(|tx| tx.subscribe()),
+        }
+    }
+
+    /// A renewal that began at `began` (in [`monotonic_ms`]) succeeded: the node's
+    /// deadline is the lease time from then, less [`fence_margin`] (the database
+    /// dates `heartbeat_at` no earlier than `began`, so other nodes' judgement of this
+    /// one comes later still).
+    fn renewed(&mut self, began: u64) {
+        let (Some(tx), LeaseMode::Cluster { lease_time, .. }) = (&self.clock, &self.mode) else {
+            return;
+        };
+        let valid = lease_time.saturating_sub(fence_margin(*lease_time));
+        let deadline_ms = began + valid.as_millis() as u64;
+        tx.send_modify(|c| {
+            if c.deadline_ms != 0 && c.deadline_ms <= began {
+                c.lapses += 1;
+                tracing::warn!(
+                    late_ms = began - c.deadline_ms,
+                    "this node's lease lapsed before it could renew it; its executors stopped at the deadline, and strategies other nodes took since are theirs"
+                );
+            }
+            c.deadline_ms = deadline_ms;
+        });
     }
 
     /// The lease row and, for a node, its `engine_nodes` row.
@@ -176,9 +274,11 @@ impl ManagerLease {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
             }
+            let began = monotonic_ms();
             let beat = self.beat().await;
             match beat {
                 Ok(_) => {
+                    self.renewed(began);
                     if !healthy {
                         tracing::info!("manager lease connection is back");
                         healthy = true;
@@ -193,7 +293,9 @@ impl ManagerLease {
                         match self.retake(&mut conn).await {
                             Ok(()) => {
                                 self.conn = conn;
-                                let _ = self.write_rows().await;
+                                if self.write_rows().await.is_ok() {
+                                    self.renewed(began);
+                                }
                             }
                             Err(err) => {
                                 tracing::error!(error = %err, "could not retake the manager lease")

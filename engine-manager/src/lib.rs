@@ -107,6 +107,8 @@ pub struct Shared {
     pub secrets: secrets::Secrets,
     /// The user executors run as (`--executor-user`), checked at start-up.
     pub executor_user: Option<engine_protocol::executor_env::RunAs>,
+    /// In a cluster: this node's lease, which fences what it does for its strategies.
+    pub fence: lease::Fence,
 }
 
 impl Shared {
@@ -273,6 +275,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         redis_users,
         secrets,
         executor_user,
+        fence: lease.fence(),
     });
     log_start(&shared, is_boot);
 
@@ -778,8 +781,9 @@ pub(crate) async fn initial_action(
         }
     };
     if target != row_desired {
+        let fence = shared.fence.is_cluster().then_some(row.lease_epoch);
         if let Err(err) =
-            db::write_desired(&shared.pool, row.id, target, row.operator_stopped).await
+            db::write_desired(&shared.pool, row.id, target, row.operator_stopped, fence).await
         {
             tracing::error!(strategy = %row.name, error = %err, "could not record desired_state");
         }

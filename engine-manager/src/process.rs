@@ -102,6 +102,8 @@ pub struct SpawnSpec<'a> {
     pub start_paused: bool,
     /// The strategy has an `execution_interval_s` (its type must support it).
     pub interval: bool,
+    /// In a cluster: the lease the executor trades under (it exits when it ends).
+    pub lease: Option<engine_protocol::control::LeaseGrant>,
     pub confine: Confine<'a>,
     /// The user it runs as (`--executor-user`), else the manager's.
     pub run_as: Option<&'a RunAs>,
@@ -208,6 +210,7 @@ impl ExecutorProcess {
             config: spec.config.clone(),
             broker_state: spec.broker_state.cloned(),
             interval: spec.interval,
+            lease: spec.lease,
         };
         let input = serde_json::to_vec(&input).expect("a JSON value serializes");
         let started = Started {

@@ -21,6 +21,9 @@ pub const EXIT_BAD_CONFIG: i32 = 2;
 /// Exit code of an executor whose strategy halted itself (`ctx.halt(reason)`): the
 /// engine must not start it again until an operator does.
 pub const EXIT_HALTED: i32 = 4;
+/// Exit code of an executor whose lease ran out (cluster only, CONTRACT.md §7): it
+/// stopped trading at the deadline because its node did not renew the lease.
+pub const EXIT_FENCED: i32 = 5;
 
 /// Executor → manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +88,22 @@ pub struct SpawnInput {
     /// does not support interval execution refuses to start ([`EXIT_BAD_CONFIG`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interval: bool,
+    /// In a cluster (`--cluster`): the lease this executor trades under. It stops
+    /// trading and exits when `deadline_ms` passes without a renewal
+    /// ([`ManagerMessage::Lease`]). `None` without `--cluster`: it outlives the manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseGrant>,
+}
+
+/// A cluster node's lease on one strategy, as its executor sees it (CONTRACT.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// `strategy_configs.lease_epoch` of the owner: carried in client order ids.
+    pub epoch: i64,
+    /// When the lease ends unless renewed, in milliseconds of the host's
+    /// `CLOCK_MONOTONIC` (shared by every process of the host, unlike wall time it
+    /// never steps): the executor compares it with its own reading of that clock.
+    pub deadline_ms: u64,
 }
 
 /// Manager → executor.
@@ -97,6 +116,22 @@ pub enum ManagerMessage {
     Execute {
         execution_id: Uuid,
     },
+    /// The lease was renewed (cluster only): the new deadline.
+    Lease(LeaseGrant),
+}
+
+/// The host's `CLOCK_MONOTONIC` in milliseconds: the clock lease deadlines
+/// ([`LeaseGrant::deadline_ms`]) are given in, the same in every process of a host.
+pub fn monotonic_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1000 + (t.tv_nsec as u64) / 1_000_000
+}
+
+impl LeaseGrant {
+    /// Milliseconds left before the deadline (0 once it passed).
+    pub fn remaining_ms(&self) -> u64 {
+        self.deadline_ms.saturating_sub(monotonic_ms())
+    }
 }
 
 /// One frame as a line (JSON plus `\n`).
@@ -138,6 +173,7 @@ mod tests {
             config: serde_json::json!({}),
             broker_state: None,
             interval: true,
+            lease: None,
         })
         .unwrap();
         assert!(text.contains(r#""interval":true"#), "{text}");

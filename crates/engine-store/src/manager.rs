@@ -215,12 +215,16 @@ pub struct StrategyRow {
     pub execution_interval_s: Option<i32>,
     /// Its resource limits (CONTRACT §6; `{}`: none), checked by the schema.
     pub limits: Value,
+    /// Its owner in a cluster (CONTRACT.md §7; `NULL` without `--cluster`).
+    pub node: Option<String>,
+    /// The epoch of its owner's lease, one more at each change of owner.
+    pub lease_epoch: i64,
 }
 
 const STRATEGY_COLUMNS: &str =
     "id, name, strategy_type, config, auto_start, desired_state, status, pid, \
      restart_count, pid_start_ticks, pid_boot_id, operator_stopped, started_at, restart_policy, \
-     broker_state, execution_interval_s, limits";
+     broker_state, execution_interval_s, limits, node, lease_epoch";
 
 /// Which strategies a manager serves: every one (a manager without `--cluster`), or
 /// those its node owns (`strategy_configs.node`).
@@ -268,17 +272,20 @@ pub async fn claim_strategies(
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "WITH live AS ( \
-             SELECT n.node, n.capacity, \
-                 (SELECT count(*) FROM strategy_configs c WHERE c.node = n.node) AS owned \
-             FROM engine_nodes n \
-             WHERE n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond' AND NOT n.draining), \
+        "WITH alive AS ( \
+             SELECT n.node, n.capacity, n.draining FROM engine_nodes n \
+             WHERE n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond'), \
+         live AS ( \
+             SELECT a.node, a.capacity, \
+                 (SELECT count(*) FROM strategy_configs c WHERE c.node = a.node) AS owned \
+             FROM alive a WHERE NOT a.draining), \
          best AS ( \
              SELECT node, capacity - owned AS room FROM live WHERE owned < capacity \
              ORDER BY owned::float8 / capacity, node LIMIT 1), \
          wanted AS ( \
              SELECT c.id, c.created_at FROM strategy_configs c \
-             WHERE c.node IS NULL AND (c.desired_state IN ('running', 'paused') \
+             WHERE (c.node IS NULL OR c.node NOT IN (SELECT node FROM alive)) \
+               AND (c.desired_state IN ('running', 'paused') \
                  OR (c.auto_start AND NOT c.operator_stopped) \
                  OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id AND k.status = 'pending') \
                  OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id AND r.state = 'queued'))), \
@@ -288,15 +295,50 @@ pub async fn claim_strategies(
                      ceil((SELECT count(*) FROM wanted)::float8 / GREATEST((SELECT count(*) FROM live), 1))::int8) \
                  END AS n), \
          next AS ( \
-             SELECT c.id FROM strategy_configs c \
-             WHERE c.id IN (SELECT id FROM wanted) AND c.node IS NULL \
+             SELECT c.id, c.node AS was FROM strategy_configs c \
+             WHERE c.id IN (SELECT id FROM wanted) \
+               AND (c.node IS NULL OR c.node NOT IN (SELECT node FROM alive)) \
              ORDER BY c.created_at, c.id LIMIT (SELECT COALESCE(n, 0) FROM share) \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE strategy_configs c SET node = $1, lease_epoch = c.lease_epoch + 1 \
-         FROM next WHERE c.id = next.id RETURNING c.id",
+             FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE strategy_configs c SET node = $1, lease_epoch = c.lease_epoch + 1 \
+             FROM next WHERE c.id = next.id \
+             RETURNING c.id, c.status, c.pid, c.lease_epoch, next.was), \
+         noted AS ( \
+             INSERT INTO strategy_events \
+                 (event_id, strategy_id, old_status, new_status, reason, error, pid, node) \
+             SELECT gen_random_uuid(), id, status, status, 'failover', \
+                 format('node %s stopped renewing its lease; node %s took the strategy over (lease epoch %s)', \
+                        was, $1::text, lease_epoch), \
+                 pid, $1 \
+             FROM claimed WHERE was IS NOT NULL) \
+         SELECT id FROM claimed",
     )
     .bind(node)
     .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Which of `ids` this manager must stop serving: deleted (`false`), or in a cluster
+/// (`node` set) owned by another node now, or by none (`true`: lost). The poll's
+/// safety net under the deletion notification, and how a node that was cut off
+/// learns that its strategies went elsewhere.
+pub async fn gone_strategies(
+    pool: &PgPool,
+    ids: &[Uuid],
+    node: Option<&str>,
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT t.id, c.id IS NOT NULL AS lost FROM unnest($1::uuid[]) AS t(id) \
+         LEFT JOIN strategy_configs c ON c.id = t.id \
+         WHERE c.id IS NULL OR ($2::text IS NOT NULL AND c.node IS DISTINCT FROM $2)",
+    )
+    .bind(ids)
+    .bind(node)
     .fetch_all(pool)
     .await
 }
@@ -307,22 +349,6 @@ pub async fn load_strategy(pool: &PgPool, id: Uuid) -> Result<Option<StrategyRow
     ))
     .bind(id)
     .fetch_optional(pool)
-    .await
-}
-
-/// Which of `ids` have no row in `strategy_configs` any more (deleted while their
-/// supervisor ran): the poll's safety net under the `strategy_configs_deleted`
-/// notification.
-pub async fn deleted_strategies(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_scalar(
-        "SELECT t.id FROM unnest($1::uuid[]) AS t(id) \
-         WHERE NOT EXISTS (SELECT 1 FROM strategy_configs c WHERE c.id = t.id)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
     .await
 }
 
@@ -519,17 +545,18 @@ pub async fn write_observed(
     state: &ObservedState,
     events: &[TransitionEvent],
     node: &str,
+    fence: Option<i64>,
 ) -> Result<(), sqlx::Error> {
     const UPDATE: &str = "UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
          pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
-         WHERE id = $1";
+         WHERE id = $1 AND ($9::int8 IS NULL OR lease_epoch = $9)";
     let query = if events.is_empty() {
         sqlx::query(UPDATE)
     } else {
         sqlx::query(
             "WITH changed AS (UPDATE strategy_configs SET status = $2, pid = $3, pid_start_ticks = $4, \
                  pid_boot_id = $5, last_error = $6, restart_count = $7, started_at = $8, updated_at = now() \
-                 WHERE id = $1 RETURNING id) \
+                 WHERE id = $1 AND ($18::int8 IS NULL OR lease_epoch = $18) RETURNING id) \
              INSERT INTO strategy_events \
                  (event_id, at, strategy_id, old_status, new_status, reason, error, command_id, pid, node) \
              SELECT e.event_id, e.at, changed.id, e.old_status, e.new_status, e.reason, e.error, \
@@ -550,7 +577,7 @@ pub async fn write_observed(
         .bind(state.restart_count)
         .bind(state.started_at);
     let query = if events.is_empty() {
-        query
+        query.bind(fence)
     } else {
         query
             .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
@@ -577,25 +604,30 @@ pub async fn write_observed(
                     .collect::<Vec<_>>(),
             )
             .bind(node)
+            .bind(fence)
     };
     query.execute(pool).await?;
     Ok(())
 }
 
 /// Set `desired_state`; `operator_stopped` is true exactly when it was an operator's stop.
+/// `fence`: in a cluster, the writer's lease epoch; the write does nothing unless
+/// the row still has it (CONTRACT.md §7: a node that lost a strategy cannot change it).
 pub async fn write_desired(
     pool: &PgPool,
     id: Uuid,
     desired: DesiredState,
     operator_stopped: bool,
+    fence: Option<i64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE strategy_configs SET desired_state = $2, operator_stopped = $3, updated_at = now() \
-         WHERE id = $1",
+         WHERE id = $1 AND ($4::int8 IS NULL OR lease_epoch = $4)",
     )
     .bind(id)
     .bind(desired.as_str())
     .bind(operator_stopped)
+    .bind(fence)
     .execute(pool)
     .await?;
     Ok(())
@@ -603,31 +635,64 @@ pub async fn write_desired(
 
 /// Keep the broker state an executor reported (latest wins; `updated_at` is left
 /// alone: it says when operators last changed the row).
-pub async fn write_broker_state(pool: &PgPool, id: Uuid, state: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE strategy_configs SET broker_state = $2 WHERE id = $1")
-        .bind(id)
-        .bind(state)
-        .execute(pool)
-        .await?;
+/// `fence`: in a cluster, the writer's lease epoch; the write does nothing unless
+/// the row still has it (CONTRACT.md §7: a node that lost a strategy cannot change it).
+pub async fn write_broker_state(
+    pool: &PgPool,
+    id: Uuid,
+    state: &Value,
+    fence: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE strategy_configs SET broker_state = $2 \
+         WHERE id = $1 AND ($3::int8 IS NULL OR lease_epoch = $3)",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(fence)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-pub async fn write_config(pool: &PgPool, id: Uuid, config: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE strategy_configs SET config = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(config)
-        .execute(pool)
-        .await?;
+/// `fence`: in a cluster, the writer's lease epoch; the write does nothing unless
+/// the row still has it (CONTRACT.md §7: a node that lost a strategy cannot change it).
+pub async fn write_config(
+    pool: &PgPool,
+    id: Uuid,
+    config: &Value,
+    fence: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE strategy_configs SET config = $2, updated_at = now() \
+         WHERE id = $1 AND ($3::int8 IS NULL OR lease_epoch = $3)",
+    )
+    .bind(id)
+    .bind(config)
+    .bind(fence)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Store a strategy's `limits` (already checked; the schema checks them again).
-pub async fn write_limits(pool: &PgPool, id: Uuid, limits: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE strategy_configs SET limits = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(limits)
-        .execute(pool)
-        .await?;
+/// `fence`: in a cluster, the writer's lease epoch; the write does nothing unless
+/// the row still has it (CONTRACT.md §7: a node that lost a strategy cannot change it).
+pub async fn write_limits(
+    pool: &PgPool,
+    id: Uuid,
+    limits: &Value,
+    fence: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE strategy_configs SET limits = $2, updated_at = now() \
+         WHERE id = $1 AND ($3::int8 IS NULL OR lease_epoch = $3)",
+    )
+    .bind(id)
+    .bind(limits)
+    .bind(fence)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

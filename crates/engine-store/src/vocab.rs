@@ -372,7 +372,7 @@ mod tests {
             (row.status, row.desired_state),
             (Status::Stopped, DesiredState::Stopped)
         );
-        crate::manager::write_desired(&db.pool, id, DesiredState::Paused, false)
+        crate::manager::write_desired(&db.pool, id, DesiredState::Paused, false, None)
             .await
             .unwrap();
         let record = crate::operator::strategy(&db.pool, id)

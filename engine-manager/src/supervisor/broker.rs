@@ -77,7 +77,7 @@ impl StrategySupervisor {
         else {
             return;
         };
-        let write = db::write_broker_state(&self.shared.pool, self.id, state);
+        let write = db::write_broker_state(&self.shared.pool, self.id, state, self.fence_epoch());
         let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::PoolTimedOut),

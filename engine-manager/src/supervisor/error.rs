@@ -25,6 +25,10 @@ pub enum StartError {
     TimedOut { secs: f64 },
     #[error("the manager is shutting down")]
     ShuttingDown,
+    /// Cluster only: another node owns the strategy now (or this one under a newer
+    /// epoch); nothing was spawned.
+    #[error("this node no longer owns the strategy: {owner} does now (lease epoch {epoch})")]
+    NotOwner { owner: String, epoch: i64 },
 }
 
 impl StartError {

@@ -88,9 +88,19 @@ pub struct SupervisorHandle {
     pub tx: mpsc::Sender<Box<SupervisorCommand>>,
     /// Fired when the strategy's row is deleted.
     removed: CancellationToken,
+    /// Set before `removed` fires when the strategy is another node's now.
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SupervisorHandle {
+    /// The strategy is another node's now (cluster only): the supervisor SIGKILLs an
+    /// executor that is somehow still there (its lease ran out, so it must not trade,
+    /// not even in a graceful stop), writes nothing, and ends.
+    pub fn lose(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+        self.removed.cancel();
+    }
+
     /// The strategy's row was deleted: the supervisor stops an executor that still
     /// runs (the normal graceful stop), forgets the strategy (the live map behind
     /// `/health` and `/metrics`, its latest metrics, its `strategy:state:{id}` hash)
@@ -124,6 +134,9 @@ pub struct StrategySupervisor {
     interval: bool,
     /// `strategy_configs.limits` as stored (checked by the schema).
     limits: Value,
+    /// `strategy_configs.lease_epoch` as this supervisor knows it: in a cluster, the
+    /// epoch of this node's lease on the strategy (CONTRACT.md §7).
+    lease_epoch: i64,
     policy: RestartPolicy,
     /// The decisions: status, desired state, crash count, backoff, what is in flight.
     machine: Machine,
@@ -139,6 +152,12 @@ pub struct StrategySupervisor {
     broker: broker::BrokerState,
     /// Cancelled when the strategy's row is deleted.
     removed: CancellationToken,
+    /// The strategy is another node's now ([`SupervisorHandle::lose`]), or this
+    /// supervisor found so itself before a spawn.
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// In a cluster: wakes at each renewal of the node's lease, sent on to the
+    /// executor.
+    fence_rx: Option<tokio::sync::watch::Receiver<crate::lease::LeaseClock>>,
     /// What the executions task asks of the executor (execute, kill), and the sender
     /// handed to it with every `running`.
     exec_rx: mpsc::Receiver<ExecRequest>,
@@ -158,6 +177,8 @@ enum Wake {
     Command(SupervisorCommand),
     Exec(ExecRequest),
     BackoffOver,
+    /// The node's lease was renewed (cluster only).
+    Renewed,
     /// The once-a-second retry of writes and the reconciler.
     Second,
 }
@@ -204,6 +225,7 @@ impl StrategySupervisor {
             config: row.config,
             interval: row.execution_interval_s.is_some(),
             limits: row.limits,
+            lease_epoch: row.lease_epoch,
             policy: shared.policy,
             machine: Machine::new(status, desired, row.operator_stopped),
             observed,
@@ -215,6 +237,8 @@ impl StrategySupervisor {
             journal: Journal::default(),
             broker: broker::BrokerState::from_row(row.broker_state),
             removed: CancellationToken::new(),
+            lost: Default::default(),
+            fence_rx: shared.fence.subscribe(),
             exec_rx,
             exec_tx,
             killed_for: None,
@@ -222,11 +246,12 @@ impl StrategySupervisor {
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
         let removed = supervisor.removed.clone();
+        let lost = supervisor.lost.clone();
         let task = format!("supervisor of strategy {}", supervisor.name);
         shared
             .tracker
             .spawn_named(task, supervisor.run(initial).instrument(span));
-        SupervisorHandle { tx, removed }
+        SupervisorHandle { tx, removed, lost }
     }
 
     async fn run(mut self, initial: Initial) {
@@ -248,6 +273,7 @@ impl StrategySupervisor {
                     None => break,
                 },
                 Some(request) = self.exec_rx.recv() => Wake::Exec(request),
+                Some(()) = lease_renewed(&mut self.fence_rx) => Wake::Renewed,
                 _ = sleep_until(self.machine.backoff_until()) => Wake::BackoffOver,
                 _ = db_retry.tick() => Wake::Second,
             };
@@ -256,6 +282,9 @@ impl StrategySupervisor {
             // handling; the idle task stays small (BENCHMARKS.md, "After the
             // restructure": about 10 KiB per strategy otherwise).
             Box::pin(self.handle(wake)).await;
+            if self.is_lost() {
+                return Box::pin(self.forget()).await;
+            }
         }
         Box::pin(self.feed(Event::Shutdown)).await;
         self.shared
@@ -276,6 +305,7 @@ impl StrategySupervisor {
             Wake::Command(cmd) => self.on_command(cmd).await,
             Wake::Exec(request) => self.on_exec_request(request).await,
             Wake::BackoffOver => self.feed(Event::BackoffOver).await,
+            Wake::Renewed => self.send_lease().await,
             Wake::Second => {
                 self.retry_writes().await;
                 self.feed(Event::Tick).await;
@@ -290,7 +320,15 @@ impl StrategySupervisor {
     /// graceful stop (shutdown message, SIGTERM, SIGKILL), positions left as they
     /// are, and the manager never leaves an executor running that it cannot show.
     async fn forget(mut self) {
-        if let Some(pid) = self.proc.as_ref().map(|p| p.pid) {
+        if self.is_lost() {
+            if let Some(pid) = self.proc.as_ref().map(|p| p.pid) {
+                tracing::warn!(
+                    pid,
+                    "the strategy is another node's now and its executor is still here; killing it"
+                );
+                self.kill_and_reap(Duration::from_secs(5)).await;
+            }
+        } else if let Some(pid) = self.proc.as_ref().map(|p| p.pid) {
             tracing::warn!(
                 pid,
                 "the strategy was deleted while its executor runs; stopping it"
@@ -322,7 +360,26 @@ impl StrategySupervisor {
             .lock()
             .expect("routes lock")
             .remove(&self.id);
-        tracing::info!("strategy deleted; its supervisor ended");
+        if self.is_lost() {
+            tracing::info!("the strategy is another node's now; its supervisor here ended");
+        } else {
+            tracing::info!("strategy deleted; its supervisor ended");
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Send the executor the lease it now trades under (cluster only).
+    async fn send_lease(&mut self) {
+        let (Some(grant), Some(link)) = (self.lease_grant(), &mut self.link) else {
+            return;
+        };
+        if let Err(err) = link.send(&ManagerMessage::Lease(grant)).await {
+            tracing::debug!(error = %err, "cannot send the lease renewal; the executor reconnects");
+            self.link = None;
+        }
     }
 
     async fn begin(&mut self, initial: Initial) {
@@ -503,6 +560,8 @@ impl StrategySupervisor {
                 tracing::debug!(pid = p.pid, status = %link.hello_status, "executor connected");
                 let hello = link.hello_status;
                 self.link = Some(link);
+                // An adopted executor trades under this manager's lease from now on.
+                self.send_lease().await;
                 // An adopted executor tells us whether it is paused.
                 self.observe(Event::Connected { hello }).await;
             }
@@ -632,6 +691,20 @@ async fn wait_exit(proc: &mut Option<ExecutorProcess>) -> ExitInfo {
 async fn next_frame(link: &mut Option<ControlLink>) -> Option<ExecutorMessage> {
     match link {
         Some(l) => l.next().await,
+        None => pending().await,
+    }
+}
+
+/// `Some(())` at each renewal of the node's lease; never without `--cluster` (nor
+/// once the lease keeper is gone).
+async fn lease_renewed(
+    rx: &mut Option<tokio::sync::watch::Receiver<crate::lease::LeaseClock>>,
+) -> Option<()> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => pending().await,
+        },
         None => pending().await,
     }
 }

@@ -40,7 +40,14 @@ impl StrategySupervisor {
     /// Spawn an executor (`--start-paused` with `paused`), from the definition the row
     /// has now.
     pub(super) async fn spawn_executor(&mut self, paused: bool) -> Event {
-        self.reload_definition().await;
+        if let Err(err) = self.wait_for_lease().await {
+            return Event::StartFailed(err);
+        }
+        let owner = self.reload_definition().await;
+        if let Some(err) = self.not_owner(owner) {
+            self.lost.store(true, std::sync::atomic::Ordering::Release);
+            return Event::StartFailed(err);
+        }
         self.link = None;
         let log_path =
             self.shared
@@ -72,6 +79,7 @@ impl StrategySupervisor {
             log_path: &log_path,
             start_paused: paused,
             interval: self.interval,
+            lease: self.lease_grant(),
             confine: Confine {
                 limiter: &self.shared.limiter,
                 id: self.id,
@@ -229,7 +237,7 @@ impl StrategySupervisor {
         }
     }
 
-    async fn kill_and_reap(&mut self, wait: Duration) {
+    pub(super) async fn kill_and_reap(&mut self, wait: Duration) {
         if let Some(p) = &self.proc {
             p.signal(Signal::KILL);
         }
@@ -379,7 +387,7 @@ impl StrategySupervisor {
                     .await;
             }
         }
-        db::write_limits(&self.shared.pool, self.id, &merged)
+        db::write_limits(&self.shared.pool, self.id, &merged, self.fence_epoch())
             .await
             .map_err(UpdateError::Store)?;
         self.limits = merged;
@@ -427,7 +435,7 @@ impl StrategySupervisor {
         } else {
             self.validate_offline(&resolved).await?;
         }
-        db::write_config(&self.shared.pool, self.id, &merged)
+        db::write_config(&self.shared.pool, self.id, &merged, self.fence_epoch())
             .await
             .map_err(UpdateError::Store)?;
         self.config = merged;
@@ -467,9 +475,57 @@ impl StrategySupervisor {
         }
     }
 
+    /// In a cluster: the epoch every write about the strategy is conditional on.
+    pub(super) fn fence_epoch(&self) -> Option<i64> {
+        self.shared.fence.is_cluster().then_some(self.lease_epoch)
+    }
+
+    /// In a cluster: the lease its executor trades under (see [`crate::lease::Fence`]).
+    pub(super) fn lease_grant(&self) -> Option<engine_protocol::control::LeaseGrant> {
+        self.shared.fence.grant(self.lease_epoch)
+    }
+
+    /// In a cluster, nothing is spawned while the node's lease has run out (its
+    /// strategies may be going to other nodes): wait for the next renewal.
+    async fn wait_for_lease(&mut self) -> Result<(), StartError> {
+        let Some(mut rx) = self.shared.fence.subscribe() else {
+            return Ok(());
+        };
+        let mut said = false;
+        while !self.shared.fence.valid() {
+            if !said {
+                tracing::warn!("this node's lease has run out; the executor starts once it is renewed and the strategy is still this node's");
+                said = true;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    return Err(StartError::ShuttingDown);
+                },
+                _ = self.shared.cancel.cancelled() => return Err(StartError::ShuttingDown),
+            }
+        }
+        Ok(())
+    }
+
+    /// In a cluster: the error if the row (as just read, `owner`) says another node
+    /// owns the strategy now, or this node under another epoch (it lost it and took
+    /// it back: a new supervisor serves that tenure).
+    fn not_owner(&self, owner: Option<(Option<String>, i64)>) -> Option<StartError> {
+        let node = self.shared.scope.node()?;
+        let (owner, epoch) = owner?;
+        if owner.as_deref() == Some(node) && epoch == self.lease_epoch {
+            return None;
+        }
+        Some(StartError::NotOwner {
+            owner: owner.unwrap_or_else(|| "no node".into()),
+            epoch,
+        })
+    }
+
     /// Operators may edit `strategy_configs` directly: start from what the row says
-    /// now (keeping what we had if the database cannot be read).
-    pub(super) async fn reload_definition(&mut self) {
+    /// now (keeping what we had if the database cannot be read). Returns the owner and
+    /// epoch the row names, when it was read.
+    pub(super) async fn reload_definition(&mut self) -> Option<(Option<String>, i64)> {
         let load = db::load_strategy(&self.shared.pool, self.id);
         let loaded = match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
             Ok(result) => result,
@@ -484,10 +540,12 @@ impl StrategySupervisor {
                 self.limits = row.limits;
                 self.broker.reloaded(row.broker_state);
                 self.apply_restart_policy(row.restart_policy.as_ref());
+                Some((row.node, row.lease_epoch))
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(err) => {
-                tracing::warn!(error = %err, "could not reload the strategy's row; using the last known config")
+                tracing::warn!(error = %err, "could not reload the strategy's row; using the last known config");
+                None
             }
         }
     }

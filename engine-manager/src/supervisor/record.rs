@@ -104,7 +104,13 @@ impl StrategySupervisor {
     /// Set `desired_state` (and `operator_stopped`) in the row; kept and retried every
     /// second if the database does not take it.
     pub(super) async fn write_desired(&mut self, desired: DesiredState, operator_stopped: bool) {
-        let write = db::write_desired(&self.shared.pool, self.id, desired, operator_stopped);
+        let write = db::write_desired(
+            &self.shared.pool,
+            self.id,
+            desired,
+            operator_stopped,
+            self.fence_epoch(),
+        );
         match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => self.journal.desired_written(),
             Ok(Err(err)) => {
@@ -272,6 +278,7 @@ impl StrategySupervisor {
                 return;
             }
         }
+        let fence = self.fence_epoch();
         let events = self.journal.pending_events.make_contiguous();
         let write = db::write_observed(
             &self.shared.pool,
@@ -279,6 +286,7 @@ impl StrategySupervisor {
             &self.observed,
             events,
             &self.shared.node,
+            fence,
         );
         let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
             Ok(result) => result,

@@ -74,6 +74,9 @@ impl EventLoop {
         fields(command_id = %inbound.command.command_id, command = ?inbound.command.command)
     )]
     pub(super) async fn handle_command(&mut self, inbound: InboundCommand) -> Option<Exit> {
+        if self.lease_over() {
+            return Some(self.fenced().await);
+        }
         let command = inbound.command;
         let command_id = command.command_id;
         if let Some(ack) = self.commands_seen.get(command_id).cloned() {

@@ -5,6 +5,7 @@
 //! the manager's side (`engine-manager/src/link.rs`).
 
 use super::commands::InboundCommand;
+use super::lease::Lease;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
 use engine_protocol::Status;
@@ -12,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -57,6 +59,8 @@ pub(super) struct ControlLink {
     commands: mpsc::Sender<InboundCommand>,
     /// Interval executions asked for, by id, for the loop.
     executions: mpsc::Sender<Uuid>,
+    /// In a cluster: the lease the manager's renewals extend.
+    lease: Option<Arc<Lease>>,
     /// Acks, `halted` and the latest broker state waiting for a connection (state
     /// frames are not kept: the hello carries the current status).
     pending: VecDeque<ExecutorMessage>,
@@ -80,6 +84,7 @@ impl ControlLink {
         strategy_id: Uuid,
         commands: mpsc::Sender<InboundCommand>,
         executions: mpsc::Sender<Uuid>,
+        lease: Option<Arc<Lease>>,
         cancel: CancellationToken,
     ) -> (ControlLink, LinkHandle) {
         let (status_tx, status_rx) = watch::channel(Status::Starting);
@@ -91,6 +96,7 @@ impl ControlLink {
             outbound: frame_rx,
             commands,
             executions,
+            lease,
             pending: VecDeque::new(),
             flush_waiters: Vec::new(),
             cancel,
@@ -234,6 +240,12 @@ impl ControlLink {
                             }
                             Some(ManagerMessage::Execute { execution_id }) => {
                                 self.executions.send(execution_id).await.is_ok()
+                            }
+                            Some(ManagerMessage::Lease(grant)) => {
+                                if let Some(lease) = &self.lease {
+                                    lease.renew(grant);
+                                }
+                                true
                             }
                         };
                         if !sent {

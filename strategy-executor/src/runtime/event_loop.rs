@@ -6,6 +6,7 @@
 use super::broker_state::BrokerReports;
 use super::commands::{CommandLog, InboundCommand};
 use super::control_link::{LinkHandle, LinkOutbound};
+use super::lease::Lease;
 use super::redis_publisher::Outgoing;
 use super::redis_subscriber::TickCounters;
 use super::report::Cause;
@@ -51,6 +52,8 @@ pub(super) struct Inputs {
     /// Interval executions the manager asked for (by id), from the control link.
     pub(super) executions: mpsc::Receiver<Uuid>,
     pub(super) keep_executions_open: mpsc::Sender<Uuid>,
+    /// In a cluster: the node's lease; the loop ends when it runs out.
+    pub(super) lease: Option<Arc<Lease>>,
 }
 
 /// The loop ended: the process exits with this code.
@@ -75,6 +78,8 @@ pub(super) struct EventLoop {
     pub(super) broker_reports: BrokerReports,
     timer: Option<Interval>,
     timer_period: Option<Duration>,
+    /// In a cluster: no strategy callback begins once it ran out.
+    lease: Option<Arc<Lease>>,
 }
 
 impl EventLoop {
@@ -94,6 +99,7 @@ impl EventLoop {
             broker_reports: BrokerReports::default(),
             timer: None,
             timer_period: None,
+            lease: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl EventLoop {
         metrics_interval: Duration,
         start_paused: bool,
     ) -> u8 {
+        self.lease = inputs.lease.clone();
         if let Some(Exit(code)) = self.start(start_paused).await {
             return code;
         }
@@ -116,6 +123,7 @@ impl EventLoop {
         let mut ticks_open = true;
         let _keep_commands_open = &inputs.keep_commands_open;
         let _keep_executions_open = &inputs.keep_executions_open;
+        let lease = inputs.lease.clone();
 
         loop {
             let exit = tokio::select! {
@@ -127,6 +135,7 @@ impl EventLoop {
                     tracing::info!("SIGINT received; shutting down");
                     Some(self.shutdown(ShutdownReason::HostShutdown, StopMode::Leave, None).await)
                 }
+                _ = lease_expired(lease.as_deref()) => Some(self.fenced().await),
                 _ = signals.hangup.recv() => {
                     tracing::info!("SIGHUP received and ignored");
                     None
@@ -150,8 +159,35 @@ impl EventLoop {
         }
     }
 
+    /// Whether the lease ran out (cluster only): no strategy code may run.
+    pub(super) fn lease_over(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.over())
+    }
+
+    /// The lease ran out: stop trading at once, without another strategy callback
+    /// (not even `on_stop`, which may trade), say so, and exit with
+    /// [`control::EXIT_FENCED`]. Positions stay as they are, in the last broker state
+    /// reported; the next owner carries on from there.
+    pub(super) async fn fenced(&mut self) -> Exit {
+        tracing::warn!("the node's lease ran out: this executor stops trading and exits");
+        let cause = Cause {
+            reason: Some("lease_expired".to_string()),
+            error: Some(
+                "the node's lease on this strategy ran out without a renewal; the executor stopped trading and exited"
+                    .to_string(),
+            ),
+            ..Cause::default()
+        };
+        self.set_status(Status::Stopped, cause);
+        self.flush().await;
+        Exit(engine_protocol::control::EXIT_FENCED as u8)
+    }
+
     /// `on_start` (and `on_pause` with `--start-paused`), then `running` or `paused`.
     async fn start(&mut self, start_paused: bool) -> Option<Exit> {
+        if self.lease_over() {
+            return Some(self.fenced().await);
+        }
         self.set_status(Status::Starting, Cause::default());
         self.host.start(chrono::Utc::now());
         if let Some(exit) = self.after_callback().await {
@@ -208,6 +244,9 @@ impl EventLoop {
         self.ticks_received += 1;
         self.last_tick_at = Some(Instant::now());
         self.last_tick_wall = Some(chrono::Utc::now());
+        if self.lease_over() {
+            return Some(self.fenced().await);
+        }
         if !self.host.tick(&tick) {
             return None;
         }
@@ -218,6 +257,9 @@ impl EventLoop {
     /// `Context`), answered on the control link with its outcome and duration. A
     /// paused strategy is not executed: the answer says so.
     async fn handle_execute(&mut self, execution_id: Uuid) -> Option<Exit> {
+        if self.lease_over() {
+            return Some(self.fenced().await);
+        }
         let began = Instant::now();
         let result = self.host.execute(chrono::Utc::now());
         let duration_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -243,6 +285,9 @@ impl EventLoop {
     }
 
     async fn handle_timer(&mut self) -> Option<Exit> {
+        if self.lease_over() {
+            return Some(self.fenced().await);
+        }
         if !self.host.timer(chrono::Utc::now()) {
             return None;
         }
@@ -261,6 +306,14 @@ impl EventLoop {
             timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
             timer
         });
+    }
+}
+
+/// Ready once the lease ran out (never without one).
+async fn lease_expired(lease: Option<&Lease>) {
+    match lease {
+        Some(lease) => lease.expired().cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,7 @@ pub mod config;
 mod control_link;
 mod errors;
 mod event_loop;
+mod lease;
 mod redis_publisher;
 mod redis_subscriber;
 mod report;

@@ -7,6 +7,7 @@ use super::config::{read_config, read_spawn_input};
 use super::control_link::{ControlLink, LinkHandle};
 use super::errors::{print_error, EXIT_FAILURE};
 use super::event_loop::{EventLoop, Identity, Inputs, Outlets};
+use super::lease::Lease;
 use super::redis_publisher::RedisPublisher;
 use super::redis_subscriber::{RedisSubscriber, TickCounters};
 use super::signals::ProcessSignals;
@@ -55,6 +56,10 @@ pub enum StartupError {
         strategy_type: String,
         supported: String,
     },
+    #[error(
+        "the node's lease on this strategy ran out before the executor started; another node may own it now"
+    )]
+    LeaseOver,
 }
 
 /// Everything run mode needs, from the flags.
@@ -86,12 +91,24 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
             config,
             broker_state: None,
             interval: false,
+            lease: None,
         })
     };
-    let (config, saved_broker, interval) = match input {
-        Ok(input) => (input.config, input.broker_state, input.interval),
+    let (config, saved_broker, interval, grant) = match input {
+        Ok(input) => (
+            input.config,
+            input.broker_state,
+            input.interval,
+            input.lease,
+        ),
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
     };
+    // In a cluster: no strategy code runs under a lease that already ran out.
+    if let Some(grant) = grant {
+        if grant.remaining_ms() == 0 {
+            return print_error(&StartupError::LeaseOver, control::EXIT_FENCED);
+        }
+    }
     if interval {
         if let Err(err) = check_interval_support(registry, &options.strategy_type) {
             return print_error(&err, control::EXIT_BAD_CONFIG);
@@ -125,8 +142,8 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         strategy_id = %options.strategy_id,
         strategy = %options.name,
     );
-    let code =
-        runtime.block_on(run_async(options, strategy, saved_broker, redis_client).instrument(span));
+    let code = runtime
+        .block_on(run_async(options, strategy, saved_broker, redis_client, grant).instrument(span));
     runtime.shutdown_timeout(TASK_SHUTDOWN_TIMEOUT);
     ExitCode::from(code)
 }
@@ -167,6 +184,7 @@ async fn run_async(
     strategy: Box<dyn Strategy>,
     saved_broker: SavedBroker,
     redis_client: redis::Client,
+    grant: Option<control::LeaseGrant>,
 ) -> u8 {
     tracing::info!(
         strategy_type = %options.strategy_type,
@@ -186,7 +204,18 @@ async fn run_async(
     };
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let (mut event_loop, inputs) = start_tasks(&options, strategy, redis_client, &tracker, &cancel);
+    let lease = grant.map(Lease::new);
+    if let Some(lease) = &lease {
+        tracing::info!(
+            epoch = lease.epoch(),
+            left_ms = lease.deadline_ms().saturating_sub(control::monotonic_ms()),
+            "trading under the node's lease"
+        );
+        tracker.spawn(super::lease::watch(lease.clone(), cancel.clone()).in_current_span());
+        super::lease::backstop(lease.clone());
+    }
+    let (mut event_loop, inputs) =
+        start_tasks(&options, strategy, redis_client, &tracker, &cancel, lease);
     tracker.close();
     event_loop.restore_broker(saved_broker, &options.strategy_type);
 
@@ -218,6 +247,7 @@ fn start_tasks(
     redis_client: redis::Client,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
+    lease: Option<Arc<Lease>>,
 ) -> (EventLoop, Inputs) {
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
@@ -230,6 +260,7 @@ fn start_tasks(
             options.strategy_id,
             command_tx.clone(),
             execution_tx.clone(),
+            lease.clone(),
             cancel.clone(),
         );
         tracker.spawn(task.run().in_current_span());
@@ -273,6 +304,7 @@ fn start_tasks(
         keep_commands_open: command_tx,
         executions: execution_rx,
         keep_executions_open: execution_tx,
+        lease,
     };
     (event_loop, inputs)
 }
