@@ -338,7 +338,8 @@ async fn a_restarted_node_adopts_its_own_strategies_and_no_other_node_takes_them
     assert_eq!(owners(&engine, &[id]).await[&id].as_deref(), Some("node-a"));
 
     // node-a's manager dies alone; node-b joins; the strategy stays node-a's and its
-    // executor runs on (no failover in this slice: nothing fences it yet).
+    // executor runs on, within node-a's lease (10 s: failover and the executor's own
+    // exit at the deadline are tests/cluster_fencing.rs).
     sigkill(a.pid());
     let Node { mut child, .. } = a;
     let _ = child.wait().await;

@@ -1,0 +1,609 @@
+//! Fencing and failover in a cluster (CONTRACT.md §7): executors trade under their
+//! node's lease and exit by themselves when it runs out; a dead node's strategies start
+//! on another node only after that deadline; a node that comes back to find its
+//! strategies taken writes nothing with its old epoch and stops what is left. Every
+//! manager is the real binary with its own `--node`, a 3 s lease, and its own state
+//! directory; a sampler reads `/proc` every 20 ms throughout and fails the test if two
+//! executors of one strategy are ever alive together, on any node.
+
+mod common;
+
+use common::processes::{executors_in_proc, ExecutorSeen};
+use common::{manager_env, sigkill, spawn_manager_binary, wait_for, TestEngine, DEADLINE};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LEASE: &str = "3s";
+const LEASE_TIME: Duration = Duration::from_secs(3);
+
+struct Node {
+    name: String,
+    child: tokio::process::Child,
+    state_dir: PathBuf,
+}
+
+impl Node {
+    fn pid(&self) -> u32 {
+        self.child.id().expect("manager running")
+    }
+
+    fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).expect("signal the manager");
+    }
+
+    async fn kill(mut self) {
+        sigkill(self.pid());
+        let _ = self.child.wait().await;
+        for e in executors_in_proc(&self.control_socket()) {
+            sigkill(e.pid);
+        }
+    }
+}
+
+/// Start cluster node `name` with a 3 s lease, its database reached at `database_url`
+/// (the test's own, or a proxy to it), and wait until its row is fresh.
+async fn start_node(engine: &TestEngine, name: &str, database_url: Option<&str>) -> Node {
+    let mut config = engine.config.clone();
+    config.state_dir = engine.state_dir.join(name);
+    if let Some(url) = database_url {
+        config.database_url = url.to_string();
+    }
+    std::fs::create_dir_all(&config.state_dir).expect("node state dir");
+    let mut env = manager_env(&config);
+    env.push(("ENGINE_NODE".into(), name.into()));
+    env.push(("ENGINE_CLUSTER".into(), "true".into()));
+    env.push(("ENGINE_LEASE_TIME".into(), LEASE.into()));
+    let child = spawn_manager_binary(&env, &config.state_dir.join("manager.log"));
+    let pid = child.id().expect("node pid") as i32;
+    let pool = engine.pool.clone();
+    wait_for(&format!("node {name} to join"), DEADLINE, || {
+        let pool = pool.clone();
+        async move {
+            let row: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM engine_nodes WHERE node = $1 AND heartbeat_at > now() - interval '2 seconds'",
+            )
+            .bind(name)
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
+            (row == Some(pid)).then_some(())
+        }
+    })
+    .await;
+    Node {
+        name: name.to_string(),
+        child,
+        state_dir: config.state_dir,
+    }
+}
+
+/// Reads `/proc` every 20 ms until stopped: every moment two executors of one strategy
+/// were alive together (on any of `sockets`), re-checked after the scan so that an
+/// executor that exited during it does not count.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<String>, u64)>,
+}
+
+impl Sampler {
+    fn start(sockets: Vec<PathBuf>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut doubles = Vec::new();
+            let mut samples = 0u64;
+            while !flag.load(Ordering::Acquire) {
+                let mut by: HashMap<Uuid, Vec<ExecutorSeen>> = HashMap::new();
+                for socket in &sockets {
+                    for e in executors_in_proc(socket) {
+                        by.entry(e.strategy_id).or_default().push(e);
+                    }
+                }
+                for (id, seen) in by {
+                    if seen.len() < 2 {
+                        continue;
+                    }
+                    let alive: Vec<u32> = seen
+                        .iter()
+                        .filter(|e| {
+                            engine_protocol::procfs::start_ticks(e.pid) == Some(e.start_ticks)
+                        })
+                        .map(|e| e.pid)
+                        .collect();
+                    if alive.len() > 1 {
+                        doubles.push(format!("strategy {id}: executors {alive:?} alive together"));
+                    }
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (doubles, samples)
+        });
+        Sampler { stop, thread }
+    }
+
+    /// Stop; assert there never were two executors of one strategy.
+    fn check(self) {
+        self.stop.store(true, Ordering::Release);
+        let (doubles, samples) = self.thread.join().expect("sampler");
+        assert!(samples > 10, "the sampler ran ({samples} samples)");
+        assert!(
+            doubles.is_empty(),
+            "two executors of one strategy: {doubles:?}"
+        );
+    }
+}
+
+/// Each strategy's owner and epoch.
+async fn owners(engine: &TestEngine, ids: &[Uuid]) -> HashMap<Uuid, (Option<String>, i64)> {
+    let rows: Vec<(Uuid, Option<String>, i64)> =
+        sqlx::query_as("SELECT id, node, lease_epoch FROM strategy_configs WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(id, n, e)| (id, (n, e))).collect()
+}
+
+/// Add and start `n` heartbeat strategies; wait until each runs.
+async fn start_strategies(engine: &TestEngine, prefix: &str, n: usize) -> Vec<Uuid> {
+    let op = engine.op();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = op
+            .add_strategy(
+                &format!("{prefix}-{i}"),
+                "heartbeat",
+                json!({"interval_ms": 100}),
+            )
+            .await;
+        op.run_ok(Some(id), "start", json!({})).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// The strategies of `ids` owned by `node`.
+async fn owned_by(engine: &TestEngine, ids: &[Uuid], node: &str) -> Vec<Uuid> {
+    owners(engine, ids)
+        .await
+        .into_iter()
+        .filter(|(_, (n, _))| n.as_deref() == Some(node))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Wait until every one of `ids` is `running` on `node`, with a live executor there
+/// whose pid the row names.
+async fn wait_running_on(engine: &TestEngine, ids: &[Uuid], node: &Node, within: Duration) {
+    let pool = engine.pool.clone();
+    let socket = node.control_socket();
+    let name = node.name.clone();
+    wait_for(&format!("{ids:?} running on {name}"), within, || {
+        let pool = pool.clone();
+        let socket = socket.clone();
+        let name = name.clone();
+        async move {
+            let rows: Vec<(Uuid, Option<String>, String, Option<i32>)> = sqlx::query_as(
+                "SELECT id, node, status, pid FROM strategy_configs WHERE id = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            let live = executors_in_proc(&socket);
+            let all = rows.len() == ids.len()
+                && rows.iter().all(|(id, n, status, pid)| {
+                    n.as_deref() == Some(&*name)
+                        && status == "running"
+                        && live
+                            .iter()
+                            .any(|e| e.strategy_id == *id && Some(e.pid as i32) == *pid)
+                });
+            all.then_some(())
+        }
+    })
+    .await;
+}
+
+/// Wait until `node` beats later than `at` (seconds since the epoch).
+async fn wait_beat_after(engine: &TestEngine, node: &str, at: f64) {
+    let pool = engine.pool.clone();
+    wait_for(
+        &format!("{node} to beat after {at}"),
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                let now: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM heartbeat_at)::float8 FROM engine_nodes WHERE node = $1",
+            )
+            .bind(node)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+                (now > at).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The node's `heartbeat_at`, as seconds since the epoch.
+async fn heartbeat(engine: &TestEngine, node: &str) -> f64 {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM heartbeat_at)::float8 FROM engine_nodes WHERE node = $1",
+    )
+    .bind(node)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap()
+}
+
+/// How long after `since` (seconds since the epoch) each strategy's current executor
+/// started (`started_at`), in seconds.
+async fn started_after(engine: &TestEngine, ids: &[Uuid], since: f64) -> Vec<f64> {
+    let rows: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM started_at)::float8 FROM strategy_configs WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|at| at - since).collect()
+}
+
+/// The `failover` events of `ids`, by strategy.
+async fn failover_events(
+    engine: &TestEngine,
+    ids: &[Uuid],
+) -> HashMap<Uuid, Vec<(String, String)>> {
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT strategy_id, node, error FROM strategy_events \
+         WHERE strategy_id = ANY($1) AND reason = 'failover' ORDER BY at",
+    )
+    .bind(ids)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    let mut by: HashMap<Uuid, Vec<(String, String)>> = HashMap::new();
+    for (id, node, error) in rows {
+        by.entry(id)
+            .or_default()
+            .push((node, error.unwrap_or_default()));
+    }
+    by
+}
+
+/// Two nodes, some strategies on each; the ids on `node-a`.
+async fn two_nodes_with_strategies(
+    engine: &TestEngine,
+    a_url: Option<&str>,
+) -> (Node, Node, Vec<Uuid>, Vec<Uuid>) {
+    let a = start_node(engine, "node-a", a_url).await;
+    // node-a alone first: it takes these.
+    let on_a = start_strategies(engine, "a", 3).await;
+    let b = start_node(engine, "node-b", None).await;
+    let on_b = start_strategies(engine, "b", 1).await;
+    assert_eq!(owned_by(engine, &on_a, "node-a").await.len(), 3);
+    (a, b, on_a, on_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_trade_on_across_many_renewals_of_a_short_lease() {
+    let engine = TestEngine::new().await;
+    let a = start_node(&engine, "node-a", None).await;
+    let ids = start_strategies(&engine, "hb", 2).await;
+    let op = engine.op();
+    let mut pids = Vec::new();
+    for id in &ids {
+        pids.push(op.state(*id).await.pid.unwrap());
+    }
+    // Three lease times of renewals (by the node's own heartbeat).
+    let since = heartbeat(&engine, "node-a").await;
+    wait_beat_after(&engine, "node-a", since + 3.0 * LEASE_TIME.as_secs_f64()).await;
+    for (id, pid) in ids.iter().zip(pids) {
+        let state = op.state(*id).await;
+        assert_eq!(state.status, "running");
+        assert_eq!(state.pid, Some(pid), "the same executor, renewed all along");
+        assert_eq!(state.restart_count, 0);
+        assert!(common::process_alive(pid as u32));
+    }
+    let log = std::fs::read_to_string(a.state_dir.join("manager.log")).unwrap();
+    assert!(!log.contains("lease lapsed"), "{log}");
+    a.kill().await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_host_fails_over_every_strategy_once_soon_after_its_lease() {
+    let engine = TestEngine::new().await;
+    let (a, b, on_a, on_b) = two_nodes_with_strategies(&engine, None).await;
+    let epochs = owners(&engine, &on_a).await;
+    let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
+
+    // The host dies: its manager and executors at once.
+    let last = heartbeat(&engine, "node-a").await;
+    a.kill().await;
+    wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
+    sampler.check();
+
+    // Each started on node-b after node-a's lease ran out, within the contract's 15 s.
+    let taken = started_after(&engine, &on_a, last).await;
+    for t in &taken {
+        assert!(
+            *t >= LEASE_TIME.as_secs_f64(),
+            "started {t:.2}s after the last heartbeat"
+        );
+        assert!(*t <= 15.0, "started {t:.2}s after the last heartbeat");
+    }
+    eprintln!("takeover after the last heartbeat (s): {taken:?}");
+    let now = owners(&engine, &on_a).await;
+    let events = failover_events(&engine, &on_a).await;
+    for id in &on_a {
+        assert_eq!(now[id].1, epochs[id].1 + 1, "one more epoch");
+        let ev = &events[id];
+        assert_eq!(ev.len(), 1, "one failover event: {ev:?}");
+        assert_eq!(ev[0].0, "node-b");
+        assert!(
+            ev[0].1.contains("node node-a stopped renewing"),
+            "{:?}",
+            ev[0]
+        );
+    }
+    // node-b's own strategy was not disturbed.
+    assert_eq!(engine.op().state(on_b[0]).await.restart_count, 0);
+    b.kill().await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_killed_alone_leaves_executors_that_exit_at_the_deadline_before_the_new_owner_starts(
+) {
+    let engine = TestEngine::new().await;
+    let (a, b, on_a, _) = two_nodes_with_strategies(&engine, None).await;
+    let op = engine.op();
+    let mut old = Vec::new();
+    for id in &on_a {
+        old.push(op.state(*id).await.pid.unwrap() as u32);
+    }
+    let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
+    let a_socket = a.control_socket();
+    // The manager alone: its executors are left running, unrenewed.
+    sigkill(a.pid());
+    let Node { mut child, .. } = a;
+    let _ = child.wait().await;
+    for pid in &old {
+        assert!(
+            common::process_alive(*pid),
+            "executors outlive their manager for now"
+        );
+    }
+    wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
+    sampler.check();
+    for pid in &old {
+        assert!(
+            !common::process_alive(*pid),
+            "the old executor {pid} exited"
+        );
+    }
+    assert!(executors_in_proc(&a_socket).is_empty());
+    // They said why on their way out (in their logs).
+    let logs = std::fs::read_dir(a_socket.parent().unwrap().join("logs")).unwrap();
+    let mut said = 0;
+    for entry in logs.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if text.contains("lease ran out") {
+            said += 1;
+        }
+    }
+    assert_eq!(said, on_a.len(), "each old executor logged its lease's end");
+    b.kill().await;
+    engine.finish().await;
+}
+
+/// Events written by `node` about `ids` after `since` (seconds since the epoch).
+async fn events_by_after(engine: &TestEngine, ids: &[Uuid], node: &str, since: f64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM strategy_events WHERE strategy_id = ANY($1) AND node = $2 \
+         AND extract(epoch FROM at) > $3",
+    )
+    .bind(ids)
+    .bind(node)
+    .bind(since)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap()
+}
+
+/// What node-b's executors of `ids` are: (pid, status) of each row.
+async fn rows_of(
+    engine: &TestEngine,
+    ids: &[Uuid],
+) -> Vec<(Uuid, Option<String>, String, Option<i32>)> {
+    let mut rows: Vec<(Uuid, Option<String>, String, Option<i32>)> =
+        sqlx::query_as("SELECT id, node, status, pid FROM strategy_configs WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    rows.sort();
+    rows
+}
+
+/// After a node came back from being cut off (frozen, or its database unreachable):
+/// the strategies stay node-b's, untouched by node-a, which runs nothing of them and
+/// beats again; node-a still serves (a new strategy can be placed on it).
+async fn assert_came_back_harmless(engine: &TestEngine, a: &Node, on_a: &[Uuid], taken_at: f64) {
+    let before = rows_of(engine, on_a).await;
+    // node-a beats again, for a second and more (it is alive, and had time to act
+    // on what it found).
+    let back: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    wait_beat_after(engine, "node-a", back + 1.0).await;
+    // And its poll dropped its supervisors of them: its log says so.
+    let log_path = a.state_dir.join("manager.log");
+    wait_for(
+        "node-a to drop what it lost",
+        Duration::from_secs(30),
+        || {
+            let log_path = log_path.clone();
+            async move {
+                let log = std::fs::read_to_string(&log_path).ok()?;
+                (log.matches("its supervisor here ended").count() >= on_a.len()).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(executors_in_proc(&a.control_socket()).is_empty());
+    assert_eq!(
+        rows_of(engine, on_a).await,
+        before,
+        "node-a wrote nothing about them"
+    );
+    assert_eq!(events_by_after(engine, on_a, "node-a", taken_at).await, 0);
+    for (_, node, status, _) in &before {
+        assert_eq!(node.as_deref(), Some("node-b"));
+        assert_eq!(status, "running");
+    }
+    // node-a serves again: the least loaded, it takes the next strategy, and runs it
+    // under a lease of its own.
+    let fresh = start_strategies(engine, "after", 1).await;
+    let owner = owners(engine, &fresh).await;
+    assert_eq!(owner[&fresh[0]].0.as_deref(), Some("node-a"));
+    wait_running_on(engine, &fresh, a, DEADLINE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_manager_wakes_to_find_its_strategies_taken_and_writes_nothing() {
+    let engine = TestEngine::new().await;
+    let (a, b, on_a, _) = two_nodes_with_strategies(&engine, None).await;
+    let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
+    a.signal(rustix::process::Signal::STOP);
+    wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
+    let taken_at: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    a.signal(rustix::process::Signal::CONT);
+    assert_came_back_harmless(&engine, &a, &on_a, taken_at).await;
+    sampler.check();
+    a.kill().await;
+    b.kill().await;
+    engine.finish().await;
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection through it and refuse new
+/// ones (the database unreachable from one node only), then let them through again.
+struct DbProxy {
+    url: String,
+    cut: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DbProxy {
+    async fn start(db_url: &str) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let parsed = url::Url::parse(db_url).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            parsed.host_str().unwrap_or("127.0.0.1"),
+            parsed.port().unwrap_or(5432)
+        );
+        let mut through = parsed.clone();
+        through.set_host(Some("127.0.0.1")).unwrap();
+        through.set_port(Some(port)).unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (cut2, gen2) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut2.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let (cut3, gen3) = (cut2.clone(), gen2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let born = gen3.load(Ordering::Acquire);
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let severed = async {
+                        while !cut3.load(Ordering::Acquire) && gen3.load(Ordering::Acquire) == born
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = severed => {}
+                    }
+                });
+            }
+        });
+        DbProxy {
+            url: through.to_string(),
+            cut,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cut.store(true, Ordering::Release);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::Release);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_stops_its_executors_and_comes_back_harmless() {
+    let engine = TestEngine::new().await;
+    let proxy = DbProxy::start(&engine.db_url).await;
+    let (a, b, on_a, _) = two_nodes_with_strategies(&engine, Some(&proxy.url)).await;
+    let op = engine.op();
+    let mut old = Vec::new();
+    for id in &on_a {
+        old.push(op.state(*id).await.pid.unwrap() as u32);
+    }
+    let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
+    // node-a's manager runs on, but cannot reach PostgreSQL: it cannot renew.
+    proxy.cut();
+    wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
+    for pid in &old {
+        assert!(
+            !common::process_alive(*pid),
+            "node-a's executor {pid} stopped at its deadline"
+        );
+    }
+    let taken_at: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    proxy.restore();
+    assert_came_back_harmless(&engine, &a, &on_a, taken_at).await;
+    sampler.check();
+    a.kill().await;
+    b.kill().await;
+    engine.finish().await;
+}
