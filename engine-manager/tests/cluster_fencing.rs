@@ -53,7 +53,15 @@ impl Node {
 /// Start cluster node `name` with a 3 s lease, its database reached at `database_url`
 /// (the test's own, or a proxy to it), and wait until its row is fresh.
 async fn start_node(engine: &TestEngine, name: &str, database_url: Option<&str>) -> Node {
-    let mut config = engine.config.clone();
+    start_node_with(engine, name, database_url, engine.config.clone()).await
+}
+
+async fn start_node_with(
+    engine: &TestEngine,
+    name: &str,
+    database_url: Option<&str>,
+    mut config: engine_manager::config::ManagerConfig,
+) -> Node {
     config.state_dir = engine.state_dir.join(name);
     if let Some(url) = database_url {
         config.database_url = url.to_string();
@@ -603,6 +611,79 @@ async fn a_node_cut_off_from_the_database_stops_its_executors_and_comes_back_har
     proxy.restore();
     assert_came_back_harmless(&engine, &a, &on_a, taken_at).await;
     sampler.check();
+    a.kill().await;
+    b.kill().await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_running_run_is_started_again_once_on_the_new_owner() {
+    let engine = TestEngine::new().await;
+    engine.seed_one_security().await;
+    // Runs are a stand-in that sleeps: 4 s, long enough to be cut by the host's death.
+    let mut config = engine.config.clone();
+    config.executor_path = Some(common::write_executable(
+        &engine.state_dir,
+        "fake_run.py",
+        common::SLEEPING_RUN,
+    ));
+    let a = start_node_with(&engine, "node-a", None, config.clone()).await;
+    let strategy = engine
+        .add_strategy("slow", "heartbeat", json!({"sleep_s": 4}), false)
+        .await;
+    let run: Uuid = sqlx::query_scalar(
+        "INSERT INTO strategy_runs (strategy_id, mode, parameters) VALUES ($1, 'screener', '{}') RETURNING id",
+    )
+    .bind(strategy)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    let pool = engine.pool.clone();
+    let run_on = |node: &'static str, state: &'static str| {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let row: (String, Option<String>, i32, i64) = sqlx::query_as(
+                    "SELECT state, node, attempt, lease_epoch FROM strategy_runs WHERE id = $1",
+                )
+                .bind(run)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (row.0 == state && row.1.as_deref() == Some(node)).then_some(row)
+            }
+        }
+    };
+    let first = wait_for(
+        "the run running on node-a",
+        DEADLINE,
+        run_on("node-a", "running"),
+    )
+    .await;
+    let b = start_node_with(&engine, "node-b", None, config).await;
+    // The host dies mid-run: its manager and the run's process.
+    let runs_dir = engine_protocol::runs::runs_dir(&a.state_dir);
+    let a_pid = a.pid();
+    sigkill(a_pid);
+    for (_, procs) in engine_manager::process::scan_runs(&runs_dir) {
+        for (pid, _) in procs {
+            sigkill(pid);
+        }
+    }
+    let done = wait_for(
+        "the run completed on node-b",
+        Duration::from_secs(40),
+        run_on("node-b", "completed"),
+    )
+    .await;
+    assert_eq!(first.2, 0);
+    assert_eq!(done.2, 1, "started again once, as a lost run is");
+    assert_eq!(done.3, first.3 + 1, "under node-b's epoch");
+    assert_eq!(
+        owners(&engine, &[strategy]).await[&strategy].0.as_deref(),
+        Some("node-b")
+    );
     a.kill().await;
     b.kill().await;
     engine.finish().await;

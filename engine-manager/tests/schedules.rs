@@ -17,7 +17,7 @@ mod common;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{
     manager_env, sigkill, spawn_manager_binary, wait_for, wait_lease, write_executable, TestEngine,
-    DEADLINE,
+    DEADLINE, SLEEPING_RUN,
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -26,23 +26,15 @@ use uuid::Uuid;
 
 // ------------------------------------------------------------------ the harness
 
-const FAKE_RUN: &str = r#"#!/usr/bin/python3
-import json, os, sys, time
-inp = json.load(sys.stdin)
-out = open(inp['outbox_path'], 'a')
-def emit(**kw):
-    out.write(json.dumps(kw) + '\n'); out.flush()
-emit(type='started', pid=os.getpid(), total_items=len(inp['symbols']))
-time.sleep(inp['config'].get('sleep_s', 0))
-emit(type='result', result={'slept': inp['config'].get('sleep_s', 0)})
-"#;
-
 /// A test engine whose runs are the stand-in, with `slots` runs at once, one
 /// security with bars; the manager is not started yet.
 async fn engine_with(slots: u32) -> TestEngine {
     let mut engine = TestEngine::new().await;
-    engine.config.executor_path =
-        Some(write_executable(&engine.state_dir, "fake_run.py", FAKE_RUN));
+    engine.config.executor_path = Some(write_executable(
+        &engine.state_dir,
+        "fake_run.py",
+        SLEEPING_RUN,
+    ));
     engine.config.max_concurrent_runs = slots;
     engine.seed_one_security().await;
     engine

@@ -258,7 +258,9 @@ pub async fn load_strategies(
     .await
 }
 
-/// A cluster node's claim of the strategies nobody owns that need an owner: those
+/// A cluster node's claim of the strategies nobody owns (or whose node is dead: a
+/// `failover` event each, and their active runs come along under the new epoch, to be
+/// taken over by the new owner's run queue under the once-retry rule) that need an owner: those
 /// that should run (`desired_state` running or paused, or `auto_start` not stopped by
 /// an operator) and those with a pending command or a queued run. Only the least
 /// loaded live node that is not draining claims (strategies owned over capacity,
@@ -288,7 +290,8 @@ pub async fn claim_strategies(
                AND (c.desired_state IN ('running', 'paused') \
                  OR (c.auto_start AND NOT c.operator_stopped) \
                  OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id AND k.status = 'pending') \
-                 OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id AND r.state = 'queued'))), \
+                 OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id \
+                     AND r.state IN ('queued', 'starting', 'running')))), \
          share AS ( \
              SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM best WHERE node = $1) THEN 0 \
                  ELSE LEAST($2, (SELECT room FROM best), \
@@ -311,7 +314,11 @@ pub async fn claim_strategies(
                  format('node %s stopped renewing its lease; node %s took the strategy over (lease epoch %s)', \
                         was, $1::text, lease_epoch), \
                  pid, $1 \
-             FROM claimed WHERE was IS NOT NULL) \
+             FROM claimed WHERE was IS NOT NULL), \
+         runs_moved AS ( \
+             UPDATE strategy_runs r SET node = $1, lease_epoch = claimed.lease_epoch \
+             FROM claimed WHERE r.strategy_id = claimed.id AND claimed.was IS NOT NULL \
+               AND r.node = claimed.was AND r.state IN ('starting', 'running')) \
          SELECT id FROM claimed",
     )
     .bind(node)

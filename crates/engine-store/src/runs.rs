@@ -38,11 +38,14 @@ pub struct RunRow {
     pub strategy_config: Value,
     /// The strategy's resource limits (a run takes its strategy's).
     pub strategy_limits: Value,
+    /// The lease epoch it runs under (its strategy's when claimed; one more when a
+    /// dead node's run is taken over): every write about the run is conditional on it.
+    pub lease_epoch: i64,
 }
 
 const RUN_COLUMNS: &str = "r.id, r.strategy_id, r.mode, r.parameters, r.priority, r.timeout_s, \
      r.state, r.attempt, r.pid, r.pid_start_ticks, r.pid_boot_id, r.created_at, r.started_at, \
-     r.seq, c.name, c.strategy_type, c.config AS strategy_config, c.limits AS strategy_limits";
+     r.seq, c.name, c.strategy_type, c.config AS strategy_config, c.limits AS strategy_limits, r.lease_epoch";
 
 /// The queue order: `high` before `normal` before `low`, oldest first.
 fn queue_key(row: &RunRow) -> (RunPriority, DateTime<Utc>, i64) {
@@ -109,12 +112,17 @@ pub struct Running<'a> {
     pub attempt: i32,
 }
 
-pub async fn mark_running(pool: &PgPool, id: Uuid, r: &Running<'_>) -> Result<bool, sqlx::Error> {
+pub async fn mark_running(
+    pool: &PgPool,
+    id: Uuid,
+    r: &Running<'_>,
+    epoch: i64,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE strategy_runs SET state = 'running', pid = $2, pid_start_ticks = $3, \
              pid_boot_id = $4, config = $5, total_items = $6, completed_items = 0, attempt = $7, \
              message = NULL, updated_at = now() \
-         WHERE id = $1 AND state IN ('starting', 'running')",
+         WHERE id = $1 AND state IN ('starting', 'running') AND lease_epoch = $8",
     )
     .bind(id)
     .bind(r.pid as i32)
@@ -123,6 +131,7 @@ pub async fn mark_running(pool: &PgPool, id: Uuid, r: &Running<'_>) -> Result<bo
     .bind(r.config)
     .bind(r.total_items)
     .bind(r.attempt)
+    .bind(epoch)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -138,17 +147,19 @@ pub async fn mark_adopted_running(
     pid_start_ticks: u64,
     pid_boot_id: &str,
     config: &Value,
+    epoch: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE strategy_runs SET state = 'running', pid = $2, pid_start_ticks = $3, \
              pid_boot_id = $4, config = COALESCE(config, $5), updated_at = now() \
-         WHERE id = $1 AND state = 'starting'",
+         WHERE id = $1 AND state = 'starting' AND lease_epoch = $6",
     )
     .bind(id)
     .bind(pid as i32)
     .bind(pid_start_ticks as i64)
     .bind(pid_boot_id)
     .bind(config)
+    .bind(epoch)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -169,15 +180,20 @@ pub struct RunProgress {
 
 /// Write a run's progress (the caller throttles). `false` when the run is gone or no
 /// longer active.
-pub async fn write_progress(pool: &PgPool, id: Uuid, p: &RunProgress) -> Result<bool, sqlx::Error> {
+pub async fn write_progress(
+    pool: &PgPool,
+    id: Uuid,
+    p: &RunProgress,
+    epoch: i64,
+) -> Result<bool, sqlx::Error> {
     let query = sqlx::query(
         "UPDATE strategy_runs SET progress_percent = $2, completed_items = $3, total_items = $4, \
              items_per_second = $5, eta_s = $6, stage = $7, current_item = $8, message = $9, \
              updated_at = now() \
-         WHERE id = $1 AND state IN ('starting', 'running')",
+         WHERE id = $1 AND state IN ('starting', 'running') AND lease_epoch = $10",
     )
     .bind(id);
-    let done = bind_progress(query, p).execute(pool).await?;
+    let done = bind_progress(query, p).bind(epoch).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -253,6 +269,7 @@ pub async fn finish_run(
     id: Uuid,
     end: &RunEnd,
     p: &RunProgress,
+    epoch: i64,
 ) -> Result<bool, sqlx::Error> {
     let (state, result, error) = match end {
         RunEnd::Completed { result } => (RunState::Completed, Some(result), None),
@@ -262,13 +279,13 @@ pub async fn finish_run(
         "UPDATE strategy_runs SET state = $2, result = $3, error = $4, finished_at = now(), \
              updated_at = now(), progress_percent = $5, completed_items = $6, total_items = $7, \
              items_per_second = $8, eta_s = $9, stage = $10, current_item = $11, message = $12 \
-         WHERE id = $1 AND state IN ('queued', 'starting', 'running')",
+         WHERE id = $1 AND state IN ('queued', 'starting', 'running') AND lease_epoch = $13",
     )
     .bind(id)
     .bind(state)
     .bind(result)
     .bind(error);
-    let done = bind_progress(query, p).execute(pool).await?;
+    let done = bind_progress(query, p).bind(epoch).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -278,15 +295,17 @@ pub async fn mark_retry(
     id: Uuid,
     attempt: i32,
     why: &str,
+    epoch: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE strategy_runs SET attempt = $2, state = 'starting', stage = 'loading', message = $3, \
              pid = NULL, pid_start_ticks = NULL, pid_boot_id = NULL, updated_at = now() \
-         WHERE id = $1 AND state IN ('starting', 'running')",
+         WHERE id = $1 AND state IN ('starting', 'running') AND lease_epoch = $4",
     )
     .bind(id)
     .bind(attempt)
     .bind(why)
+    .bind(epoch)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -330,7 +330,8 @@ impl RunQueue {
     }
 
     /// The safety net under the deletion notification.
-    async fn check_deleted(&self) {
+    async fn check_deleted(&mut self) {
+        self.take_over().await;
         let ids: Vec<Uuid> = self.active.keys().copied().collect();
         if let Ok(gone) = store::deleted_runs(&self.shared.pool, &ids).await {
             for id in gone {
@@ -341,6 +342,30 @@ impl RunQueue {
                     });
                 }
             }
+        }
+    }
+
+    /// A cluster node: the active runs a failover gave this node (their strategy's
+    /// node died while they ran), taken over like a manager's start-up adopts: no
+    /// process of theirs is here, so each is started again once (`attempt` 1), or ends
+    /// `error` if it was already its second try.
+    async fn take_over(&mut self) {
+        if !self.shared.fence.is_cluster() {
+            return;
+        }
+        let Ok(rows) = store::active_runs(&self.shared.pool, &self.shared.scope).await else {
+            return;
+        };
+        let new: Vec<RunRow> = rows
+            .into_iter()
+            .filter(|r| !self.active.contains_key(&r.id))
+            .collect();
+        if !new.is_empty() {
+            tracing::info!(
+                runs = new.len(),
+                "taking over the runs of a dead node's strategies"
+            );
+            self.adopt(new).await;
         }
     }
 

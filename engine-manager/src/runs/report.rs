@@ -35,6 +35,8 @@ pub struct RunIdentity {
     pub strategy_id: Uuid,
     pub name: String,
     pub mode: RunMode,
+    /// The lease epoch the run's writes are conditional on.
+    pub epoch: i64,
 }
 
 impl RunIdentity {
@@ -44,6 +46,7 @@ impl RunIdentity {
             strategy_id: row.strategy_id,
             name: row.name.clone(),
             mode: row.mode,
+            epoch: row.lease_epoch,
         }
     }
 }
@@ -189,7 +192,13 @@ impl Reporter {
     /// The items waiting, then the progress.
     async fn write_row(&mut self, shared: &Shared) -> Result<bool, sqlx::Error> {
         self.write_items(shared).await?;
-        store::write_progress(&shared.pool, self.who.run_id, &self.progress).await
+        store::write_progress(
+            &shared.pool,
+            self.who.run_id,
+            &self.progress,
+            self.who.epoch,
+        )
+        .await
     }
 
     /// Write the items waiting (kept if the write fails).

@@ -175,7 +175,12 @@ impl RunTask {
         self.reporter.progress.completed_items = Some(0);
         self.reporter.progress.message = None;
         match with_retry(&self.shared, "mark the run running", || {
-            store::mark_running(&self.shared.pool, self.row.id, &running)
+            store::mark_running(
+                &self.shared.pool,
+                self.row.id,
+                &running,
+                self.row.lease_epoch,
+            )
         })
         .await
         {
@@ -214,6 +219,7 @@ impl RunTask {
                 proc.start_ticks,
                 &self.shared.boot_id,
                 &config,
+                self.row.lease_epoch,
             )
         })
         .await;
@@ -379,7 +385,13 @@ impl RunTask {
         let message = format!("the COPY of its bars failed ({why}); preparing it again");
         let attempt = self.row.attempt;
         let marked = with_retry(&self.shared, "mark the run for its new start", || {
-            store::mark_retry(&self.shared.pool, self.row.id, attempt, &message)
+            store::mark_retry(
+                &self.shared.pool,
+                self.row.id,
+                attempt,
+                &message,
+                self.row.lease_epoch,
+            )
         })
         .await;
         if marked != Some(true) {
@@ -474,7 +486,13 @@ impl RunTask {
             let why = format!("the run's process ended without a result ({how}); trying once more");
             tracing::warn!(run_id = %self.row.id, "{why}{tail}");
             let marked = with_retry(&self.shared, "mark the run for its retry", || {
-                store::mark_retry(&self.shared.pool, self.row.id, 1, &why)
+                store::mark_retry(
+                    &self.shared.pool,
+                    self.row.id,
+                    1,
+                    &why,
+                    self.row.lease_epoch,
+                )
             })
             .await;
             if marked == Some(true) {
@@ -519,7 +537,13 @@ impl RunTask {
         };
         let progress = self.reporter.progress.clone();
         let written = with_retry(&shared, "finish the run", || {
-            store::finish_run(&shared.pool, self.row.id, &end, &progress)
+            store::finish_run(
+                &shared.pool,
+                self.row.id,
+                &end,
+                &progress,
+                self.row.lease_epoch,
+            )
         })
         .await?;
         if written {

@@ -36,7 +36,7 @@ pub use operator::{
 pub use private_services::{PgStop, PrivateServices, RedisStop};
 pub use processes::{
     environ, executors_alive_together, executors_by_strategy, executors_in_proc,
-    kill_all_executors, sigkill, write_executable,
+    kill_all_executors, sigkill, write_executable, SLEEPING_RUN,
 };
 
 use std::path::PathBuf;

@@ -120,6 +120,20 @@ pub fn sigkill(pid: u32) {
     }
 }
 
+/// A stand-in run process (the executor's `--run-id` mode, for a manager whose
+/// `--executor-path` is this script): it says `started`, sleeps the config's
+/// `sleep_s`, and ends with a result naming it.
+pub const SLEEPING_RUN: &str = r#"#!/usr/bin/python3
+import json, os, sys, time
+inp = json.load(sys.stdin)
+out = open(inp['outbox_path'], 'a')
+def emit(**kw):
+    out.write(json.dumps(kw) + '\n'); out.flush()
+emit(type='started', pid=os.getpid(), total_items=len(inp['symbols']))
+time.sleep(inp['config'].get('sleep_s', 0))
+emit(type='result', result={'slept': inp['config'].get('sleep_s', 0)})
+"#;
+
 /// Write an executable script (a stand-in executor) named `name` into `dir`; its
 /// path.
 pub fn write_executable(dir: &Path, name: &str, text: &str) -> PathBuf {
