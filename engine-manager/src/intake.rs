@@ -9,6 +9,7 @@ use crate::supervisor::{
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::{ExecutorCommand, ExecutorCommandKind};
+use engine_store::command_parts as parts;
 use engine_store::commands::{parse_command, CommandKind, InvalidCommand};
 use engine_store::manager::{self as db, CommandRow};
 use sqlx::postgres::PgListener;
@@ -33,13 +34,6 @@ pub enum IntakeError {
     /// A `cancel` that did not take effect on the runs it named.
     #[error(transparent)]
     Cancel(#[from] crate::runs::CancelError),
-    /// A global command reached a cluster node, which serves only its own
-    /// strategies (a gap of this first slice of the cluster: README "Cluster").
-    #[error(
-        "global commands are not carried out in a cluster yet (a node would reach only its own strategies); \
-         send the command to each strategy instead, e.g. `enginectl stop NAME`"
-    )]
-    GlobalInCluster,
     /// A global command that did not take effect on some strategies.
     #[error("did not take effect on {} strateg{}: {}", failures.len(), if failures.len() == 1 { "y" } else { "ies" }, GlobalFailures(failures))]
     Global {
@@ -60,6 +54,17 @@ impl std::fmt::Display for GlobalFailures<'_> {
         }
         Ok(())
     }
+}
+
+/// A global command on its way to the supervisors.
+struct Global {
+    id: Uuid,
+    kind: CommandKind,
+    recovered_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Recovered: the strategies that have been through it already.
+    superseded: HashSet<Uuid>,
+    /// A cluster node's part of it: the node (which finishes its part, not the row).
+    part: Option<String>,
 }
 
 /// A command the previous manager left `processing`.
@@ -146,6 +151,7 @@ impl CommandIntake {
             if !db_down && deletions_checked.elapsed() >= self.shared.config.poll_interval {
                 deletions_checked = tokio::time::Instant::now();
                 self.check_deleted().await;
+                self.fail_dead_parts().await;
             }
             if !db_down {
                 self.claim_strategies().await;
@@ -157,7 +163,11 @@ impl CommandIntake {
                         tracing::info!("database is back; taking commands again");
                         db_down = false;
                     }
-                    let full = rows.len() as i64 == CLAIM_BATCH;
+                    // A cluster node stops its claim at a global command: its own
+                    // commands after it come with the next claim, at once.
+                    let cluster = self.shared.scope.node().is_some();
+                    let more = rows.len() as i64 == CLAIM_BATCH
+                        || (cluster && rows.iter().any(|r| r.strategy_id.is_none()));
                     for row in rows {
                         if !self.dispatched.first_time(row.id) {
                             tracing::warn!(command_id = %row.id, command = %row.command, "a command came back as pending (a database crash undid its claim); it was already taken, and is not applied twice");
@@ -165,7 +175,7 @@ impl CommandIntake {
                         }
                         self.dispatch(row, None).await;
                     }
-                    if full {
+                    if more {
                         continue;
                     }
                 }
@@ -252,9 +262,6 @@ impl CommandIntake {
                     }
                 });
             }
-            None if self.shared.scope.node().is_some() => {
-                self.finish(row.id, Err(IntakeError::GlobalInCluster));
-            }
             None => {
                 let superseded: HashSet<Uuid> = self
                     .supervisors
@@ -262,21 +269,31 @@ impl CommandIntake {
                     .filter(|id| superseded(id))
                     .copied()
                     .collect();
-                self.dispatch_global(row.id, kind, recovered_from, superseded)
-                    .await
+                // A cluster node carries out its part: its own strategies.
+                let part = row.part.then(|| self.shared.node.clone());
+                let global = Global {
+                    id: row.id,
+                    kind,
+                    recovered_from,
+                    superseded,
+                    part,
+                };
+                self.dispatch_global(global).await
             }
         }
     }
 
-    /// A global command takes its place in every supervisor's queue; the row is
-    /// `executed` when it took effect on every strategy it applied to.
-    async fn dispatch_global(
-        &mut self,
-        id: Uuid,
-        kind: CommandKind,
-        recovered_from: Option<chrono::DateTime<chrono::Utc>>,
-        superseded: HashSet<Uuid>,
-    ) {
+    /// A global command takes its place in every supervisor's queue; the row (in a
+    /// cluster: this node's part of it) is `executed` when it took effect on every
+    /// strategy it applied to.
+    async fn dispatch_global(&mut self, global: Global) {
+        let Global {
+            id,
+            kind,
+            recovered_from,
+            superseded,
+            part,
+        } = global;
         let mut waits = Vec::with_capacity(self.supervisors.len());
         for (strategy_id, handle) in &self.supervisors {
             let (reply, rx) = oneshot::channel();
@@ -337,8 +354,34 @@ impl CommandIntake {
                     source: Some("manager".to_string()),
                 },
             );
-            finish_with_retry(&shared, id, result).await;
+            match part {
+                Some(node) => finish_part_with_retry(&shared, id, &node, result).await,
+                None => finish_with_retry(&shared, id, result).await,
+            }
         });
+    }
+
+    /// A cluster node: finish the parts of global commands whose nodes stopped
+    /// renewing their lease before finishing them, so that no row stays
+    /// `processing` ([`parts::fail_dead_parts`]). Any node may: each part is
+    /// finished once.
+    async fn fail_dead_parts(&self) {
+        if self.shared.scope.node().is_none() {
+            return;
+        }
+        let sweep = parts::fail_dead_parts(&self.shared.pool);
+        match tokio::time::timeout(Duration::from_secs(1), sweep).await {
+            Ok(Ok(finished)) => {
+                for row in &finished {
+                    tracing::warn!(command = %row.command, status = %row.status, "a global command finished for a node that stopped renewing its lease");
+                    self.shared.command_metrics.record(Some(row));
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "cannot finish dead nodes' parts of global commands")
+            }
+            Err(_) => tracing::debug!("finishing dead nodes' parts of global commands timed out"),
+        }
     }
 
     /// A cluster node: claim the strategies nobody owns that need an owner, when this
@@ -457,6 +500,30 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeE
             Ok(written) => return shared.command_metrics.record(written.as_ref()),
             Err(err) => {
                 tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Record this node's part of a global command (see [`finish_with_retry`]); the row
+/// is finished with the last part ([`parts::finish_part`]).
+async fn finish_part_with_retry(
+    shared: &Shared,
+    id: Uuid,
+    node: &str,
+    result: Result<(), IntakeError>,
+) {
+    let result = result.map_err(|e| render(&e));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match parts::finish_part(&shared.pool, id, node, &result).await {
+            Ok(written) => return shared.command_metrics.record(written.as_ref()),
+            Err(err) => {
+                tracing::warn!(command_id = %id, error = %err, "could not record this node's part of a global command; retrying");
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}

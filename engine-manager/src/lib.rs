@@ -832,6 +832,7 @@ mod tests {
             parameters: serde_json::json!({}),
             created_at: chrono::Utc::now(),
             seq: 0,
+            part: false,
         }
     }
 

@@ -412,6 +412,10 @@ pub struct CommandRow {
     pub parameters: Value,
     pub created_at: DateTime<Utc>,
     pub seq: i64,
+    /// A cluster node's part of a global command ([`crate::command_parts`]): the
+    /// node finishes its part, and the row is finished with the last part.
+    #[sqlx(default)]
+    pub part: bool,
 }
 
 /// Claim up to `limit` pending commands, oldest first, marking them `processing` in
@@ -423,6 +427,9 @@ pub async fn claim_pending(
     limit: i64,
     scope: &Scope,
 ) -> Result<Vec<CommandRow>, sqlx::Error> {
+    if let Scope::Node(node) = scope {
+        return crate::command_parts::claim_pending_node(pool, limit, node).await;
+    }
     let mut rows: Vec<CommandRow> = sqlx::query_as(
         "WITH next AS ( \
              SELECT id FROM strategy_commands WHERE status = 'pending' \
@@ -441,12 +448,18 @@ pub async fn claim_pending(
 }
 
 /// Commands a previous manager left `processing` (it died in the middle of them).
-/// For a cluster node, those of the strategies it owns and the global ones.
+/// For a cluster node, those of the strategies it owns and the global ones whose
+/// part of this node's is `processing` ([`crate::command_parts`]).
 pub async fn load_processing(pool: &PgPool, scope: &Scope) -> Result<Vec<CommandRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, strategy_id, command, parameters, created_at, seq FROM strategy_commands \
-         WHERE status = 'processing' AND ($1::text IS NULL OR strategy_id IS NULL \
-             OR strategy_id IN (SELECT id FROM strategy_configs WHERE node = $1)) \
+        "SELECT id, strategy_id, command, parameters, created_at, seq, \
+             ($1::text IS NOT NULL AND strategy_id IS NULL) AS part \
+         FROM strategy_commands \
+         WHERE status = 'processing' AND ($1::text IS NULL \
+             OR strategy_id IN (SELECT id FROM strategy_configs WHERE node = $1) \
+             OR (strategy_id IS NULL AND EXISTS (SELECT 1 FROM strategy_command_parts p \
+                 WHERE p.command_id = strategy_commands.id AND p.node = $1 \
+                   AND p.status = 'processing'))) \
          ORDER BY created_at, seq",
     )
     .bind(scope.node())

@@ -1,5 +1,6 @@
 //! The nodes of a cluster (CONTRACT.md §7) as operators' tools see them: each
-//! `engine_nodes` row with its heartbeat's age and the strategies it owns.
+//! `engine_nodes` row with its heartbeat's age and the strategies it owns, and the
+//! strategies that should run on a dead node ([`stranded`], for `enginectl doctor`).
 
 use crate::operator::query_error;
 use chrono::{DateTime, Utc};
@@ -41,4 +42,26 @@ pub async fn nodes(pool: &sqlx::PgPool) -> anyhow::Result<Vec<NodeInfo>> {
     .fetch_all(pool)
     .await
     .map_err(|e| query_error(e, "read engine_nodes"))
+}
+
+/// A strategy that should run (`desired_state` running or paused) owned by a node
+/// whose heartbeat is older than its lease: nobody runs it until a live node takes
+/// it over, or its node comes back.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Stranded {
+    pub node: String,
+    pub name: String,
+}
+
+/// Every [`Stranded`] strategy, by node and name.
+pub async fn stranded(pool: &sqlx::PgPool) -> anyhow::Result<Vec<Stranded>> {
+    sqlx::query_as(
+        "SELECT c.node, c.name FROM strategy_configs c JOIN engine_nodes n ON n.node = c.node \
+         WHERE c.desired_state IN ('running', 'paused') \
+           AND n.heartbeat_at <= now() - n.lease_ms * interval '1 millisecond' \
+         ORDER BY c.node, c.name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| query_error(e, "read strategy_configs and engine_nodes"))
 }

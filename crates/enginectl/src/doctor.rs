@@ -1,12 +1,16 @@
 //! `enginectl doctor`: is everything the engine needs in place? PostgreSQL
 //! reachable, migrations applied, Redis reachable, the executor binary working, a
-//! live manager serving the database. Each failed check says how to fix it; the
-//! exit code is 1 when any check failed (warnings do not fail).
+//! live manager serving the database, and in a cluster every node (a dead node that
+//! owns strategies that should run fails, and so do lease times that differ). Each
+//! failed check says how to fix it; the exit code is 1 when any check failed
+//! (warnings do not fail).
 
 use super::{executor, state, Finished, Target};
 use crate::lease_words::DescribeLease;
 use crate::shell::name_arg;
+use crate::table;
 use engine_protocol::redact::redact_url;
+use engine_store::nodes::{NodeInfo, Stranded};
 use engine_store::operator as store;
 use engine_store::{Status, MIGRATOR};
 use sqlx::PgPool;
@@ -75,6 +79,7 @@ pub async fn checks(target: &Target) -> Vec<Check> {
             ));
             out.push(migrations(&pool).await);
             out.push(manager(&pool).await);
+            out.extend(cluster(&pool).await);
             out.push(limits(&pool).await);
             out.push(redis_acl(&pool).await);
             out.push(strategies(&pool).await);
@@ -199,6 +204,83 @@ async fn manager(pool: &PgPool) -> Check {
         Ok(None) => Check::fail("manager", "no manager has ever served this database", HINT),
         Err(err) => Check::fail("manager", format!("{err:#}"), HINT),
     }
+}
+
+/// A cluster (`engine_nodes` has rows): every node, and what is wrong among them.
+async fn cluster(pool: &PgPool) -> Vec<Check> {
+    let nodes = match engine_store::nodes::nodes(pool).await {
+        Ok(nodes) => nodes,
+        // Older schema without engine_nodes: the migrations check says so.
+        Err(_) => return Vec::new(),
+    };
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    match engine_store::nodes::stranded(pool).await {
+        Ok(stranded) => cluster_checks(&nodes, &stranded),
+        Err(err) => vec![Check::fail(
+            "nodes",
+            format!("{err:#}"),
+            "see the migrations check",
+        )],
+    }
+}
+
+/// One line per node (a dead node that owns strategies that should run fails), and
+/// a failure when the nodes' lease times differ.
+fn cluster_checks(nodes: &[NodeInfo], stranded: &[Stranded]) -> Vec<Check> {
+    let mut out = Vec::with_capacity(nodes.len() + 1);
+    for n in nodes {
+        let detail = format!(
+            "{}: {} (heartbeat {} ago, lease {}), {} / {} strategies{}",
+            n.node,
+            if n.is_alive() { "alive" } else { "dead" },
+            table::duration(n.heartbeat_age_s),
+            table::duration(n.lease_s),
+            n.strategies,
+            n.capacity,
+            if n.draining { ", draining" } else { "" },
+        );
+        let names: Vec<&str> = stranded
+            .iter()
+            .filter(|s| s.node == n.node)
+            .map(|s| s.name.as_str())
+            .collect();
+        if n.is_alive() || names.is_empty() {
+            out.push(Check::ok("node", detail));
+            continue;
+        }
+        out.push(Check::fail(
+            "node",
+            format!(
+                "{detail}; {} that should run {} not running: {}",
+                names.len(),
+                if names.len() == 1 { "is" } else { "are" },
+                names.join(", ")
+            ),
+            format!(
+                "start the node again with --node {} (it takes its strategies back), or make \
+                 room on a live node (--capacity, or a new node): a live node takes them over \
+                 once their lease ran out",
+                n.node
+            ),
+        ));
+    }
+    let mut leases: Vec<(f64, &str)> = nodes.iter().map(|n| (n.lease_s, &*n.node)).collect();
+    leases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if leases.first().map(|l| l.0) != leases.last().map(|l| l.0) {
+        let each: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{} {}", n.node, table::duration(n.lease_s)))
+            .collect();
+        out.push(Check::fail(
+            "lease time",
+            format!("the nodes' lease times differ: {}", each.join(", ")),
+            "start every node with the same --lease-time (ENGINE_LEASE_TIME): a node judges \
+             the others by their own lease, and failover waits for the longest",
+        ));
+    }
+    out
 }
 
 /// How the manager enforces resource limits, as it said in its lease row.
@@ -406,6 +488,60 @@ pub async fn doctor(target: &Target) -> anyhow::Result<Finished> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, age: f64, lease: f64) -> NodeInfo {
+        NodeInfo {
+            node: name.into(),
+            host: "h".into(),
+            pid: 7,
+            started_at: chrono::Utc::now(),
+            heartbeat_age_s: age,
+            lease_s: lease,
+            strategies: 2,
+            capacity: 1000,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_dead_node_with_strategies_that_should_run_fails_and_a_lease_mismatch_fails() {
+        let stranded = [Stranded {
+            node: "b".into(),
+            name: "hb-1".into(),
+        }];
+        let healthy = cluster_checks(&[node("a", 0.5, 10.0), node("b", 1.0, 10.0)], &[]);
+        assert_eq!(healthy.len(), 2);
+        assert!(healthy.iter().all(|c| c.verdict == Verdict::Ok));
+        assert!(
+            healthy[0]
+                .detail
+                .starts_with("a: alive (heartbeat 0.5s ago, lease 10s), 2 / 1000"),
+            "{:?}",
+            healthy[0]
+        );
+        let checks = cluster_checks(&[node("a", 0.5, 10.0), node("b", 30.0, 10.0)], &stranded);
+        assert_eq!(checks[0].verdict, Verdict::Ok);
+        assert!(matches!(checks[1].verdict, Verdict::Fail { .. }));
+        assert!(
+            checks[1].detail.contains("b: dead")
+                && checks[1]
+                    .detail
+                    .ends_with("1 that should run is not running: hb-1"),
+            "{:?}",
+            checks[1]
+        );
+        // A dead node that owns nothing that should run is only listed.
+        let idle = cluster_checks(&[node("a", 0.5, 10.0), node("c", 99.0, 10.0)], &stranded);
+        assert!(idle.iter().all(|c| c.verdict == Verdict::Ok));
+        let mismatch = cluster_checks(&[node("a", 0.5, 10.0), node("b", 0.5, 5.0)], &[]);
+        assert_eq!(mismatch.len(), 3);
+        assert_eq!(mismatch[2].name, "lease time");
+        assert!(
+            mismatch[2].detail.contains("a 10s, b 5.0s"),
+            "{:?}",
+            mismatch[2]
+        );
+    }
 
     #[test]
     fn the_report_names_failures_and_hints() {
