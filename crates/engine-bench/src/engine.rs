@@ -654,6 +654,110 @@ impl BenchEngine {
     }
 }
 
+/// One node of a cluster under test (`--cluster --node`), with its own state
+/// directory and registered for clean-up like an engine; the database is shared.
+pub struct ClusterNode {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub manager: ProcId,
+    pub child: Child,
+}
+
+impl ClusterNode {
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("manager.log")).unwrap_or_default()
+    }
+}
+
+/// A fresh database for a cluster under test, migrated; its URL.
+pub async fn cluster_database(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    db_name: &str,
+    state_dir: &Path,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let db_url = create_database(&args.database_url, db_name).await?;
+    migrate(binaries, &db_url, state_dir).await?;
+    Ok(db_url)
+}
+
+/// Create `specs` with `desired_state = running` (cluster nodes claim and start
+/// them); their ids.
+pub async fn create_running_strategies(
+    pool: &PgPool,
+    specs: &[StrategySpec],
+) -> anyhow::Result<Vec<Uuid>> {
+    let ids = create_strategies(pool, specs).await?;
+    sqlx::query("UPDATE strategy_configs SET desired_state = 'running' WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(pool)
+        .await?;
+    Ok(ids)
+}
+
+/// Start cluster node `name` on `db_url` with lease time `lease`, its state under
+/// `root`, registered with `registry`.
+#[allow(clippy::too_many_arguments)]
+pub fn start_cluster_node(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    registry: &CleanupRegistry,
+    db_url: &str,
+    db_name: &str,
+    prefix: &str,
+    root: &Path,
+    name: &str,
+    lease: Duration,
+) -> anyhow::Result<ClusterNode> {
+    let state_dir = root.join(name);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let id = registry.register(CleanupItem {
+        manager: None,
+        control_socket: state_dir.join("control.sock"),
+        admin_url: args.database_url.clone(),
+        db_name: db_name.to_string(),
+        redis_url: args.redis_url.clone(),
+        prefix: prefix.to_string(),
+        state_dir: state_dir.clone(),
+        keep_logs: args.keep_logs,
+    });
+    let options = EngineOptions {
+        label: name.to_string(),
+        health_interval: Some(Duration::from_secs(1)),
+        metrics_interval: None,
+        restart_delay: None,
+        strategies: Vec::new(),
+        data: Vec::new(),
+    };
+    let mut command = manager_command(args, binaries, db_url, prefix, &state_dir, &options)?;
+    command
+        .env("ENGINE_CLUSTER", "true")
+        .env("ENGINE_NODE", name)
+        .env("ENGINE_LEASE_TIME", format!("{}ms", lease.as_millis()));
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot run {}", binaries.manager.display()))?;
+    let pid = child.id().context("the node exited at once")?;
+    let manager = ProcId::of(pid).unwrap_or(ProcId {
+        pid,
+        start_ticks: 0,
+    });
+    registry.set_manager(id, manager);
+    Ok(ClusterNode {
+        name: name.to_string(),
+        state_dir,
+        manager,
+        child,
+    })
+}
+
 /// `admin_url` with its database replaced by `name`.
 fn database_url_for(admin_url: &str, name: &str) -> anyhow::Result<String> {
     let mut url = url::Url::parse(admin_url).context("invalid --database-url")?;
@@ -746,6 +850,20 @@ fn spawn_manager(
     state_dir: &Path,
     options: &EngineOptions,
 ) -> anyhow::Result<Child> {
+    manager_command(args, binaries, db_url, prefix, state_dir, options)?
+        .spawn()
+        .with_context(|| format!("cannot run {}", binaries.manager.display()))
+}
+
+/// The manager's command for an engine of `options` (not started yet).
+fn manager_command(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    db_url: &str,
+    prefix: &str,
+    state_dir: &Path,
+    options: &EngineOptions,
+) -> anyhow::Result<tokio::process::Command> {
     let log_path = state_dir.join("manager.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -779,7 +897,5 @@ fn spawn_manager(
             command.env(var, format!("{}ms", value.as_millis()));
         }
     }
-    command
-        .spawn()
-        .with_context(|| format!("cannot run {}", binaries.manager.display()))
+    Ok(command)
 }

@@ -110,6 +110,18 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500_000)]
     pub ticks: usize,
 
+    /// Cluster part: strategies among its three nodes.
+    #[arg(long, default_value_t = 300)]
+    pub cluster_strategies: usize,
+
+    /// Cluster part: the lease times (seconds) it is measured at.
+    #[arg(long, value_delimiter = ',', default_value = "10,3")]
+    pub cluster_leases: Vec<u64>,
+
+    /// Cluster part: how long nothing fails before the node is killed.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub cluster_window: Duration,
+
     /// Keep the state directories (manager and executor logs) instead of removing them.
     #[arg(long)]
     pub keep_logs: bool,
@@ -125,6 +137,8 @@ pub enum Part {
     Growth,
     /// Backtest and screener run times, the run queue, cancel.
     Runs,
+    /// Three cluster nodes: renewals, self-fencing, failover of a killed node.
+    Cluster,
 }
 
 impl BenchArgs {
@@ -215,6 +229,11 @@ async fn run(args: BenchArgs, cleanup: engine::CleanupRegistry) -> anyhow::Resul
         scenarios::runs(&ctx, &mut results)
             .await
             .context("runs part")?;
+    }
+    if args.parts.contains(&Part::Cluster) {
+        scenarios::cluster(&ctx, &mut results)
+            .await
+            .context("cluster part")?;
     }
     results.finish().await;
     results

@@ -5,18 +5,23 @@
 //!   one executor;
 //! - [`growth()`]: manager memory and CPU, executors' memory and CPU, and start-all
 //!   time at each scale;
-//! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11).
+//! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11);
+//! - [`cluster()`]: three `--cluster` nodes: renewal statements, self-fencing with
+//!   nothing failing, and the failover of a killed node (issue #13; not in the
+//!   default parts).
 //!
 //! Times are wall-clock (`CLOCK_REALTIME`, shared by PostgreSQL, the executors and
 //! the bench on this one machine): a command's origin is its row's `created_at`
 //! (`now()` of its own autocommit INSERT), a message's time is when the bench's
 //! subscription received it, a row's end is its `executed_at`.
 
+mod cluster;
 mod growth;
 mod latency;
 mod runs;
 mod throughput;
 
+pub use cluster::cluster;
 pub use growth::growth;
 pub use latency::latency;
 pub use runs::runs;
