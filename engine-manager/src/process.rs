@@ -104,6 +104,8 @@ pub struct SpawnSpec<'a> {
     pub interval: bool,
     /// In a cluster: the lease the executor trades under (it exits when it ends).
     pub lease: Option<engine_protocol::control::LeaseGrant>,
+    /// `strategy_configs.lease_epoch`: what its client order ids carry.
+    pub lease_epoch: i64,
     pub confine: Confine<'a>,
     /// The user it runs as (`--executor-user`), else the manager's.
     pub run_as: Option<&'a RunAs>,
@@ -211,6 +213,7 @@ impl ExecutorProcess {
             broker_state: spec.broker_state.cloned(),
             interval: spec.interval,
             lease: spec.lease,
+            epoch: Some(spec.lease_epoch),
         };
         let input = serde_json::to_vec(&input).expect("a JSON value serializes");
         let started = Started {

@@ -128,6 +128,10 @@ impl RunTask {
             copy,
         } = self.prepared().await?;
         let _ = tokio::fs::remove_file(&input.outbox_path).await;
+        if let Some(orders) = &input.orders_path {
+            // A retry starts the run over, and its orders with it (the same ids).
+            let _ = tokio::fs::remove_file(orders).await;
+        }
         if let Some(user) = &self.shared.executor_user {
             // Its process runs as that user: the bars file to read, the outbox to write.
             if let Err(err) = hand_over_files(&input, user).await {
@@ -505,6 +509,9 @@ impl RunTask {
                 return None;
             }
         }
+        if !self.record_orders().await {
+            return None;
+        }
         let (state, event) = match &end {
             RunEnd::Completed { .. } => (RunState::Completed, RunEventType::Completed),
             RunEnd::Failed { state, error } => {
@@ -530,6 +537,30 @@ impl RunTask {
         Some(written)
     }
 
+    /// Copy the run's orders file (a backtest's fills), if there is one, into
+    /// `strategy_orders` with the run's id and epoch, before the row says it ended;
+    /// `false` once the manager stops first. A run ended without a result (cancel,
+    /// timeout, an error) still has its orders so far recorded: they were placed.
+    async fn record_orders(&mut self) -> bool {
+        let path = proto::orders_path(&self.runs_dir, self.row.id);
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return true;
+        }
+        let shared = self.shared.clone();
+        let began = std::time::Instant::now();
+        let copied = with_retry(&shared, "record the run's orders", || {
+            engine_store::orders::copy_run_orders(&shared.pool, self.row.id, &path)
+        })
+        .await;
+        match copied {
+            Some(n) => {
+                tracing::info!(run_id = %self.row.id, orders = n, ms = began.elapsed().as_millis() as u64, "recorded the run's orders");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// End the run `error` with `error`.
     async fn fail(&mut self, error: String) {
         let state = RunState::Error;
@@ -549,6 +580,7 @@ impl RunTask {
             let _ = tokio::fs::remove_file(path).await;
         }
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
+        let _ = tokio::fs::remove_file(proto::orders_path(&self.runs_dir, self.row.id)).await;
     }
 }
 
@@ -609,7 +641,8 @@ pub(super) async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
     }
 }
 
-/// The run's bars files (being written by the COPY) and a new, empty outbox, made
+/// The run's bars files (being written by the COPY), a new, empty outbox (and orders
+/// file, for a backtest), made
 /// the `--executor-user`'s (see [`crate::executor_user::hand_over`]).
 async fn hand_over_files(
     input: &proto::RunInput,
@@ -618,9 +651,14 @@ async fn hand_over_files(
     let mut bars = vec![input.bars_path.clone()];
     bars.extend(input.more_bars_paths.iter().cloned());
     let (outbox, user) = (input.outbox_path.clone(), user.clone());
+    let orders = input.orders_path.clone();
     crate::tasks::blocking(move || {
         std::fs::File::create_new(&outbox)?;
         crate::executor_user::hand_over(&outbox, &user)?;
+        if let Some(orders) = &orders {
+            std::fs::File::create_new(orders)?;
+            crate::executor_user::hand_over(orders, &user)?;
+        }
         bars.iter()
             .try_for_each(|path| crate::executor_user::hand_over(path, &user))
     })
