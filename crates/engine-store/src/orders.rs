@@ -33,7 +33,7 @@ pub struct OrderRow {
     pub at: DateTime<Utc>,
 }
 
-/// Record `rows` in one statement; how many were new.
+/// Record `rows` in one statement, their `id`s in the order given; how many were new.
 pub async fn insert_orders(pool: &PgPool, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
@@ -70,10 +70,11 @@ pub async fn insert_orders(pool: &PgPool, rows: &[OrderRow]) -> Result<u64, sqlx
              o.side, o.quantity::numeric, o.price::numeric, o.fee::numeric, o.at \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[], $6::text[], \
              $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::timestamptz[]) \
-             AS o(strategy_id, run_id, client_order_id, lease_epoch, node, token, side, \
-                  quantity, price, fee, at) \
+             WITH ORDINALITY AS o(strategy_id, run_id, client_order_id, lease_epoch, node, \
+                  token, side, quantity, price, fee, at, ord) \
          WHERE EXISTS (SELECT 1 FROM strategy_configs c WHERE c.id = o.strategy_id) \
            AND (o.run_id IS NULL OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.id = o.run_id)) \
+         ORDER BY o.ord \
          ON CONFLICT (strategy_id, client_order_id) DO NOTHING",
     )
     .bind(&strategy)

@@ -81,6 +81,7 @@ impl StrategySupervisor {
             interval: self.interval,
             lease: self.lease_grant(),
             lease_epoch: self.lease_epoch,
+            node: &self.shared.node,
             confine: Confine {
                 limiter: &self.shared.limiter,
                 id: self.id,
