@@ -14,6 +14,13 @@
 //!
 //! The epoch recorded is the one the executor reported, not checked against the
 //! strategy's: an order a stale owner placed is a fact, recognisable by its epoch.
+//!
+//! A backtest's fills come another way: its process appends them to the run's
+//! orders file, and once the run has ended [`record_run`] copies the file in bulk
+//! (one run at a time, in a task of its own, so neither the run's end nor the
+//! queue waits for it), with the run's id, epoch and node, then removes it. A file
+//! left by a manager that stopped first is recorded by the next one at its start
+//! ([`record_left_runs`]).
 
 use crate::Shared;
 use engine_protocol::control::OrderReport;
@@ -48,6 +55,8 @@ pub struct OrdersHandle {
     tx: mpsc::Sender<OrderRow>,
     dropped: AtomicU64,
     inbox: Mutex<Option<mpsc::Receiver<OrderRow>>>,
+    /// Runs' orders files are copied one at a time ([`record_run`]).
+    run_copies: tokio::sync::Semaphore,
 }
 
 impl Default for OrdersHandle {
@@ -63,6 +72,7 @@ impl OrdersHandle {
             tx,
             dropped: AtomicU64::new(0),
             inbox: Mutex::new(Some(rx)),
+            run_copies: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -107,6 +117,75 @@ impl OrdersHandle {
     }
 }
 
+/// Record the orders file of run `run_id` (if it has one) in `strategy_orders`,
+/// then remove it: in a task on the manager's tracker, one run at a time, retried
+/// every second while the database is away. A run deleted meanwhile records
+/// nothing; the file goes either way. If the manager stops first the file stays for
+/// the next one ([`record_left_runs`]).
+pub fn record_run(shared: &Arc<Shared>, run_id: Uuid, runs_dir: &std::path::Path) {
+    let path = engine_protocol::runs::orders_path(runs_dir, run_id);
+    if !path.exists() {
+        return;
+    }
+    let task_shared = shared.clone();
+    shared
+        .tracker
+        .spawn_named(format!("orders of run {run_id}"), async move {
+            let shared = task_shared;
+            let Ok(_one_at_a_time) = shared.orders.run_copies.acquire().await else {
+                return;
+            };
+            let began = Instant::now();
+            let mut failing = false;
+            loop {
+                let copy = store::copy_run_orders(&shared.pool, run_id, &path);
+                match copy.await {
+                    Ok(n) => {
+                        let ms = began.elapsed().as_millis() as u64;
+                        tracing::info!(%run_id, orders = n, ms, "recorded the run's orders");
+                        let _ = tokio::fs::remove_file(&path).await;
+                        return;
+                    }
+                    Err(err) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(%run_id, error = %err, "cannot record the run's orders; retrying every second");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+            }
+        });
+}
+
+/// At start: the orders files runs left when their manager stopped before it
+/// recorded them (of runs that ended; a run still going records its own at its end).
+pub async fn record_left_runs(shared: &Arc<Shared>) {
+    let runs_dir = shared.config.runs_dir();
+    let Ok(mut dir) = tokio::fs::read_dir(&runs_dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let name = entry.file_name();
+        let Some(run_id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".orders"))
+            .and_then(|id| id.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        match engine_store::runs_api::run(&shared.pool, run_id).await {
+            Ok(Some(run)) if !run.state.is_final() => {}
+            Ok(_) => record_run(shared, run_id, &runs_dir),
+            Err(err) => {
+                tracing::warn!(%run_id, error = %err, "cannot read the run of an orders file left by the last manager; it stays");
+            }
+        }
+    }
+}
+
 /// The writer task.
 pub struct OrdersWriter {
     shared: Arc<Shared>,
@@ -135,6 +214,12 @@ impl OrdersWriter {
         };
         let writer = OrdersWriter::new(shared.clone(), inbox);
         shared.tracker.spawn_named("orders writer", writer.run());
+        let left = shared.clone();
+        shared
+            .tracker
+            .spawn_named("orders files left by runs", async move {
+                record_left_runs(&left).await
+            });
     }
 
     pub async fn run(mut self) {

@@ -2,7 +2,7 @@
 //! reported by its executor and recorded by the manager, one row per fill, under a
 //! client order id that carries the lease epoch (`e{epoch}-{owner}-{session}-{seq}`);
 //! the numbering goes on across a restart, in a new session. A backtest's fills land
-//! with the run's id at its end. The HTTP API and `enginectl orders` show them, and
+//! with the run's id once it ended. The HTTP API and `enginectl orders` show them, and
 //! on a cluster node the status messages of manager and executor carry the epoch.
 
 #![allow(clippy::too_many_lines)] // a test reads best as one story
@@ -301,7 +301,17 @@ async fn a_backtests_fills_land_with_its_run_id_at_its_end() {
         }
     })
     .await;
-    // Recorded before the row said `completed`: no wait needed.
+    // Recorded off the run's path once it ended; the orders file goes after.
+    let file = engine_protocol::runs::orders_path(&engine.config.runs_dir(), run);
+    wait_for(
+        "the run's orders file to be recorded and removed",
+        DEADLINE,
+        || {
+            let gone = !file.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
     let rows = orders(&engine.pool, id, Some(run)).await;
     let trades = result["summary"]["trades"].as_u64().unwrap();
     assert!(trades > 3, "{result}");
@@ -478,5 +488,60 @@ async fn without_a_cluster_status_messages_carry_no_epoch() {
     for msg in running_from_both(&mut status).await {
         assert!(msg.get("lease_epoch").is_none(), "{msg}");
     }
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_filled_while_postgres_is_away_are_recorded_once_it_is_back() {
+    let log = common::LogCapture::install();
+    let mut engine = TestEngine::on_private_services().await;
+    engine.start_manager().await;
+    let token = format!("ORP-{}", Uuid::new_v4().simple());
+    let id = engine
+        .add_strategy("outage", "sma_crossover", crossover(&token), false)
+        .await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+
+    let mark = log.mark();
+    engine.services().pg.stop(common::PgStop::Fast).await;
+    // Three orders while the database is away (as in the first test).
+    for price in [100.0, 101.0, 100.0, 98.0, 99.0, 104.0, 100.0] {
+        tick(&engine, &token, price).await;
+    }
+    wait_for(
+        "the orders writer to find the database away",
+        DEADLINE,
+        || {
+            let said = log
+                .lines_since(mark)
+                .iter()
+                .any(|l| l.contains("cannot record paper orders"));
+            async move { said.then_some(()) }
+        },
+    )
+    .await;
+    engine.services().pg.start_again().await;
+
+    // Kept and retried: each recorded once, in order.
+    let rows = wait_for("the orders after the outage", DEADLINE, || async {
+        let pool = engine.pool.clone();
+        let rows: Vec<Order> = sqlx::query_as(
+            "SELECT client_order_id, lease_epoch, run_id, node, token, side, \
+                    quantity::float8 AS quantity, price::float8 AS price, at \
+             FROM strategy_orders WHERE strategy_id = $1 ORDER BY at, id",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await
+        .ok()?;
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    let seqs: Vec<u64> = rows.iter().map(|o| parts(&o.client_order_id).3).collect();
+    assert_eq!(seqs, [1, 2, 3], "{rows:?}");
+    assert_eq!(
+        rows.iter().map(|o| o.side.as_str()).collect::<Vec<_>>(),
+        ["sell", "buy", "sell"]
+    );
     engine.finish().await;
 }

@@ -192,6 +192,7 @@ impl RunTask {
                 // Its row is gone (the strategy was deleted) or ended meanwhile.
                 self.kill(proc).await;
                 self.remove_files().await;
+                crate::orders::record_run(&self.shared, self.row.id, &self.runs_dir);
                 None
             }
             // The manager stops; the next one adopts the process.
@@ -397,6 +398,7 @@ impl RunTask {
         let StopReason::Cancel { command_id } = req.reason else {
             tracing::info!(run_id = %self.row.id, "the run's strategy was deleted; its process is stopped");
             self.remove_files().await;
+            crate::orders::record_run(&self.shared, self.row.id, &self.runs_dir);
             return;
         };
         let error = format!("cancelled by command {command_id}");
@@ -509,9 +511,6 @@ impl RunTask {
                 return None;
             }
         }
-        if !self.record_orders().await {
-            return None;
-        }
         let (state, event) = match &end {
             RunEnd::Completed { .. } => (RunState::Completed, RunEventType::Completed),
             RunEnd::Failed { state, error } => {
@@ -534,31 +533,10 @@ impl RunTask {
             self.reporter.publish(&shared, event, state);
         }
         self.remove_files().await;
+        // A backtest's fills (so far, for a run that did not complete: they were
+        // placed), recorded off the run's path.
+        crate::orders::record_run(&shared, self.row.id, &self.runs_dir);
         Some(written)
-    }
-
-    /// Copy the run's orders file (a backtest's fills), if there is one, into
-    /// `strategy_orders` with the run's id and epoch, before the row says it ended;
-    /// `false` once the manager stops first. A run ended without a result (cancel,
-    /// timeout, an error) still has its orders so far recorded: they were placed.
-    async fn record_orders(&mut self) -> bool {
-        let path = proto::orders_path(&self.runs_dir, self.row.id);
-        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return true;
-        }
-        let shared = self.shared.clone();
-        let began = std::time::Instant::now();
-        let copied = with_retry(&shared, "record the run's orders", || {
-            engine_store::orders::copy_run_orders(&shared.pool, self.row.id, &path)
-        })
-        .await;
-        match copied {
-            Some(n) => {
-                tracing::info!(run_id = %self.row.id, orders = n, ms = began.elapsed().as_millis() as u64, "recorded the run's orders");
-                true
-            }
-            None => false,
-        }
     }
 
     /// End the run `error` with `error`.
@@ -580,7 +558,7 @@ impl RunTask {
             let _ = tokio::fs::remove_file(path).await;
         }
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
-        let _ = tokio::fs::remove_file(proto::orders_path(&self.runs_dir, self.row.id)).await;
+        // The orders file stays for `crate::orders::record_run`, which removes it.
     }
 }
 
