@@ -124,9 +124,6 @@ impl OrdersHandle {
 /// the next one ([`record_left_runs`]).
 pub fn record_run(shared: &Arc<Shared>, run_id: Uuid, runs_dir: &std::path::Path) {
     let path = engine_protocol::runs::orders_path(runs_dir, run_id);
-    if !path.exists() {
-        return;
-    }
     let task_shared = shared.clone();
     shared
         .tracker
@@ -135,6 +132,11 @@ pub fn record_run(shared: &Arc<Shared>, run_id: Uuid, runs_dir: &std::path::Path
             let Ok(_one_at_a_time) = shared.orders.run_copies.acquire().await else {
                 return;
             };
+            // Checked once it is this run's turn: not a backtest, or recorded
+            // already (by the start's sweep, say).
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return;
+            }
             let began = Instant::now();
             let mut failing = false;
             loop {
