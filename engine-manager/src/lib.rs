@@ -13,7 +13,8 @@
 //! - [`limits`]: resource limits: one cgroup (v2 or v1) per executor, else rlimits.
 //! - [`publisher`]: the one task that talks to Redis for sending.
 //! - [`health`]: the health sampler (also stale detection and [`log_rotation`]).
-//!   [`recorder`]: metrics into `strategy_metrics`.
+//!   [`recorder`]: metrics into `strategy_metrics`. [`orders`]: the paper orders
+//!   executors report, into `strategy_orders` in batches.
 //! - [`executions`]: the plan of interval executions (due times, the concurrency
 //!   limit, skips, time limits, statistics), pure and not wired in yet.
 //! - [`runs`]: backtests, screeners and alert scans: the queue, one task and one
@@ -41,6 +42,7 @@ pub mod lease;
 pub mod limits;
 pub mod link;
 pub mod log_rotation;
+pub mod orders;
 pub mod process;
 pub mod publisher;
 pub mod recorder;
@@ -109,6 +111,8 @@ pub struct Shared {
     pub executor_user: Option<engine_protocol::executor_env::RunAs>,
     /// In a cluster: this node's lease, which fences what it does for its strategies.
     pub fence: lease::Fence,
+    /// Where the supervisors hand the paper orders their executors report.
+    pub orders: orders::OrdersHandle,
 }
 
 impl Shared {
@@ -276,6 +280,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         secrets,
         executor_user,
         fence: lease.fence(),
+        orders: orders::OrdersHandle::new(),
     });
     log_start(&shared, is_boot);
 
@@ -608,6 +613,8 @@ async fn start_supervisors(
     HashMap<Uuid, SupervisorHandle>,
     HashMap<Uuid, HashSet<Uuid>>,
 ) {
+    // Where the supervisors hand the orders their executors report, from their start.
+    orders::OrdersWriter::start(shared);
     // The process table is the truth about what runs, whatever the rows say.
     let socket = shared.config.control_socket_path();
     let mut found = tasks::blocking(move || process::scan_executors(&socket)).await;

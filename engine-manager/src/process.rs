@@ -104,6 +104,10 @@ pub struct SpawnSpec<'a> {
     pub interval: bool,
     /// In a cluster: the lease the executor trades under (it exits when it ends).
     pub lease: Option<engine_protocol::control::LeaseGrant>,
+    /// `strategy_configs.lease_epoch`: what its client order ids carry.
+    pub lease_epoch: i64,
+    /// The manager's node (`--node`): what the executor's status messages say.
+    pub node: &'a str,
     pub confine: Confine<'a>,
     /// The user it runs as (`--executor-user`), else the manager's.
     pub run_as: Option<&'a RunAs>,
@@ -211,6 +215,7 @@ impl ExecutorProcess {
             broker_state: spec.broker_state.cloned(),
             interval: spec.interval,
             lease: spec.lease,
+            epoch: Some(spec.lease_epoch),
         };
         let input = serde_json::to_vec(&input).expect("a JSON value serializes");
         let started = Started {
@@ -460,6 +465,8 @@ fn command(spec: &SpawnSpec<'_>, log: File, log2: File) -> tokio::process::Comma
         .arg(spec.control_socket)
         .arg("--metrics-interval")
         .arg(format!("{}ms", spec.metrics_interval.as_millis()))
+        .arg("--node")
+        .arg(spec.node)
         .args(spec.start_paused.then_some("--start-paused"));
     detach(&mut cmd, log, log2, spec.run_as);
     // After `detach` (which clears the environment): secrets stay out of argv, so

@@ -437,8 +437,31 @@ async fn dashboard_for_the_person_on_duty() {
     }
     browser.enter_token().await;
 
-    // The detail panel: the log's last lines and the history.
+    // An order of `a` (as its executor would have reported it) for the panel's
+    // recent orders.
+    sqlx::query(
+        "INSERT INTO strategy_orders (strategy_id, client_order_id, lease_epoch, node, token, \
+             side, quantity, price, fee, at) \
+         VALUES ($1, 'e4-dash-s-1', 4, 'n1', 'BTC-USD', 'buy', 1.5, 101.25, 0, now())",
+    )
+    .bind(a)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+
+    // The detail panel: the log's last lines, the recent orders and the history.
     browser.click(&format!("{} .name", row(a))).await;
+    let orders = browser
+        .wait_text(
+            "the recent orders in the detail panel",
+            "#detail-orders",
+            |t| t.contains("e4-dash-s-1"),
+        )
+        .await;
+    assert!(
+        orders.contains("epoch 4") && orders.contains("BTC-USD"),
+        "{orders}"
+    );
     let log = browser
         .wait_text("the log lines in the detail panel", "#detail-logs", |t| {
             !t.is_empty() && t != "loading…"

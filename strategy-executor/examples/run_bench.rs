@@ -284,6 +284,9 @@ fn run_process(dir: &Path, bars_file: &Path, progress_interval_ms: u64) -> Measu
         more_bars_paths: Vec::new(),
         outbox_path: outbox_path(dir, run_id),
         progress_interval_ms,
+        lease_epoch: 0,
+        // As the manager asks of a backtest: every fill to the orders file.
+        orders_path: Some(engine_protocol::runs::orders_path(dir, run_id)),
     };
     let input = serde_json::to_vec(&input).expect("the input");
     let started = Instant::now();

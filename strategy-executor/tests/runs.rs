@@ -111,6 +111,8 @@ impl Run {
             more_bars_paths: Vec::new(),
             outbox_path: outbox_path(&dir.0, run_id),
             progress_interval_ms: 50,
+            lease_epoch: 0,
+            orders_path: None,
         };
         Run { dir, input }
     }
@@ -734,5 +736,58 @@ fn a_bars_file_whose_writer_is_gone_before_its_end_gives_no_outcome() {
             .iter()
             .any(|l| matches!(l, RunOutput::Result { .. } | RunOutput::Error { .. })),
         "a run cut short says neither result nor error (the manager tries it again): {lines:#?}"
+    );
+}
+
+#[test]
+fn a_backtest_writes_every_fill_to_its_orders_file_with_the_runs_epoch() {
+    let mut run = Run::new(
+        RunMode::Backtest,
+        "sma_crossover",
+        sma_config(),
+        &["AAPL", "MSFT"],
+    );
+    run.input.lease_epoch = 6;
+    run.input.orders_path = Some(run.dir.0.join(format!("{}.orders", run.input.run_id)));
+    run.bars(&[
+        ("AAPL", daily(&wave(400, 100.0, 0.05))),
+        ("MSFT", daily(&wave(300, 50.0, -0.02))),
+    ]);
+    let (code, lines) = run.run();
+    let result = result_of(code, &lines);
+    let text = std::fs::read_to_string(run.input.orders_path.as_ref().unwrap()).unwrap();
+    let run_part = &run.input.run_id.simple().to_string()[..12];
+    let owner = &run.input.strategy_id.simple().to_string()[..8];
+    let mut ids = std::collections::BTreeSet::new();
+    for (position, symbol) in ["AAPL", "MSFT"].into_iter().enumerate() {
+        let prefix = format!("\"e6-{owner}-r{run_part}.{position}-");
+        let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+        let trades = result["per_symbol"][symbol]["trades"].as_u64().unwrap();
+        assert!(trades > 0, "{result}");
+        // A round trip is two fills, or one when a fill flips the position and
+        // opens the next: more fills than round trips, at most twice as many.
+        let fills = mine.len() as u64;
+        assert!(
+            fills > trades && fills <= 2 * trades,
+            "{symbol}: {fills} fills for {trades} round trips"
+        );
+        for (n, line) in mine.iter().enumerate() {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 7, "{line}");
+            assert_eq!(
+                fields[0],
+                format!("{prefix}{}\"", n + 1),
+                "numbered in order"
+            );
+            assert_eq!(fields[1], format!("\"{symbol}\""));
+            assert!(fields[2] == "buy" || fields[2] == "sell", "{line}");
+            assert!(fields[6].ends_with('Z'), "{line}");
+            assert!(ids.insert(fields[0].to_string()), "unique: {line}");
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        text.lines().count(),
+        "every line is one of the two"
     );
 }

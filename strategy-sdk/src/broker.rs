@@ -7,6 +7,10 @@
 //! [`crate::Context::buy`] and [`crate::Context::sell`]; prices reach it from the
 //! ticks before the strategy sees them.
 //!
+//! Every order gets a client order id ([`OrderIds`]): `e{epoch}-{owner}-{session}-{seq}`,
+//! which carries the lease epoch its executor traded under (CONTRACT.md §7), so an
+//! order a stale owner placed is recognisable wherever it is recorded.
+//!
 //! What it keeps survives a restart of the executor: [`PaperBroker::snapshot`] is
 //! what the executor reports to the manager, and [`crate::Host::restore_broker`]
 //! gives it back to the next executor before `on_start`.
@@ -33,6 +37,9 @@ pub struct Position {
 /// A filled order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fill {
+    /// The order's client order id ([`OrderIds`]): unique per strategy, carrying
+    /// the lease epoch it was placed under.
+    pub client_order_id: String,
     pub token: String,
     pub side: Side,
     pub qty: f64,
@@ -68,6 +75,104 @@ impl fmt::Display for OrderError {
 impl std::error::Error for OrderError {}
 
 pub(crate) const EPSILON: f64 = 1e-12;
+
+/// How the broker names its orders: `e{epoch}-{owner}-{session}-{seq}` (or
+/// `e{epoch}-{owner}-{seq}` without a session).
+///
+/// - `epoch`: the lease epoch the executor trades under (`strategy_configs.lease_epoch`,
+///   or the run's `strategy_runs.lease_epoch`): an order of a stale owner has an older
+///   one.
+/// - `owner`: the strategy id's first 8 hex digits.
+/// - `session`: what tells two executors of one strategy apart: live, the executor's
+///   start time (milliseconds since 1970, base 36); in a run, `r` and the run id's
+///   first 12 hex digits, `.` and the symbol's position in the run.
+/// - `seq`: the broker's order count after the fill (it continues from the broker
+///   state a previous executor left).
+///
+/// Unique per strategy: within a session by `seq`, across sessions by the session.
+/// No part but the epoch can hold a `-`, so [`OrderIds::epoch_of`] reads it back.
+///
+/// ```
+/// use strategy_sdk::broker::OrderIds;
+/// use uuid::Uuid;
+///
+/// let id: Uuid = "1a2b3c4d-0000-4000-8000-000000000000".parse().unwrap();
+/// let ids = OrderIds::new(7, id, "mif2k3xq");
+/// assert_eq!(ids.id(42), "e7-1a2b3c4d-mif2k3xq-42");
+/// assert_eq!(OrderIds::epoch_of("e7-1a2b3c4d-mif2k3xq-42"), Some(7));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderIds {
+    epoch: i64,
+    /// Everything before the sequence number, its last `-` included.
+    prefix: String,
+}
+
+impl OrderIds {
+    /// Ids under `epoch` for strategy `strategy_id`, in `session` (a `-` in it is
+    /// replaced by `.`; an empty session leaves that part out).
+    pub fn new(epoch: i64, strategy_id: uuid::Uuid, session: &str) -> Self {
+        let owner = &strategy_id.simple().to_string()[..8];
+        let session = session.replace('-', ".");
+        let prefix = if session.is_empty() {
+            format!("e{epoch}-{owner}-")
+        } else {
+            format!("e{epoch}-{owner}-{session}-")
+        };
+        OrderIds { epoch, prefix }
+    }
+
+    /// A live executor's session: its start time in milliseconds since 1970, base 36.
+    pub fn live_session(started: chrono::DateTime<chrono::Utc>) -> String {
+        base36(u64::try_from(started.timestamp_millis()).unwrap_or(0))
+    }
+
+    /// A run's session for the symbol at `position`: `r{12 hex of the run id}.{position}`.
+    pub fn run_session(run_id: uuid::Uuid, position: usize) -> String {
+        format!("r{}.{position}", &run_id.simple().to_string()[..12])
+    }
+
+    /// The epoch the ids carry.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// The id of the order numbered `seq`.
+    pub fn id(&self, seq: u64) -> String {
+        let mut id = String::with_capacity(self.prefix.len() + 8);
+        id.push_str(&self.prefix);
+        id.push_str(&seq.to_string());
+        id
+    }
+
+    /// The epoch a client order id carries (`None` if it is not one of these ids).
+    pub fn epoch_of(client_order_id: &str) -> Option<i64> {
+        let rest = client_order_id.strip_prefix('e')?;
+        let (epoch, _) = rest.split_once('-')?;
+        epoch.parse().ok()
+    }
+}
+
+impl Default for OrderIds {
+    /// Epoch 0, the nil strategy, no session (the test kit's, until it is told).
+    fn default() -> Self {
+        OrderIds::new(0, uuid::Uuid::nil(), "")
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
 
 /// A token interned by the broker: where its last price is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +322,8 @@ pub struct PaperBroker {
     fills_this_run: u64,
     fee_bps: f64,
     fees: f64,
+    /// How its orders are named.
+    order_ids: OrderIds,
 }
 
 impl PaperBroker {
@@ -234,7 +341,18 @@ impl PaperBroker {
             fills_this_run: 0,
             fee_bps: 0.0,
             fees: 0.0,
+            order_ids: OrderIds::default(),
         }
+    }
+
+    /// Name later orders with `ids` (kept through a restore).
+    pub(crate) fn set_order_ids(&mut self, ids: OrderIds) {
+        self.order_ids = ids;
+    }
+
+    /// How its orders are named.
+    pub fn order_ids(&self) -> &OrderIds {
+        &self.order_ids
     }
 
     /// Charge `fee_bps` basis points of the value of every later fill (0, the
@@ -397,6 +515,7 @@ impl PaperBroker {
         let fee = qty * price * self.fee_bps / 10_000.0;
         self.fees += fee;
         Ok(Fill {
+            client_order_id: self.order_ids.id(self.orders_count),
             token: token.to_string(),
             side,
             qty,
@@ -919,5 +1038,66 @@ mod tests {
                 closed: 1
             })
         ));
+    }
+
+    #[test]
+    fn client_order_ids_carry_the_epoch_and_count_on_from_a_restored_broker() {
+        let strategy: uuid::Uuid = "1a2b3c4d-5e6f-4000-8000-000000000001".parse().unwrap();
+        let mut b = broker_with(&[("BTC", 100.0)]);
+        b.set_order_ids(OrderIds::new(3, strategy, "s1"));
+        let first = b.submit("BTC", Side::Buy, 1.0).unwrap();
+        let second = b.submit("BTC", Side::Sell, 1.0).unwrap();
+        assert_eq!(first.client_order_id, "e3-1a2b3c4d-s1-1");
+        assert_eq!(second.client_order_id, "e3-1a2b3c4d-s1-2");
+        assert_eq!(OrderIds::epoch_of(&second.client_order_id), Some(3));
+
+        // The next executor (a new session, a newer epoch) counts on from the
+        // state the first one left: no id is ever given twice for one strategy.
+        let mut next = PaperBroker::restored(b.snapshot()).unwrap();
+        next.set_order_ids(OrderIds::new(4, strategy, "s2"));
+        next.mark("BTC", 101.0);
+        let third = next.submit("BTC", Side::Buy, 1.0).unwrap();
+        assert_eq!(third.client_order_id, "e4-1a2b3c4d-s2-3");
+        assert_eq!(OrderIds::epoch_of(&third.client_order_id), Some(4));
+    }
+
+    #[test]
+    fn the_same_count_in_two_sessions_gives_two_ids() {
+        // A crash before the broker state was reported: the next executor starts
+        // from an older count, and its session keeps its ids apart.
+        let strategy = uuid::Uuid::new_v4();
+        let mut ids = std::collections::BTreeSet::new();
+        for session in ["a", "b"] {
+            let mut b = broker_with(&[("ETH", 10.0)]);
+            b.set_order_ids(OrderIds::new(0, strategy, session));
+            for _ in 0..3 {
+                assert!(ids.insert(b.submit("ETH", Side::Buy, 1.0).unwrap().client_order_id));
+            }
+        }
+        assert_eq!(ids.len(), 6);
+    }
+
+    #[test]
+    fn order_id_parts_never_hold_a_dash_but_the_epoch_is_read_back() {
+        let strategy = uuid::Uuid::nil();
+        let ids = OrderIds::new(12, strategy, "x-y");
+        assert_eq!(ids.id(5), "e12-00000000-x.y-5");
+        assert_eq!(OrderIds::default().id(1), "e0-00000000-1");
+        let run: uuid::Uuid = "9f8e7d6c-5b4a-4000-8000-000000000000".parse().unwrap();
+        assert_eq!(OrderIds::run_session(run, 2), "r9f8e7d6c5b4a.2");
+        let started = chrono::DateTime::from_timestamp_millis(1_764_600_000_000).unwrap();
+        let session = OrderIds::live_session(started);
+        assert!(
+            session.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{session}"
+        );
+        assert_ne!(
+            session,
+            OrderIds::live_session(started + chrono::TimeDelta::milliseconds(1))
+        );
+        assert_eq!(OrderIds::epoch_of("e12-00000000-x.y-5"), Some(12));
+        assert_eq!(OrderIds::epoch_of("x12-0-1"), None);
+        assert_eq!(OrderIds::epoch_of("e-1"), None);
+        assert_eq!(OrderIds::epoch_of(""), None);
     }
 }

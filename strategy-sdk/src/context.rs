@@ -6,7 +6,8 @@
 //! strategy: the executor runtime and the test kit do that through [`crate::Host`].
 
 use crate::broker::{
-    BrokerSnapshot, Fill, OrderError, PaperBroker, Position, PriceSlot, Side, SnapshotError,
+    BrokerSnapshot, Fill, OrderError, OrderIds, PaperBroker, Position, PriceSlot, Side,
+    SnapshotError,
 };
 use crate::modes::Bar;
 use chrono::{DateTime, Utc};
@@ -67,10 +68,12 @@ pub struct Context {
 
 impl Context {
     pub(crate) fn new(strategy_id: Uuid, name: impl Into<String>) -> Self {
+        let mut broker = PaperBroker::new();
+        broker.set_order_ids(OrderIds::new(0, strategy_id, ""));
         Context {
             strategy_id,
             name: name.into(),
-            broker: PaperBroker::new(),
+            broker,
             subscriptions: BTreeSet::new(),
             subscriptions_changed: false,
             custom_metrics: Map::new(),
@@ -140,7 +143,8 @@ impl Context {
             Ok(fill) => {
                 tracing::info!(
                     strategy = %self.name, token, side = ?fill.side, qty, price = fill.price,
-                    realised_pnl = fill.realised_pnl, "paper order filled"
+                    realised_pnl = fill.realised_pnl, client_order_id = %fill.client_order_id,
+                    "paper order filled"
                 );
                 self.record(fill);
             }
@@ -227,10 +231,17 @@ impl Context {
         self.now = now;
     }
 
-    /// Replace the broker with one restored from `snapshot` (nothing changes on `Err`).
+    /// Replace the broker with one restored from `snapshot` (nothing changes on `Err`;
+    /// the order ids stay as they were set).
     pub(crate) fn restore_broker(&mut self, snapshot: BrokerSnapshot) -> Result<(), SnapshotError> {
-        self.broker = PaperBroker::restored(snapshot)?;
+        let mut broker = PaperBroker::restored(snapshot)?;
+        broker.set_order_ids(self.broker.order_ids().clone());
+        self.broker = broker;
         Ok(())
+    }
+
+    pub(crate) fn set_order_ids(&mut self, ids: OrderIds) {
+        self.broker.set_order_ids(ids);
     }
 
     pub(crate) fn set_bar(&mut self, bar: Option<Bar>) {

@@ -8,7 +8,7 @@
 //! strategy only ever sees its `&mut Context`, and tests use
 //! [`crate::testkit::TestHarness`].
 
-use crate::broker::{BrokerSnapshot, Fill, OrderError, PriceSlot, SnapshotError};
+use crate::broker::{BrokerSnapshot, Fill, OrderError, OrderIds, PriceSlot, SnapshotError};
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::execution::{ExecutionError, ExecutionReport};
@@ -115,6 +115,12 @@ impl<S: Strategy + ?Sized> Host<S> {
         self.ctx
             .restore_broker(snapshot)
             .map_err(RestoreError::Snapshot)
+    }
+
+    /// Name the orders from now on with `ids` (the lease epoch and the session of
+    /// the executor or run: see [`OrderIds`]); kept through [`Host::restore_broker`].
+    pub fn set_order_ids(&mut self, ids: OrderIds) {
+        self.ctx.set_order_ids(ids);
     }
 
     /// `on_start`, once: `Created` → `Running`.
@@ -580,5 +586,24 @@ mod tests {
                 .contains("does not support interval execution"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn order_ids_set_on_the_host_survive_a_restore_and_reach_the_fills() {
+        let id: Uuid = "0123abcd-0000-4000-8000-000000000000".parse().unwrap();
+        let mut first = Host::new(id, "t", Box::new(Recorder::default()));
+        first.start(Utc::now());
+        first.tick(&tick(10.0));
+        let snapshot = first.context().broker().snapshot();
+
+        let mut host = Host::new(id, "t", Box::new(Recorder::default()));
+        host.set_order_ids(crate::OrderIds::new(9, id, "next"));
+        host.restore_broker(snapshot).unwrap();
+        host.record_fills();
+        host.start(Utc::now());
+        host.tick(&tick(11.0));
+        let fills = host.take_fills();
+        assert_eq!(fills.len(), 1);
+        assert_eq!(fills[0].client_order_id, "e9-0123abcd-next-2");
     }
 }

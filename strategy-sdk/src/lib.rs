@@ -45,7 +45,9 @@ pub mod strategy;
 mod testing;
 pub mod testkit;
 
-pub use broker::{BrokerSnapshot, Fill, OrderError, PaperBroker, Position, Side, SnapshotError};
+pub use broker::{
+    BrokerSnapshot, Fill, OrderError, OrderIds, PaperBroker, Position, Side, SnapshotError,
+};
 pub use config::{parse_config, ConfigError};
 pub use context::Context;
 pub use execution::{ExecuteError, ExecutionError, ExecutionReport};

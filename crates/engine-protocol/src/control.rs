@@ -8,6 +8,7 @@
 //! a process cannot speak for a strategy it does not run.
 
 use crate::messages::{ExecutorCommand, Status};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -75,6 +76,90 @@ pub enum ExecutorMessage {
         message: Option<String>,
         duration_ms: u64,
     },
+    /// Paper orders filled since the last such frame (CONTRACT.md §7), oldest first:
+    /// sent after a callback that filled, batched (at most [`ORDERS_PER_FRAME`] a
+    /// frame, at most about every 100 ms), and kept across a lost link up to a bound.
+    /// The manager records them in `strategy_orders`.
+    Orders { orders: Vec<OrderReport> },
+}
+
+/// The most orders in one [`ExecutorMessage::Orders`] frame (each about 200 bytes
+/// of JSON: well inside [`MAX_FRAME_BYTES`]).
+pub const ORDERS_PER_FRAME: usize = 500;
+
+/// Which way a paper order went (`strategy_orders.side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderSide {
+    Buy,
+    Sell,
+}
+
+impl OrderSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderSide::Buy => "buy",
+            OrderSide::Sell => "sell",
+        }
+    }
+}
+
+/// One filled paper order, as an executor reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderReport {
+    /// `e{epoch}-{owner}-{session}-{seq}`: unique per strategy, carrying the epoch.
+    pub client_order_id: String,
+    /// The lease epoch the executor traded under (the one in the id).
+    pub lease_epoch: i64,
+    pub token: String,
+    pub side: OrderSide,
+    pub quantity: f64,
+    pub price: f64,
+    #[serde(default)]
+    pub fee: f64,
+    /// When it filled (the executor's clock; a bar's time in a backtest).
+    pub at: DateTime<Utc>,
+}
+
+/// The longest client order id the manager records.
+pub const MAX_CLIENT_ORDER_ID: usize = 200;
+
+impl OrderReport {
+    /// Why the manager would not record this order (`None`: it is fine): numbers
+    /// that cannot be an order's, an empty or overlong id or token.
+    pub fn problem(&self) -> Option<String> {
+        let id = &self.client_order_id;
+        if id.is_empty() || id.len() > MAX_CLIENT_ORDER_ID {
+            return Some(format!(
+                "client_order_id must be 1 to {MAX_CLIENT_ORDER_ID} characters, got {}",
+                id.len()
+            ));
+        }
+        if self.token.is_empty() || self.token.len() > MAX_CLIENT_ORDER_ID {
+            return Some(format!(
+                "order {id}: token must be 1 to {MAX_CLIENT_ORDER_ID} characters"
+            ));
+        }
+        if !(self.quantity.is_finite() && self.quantity > 0.0) {
+            return Some(format!(
+                "order {id}: quantity {} must be a finite number above zero",
+                self.quantity
+            ));
+        }
+        if !(self.price.is_finite() && self.price > 0.0) {
+            return Some(format!(
+                "order {id}: price {} must be a finite number above zero",
+                self.price
+            ));
+        }
+        if !(self.fee.is_finite() && self.fee >= 0.0) {
+            return Some(format!(
+                "order {id}: fee {} must be a finite number, zero or more",
+                self.fee
+            ));
+        }
+        None
+    }
 }
 
 /// What the manager writes on an executor's stdin (with `--stdin-envelope`): the
@@ -93,6 +178,22 @@ pub struct SpawnInput {
     /// ([`ManagerMessage::Lease`]). `None` without `--cluster`: it outlives the manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseGrant>,
+    /// `strategy_configs.lease_epoch` when spawned: what client order ids carry
+    /// outside a cluster (in one, `lease.epoch` says the same). `None` from an older
+    /// manager: epoch 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+}
+
+impl SpawnInput {
+    /// The lease epoch this executor's orders carry: its lease's in a cluster, else
+    /// the strategy's `lease_epoch` (0 by default).
+    pub fn order_epoch(&self) -> i64 {
+        self.lease
+            .map(|lease| lease.epoch)
+            .or(self.epoch)
+            .unwrap_or(0)
+    }
 }
 
 /// A cluster node's lease on one strategy, as its executor sees it (CONTRACT.md §7).
@@ -174,8 +275,63 @@ mod tests {
             broker_state: None,
             interval: true,
             lease: None,
+            epoch: None,
         })
         .unwrap();
         assert!(text.contains(r#""interval":true"#), "{text}");
+        assert!(!text.contains("epoch"), "{text}");
+    }
+
+    #[test]
+    fn the_order_epoch_is_the_leases_then_the_strategys_then_zero() {
+        let mut input: SpawnInput = serde_json::from_str(r#"{"config": {}}"#).unwrap();
+        assert_eq!(input.order_epoch(), 0);
+        input.epoch = Some(4);
+        assert_eq!(input.order_epoch(), 4);
+        input.lease = Some(LeaseGrant {
+            epoch: 5,
+            deadline_ms: 1,
+        });
+        assert_eq!(input.order_epoch(), 5);
+    }
+
+    #[test]
+    fn order_frames_round_trip_and_bad_orders_are_named() {
+        let order = OrderReport {
+            client_order_id: "e2-1a2b3c4d-s-1".into(),
+            lease_epoch: 2,
+            token: "BTC-USD".into(),
+            side: OrderSide::Sell,
+            quantity: 1.5,
+            price: 100.0,
+            fee: 0.0,
+            at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        };
+        assert_eq!(order.problem(), None);
+        let frame = ExecutorMessage::Orders {
+            orders: vec![order.clone()],
+        };
+        let text = String::from_utf8(encode_frame(&frame)).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"orders","orders":[{"client_order_id":"e2-"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""side":"sell""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<ExecutorMessage>(&text).unwrap(),
+            frame
+        );
+        let bad = OrderReport {
+            price: f64::NAN,
+            ..order.clone()
+        };
+        assert!(bad.problem().unwrap().contains("price NaN"));
+        let bad = OrderReport {
+            client_order_id: String::new(),
+            ..order.clone()
+        };
+        assert!(bad.problem().unwrap().contains("client_order_id"));
+        let bad = OrderReport { fee: -1.0, ..order };
+        assert!(bad.problem().unwrap().contains("fee -1"));
     }
 }

@@ -185,6 +185,11 @@ pub struct StatusMessage {
     /// Who published it: `manager` or `executor` (an additive field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// In a cluster (CONTRACT.md §7): the strategy's lease epoch, as the manager
+    /// that owns it knows it, or as the executor's lease says. Absent without
+    /// `--cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<i64>,
 }
 
 /// `strategy:execution:{strategy_id}`: one interval execution's end (CONTRACT.md §5),

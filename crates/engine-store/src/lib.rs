@@ -38,6 +38,8 @@
 //!   items, adoption and cancel reads, `securities`, and the bars COPY to a file.
 //! - [`schedules`]: schedules of runs: a due time fired into exactly one run (the
 //!   `overlap` rule, the statistics), and what operators insert, change and list.
+//! - [`orders`]: `strategy_orders`: recording the paper orders executors report
+//!   (batched inserts; a run's orders file copied at its end) and reading them.
 //! - [`tls`]: the `sslmode` of every connection: remote servers' certificates
 //!   verified by default, unverified modes only with `--tls-insecure`.
 //!
@@ -57,6 +59,7 @@ pub mod market;
 pub mod metrics;
 pub mod nodes;
 pub mod operator;
+pub mod orders;
 pub mod roles;
 pub mod runs;
 pub mod runs_api;

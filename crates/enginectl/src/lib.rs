@@ -13,6 +13,7 @@
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`audit`], [`doctor`], [`executor`] (`types`, validation).
 //! - [`nodes`]: `nodes`, the cluster's nodes.
+//! - [`orders`]: `orders`, a strategy's paper orders (`strategy_orders`).
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
 //!   result), `runs`, `run-show`, `cancel`; [`run_view`]: how a run is shown.
@@ -29,6 +30,7 @@ pub mod history;
 pub mod lease_words;
 pub mod logs;
 pub mod nodes;
+pub mod orders;
 pub mod run_view;
 pub mod runs;
 pub mod schedules;
@@ -232,6 +234,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A strategy's paper orders (`strategy_orders`), newest first: its live
+    /// executors', or with --run one run's; each with its client order id and the
+    /// lease epoch it was placed under.
+    Orders {
+        name: String,
+        /// One run's orders (its id, as `enginectl runs NAME` shows it).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// How many orders (1 to 1000).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: i64,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check PostgreSQL, migrations, Redis, the executor binary and the manager.
     Doctor,
     /// The cluster's nodes (managers started with --cluster): host, pid, heartbeat
@@ -361,6 +378,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
             lines,
             json,
         } => audit::audit(&target, strategy, since.as_deref(), lines, json).await,
+        Command::Orders {
+            name,
+            run,
+            limit,
+            json,
+        } => orders::orders(&target, &name, run.as_deref(), limit, json).await,
         Command::Doctor => doctor::doctor(&target).await,
         Command::Nodes { json } => nodes::nodes(&target, json).await,
         Command::Run(args) => runs::run(&target, args, shutdown).await,

@@ -18,6 +18,8 @@
 //! - `duty`: the kill switch (`POST /api/global/{command}`), a config checked by the
 //!   strategy before an update (`POST /api/strategies/{name}/validate`), and the tail
 //!   of a strategy's log (`GET /api/strategies/{name}/logs`).
+//! - `orders`: `GET /api/strategies/{name}/orders?limit=&run_id=`, a strategy's
+//!   newest paper orders (`strategy_orders`).
 //! - `runs` and `run_events`: runs (CONTRACT.md §4): `POST /api/runs` inserts a
 //!   `strategy_runs` row, `/api/runs/{id}` (+ `/items`, `/events` as SSE, `/cancel`
 //!   inserts a `cancel` command row), `/api/runs?strategy=&state=`, `/api/queue`.
@@ -35,6 +37,7 @@ mod duty;
 mod error;
 mod events;
 mod guard;
+mod orders;
 mod probes;
 mod prometheus;
 mod run_events;
@@ -220,6 +223,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/strategies/{name}/{command}", post(api::post_command))
         .route("/api/strategies/{name}/validate", post(duty::validate))
         .route("/api/strategies/{name}/logs", get(duty::logs))
+        .route("/api/strategies/{name}/orders", get(orders::get_orders))
         .route("/api/global/{command}", post(duty::post_global))
         .route("/api/commands/{id}", get(api::get_command))
         .route("/api/history", get(api::history))

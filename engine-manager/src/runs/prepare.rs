@@ -7,7 +7,7 @@
 use super::params::{self, DefaultSymbols, ParamError};
 use crate::Shared;
 use chrono::{DateTime, Utc};
-use engine_protocol::runs::{self as proto, RunInput, RunSymbol};
+use engine_protocol::runs::{self as proto, RunInput, RunMode, RunSymbol};
 use engine_store::runs::{self as store, BarsCopy, CopyBarsError, RunRow, Security};
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,7 @@ pub async fn prepare(
         span,
     };
     let (bars_path, more_bars_paths, copy) = start_copy(shared, row.id, runs_dir, &bars).await?;
+    let lease_epoch = engine_store::orders::run_lease_epoch(pool, row.id).await?;
     let input = RunInput {
         run_id: row.id,
         strategy_id: row.strategy_id,
@@ -112,6 +113,10 @@ pub async fn prepare(
         more_bars_paths,
         outbox_path: proto::outbox_path(runs_dir, row.id),
         progress_interval_ms: shared.config.run_progress_interval.as_millis() as u64,
+        lease_epoch: lease_epoch.unwrap_or(0),
+        // A backtest's fills go to `strategy_orders` at its end (screeners and
+        // alerts place no orders).
+        orders_path: (row.mode == RunMode::Backtest).then(|| proto::orders_path(runs_dir, row.id)),
     };
     Ok(Prepared {
         input,

@@ -128,6 +128,10 @@ impl RunTask {
             copy,
         } = self.prepared().await?;
         let _ = tokio::fs::remove_file(&input.outbox_path).await;
+        if let Some(orders) = &input.orders_path {
+            // A retry starts the run over, and its orders with it (the same ids).
+            let _ = tokio::fs::remove_file(orders).await;
+        }
         if let Some(user) = &self.shared.executor_user {
             // Its process runs as that user: the bars file to read, the outbox to write.
             if let Err(err) = hand_over_files(&input, user).await {
@@ -193,6 +197,7 @@ impl RunTask {
                 // Its row is gone (the strategy was deleted) or ended meanwhile.
                 self.kill(proc).await;
                 self.remove_files().await;
+                crate::orders::record_run(&self.shared, self.row.id, &self.runs_dir);
                 None
             }
             // The manager stops; the next one adopts the process.
@@ -405,6 +410,7 @@ impl RunTask {
         let StopReason::Cancel { command_id } = req.reason else {
             tracing::info!(run_id = %self.row.id, "the run's strategy was deleted; its process is stopped");
             self.remove_files().await;
+            crate::orders::record_run(&self.shared, self.row.id, &self.runs_dir);
             return;
         };
         let error = format!("cancelled by command {command_id}");
@@ -551,6 +557,9 @@ impl RunTask {
             self.reporter.publish(&shared, event, state);
         }
         self.remove_files().await;
+        // A backtest's fills (so far, for a run that did not complete: they were
+        // placed), recorded off the run's path.
+        crate::orders::record_run(&shared, self.row.id, &self.runs_dir);
         Some(written)
     }
 
@@ -573,6 +582,7 @@ impl RunTask {
             let _ = tokio::fs::remove_file(path).await;
         }
         let _ = tokio::fs::remove_file(proto::outbox_path(&self.runs_dir, self.row.id)).await;
+        // The orders file stays for `crate::orders::record_run`, which removes it.
     }
 }
 
@@ -633,7 +643,8 @@ pub(super) async fn pause(shared: &Shared, backoff: &mut Backoff) -> bool {
     }
 }
 
-/// The run's bars files (being written by the COPY) and a new, empty outbox, made
+/// The run's bars files (being written by the COPY), a new, empty outbox (and orders
+/// file, for a backtest), made
 /// the `--executor-user`'s (see [`crate::executor_user::hand_over`]).
 async fn hand_over_files(
     input: &proto::RunInput,
@@ -642,9 +653,14 @@ async fn hand_over_files(
     let mut bars = vec![input.bars_path.clone()];
     bars.extend(input.more_bars_paths.iter().cloned());
     let (outbox, user) = (input.outbox_path.clone(), user.clone());
+    let orders = input.orders_path.clone();
     crate::tasks::blocking(move || {
         std::fs::File::create_new(&outbox)?;
         crate::executor_user::hand_over(&outbox, &user)?;
+        if let Some(orders) = &orders {
+            std::fs::File::create_new(orders)?;
+            crate::executor_user::hand_over(orders, &user)?;
+        }
         bars.iter()
             .try_for_each(|path| crate::executor_user::hand_over(path, &user))
     })

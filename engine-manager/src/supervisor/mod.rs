@@ -595,6 +595,11 @@ impl StrategySupervisor {
             Some(ExecutorMessage::BrokerState { state, discarded }) => {
                 self.keep_broker_state(state, discarded).await
             }
+            Some(ExecutorMessage::Orders { orders }) => {
+                self.shared
+                    .orders
+                    .record(self.id, &self.shared.node, orders)
+            }
             Some(ExecutorMessage::Executed {
                 execution_id,
                 ok,

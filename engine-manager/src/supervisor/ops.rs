@@ -80,6 +80,8 @@ impl StrategySupervisor {
             start_paused: paused,
             interval: self.interval,
             lease: self.lease_grant(),
+            lease_epoch: self.lease_epoch,
+            node: &self.shared.node,
             confine: Confine {
                 limiter: &self.shared.limiter,
                 id: self.id,
@@ -137,7 +139,7 @@ impl StrategySupervisor {
                         return Event::Ready { reported: status };
                     }
                     Some(ExecutorMessage::Halted { reason }) => self.observe(Event::Halted { reason }).await,
-                    Some(frame @ ExecutorMessage::BrokerState { .. }) => self.on_frame(Some(frame)).await,
+                    Some(frame @ (ExecutorMessage::BrokerState { .. } | ExecutorMessage::Orders { .. })) => self.on_frame(Some(frame)).await,
                     Some(_) => {}
                     None => self.link = None,
                 },
@@ -204,7 +206,7 @@ impl StrategySupervisor {
                 exit = wait_exit(&mut self.proc) => return Some(exit),
                 frame = next_frame(&mut self.link) => match frame {
                     // Its last report, on its way out: what the next executor gets.
-                    Some(frame @ ExecutorMessage::BrokerState { .. }) => self.on_frame(Some(frame)).await,
+                    Some(frame @ (ExecutorMessage::BrokerState { .. } | ExecutorMessage::Orders { .. })) => self.on_frame(Some(frame)).await,
                     Some(_) => {}
                     None => self.link = None,
                 },

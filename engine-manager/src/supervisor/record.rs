@@ -201,6 +201,7 @@ impl StrategySupervisor {
             reason: t.reason,
             command_id: t.command_id,
             source: Some("manager".to_string()),
+            lease_epoch: self.fence_epoch(),
         };
         self.publish_state(&msg);
         self.shared

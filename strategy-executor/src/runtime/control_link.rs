@@ -7,7 +7,7 @@
 use super::commands::InboundCommand;
 use super::lease::Lease;
 use engine_protocol::backoff::Backoff;
-use engine_protocol::control::{ExecutorMessage, ManagerMessage, MAX_FRAME_BYTES};
+use engine_protocol::control::{ExecutorMessage, ManagerMessage, OrderReport, MAX_FRAME_BYTES};
 use engine_protocol::Status;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -27,6 +27,8 @@ use uuid::Uuid;
 const LINK_CHANNEL_CAPACITY: usize = 256;
 /// How many acks the link keeps while disconnected, to send after reconnecting.
 const LINK_PENDING_ACKS: usize = 256;
+/// How many paper orders the link keeps while disconnected (the oldest go first).
+const LINK_PENDING_ORDERS: usize = 50_000;
 /// First and largest delay between connection attempts.
 const LINK_RETRY_MIN: Duration = Duration::from_millis(50);
 const LINK_RETRY_MAX: Duration = Duration::from_secs(1);
@@ -64,6 +66,9 @@ pub(super) struct ControlLink {
     /// Acks, `halted` and the latest broker state waiting for a connection (state
     /// frames are not kept: the hello carries the current status).
     pending: VecDeque<ExecutorMessage>,
+    /// Orders frames waiting for a connection, oldest first (at most
+    /// [`LINK_PENDING_ORDERS`] orders in all; sent after `pending`).
+    pending_orders: HeldOrders,
     /// Flushes waiting for `pending` to go out on the next connection.
     flush_waiters: Vec<oneshot::Sender<()>>,
     cancel: CancellationToken,
@@ -98,6 +103,7 @@ impl ControlLink {
             executions,
             lease,
             pending: VecDeque::new(),
+            pending_orders: HeldOrders::default(),
             flush_waiters: Vec::new(),
             cancel,
         };
@@ -180,6 +186,9 @@ impl ControlLink {
     fn hold(&mut self, outbound: LinkOutbound) {
         match outbound {
             LinkOutbound::Frame(ExecutorMessage::State { .. } | ExecutorMessage::Hello { .. }) => {}
+            LinkOutbound::Frame(ExecutorMessage::Orders { orders }) => {
+                self.pending_orders.push_back(orders)
+            }
             LinkOutbound::Frame(message) => {
                 // Only the latest broker state matters (an older one's `discarded`
                 // note travels on with it).
@@ -199,7 +208,7 @@ impl ControlLink {
                 self.pending.push_back(message);
             }
             LinkOutbound::Flush(done) => {
-                if self.pending.is_empty() {
+                if self.pending.is_empty() && self.pending_orders.is_empty() {
                     let _ = done.send(());
                 } else {
                     self.flush_waiters.push(done);
@@ -262,8 +271,12 @@ impl ControlLink {
                     }
                     Some(LinkOutbound::Frame(message)) => {
                         if let Err(err) = write_frame(&mut writer, &message).await {
-                            if !matches!(message, ExecutorMessage::State { .. }) {
-                                self.pending.push_back(message);
+                            match message {
+                                ExecutorMessage::State { .. } => {}
+                                ExecutorMessage::Orders { orders } => {
+                                    self.pending_orders.push_front(orders)
+                                }
+                                message => self.pending.push_back(message),
                             }
                             return Served::Disconnected(format!("write failed: {err}"));
                         }
@@ -303,8 +316,63 @@ impl ControlLink {
                 return Err(Served::Disconnected(format!("write failed: {err}")));
             }
         }
+        while let Some(orders) = self.pending_orders.pop_front() {
+            let message = ExecutorMessage::Orders { orders };
+            if let Err(err) = write_frame(writer, &message).await {
+                if let ExecutorMessage::Orders { orders } = message {
+                    self.pending_orders.push_front(orders);
+                }
+                return Err(Served::Disconnected(format!("write failed: {err}")));
+            }
+        }
         self.release_flush_waiters();
         Ok(())
+    }
+}
+
+/// Orders frames kept through a lost link: at most [`LINK_PENDING_ORDERS`] orders,
+/// the oldest frames dropped first (and counted in the log).
+#[derive(Debug, Default)]
+struct HeldOrders {
+    frames: VecDeque<Vec<OrderReport>>,
+    orders: usize,
+    dropped: u64,
+}
+
+impl HeldOrders {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn push_back(&mut self, orders: Vec<OrderReport>) {
+        self.orders += orders.len();
+        self.frames.push_back(orders);
+        self.trim();
+    }
+
+    /// A frame that could not be written goes back to the front.
+    fn push_front(&mut self, orders: Vec<OrderReport>) {
+        self.orders += orders.len();
+        self.frames.push_front(orders);
+        self.trim();
+    }
+
+    fn pop_front(&mut self) -> Option<Vec<OrderReport>> {
+        let orders = self.frames.pop_front()?;
+        self.orders -= orders.len();
+        Some(orders)
+    }
+
+    fn trim(&mut self) {
+        while self.orders > LINK_PENDING_ORDERS && self.frames.len() > 1 {
+            let dropped = self.pop_front().map_or(0, |o| o.len() as u64);
+            self.dropped += dropped;
+            tracing::warn!(
+                dropped = self.dropped,
+                kept = self.orders,
+                "the control link has been down too long; the oldest unsent orders were dropped"
+            );
+        }
     }
 }
 
@@ -464,5 +532,38 @@ mod tests {
             Frame::Line(line).into_message(),
             Some(ManagerMessage::Command(command))
         );
+    }
+
+    fn orders(n: usize) -> Vec<OrderReport> {
+        (0..n)
+            .map(|i| OrderReport {
+                client_order_id: format!("e0-00000000-s-{i}"),
+                lease_epoch: 0,
+                token: "BTC".into(),
+                side: engine_protocol::control::OrderSide::Buy,
+                quantity: 1.0,
+                price: 1.0,
+                fee: 0.0,
+                at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_orders_are_bounded_and_keep_the_newest() {
+        let mut held = HeldOrders::default();
+        assert!(held.is_empty());
+        let frame = LINK_PENDING_ORDERS / 4;
+        for _ in 0..5 {
+            held.push_back(orders(frame));
+        }
+        assert_eq!(held.orders, 4 * frame, "the oldest frame went");
+        assert_eq!(held.dropped, frame as u64);
+        let first = held.pop_front().unwrap();
+        held.push_front(first);
+        assert_eq!(held.frames.len(), 4);
+        while held.pop_front().is_some() {}
+        assert_eq!(held.orders, 0);
+        assert!(held.is_empty());
     }
 }

@@ -7,6 +7,7 @@ use super::broker_state::BrokerReports;
 use super::commands::{CommandLog, InboundCommand};
 use super::control_link::{LinkHandle, LinkOutbound};
 use super::lease::Lease;
+use super::orders::{orders_due, OrderOutbox};
 use super::redis_publisher::Outgoing;
 use super::redis_subscriber::TickCounters;
 use super::report::Cause;
@@ -32,6 +33,8 @@ pub(super) struct Identity {
     pub(super) name: String,
     pub(super) pid: u32,
     pub(super) node: String,
+    /// In a cluster: the lease's epoch, carried by status messages.
+    pub(super) lease_epoch: Option<i64>,
 }
 
 /// Where the loop's output goes: the background tasks' ends of their channels.
@@ -76,6 +79,8 @@ pub(super) struct EventLoop {
     pub(super) metrics_period: Duration,
     pub(super) started_at: Instant,
     pub(super) broker_reports: BrokerReports,
+    /// Filled orders on their way to the manager.
+    pub(super) orders: OrderOutbox,
     timer: Option<Interval>,
     timer_period: Option<Duration>,
     /// In a cluster: no strategy callback begins once it ran out.
@@ -83,8 +88,15 @@ pub(super) struct EventLoop {
 }
 
 impl EventLoop {
-    pub(super) fn new(host: Host, identity: Identity, channels: Channels, out: Outlets) -> Self {
+    pub(super) fn new(
+        host: Host,
+        identity: Identity,
+        channels: Channels,
+        out: Outlets,
+        orders: OrderOutbox,
+    ) -> Self {
         EventLoop {
+            orders,
             host,
             status: Status::Starting,
             identity,
@@ -147,6 +159,10 @@ impl EventLoop {
                     self.handle_ticks(&mut tick_batch).await
                 }
                 _ = next_timer_tick(&mut self.timer) => self.handle_timer().await,
+                _ = orders_due(self.orders.due()) => {
+                    self.send_orders();
+                    None
+                }
                 _ = metrics.tick() => {
                     self.publish_metrics();
                     self.report_broker_state_if_traded();
@@ -214,8 +230,10 @@ impl EventLoop {
         None
     }
 
-    /// After every strategy callback: follow subscription changes and honour a halt.
+    /// After every strategy callback: take its orders, follow subscription changes
+    /// and honour a halt.
     pub(super) async fn after_callback(&mut self) -> Option<Exit> {
+        self.collect_orders();
         if self.host.take_subscriptions_changed() {
             let tokens = self.host.context().subscriptions();
             let desired: BTreeSet<String> = tokens

@@ -16,7 +16,8 @@
 //!   strategy's timer, the metrics interval and signals (`signals.rs`);
 //!   `commands.rs` is how it applies a command, `report.rs` what it sends out
 //!   (state frames, acks, status and metrics messages), `broker_state.rs` the
-//!   broker's state restored at start and reported for the next executor.
+//!   broker's state restored at start and reported for the next executor,
+//!   `orders.rs` the paper orders reported for `strategy_orders`.
 //! - Background tasks that talk to the loop only through bounded channels:
 //!   - `control_link.rs`: a Unix socket to the manager, reconnected forever,
 //!     carrying `hello`, state changes, acks and `halted` out and commands in
@@ -44,6 +45,7 @@ mod control_link;
 mod errors;
 mod event_loop;
 mod lease;
+mod orders;
 mod redis_publisher;
 mod redis_subscriber;
 mod report;

@@ -79,6 +79,7 @@ impl EventLoop {
             reason: cause.reason.clone(),
             command_id: cause.command_id,
             source: Some("executor".to_string()),
+            lease_epoch: self.identity.lease_epoch,
         };
         self.publish(self.channels.status(self.identity.strategy_id), &message);
     }
@@ -160,8 +161,11 @@ impl EventLoop {
         }
     }
 
-    /// Give the last link frames and Redis messages a bounded chance to go out.
-    pub(super) async fn flush(&self) {
+    /// Give the last link frames (the orders not sent yet first) and Redis messages
+    /// a bounded chance to go out.
+    pub(super) async fn flush(&mut self) {
+        self.collect_orders();
+        self.send_orders();
         let link = async {
             if let Some(link) = &self.out.link {
                 let (tx, rx) = oneshot::channel();

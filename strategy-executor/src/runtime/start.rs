@@ -8,6 +8,7 @@ use super::control_link::{ControlLink, LinkHandle};
 use super::errors::{print_error, EXIT_FAILURE};
 use super::event_loop::{EventLoop, Identity, Inputs, Outlets};
 use super::lease::Lease;
+use super::orders::OrderOutbox;
 use super::redis_publisher::RedisPublisher;
 use super::redis_subscriber::{RedisSubscriber, TickCounters};
 use super::signals::ProcessSignals;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use strategy_sdk::{Host, Registry, Strategy};
+use strategy_sdk::{Host, OrderIds, Registry, Strategy};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -92,15 +93,20 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
             broker_state: None,
             interval: false,
             lease: None,
+            epoch: None,
         })
     };
-    let (config, saved_broker, interval, grant) = match input {
-        Ok(input) => (
-            input.config,
-            input.broker_state,
-            input.interval,
-            input.lease,
-        ),
+    let (config, saved_broker, interval, grant, epoch) = match input {
+        Ok(input) => {
+            let epoch = input.order_epoch();
+            (
+                input.config,
+                input.broker_state,
+                input.interval,
+                input.lease,
+                epoch,
+            )
+        }
         Err(err) => return print_error(&err, control::EXIT_BAD_CONFIG),
     };
     // In a cluster: no strategy code runs under a lease that already ran out.
@@ -142,8 +148,13 @@ pub fn run(options: RunOptions, registry: &Registry) -> ExitCode {
         strategy_id = %options.strategy_id,
         strategy = %options.name,
     );
-    let code = runtime
-        .block_on(run_async(options, strategy, saved_broker, redis_client, grant).instrument(span));
+    let spawned = Spawned {
+        strategy,
+        saved_broker,
+        grant,
+        epoch,
+    };
+    let code = runtime.block_on(run_async(options, spawned, redis_client).instrument(span));
     runtime.shutdown_timeout(TASK_SHUTDOWN_TIMEOUT);
     ExitCode::from(code)
 }
@@ -179,13 +190,23 @@ pub(super) fn init_tracing(default_level: &str) {
         .try_init();
 }
 
-async fn run_async(
-    options: RunOptions,
+/// What the spawn gave this executor: its strategy, built from the config, and the
+/// rest of its [`control::SpawnInput`].
+struct Spawned {
     strategy: Box<dyn Strategy>,
     saved_broker: SavedBroker,
-    redis_client: redis::Client,
     grant: Option<control::LeaseGrant>,
-) -> u8 {
+    /// The lease epoch its client order ids carry.
+    epoch: i64,
+}
+
+async fn run_async(options: RunOptions, spawned: Spawned, redis_client: redis::Client) -> u8 {
+    let Spawned {
+        strategy,
+        saved_broker,
+        grant,
+        epoch,
+    } = spawned;
     tracing::info!(
         strategy_type = %options.strategy_type,
         redis = %redact_url(&options.redis_url),
@@ -214,8 +235,15 @@ async fn run_async(
         tracker.spawn(super::lease::watch(lease.clone(), cancel.clone()).in_current_span());
         super::lease::backstop(lease.clone());
     }
-    let (mut event_loop, inputs) =
-        start_tasks(&options, strategy, redis_client, &tracker, &cancel, lease);
+    let (mut event_loop, inputs) = start_tasks(
+        &options,
+        strategy,
+        redis_client,
+        &tracker,
+        &cancel,
+        lease,
+        epoch,
+    );
     tracker.close();
     event_loop.restore_broker(saved_broker, &options.strategy_type);
 
@@ -248,6 +276,7 @@ fn start_tasks(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
     lease: Option<Arc<Lease>>,
+    epoch: i64,
 ) -> (EventLoop, Inputs) {
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (tick_tx, tick_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
@@ -289,15 +318,25 @@ fn start_tasks(
         name: options.name.clone(),
         pid: std::process::id(),
         node: options.node.clone(),
+        lease_epoch: lease.as_ref().map(|lease| lease.epoch()),
     };
-    let host = Host::new(options.strategy_id, options.name.clone(), strategy);
+    let mut host = Host::new(options.strategy_id, options.name.clone(), strategy);
+    // Client order ids carry the epoch, and this executor's start time tells its
+    // orders from those of the executors before it.
+    let session = OrderIds::live_session(chrono::Utc::now());
+    host.set_order_ids(OrderIds::new(epoch, options.strategy_id, &session));
+    if link.is_some() {
+        // Reported to the manager after each callback (`orders.rs`).
+        host.record_fills();
+    }
     let outlets = Outlets {
         link,
         publisher: publish_tx,
         subscriptions: subscriptions_tx,
         counters,
     };
-    let event_loop = EventLoop::new(host, identity, channels.clone(), outlets);
+    let orders = OrderOutbox::new(epoch);
+    let event_loop = EventLoop::new(host, identity, channels.clone(), outlets, orders);
     let inputs = Inputs {
         commands: command_rx,
         ticks: tick_rx,

@@ -65,6 +65,7 @@ mod trades;
 pub use metrics::{EquityStats, MetricsInput, PerformanceMetrics, TradeStats};
 pub use trades::{Direction, Trade};
 
+use crate::broker::{Fill, OrderIds};
 use crate::host::{BarFeed, Host};
 use crate::modes::Bar;
 use crate::strategy::{ShutdownReason, Strategy};
@@ -145,6 +146,14 @@ pub struct EquityPoint {
     pub equity: f64,
 }
 
+/// A fill of a backtest and the bar time it filled at (kept only when asked,
+/// [`Backtest::keep_orders`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimedFill {
+    pub at: DateTime<Utc>,
+    pub fill: Fill,
+}
+
 /// What a backtest of one symbol did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BacktestReport {
@@ -167,6 +176,9 @@ pub struct BacktestReport {
     pub equity_curve: Vec<EquityPoint>,
     /// Why the strategy halted itself, if it did.
     pub halt_reason: Option<String>,
+    /// The fills not taken yet with [`Backtest::take_orders`] (the closing ones at
+    /// the end included), when [`Backtest::keep_orders`] asked for them; else empty.
+    pub order_log: Vec<TimedFill>,
 }
 
 /// Replay `bars` (in strictly increasing time order) of `settings.symbol` through
@@ -234,6 +246,8 @@ pub struct Backtest<S: Strategy + ?Sized = dyn Strategy> {
     exposed_bars: usize,
     first: Option<DateTime<Utc>>,
     halted: bool,
+    /// Every fill with its bar time, when kept ([`Backtest::keep_orders`]).
+    order_log: Option<Vec<TimedFill>>,
 }
 
 impl<S: Strategy + ?Sized> Backtest<S> {
@@ -256,7 +270,33 @@ impl<S: Strategy + ?Sized> Backtest<S> {
             exposed_bars: 0,
             first: None,
             halted: false,
+            order_log: None,
         })
+    }
+
+    /// Name the orders with `ids` (a run's lease epoch and session, see [`OrderIds`]).
+    pub fn set_order_ids(&mut self, ids: OrderIds) {
+        self.host.set_order_ids(ids);
+    }
+
+    /// Keep every fill with its bar time, for [`Backtest::take_orders`] (and the
+    /// report's `order_log`). Off by default: a long backtest keeps no history.
+    pub fn keep_orders(&mut self) {
+        self.order_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The fills kept since the last call (empty unless [`Backtest::keep_orders`]).
+    pub fn take_orders(&mut self) -> Vec<TimedFill> {
+        self.order_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn log_fills(&mut self, fills: Vec<Fill>, at: DateTime<Utc>) {
+        if let Some(log) = &mut self.order_log {
+            log.extend(fills.into_iter().map(|fill| TimedFill { at, fill }));
+        }
     }
 
     /// Bars replayed so far.
@@ -301,6 +341,7 @@ impl<S: Strategy + ?Sized> Backtest<S> {
         let fills = self.host.take_fills();
         if !fills.is_empty() {
             self.book.record_all(&fills, bar.ts, false);
+            self.log_fills(fills, bar.ts);
         }
         if self.book.is_open() {
             self.exposed_bars += 1;
@@ -337,7 +378,9 @@ impl<S: Strategy + ?Sized> Backtest<S> {
             return Err(BacktestError::NoBars);
         };
         self.host.flatten(last.ts);
-        self.book.record_all(&self.host.take_fills(), last.ts, true);
+        let closing = self.host.take_fills();
+        self.book.record_all(&closing, last.ts, true);
+        self.log_fills(closing, last.ts);
         self.host.shutdown(last.ts, ShutdownReason::Stop);
         let broker = self.host.context().broker();
         let final_equity = self.settings.initial_capital + broker.pnl();
@@ -364,6 +407,7 @@ impl<S: Strategy + ?Sized> Backtest<S> {
             metrics,
             equity_curve: self.curve.finish(final_equity, MAX_EQUITY_POINTS),
             halt_reason: self.host.context().halt_reason().map(str::to_string),
+            order_log: self.order_log.take().unwrap_or_default(),
         })
     }
 }

@@ -885,6 +885,33 @@
     return { wrap, pre, refresh };
   }
 
+  // The strategy's newest paper orders (`strategy_orders`), each with the lease
+  // epoch it was placed under.
+  const ORDERS_SHOWN = 20;
+  async function loadOrders(name, wrap) {
+    try {
+      const r = await fetch("/api/strategies/" + encodeURIComponent(name) + "/orders?limit=" + ORDERS_SHOWN, { cache: "no-store" });
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
+      wrap.textContent = "";
+      if (!body.orders.length) {
+        wrap.textContent = "no orders recorded yet";
+        return;
+      }
+      const note = document.createElement("p");
+      note.className = "counts";
+      note.textContent = body.orders.length + " newest of " + body.total + " orders";
+      const t = detailTable(body.orders, [
+        ["at", (v) => fmtUtc(v)], ["side"], ["token"], ["quantity"], ["price"],
+        ["lease_epoch", (v) => "epoch " + v], ["client_order_id"],
+      ]);
+      t.id = "detail-orders";
+      wrap.append(note, t);
+    } catch (err) {
+      wrap.textContent = "could not load the orders: " + err.message;
+    }
+  }
+
   function detailTable(rows, cols) {
     const t = document.createElement("table");
     for (const item of rows) {
@@ -930,6 +957,14 @@
       }));
       section("config (checked by the strategy before an update is sent)", configEditor(row, d.config, message));
       section("latest metrics", pre(d.metrics ? d.metrics.metrics : null));
+      const orders = document.createElement("div");
+      orders.textContent = "loading…";
+      const ordersRefresh = button("refresh", "orders-refresh");
+      const ordersWrap = document.createElement("div");
+      ordersWrap.append(orders, ordersRefresh);
+      section("recent orders", ordersWrap);
+      ordersRefresh.onclick = () => loadOrders(d.name, orders);
+      loadOrders(d.name, orders);
       const logs = logSection();
       section("recent log lines", logs.wrap);
       logs.refresh.onclick = () => loadLogs(d.name, logs.pre);

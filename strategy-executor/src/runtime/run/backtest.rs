@@ -27,7 +27,7 @@ use strategy_sdk::backtest::{
     downsample, Backtest, BacktestReport, BacktestSettings, EquityPoint, EquityStats,
     PerformanceMetrics, TradeStats, MAX_EQUITY_POINTS,
 };
-use strategy_sdk::Bar;
+use strategy_sdk::{Bar, OrderIds};
 
 /// The most points of the portfolio's time grid.
 pub const MAX_GRID: usize = 100_000;
@@ -63,6 +63,7 @@ pub(super) fn run(scope: &mut RunScope<'_>) -> Result<Value, RunError> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut replay: Option<Replay> = None;
     let mut countdown = 1;
+    scope.open_orders()?;
     scope.reporter.stage("evaluating")?;
     while let Some((symbol, bar)) = source.next_bar().map_err(|e| scope.bars_error(e))? {
         if replay.as_ref().is_none_or(|r| r.symbol != symbol) {
@@ -77,6 +78,7 @@ pub(super) fn run(scope: &mut RunScope<'_>) -> Result<Value, RunError> {
         countdown -= 1;
         if countdown == 0 {
             countdown = PROGRESS_EVERY_BARS;
+            scope.write_orders(r.backtest.take_orders())?;
             let at = Position {
                 fraction: source.fraction(r.position),
                 completed_items: outcomes.len() as i64,
@@ -87,6 +89,9 @@ pub(super) fn run(scope: &mut RunScope<'_>) -> Result<Value, RunError> {
     }
     if let Some(finished) = replay.take() {
         outcomes.push(finish(scope, &mut grid, finished, symbols)?);
+    }
+    if let Some(orders) = &mut scope.orders {
+        orders.finish()?;
     }
     if outcomes.is_empty() {
         return Err(scope.no_bars());
@@ -123,11 +128,22 @@ fn begin(
         fee_bps: input.fee_bps,
         ..BacktestSettings::new(symbol.as_str(), interval, share)
     };
-    let backtest =
+    let mut backtest =
         Backtest::new(scope.instance(&symbol)?, settings).map_err(|source| RunError::Backtest {
             symbol: symbol.clone(),
             source,
         })?;
+    // The run's orders carry its lease epoch; the run and the symbol's position
+    // keep them apart from every other run's of the strategy.
+    let session = OrderIds::run_session(input.run_id, position);
+    backtest.set_order_ids(OrderIds::new(
+        input.lease_epoch,
+        input.strategy_id,
+        &session,
+    ));
+    if scope.orders.is_some() {
+        backtest.keep_orders();
+    }
     Ok(Replay {
         symbol,
         position,
@@ -162,10 +178,11 @@ fn finish(
         backtest,
         mut cursor,
     } = replay;
-    let report = backtest.finish().map_err(|source| RunError::Backtest {
+    let mut report = backtest.finish().map_err(|source| RunError::Backtest {
         symbol: symbol.clone(),
         source,
     })?;
+    scope.write_orders(std::mem::take(&mut report.order_log))?;
     grid.close(&mut cursor, report.final_equity);
     let total_return = report.metrics.total_return;
     let mut detail = metrics_json(&report.metrics);

@@ -17,12 +17,15 @@
 //! - `source.rs`: the bars file as a stream, read while the manager still writes it,
 //!   with how far the reading is.
 //! - `outbox.rs`: the outbox lines and the progress throttle.
+//! - `orders.rs`: a backtest's fills, appended to the run's orders file for
+//!   `strategy_orders`.
 //! - `backtest.rs`: per symbol the SDK's streaming [`strategy_sdk::backtest::Backtest`],
 //!   and the equal-weight portfolio the result describes.
 //! - `judge.rs`: screener (`Strategy::score`) and alert (`Strategy::signal`) runs.
 
 mod backtest;
 mod judge;
+mod orders;
 mod outbox;
 mod source;
 
@@ -129,6 +132,8 @@ pub(super) struct RunScope<'a> {
     positions: HashMap<&'a str, usize>,
     /// Whether the type's config takes a `token` (set to each symbol).
     has_token: bool,
+    /// A backtest's orders file, when the manager asked for one.
+    orders: Option<orders::OrdersFile>,
 }
 
 impl<'a> RunScope<'a> {
@@ -179,6 +184,25 @@ impl<'a> RunScope<'a> {
         RunError::Bars {
             path: self.input.bars_path.display().to_string(),
             source,
+        }
+    }
+
+    /// Open the orders file, if the run has one.
+    fn open_orders(&mut self) -> Result<(), RunError> {
+        if let Some(path) = &self.input.orders_path {
+            self.orders = Some(orders::OrdersFile::open(path)?);
+        }
+        Ok(())
+    }
+
+    /// Append a backtest's fills to the orders file (nothing without one).
+    fn write_orders(
+        &mut self,
+        fills: Vec<strategy_sdk::backtest::TimedFill>,
+    ) -> Result<(), RunError> {
+        match &mut self.orders {
+            Some(file) if !fills.is_empty() => Ok(file.write(fills)?),
+            _ => Ok(()),
         }
     }
 
@@ -281,6 +305,7 @@ fn run_input(
             .map(|(i, s)| (s.symbol.as_str(), i))
             .collect(),
         has_token: false,
+        orders: None,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| run_mode(&mut scope)));
     let last = match outcome {
