@@ -12,6 +12,8 @@
 //! - [`lease`]: one manager per database, or a cluster's nodes: the advisory locks,
 //!   the lease row and `engine_nodes`, taken and beaten by the daemon, read by
 //!   operators' tools. [`nodes`]: the cluster's nodes as `enginectl nodes` shows them.
+//!   [`cluster_ops`]: draining nodes and moving strategies (the hand-over statement,
+//!   the nodes' room, commands put back for a new owner).
 //! - [`commands`]: inserting a command row (one statement for every tool), and
 //!   checking a row and turning it into a typed command.
 //! - [`executions`]: interval strategies' columns and their statistics (read when a
@@ -45,6 +47,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod cluster_ops;
 pub mod commands;
 pub mod executions;
 pub mod lease;

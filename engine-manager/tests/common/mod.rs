@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`cgroups`]: where the manager puts an executor's limits group (cgroup v1).
+//! - [`cluster`]: cluster nodes (the manager binary with `--cluster`), owners, and
+//!   each strategy's executors across the nodes.
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.
@@ -19,6 +21,7 @@
 #![allow(unused_imports)] // re-exported for the test crates, each uses some
 
 pub mod cgroups;
+pub mod cluster;
 pub mod engine;
 pub mod http_client;
 pub mod log_capture;
