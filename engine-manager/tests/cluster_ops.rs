@@ -290,6 +290,39 @@ async fn a_moved_strategy_runs_on_the_target_once_the_old_executor_is_gone() {
     op.run_ok(Some(ids[1]), "start", json!({})).await;
     assert!(b.executors().contains_key(&ids[1]));
 
+    // A command that reached the old node behind the move goes back to pending and
+    // the new owner carries it out: a move and a pause in one statement, claimed
+    // together by node-b.
+    let rows: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO strategy_commands (strategy_id, command, parameters) \
+         VALUES ($1, 'move', '{\"node\": \"node-a\"}'), ($1, 'pause', '{}') RETURNING id",
+    )
+    .bind(ids[1])
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    for row in &rows {
+        let out = op.outcome(*row, DEADLINE).await;
+        assert_eq!(out.status, "executed", "{:?}", out.error);
+    }
+    let state = op.state(ids[1]).await;
+    assert_eq!(
+        (state.status.as_str(), state.desired_state.as_str()),
+        ("paused", "paused")
+    );
+    assert_eq!(
+        owners(&engine, &[ids[1]]).await[&ids[1]].as_deref(),
+        Some("node-a")
+    );
+    let paused_by: Vec<String> = sqlx::query_scalar(
+        "SELECT node FROM strategy_events WHERE command_id = $1 AND new_status = 'paused'",
+    )
+    .bind(rows[1])
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(paused_by, vec!["node-a".to_string()]);
+
     let (_, doubles) = sampler.finish().await;
     assert!(
         doubles.is_empty(),
@@ -531,6 +564,32 @@ async fn drain_and_move_under_a_stream_of_commands_all_end() {
         doubles.is_empty(),
         "two executors of one strategy: {doubles:?}"
     );
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+    engine.finish().await;
+}
+
+/// The drain of 100 strategies, timed (`--ignored`: it needs the machine to itself;
+/// BENCHMARKS.md-style figure printed on stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a timing run of 100 executors; run alone with --ignored"]
+async fn a_drain_of_a_hundred_strategies_is_done_in_seconds() {
+    let engine = TestEngine::new().await;
+    let a = start_node(&engine, "node-a", &[]).await;
+    let ids = start_many(&engine, "hb", 100).await;
+    let b = start_node(&engine, "node-b", &[]).await;
+    let c = start_node(&engine, "node-c", &[]).await;
+    let began = Instant::now();
+    let (_, out) = engine
+        .op()
+        .run(None, "drain", json!({"node": "node-a"}))
+        .await;
+    let took = began.elapsed();
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    eprintln!("drain of {} strategies: executed after {took:?}", ids.len());
+    assert_each_runs_once_on_its_owner(&engine, &[&a, &b, &c], &ids, &["node-b", "node-c"]).await;
+    assert!(took < Duration::from_secs(10), "{took:?}");
     for node in [a, b, c] {
         node.kill().await;
     }

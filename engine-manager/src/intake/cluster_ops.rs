@@ -50,6 +50,10 @@ pub enum ClusterOpError {
     },
     #[error("cannot read or write the cluster's nodes (engine_nodes)")]
     Store(#[source] sqlx::Error),
+    #[error(
+        "the manager that took this drain stopped before it marked node '{node}' draining, and the node is not draining now (an undrain may have come since); send the drain again if it is still wanted"
+    )]
+    DrainNotStarted { node: String },
     #[error("undrained (command {undrain}) before its drain finished; the strategies handed over so far stay where they went")]
     Undrained { undrain: Uuid },
     #[error(
@@ -252,6 +256,10 @@ impl CommandIntake {
         if drain {
             // A recovered drain (a node restarted meanwhile) does not set the flag
             // again: an undrain may have cleared it since.
+            if recovered && !load.draining {
+                let node = node.to_string();
+                return self.finish_cluster(id, Err(ClusterOpError::DrainNotStarted { node }));
+            }
             if !recovered {
                 if let Err(err) = store::set_draining(&self.shared.pool, node, true).await {
                     return self.finish_cluster(id, Err(ClusterOpError::Store(err)));
