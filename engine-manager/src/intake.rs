@@ -1,6 +1,9 @@
 //! The [`CommandIntake`]: claims command rows (woken by NOTIFY, with a poll as the
 //! safety net), checks them, hands each to its strategy's supervisor in `created_at`
-//! order, and records each outcome on the row.
+//! order, and records each outcome on the row. `cluster_ops`: drain, undrain and
+//! move, and a node's start of the strategies moved to it.
+
+mod cluster_ops;
 
 use crate::supervisor::error::render;
 use crate::supervisor::{
@@ -14,7 +17,7 @@ use engine_store::commands::{parse_command, CommandKind, InvalidCommand};
 use engine_store::manager::{self as db, CommandRow};
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -34,6 +37,9 @@ pub enum IntakeError {
     /// A `cancel` that did not take effect on the runs it named.
     #[error(transparent)]
     Cancel(#[from] crate::runs::CancelError),
+    /// A drain, undrain or move that did not happen (or not all of it).
+    #[error(transparent)]
+    Cluster(#[from] cluster_ops::ClusterOpError),
     /// A global command that did not take effect on some strategies.
     #[error("did not take effect on {} strateg{}: {}", failures.len(), if failures.len() == 1 { "y" } else { "ies" }, GlobalFailures(failures))]
     Global {
@@ -81,7 +87,10 @@ const REMEMBERED: usize = 8192;
 pub struct CommandIntake {
     shared: Arc<Shared>,
     supervisors: HashMap<Uuid, SupervisorHandle>,
-    dispatched: Dispatched,
+    /// Shared with the tasks that put commands back for another node.
+    dispatched: Arc<Mutex<Dispatched>>,
+    /// Cluster only: drains and moves (see `cluster_ops`).
+    node_ops: cluster_ops::NodeOps,
 }
 
 /// The commands this manager has dispatched, most recent [`REMEMBERED`].
@@ -110,6 +119,14 @@ impl Dispatched {
         }
         true
     }
+
+    /// Forget `id`: it went back to `pending` for another node, and this node may
+    /// take it again should the strategy come back.
+    fn forget(&mut self, id: Uuid) {
+        if self.ids.remove(&id) {
+            self.order.retain(|o| *o != id);
+        }
+    }
 }
 
 impl CommandIntake {
@@ -117,7 +134,8 @@ impl CommandIntake {
         CommandIntake {
             shared,
             supervisors,
-            dispatched: Dispatched::default(),
+            dispatched: Default::default(),
+            node_ops: Default::default(),
         }
     }
 
@@ -132,7 +150,10 @@ impl CommandIntake {
     ) {
         let none = HashSet::new();
         for row in recovered {
-            self.dispatched.first_time(row.id);
+            self.dispatched
+                .lock()
+                .expect("dispatched lock")
+                .first_time(row.id);
             tracing::info!(command_id = %row.id, command = %row.command, "finishing a command the previous manager left processing");
             let recovery = Recovery {
                 from: row.created_at,
@@ -154,6 +175,9 @@ impl CommandIntake {
                 self.fail_dead_parts().await;
             }
             if !db_down {
+                self.cluster_poll().await;
+            }
+            if !db_down {
                 self.claim_strategies().await;
             }
             match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH, &self.shared.scope).await
@@ -169,7 +193,12 @@ impl CommandIntake {
                     let more = rows.len() as i64 == CLAIM_BATCH
                         || (cluster && rows.iter().any(|r| r.strategy_id.is_none()));
                     for row in rows {
-                        if !self.dispatched.first_time(row.id) {
+                        if !self
+                            .dispatched
+                            .lock()
+                            .expect("dispatched lock")
+                            .first_time(row.id)
+                        {
                             tracing::warn!(command_id = %row.id, command = %row.command, "a command came back as pending (a database crash undid its claim); it was already taken, and is not applied twice");
                             continue;
                         }
@@ -192,7 +221,10 @@ impl CommandIntake {
                 _ = cancel.cancelled() => break,
                 _ = poll => {}
                 notified = recv(&mut listener) => match notified {
-                    Ok(deleted) => self.drop_supervisors(&deleted),
+                    Ok(notified) => {
+                        self.drop_supervisors(&notified.deleted);
+                        self.node_ops.woken |= notified.node_ops;
+                    }
                     Err(_) => listener = None,
                 },
             }
@@ -213,6 +245,9 @@ impl CommandIntake {
                 return;
             }
         };
+        if self.dispatch_cluster_op(&row, &kind, recovered_from).await {
+            return;
+        }
         if let (CommandKind::Cancel { run_id }, Some(strategy_id)) = (&kind, row.strategy_id) {
             // Straight to the runs: a cancel never waits behind the strategy's other
             // commands in its supervisor's queue.
@@ -234,6 +269,9 @@ impl CommandIntake {
         }
         match row.strategy_id {
             Some(strategy_id) => {
+                if self.requeue_if_elsewhere(strategy_id, row.id).await {
+                    return;
+                }
                 let Some(handle) = self.supervisor(strategy_id).await else {
                     self.finish(row.id, Err(IntakeError::UnknownStrategy { strategy_id }));
                     return;
@@ -248,19 +286,11 @@ impl CommandIntake {
                     reply,
                 };
                 if handle.tx.send(Box::new(cmd)).await.is_err() {
-                    return; // shutting down: the row stays `processing` for the next manager
+                    // Shutting down: the row stays `processing` for the next manager
+                    // (in a cluster, it goes back for the strategy's new node).
+                    return self.supervisor_gone(row.id);
                 }
-                let shared = self.shared.clone();
-                let id = row.id;
-                self.shared.tracker.spawn(async move {
-                    if let Ok(outcome) = rx.await {
-                        let result = match outcome {
-                            Outcome::Failed(e) => Err(IntakeError::Failed(e)),
-                            Outcome::Done | Outcome::NotApplicable => Ok(()),
-                        };
-                        finish_with_retry(&shared, id, result).await;
-                    }
-                });
+                self.finish_when_answered(row.id, rx);
             }
             None => {
                 let superseded: HashSet<Uuid> = self
@@ -281,6 +311,25 @@ impl CommandIntake {
                 self.dispatch_global(global).await
             }
         }
+    }
+
+    /// Record the outcome a supervisor replies for command `id` (one that reached it
+    /// after the strategy went to another node goes back to `pending` for that node).
+    fn finish_when_answered(&self, id: Uuid, rx: oneshot::Receiver<Outcome>) {
+        let shared = self.shared.clone();
+        let dispatched = self.dispatched.clone();
+        self.shared.tracker.spawn(async move {
+            if let Ok(outcome) = rx.await {
+                let result = match outcome {
+                    Outcome::Failed(e) => Err(IntakeError::Failed(e)),
+                    Outcome::Done | Outcome::NotApplicable => Ok(()),
+                    Outcome::Elsewhere => {
+                        return cluster_ops::requeue(&shared, &dispatched, id).await
+                    }
+                };
+                finish_with_retry(&shared, id, result).await;
+            }
+        });
     }
 
     /// A global command takes its place in every supervisor's queue; the row (in a
@@ -439,6 +488,11 @@ impl CommandIntake {
                 return None;
             }
         };
+        if self.shared.scope.node().is_some() {
+            // A cluster node serves only what it owns; one it has no supervisor for
+            // was moved here (see `cluster_ops`).
+            return Some(self.supervise_owned(row).await);
+        }
         let handle = StrategySupervisor::spawn(self.shared.clone(), row, Initial::Idle);
         self.supervisors.insert(id, handle.clone());
         Some(handle)
@@ -539,20 +593,35 @@ const DELETED_CHANNEL: &str = "strategy_configs_deleted";
 async fn listen(shared: &Shared) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(&shared.pool).await.ok()?;
     listener
-        .listen_all(["strategy_commands", DELETED_CHANNEL])
+        .listen_all([
+            "strategy_commands",
+            DELETED_CHANNEL,
+            engine_store::cluster_ops::NODE_OPS_CHANNEL,
+        ])
         .await
         .ok()?;
     Some(listener)
 }
 
-/// Wait for notifications; the ids of the strategies deleted meanwhile.
-async fn recv(listener: &mut Option<PgListener>) -> Result<Vec<Uuid>, sqlx::Error> {
+/// What the notifications said.
+#[derive(Default)]
+struct Notified {
+    /// The strategies deleted meanwhile.
+    deleted: Vec<Uuid>,
+    /// A drain, undrain or hand-over happened (cluster only).
+    node_ops: bool,
+}
+
+/// Wait for notifications.
+async fn recv(listener: &mut Option<PgListener>) -> Result<Notified, sqlx::Error> {
     match listener {
         Some(l) => {
-            let mut deleted = Vec::new();
+            let mut notified = Notified::default();
             let mut note = |n: sqlx::postgres::PgNotification| {
                 if n.channel() == DELETED_CHANNEL {
-                    deleted.extend(n.payload().parse::<Uuid>().ok());
+                    notified.deleted.extend(n.payload().parse::<Uuid>().ok());
+                } else if n.channel() == engine_store::cluster_ops::NODE_OPS_CHANNEL {
+                    notified.node_ops = true;
                 }
             };
             note(l.recv().await?);
@@ -560,7 +629,7 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<Vec<Uuid>, sqlx::Erro
             while let Some(n) = l.next_buffered() {
                 note(n);
             }
-            Ok(deleted)
+            Ok(notified)
         }
         None => std::future::pending().await,
     }

@@ -180,7 +180,9 @@ async fn command_api_health_and_metrics() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
         body["allowed"],
-        json!(["start", "stop", "restart", "update", "pause", "resume", "cancel", "trigger"])
+        json!([
+            "start", "stop", "restart", "update", "pause", "resume", "cancel", "trigger", "move"
+        ])
     );
     let (status, body) = post(
         &base,

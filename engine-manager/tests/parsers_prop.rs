@@ -125,7 +125,7 @@ proptest! {
                 prop_assert_eq!(kind.word(), word.as_str());
                 prop_assert!(params.is_object());
                 if global {
-                    prop_assert!(["stop", "pause", "resume"].contains(&kind.word()));
+                    prop_assert!(["stop", "pause", "resume", "drain", "undrain"].contains(&kind.word()));
                 }
             }
             Err(e) => prop_assert!(e.to_string().len() > 20, "terse error: {}", e),

@@ -38,6 +38,20 @@ pub enum CommandKind {
     },
     /// One execution of an interval strategy now (CONTRACT.md §5).
     Trigger,
+    /// Global (CONTRACT.md §7): node `node` hands its strategies to other nodes and
+    /// takes no new ones. Also what a draining node's supervisors are handed, one
+    /// per strategy, to hand theirs over.
+    Drain {
+        node: String,
+    },
+    /// Global: node `node` takes new strategies again.
+    Undrain {
+        node: String,
+    },
+    /// Stop the strategy on the node that owns it and start it on node `node`.
+    Move {
+        node: String,
+    },
 }
 
 impl CommandKind {
@@ -51,6 +65,9 @@ impl CommandKind {
             CommandKind::Resume => CommandWord::Resume,
             CommandKind::Cancel { .. } => CommandWord::Cancel,
             CommandKind::Trigger => CommandWord::Trigger,
+            CommandKind::Drain { .. } => CommandWord::Drain,
+            CommandKind::Undrain { .. } => CommandWord::Undrain,
+            CommandKind::Move { .. } => CommandWord::Move,
         }
     }
 
@@ -102,9 +119,23 @@ pub enum InvalidCommand {
         suggestion: Option<CommandWord>,
     },
     #[error(
-        "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume and stop — give a strategy_id to {word} one strategy"
+        "'{word}' cannot be global (strategy_id NULL); global commands are pause, resume, stop, drain and undrain — give a strategy_id to {word} one strategy"
     )]
     NotGlobal { word: String },
+    #[error(
+        "'{word}' is a global command about a node, not a strategy: insert it with strategy_id NULL and parameters {{\"node\": \"<name>\"}} (`enginectl {word} NODE`); to move one strategy use move"
+    )]
+    OnlyGlobal { word: String },
+    #[error(
+        "{word} needs parameters {{\"node\": \"<name>\"}} naming a cluster node (`enginectl nodes` lists them)"
+    )]
+    MissingNode { word: String },
+    #[error(
+        "parameters.node must be a node's name (a string of 1 to 200 characters, as `enginectl nodes` shows it), got {value}"
+    )]
+    BadNode { value: Value },
+    #[error("unknown parameter '{key}' for {word}; it takes only \"node\": \"<name>\"")]
+    UnknownNodeParameter { word: String, key: String },
     #[error("unknown parameter '{key}' for {word}; {word} takes no parameters (use {{}})")]
     TakesNoParameters { word: String, key: String },
     #[error(
@@ -172,6 +203,11 @@ pub fn parse_command(
             word: word.to_string(),
         });
     }
+    if !global && command.only_global() {
+        return Err(InvalidCommand::OnlyGlobal {
+            word: word.to_string(),
+        });
+    }
     match command {
         CommandWord::Start | CommandWord::Pause | CommandWord::Resume | CommandWord::Trigger => {
             no_parameters(word, params)?;
@@ -192,6 +228,35 @@ pub fn parse_command(
         }
         CommandWord::Update => update_parameters(params),
         CommandWord::Cancel => cancel_parameters(params),
+        CommandWord::Drain | CommandWord::Undrain | CommandWord::Move => {
+            let node = node_parameter(word, params)?;
+            Ok(match command {
+                CommandWord::Drain => CommandKind::Drain { node },
+                CommandWord::Undrain => CommandKind::Undrain { node },
+                _ => CommandKind::Move { node },
+            })
+        }
+    }
+}
+
+/// The `node` of drain, undrain and move: a node's name, and nothing else.
+fn node_parameter(word: &str, params: &Map<String, Value>) -> Result<String, InvalidCommand> {
+    if let Some(key) = params.keys().find(|k| k.as_str() != "node") {
+        return Err(InvalidCommand::UnknownNodeParameter {
+            word: word.to_string(),
+            key: key.clone(),
+        });
+    }
+    let Some(value) = params.get("node") else {
+        return Err(InvalidCommand::MissingNode {
+            word: word.to_string(),
+        });
+    };
+    match value.as_str() {
+        Some(node) if !node.is_empty() && node.chars().count() <= 200 => Ok(node.to_string()),
+        _ => Err(InvalidCommand::BadNode {
+            value: value.clone(),
+        }),
     }
 }
 
@@ -351,6 +416,40 @@ mod tests {
             parse_command("trigger", &json!({}), false),
             Ok(CommandKind::Trigger)
         );
+        assert_eq!(
+            parse_command("drain", &json!({"node": "node-a"}), true),
+            Ok(CommandKind::Drain {
+                node: "node-a".into()
+            })
+        );
+        assert_eq!(
+            parse_command("undrain", &json!({"node": "node-a"}), true),
+            Ok(CommandKind::Undrain {
+                node: "node-a".into()
+            })
+        );
+        assert_eq!(
+            parse_command("move", &json!({"node": "node-b"}), false),
+            Ok(CommandKind::Move {
+                node: "node-b".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_node_commands_say_what_would_be_right() {
+        assert!(err("drain", json!({}), true).contains("drain needs parameters {\"node\""));
+        assert!(err("move", json!({}), false).contains("move needs parameters {\"node\""));
+        assert!(err("drain", json!({"node": 7}), true).contains("node's name"));
+        assert!(err("drain", json!({"node": ""}), true).contains("got \"\""));
+        assert!(err("undrain", json!({"node": "a".repeat(201)}), true).contains("1 to 200"));
+        assert!(err("move", json!({"node": "b", "now": true}), false)
+            .contains("unknown parameter 'now' for move; it takes only \"node\""));
+        assert!(
+            err("drain", json!({"node": "a"}), false).contains("is a global command about a node")
+        );
+        assert!(err("undrain", json!({"node": "a"}), false).contains("strategy_id NULL"));
+        assert!(err("move", json!({"node": "b"}), true).contains("'move' cannot be global"));
     }
 
     #[test]

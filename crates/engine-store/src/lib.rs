@@ -14,6 +14,8 @@
 //!   operators' tools. [`nodes`]: the cluster's nodes as `enginectl nodes` shows them.
 //! - [`command_parts`]: global commands in a cluster: every node's part of one,
 //!   claimed in order with the node's own commands, the row finished with the last.
+//!   [`cluster_ops`]: draining nodes and moving strategies (the hand-over statement,
+//!   the nodes' room, commands put back for a new owner).
 //! - [`commands`]: inserting a command row (one statement for every tool), and
 //!   checking a row and turning it into a typed command.
 //! - [`executions`]: interval strategies' columns and their statistics (read when a
@@ -49,6 +51,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod cluster_ops;
 pub mod command_parts;
 pub mod commands;
 pub mod executions;

@@ -102,6 +102,13 @@ pub enum CommandWord {
     Cancel,
     /// One execution of an interval strategy now (CONTRACT.md §5).
     Trigger,
+    /// Global, `{"node": …}`: the node hands its strategies to others and takes no
+    /// new ones (CONTRACT.md §7).
+    Drain,
+    /// Global, `{"node": …}`: the node takes new strategies again.
+    Undrain,
+    /// `{"node": …}`: stop the strategy on its node, start it on that one.
+    Move,
 }
 
 vocabulary!(CommandWord, "command", [
@@ -113,16 +120,28 @@ vocabulary!(CommandWord, "command", [
     Resume => "resume",
     Cancel => "cancel",
     Trigger => "trigger",
+    Drain => "drain",
+    Undrain => "undrain",
+    Move => "move",
 ]);
 
 impl CommandWord {
     /// Whether a row with no `strategy_id` (a global command, the kill switch) may
-    /// carry it: pause, resume and stop.
+    /// carry it: pause, resume and stop, and the cluster's drain and undrain.
     pub fn may_be_global(self) -> bool {
         matches!(
             self,
-            CommandWord::Stop | CommandWord::Pause | CommandWord::Resume
+            CommandWord::Stop
+                | CommandWord::Pause
+                | CommandWord::Resume
+                | CommandWord::Drain
+                | CommandWord::Undrain
         )
+    }
+
+    /// Whether it is only ever global: drain and undrain name a node, not a strategy.
+    pub fn only_global(self) -> bool {
+        matches!(self, CommandWord::Drain | CommandWord::Undrain)
     }
 }
 
@@ -250,11 +269,11 @@ mod tests {
         );
         assert_eq!(
             CommandWord::list(),
-            "start, stop, restart, update, pause, resume, cancel, trigger"
+            "start, stop, restart, update, pause, resume, cancel, trigger, drain, undrain, move"
         );
         assert_eq!(
             "Stop".parse::<CommandWord>().unwrap_err().to_string(),
-            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume, cancel, trigger"
+            "unknown command 'Stop'; expected one of start, stop, restart, update, pause, resume, cancel, trigger, drain, undrain, move"
         );
         assert!("".parse::<DesiredState>().is_err());
         assert!("done".parse::<CommandStatus>().is_err());

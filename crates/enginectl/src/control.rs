@@ -441,6 +441,9 @@ async fn orders_for(
                     })
                     .collect())
             }
+            CommandWord::Drain | CommandWord::Undrain | CommandWord::Move => {
+                bail!("{} names a node, not --all", verb.as_str())
+            }
         };
     }
     if names.is_empty() {

@@ -12,7 +12,7 @@
 //! - [`view`]: one strategy's row as `list` and `watch` show it; [`table`]: plain
 //!   text tables; [`spinner`]: progress on stderr.
 //! - [`watch`], [`logs`], [`history`], [`audit`], [`doctor`], [`executor`] (`types`, validation).
-//! - [`nodes`]: `nodes`, the cluster's nodes.
+//! - [`nodes`]: `nodes`, the cluster's nodes. [`cluster`]: `drain`, `undrain`, `move`.
 //! - [`orders`]: `orders`, a strategy's paper orders (`strategy_orders`).
 //! - [`data`]: `data`, `data generate`, `data import` (market data for runs).
 //! - [`runs`]: `run` (insert a run, follow it with a progress bar, print its
@@ -21,6 +21,7 @@
 //! - [`shell`]: names quoted for the shell in every hint that prints a command line.
 
 pub mod audit;
+pub mod cluster;
 pub mod control;
 pub mod data;
 pub mod doctor;
@@ -260,6 +261,13 @@ pub enum Command {
     },
     /// Market data for runs: what is loaded (`data`), `data generate`, `data import`.
     Data(data::DataArgs),
+    /// Cluster: hand a node's strategies to the other nodes (each stopped there with
+    /// positions left, started elsewhere); the node takes no new ones until undrained.
+    Drain(cluster::NodeArgs),
+    /// Cluster: let a drained node take new strategies again.
+    Undrain(cluster::NodeArgs),
+    /// Cluster: move a strategy to another node (stopped where it runs, started there).
+    Move(cluster::MoveArgs),
 }
 
 /// What every subcommand shares: the flags that say where the engine is.
@@ -397,5 +405,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<Finish
         Command::Cancel(args) => runs::cancel(&target, args).await,
         Command::Schedule { command } => schedules::schedule(&target, command).await,
         Command::Data(args) => data::data(&target, args).await,
+        Command::Drain(args) => cluster::drain(&target, args, true).await,
+        Command::Undrain(args) => cluster::drain(&target, args, false).await,
+        Command::Move(args) => cluster::move_strategy(&target, args).await,
     }
 }

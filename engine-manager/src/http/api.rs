@@ -272,8 +272,14 @@ pub async fn post_command(
 ) -> Result<Response, ApiError> {
     let Ok(word) = command.parse::<CommandWord>() else {
         return Err(
-            ApiError::bad_request(format!("unknown command '{command}'"))
-                .with("allowed", json!(CommandWord::ALL)),
+            ApiError::bad_request(format!("unknown command '{command}'")).with(
+                "allowed",
+                // Per strategy: drain and undrain name a node, not a strategy.
+                json!(CommandWord::ALL
+                    .into_iter()
+                    .filter(|w| !w.only_global())
+                    .collect::<Vec<_>>()),
+            ),
         );
     };
     let parameters: Value = if body.iter().all(u8::is_ascii_whitespace) {

@@ -68,7 +68,12 @@ impl IntoResponse for ApiError {
 
 /// Any path no route serves.
 pub async fn not_found_route(uri: Uri) -> ApiError {
-    let command_words = engine_store::CommandWord::ALL.map(|w| w.as_str()).join("|");
+    let command_words: Vec<&str> = engine_store::CommandWord::ALL
+        .into_iter()
+        .filter(|w| !w.only_global())
+        .map(|w| w.as_str())
+        .collect();
+    let command_words = command_words.join("|");
     ApiError::not_found(format!("no such endpoint: {}", uri.path())).with(
         "endpoints",
         json!([

@@ -149,6 +149,60 @@ pub enum CommandError {
     /// The triggered execution failed, timed out, or never ended.
     #[error("the execution failed: {error}")]
     Execution { error: String },
+    /// A `move`, or a drain's hand-over, that did not happen (cluster only).
+    #[error(transparent)]
+    HandOver(#[from] HandOverError),
+}
+
+/// What the check of a move's target found (cluster only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetCheck {
+    /// Alive, not draining, below its capacity.
+    Fits,
+    /// The node that owns the strategy already: nothing to move.
+    SameNode,
+}
+
+/// Why a strategy was not handed to another node (cluster only). The strategy stays
+/// where it is (started again there when the hand-over had stopped it).
+#[derive(Debug, Error)]
+pub enum HandOverError {
+    #[error(
+        "unknown node '{node}'; the cluster's nodes are {known} (`enginectl nodes` lists them)"
+    )]
+    UnknownNode { node: String, known: String },
+    #[error(
+        "node '{node}' is not alive (its last heartbeat was {age_s:.1}s ago, its lease time is {lease_s:.1}s); move the strategy to a live node"
+    )]
+    DeadNode {
+        node: String,
+        age_s: f64,
+        lease_s: f64,
+    },
+    #[error(
+        "node '{node}' is draining and takes no strategies; pick another node, or undrain it first (`enginectl undrain {node}`)"
+    )]
+    Draining { node: String },
+    #[error(
+        "node '{node}' is full: it owns {owned} strategies and its capacity (--capacity) is {capacity}; pick another node"
+    )]
+    Full {
+        node: String,
+        owned: i64,
+        capacity: i32,
+    },
+    #[error(
+        "node '{node}' could not take the strategy at the moment of the hand-over (it filled up, began draining or stopped beating meanwhile); the strategy stays on this node"
+    )]
+    TargetRefused { node: String },
+    #[error("this node no longer owns the strategy ({owner} does, lease epoch {epoch}); nothing was handed over")]
+    Lost { owner: String, epoch: i64 },
+    #[error(
+        "the strategy's stop could not be recorded (the database does not answer), so it was not handed over; it stays on this node"
+    )]
+    DatabaseAway,
+    #[error("the hand-over could not be written; the strategy stays on this node")]
+    Store(#[source] sqlx::Error),
 }
 
 /// Why a strategy in `status` cannot be triggered, and what would help.

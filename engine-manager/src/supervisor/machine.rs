@@ -9,7 +9,7 @@
 //! are never interleaved with another command.
 
 use super::error::{describe_exit, render, CommandError, RequestError, StartError};
-use super::error::{StopError, UpdateError};
+use super::error::{HandOverError, StopError, TargetCheck, UpdateError};
 use super::Outcome;
 use crate::config::RestartPolicy;
 use crate::process::ExitInfo;
@@ -142,6 +142,11 @@ pub enum Event {
     RequestEnded(Result<(), RequestError>),
     /// An [`Effect::Update`] ended.
     UpdateEnded(Result<(), UpdateError>),
+    /// An [`Effect::CheckTarget`] ended: may the strategy move there?
+    TargetChecked(Result<TargetCheck, HandOverError>),
+    /// An [`Effect::Release`] ended: the strategy is another node's now (or no
+    /// node's, for the others to claim), or still this one's.
+    Released(Result<(), HandOverError>),
     /// The manager is shutting down.
     Shutdown,
 }
@@ -205,6 +210,18 @@ pub enum Effect {
     Trigger {
         command_id: Uuid,
     },
+    /// Cluster only: is `node` alive, not draining and below its capacity? →
+    /// [`Event::TargetChecked`].
+    CheckTarget {
+        node: String,
+    },
+    /// Cluster only: hand the stopped strategy to `to` (`None`: to no node, for the
+    /// others to claim) in one statement conditional on this node's epoch →
+    /// [`Event::Released`]. Pending writes go first.
+    Release {
+        to: Option<String>,
+        command_id: Uuid,
+    },
     /// The current command's outcome.
     Reply(Outcome),
     Log {
@@ -255,6 +272,8 @@ enum Waiting {
         reply: Option<(DesiredState, bool)>,
     },
     Update,
+    /// A move's check of its target, or a hand-over's release ([`HandOver`]).
+    HandOver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -262,7 +281,30 @@ enum AfterStop {
     Reply,
     /// A restart: start once stopped.
     Start(Uuid),
+    /// A move or a drain: hand the strategy over once stopped.
+    HandOver,
     Nothing,
+}
+
+/// A hand-over to another node in progress (cluster only): a `move` names the node,
+/// a drain releases the strategy for any node to claim.
+#[derive(Debug, Clone, PartialEq)]
+struct HandOver {
+    command: Uuid,
+    to: Option<String>,
+    /// The executor was live when the hand-over began: if the hand-over does not
+    /// happen, it is started again here.
+    was_live: bool,
+}
+
+impl HandOver {
+    /// The event reason: `move` or `drain`.
+    fn reason(&self) -> &'static str {
+        match self.to {
+            Some(_) => engine_store::cluster_ops::MOVE_REASON,
+            None => engine_store::cluster_ops::DRAIN_REASON,
+        }
+    }
 }
 
 /// One strategy's supervisor state.
@@ -276,6 +318,8 @@ pub struct Machine {
     /// The reason of a `halted` frame, until the exit that follows it.
     halt_reason: Option<String>,
     waiting: Option<Waiting>,
+    /// A move or a drain's hand-over in progress.
+    handing_over: Option<HandOver>,
 }
 
 /// The transition function: `machine` after `event`, and what to do.
@@ -293,6 +337,7 @@ impl Machine {
             consecutive_crashes: 0,
             halt_reason: None,
             waiting: None,
+            handing_over: None,
         }
     }
 
@@ -358,6 +403,8 @@ impl Machine {
                     out.push(reply(result.map_err(CommandError::from)));
                 }
             }
+            Event::TargetChecked(result) => self.target_checked(result, ctx, &mut out),
+            Event::Released(result) => self.released(result, &mut out),
             Event::Shutdown => self.shutdown(ctx, &mut out),
         }
         out
@@ -509,6 +556,124 @@ impl Machine {
                 Status::Running => out.push(Effect::Trigger { command_id: id }),
                 status => out.push(reply(Err(CommandError::CannotTrigger { status }))),
             },
+            CommandKind::Move { node } => {
+                self.handing_over = Some(HandOver {
+                    command: id,
+                    to: Some(node.clone()),
+                    was_live: ctx.process,
+                });
+                self.waiting = Some(Waiting::HandOver);
+                out.push(Effect::CheckTarget { node });
+            }
+            // A draining node's hand-over of this strategy (the intake sends it).
+            CommandKind::Drain { .. } => {
+                self.handing_over = Some(HandOver {
+                    command: id,
+                    to: None,
+                    was_live: ctx.process,
+                });
+                self.hand_over_stop(ctx, out);
+            }
+            // Only the intake acts on undrain: nothing for a strategy.
+            CommandKind::Undrain { .. } => out.push(Effect::Reply(Outcome::NotApplicable)),
+        }
+    }
+
+    // ------------------------------------------------------------ hand-over
+
+    fn target_checked(
+        &mut self,
+        result: Result<TargetCheck, HandOverError>,
+        ctx: &Ctx,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.waiting.take() != Some(Waiting::HandOver) {
+            return;
+        }
+        match result {
+            Ok(TargetCheck::Fits) => self.hand_over_stop(ctx, out),
+            Ok(TargetCheck::SameNode) => {
+                self.handing_over = None;
+                out.push(info(
+                    "move: the strategy is on that node already; nothing to do",
+                ));
+                out.push(Effect::Reply(Outcome::NotApplicable));
+            }
+            Err(err) => {
+                self.handing_over = None;
+                out.push(reply(Err(err.into())));
+            }
+        }
+    }
+
+    /// Stop the executor (graceful, positions left, `desired_state` kept: not an
+    /// operator's stop), then release the strategy.
+    fn hand_over_stop(&mut self, ctx: &Ctx, out: &mut Vec<Effect>) {
+        let Some(hand_over) = &self.handing_over else {
+            return;
+        };
+        let (id, why) = (hand_over.command, hand_over.reason());
+        if !ctx.process {
+            self.release(out);
+            return;
+        }
+        let since = self.state.since();
+        self.go(
+            State::Stopping { since },
+            Some(why.to_string()),
+            None,
+            Some(id),
+            out,
+        );
+        self.waiting = Some(Waiting::Stop {
+            then: AfterStop::HandOver,
+            // Said to the strategy: it goes on elsewhere, as after a restart.
+            reason: ShutdownReason::Restart,
+            command: Some(id),
+        });
+        out.push(Effect::Shutdown {
+            grace: DEFAULT_STOP_TIMEOUT,
+            mode: StopMode::Leave,
+            reason: ShutdownReason::Restart,
+            command_id: id,
+        });
+    }
+
+    fn release(&mut self, out: &mut Vec<Effect>) {
+        let Some(hand_over) = &self.handing_over else {
+            return;
+        };
+        self.waiting = Some(Waiting::HandOver);
+        out.push(Effect::Release {
+            to: hand_over.to.clone(),
+            command_id: hand_over.command,
+        });
+    }
+
+    fn released(&mut self, result: Result<(), HandOverError>, out: &mut Vec<Effect>) {
+        if self.waiting.take() != Some(Waiting::HandOver) {
+            return;
+        }
+        let Some(hand_over) = self.handing_over.take() else {
+            return;
+        };
+        match result {
+            // The shell ends this supervisor: the strategy is not this node's.
+            Ok(()) => out.push(Effect::Reply(Outcome::Done)),
+            Err(err @ HandOverError::Lost { .. }) => out.push(reply(Err(err.into()))),
+            Err(err) => {
+                out.push(reply(Err(err.into())));
+                let live = matches!(self.desired, DesiredState::Running | DesiredState::Paused);
+                if hand_over.was_live && live && self.state == State::Stopped {
+                    let paused = self.desired == DesiredState::Paused;
+                    self.start(
+                        None,
+                        "started again here: the hand-over did not happen",
+                        paused,
+                        out,
+                    );
+                }
+            }
         }
     }
 
@@ -663,8 +828,11 @@ impl Machine {
             return;
         };
         if result.is_ok() {
-            let why = Some(reason.as_str().to_string());
-            self.go(State::Stopped, why, None, command, out);
+            let why = match (then, &self.handing_over) {
+                (AfterStop::HandOver, Some(hand_over)) => hand_over.reason(),
+                _ => reason.as_str(),
+            };
+            self.go(State::Stopped, Some(why.to_string()), None, command, out);
         }
         self.after_stop(then, result, command, out);
     }
@@ -678,6 +846,11 @@ impl Machine {
     ) {
         match (then, result) {
             (AfterStop::Start(id), Ok(())) => self.operator_start(id, out),
+            (AfterStop::HandOver, Ok(())) => self.release(out),
+            (AfterStop::HandOver, Err(err)) => {
+                self.handing_over = None;
+                out.push(reply(Err(err.into())));
+            }
             (AfterStop::Reply | AfterStop::Start(_), result) if command.is_some() => {
                 out.push(reply(result.map_err(CommandError::from)))
             }
@@ -873,6 +1046,8 @@ fn applies_globally(kind: &CommandKind, status: Status) -> bool {
         CommandKind::Stop { .. } => !matches!(status, Status::Stopped | Status::Error),
         CommandKind::Pause => status == Status::Running,
         CommandKind::Resume => status == Status::Paused,
+        // A draining node hands every strategy over, whatever its state.
+        CommandKind::Drain { .. } => true,
         _ => false,
     }
 }

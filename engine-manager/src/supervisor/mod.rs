@@ -12,10 +12,13 @@
 //! - `record`: what a transition writes, and the [`record::Journal`] that keeps
 //!   writes through a database outage.
 //! - `broker`: the broker state the executor reports, kept for the next executor.
+//! - `hand_over`: a move's check of its target, and the release of a strategy to
+//!   another node (a move, a drain), cluster only.
 //! - [`error`]: the typed failures, rendered to words only where they are written.
 
 mod broker;
 pub mod error;
+mod hand_over;
 pub mod machine;
 mod ops;
 mod record;
@@ -54,6 +57,9 @@ pub enum Outcome {
     /// A global command that did not apply to this strategy's state.
     NotApplicable,
     Failed(CommandError),
+    /// Not applied: the strategy is another node's now (handed over, or lost to a
+    /// failover). The command goes back to `pending` for its new owner.
+    Elsewhere,
 }
 
 /// A command for one supervisor.
@@ -348,7 +354,12 @@ impl StrategySupervisor {
         // and this strategy is not there to take it.
         self.inbox.close();
         while let Ok(cmd) = self.inbox.try_recv() {
-            let _ = cmd.reply.send(Outcome::NotApplicable);
+            let outcome = if self.is_lost() {
+                Outcome::Elsewhere
+            } else {
+                Outcome::NotApplicable
+            };
+            let _ = cmd.reply.send(outcome);
         }
         self.shared.forget_strategy(self.id);
         self.shared.executions.send(ExecMessage::NotRunning {
@@ -486,6 +497,12 @@ impl StrategySupervisor {
                 self.update(&patch, limits.as_ref(), command_id, online)
                     .await,
             )),
+            Effect::CheckTarget { node } => {
+                Some(Event::TargetChecked(self.check_target(&node).await))
+            }
+            Effect::Release { to, command_id } => Some(Event::Released(
+                self.release(to.as_deref(), command_id).await,
+            )),
             other => self.perform_now(other).await,
         }
     }
@@ -527,7 +544,7 @@ impl StrategySupervisor {
                 tracing::warn!(error = %error::render(e), "command failed")
             }
             Outcome::Done => tracing::info!("command executed"),
-            Outcome::NotApplicable => {}
+            Outcome::NotApplicable | Outcome::Elsewhere => {}
         }
         let Some(reply) = self.replying.take() else {
             return;

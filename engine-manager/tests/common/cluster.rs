@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use uuid::Uuid;
 
-/// One manager binary of the test: its name, process and state directory.
+/// One manager binary of the test: its name, process and state directory. Dropped,
+/// it is SIGKILLed with its executors.
 pub struct Node {
     pub name: String,
     pub child: tokio::process::Child,
@@ -17,7 +18,7 @@ pub struct Node {
 
 impl Node {
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("manager running")
+        self.child.id().unwrap_or_default()
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -41,11 +42,24 @@ impl Node {
     pub async fn kill(mut self) {
         sigkill(self.pid());
         let _ = self.child.wait().await;
-        for pids in executors_alive_together(&self.control_socket()).values() {
+        self.kill_executors();
+    }
+
+    fn kill_executors(&self) {
+        for pids in self.executors().values() {
             for pid in pids {
                 sigkill(*pid);
             }
         }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            sigkill(pid);
+        }
+        self.kill_executors();
     }
 }
 
@@ -113,4 +127,17 @@ pub async fn owners(engine: &TestEngine, ids: &[Uuid]) -> HashMap<Uuid, Option<S
             .await
             .unwrap();
     rows.into_iter().collect()
+}
+
+/// The executors of every node, by strategy: (node, pid) pairs.
+pub fn executors_everywhere(nodes: &[&Node]) -> HashMap<Uuid, Vec<(String, u32)>> {
+    let mut all: HashMap<Uuid, Vec<(String, u32)>> = HashMap::new();
+    for node in nodes {
+        for (id, pids) in node.executors() {
+            for pid in pids {
+                all.entry(id).or_default().push((node.name.clone(), pid));
+            }
+        }
+    }
+    all
 }

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`cgroups`]: where the manager puts an executor's limits group (cgroup v1).
-//! - [`cluster`]: cluster nodes (the manager binary with `--cluster`), their owners.
+//! - [`cluster`]: cluster nodes (the manager binary with `--cluster`), owners, and
+//!   each strategy's executors across the nodes.
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.

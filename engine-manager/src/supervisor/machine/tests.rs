@@ -1213,3 +1213,93 @@ fn trigger_of_a_running_strategy_goes_to_the_executions_and_fails_otherwise() {
         );
     }
 }
+
+// ------------------------------------------------------------------ hand-over (cluster)
+
+fn move_kind() -> CommandKind {
+    CommandKind::Move {
+        node: "node-b".into(),
+    }
+}
+
+fn releases(effects: &[Effect]) -> Vec<Option<String>> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Release { to, .. } => Some(to.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_move_checks_its_target_stops_gracefully_keeps_desired_and_releases() {
+    let c = with_process();
+    let mut m = at(Status::Running, &c);
+    let fx = m.step(command(move_kind()), &c);
+    assert!(matches!(&fx[..], [Effect::CheckTarget { node }] if node == "node-b"));
+    let fx = m.step(Event::TargetChecked(Ok(TargetCheck::Fits)), &c);
+    assert_eq!(moves(&fx), vec![(Status::Running, Status::Stopping)]);
+    assert_eq!(transitions(&fx)[0].reason.as_deref(), Some("move"));
+    assert!(desired_writes(&fx).is_empty(), "not an operator's stop");
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Shutdown {
+            mode: StopMode::Leave,
+            reason: ShutdownReason::Restart,
+            ..
+        }
+    )));
+    let fx = m.step(Event::StopEnded(Ok(())), &ctx());
+    assert_eq!(moves(&fx), vec![(Status::Stopping, Status::Stopped)]);
+    assert_eq!(transitions(&fx)[0].reason.as_deref(), Some("move"));
+    assert_eq!(releases(&fx), vec![Some("node-b".to_string())]);
+    assert_eq!(replied(&fx), None, "replied once released");
+    let fx = m.step(Event::Released(Ok(())), &ctx());
+    assert_eq!(replied(&fx).as_deref(), Some("done"));
+    assert_eq!(m.desired(), DesiredState::Running);
+}
+
+#[test]
+fn a_move_to_a_refused_target_stops_nothing_and_to_its_own_node_is_a_no_op() {
+    let c = with_process();
+    let mut m = at(Status::Running, &c);
+    m.step(command(move_kind()), &c);
+    let refused = HandOverError::Draining {
+        node: "node-b".into(),
+    };
+    let fx = m.step(Event::TargetChecked(Err(refused)), &c);
+    assert!(moves(&fx).is_empty());
+    assert!(replied(&fx).unwrap().contains("is draining"));
+    m.step(command(move_kind()), &c);
+    let fx = m.step(Event::TargetChecked(Ok(TargetCheck::SameNode)), &c);
+    assert!(moves(&fx).is_empty());
+    assert_eq!(replied(&fx).as_deref(), Some("n/a"));
+    assert_eq!(m.status(), Status::Running);
+}
+
+#[test]
+fn a_hand_over_that_is_not_written_starts_the_strategy_again_here() {
+    let c = with_process();
+    let mut m = at(Status::Paused, &c);
+    m.desired = DesiredState::Paused;
+    m.step(global(CommandKind::Drain { node: "a".into() }), &c);
+    let fx = m.step(Event::StopEnded(Ok(())), &ctx());
+    assert_eq!(releases(&fx), vec![None]);
+    let fx = m.step(Event::Released(Err(HandOverError::DatabaseAway)), &ctx());
+    assert!(replied(&fx).unwrap().contains("stays on this node"));
+    assert_eq!(spawns(&fx), vec![true], "started again, paused as it was");
+}
+
+#[test]
+fn a_drain_releases_a_strategy_without_an_executor_at_once_in_every_state() {
+    for status in NOT_LIVE {
+        let mut m = machine(status);
+        let fx = m.step(global(CommandKind::Drain { node: "a".into() }), &ctx());
+        assert!(moves(&fx).is_empty(), "{status}");
+        assert_eq!(releases(&fx), vec![None], "{status}");
+        let fx = m.step(Event::Released(Ok(())), &ctx());
+        assert_eq!(replied(&fx).as_deref(), Some("done"), "{status}");
+        assert!(spawns(&fx).is_empty());
+    }
+}
