@@ -169,16 +169,8 @@ impl CommandIntake {
             if listener.is_none() {
                 listener = listen(&self.shared).await;
             }
-            if !db_down && deletions_checked.elapsed() >= self.shared.config.poll_interval {
-                deletions_checked = tokio::time::Instant::now();
-                self.check_deleted().await;
-                self.fail_dead_parts().await;
-            }
             if !db_down {
-                self.cluster_poll().await;
-            }
-            if !db_down {
-                self.claim_strategies().await;
+                self.before_claim(&mut deletions_checked).await;
             }
             match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH, &self.shared.scope).await
             {
@@ -229,6 +221,19 @@ impl CommandIntake {
                 },
             }
         }
+    }
+
+    /// What comes before each claim of commands: every poll interval the check for
+    /// deleted and lost strategies and the parts of dead nodes; in a cluster, drains
+    /// and moves, then the claim of strategies that need an owner.
+    async fn before_claim(&mut self, deletions_checked: &mut tokio::time::Instant) {
+        if deletions_checked.elapsed() >= self.shared.config.poll_interval {
+            *deletions_checked = tokio::time::Instant::now();
+            self.check_deleted().await;
+            self.fail_dead_parts().await;
+        }
+        self.cluster_poll().await;
+        self.claim_strategies().await;
     }
 
     async fn dispatch(&mut self, row: CommandRow, recovery: Option<Recovery<'_>>) {

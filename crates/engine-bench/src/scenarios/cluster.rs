@@ -148,25 +148,55 @@ async fn cluster_at(
         wait_joined(&pool, &node).await?;
         nodes.push(node);
     }
+    let steady = steady(ctx, &pool, &nodes, lease_s).await?;
+    let failover = kill_busiest(&pool, &steady.ids, &mut nodes).await?;
+    push_figures(ctx, results, lease_s, &steady, &failover);
+    for node in nodes.iter_mut() {
+        probe::signal(node.manager.pid, Signal::TERM);
+    }
+    for node in nodes.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(30), node.child.wait()).await;
+    }
+    Ok(())
+}
+
+/// The cluster with its strategies running and nothing failing.
+struct Steady {
+    ids: Vec<Uuid>,
+    idle: f64,
+    busy: f64,
+    lapses: usize,
+    replaced: usize,
+}
+
+/// Renewals with no strategy; the strategies started; renewals with them; a window
+/// with nothing failing.
+async fn steady(
+    ctx: &BenchContext,
+    pool: &PgPool,
+    nodes: &[ClusterNode],
+    lease_s: u64,
+) -> anyhow::Result<Steady> {
+    let n = ctx.args.cluster_strategies;
     let window = Duration::from_secs(5);
-    let idle = renewals_per_s(&pool, window).await?;
+    let idle = renewals_per_s(pool, window).await?;
 
     let specs: Vec<StrategySpec> = (0..n)
         .map(|i| StrategySpec::heartbeat(format!("c{lease_s}-{i:04}")))
         .collect();
     let started = Instant::now();
-    let ids = engine::create_running_strategies(&pool, &specs).await?;
-    wait_running(&pool, &ids, None, Duration::from_secs(120 + n as u64 / 5)).await?;
+    let ids = engine::create_running_strategies(pool, &specs).await?;
+    wait_running(pool, &ids, None, Duration::from_secs(120 + n as u64 / 5)).await?;
     let start_all = started.elapsed().as_secs_f64();
-    let busy = renewals_per_s(&pool, window).await?;
+    let busy = renewals_per_s(pool, window).await?;
     eprintln!(
         "  all {n} running in {start_all:.1} s; renewals per node per second: {idle:.2} with none, {busy:.2} with {n}"
     );
 
     // Nothing fails for a while: does a node fence itself anyway?
-    let pids_before: HashMap<Uuid, Option<i32>> = pids(&pool, &ids).await?;
+    let pids_before: HashMap<Uuid, Option<i32>> = pids(pool, &ids).await?;
     tokio::time::sleep(ctx.args.cluster_window).await;
-    let pids_after = pids(&pool, &ids).await?;
+    let pids_after = pids(pool, &ids).await?;
     let replaced = ids
         .iter()
         .filter(|id| pids_before.get(id) != pids_after.get(id))
@@ -179,35 +209,58 @@ async fn cluster_at(
         "  over {} s with nothing failing: {lapses} lease lapses, {replaced} executors replaced",
         ctx.args.cluster_window.as_secs()
     );
+    Ok(Steady {
+        ids,
+        idle,
+        busy,
+        lapses,
+        replaced,
+    })
+}
 
-    // The busiest node dies as a host does.
+/// The failover of the busiest node.
+struct Failover {
+    victim: String,
+    placement: String,
+    strategies: usize,
+    killed_after_s: f64,
+    takeover: Vec<f64>,
+}
+
+/// The busiest node dies as a host does: its manager and executors SIGKILLed; each
+/// of its strategies' time from its last heartbeat to running elsewhere.
+async fn kill_busiest(
+    pool: &PgPool,
+    ids: &[Uuid],
+    nodes: &mut Vec<ClusterNode>,
+) -> anyhow::Result<Failover> {
     let owned: Vec<(String, i64)> = sqlx::query_as(
         "SELECT node, count(*) FROM strategy_configs WHERE id = ANY($1) GROUP BY node ORDER BY count(*) DESC, node",
     )
-    .bind(&ids)
-    .fetch_all(&pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await?;
     let per_node: Vec<String> = owned.iter().map(|(n, c)| format!("{n} {c}")).collect();
     let victim_name = owned.first().context("no node owns a strategy")?.0.clone();
     let victim_ids: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM strategy_configs WHERE id = ANY($1) AND node = $2")
-            .bind(&ids)
+            .bind(ids)
             .bind(&victim_name)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
     let victim = nodes
         .iter()
         .position(|n| n.name == victim_name)
         .map(|i| nodes.remove(i))
         .context("the busiest node is not one of ours")?;
-    let last = heartbeats(&pool).await?[&victim_name];
+    let last = heartbeats(pool).await?[&victim_name];
     probe::signal(victim.manager.pid, Signal::KILL);
     for pid in procfs::pids_with_arg(&victim.control_socket()) {
         probe::signal(pid, Signal::KILL);
     }
-    let killed_at = db_now(&pool).await?;
+    let killed_at = db_now(pool).await?;
     wait_running(
-        &pool,
+        pool,
         &victim_ids,
         Some(&victim_name),
         Duration::from_secs(60),
@@ -218,7 +271,7 @@ async fn cluster_at(
     )
     .bind(&victim_ids)
     .bind(last)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     eprintln!(
         "  killed {victim_name} ({} strategies; placement {}) {:.2} s after its last heartbeat",
@@ -226,22 +279,43 @@ async fn cluster_at(
         per_node.join(", "),
         killed_at - last
     );
+    Ok(Failover {
+        victim: victim_name,
+        placement: per_node.join(", "),
+        strategies: victim_ids.len(),
+        killed_after_s: killed_at - last,
+        takeover,
+    })
+}
+
+fn push_figures(
+    ctx: &BenchContext,
+    results: &mut Results,
+    lease_s: u64,
+    steady: &Steady,
+    failover: &Failover,
+) {
+    let n = ctx.args.cluster_strategies;
+    let Steady {
+        idle,
+        busy,
+        lapses,
+        replaced,
+        ..
+    } = *steady;
 
     let goal = (lease_s == 10).then_some(Goal::P99AtMost(15.0));
     let mut figure = Figure::series(
         &format!("cluster_failover_s_lease_{lease_s}"),
         &format!("failover, last heartbeat → running elsewhere (lease {lease_s} s)"),
         "s",
-        &takeover,
+        &failover.takeover,
         goal,
     );
     figure.note = format!(
         "3 nodes, {n} heartbeat strategies (placement {}); {} killed as a host dies, \
          {:.2} s after its last heartbeat; each of its {} strategies' new started_at",
-        per_node.join(", "),
-        victim_name,
-        killed_at - last,
-        victim_ids.len()
+        failover.placement, failover.victim, failover.killed_after_s, failover.strategies
     );
     results.push(figure);
     let mut renew = Figure::single(
@@ -265,14 +339,6 @@ async fn cluster_at(
     );
     fenced.note = format!("{replaced} of {n} executors replaced in that window");
     results.push(fenced);
-
-    for node in nodes.iter_mut() {
-        probe::signal(node.manager.pid, Signal::TERM);
-    }
-    for node in nodes.iter_mut() {
-        let _ = tokio::time::timeout(Duration::from_secs(30), node.child.wait()).await;
-    }
-    Ok(())
 }
 
 async fn pids(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Option<i32>>> {
