@@ -663,6 +663,7 @@ async fn a_rolling_restart_of_every_node_keeps_every_strategy_up() {
             .expect("the node stops on SIGTERM")
             .unwrap();
         assert!(exit.success(), "{name} exited {exit}");
+        node.forget();
         let back = common::cluster::start_node(&engine, &name).await;
         // It adopted its executors: each of its strategies reports to it again.
         let mine: Vec<Uuid> = before
@@ -709,5 +710,180 @@ async fn a_rolling_restart_of_every_node_keeps_every_strategy_up() {
     for node in nodes {
         node.kill().await;
     }
+    engine.finish().await;
+}
+
+/// One fault of the cluster fault suite, on node-a.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// The host dies: manager and executors SIGKILLed; node-a starts again later.
+    KillHost,
+    /// The manager alone SIGKILLed; started again later (its executors may have
+    /// stopped at their deadline by then, and their strategies moved).
+    KillManager,
+    /// SIGSTOP for twice the lease, then SIGCONT.
+    Freeze,
+    /// Its connections to PostgreSQL cut for twice the lease, then let through.
+    CutDatabase,
+}
+
+/// The cluster fault suite (CONTRACT.md §7): three nodes with a 3 s lease, nine
+/// strategies, and `CLUSTER_FAULT_ROUNDS` rounds (default 4: one of each fault) of a
+/// fault on node-a while commands (pause, resume, restart) flow to random
+/// strategies. Checked throughout: never two executors of one strategy alive
+/// together (the /proc sampler); checked every round: every command ends, every
+/// strategy that should run runs on a live node with one executor, and no
+/// `strategy_events` row is written by a node under an epoch the strategy had left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
+    use rand::seq::IndexedRandom;
+    let rounds: usize = std::env::var("CLUSTER_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let engine = TestEngine::new().await;
+    let proxy = DbProxy::start(&engine.db_url).await;
+    let mut a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
+    let b = start_node(&engine, "node-b", None, &[]).await;
+    let c = start_node(&engine, "node-c", None, &[]).await;
+    let ids = start_strategies(&engine, "f", 9).await;
+    let sockets = vec![a.control_socket(), b.control_socket(), c.control_socket()];
+    let sampler = Sampler::start(sockets);
+    let op = engine.op();
+    let faults = [
+        Fault::KillHost,
+        Fault::KillManager,
+        Fault::Freeze,
+        Fault::CutDatabase,
+    ];
+    for round in 0..rounds {
+        let fault = faults[round % faults.len()];
+        // Commands flow to random strategies through the fault.
+        let flow = {
+            let op = op.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..12 {
+                    let (id, word) = {
+                        let mut rng = rand::rng();
+                        (
+                            *ids.choose(&mut rng).unwrap(),
+                            *["pause", "resume", "restart"].choose(&mut rng).unwrap(),
+                        )
+                    };
+                    sent.push(op.command(Some(id), word, json!({})).await);
+                    tokio::time::sleep(Duration::from_millis(150 + 50 * (i % 3))).await;
+                }
+                sent
+            })
+        };
+        eprintln!("round {round}: {fault:?} on node-a");
+        let two_leases = LEASE_TIME * 2;
+        match fault {
+            Fault::KillHost => {
+                a.kill().await;
+                tokio::time::sleep(two_leases).await;
+                a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
+            }
+            Fault::KillManager => {
+                a.kill_manager().await;
+                tokio::time::sleep(two_leases).await;
+                a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
+            }
+            Fault::Freeze => {
+                signal(&a, rustix::process::Signal::STOP);
+                tokio::time::sleep(two_leases).await;
+                signal(&a, rustix::process::Signal::CONT);
+            }
+            Fault::CutDatabase => {
+                proxy.cut();
+                tokio::time::sleep(two_leases).await;
+                proxy.restore();
+            }
+        }
+        // Every command ends.
+        let sent = flow.await.unwrap();
+        for id in sent {
+            let end = op.outcome(id, Duration::from_secs(60)).await;
+            assert!(
+                end.status == "executed" || end.status == "failed",
+                "round {round}: command {id} ended {}",
+                end.status
+            );
+        }
+        // Every strategy that should run runs, once, on a live node; paused ones
+        // are paused there.
+        let pool = engine.pool.clone();
+        let sockets = [a.control_socket(), b.control_socket(), c.control_socket()];
+        let ids2 = ids.clone();
+        wait_for(
+            &format!("round {round}: every strategy as it should be"),
+            Duration::from_secs(60),
+            || {
+                let pool = pool.clone();
+                let sockets = sockets.clone();
+                let ids = ids2.clone();
+                async move {
+                    let rows: Vec<(Uuid, String, String, Option<i32>, Option<String>)> =
+                        sqlx::query_as(
+                            "SELECT c.id, c.desired_state, c.status, c.pid, c.node \
+                             FROM strategy_configs c JOIN engine_nodes n ON n.node = c.node \
+                             WHERE c.id = ANY($1) \
+                               AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond'",
+                        )
+                        .bind(&ids)
+                        .fetch_all(&pool)
+                        .await
+                        .ok()?;
+                    let mut live: HashMap<Uuid, Vec<u32>> = HashMap::new();
+                    for s in &sockets {
+                        for e in executors_in_proc(s) {
+                            live.entry(e.strategy_id).or_default().push(e.pid);
+                        }
+                    }
+                    let fine = rows.len() == ids.len()
+                        && rows.iter().all(|(id, desired, status, pid, _)| {
+                            let want = match desired.as_str() {
+                                "running" => "running",
+                                "paused" => "paused",
+                                _ => return live.get(id).is_none_or(Vec::is_empty),
+                            };
+                            status == want
+                                && live.get(id).map(Vec::as_slice)
+                                    == pid.map(|p| vec![p as u32]).as_deref()
+                        });
+                    fine.then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    sampler.check();
+    // No event was written under an epoch the strategy had already left: no row a
+    // node wrote about a strategy was inserted (by its id, the insertion order, not
+    // by its `at`, which a late write would carry from before) after the failover
+    // that took the strategy from that node, unless a later failover gave it back.
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM strategy_events e \
+         WHERE e.strategy_id = ANY($1) AND e.reason IS DISTINCT FROM 'failover' \
+           AND EXISTS (SELECT 1 FROM strategy_events f WHERE f.strategy_id = e.strategy_id \
+                       AND f.reason = 'failover' AND f.id < e.id \
+                       AND f.error LIKE 'node ' || e.node || ' stopped renewing%' \
+                       AND NOT EXISTS (SELECT 1 FROM strategy_events g \
+                                       WHERE g.strategy_id = e.strategy_id AND g.reason = 'failover' \
+                                         AND g.node = e.node AND g.id > f.id AND g.id < e.id))",
+    )
+    .bind(&ids)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stale, 0,
+        "events written by a node after it lost the strategy"
+    );
+    a.kill().await;
+    b.kill().await;
+    c.kill().await;
     engine.finish().await;
 }

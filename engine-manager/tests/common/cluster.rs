@@ -14,6 +14,9 @@ pub struct Node {
     pub name: String,
     pub child: tokio::process::Child,
     pub state_dir: PathBuf,
+    /// Dropped, leave its executors alone (their manager was killed or stopped on
+    /// purpose, and a node started again under its name adopts them).
+    keep_executors: bool,
 }
 
 impl Node {
@@ -36,6 +39,13 @@ impl Node {
     pub async fn kill_manager(mut self) {
         sigkill(self.pid());
         let _ = self.child.wait().await;
+        self.keep_executors = true;
+    }
+
+    /// Forget a node whose manager has exited (e.g. on SIGTERM), leaving its
+    /// executors to the node started again under its name.
+    pub fn forget(mut self) {
+        self.keep_executors = true;
     }
 
     /// SIGKILL the manager and its executors; wait for the manager to be gone.
@@ -59,7 +69,9 @@ impl Drop for Node {
         if let Some(pid) = self.child.id() {
             sigkill(pid);
         }
-        self.kill_executors();
+        if !self.keep_executors {
+            self.kill_executors();
+        }
     }
 }
 
@@ -110,6 +122,7 @@ pub async fn start_node_with(engine: &TestEngine, name: &str, extra: &[(&str, &s
         name: name.to_string(),
         child,
         state_dir,
+        keep_executors: false,
     }
 }
 
