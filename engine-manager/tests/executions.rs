@@ -84,13 +84,15 @@ async fn executions(engine: &TestEngine, id: Uuid) -> Subscription {
     Subscription::start(&engine.redis, &engine.channels.execution(id)).await
 }
 
-/// The contract's fields of `strategy:execution:{id}`, exactly.
+/// The contract's fields of `strategy:execution:{id}`, and nothing else but the
+/// additive `due_at` and `executor_started_at` (README).
 fn assert_contract_fields(msg: &Value) {
     let keys: BTreeSet<&str> = msg
         .as_object()
         .expect("an object")
         .keys()
         .map(String::as_str)
+        .filter(|key| !["due_at", "executor_started_at"].contains(key))
         .collect();
     let expected: BTreeSet<&str> = [
         "strategy_id",
@@ -132,6 +134,24 @@ async fn executions_happen_on_the_managers_clock_and_are_counted() {
     assert_eq!(first["name"], "beat");
     assert_eq!(first["trigger"], "schedule");
     assert_eq!(first["error"], Value::Null);
+    // The due time it served, when the manager sent it, when the executor began it:
+    // in that order, and on time on a quiet test machine.
+    let time = |field: &str| {
+        let text = first[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {first}"));
+        chrono::DateTime::parse_from_rfc3339(text).unwrap()
+    };
+    let (due, sent, began) = (
+        time("due_at"),
+        time("started_at"),
+        time("executor_started_at"),
+    );
+    assert!(due <= sent && sent <= began, "{first}");
+    assert!(
+        began - due < chrono::TimeDelta::milliseconds(500),
+        "{first}"
+    );
     sub.expect("a second execution", |_, m| m["outcome"] == "ok")
         .await;
 
@@ -194,6 +214,10 @@ async fn trigger_executes_once_and_says_why_it_cannot() {
         .await;
     assert_contract_fields(&msg);
     assert_eq!(msg["outcome"], "ok");
+    assert!(
+        msg.get("due_at").is_none(),
+        "a trigger serves no due time: {msg}"
+    );
     let s = wait_stats(&engine, beat, "the trigger counted", |s| {
         s.execution_count == 1
     })

@@ -74,6 +74,10 @@ pub enum ExecutorMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
         duration_ms: u64,
+        /// When `on_execute` began, by the executor's clock (absent from older
+        /// executors).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -160,9 +164,18 @@ mod tests {
             error: Some("no price yet".into()),
             message: None,
             duration_ms: 12,
+            started_at: Some(chrono::Utc::now()),
         };
         let back: ExecutorMessage = serde_json::from_slice(&encode_frame(&done)).unwrap();
         assert_eq!(back, done);
+        // An older executor's frame, without `started_at`, still reads.
+        let old = format!(
+            "{{\"type\":\"executed\",\"execution_id\":\"{id}\",\"ok\":true,\"duration_ms\":3}}"
+        );
+        match serde_json::from_str::<ExecutorMessage>(&old).unwrap() {
+            ExecutorMessage::Executed { started_at, .. } => assert_eq!(started_at, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

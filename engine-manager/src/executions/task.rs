@@ -9,7 +9,7 @@
 //! picked up every [`REFRESH_EVERY`]: a strategy given an interval is planned, one
 //! whose interval was cleared is no longer executed.
 
-use super::plan::{Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
+use super::plan::{first_due, Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
 use crate::supervisor::{CommandError, Outcome};
 use crate::Shared;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -60,6 +60,8 @@ pub enum Message {
         strategy_id: Uuid,
         execution_id: Uuid,
         outcome: Result<(), String>,
+        /// When the executor began it, by its clock (`None` without its answer).
+        executor_started_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -101,6 +103,18 @@ struct InFlight {
     execution_id: Uuid,
     trigger: Trigger,
     started_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+}
+
+/// One `strategy:execution:{id}` message's varying fields.
+struct Published {
+    trigger: Trigger,
+    started_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+    executor_started_at: Option<DateTime<Utc>>,
+    duration_ms: u64,
+    outcome: &'static str,
+    error: Option<String>,
 }
 
 pub struct Executions {
@@ -187,7 +201,8 @@ impl Executions {
                 strategy_id,
                 execution_id,
                 outcome,
-            } => self.ended(strategy_id, execution_id, outcome),
+                executor_started_at,
+            } => self.ended(strategy_id, execution_id, outcome, executor_started_at),
         }
     }
 
@@ -256,8 +271,9 @@ impl Executions {
                     .unwrap_or_else(|| stats_from_row(&columns.stats));
                 if !self.planned_before.insert(row.id) || stats.next_execution_at.is_none() {
                     // Started, resumed or restarted (not a manager restart): the
-                    // first execution one interval from now, nothing counted missed.
-                    stats.next_execution_at = Some(now + new.interval());
+                    // first execution within one interval from now, on the
+                    // strategy's phase (spread), nothing counted missed.
+                    stats.next_execution_at = Some(first_due(row.id, new.interval(), now));
                 }
                 if let Some(Decision::Skipped {
                     strategy_id,
@@ -308,7 +324,13 @@ impl Executions {
         }
     }
 
-    fn ended(&mut self, id: Uuid, execution_id: Uuid, outcome: Result<(), String>) {
+    fn ended(
+        &mut self,
+        id: Uuid,
+        execution_id: Uuid,
+        outcome: Result<(), String>,
+        executor_started_at: Option<DateTime<Utc>>,
+    ) {
         match self.in_flight.get(&id) {
             Some(flight) if flight.execution_id == execution_id => {}
             // A late answer of an execution already given up on (its executor was
@@ -329,17 +351,21 @@ impl Executions {
                 .stats(id)
                 .and_then(|s| s.last_execution_duration_ms)
                 .unwrap_or(0);
-            let (word, error) = match outcome {
+            let (outcome, error) = match outcome {
                 Ok(()) => ("ok", None),
                 Err(err) => ("error", Some(err)),
             };
             self.publish(
                 id,
-                flight.trigger,
-                flight.started_at,
-                duration_ms,
-                word,
-                error,
+                Published {
+                    trigger: flight.trigger,
+                    started_at: flight.started_at,
+                    due_at: flight.due_at,
+                    executor_started_at,
+                    duration_ms,
+                    outcome,
+                    error,
+                },
             );
         }
     }
@@ -372,8 +398,16 @@ impl Executions {
                     }
                     if let Some(flight) = self.in_flight.get(&strategy_id) {
                         let ms = (now - flight.started_at).num_milliseconds().max(0) as u64;
-                        let (trigger, started_at) = (flight.trigger, flight.started_at);
-                        self.publish(strategy_id, trigger, started_at, ms, "timeout", Some(error));
+                        let published = Published {
+                            trigger: flight.trigger,
+                            started_at: flight.started_at,
+                            due_at: flight.due_at,
+                            executor_started_at: None,
+                            duration_ms: ms,
+                            outcome: "timeout",
+                            error: Some(error),
+                        };
+                        self.publish(strategy_id, published);
                     }
                 }
                 Decision::KillAndRestart { strategy_id } => self.kill(strategy_id),
@@ -397,11 +431,12 @@ impl Executions {
                 execution_id,
                 trigger: start.trigger,
                 started_at: start.started_at,
+                due_at: start.due_at,
             },
         );
         if !matches!(sent, Some(Ok(()))) {
             let error = "the strategy's supervisor did not take the execution".to_string();
-            self.ended(start.strategy_id, execution_id, Err(error));
+            self.ended(start.strategy_id, execution_id, Err(error), None);
         }
     }
 
@@ -438,18 +473,19 @@ impl Executions {
     }
 
     fn publish_skipped(&self, id: Uuid, due_at: DateTime<Utc>, error: String) {
-        self.publish(id, Trigger::Schedule, due_at, 0, "skipped", Some(error));
+        let published = Published {
+            trigger: Trigger::Schedule,
+            started_at: due_at,
+            due_at: Some(due_at),
+            executor_started_at: None,
+            duration_ms: 0,
+            outcome: "skipped",
+            error: Some(error),
+        };
+        self.publish(id, published);
     }
 
-    fn publish(
-        &self,
-        id: Uuid,
-        trigger: Trigger,
-        started_at: DateTime<Utc>,
-        duration_ms: u64,
-        outcome: &str,
-        error: Option<String>,
-    ) {
+    fn publish(&self, id: Uuid, published: Published) {
         let Some(known) = self.known.get(&id) else {
             return;
         };
@@ -457,11 +493,13 @@ impl Executions {
             strategy_id: id,
             name: known.name.clone(),
             timestamp: Utc::now(),
-            trigger: trigger.as_str().to_string(),
-            started_at,
-            duration_ms,
-            outcome: outcome.to_string(),
-            error,
+            trigger: published.trigger.as_str().to_string(),
+            started_at: published.started_at,
+            duration_ms: published.duration_ms,
+            outcome: published.outcome.to_string(),
+            error: published.error,
+            due_at: published.due_at,
+            executor_started_at: published.executor_started_at,
         };
         self.shared
             .publisher

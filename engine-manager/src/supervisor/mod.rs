@@ -599,6 +599,7 @@ impl StrategySupervisor {
                 execution_id,
                 ok,
                 error,
+                started_at,
                 ..
             }) => {
                 let outcome = match (ok, error) {
@@ -611,6 +612,7 @@ impl StrategySupervisor {
                     strategy_id: self.id,
                     execution_id,
                     outcome,
+                    executor_started_at: started_at,
                 });
             }
             Some(_) => {}
@@ -640,6 +642,7 @@ impl StrategySupervisor {
                     strategy_id: self.id,
                     execution_id,
                     outcome: Err(error),
+                    executor_started_at: None,
                 });
             }
             ExecRequest::Kill { reason } => {
