@@ -110,6 +110,19 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500_000)]
     pub ticks: usize,
 
+    /// Interval strategies of the lateness part (no-op steps, every 1 s).
+    #[arg(long, default_value_t = 1000)]
+    pub lateness_strategies: usize,
+
+    /// How long the lateness part collects executions, after they settled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lateness_window: Duration,
+
+    /// `--max-concurrent-executions` of the lateness part's managers, one engine each
+    /// (comma-separated; 5 is the manager's default).
+    #[arg(long, value_delimiter = ',', default_value = "5,1000")]
+    pub lateness_caps: Vec<u32>,
+
     /// Keep the state directories (manager and executor logs) instead of removing them.
     #[arg(long)]
     pub keep_logs: bool,
@@ -125,6 +138,9 @@ pub enum Part {
     Growth,
     /// Backtest and screener run times, the run queue, cancel.
     Runs,
+    /// Interval executions: start minus due time at 1 000 strategies every 1 s, the
+    /// manager's CPU and memory meanwhile (not in the default parts).
+    Lateness,
 }
 
 impl BenchArgs {
@@ -138,7 +154,11 @@ impl BenchArgs {
             self.metrics_messages = self.metrics_messages.min(2_000);
             self.metrics_burst = self.metrics_burst.min(1_000);
             self.ticks = self.ticks.min(5_000);
+            self.lateness_strategies = self.lateness_strategies.min(20);
+            self.lateness_window = Duration::from_secs(3);
         }
+        self.lateness_strategies = self.lateness_strategies.max(1);
+        self.lateness_caps.retain(|cap| *cap > 0);
         self.samples = self.samples.max(1);
         self.scales.retain(|n| *n > 0);
         self.scales.sort_unstable();
@@ -215,6 +235,11 @@ async fn run(args: BenchArgs, cleanup: engine::CleanupRegistry) -> anyhow::Resul
         scenarios::runs(&ctx, &mut results)
             .await
             .context("runs part")?;
+    }
+    if args.parts.contains(&Part::Lateness) {
+        scenarios::lateness(&ctx, &mut results)
+            .await
+            .context("lateness part")?;
     }
     results.finish().await;
     results

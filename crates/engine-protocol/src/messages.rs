@@ -60,6 +60,9 @@ impl Channels {
     pub fn execution(&self, id: Uuid) -> String {
         format!("{}strategy:execution:{id}", self.prefix)
     }
+    pub fn execution_pattern(&self) -> String {
+        format!("{}strategy:execution:*", self.prefix)
+    }
     pub fn state_key(&self, id: Uuid) -> String {
         format!("{}strategy:state:{id}", self.prefix)
     }

@@ -5,7 +5,9 @@
 //!   one executor;
 //! - [`growth()`]: manager memory and CPU, executors' memory and CPU, and start-all
 //!   time at each scale;
-//! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11).
+//! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11);
+//! - [`lateness()`]: how late 1 000 interval strategies at 1 s start against their
+//!   due times, and what the manager spends on them (issue #12).
 //!
 //! Times are wall-clock (`CLOCK_REALTIME`, shared by PostgreSQL, the executors and
 //! the bench on this one machine): a command's origin is its row's `created_at`
@@ -14,11 +16,13 @@
 
 mod growth;
 mod latency;
+mod lateness;
 mod runs;
 mod throughput;
 
 pub use growth::growth;
 pub use latency::latency;
+pub use lateness::lateness;
 pub use runs::runs;
 pub use throughput::throughput;
 
