@@ -97,6 +97,8 @@ pub struct Shared {
     pub runs: runs::RunsHandle,
     /// The interval executions' task: what the supervisors tell it.
     pub executions: executions::task::ExecutionsHandle,
+    /// The last executions of each interval strategy, as that task published them.
+    pub recent_executions: executions::recent::RecentExecutions,
     /// The HTTP tokens (checked at start-up, before the database).
     pub http_access: Arc<http::HttpAccess>,
     /// How resource limits are enforced here (chosen at start-up).
@@ -270,6 +272,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         tracker: background.tracker.clone(),
         runs: runs_handle,
         executions: executions_handle,
+        recent_executions: executions::recent::RecentExecutions::default(),
         http_access,
         limiter,
         redis_users,

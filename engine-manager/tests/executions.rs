@@ -469,3 +469,72 @@ async fn bad_interval_input_is_refused_or_fails_in_words() {
     engine.run_ok(Some(beat), "start", json!({})).await;
     engine.finish().await;
 }
+
+/// The dashboard's execution sparkline draws `executions.recent` of
+/// `GET /api/strategies` (and `/api/strategies/{name}`): the last executions as
+/// published on `strategy:execution:{id}`, oldest first, with their durations.
+#[tokio::test]
+async fn the_api_lists_the_last_executions_the_dashboard_draws() {
+    let engine = TestEngine::started().await;
+    let base = engine.http_base().await;
+    let slow = json!({"execute_delay_ms": 40});
+    let id = add_interval(&engine, "spark", "heartbeat", slow, 1, None).await;
+    engine.add_heartbeat("continuous").await;
+    let mut sub = executions(&engine, id).await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    engine.run_ok(Some(id), "trigger", json!({})).await;
+    let mut published = Vec::new();
+    while published.len() < 3 {
+        published.push(
+            sub.expect("an execution", |_, m| m["outcome"] == "ok")
+                .await,
+        );
+    }
+
+    let recent = wait_for("the API lists the three executions", DEADLINE, || async {
+        let (_, body) = common::http_client::get(&base, "/api/strategies/spark").await;
+        let recent = body["executions"]["recent"].as_array()?.clone();
+        (recent.len() >= 3).then_some(recent)
+    })
+    .await;
+    for (listed, message) in recent.iter().zip(&published) {
+        assert_eq!(
+            listed["started_at"], message["started_at"],
+            "{listed} vs {message}"
+        );
+        assert_eq!(listed["duration_ms"], message["duration_ms"], "{listed}");
+        assert_eq!(listed["outcome"], "ok");
+        let ms = listed["duration_ms"].as_u64().unwrap();
+        assert!(ms >= 40, "the step's 40 ms are in its duration: {listed}");
+    }
+
+    let (_, list) = common::http_client::get(&base, "/api/strategies").await;
+    let by_name = |name: &str| {
+        list["strategies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        by_name("spark")["executions"]["recent"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 3
+    );
+    assert_eq!(by_name("continuous")["executions"], Value::Null);
+    // The page draws it.
+    let script = common::http_client::client()
+        .get(format!("{base}/dashboard.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script.contains("execSpark(d.executions && d.executions.recent)"));
+    engine.finish().await;
+}

@@ -10,6 +10,7 @@
 //! whose interval was cleared is no longer executed.
 
 use super::plan::{first_due, Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
+use super::recent::RecentExecution;
 use crate::supervisor::{CommandError, Outcome};
 use crate::Shared;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -489,6 +490,14 @@ impl Executions {
         let Some(known) = self.known.get(&id) else {
             return;
         };
+        self.shared.recent_executions.record(
+            id,
+            RecentExecution {
+                started_at: published.started_at,
+                duration_ms: published.duration_ms,
+                outcome: published.outcome,
+            },
+        );
         let message = ExecutionMessage {
             strategy_id: id,
             name: known.name.clone(),
