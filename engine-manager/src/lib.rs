@@ -510,6 +510,16 @@ async fn detect_limits(pool: &PgPool, choice: limits::MechanismChoice) -> Arc<li
     let limiter = Arc::new(tasks::blocking(move || limits::Limiter::detect(choice)).await);
     let mechanism = limiter.describe();
     tracing::info!(%mechanism, "resource limits");
+    let sweeper = limiter.clone();
+    let removed =
+        tasks::blocking(move || sweeper.remove_empty_groups(limits::EMPTY_GROUP_MIN_AGE)).await;
+    if !removed.is_empty() {
+        tracing::info!(
+            groups = ?removed,
+            "removed {} empty limits group(s) of executors that exited while no manager watched them",
+            removed.len()
+        );
+    }
     if let Err(err) = engine_store::lease::record_limits_mechanism(pool, &mechanism).await {
         tracing::warn!(error = %err, "cannot record the limits mechanism in the lease row");
     }
