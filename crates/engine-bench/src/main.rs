@@ -123,6 +123,13 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "5,1000")]
     pub lateness_caps: Vec<u32>,
 
+    /// A runaway strategy started beside the lateness part's interval strategies, to
+    /// see what it does to them: `spinner` (a heartbeat burning a core, limited to
+    /// `cpu_percent` 50) or `hog` (a heartbeat allocating 8 MB every 50 ms, limited to
+    /// `memory_mb` 64: killed and restarted again and again).
+    #[arg(long, value_enum, default_value = "none")]
+    pub lateness_runaway: Runaway,
+
     /// Keep the state directories (manager and executor logs) instead of removing them.
     #[arg(long)]
     pub keep_logs: bool,
@@ -141,6 +148,13 @@ pub enum Part {
     /// Interval executions: start minus due time at 1 000 strategies every 1 s, the
     /// manager's CPU and memory meanwhile (not in the default parts).
     Lateness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runaway {
+    None,
+    Spinner,
+    Hog,
 }
 
 impl BenchArgs {

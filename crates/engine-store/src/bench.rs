@@ -55,12 +55,14 @@ pub async fn set_execution_interval(
         .map(drop)
 }
 
-/// Make every strategy an interval strategy executed every `interval_s` seconds.
-pub async fn set_every_execution_interval(
+/// Make the strategies `ids` interval strategies executed every `interval_s` seconds.
+pub async fn set_execution_interval_of(
     pool: &PgPool,
+    ids: &[Uuid],
     interval_s: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE strategy_configs SET execution_interval_s = $1")
+    sqlx::query("UPDATE strategy_configs SET execution_interval_s = $2 WHERE id = ANY($1)")
+        .bind(ids)
         .bind(interval_s)
         .execute(pool)
         .await
@@ -81,6 +83,14 @@ pub async fn execution_totals(pool: &PgPool) -> Result<ExecutionTotals, sqlx::Er
     )
     .fetch_one(pool)
     .await
+}
+
+/// How many `strategy_events` rows have `reason` (e.g. `oom`).
+pub async fn count_events(pool: &PgPool, reason: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM strategy_events WHERE reason = $1")
+        .bind(reason)
+        .fetch_one(pool)
+        .await
 }
 
 /// Insert `command` (no parameters) for every strategy in one statement (so one

@@ -13,6 +13,7 @@ use super::{mb, ms, BenchContext};
 use crate::engine::{BenchEngine, EngineOptions, Feed, StrategySpec};
 use crate::probe::ProcId;
 use crate::report::{num, summarize, Figure, Goal, Progress, Results};
+use crate::Runaway;
 use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use engine_protocol::{procfs, ExecutionMessage};
@@ -51,6 +52,9 @@ struct LatenessPoint {
     manager_hwm_mb: Option<f64>,
     executors_rss_mb: Option<f64>,
     executors_pss_mb: Option<f64>,
+    runaway: Option<&'static str>,
+    /// `oom` events during the window (the hog killed by its group).
+    oom_kills: i64,
 }
 
 pub async fn lateness(ctx: &BenchContext, results: &mut Results) -> anyhow::Result<()> {
@@ -71,24 +75,37 @@ async fn lateness_with_cap(ctx: &BenchContext, cap: u32) -> anyhow::Result<Laten
     eprintln!(
         "\n== lateness: {n} interval strategies every 1 s, --max-concurrent-executions {cap}, window {window_s} s =="
     );
+    let runaway = runaway_spec(ctx.args.lateness_runaway);
+    let mut strategies: Vec<StrategySpec> = (0..n)
+        .map(|i| StrategySpec {
+            name: format!("late-{i:04}"),
+            strategy_type: "heartbeat".into(),
+            // Its own timer at an hour: the step is all it does.
+            config: json!({"interval_ms": 3_600_000}),
+        })
+        .collect();
+    strategies.extend(runaway.as_ref().map(|(spec, _)| spec.clone()));
     let options = EngineOptions {
         label: format!("lateness-cap{cap}"),
         health_interval: None,
         metrics_interval: None,
         restart_delay: None,
         max_concurrent_executions: Some(cap),
-        strategies: (0..n)
-            .map(|i| StrategySpec {
-                name: format!("late-{i:04}"),
-                strategy_type: "heartbeat".into(),
-                // Its own timer at an hour: the step is all it does.
-                config: json!({"interval_ms": 3_600_000}),
-            })
-            .collect(),
+        strategies,
         data: Vec::new(),
     };
     let mut engine = BenchEngine::start(&ctx.args, &ctx.binaries, &ctx.cleanup, options).await?;
-    let outcome = measure(&mut engine, cap, window_s).await;
+    let outcome = async {
+        if let Some((_, limits)) = &runaway {
+            // The runaway is created last; it stays a continuous strategy.
+            let id = *engine.strategies.last().context("the runaway strategy")?;
+            db::set_limits(&engine.pool, &[id], limits).await?;
+        }
+        let mut point = measure(&mut engine, cap, window_s, runaway.is_some()).await?;
+        point.runaway = runaway.as_ref().map(|(spec, _)| runaway_name(&spec.name));
+        Ok::<_, anyhow::Error>(point)
+    }
+    .await;
     let shutdown = engine.shutdown().await;
     let point = outcome?;
     shutdown?;
@@ -105,13 +122,49 @@ async fn lateness_with_cap(ctx: &BenchContext, cap: u32) -> anyhow::Result<Laten
     Ok(point)
 }
 
+/// The runaway strategy (its spec and limits), if one was asked for.
+fn runaway_spec(runaway: Runaway) -> Option<(StrategySpec, serde_json::Value)> {
+    let (config, limits) = match runaway {
+        Runaway::None => return None,
+        Runaway::Spinner => (
+            json!({"interval_ms": 100, "spin_ms_per_beat": 100}),
+            json!({"cpu_percent": 50}),
+        ),
+        Runaway::Hog => (
+            json!({"interval_ms": 50, "hog_mb_per_beat": 8}),
+            json!({"memory_mb": 64}),
+        ),
+    };
+    let name = match runaway {
+        Runaway::Spinner => "runaway-spinner",
+        _ => "runaway-hog",
+    };
+    let spec = StrategySpec {
+        name: name.into(),
+        strategy_type: "heartbeat".into(),
+        config,
+    };
+    Some((spec, limits))
+}
+
+fn runaway_name(name: &str) -> &'static str {
+    if name.ends_with("spinner") {
+        "spinner (cpu_percent 50)"
+    } else {
+        "hog (memory_mb 64)"
+    }
+}
+
 async fn measure(
     engine: &mut BenchEngine,
     cap: u32,
     window_s: u64,
+    with_runaway: bool,
 ) -> anyhow::Result<LatenessPoint> {
-    let n = engine.strategies.len();
-    db::set_every_execution_interval(&engine.pool, 1)
+    let all = engine.strategies.len();
+    let n = all - usize::from(with_runaway);
+    let interval_ids = engine.strategies[..n].to_vec();
+    db::set_execution_interval_of(&engine.pool, &interval_ids, 1)
         .await
         .context("cannot make the strategies interval strategies")?;
     let mut feed = Feed::subscribe(&engine.redis, &engine.channels.execution_pattern()).await?;
@@ -120,7 +173,8 @@ async fn measure(
         .await
         .context("cannot insert the start commands")?;
     let until = Instant::now() + Duration::from_secs(60) + Duration::from_millis(200) * n as u32;
-    let (running, failed, _) = await_running(engine, n, until).await;
+    let (running, failed, _) = await_running(engine, all, until).await;
+    let running = running.min(n);
     if failed > 0 {
         eprintln!("  note: {failed} strategies failed to start");
     }
@@ -133,6 +187,7 @@ async fn measure(
     let wait = (w0 - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait).await;
     let marks = Marks::take(engine).await?;
+    let ooms_from = db::count_events(&engine.pool, "oom").await?;
     let mut point = LatenessPoint {
         cap,
         strategies: n,
@@ -149,6 +204,7 @@ async fn measure(
     }
     progress.finish();
     marks.measure(engine, &mut point).await?;
+    point.oom_kills = db::count_events(&engine.pool, "oom").await? - ooms_from;
     // The messages of due times in the window that were still on their way.
     let stragglers = Instant::now() + STRAGGLERS;
     while let Some(msg) = feed.next_until(stragglers).await {
