@@ -119,7 +119,8 @@ pub struct BenchArgs {
     pub lateness_window: Duration,
 
     /// `--max-concurrent-executions` of the lateness part's managers, one engine each
-    /// (comma-separated; 5 is the manager's default).
+    /// (comma-separated; 5 is the manager's default; 0: a baseline engine whose
+    /// strategies stay continuous, for the manager's CPU without executions).
     #[arg(long, value_delimiter = ',', default_value = "5,1000")]
     pub lateness_caps: Vec<u32>,
 
@@ -172,7 +173,6 @@ impl BenchArgs {
             self.lateness_window = Duration::from_secs(3);
         }
         self.lateness_strategies = self.lateness_strategies.max(1);
-        self.lateness_caps.retain(|cap| *cap > 0);
         self.samples = self.samples.max(1);
         self.scales.retain(|n| *n > 0);
         self.scales.sort_unstable();

@@ -6,7 +6,9 @@
 //! is taken: the manager's start (`started_at`) and the executor's
 //! (`executor_started_at`) minus `due_at`, the executions counted against the due
 //! times in the window, the skipped ones; and the manager's CPU (utime + stime of
-//! `/proc/<pid>/stat`) and resident memory over the window.
+//! `/proc/<pid>/stat`) and resident memory over the window. A cap of 0 is the
+//! baseline: the same strategies left continuous (no executions), for what the
+//! manager spends on them anyway (health, metrics).
 
 use super::growth::await_running;
 use super::{mb, ms, BenchContext};
@@ -90,7 +92,7 @@ async fn lateness_with_cap(ctx: &BenchContext, cap: u32) -> anyhow::Result<Laten
         health_interval: None,
         metrics_interval: None,
         restart_delay: None,
-        max_concurrent_executions: Some(cap),
+        max_concurrent_executions: (cap > 0).then_some(cap),
         strategies,
         data: Vec::new(),
     };
@@ -164,9 +166,11 @@ async fn measure(
     let all = engine.strategies.len();
     let n = all - usize::from(with_runaway);
     let interval_ids = engine.strategies[..n].to_vec();
-    db::set_execution_interval_of(&engine.pool, &interval_ids, 1)
-        .await
-        .context("cannot make the strategies interval strategies")?;
+    if cap > 0 {
+        db::set_execution_interval_of(&engine.pool, &interval_ids, 1)
+            .await
+            .context("cannot make the strategies interval strategies")?;
+    }
     let mut feed = Feed::subscribe(&engine.redis, &engine.channels.execution_pattern()).await?;
     engine.status_feed.drain();
     db::command_every_strategy(&engine.pool, CommandWord::Start)
@@ -193,7 +197,11 @@ async fn measure(
         strategies: n,
         running,
         window_s,
-        expected: running as u64 * window_s,
+        expected: if cap > 0 {
+            running as u64 * window_s
+        } else {
+            0
+        },
         ..LatenessPoint::default()
     };
     let window_end = Instant::now() + Duration::from_secs(window_s);
@@ -312,9 +320,37 @@ fn take(point: &mut LatenessPoint, payload: &[u8], w0: DateTime<Utc>, w1: DateTi
     }
 }
 
+/// The baseline engine: the manager's CPU without executions.
+fn report_baseline(results: &mut Results, p: &LatenessPoint) {
+    let n = p.strategies;
+    results.push(
+        Figure::single(
+            "lateness_manager_cpu_percent_baseline",
+            &format!("manager CPU, the same {n} strategies continuous (baseline)"),
+            "% of a core",
+            p.manager_cpu_percent,
+            None,
+        )
+        .with_note(format!(
+            "no executions: health and metrics only; manager RSS {} MB, executors RSS {} MB / PSS {} MB in all",
+            p.manager_rss_mb.map_or("?".into(), num),
+            p.executors_rss_mb.map_or("?".into(), num),
+            p.executors_pss_mb.map_or("?".into(), num),
+        )),
+    );
+}
+
 fn report(results: &mut Results, p: &LatenessPoint) {
     let cap = p.cap;
     let n = p.strategies;
+    if cap == 0 {
+        report_baseline(results, p);
+        return;
+    }
+    let beside = p
+        .runaway
+        .map_or(String::new(), |r| format!(", beside a runaway {r}"));
+    let key_tail = if p.runaway.is_some() { "_runaway" } else { "" };
     let max = |values: &[f64]| summarize(values).map_or("?".into(), |s| num(s.max));
     let not_all = if p.running < n {
         format!("; only {} of {n} were running", p.running)
@@ -323,8 +359,8 @@ fn report(results: &mut Results, p: &LatenessPoint) {
     };
     results.push(
         Figure::series(
-            &format!("lateness_sent_ms_cap{cap}"),
-            &format!("interval execution sent − due, {n} at 1 s, cap {cap}"),
+            &format!("lateness_sent_ms_cap{cap}{key_tail}"),
+            &format!("interval execution sent − due, {n} at 1 s, cap {cap}{beside}"),
             "ms",
             &p.sent_ms,
             Some(Goal::P50P99AtMost(1.0, 5.0)),
@@ -337,8 +373,8 @@ fn report(results: &mut Results, p: &LatenessPoint) {
     );
     results.push(
         Figure::series(
-            &format!("lateness_began_ms_cap{cap}"),
-            &format!("interval execution began (executor) − due, {n} at 1 s, cap {cap}"),
+            &format!("lateness_began_ms_cap{cap}{key_tail}"),
+            &format!("interval execution began (executor) − due, {n} at 1 s, cap {cap}{beside}"),
             "ms",
             &p.began_ms,
             Some(Goal::P50P99AtMost(1.0, 5.0)),
@@ -351,21 +387,21 @@ fn report(results: &mut Results, p: &LatenessPoint) {
     let counted = (p.expected > 0).then(|| p.executed as f64 / p.expected as f64 * 100.0);
     results.push(
         Figure::single(
-            &format!("lateness_executed_percent_cap{cap}"),
-            &format!("due executions that ran, {n} at 1 s, cap {cap}"),
+            &format!("lateness_executed_percent_cap{cap}{key_tail}"),
+            &format!("due executions that ran, {n} at 1 s, cap {cap}{beside}"),
             "%",
             counted,
             Some(Goal::AtLeast(99.9)),
         )
         .with_note(format!(
-            "{} executed ({} failed) and {} skipped of {} due in the window (messages); the statistics columns moved by {} executions and {} skips meanwhile (written up to 1 s behind)",
-            p.executed, p.failed, p.skipped, p.expected, p.db_executed, p.db_skipped
+            "{} executed ({} failed) and {} skipped of {} due in the window (messages); the statistics columns moved by {} executions and {} skips meanwhile (written up to 1 s behind); {} OOM kills meanwhile",
+            p.executed, p.failed, p.skipped, p.expected, p.db_executed, p.db_skipped, p.oom_kills
         )),
     );
     results.push(
         Figure::single(
-            &format!("lateness_manager_cpu_percent_cap{cap}"),
-            &format!("manager CPU, {n} interval strategies at 1 s, cap {cap}"),
+            &format!("lateness_manager_cpu_percent_cap{cap}{key_tail}"),
+            &format!("manager CPU, {n} interval strategies at 1 s, cap {cap}{beside}"),
             "% of a core",
             p.manager_cpu_percent,
             Some(Goal::AtMost(5.0)),
@@ -407,5 +443,7 @@ fn point_json(p: &LatenessPoint) -> serde_json::Value {
         "manager_hwm_mb": p.manager_hwm_mb,
         "executors_rss_mb": p.executors_rss_mb,
         "executors_pss_mb": p.executors_pss_mb,
+        "runaway": p.runaway,
+        "oom_kills": p.oom_kills,
     })
 }
