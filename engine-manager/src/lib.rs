@@ -99,6 +99,8 @@ pub struct Shared {
     pub runs: runs::RunsHandle,
     /// The interval executions' task: what the supervisors tell it.
     pub executions: executions::task::ExecutionsHandle,
+    /// The last executions of each interval strategy, as that task published them.
+    pub recent_executions: executions::recent::RecentExecutions,
     /// The HTTP tokens (checked at start-up, before the database).
     pub http_access: Arc<http::HttpAccess>,
     /// How resource limits are enforced here (chosen at start-up).
@@ -274,6 +276,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         tracker: background.tracker.clone(),
         runs: runs_handle,
         executions: executions_handle,
+        recent_executions: executions::recent::RecentExecutions::default(),
         http_access,
         limiter,
         redis_users,
@@ -512,6 +515,16 @@ async fn detect_limits(pool: &PgPool, choice: limits::MechanismChoice) -> Arc<li
     let limiter = Arc::new(tasks::blocking(move || limits::Limiter::detect(choice)).await);
     let mechanism = limiter.describe();
     tracing::info!(%mechanism, "resource limits");
+    let sweeper = limiter.clone();
+    let removed =
+        tasks::blocking(move || sweeper.remove_empty_groups(limits::EMPTY_GROUP_MIN_AGE)).await;
+    if !removed.is_empty() {
+        tracing::info!(
+            groups = ?removed,
+            "removed {} empty limits group(s) of executors that exited while no manager watched them",
+            removed.len()
+        );
+    }
     if let Err(err) = engine_store::lease::record_limits_mechanism(pool, &mechanism).await {
         tracing::warn!(error = %err, "cannot record the limits mechanism in the lease row");
     }

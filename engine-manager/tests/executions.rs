@@ -84,13 +84,15 @@ async fn executions(engine: &TestEngine, id: Uuid) -> Subscription {
     Subscription::start(&engine.redis, &engine.channels.execution(id)).await
 }
 
-/// The contract's fields of `strategy:execution:{id}`, exactly.
+/// The contract's fields of `strategy:execution:{id}`, and nothing else but the
+/// additive `due_at` and `executor_started_at` (README).
 fn assert_contract_fields(msg: &Value) {
     let keys: BTreeSet<&str> = msg
         .as_object()
         .expect("an object")
         .keys()
         .map(String::as_str)
+        .filter(|key| !["due_at", "executor_started_at"].contains(key))
         .collect();
     let expected: BTreeSet<&str> = [
         "strategy_id",
@@ -132,6 +134,24 @@ async fn executions_happen_on_the_managers_clock_and_are_counted() {
     assert_eq!(first["name"], "beat");
     assert_eq!(first["trigger"], "schedule");
     assert_eq!(first["error"], Value::Null);
+    // The due time it served, when the manager sent it, when the executor began it:
+    // in that order, and on time on a quiet test machine.
+    let time = |field: &str| {
+        let text = first[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {first}"));
+        chrono::DateTime::parse_from_rfc3339(text).unwrap()
+    };
+    let (due, sent, began) = (
+        time("due_at"),
+        time("started_at"),
+        time("executor_started_at"),
+    );
+    assert!(due <= sent && sent <= began, "{first}");
+    assert!(
+        began - due < chrono::TimeDelta::milliseconds(500),
+        "{first}"
+    );
     sub.expect("a second execution", |_, m| m["outcome"] == "ok")
         .await;
 
@@ -194,6 +214,10 @@ async fn trigger_executes_once_and_says_why_it_cannot() {
         .await;
     assert_contract_fields(&msg);
     assert_eq!(msg["outcome"], "ok");
+    assert!(
+        msg.get("due_at").is_none(),
+        "a trigger serves no due time: {msg}"
+    );
     let s = wait_stats(&engine, beat, "the trigger counted", |s| {
         s.execution_count == 1
     })
@@ -443,5 +467,74 @@ async fn bad_interval_input_is_refused_or_fails_in_words() {
     // The manager serves the next command.
     let beat = engine.add_heartbeat("next").await;
     engine.run_ok(Some(beat), "start", json!({})).await;
+    engine.finish().await;
+}
+
+/// The dashboard's execution sparkline draws `executions.recent` of
+/// `GET /api/strategies` (and `/api/strategies/{name}`): the last executions as
+/// published on `strategy:execution:{id}`, oldest first, with their durations.
+#[tokio::test]
+async fn the_api_lists_the_last_executions_the_dashboard_draws() {
+    let engine = TestEngine::started().await;
+    let base = engine.http_base().await;
+    let slow = json!({"execute_delay_ms": 40});
+    let id = add_interval(&engine, "spark", "heartbeat", slow, 1, None).await;
+    engine.add_heartbeat("continuous").await;
+    let mut sub = executions(&engine, id).await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    engine.run_ok(Some(id), "trigger", json!({})).await;
+    let mut published = Vec::new();
+    while published.len() < 3 {
+        published.push(
+            sub.expect("an execution", |_, m| m["outcome"] == "ok")
+                .await,
+        );
+    }
+
+    let recent = wait_for("the API lists the three executions", DEADLINE, || async {
+        let (_, body) = common::http_client::get(&base, "/api/strategies/spark").await;
+        let recent = body["executions"]["recent"].as_array()?.clone();
+        (recent.len() >= 3).then_some(recent)
+    })
+    .await;
+    for (listed, message) in recent.iter().zip(&published) {
+        assert_eq!(
+            listed["started_at"], message["started_at"],
+            "{listed} vs {message}"
+        );
+        assert_eq!(listed["duration_ms"], message["duration_ms"], "{listed}");
+        assert_eq!(listed["outcome"], "ok");
+        let ms = listed["duration_ms"].as_u64().unwrap();
+        assert!(ms >= 40, "the step's 40 ms are in its duration: {listed}");
+    }
+
+    let (_, list) = common::http_client::get(&base, "/api/strategies").await;
+    let by_name = |name: &str| {
+        list["strategies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        by_name("spark")["executions"]["recent"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 3
+    );
+    assert_eq!(by_name("continuous")["executions"], Value::Null);
+    // The page draws it.
+    let script = common::http_client::client()
+        .get(format!("{base}/dashboard.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script.contains("execSpark(d.executions && d.executions.recent)"));
     engine.finish().await;
 }

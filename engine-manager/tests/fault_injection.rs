@@ -17,7 +17,10 @@
 //!   executor, the row's pid; stopped/error: none) and its status is what the
 //!   operators asked for (`desired_state`, itself what our own commands imply);
 //! - no command took effect twice (`strategy_events` per command id);
-//! - all along (a `/proc` scan every few ms): never two executors for one strategy.
+//! - all along (a `/proc` scan every few ms): never two executors for one strategy;
+//! - every other strategy is an interval strategy (every 1 s) with limits (cgroups
+//!   where the host has them), `trigger` is in the command mix, and at every
+//!   checkpoint each one's execution statistics add up and never go back.
 //!
 //! Runs (CONTRACT §4, [`runs`]) flow alongside: backtests, screeners and alerts over a
 //! small data set, cancels for some; at every checkpoint each run is final or
@@ -169,8 +172,10 @@ struct Issued {
     must_fail: bool,
 }
 
-/// The command mix: word, weight.
-const MIX: [(&str, u32); 7] = [
+/// The command mix: word, weight. (`trigger` on a continuous strategy, or one not
+/// running, ends `failed`; either way it must end.)
+const MIX: [(&str, u32); 8] = [
+    ("trigger", 6),
     ("start", 24),
     ("stop", 14),
     ("restart", 14),
@@ -550,9 +555,39 @@ struct Figures {
     violations: Vec<String>,
     /// Manager kills that hit a command in progress, by command word.
     manager_kills_mid: BTreeMap<String, u32>,
+    /// Each interval strategy's `execution_count` at the last checkpoint.
+    executions_seen: HashMap<Uuid, i64>,
+}
+
+/// Interval strategies (CONTRACT §5) through the faults: their statistics add up
+/// (`execution_count` = successful + failed) and never go back (a manager killed
+/// between batched writes loses at most what it had not written, which no earlier
+/// checkpoint saw).
+async fn check_executions(round: usize, op: &Operator, figures: &mut Figures) {
+    let rows: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, name, execution_count, successful_executions, failed_executions \
+         FROM strategy_configs WHERE execution_interval_s IS NOT NULL",
+    )
+    .fetch_all(&op.pool)
+    .await
+    .unwrap_or_default();
+    for (id, name, count, ok, failed) in rows {
+        if count != ok + failed {
+            figures.violations.push(format!(
+                "round {round}: {name}: execution_count {count} is not successful {ok} + failed {failed}"
+            ));
+        }
+        let before = figures.executions_seen.insert(id, count).unwrap_or(0);
+        if count < before {
+            figures.violations.push(format!(
+                "round {round}: {name}: execution_count went back from {before} to {count}"
+            ));
+        }
+    }
 }
 
 async fn checkpoint(round: usize, op: &Operator, socket: &Path, figures: &mut Figures) {
+    check_executions(round, op, figures).await;
     let t0 = Instant::now();
     let drained = try_wait_for(DRAIN_DEADLINE, || async {
         let open: i64 = sqlx::query_scalar(
@@ -863,6 +898,18 @@ async fn run_suite(options: SuiteOptions) {
                 json!({"interval_ms": 20}),
             )
             .await;
+        if i % 2 == 1 {
+            // Every other strategy is an interval strategy (every 1 s, a no-op step)
+            // with limits that never bind: executions and cgroups through the faults.
+            sqlx::query(
+                "UPDATE strategy_configs SET execution_interval_s = 1, \
+                 limits = '{\"memory_mb\": 256, \"pids\": 256}' WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&op.pool)
+            .await
+            .expect("make an interval strategy with limits");
+        }
         ids.push(id);
         op.run_ok(Some(id), "start", json!({})).await;
     }
@@ -1142,6 +1189,11 @@ async fn run_suite(options: SuiteOptions) {
     );
     println!("  runs per state at the end: {runs_per_state:?}");
     println!("  runs tried again (attempt 1): {runs_retried}");
+    println!(
+        "  interval strategies: {}, executions counted at the last checkpoint: {}",
+        figures.executions_seen.len(),
+        figures.executions_seen.values().sum::<i64>()
+    );
     println!(
         "  runs settled at the checkpoints in max {:.2}s",
         max(&runs_settle)

@@ -197,6 +197,58 @@ async fn a_thread_bomb_is_contained_by_its_pids_limit() {
     engine.finish().await;
 }
 
+/// An executor that exits while no manager watches it (the manager down) leaves its
+/// group behind, empty: the next manager removes it at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_group_left_while_the_manager_was_down_is_removed_at_the_next_start() {
+    let Some(mut engine) = v1_engine().await else {
+        return;
+    };
+    let id = add_limited(&engine, "orphan", json!({}), json!({"memory_mb": 128})).await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    let pid = engine.live_pid(id).await;
+    let groups = ["memory", "cpu", "pids"].map(|c| v1_group(c, id));
+    assert!(groups.iter().all(|g| g.is_dir()));
+
+    engine.stop_manager().await;
+    common::processes::sigkill(pid);
+    wait_for("the executor gone", DEADLINE, || async {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+    assert_eq!(read(&groups[0], "cgroup.procs"), "", "left behind, empty");
+    // Meanwhile an operator's stop came (the strategy is not started again, so the
+    // group can only go by the sweep), and the group is past the sweep's minimum age.
+    sqlx::query("UPDATE strategy_configs SET desired_state = 'stopped' WHERE id = $1")
+        .bind(id)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    wait_for(
+        "the group older than the sweep's minimum age",
+        DEADLINE,
+        || async {
+            let age = std::fs::metadata(&groups[0])
+                .ok()?
+                .modified()
+                .ok()?
+                .elapsed()
+                .ok()?;
+            (age >= engine_manager::limits::EMPTY_GROUP_MIN_AGE).then_some(())
+        },
+    )
+    .await;
+
+    engine.start_manager().await;
+    wait_for(
+        "the empty group removed from every hierarchy",
+        DEADLINE,
+        || async { groups.iter().all(|g| !g.exists()).then_some(()) },
+    )
+    .await;
+    engine.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_updated_live_without_a_restart() {
     let Some(engine) = v1_engine().await else {

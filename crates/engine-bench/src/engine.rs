@@ -90,6 +90,8 @@ pub struct EngineOptions {
     pub health_interval: Option<Duration>,
     pub metrics_interval: Option<Duration>,
     pub restart_delay: Option<Duration>,
+    /// `--max-concurrent-executions` (interval executions); `None`: the default, 5.
+    pub max_concurrent_executions: Option<u32>,
     pub strategies: Vec<StrategySpec>,
     /// `enginectl` argument lists run before the manager starts (market data).
     pub data: Vec<Vec<String>>,
@@ -733,6 +735,7 @@ pub fn start_cluster_node(
         health_interval: Some(Duration::from_secs(1)),
         metrics_interval: None,
         restart_delay: None,
+        max_concurrent_executions: None,
         strategies: Vec::new(),
         data: Vec::new(),
     };
@@ -896,6 +899,9 @@ fn manager_command(
         if let Some(value) = value {
             command.env(var, format!("{}ms", value.as_millis()));
         }
+    }
+    if let Some(cap) = options.max_concurrent_executions {
+        command.env("ENGINE_MAX_CONCURRENT_EXECUTIONS", cap.to_string());
     }
     Ok(command)
 }

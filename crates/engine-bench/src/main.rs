@@ -122,6 +122,27 @@ pub struct BenchArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub cluster_window: Duration,
 
+    /// Interval strategies of the lateness part (no-op steps, every 1 s).
+    #[arg(long, default_value_t = 1000)]
+    pub lateness_strategies: usize,
+
+    /// How long the lateness part collects executions, after they settled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lateness_window: Duration,
+
+    /// `--max-concurrent-executions` of the lateness part's managers, one engine each
+    /// (comma-separated; 5 is the manager's default; 0: a baseline engine whose
+    /// strategies stay continuous, for the manager's CPU without executions).
+    #[arg(long, value_delimiter = ',', default_value = "5,1000")]
+    pub lateness_caps: Vec<u32>,
+
+    /// A runaway strategy started beside the lateness part's interval strategies, to
+    /// see what it does to them: `spinner` (a heartbeat burning a core, limited to
+    /// `cpu_percent` 50) or `hog` (a heartbeat allocating 8 MB every 50 ms, limited to
+    /// `memory_mb` 64: killed and restarted again and again).
+    #[arg(long, value_enum, default_value = "none")]
+    pub lateness_runaway: Runaway,
+
     /// Keep the state directories (manager and executor logs) instead of removing them.
     #[arg(long)]
     pub keep_logs: bool,
@@ -139,6 +160,16 @@ pub enum Part {
     Runs,
     /// Three cluster nodes: renewals, self-fencing, failover of a killed node.
     Cluster,
+    /// Interval executions: start minus due time at 1 000 strategies every 1 s, the
+    /// manager's CPU and memory meanwhile (not in the default parts).
+    Lateness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runaway {
+    None,
+    Spinner,
+    Hog,
 }
 
 impl BenchArgs {
@@ -152,7 +183,10 @@ impl BenchArgs {
             self.metrics_messages = self.metrics_messages.min(2_000);
             self.metrics_burst = self.metrics_burst.min(1_000);
             self.ticks = self.ticks.min(5_000);
+            self.lateness_strategies = self.lateness_strategies.min(20);
+            self.lateness_window = Duration::from_secs(3);
         }
+        self.lateness_strategies = self.lateness_strategies.max(1);
         self.samples = self.samples.max(1);
         self.scales.retain(|n| *n > 0);
         self.scales.sort_unstable();
@@ -234,6 +268,11 @@ async fn run(args: BenchArgs, cleanup: engine::CleanupRegistry) -> anyhow::Resul
         scenarios::cluster(&ctx, &mut results)
             .await
             .context("cluster part")?;
+    }
+    if args.parts.contains(&Part::Lateness) {
+        scenarios::lateness(&ctx, &mut results)
+            .await
+            .context("lateness part")?;
     }
     results.finish().await;
     results

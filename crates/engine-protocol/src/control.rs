@@ -75,6 +75,10 @@ pub enum ExecutorMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
         duration_ms: u64,
+        /// When `on_execute` began, by the executor's clock (absent from older
+        /// executors).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Paper orders filled since the last such frame (CONTRACT.md §7), oldest first:
     /// sent after a callback that filled, batched (at most [`ORDERS_PER_FRAME`] a
@@ -261,9 +265,18 @@ mod tests {
             error: Some("no price yet".into()),
             message: None,
             duration_ms: 12,
+            started_at: Some(chrono::Utc::now()),
         };
         let back: ExecutorMessage = serde_json::from_slice(&encode_frame(&done)).unwrap();
         assert_eq!(back, done);
+        // An older executor's frame, without `started_at`, still reads.
+        let old = format!(
+            "{{\"type\":\"executed\",\"execution_id\":\"{id}\",\"ok\":true,\"duration_ms\":3}}"
+        );
+        match serde_json::from_str::<ExecutorMessage>(&old).unwrap() {
+            ExecutorMessage::Executed { started_at, .. } => assert_eq!(started_at, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

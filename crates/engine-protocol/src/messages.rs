@@ -60,6 +60,9 @@ impl Channels {
     pub fn execution(&self, id: Uuid) -> String {
         format!("{}strategy:execution:{id}", self.prefix)
     }
+    pub fn execution_pattern(&self) -> String {
+        format!("{}strategy:execution:*", self.prefix)
+    }
     pub fn state_key(&self, id: Uuid) -> String {
         format!("{}strategy:state:{id}", self.prefix)
     }
@@ -193,7 +196,8 @@ pub struct StatusMessage {
 }
 
 /// `strategy:execution:{strategy_id}`: one interval execution's end (CONTRACT.md §5),
-/// or due executions skipped. Exactly the contract's fields.
+/// or due executions skipped. The contract's fields, and two additive ones (absent
+/// when they do not apply).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionMessage {
     pub strategy_id: Uuid,
@@ -207,6 +211,17 @@ pub struct ExecutionMessage {
     /// `ok`, `error`, `timeout` or `skipped`.
     pub outcome: String,
     pub error: Option<String>,
+    /// Additive: the due time a scheduled execution served (for `skipped`: the
+    /// latest due time skipped, as `started_at`). Absent for a `manual` execution
+    /// that served no due time (a `trigger` that joined a waiting due execution
+    /// carries that due time). `started_at - due_at` is how late the start was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
+    /// Additive: when the executor began the strategy's `on_execute`, by its own
+    /// clock (`started_at` is when the manager sent the execution). Absent for
+    /// `skipped` and `timeout`, and from an executor that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_started_at: Option<DateTime<Utc>>,
 }
 
 /// `strategy:health`: one message per running strategy every health interval.

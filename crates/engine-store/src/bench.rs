@@ -55,6 +55,44 @@ pub async fn set_execution_interval(
         .map(drop)
 }
 
+/// Make the strategies `ids` interval strategies executed every `interval_s` seconds.
+pub async fn set_execution_interval_of(
+    pool: &PgPool,
+    ids: &[Uuid],
+    interval_s: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE strategy_configs SET execution_interval_s = $2 WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(interval_s)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// The interval execution statistics summed over every strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, sqlx::FromRow)]
+pub struct ExecutionTotals {
+    pub execution_count: i64,
+    pub failed_executions: i64,
+    pub skipped_executions: i64,
+}
+
+pub async fn execution_totals(pool: &PgPool) -> Result<ExecutionTotals, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(sum(execution_count), 0)::bigint AS execution_count,                 coalesce(sum(failed_executions), 0)::bigint AS failed_executions,                 coalesce(sum(skipped_executions), 0)::bigint AS skipped_executions          FROM strategy_configs",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// How many `strategy_events` rows have `reason` (e.g. `oom`).
+pub async fn count_events(pool: &PgPool, reason: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM strategy_events WHERE reason = $1")
+        .bind(reason)
+        .fetch_one(pool)
+        .await
+}
+
 /// Insert `command` (no parameters) for every strategy in one statement (so one
 /// transaction, one `created_at`); returns the rows' `created_at`.
 pub async fn command_every_strategy(

@@ -9,6 +9,9 @@
 //!   supervisors (`running` reached and left, `trigger` commands, execution ends),
 //!   it asks them to execute or kill, answers triggers, publishes
 //!   `strategy:execution:{id}` and writes the statistics in batches.
+//! - [`recent`]: [`recent::RecentExecutions`], the last executions of each strategy
+//!   as published, for the HTTP API and the dashboard's sparkline.
 
 pub mod plan;
+pub mod recent;
 pub mod task;

@@ -10,7 +10,12 @@
 //! # Rules
 //! - **Due times.** A strategy added with no statistics is first due one interval
 //!   after it is added, then every interval after its previous due time (not after
-//!   its previous execution), so the cadence does not drift.
+//!   its previous execution), so the cadence does not drift. The manager's shell
+//!   plans a strategy started afresh at [`first_due`] instead: a point within its
+//!   first interval fixed by a stable hash of its id (its *phase*), so that a
+//!   thousand strategies started at once at the same interval do not all fall due
+//!   at the same instant, and — since each next due time is one interval after the
+//!   last — stay spread.
 //! - **Concurrency.** At most `max_concurrent` executions run at once across all
 //!   strategies (CONTRACT: `--max-concurrent-executions`, default
 //!   [`DEFAULT_MAX_CONCURRENT_EXECUTIONS`]); a strategy runs one execution at a time.
@@ -160,6 +165,8 @@ pub struct Start {
     pub strategy_id: Uuid,
     pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
+    /// The due time it serves (`None` for a `trigger` that joined no due time).
+    pub due_at: Option<DateTime<Utc>>,
     /// The `trigger` commands this execution answers (empty for `schedule`).
     pub commands: Vec<Uuid>,
 }
@@ -547,6 +554,7 @@ impl ExecutionPlan {
                 strategy_id,
                 trigger,
                 started_at: now,
+                due_at: waiting.due_at,
                 commands: waiting.commands,
             });
         }
@@ -588,6 +596,38 @@ impl ExecutionPlan {
         }
         decisions
     }
+}
+
+/// When a strategy planned afresh at `now` (started, resumed, restarted, given an
+/// interval) is first due: the first instant after `now` on its phase, a point of
+/// the interval fixed by [`phase_ms`] of its id — within `(now, now + interval]`.
+/// Strategies started together are spread over their interval instead of all
+/// falling due at once, and each keeps its phase across restarts.
+pub fn first_due(strategy_id: Uuid, interval: TimeDelta, now: DateTime<Utc>) -> DateTime<Utc> {
+    let step = interval.num_milliseconds().max(1);
+    let phase = i64::try_from(phase_ms(strategy_id) % step.unsigned_abs()).unwrap_or(0);
+    let now_ms = now.timestamp_millis();
+    // The last instant at or before `now` on the phase, then one interval on.
+    let on_phase = now_ms - (now_ms - phase).rem_euclid(step);
+    let first = on_phase + step;
+    DateTime::from_timestamp_millis(first).unwrap_or(now + interval)
+}
+
+/// A stable hash of a strategy's id (FNV-1a over its 16 bytes, then a finaliser
+/// that mixes the high bits down): the same on every manager and every version,
+/// spread even for ids that differ in one byte (`…0001`, `…0002`).
+pub fn phase_ms(strategy_id: Uuid) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in strategy_id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finaliser.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 /// The due time `n` intervals after `first`.

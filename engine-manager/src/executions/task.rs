@@ -8,8 +8,15 @@
 //! Edits of `execution_interval_s` / `max_execution_s` of a running strategy are
 //! picked up every [`REFRESH_EVERY`]: a strategy given an interval is planned, one
 //! whose interval was cleared is no longer executed.
+//!
+//! The task never waits for the database itself: the rows of strategies that reached
+//! `running` (and, every [`REFRESH_EVERY`], of every running one) are read by a
+//! spawned query, one at a time, whose rows come back to the loop; a slow database
+//! delays a new strategy's plan, never the executions of the others. A `trigger` for
+//! a strategy whose row is not read yet waits for it.
 
-use super::plan::{Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
+use super::plan::{first_due, Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
+use super::recent::RecentExecution;
 use crate::supervisor::{CommandError, Outcome};
 use crate::Shared;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -27,6 +34,16 @@ type StatsBatch = Vec<(Uuid, ExecutionStatsRow)>;
 pub const WRITE_EVERY: Duration = Duration::from_millis(500);
 /// How often the interval columns of the running strategies are read again.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// How long one read of interval rows may take before it is given up (the next
+/// refresh reads them again).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A read of interval rows under way: the ids asked for, and the rows (`None`: the
+/// read failed or timed out) when they come.
+struct Reading {
+    ids: Vec<Uuid>,
+    rows: oneshot::Receiver<Option<Vec<IntervalRow>>>,
+}
 
 /// What a supervisor asks of its executor for the executions task.
 #[derive(Debug)]
@@ -60,6 +77,8 @@ pub enum Message {
         strategy_id: Uuid,
         execution_id: Uuid,
         outcome: Result<(), String>,
+        /// When the executor began it, by its clock (`None` without its answer).
+        executor_started_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -101,6 +120,18 @@ struct InFlight {
     execution_id: Uuid,
     trigger: Trigger,
     started_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+}
+
+/// One `strategy:execution:{id}` message's varying fields.
+struct Published {
+    trigger: Trigger,
+    started_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+    executor_started_at: Option<DateTime<Utc>>,
+    duration_ms: u64,
+    outcome: &'static str,
+    error: Option<String>,
 }
 
 pub struct Executions {
@@ -117,6 +148,14 @@ pub struct Executions {
     /// The statistics of strategies no longer planned (paused, stopped), for their
     /// next plan: the row may not have them yet.
     parked: HashMap<Uuid, ExecutionStats>,
+    /// Known strategies whose row is to be read (again).
+    unread: HashSet<Uuid>,
+    /// Known strategies whose row was never read yet: their triggers wait.
+    first_read: HashSet<Uuid>,
+    /// Triggers waiting for their strategy's first row.
+    deferred: Vec<(Uuid, Uuid, oneshot::Sender<Outcome>)>,
+    /// The read under way.
+    reading: Option<Reading>,
     /// Statistics to write, newest per strategy.
     unwritten: HashMap<Uuid, ExecutionStatsRow>,
     /// The write under way: its rows come back if it failed.
@@ -135,6 +174,10 @@ impl Executions {
             replies: HashMap::new(),
             planned_before: HashSet::new(),
             parked: HashMap::new(),
+            unread: HashSet::new(),
+            first_read: HashSet::new(),
+            deferred: Vec::new(),
+            reading: None,
             unwritten: HashMap::new(),
             writing: None,
         }
@@ -151,32 +194,37 @@ impl Executions {
                 biased;
                 _ = cancel.cancelled() => break,
                 message = self.inbox.recv() => match message {
-                    Some(message) => self.on_message(message).await,
+                    Some(message) => self.on_message(message),
                     None => break,
                 },
+                rows = rows_read(&mut self.reading) => self.on_rows(rows),
                 _ = sleep_until(wake) => {}
                 _ = write.tick() => self.write(),
-                _ = refresh.tick() => self.refresh().await,
+                _ = refresh.tick() => self.refresh(),
             }
             self.poll();
+            self.start_read();
         }
         self.final_write().await;
     }
 
-    async fn on_message(&mut self, message: Message) {
+    fn on_message(&mut self, message: Message) {
         match message {
             Message::Running {
                 strategy_id,
                 name,
                 requests,
-            } => self.running(strategy_id, name, requests).await,
+            } => self.running(strategy_id, name, requests),
             Message::NotRunning {
                 strategy_id,
                 status,
             } => {
                 self.known.remove(&strategy_id);
+                self.unread.remove(&strategy_id);
+                self.first_read.remove(&strategy_id);
                 let why = format!("the strategy is {status} now; the execution did not end");
                 self.unplan(strategy_id, &why);
+                self.release_deferred();
             }
             Message::Trigger {
                 strategy_id,
@@ -187,12 +235,14 @@ impl Executions {
                 strategy_id,
                 execution_id,
                 outcome,
-            } => self.ended(strategy_id, execution_id, outcome),
+                executor_started_at,
+            } => self.ended(strategy_id, execution_id, outcome, executor_started_at),
         }
     }
 
-    /// A strategy reached `running`: planned if it has an interval.
-    async fn running(&mut self, id: Uuid, name: String, requests: mpsc::Sender<ExecRequest>) {
+    /// A strategy reached `running`: planned, once its row is read, if it has an
+    /// interval.
+    fn running(&mut self, id: Uuid, name: String, requests: mpsc::Sender<ExecRequest>) {
         if let Some(known) = self.known.get_mut(&id) {
             // Already known (a re-recorded `running`): keep its plan.
             known.requests = requests;
@@ -207,18 +257,61 @@ impl Executions {
                 schedule: None,
             },
         );
-        match store::interval_rows(&self.shared.pool, &[id]).await {
-            Ok(rows) => {
-                if let Some(row) = rows.into_iter().next() {
-                    self.apply_row(row);
+        self.unread.insert(id);
+        self.first_read.insert(id);
+    }
+
+    /// Start reading the rows of the strategies waiting for it, unless a read is
+    /// under way.
+    fn start_read(&mut self) {
+        if self.reading.is_some() || self.unread.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = self.unread.drain().collect();
+        let pool = self.shared.pool.clone();
+        let (done, rows) = oneshot::channel();
+        let asked = ids.clone();
+        self.shared.tracker.spawn(async move {
+            let read = store::interval_rows(&pool, &asked);
+            let rows = match tokio::time::timeout(READ_TIMEOUT, read).await {
+                Ok(Ok(rows)) => Some(rows),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, strategies = asked.len(), "cannot read execution intervals; retrying within {}s", REFRESH_EVERY.as_secs());
+                    None
                 }
-            }
-            Err(err) => tracing::warn!(
-                strategy_id = %id,
-                error = %err,
-                "cannot read the strategy's execution_interval_s; retrying within {}s",
-                REFRESH_EVERY.as_secs()
-            ),
+                Err(_) => {
+                    tracing::warn!(strategies = asked.len(), "reading execution intervals timed out; retrying within {}s", REFRESH_EVERY.as_secs());
+                    None
+                }
+            };
+            let _ = done.send(rows);
+        });
+        self.reading = Some(Reading { ids, rows });
+    }
+
+    /// The rows of a read (`None`: it failed; the next refresh asks again).
+    fn on_rows(&mut self, rows: Option<Vec<IntervalRow>>) {
+        let Some(reading) = self.reading.take() else {
+            return;
+        };
+        let Some(rows) = rows else {
+            return;
+        };
+        for row in rows {
+            self.apply_row(row);
+        }
+        for id in &reading.ids {
+            self.first_read.remove(id);
+        }
+        self.release_deferred();
+    }
+
+    /// Take the triggers whose strategy's first row is read now (or which left
+    /// `running` meanwhile).
+    fn release_deferred(&mut self) {
+        let deferred = std::mem::take(&mut self.deferred);
+        for (id, command_id, reply) in deferred {
+            self.trigger(id, command_id, reply);
         }
     }
 
@@ -256,8 +349,9 @@ impl Executions {
                     .unwrap_or_else(|| stats_from_row(&columns.stats));
                 if !self.planned_before.insert(row.id) || stats.next_execution_at.is_none() {
                     // Started, resumed or restarted (not a manager restart): the
-                    // first execution one interval from now, nothing counted missed.
-                    stats.next_execution_at = Some(now + new.interval());
+                    // first execution within one interval from now, on the
+                    // strategy's phase (spread), nothing counted missed.
+                    stats.next_execution_at = Some(first_due(row.id, new.interval(), now));
                 }
                 if let Some(Decision::Skipped {
                     strategy_id,
@@ -291,6 +385,10 @@ impl Executions {
     }
 
     fn trigger(&mut self, id: Uuid, command_id: Uuid, reply: oneshot::Sender<Outcome>) {
+        if self.first_read.contains(&id) {
+            self.deferred.push((id, command_id, reply));
+            return;
+        }
         match self.plan.trigger(id, command_id) {
             Ok(()) => {
                 self.replies.insert(command_id, reply);
@@ -308,7 +406,13 @@ impl Executions {
         }
     }
 
-    fn ended(&mut self, id: Uuid, execution_id: Uuid, outcome: Result<(), String>) {
+    fn ended(
+        &mut self,
+        id: Uuid,
+        execution_id: Uuid,
+        outcome: Result<(), String>,
+        executor_started_at: Option<DateTime<Utc>>,
+    ) {
         match self.in_flight.get(&id) {
             Some(flight) if flight.execution_id == execution_id => {}
             // A late answer of an execution already given up on (its executor was
@@ -329,17 +433,21 @@ impl Executions {
                 .stats(id)
                 .and_then(|s| s.last_execution_duration_ms)
                 .unwrap_or(0);
-            let (word, error) = match outcome {
+            let (outcome, error) = match outcome {
                 Ok(()) => ("ok", None),
                 Err(err) => ("error", Some(err)),
             };
             self.publish(
                 id,
-                flight.trigger,
-                flight.started_at,
-                duration_ms,
-                word,
-                error,
+                Published {
+                    trigger: flight.trigger,
+                    started_at: flight.started_at,
+                    due_at: flight.due_at,
+                    executor_started_at,
+                    duration_ms,
+                    outcome,
+                    error,
+                },
             );
         }
     }
@@ -372,8 +480,16 @@ impl Executions {
                     }
                     if let Some(flight) = self.in_flight.get(&strategy_id) {
                         let ms = (now - flight.started_at).num_milliseconds().max(0) as u64;
-                        let (trigger, started_at) = (flight.trigger, flight.started_at);
-                        self.publish(strategy_id, trigger, started_at, ms, "timeout", Some(error));
+                        let published = Published {
+                            trigger: flight.trigger,
+                            started_at: flight.started_at,
+                            due_at: flight.due_at,
+                            executor_started_at: None,
+                            duration_ms: ms,
+                            outcome: "timeout",
+                            error: Some(error),
+                        };
+                        self.publish(strategy_id, published);
                     }
                 }
                 Decision::KillAndRestart { strategy_id } => self.kill(strategy_id),
@@ -397,11 +513,12 @@ impl Executions {
                 execution_id,
                 trigger: start.trigger,
                 started_at: start.started_at,
+                due_at: start.due_at,
             },
         );
         if !matches!(sent, Some(Ok(()))) {
             let error = "the strategy's supervisor did not take the execution".to_string();
-            self.ended(start.strategy_id, execution_id, Err(error));
+            self.ended(start.strategy_id, execution_id, Err(error), None);
         }
     }
 
@@ -438,52 +555,50 @@ impl Executions {
     }
 
     fn publish_skipped(&self, id: Uuid, due_at: DateTime<Utc>, error: String) {
-        self.publish(id, Trigger::Schedule, due_at, 0, "skipped", Some(error));
+        let published = Published {
+            trigger: Trigger::Schedule,
+            started_at: due_at,
+            due_at: Some(due_at),
+            executor_started_at: None,
+            duration_ms: 0,
+            outcome: "skipped",
+            error: Some(error),
+        };
+        self.publish(id, published);
     }
 
-    fn publish(
-        &self,
-        id: Uuid,
-        trigger: Trigger,
-        started_at: DateTime<Utc>,
-        duration_ms: u64,
-        outcome: &str,
-        error: Option<String>,
-    ) {
+    fn publish(&self, id: Uuid, published: Published) {
         let Some(known) = self.known.get(&id) else {
             return;
         };
+        self.shared.recent_executions.record(
+            id,
+            RecentExecution {
+                started_at: published.started_at,
+                duration_ms: published.duration_ms,
+                outcome: published.outcome,
+            },
+        );
         let message = ExecutionMessage {
             strategy_id: id,
             name: known.name.clone(),
             timestamp: Utc::now(),
-            trigger: trigger.as_str().to_string(),
-            started_at,
-            duration_ms,
-            outcome: outcome.to_string(),
-            error,
+            trigger: published.trigger.as_str().to_string(),
+            started_at: published.started_at,
+            duration_ms: published.duration_ms,
+            outcome: published.outcome.to_string(),
+            error: published.error,
+            due_at: published.due_at,
+            executor_started_at: published.executor_started_at,
         };
         self.shared
             .publisher
             .publish(self.shared.channels.execution(id), &message);
     }
 
-    /// The interval columns of every running strategy, read again.
-    async fn refresh(&mut self) {
-        if self.known.is_empty() {
-            return;
-        }
-        let ids: Vec<Uuid> = self.known.keys().copied().collect();
-        let read = store::interval_rows(&self.shared.pool, &ids);
-        match tokio::time::timeout(Duration::from_secs(1), read).await {
-            Ok(Ok(rows)) => {
-                for row in rows {
-                    self.apply_row(row);
-                }
-            }
-            Ok(Err(err)) => tracing::warn!(error = %err, "cannot read execution intervals"),
-            Err(_) => tracing::warn!("reading execution intervals timed out"),
-        }
+    /// The interval columns of every running strategy, to be read again.
+    fn refresh(&mut self) {
+        self.unread.extend(self.known.keys().copied());
     }
 
     /// Start writing what changed, unless a write is still under way (a failed one's
@@ -542,6 +657,14 @@ impl Executions {
             }
             Err(_) => tracing::warn!("writing execution statistics at shutdown timed out"),
         }
+    }
+}
+
+/// The rows of the read under way, when they come (never, without one).
+async fn rows_read(reading: &mut Option<Reading>) -> Option<Vec<IntervalRow>> {
+    match reading {
+        Some(reading) => (&mut reading.rows).await.ok().flatten(),
+        None => std::future::pending().await,
     }
 }
 

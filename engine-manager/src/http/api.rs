@@ -124,10 +124,25 @@ fn strategy_json(
         "updated_at": row.updated_at,
         "health": health_json(state, health, live),
         "metrics": metrics_json(row, memory),
-        // An interval strategy's interval, time limit and statistics; null for a
+        // An interval strategy's interval, time limit and statistics, and its last
+        // executions (`recent`, for the dashboard's sparkline); null for a
         // continuous one.
-        "executions": row.executions.execution_interval_s.is_some().then_some(&row.executions),
+        "executions": executions_json(state, row),
     })
+}
+
+/// An interval strategy's `executions`: its columns and `recent`, the last
+/// executions this manager published (oldest first); `null` for a continuous one.
+fn executions_json(state: &AppState, row: &StrategyOverview) -> Value {
+    if row.executions.execution_interval_s.is_none() {
+        return Value::Null;
+    }
+    let mut executions = serde_json::to_value(&row.executions).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut executions {
+        let recent = state.shared.recent_executions.of(row.id);
+        fields.insert("recent".into(), json!(recent));
+    }
+    executions
 }
 
 /// `GET /api/strategies`: every strategy, by name.

@@ -11,6 +11,9 @@
 //!   so no strategy code runs unconfined (no `pre_exec`: the workspace forbids unsafe).
 //! - [`LimitGroup`]: one executor's group: limits rewritten live, the OOM kill read
 //!   at exit, removed after the exit.
+//! - [`Limiter::remove_empty_groups`]: at start-up, the groups of executors that
+//!   exited while no manager watched them (the manager was down), found empty, are
+//!   removed; a group with a process in it (an executor to adopt) is kept.
 //! - [`CgroupDriver`]: what a cgroup version does, implemented by `v1` and `v2`
 //!   (the v2 code is tested against a directory laid out like cgroupfs).
 //! - `rlimits`: `prlimit` on the process, the fallback and `open_files`.
@@ -27,6 +30,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The CFS period every cpu quota is written against (100 ms, the kernel's default).
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -48,7 +52,18 @@ pub trait CgroupDriver: Send + Sync + fmt::Debug {
     fn remove(&self, group: &str) -> io::Result<()>;
     /// Whether the group exists (an adopted executor's, made by an earlier manager).
     fn exists(&self, group: &str) -> bool;
+    /// Every group under the engine's parent (`engine/<id>`), whoever made it.
+    fn groups(&self) -> Vec<String>;
+    /// Whether the group holds no process (`false` when that cannot be read).
+    fn is_empty(&self, group: &str) -> bool;
+    /// How long ago the group's directory was made or last changed (`None` when
+    /// unknown).
+    fn age(&self, group: &str) -> Option<Duration>;
 }
+
+/// How old an empty group must be for the start-up sweep to remove it: a group made
+/// this instant by another manager on the host is empty until its process is added.
+pub const EMPTY_GROUP_MIN_AGE: Duration = Duration::from_secs(5);
 
 /// How limits are enforced on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,6 +197,31 @@ impl Limiter {
         confinement
     }
 
+    /// Remove every group that holds no process and is at least `min_age` old: the
+    /// groups of executors that exited while no manager watched them (their
+    /// supervisor removes a group after an exit it sees). Run at start-up, before
+    /// any executor is started; a group with a process in it (an executor to adopt)
+    /// stays. The groups removed, by name; those that could not be, logged.
+    pub fn remove_empty_groups(&self, min_age: Duration) -> Vec<String> {
+        let Some(driver) = &self.driver else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for group in driver.groups() {
+            let old_enough = driver.age(&group).is_some_and(|age| age >= min_age);
+            if !old_enough || !driver.is_empty(&group) {
+                continue;
+            }
+            match driver.remove(&group) {
+                Ok(()) => removed.push(group),
+                Err(err) => {
+                    tracing::warn!(%group, error = %err, "could not remove an empty limits group")
+                }
+            }
+        }
+        removed
+    }
+
     /// The group of an adopted executor, if an earlier manager made one.
     pub fn existing(&self, id: &str) -> Option<LimitGroup> {
         let driver = self.driver.clone()?;
@@ -284,6 +324,30 @@ fn keyed_value(dir: &Path, file: &str, key: &str) -> Option<u64> {
         let (k, v) = line.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// The child directories of `dir` as `engine/<name>` (none when it cannot be read).
+fn child_groups(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .map(|name| group_name(&name))
+        .collect()
+}
+
+/// Whether `dir/cgroup.procs` lists no process (`false` when it cannot be read).
+fn holds_no_process(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|text| text.trim().is_empty())
+}
+
+/// How long ago `dir` was modified (made, for a cgroup directory).
+fn dir_age(dir: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(dir).ok()?.modified().ok()?;
+    Some(modified.elapsed().unwrap_or(Duration::ZERO))
 }
 
 /// Remove a group directory. An empty cgroup goes with its files (rmdir); a plain

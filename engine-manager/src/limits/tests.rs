@@ -187,3 +187,96 @@ fn rlimits_alone_hold_memory_and_files_and_say_what_they_cannot() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The start-up sweep on a fake v2 cgroupfs: a group whose process exited while no
+/// manager watched (its `cgroup.procs` empty, as the kernel leaves it) is removed;
+/// one with a process (an executor to adopt), one just made, and a directory that
+/// is not a group are kept.
+#[test]
+fn v2_empty_groups_left_by_unwatched_exits_are_removed_at_start() {
+    let fs = FakeCgroupfs::new("cpu memory pids\n");
+    let driver = Arc::new(CgroupV2::prepare(&fs.own, 4242).unwrap());
+    let limiter = Limiter::with_driver(driver);
+    let limits = ResourceLimits {
+        memory_mb: Some(64),
+        ..ResourceLimits::default()
+    };
+    let mut live = waiting_child();
+    let mut dead = waiting_child();
+    assert!(limiter.confine("live", live.id(), &limits).group.is_some());
+    assert!(limiter.confine("dead", dead.id(), &limits).group.is_some());
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    // The kernel empties the group of an exited process.
+    std::fs::write(fs.own.join("engine/dead/cgroup.procs"), "").unwrap();
+    std::fs::create_dir_all(fs.own.join("engine/not-a-group")).unwrap();
+
+    // Just made: not yet (another manager may be about to add its process).
+    assert!(limiter.remove_empty_groups(EMPTY_GROUP_MIN_AGE).is_empty());
+    assert!(fs.own.join("engine/dead").exists());
+
+    let removed = limiter.remove_empty_groups(Duration::ZERO);
+    assert_eq!(removed, ["engine/dead"]);
+    assert!(!fs.own.join("engine/dead").exists());
+    assert!(
+        limiter.existing("live").is_some(),
+        "a group with a process stays"
+    );
+    assert!(fs.own.join("engine/not-a-group").exists());
+    live.kill().unwrap();
+    live.wait().unwrap();
+}
+
+/// The same on the real cgroup v1 hierarchies of this host (memory, cpu and pids
+/// mounted under /sys/fs/cgroup, writable as root), in a parent group of the test's
+/// own: the kernel empties the group of an exited process, the sweep removes it from
+/// all three hierarchies and keeps the group of a live one.
+#[test]
+fn v1_empty_groups_left_by_unwatched_exits_are_removed_at_start() {
+    let mounted = ["memory", "cpu", "pids"]
+        .iter()
+        .all(|c| Path::new(&format!("/sys/fs/cgroup/{c}/cgroup.procs")).exists());
+    if !mounted {
+        eprintln!("no cgroup v1 controllers mounted: the cgroup v1 check does not apply here");
+        return;
+    }
+    let parent = format!("engine-sweep-test-{}", Uuid::new_v4());
+    let [memory, cpu, pids] =
+        ["memory", "cpu", "pids"].map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(&parent));
+    let engine = |dir: &Path| dir.join("engine");
+    let driver = CgroupV1::at(engine(&memory), engine(&cpu), engine(&pids));
+    driver.prepare().unwrap();
+    let limiter = Limiter::with_driver(Arc::new(driver));
+    let limits = ResourceLimits {
+        memory_mb: Some(64),
+        pids: Some(16),
+        ..ResourceLimits::default()
+    };
+    let mut live = waiting_child();
+    let mut dead = waiting_child();
+    assert!(limiter.confine("live", live.id(), &limits).group.is_some());
+    assert!(limiter.confine("dead", dead.id(), &limits).group.is_some());
+    let procs = |dir: &Path, group: &str| {
+        std::fs::read_to_string(engine(dir).join(group).join("cgroup.procs")).unwrap()
+    };
+    assert_eq!(procs(&pids, "dead").trim(), dead.id().to_string());
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    assert_eq!(procs(&memory, "dead").trim(), "", "the kernel emptied it");
+
+    assert!(limiter.remove_empty_groups(EMPTY_GROUP_MIN_AGE).is_empty());
+    let removed = limiter.remove_empty_groups(Duration::ZERO);
+    assert_eq!(removed, ["engine/dead"]);
+    for dir in [&memory, &cpu, &pids] {
+        assert!(!engine(dir).join("dead").exists(), "{}", dir.display());
+        assert!(engine(dir).join("live").exists(), "{}", dir.display());
+    }
+
+    live.kill().unwrap();
+    live.wait().unwrap();
+    assert_eq!(limiter.remove_empty_groups(Duration::ZERO), ["engine/live"]);
+    for dir in [&memory, &cpu, &pids] {
+        std::fs::remove_dir(engine(dir)).unwrap();
+        std::fs::remove_dir(dir).unwrap();
+    }
+}

@@ -2,10 +2,15 @@
 //! this project's machines). A group is `engine/<id>` under the manager's own group
 //! in each hierarchy.
 
-use super::{keyed_value, leaf, own_cgroup, remove_dir, write_file, CgroupDriver, CPU_PERIOD_US};
+use super::{
+    child_groups, dir_age, holds_no_process, keyed_value, leaf, own_cgroup, remove_dir, write_file,
+    CgroupDriver, CPU_PERIOD_US,
+};
 use engine_protocol::limits::ResourceLimits;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -140,5 +145,28 @@ impl CgroupDriver for CgroupV1 {
 
     fn exists(&self, group: &str) -> bool {
         self.memory.join(leaf(group)).is_dir()
+    }
+
+    /// A group in any of the three hierarchies (one made in part counts).
+    fn groups(&self) -> Vec<String> {
+        let all: BTreeSet<String> = self.dirs().into_iter().flat_map(child_groups).collect();
+        all.into_iter().collect()
+    }
+
+    /// Empty in every hierarchy where it exists.
+    fn is_empty(&self, group: &str) -> bool {
+        self.dirs()
+            .into_iter()
+            .map(|dir| dir.join(leaf(group)))
+            .filter(|dir| dir.is_dir())
+            .all(|dir| holds_no_process(&dir))
+    }
+
+    /// The youngest of its directories.
+    fn age(&self, group: &str) -> Option<Duration> {
+        self.dirs()
+            .into_iter()
+            .filter_map(|dir| dir_age(&dir.join(leaf(group))))
+            .min()
     }
 }

@@ -5,10 +5,14 @@
 //! moves itself into a leaf `manager` beside `engine`, as systemd's delegation
 //! documentation asks of a delegated service.
 
-use super::{keyed_value, leaf, own_cgroup, remove_dir, write_file, CgroupDriver, CPU_PERIOD_US};
+use super::{
+    child_groups, dir_age, holds_no_process, keyed_value, leaf, own_cgroup, remove_dir, write_file,
+    CgroupDriver, CPU_PERIOD_US,
+};
 use engine_protocol::limits::ResourceLimits;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -133,5 +137,17 @@ impl CgroupDriver for CgroupV2 {
 
     fn exists(&self, group: &str) -> bool {
         self.group_dir(group).is_dir()
+    }
+
+    fn groups(&self) -> Vec<String> {
+        child_groups(&self.engine)
+    }
+
+    fn is_empty(&self, group: &str) -> bool {
+        holds_no_process(&self.group_dir(group))
+    }
+
+    fn age(&self, group: &str) -> Option<Duration> {
+        dir_age(&self.group_dir(group))
     }
 }

@@ -621,6 +621,7 @@ impl StrategySupervisor {
                 execution_id,
                 ok,
                 error,
+                started_at,
                 ..
             }) => {
                 let outcome = match (ok, error) {
@@ -633,6 +634,7 @@ impl StrategySupervisor {
                     strategy_id: self.id,
                     execution_id,
                     outcome,
+                    executor_started_at: started_at,
                 });
             }
             Some(_) => {}
@@ -662,6 +664,7 @@ impl StrategySupervisor {
                     strategy_id: self.id,
                     execution_id,
                     outcome: Err(error),
+                    executor_started_at: None,
                 });
             }
             ExecRequest::Kill { reason } => {

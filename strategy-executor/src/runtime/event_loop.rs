@@ -279,7 +279,8 @@ impl EventLoop {
             return Some(self.fenced().await);
         }
         let began = Instant::now();
-        let result = self.host.execute(chrono::Utc::now());
+        let started_at = chrono::Utc::now();
+        let result = self.host.execute(started_at);
         let duration_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (ok, error, message) = match result {
             Ok(report) => (true, None, report.message().map(str::to_string)),
@@ -296,6 +297,7 @@ impl EventLoop {
                 error,
                 message,
                 duration_ms,
+                started_at: Some(started_at),
             };
             let _ = link.frames.send(LinkOutbound::Frame(frame)).await;
         }

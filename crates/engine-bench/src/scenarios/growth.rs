@@ -50,6 +50,7 @@ async fn growth_at_scale(ctx: &BenchContext, n: usize) -> anyhow::Result<GrowthP
         health_interval: Some(Duration::from_secs(1)),
         metrics_interval: None,
         restart_delay: None,
+        max_concurrent_executions: None,
         strategies: (0..n)
             .map(|i| StrategySpec::heartbeat(format!("g{n}-{i:04}")))
             .collect(),
@@ -169,7 +170,7 @@ async fn start_all(
 
 /// Follow the manager's status messages until each of the `n` strategies is running
 /// or failed, or `until`: (running, failed, when the last one came up running).
-async fn await_running(
+pub(crate) async fn await_running(
     engine: &mut BenchEngine,
     n: usize,
     until: Instant,

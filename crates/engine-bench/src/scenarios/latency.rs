@@ -32,6 +32,7 @@ pub async fn latency(ctx: &BenchContext, results: &mut Results) -> anyhow::Resul
         metrics_interval: None,
         // Only shortens the wait for the restart between two SIGKILL samples.
         restart_delay: Some(Duration::from_millis(200)),
+        max_concurrent_executions: None,
         strategies: (0..n)
             .map(|i| StrategySpec::heartbeat(format!("lat-{i:04}")))
             .collect(),
@@ -272,14 +273,16 @@ async fn stop_samples(engine: &mut BenchEngine, ids: &[Uuid]) -> anyhow::Result<
 
 /// trigger (CONTRACT §5): `samples` `trigger` commands, one at a time, to a running
 /// heartbeat made an interval strategy with an interval too long to come due
-/// (3600 s), so that every execution is a manual one; a no-op step. INSERT → row
+/// (a year), so that every execution is a manual one; a no-op step. INSERT → row
 /// `executed` (the execution ended well, carried over the control link).
 async fn trigger_samples(
     engine: &mut BenchEngine,
     id: Uuid,
     samples: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    db::set_execution_interval(&engine.pool, id, 3600)
+    // A year (the longest allowed): its first due time, somewhere within its
+    // interval, practically never falls among the samples.
+    db::set_execution_interval(&engine.pool, id, 31_536_000)
         .await
         .context("make the strategy an interval strategy")?;
     let start = engine
@@ -320,7 +323,7 @@ fn report_trigger(results: &mut Results, samples: &[f64]) {
             samples,
             Some(Goal::P50AtMost(5.0)),
         )
-        .with_note("a heartbeat with execution_interval_s 3600 (no due execution meanwhile); created_at → executed_at of the command row, polled every 2 ms".to_string()),
+        .with_note("a heartbeat with execution_interval_s 31536000 (no due execution meanwhile); created_at → executed_at of the command row, polled every 2 ms".to_string()),
     );
 }
 

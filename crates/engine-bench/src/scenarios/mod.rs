@@ -8,7 +8,9 @@
 //! - [`runs()`]: backtests, screeners, the run queue and cancel (issue #11);
 //! - [`cluster()`]: three `--cluster` nodes: renewal statements, self-fencing with
 //!   nothing failing, and the failover of a killed node (issue #13; not in the
-//!   default parts).
+//!   default parts);
+//! - [`lateness()`]: how late 1 000 interval strategies at 1 s start against their
+//!   due times, and what the manager spends on them (issue #12).
 //!
 //! Times are wall-clock (`CLOCK_REALTIME`, shared by PostgreSQL, the executors and
 //! the bench on this one machine): a command's origin is its row's `created_at`
@@ -18,12 +20,14 @@
 mod cluster;
 mod growth;
 mod latency;
+mod lateness;
 mod runs;
 mod throughput;
 
 pub use cluster::cluster;
 pub use growth::growth;
 pub use latency::latency;
+pub use lateness::lateness;
 pub use runs::runs;
 pub use throughput::throughput;
 

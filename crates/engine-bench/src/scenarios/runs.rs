@@ -43,6 +43,7 @@ pub async fn runs(ctx: &BenchContext, results: &mut Results) -> anyhow::Result<(
         health_interval: None,
         metrics_interval: None,
         restart_delay: None,
+        max_concurrent_executions: None,
         strategies: vec![
             StrategySpec {
                 name: "bench-sma".into(),

@@ -39,6 +39,7 @@ pub async fn throughput(ctx: &BenchContext, results: &mut Results) -> anyhow::Re
         // the end of the run precise to 100 ms.
         metrics_interval: Some(Duration::from_millis(100)),
         restart_delay: None,
+        max_concurrent_executions: None,
         strategies,
         data: Vec::new(),
     };

@@ -68,6 +68,7 @@ fn a_new_strategy_is_due_one_interval_later_then_every_interval() {
             strategy_id: id(1),
             trigger: Trigger::Schedule,
             started_at: t(60),
+            due_at: Some(t(60)),
             commands: vec![],
         })]
     );
@@ -218,6 +219,7 @@ fn triggers_run_now_join_a_waiting_execution_and_answer_their_commands() {
             strategy_id: id(1),
             trigger: Trigger::Manual,
             started_at: t(5),
+            due_at: None,
             commands: vec![id(100)],
         })]
     );
@@ -404,4 +406,105 @@ fn changed_statistics_are_handed_out_once() {
     plan.remove(id(1));
     plan.finished(id(1), t(12), Ok(()));
     assert!(plan.take_changed().is_empty());
+}
+
+#[test]
+fn a_strategy_started_afresh_is_first_due_on_its_phase_within_one_interval() {
+    let interval = TimeDelta::seconds(60);
+    for n in 0..200u128 {
+        let strategy = Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n);
+        let phase = i64::try_from(phase_ms(strategy) % 60_000).unwrap();
+        for now in [
+            t(0),
+            t(0) + ms(1),
+            t(17) + ms(999),
+            t(59),
+            t(3600) + ms(phase),
+        ] {
+            let due = first_due(strategy, interval, now);
+            assert!(
+                due > now && due <= now + interval,
+                "{strategy}: {due} for {now}"
+            );
+            assert_eq!(
+                due.timestamp_millis().rem_euclid(60_000),
+                phase,
+                "{strategy}: always on its phase"
+            );
+        }
+    }
+    // The hash is fixed: the same phase on every manager and every version.
+    assert_eq!(phase_ms(Uuid::nil()), 0x6875_2350_ae1d_483f);
+    assert_eq!(phase_ms(id(1)), 0x1af7_b85a_5eef_58e4);
+}
+
+/// 1 000 strategies at 1 s started at the same instant: their first due times are
+/// spread over the second (no millisecond holds more than a handful), and the due
+/// times after them stay spread.
+#[test]
+fn a_thousand_strategies_started_together_are_spread_over_their_interval() {
+    let interval = every(1);
+    let now = t(0) + ms(437);
+    let mut plan = ExecutionPlan::new(1000);
+    // Ids as an operator might make them (sequential) and as the database does.
+    let ids: Vec<Uuid> = (1..=500u128)
+        .map(id)
+        .chain((0..500).map(|_| Uuid::new_v4()))
+        .collect();
+    for &strategy in &ids {
+        let stats = ExecutionStats {
+            next_execution_at: Some(first_due(strategy, interval.interval(), now)),
+            ..ExecutionStats::default()
+        };
+        assert_eq!(plan.add(strategy, interval, stats, now), None);
+    }
+    let spread = |dues: &[DateTime<Utc>]| {
+        let mut per_ms: HashMap<i64, usize> = HashMap::new();
+        let mut per_tenth = [0usize; 10];
+        for due in dues {
+            *per_ms.entry(due.timestamp_millis()).or_default() += 1;
+            per_tenth[usize::try_from(due.timestamp_subsec_millis() / 100).unwrap()] += 1;
+        }
+        (
+            per_ms.values().copied().max().unwrap(),
+            per_ms.len(),
+            per_tenth,
+        )
+    };
+    // Poll every millisecond for three seconds; every execution ends at once.
+    let mut rounds: Vec<Vec<DateTime<Utc>>> = vec![Vec::new(); 3];
+    let mut clock = now;
+    while clock < now + TimeDelta::seconds(3) {
+        clock += ms(1);
+        for decision in plan.poll(clock) {
+            let Decision::Start(start) = decision else {
+                panic!("only starts expected: {decision:?}");
+            };
+            let due = start
+                .due_at
+                .expect("a scheduled execution has its due time");
+            assert_eq!(start.started_at - due, TimeDelta::zero(), "polled on time");
+            let round = usize::try_from((due - now - ms(1)).num_seconds()).unwrap();
+            rounds[round].push(due);
+            plan.finished(start.strategy_id, clock, Ok(())).unwrap();
+        }
+    }
+    for (round, dues) in rounds.iter().enumerate() {
+        assert_eq!(dues.len(), 1000, "round {round}: every strategy once");
+        let (busiest_ms, distinct_ms, per_tenth) = spread(dues);
+        assert!(busiest_ms <= 8, "round {round}: {busiest_ms} due in one ms");
+        assert!(
+            distinct_ms >= 550,
+            "round {round}: {distinct_ms} distinct ms"
+        );
+        assert!(
+            per_tenth.iter().all(|&n| (50..=150).contains(&n)),
+            "round {round}: per 100 ms {per_tenth:?}"
+        );
+    }
+    let skipped: u64 = ids
+        .iter()
+        .map(|id| plan.stats(*id).unwrap().skipped_executions)
+        .sum();
+    assert_eq!(skipped, 0);
 }

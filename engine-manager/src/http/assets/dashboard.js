@@ -167,7 +167,10 @@
     name.className = "name";
     const sub = document.createElement("div");
     sub.className = "sub";
-    nameCell.append(name, sub);
+    // An interval strategy's last executions' durations (executions.recent).
+    const exec = svgSpark("exec");
+    exec.wrap.hidden = true;
+    nameCell.append(name, sub, exec.wrap);
     const statusCell = td();
     const badge = document.createElement("span");
     badge.className = "badge status";
@@ -213,7 +216,7 @@
       visible: true, // until the observer says otherwise
       behind: false, // changed while off screen
       tr,
-      els: { name, sub, badge, cpu, mem, pnl, pnlTotal, pos, orders, restarts, tick, err, outcome, buttons },
+      els: { name, sub, exec, badge, cpu, mem, pnl, pnlTotal, pos, orders, restarts, tick, err, outcome, buttons },
     };
     byTr.set(tr, row);
     onScreen.observe(tr);
@@ -269,6 +272,29 @@
       x.failed_executions + " failed, " + x.skipped_executions + " skipped" + next;
   }
 
+  // The last executions' durations as a sparkline, oldest left, evenly spaced (one
+  // point per execution, not per unit of time); skipped ones are left out. Returns
+  // the polyline's points, the text beside it and its tooltip.
+  function execSpark(recent) {
+    const ran = (recent || []).filter((x) => x.outcome !== "skipped");
+    if (ran.length === 0) return { points: "", text: "", title: "" };
+    let hi = 0;
+    for (const x of ran) if (x.duration_ms > hi) hi = x.duration_ms;
+    const step = ran.length > 1 ? 100 / (ran.length - 1) : 0;
+    let points = "";
+    ran.forEach((x, i) => {
+      const y = hi > 0 ? 22 - (x.duration_ms / hi) * 20 : 22;
+      points += (i * step).toFixed(1) + "," + y.toFixed(1) + " ";
+    });
+    if (ran.length === 1) points += "1.5,22";
+    const last = ran[ran.length - 1];
+    const failed = ran.filter((x) => x.outcome !== "ok").length;
+    const text = last.duration_ms + " ms";
+    const title = "last " + ran.length + " executions: " + ran.map((x) => x.duration_ms).join(", ") +
+      " ms (max " + hi + " ms" + (failed ? ", " + failed + " failed or timed out" : "") + ")";
+    return { points: points.trim(), text, title, failedLast: last.outcome !== "ok" };
+  }
+
   // ---------- rendering ----------
   function markDirty(row) {
     dirty.add(row);
@@ -305,6 +331,12 @@
     const pid = d.pid ? "pid " + d.pid : "";
     const up = LIVE.has(d.status) && d.started_at ? "up " + fmtDuration((now - Date.parse(d.started_at)) / 1000) : "";
     setText(e.sub, [d.strategy_type, pid, up, executionsText(d.executions)].filter(Boolean).join(" · "));
+    const spark = execSpark(d.executions && d.executions.recent);
+    e.exec.wrap.hidden = spark.points === "";
+    if (e.exec.line.getAttribute("points") !== spark.points) e.exec.line.setAttribute("points", spark.points);
+    setText(e.exec.val, spark.text);
+    e.exec.wrap.title = spark.title;
+    setClass(e.exec.wrap, "neg", !!spark.failedLast);
     if (row.lastStatus !== d.status) {
       e.badge.className = "badge status st-" + d.status;
       setText(e.badge, d.status);
