@@ -453,6 +453,17 @@ impl CommandIntake {
                 return;
             }
         };
+        if !claimed.is_empty() {
+            // The other nodes claim their share now, not at their next poll (a dead
+            // node's strategies come up sooner, spread over the live nodes).
+            let wake = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(engine_store::cluster_ops::NODE_OPS_CHANNEL)
+                .bind(node)
+                .execute(&self.shared.pool);
+            if let Err(err) = wake.await {
+                tracing::debug!(error = %err, "cannot wake the other nodes after a claim");
+            }
+        }
         for id in claimed {
             let row = match db::load_strategy(&self.shared.pool, id).await {
                 Ok(Some(row)) => row,

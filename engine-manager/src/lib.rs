@@ -243,11 +243,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let executor_user = prepare_executor_user(&config).await?;
     let boot_id = engine_protocol::procfs::boot_id();
     let (lease, is_boot) = acquire_lease(&config, &node, &boot_id).await?;
-    // Said in the lease row for the HTTP API and enginectl (the queue's capacity).
-    let slots = i32::try_from(config.max_concurrent_runs).unwrap_or(i32::MAX);
-    if let Err(err) = engine_store::runs_api::record_max_concurrent(&pool, slots).await {
-        tracing::warn!(error = %err, "cannot record --max-concurrent-runs in the lease row");
-    }
+    record_run_slots(&pool, &config).await;
     let limiter = detect_limits(&pool, config.limits_mechanism).await;
     let redis_client = open_redis(&config.redis_url)?;
 
@@ -313,6 +309,15 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
 
     let failure = background.watch(&shutdown).await;
     stop(&shared, background, failure, &socket).await
+}
+
+/// `--max-concurrent-runs`, said in the lease row for the HTTP API and enginectl
+/// (the queue's capacity).
+async fn record_run_slots(pool: &PgPool, config: &ManagerConfig) {
+    let slots = i32::try_from(config.max_concurrent_runs).unwrap_or(i32::MAX);
+    if let Err(err) = engine_store::runs_api::record_max_concurrent(pool, slots).await {
+        tracing::warn!(error = %err, "cannot record --max-concurrent-runs in the lease row");
+    }
 }
 
 /// Take the lease: as the one manager of the database, or (`--cluster`) as node

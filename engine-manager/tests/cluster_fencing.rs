@@ -736,7 +736,6 @@ enum Fault {
 /// `strategy_events` row is written by a node under an epoch the strategy had left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
-    use rand::seq::IndexedRandom;
     let rounds: usize = std::env::var("CLUSTER_FAULT_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -759,25 +758,7 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
     for round in 0..rounds {
         let fault = faults[round % faults.len()];
         // Commands flow to random strategies through the fault.
-        let flow = {
-            let op = op.clone();
-            let ids = ids.clone();
-            tokio::spawn(async move {
-                let mut sent = Vec::new();
-                for i in 0..12 {
-                    let (id, word) = {
-                        let mut rng = rand::rng();
-                        (
-                            *ids.choose(&mut rng).unwrap(),
-                            *["pause", "resume", "restart"].choose(&mut rng).unwrap(),
-                        )
-                    };
-                    sent.push(op.command(Some(id), word, json!({})).await);
-                    tokio::time::sleep(Duration::from_millis(150 + 50 * (i % 3))).await;
-                }
-                sent
-            })
-        };
+        let flow = command_flow(op.clone(), ids.clone());
         eprintln!("round {round}: {fault:?} on node-a");
         let two_leases = LEASE_TIME * 2;
         match fault {
@@ -814,57 +795,97 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
         }
         // Every strategy that should run runs, once, on a live node; paused ones
         // are paused there.
-        let pool = engine.pool.clone();
         let sockets = [a.control_socket(), b.control_socket(), c.control_socket()];
-        let ids2 = ids.clone();
-        wait_for(
-            &format!("round {round}: every strategy as it should be"),
-            Duration::from_secs(60),
-            || {
-                let pool = pool.clone();
-                let sockets = sockets.clone();
-                let ids = ids2.clone();
-                async move {
-                    let rows: Vec<(Uuid, String, String, Option<i32>, Option<String>)> =
-                        sqlx::query_as(
-                            "SELECT c.id, c.desired_state, c.status, c.pid, c.node \
-                             FROM strategy_configs c JOIN engine_nodes n ON n.node = c.node \
-                             WHERE c.id = ANY($1) \
-                               AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond'",
-                        )
-                        .bind(&ids)
-                        .fetch_all(&pool)
-                        .await
-                        .ok()?;
-                    let mut live: HashMap<Uuid, Vec<u32>> = HashMap::new();
-                    for s in &sockets {
-                        for e in executors_in_proc(s) {
-                            live.entry(e.strategy_id).or_default().push(e.pid);
-                        }
-                    }
-                    let fine = rows.len() == ids.len()
-                        && rows.iter().all(|(id, desired, status, pid, _)| {
-                            let want = match desired.as_str() {
-                                "running" => "running",
-                                "paused" => "paused",
-                                _ => return live.get(id).is_none_or(Vec::is_empty),
-                            };
-                            status == want
-                                && live.get(id).map(Vec::as_slice)
-                                    == pid.map(|p| vec![p as u32]).as_deref()
-                        });
-                    fine.then_some(())
-                }
-            },
-        )
-        .await;
+        wait_settled(&engine, &sockets, &ids, round).await;
     }
     sampler.check();
+    let stale = stale_events(&engine, &ids).await;
+    assert_eq!(
+        stale, 0,
+        "events written by a node after it lost the strategy"
+    );
+    a.kill().await;
+    b.kill().await;
+    c.kill().await;
+    engine.finish().await;
+}
+
+/// Twelve commands (pause, resume, restart) to random strategies of `ids`, 150–250 ms
+/// apart; their ids.
+fn command_flow(op: common::Operator, ids: Vec<Uuid>) -> tokio::task::JoinHandle<Vec<Uuid>> {
+    use rand::seq::IndexedRandom;
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for i in 0..12 {
+            let (id, word) = {
+                let mut rng = rand::rng();
+                (
+                    *ids.choose(&mut rng).unwrap(),
+                    *["pause", "resume", "restart"].choose(&mut rng).unwrap(),
+                )
+            };
+            sent.push(op.command(Some(id), word, json!({})).await);
+            tokio::time::sleep(Duration::from_millis(150 + 50 * (i % 3))).await;
+        }
+        sent
+    })
+}
+
+/// A strategy as the fault suite checks it: id, desired state, status, pid.
+type Settled = (Uuid, String, String, Option<i32>);
+
+/// Wait until every strategy of `ids` is owned by a live node and as its
+/// `desired_state` says: `running` or `paused` with exactly one executor (on any of
+/// `sockets`), the row's pid; otherwise none.
+async fn wait_settled(engine: &TestEngine, sockets: &[PathBuf], ids: &[Uuid], round: usize) {
+    let pool = engine.pool.clone();
+    wait_for(
+        &format!("round {round}: every strategy as it should be"),
+        Duration::from_secs(60),
+        || {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<Settled> = sqlx::query_as(
+                    "SELECT c.id, c.desired_state, c.status, c.pid \
+                     FROM strategy_configs c JOIN engine_nodes n ON n.node = c.node \
+                     WHERE c.id = ANY($1) \
+                       AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond'",
+                )
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
+                .ok()?;
+                let mut live: HashMap<Uuid, Vec<u32>> = HashMap::new();
+                for s in sockets {
+                    for e in executors_in_proc(s) {
+                        live.entry(e.strategy_id).or_default().push(e.pid);
+                    }
+                }
+                let fine = rows.len() == ids.len()
+                    && rows.iter().all(|(id, desired, status, pid)| {
+                        let want = match desired.as_str() {
+                            "running" => "running",
+                            "paused" => "paused",
+                            _ => return live.get(id).is_none_or(Vec::is_empty),
+                        };
+                        status == want
+                            && live.get(id).map(Vec::as_slice)
+                                == pid.map(|p| vec![p as u32]).as_deref()
+                    });
+                fine.then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// How many `strategy_events` rows of `ids` a node wrote after it lost the strategy.
+async fn stale_events(engine: &TestEngine, ids: &[Uuid]) -> i64 {
     // No event was written under an epoch the strategy had already left: no row a
     // node wrote about a strategy was inserted (by its id, the insertion order, not
     // by its `at`, which a late write would carry from before) after the failover
     // that took the strategy from that node, unless a later failover gave it back.
-    let stale: i64 = sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT count(*) FROM strategy_events e \
          WHERE e.strategy_id = ANY($1) AND e.reason IS DISTINCT FROM 'failover' \
            AND EXISTS (SELECT 1 FROM strategy_events f WHERE f.strategy_id = e.strategy_id \
@@ -874,16 +895,8 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
                                        WHERE g.strategy_id = e.strategy_id AND g.reason = 'failover' \
                                          AND g.node = e.node AND g.id > f.id AND g.id < e.id))",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_one(&engine.pool)
     .await
-    .unwrap();
-    assert_eq!(
-        stale, 0,
-        "events written by a node after it lost the strategy"
-    );
-    a.kill().await;
-    b.kill().await;
-    c.kill().await;
-    engine.finish().await;
+    .unwrap()
 }
