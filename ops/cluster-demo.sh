@@ -109,6 +109,17 @@ WHERE name LIKE 'cluster-%' AND (operator_stopped OR status = 'error');
 SQL
 }
 
+# Wait until the three nodes beat.
+wait_nodes_alive() {
+    local deadline=$((SECONDS + TIMEOUT)) alive
+    while :; do
+        alive="$(db_value "SELECT count(*) FROM engine_nodes WHERE node IN ('node-1', 'node-2', 'node-3') AND heartbeat_at > now() - lease_ms * interval '1 millisecond' AND pid IN ($(for n in "${NODES[@]}"; do node_pid "$n" || printf 0; printf ','; done)0)")"
+        [ "$alive" = 3 ] && return 0
+        [ $SECONDS -lt $deadline ] || die "only $alive of 3 nodes up after ${TIMEOUT}s (see $DIR/*/engine-manager.log)"
+        sleep 0.2
+    done
+}
+
 # Wait until every demo strategy is running with a live executor.
 wait_all_running() {
     local deadline=$((SECONDS + TIMEOUT)) want running
@@ -129,7 +140,6 @@ cmd_start() {
     mkdir -p "$DIR"
     say "database: $DATABASE_URL (migrations applied by the first node)"
     "$BIN_DIR/engine-manager" --migrate-only --database-url "$DATABASE_URL" >/dev/null
-    register_strategies
     if ! pgrep -f -- "market-sim.*--redis-prefix $PREFIX" >/dev/null; then
         setsid nohup "$BIN_DIR/market-sim" --redis-url "$REDIS_URL" --redis-prefix "$PREFIX" \
             --tokens BTC-USD,ETH-USD,SOL-USD >"$DIR/market-sim.log" 2>&1 </dev/null &
@@ -140,6 +150,10 @@ cmd_start() {
     for node in "${NODES[@]}"; do
         start_node "$node"
     done
+    # Registered once every node is up, so that the first node does not take them all
+    # (a node claims its share of what needs an owner among the live nodes).
+    wait_nodes_alive
+    register_strategies
     wait_all_running
     cmd_status
     cat <<EOF
