@@ -6,85 +6,15 @@
 
 mod common;
 
+use common::cluster::{node_env, owners, start_node};
 use common::{
-    executors_alive_together, manager_env, sigkill, spawn_manager_binary, wait_for, wait_lease,
-    workspace_bin, TestEngine, DEADLINE,
+    executors_alive_together, sigkill, spawn_manager_binary, wait_lease, workspace_bin, TestEngine,
+    DEADLINE,
 };
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// One manager binary of the test: its name, process, state directory and log.
-struct Node {
-    name: String,
-    child: tokio::process::Child,
-    state_dir: PathBuf,
-}
-
-impl Node {
-    fn pid(&self) -> u32 {
-        self.child.id().expect("manager running")
-    }
-
-    fn control_socket(&self) -> PathBuf {
-        self.state_dir.join("control.sock")
-    }
-
-    /// SIGKILL the manager and its executors; wait for the manager to be gone.
-    async fn kill(mut self) {
-        sigkill(self.pid());
-        let _ = self.child.wait().await;
-        for pids in executors_alive_together(&self.control_socket()).values() {
-            for pid in pids {
-                sigkill(*pid);
-            }
-        }
-    }
-}
-
-/// The environment of a manager of `engine` named `name`, with its own state
-/// directory; `cluster` adds `--cluster`.
-fn node_env(engine: &TestEngine, name: &str, cluster: bool) -> (Vec<(String, String)>, PathBuf) {
-    let mut config = engine.config.clone();
-    config.state_dir = engine.state_dir.join(name);
-    std::fs::create_dir_all(&config.state_dir).expect("node state dir");
-    let mut env = manager_env(&config);
-    env.push(("ENGINE_NODE".into(), name.into()));
-    if cluster {
-        env.push(("ENGINE_CLUSTER".into(), "true".into()));
-    }
-    (env, config.state_dir)
-}
-
-/// Start a cluster node named `name` and wait until its `engine_nodes` row is fresh.
-async fn start_node(engine: &TestEngine, name: &str) -> Node {
-    let (env, state_dir) = node_env(engine, name, true);
-    let log = state_dir.join("manager.log");
-    let child = spawn_manager_binary(&env, &log);
-    let pid = child.id().expect("node pid") as i32;
-    let pool = engine.pool.clone();
-    wait_for(&format!("node {name} to join"), DEADLINE, || {
-        let pool = pool.clone();
-        async move {
-            let row: Option<i32> = sqlx::query_scalar(
-                "SELECT pid FROM engine_nodes WHERE node = $1 AND heartbeat_at > now() - interval '5 seconds'",
-            )
-            .bind(name)
-            .fetch_optional(&pool)
-            .await
-            .ok()?;
-            (row == Some(pid)).then_some(())
-        }
-    })
-    .await;
-    Node {
-        name: name.to_string(),
-        child,
-        state_dir,
-    }
-}
 
 /// Run a manager to its end (it is expected to refuse): its exit code and stderr.
 async fn refused(env: &[(String, String)]) -> (Option<i32>, String) {
@@ -110,7 +40,7 @@ async fn a_cluster_node_and_a_manager_without_cluster_exclude_each_other() {
 
     // A node serves: a manager without --cluster is refused, and told how to join.
     let node = start_node(&engine, "node-a").await;
-    let (env, _) = node_env(&engine, "single", false);
+    let (env, _) = node_env(&engine, "single", false, &[]);
     let (code, stderr) = refused(&env).await;
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("--cluster"), "{stderr}");
@@ -119,11 +49,11 @@ async fn a_cluster_node_and_a_manager_without_cluster_exclude_each_other() {
     node.kill().await;
 
     // A manager without --cluster serves: a node is refused, the manager named.
-    let (env, state_dir) = node_env(&engine, "single", false);
+    let (env, state_dir) = node_env(&engine, "single", false, &[]);
     let mut single = spawn_manager_binary(&env, &state_dir.join("manager.log"));
     let pid = single.id().expect("manager pid");
     wait_lease(&engine.op(), pid, DEADLINE).await;
-    let (env, _) = node_env(&engine, "node-b", true);
+    let (env, _) = node_env(&engine, "node-b", true, &[]);
     let (code, stderr) = refused(&env).await;
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
@@ -141,7 +71,7 @@ async fn a_cluster_node_and_a_manager_without_cluster_exclude_each_other() {
 async fn the_same_node_name_or_state_dir_twice_is_refused_and_another_name_joins() {
     let engine = TestEngine::new().await;
     let first = start_node(&engine, "node-a").await;
-    let (mut env, _) = node_env(&engine, "node-a-again", true);
+    let (mut env, _) = node_env(&engine, "node-a-again", true, &[]);
     for (key, value) in env.iter_mut() {
         if key == "ENGINE_NODE" {
             *value = "node-a".into();
@@ -160,7 +90,7 @@ async fn the_same_node_name_or_state_dir_twice_is_refused_and_another_name_joins
 
     // Another name, but node-a's state directory: refused before it joins (it would
     // take node-a's executors for strays of its own).
-    let (mut env, _) = node_env(&engine, "node-b", true);
+    let (mut env, _) = node_env(&engine, "node-b", true, &[]);
     for (key, value) in env.iter_mut() {
         if key == "ENGINE_STATE_DIR" {
             *value = first.state_dir.display().to_string();
@@ -198,17 +128,6 @@ async fn the_same_node_name_or_state_dir_twice_is_refused_and_another_name_joins
     first.kill().await;
     second.kill().await;
     engine.finish().await;
-}
-
-/// Each strategy's owner, by id.
-async fn owners(engine: &TestEngine, ids: &[Uuid]) -> HashMap<Uuid, Option<String>> {
-    let rows: Vec<(Uuid, Option<String>)> =
-        sqlx::query_as("SELECT id, node FROM strategy_configs WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&engine.pool)
-            .await
-            .unwrap();
-    rows.into_iter().collect()
 }
 
 /// `enginectl list` has a NODE column naming each strategy's owner.
@@ -337,9 +256,7 @@ async fn a_restarted_node_adopts_its_own_strategies_and_no_other_node_takes_them
     // node-a's manager dies alone; node-b joins; the strategy stays node-a's and its
     // executor runs on, within node-a's lease (10 s: failover and the executor's own
     // exit at the deadline are tests/cluster_fencing.rs).
-    sigkill(a.pid());
-    let Node { mut child, .. } = a;
-    let _ = child.wait().await;
+    a.kill_manager().await;
     let b = start_node(&engine, "node-b").await;
     let other = op
         .add_strategy("hb-b", "heartbeat", json!({"interval_ms": 200}))

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{manager_env, spawn_manager_binary, wait_for, TestEngine, DEADLINE};
+use common::{wait_for, TestEngine, DEADLINE};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -380,35 +380,6 @@ async fn a_backtests_fills_land_with_its_run_id_at_its_end() {
     engine.finish().await;
 }
 
-/// Start a cluster node (the manager binary with `--cluster --node name`) on the
-/// engine's database; wait until its `engine_nodes` row is fresh.
-async fn start_node(engine: &TestEngine, name: &str) -> tokio::process::Child {
-    let mut config = engine.config.clone();
-    config.state_dir = engine.state_dir.join(name);
-    std::fs::create_dir_all(&config.state_dir).expect("node state dir");
-    let mut env = manager_env(&config);
-    env.push(("ENGINE_NODE".into(), name.into()));
-    env.push(("ENGINE_CLUSTER".into(), "true".into()));
-    let child = spawn_manager_binary(&env, &config.state_dir.join("manager.log"));
-    let pid = child.id().expect("node pid") as i32;
-    let pool = engine.pool.clone();
-    wait_for(&format!("node {name} to join"), DEADLINE, || {
-        let pool = pool.clone();
-        async move {
-            let row: Option<i32> = sqlx::query_scalar(
-                "SELECT pid FROM engine_nodes WHERE node = $1 AND heartbeat_at > now() - interval '5 seconds'",
-            )
-            .bind(name)
-            .fetch_optional(&pool)
-            .await
-            .ok()?;
-            (row == Some(pid)).then_some(())
-        }
-    })
-    .await;
-    child
-}
-
 /// The `running` status messages of the manager and of the executor, in whichever
 /// order they come.
 async fn running_from_both(status: &mut common::Subscription) -> Vec<Value> {
@@ -432,7 +403,7 @@ async fn running_from_both(status: &mut common::Subscription) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_node_status_messages_and_orders_carry_the_lease_epoch() {
     let engine = TestEngine::new().await;
-    let mut node = start_node(&engine, "node-o").await;
+    let node = common::cluster::start_node(&engine, "node-o").await;
     let token = format!("ORC-{}", Uuid::new_v4().simple());
     let op = engine.op();
     let id = op
@@ -473,8 +444,7 @@ async fn on_a_cluster_node_status_messages_and_orders_carry_the_lease_epoch() {
         })
         .await;
     assert_eq!(stopped["lease_epoch"], epoch, "{stopped}");
-    common::sigkill(node.id().expect("node pid"));
-    let _ = node.wait().await;
+    node.kill().await;
     engine.kill_executors();
     engine.finish().await;
 }
