@@ -49,6 +49,12 @@ pub struct ManagerConfig {
     #[arg(long, env = "ENGINE_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
 
+    /// How often a strategy's health sample is also written to `strategy_metrics`
+    /// (its CPU and memory history; `0s`: every sample). Published health is not
+    /// affected: `strategy:health` goes out every health interval.
+    #[arg(long, env = "ENGINE_HEALTH_HISTORY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub health_history_interval: Duration,
+
     /// How often executors publish their strategy's metrics.
     #[arg(long, env = "ENGINE_METRICS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub metrics_interval: Duration,

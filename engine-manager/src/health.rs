@@ -26,14 +26,13 @@ use crate::recorder::LastMetrics;
 use crate::supervisor::LiveEntry;
 use crate::Shared;
 use chrono::{DateTime, Utc};
-use engine_protocol::{EngineHealthMessage, HealthMessage};
+use engine_protocol::{procfs, EngineHealthMessage, HealthMessage};
 use engine_store::manager::MetricsRow;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -47,21 +46,21 @@ pub struct HealthSampler {
     rotation_checked: Option<Instant>,
     /// Logs whose rotation failed on the last pass (warned about once, not every tick).
     rotation_failing: HashSet<PathBuf>,
+    /// When each strategy's health was last written to `strategy_metrics`.
+    recorded: HashMap<Uuid, Instant>,
 }
 
 impl HealthSampler {
-    pub fn new(
-        shared: Arc<Shared>,
-        recorder: mpsc::Sender<MetricsRow>,
-    ) -> Result<Self, sysinfo::Error> {
-        Ok(HealthSampler {
+    pub fn new(shared: Arc<Shared>, recorder: mpsc::Sender<MetricsRow>) -> Self {
+        HealthSampler {
             shared,
             recorder,
-            processes: Some(ProcessSampler::new()?),
+            processes: Some(ProcessSampler::new()),
             started: Instant::now(),
             rotation_checked: None,
             rotation_failing: HashSet::new(),
-        })
+            recorded: HashMap::new(),
+        }
     }
 
     pub async fn run(mut self) {
@@ -136,15 +135,33 @@ impl HealthSampler {
             let msg = self.health_message(*id, entry, pid, usage, verdict, now);
             self.publish_health(&msg, reported);
             // CPU % is a delta: a first sample has none, and is not recorded as one.
-            if usage.cpu_percent.is_some() {
+            if usage.cpu_percent.is_some() && self.history_due(*id) {
                 rows.push(metrics_row(&msg, entry.restart_count));
             }
+        }
+        if self.recorded.len() > entries.len() {
+            let live: HashSet<Uuid> = entries.iter().map(|(id, _)| *id).collect();
+            self.recorded.retain(|id, _| live.contains(id));
         }
         let own = usage.get(&own_pid).copied().unwrap_or_default();
         self.publish_engine(own, entries.len(), now);
         for row in rows {
             if self.recorder.try_send(row).is_err() {
                 break;
+            }
+        }
+    }
+
+    /// Whether the strategy's health is due in `strategy_metrics` (its first sample
+    /// with a CPU figure, then one per `--health-history-interval`); noted as written.
+    fn history_due(&mut self, id: Uuid) -> bool {
+        let every = self.shared.config.health_history_interval;
+        let now = Instant::now();
+        match self.recorded.get(&id) {
+            Some(at) if now.duration_since(*at) < every => false,
+            _ => {
+                self.recorded.insert(id, now);
+                true
             }
         }
     }
@@ -227,58 +244,59 @@ impl HealthSampler {
             return;
         }
         let (reported_at, report_every) = reported.unzip();
+        let json = serde_json::to_string(msg).unwrap_or_default();
+        self.shared
+            .health_cache
+            .put_health(msg.clone(), msg.timestamp);
         self.shared.publisher.set_state(
             channels.state_key(msg.strategy_id),
             vec![
                 // What `enginectl` computes the tick's age from when it shows it.
                 (
-                    "tick_reported_at".into(),
+                    "tick_reported_at",
                     reported_at.map(|at| at.to_rfc3339()).unwrap_or_default(),
                 ),
                 (
-                    "metrics_interval_ms".into(),
+                    "metrics_interval_ms",
                     report_every
                         .flatten()
                         .map(|every| every.as_millis().to_string())
                         .unwrap_or_default(),
                 ),
-                ("cpu_percent".into(), msg.cpu_percent.to_string()),
-                ("memory_mb".into(), msg.memory_mb.to_string()),
+                ("cpu_percent", msg.cpu_percent.to_string()),
+                ("memory_mb", msg.memory_mb.to_string()),
                 // Use against limit, for `enginectl list` and the dashboard.
                 (
-                    "memory_limit_mb".into(),
+                    "memory_limit_mb",
                     msg.memory_limit_mb
                         .map(|mb| mb.to_string())
                         .unwrap_or_default(),
                 ),
                 (
-                    "cpu_limit_percent".into(),
+                    "cpu_limit_percent",
                     msg.cpu_limit_percent
                         .map(|p| p.to_string())
                         .unwrap_or_default(),
                 ),
-                ("uptime_s".into(), msg.uptime_s.to_string()),
-                ("health_at".into(), msg.timestamp.to_rfc3339()),
-                ("stale".into(), msg.stale.to_string()),
+                ("uptime_s", msg.uptime_s.to_string()),
+                ("health_at", msg.timestamp.to_rfc3339()),
+                ("stale", msg.stale.to_string()),
                 (
-                    "last_tick_age_ms".into(),
+                    "last_tick_age_ms",
                     msg.last_tick_age_ms
                         .map(|ms| ms.to_string())
                         .unwrap_or_default(),
                 ),
                 (
-                    "last_tick_at".into(),
+                    "last_tick_at",
                     msg.last_tick_at
                         .map(|at| at.to_rfc3339())
                         .unwrap_or_default(),
                 ),
-                (
-                    "health_message".into(),
-                    serde_json::to_string(msg).unwrap_or_default(),
-                ),
+                ("health_message", json.clone()),
             ],
         );
-        self.shared.publisher.publish(channels.health(), msg);
+        self.shared.publisher.publish_json(channels.health(), json);
         drop(live);
     }
 
@@ -297,6 +315,52 @@ impl HealthSampler {
         self.shared
             .publisher
             .publish(self.shared.channels.engine_health(), &engine);
+        self.shared.health_cache.put_engine(engine);
+    }
+}
+
+/// A health sample and when it arrived.
+#[derive(Debug, Clone)]
+pub struct HealthSample {
+    pub message: HealthMessage,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The latest `strategy:health` per strategy and this node's latest `engine:health`,
+/// for the API, `/metrics` and the probes. The health sampler puts its own samples
+/// here directly; the dashboard relay adds other nodes' while a browser listens.
+#[derive(Debug, Default)]
+pub struct LiveCache {
+    health: Mutex<HashMap<Uuid, HealthSample>>,
+    engine: Mutex<Option<EngineHealthMessage>>,
+}
+
+impl LiveCache {
+    pub fn health(&self, id: Uuid) -> Option<HealthSample> {
+        self.health.lock().expect("health cache").get(&id).cloned()
+    }
+
+    pub fn all_health(&self) -> HashMap<Uuid, HealthSample> {
+        self.health.lock().expect("health cache").clone()
+    }
+
+    pub fn engine(&self) -> Option<EngineHealthMessage> {
+        self.engine.lock().expect("engine cache").clone()
+    }
+
+    pub fn put_health(&self, message: HealthMessage, received_at: DateTime<Utc>) {
+        let sample = HealthSample {
+            message,
+            received_at,
+        };
+        self.health
+            .lock()
+            .expect("health cache")
+            .insert(sample.message.strategy_id, sample);
+    }
+
+    fn put_engine(&self, message: EngineHealthMessage) {
+        *self.engine.lock().expect("engine cache") = Some(message);
     }
 }
 
@@ -331,66 +395,85 @@ pub struct ProcessUsage {
     pub memory_mb: f64,
 }
 
-/// CPU % and resident memory of processes through `sysinfo`, refreshing only the
-/// pids asked for (never the whole process table) and, of each, only its CPU times
-/// and memory (no thread listing). CPU % is the process's CPU time between two
-/// samples over the machine's, per core (the way `top` computes it). A process that
-/// had used no CPU time at all at its first sample reads 0 % at its second: sysinfo
-/// computes no usage against a zero baseline.
+/// CPU % and resident memory of processes from `/proc/<pid>/stat`, one `pread` per
+/// process per sample on a file kept open between samples: no path lookup, `open` or
+/// `close` per sample, and only the `stat` file, which the kernel renders cheaply
+/// (BENCHMARKS.md, "The health sampler, again": sysinfo read `status`, `stat` and
+/// `statm` and made 16 system calls per process and sample). CPU % is the process's
+/// user + system time between two samples over the wall time between them, per core
+/// (100 is one core, as `top` computes it).
 pub struct ProcessSampler {
-    system: System,
-    /// pid → its start time, at its last sample (a reused pid starts over).
-    seen: HashMap<u32, u64>,
+    /// pid → its `stat` file and what its last sample read.
+    watched: HashMap<u32, Watched>,
+    ticks_per_s: f64,
+    page_bytes: f64,
+}
+
+/// A process being sampled.
+struct Watched {
+    stat: procfs::StatFile,
+    start_ticks: u64,
+    cpu_ticks: u64,
+    at: Instant,
+}
+
+impl Default for ProcessSampler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ProcessSampler {
-    /// `sysinfo` fails only on a platform it does not know.
-    pub fn new() -> Result<Self, sysinfo::Error> {
-        Ok(ProcessSampler {
-            system: System::new()?,
-            seen: HashMap::new(),
-        })
+    pub fn new() -> Self {
+        ProcessSampler {
+            watched: HashMap::new(),
+            ticks_per_s: rustix::param::clock_ticks_per_second() as f64,
+            page_bytes: rustix::param::page_size() as f64,
+        }
     }
 
-    /// Sample `pids` (blocking `/proc` reads: call it on the blocking pool). A pid that
-    /// is gone or a zombie has no entry.
+    /// Sample `pids` (blocking `/proc` reads: call it on the blocking pool). A pid
+    /// that is gone or a zombie has no entry; the files of pids not asked for any
+    /// more are closed.
     pub fn sample(&mut self, pids: &[u32]) -> HashMap<u32, ProcessUsage> {
-        // The pids of the previous samples are refreshed too, so that those that
-        // have exited are dropped from `system`.
-        let mut refresh: Vec<Pid> = self.system.processes().keys().copied().collect();
-        refresh.extend(pids.iter().map(|pid| Pid::from_u32(*pid)));
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&refresh),
-            true,
-            ProcessRefreshKind::nothing()
-                .with_cpu()
-                .with_memory()
-                .without_tasks(),
-        );
         let mut usage = HashMap::with_capacity(pids.len());
-        let mut seen = HashMap::with_capacity(pids.len());
+        let mut watched = HashMap::with_capacity(pids.len());
         for &pid in pids {
-            let Some(process) = self.system.process(Pid::from_u32(pid)) else {
+            let (stat, previous) = match self.watched.remove(&pid) {
+                Some(w) => (w.stat, Some((w.start_ticks, w.cpu_ticks, w.at))),
+                None => match procfs::StatFile::open(pid) {
+                    Some(stat) => (stat, None),
+                    None => continue,
+                },
+            };
+            let Some(now) = stat.read() else {
                 continue;
             };
-            if matches!(
-                process.status(),
-                ProcessStatus::Zombie | ProcessStatus::Dead
-            ) {
-                continue;
-            }
-            let start = process.start_time();
-            let first = self.seen.get(&pid) != Some(&start);
-            seen.insert(pid, start);
+            let at = Instant::now();
+            let cpu_percent = previous
+                .filter(|(start_ticks, _, _)| *start_ticks == now.start_ticks)
+                .map(|(_, cpu_ticks, then)| {
+                    let secs = at.duration_since(then).as_secs_f64().max(1e-3);
+                    let ticks = now.cpu_ticks.saturating_sub(cpu_ticks) as f64;
+                    ticks / self.ticks_per_s / secs * 100.0
+                });
+            let memory_mb = now.rss_pages as f64 * self.page_bytes / (1024.0 * 1024.0);
             usage.insert(
                 pid,
                 ProcessUsage {
-                    cpu_percent: (!first).then(|| f64::from(process.cpu_usage())),
-                    memory_mb: process.memory() as f64 / (1024.0 * 1024.0),
+                    cpu_percent,
+                    memory_mb,
                 },
             );
+            let watch = Watched {
+                stat,
+                start_ticks: now.start_ticks,
+                cpu_ticks: now.cpu_ticks,
+                at,
+            };
+            watched.insert(pid, watch);
         }
-        self.seen = seen;
+        self.watched = watched;
         usage
     }
 }
@@ -462,9 +545,7 @@ mod tests {
     #[test]
     fn process_sampler_measures_busy_time_between_samples() {
         let me = std::process::id();
-        // sysinfo computes no CPU % against a baseline of zero CPU time.
-        burn_cpu_ms(me, 20);
-        let mut sampler = ProcessSampler::new().expect("sysinfo knows Linux");
+        let mut sampler = ProcessSampler::new();
         let first = sampler.sample(&[me]);
         assert_eq!(first[&me].cpu_percent, None, "no delta yet");
         assert!(first[&me].memory_mb > 0.1, "{first:?}");
@@ -479,7 +560,10 @@ mod tests {
         let gone = u32::MAX - 1;
         assert!(!sampler.sample(&[me, gone]).contains_key(&gone));
         assert!(sampler.sample(&[]).is_empty());
-        assert!(sampler.seen.is_empty());
+        assert!(
+            sampler.watched.is_empty(),
+            "the files of pids not asked for are closed"
+        );
     }
 
     /// Burn CPU until the kernel has counted `ms` more of it for `me`.

@@ -87,6 +87,8 @@ pub struct Shared {
     pub boot_id: String,
     pub policy: RestartPolicy,
     pub live: Mutex<HashMap<Uuid, LiveEntry>>,
+    /// The latest health of each strategy and of this node (for the APIs).
+    pub health_cache: Arc<health::LiveCache>,
     /// The latest metrics each executor reported (for health, staleness and APIs).
     pub last_metrics: Mutex<HashMap<Uuid, recorder::LastMetrics>>,
     /// Finished commands, for `/metrics` (seeded at start-up, counted by the intake).
@@ -160,8 +162,6 @@ pub enum ManagerError {
     },
     #[error("cannot read strategies from the database")]
     Load(#[source] sqlx::Error),
-    #[error("cannot read the process table")]
-    ProcessTable(#[source] sysinfo::Error),
     #[error(transparent)]
     Task(#[from] TaskFailure),
     #[error(transparent)]
@@ -265,6 +265,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         node,
         boot_id,
         live: Mutex::new(HashMap::new()),
+        health_cache: Arc::default(),
         last_metrics: Mutex::new(HashMap::new()),
         command_metrics: Default::default(),
         link_routes: Arc::new(Mutex::new(HashMap::new())),
@@ -295,8 +296,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         start_supervisors(&shared, is_boot, rows, &recovered, superseded).await;
     recorder::seed_last_metrics(&shared).await;
     let recorder = recorder::start(shared.clone(), redis_client);
-    let health =
-        health::HealthSampler::new(shared.clone(), recorder).map_err(ManagerError::ProcessTable)?;
+    let health = health::HealthSampler::new(shared.clone(), recorder);
     background.spawn("health sampler", health.run());
     let interval = lease.beat_interval(shared.config.health_interval);
     background.spawn("manager lease", lease.keep(interval, shared.cancel.clone()));

@@ -21,7 +21,7 @@ enum Outgoing {
     },
     State {
         key: String,
-        fields: Vec<(String, String)>,
+        fields: Vec<(&'static str, String)>,
     },
     Forget {
         key: String,
@@ -38,11 +38,16 @@ impl Publisher {
     /// Publish `msg` as JSON on `channel` (dropped if the queue is full).
     pub fn publish<T: Serialize>(&self, channel: String, msg: &T) {
         let payload = serde_json::to_string(msg).expect("payloads serialize");
+        self.publish_json(channel, payload);
+    }
+
+    /// Publish `payload`, JSON already, on `channel` (dropped if the queue is full).
+    pub fn publish_json(&self, channel: String, payload: String) {
         self.send(Outgoing::Publish { channel, payload });
     }
 
     /// Merge `fields` into the hash `key` (kept and rewritten after an outage).
-    pub fn set_state(&self, key: String, fields: Vec<(String, String)>) {
+    pub fn set_state(&self, key: String, fields: Vec<(&'static str, String)>) {
         self.send(Outgoing::State { key, fields });
     }
 
@@ -89,7 +94,7 @@ struct PublishingTask {
     /// The Redis URL, redacted, for the log.
     url: String,
     /// The latest state of each strategy (rewritten whenever Redis comes back).
-    states: HashMap<String, HashMap<String, String>>,
+    states: HashMap<String, HashMap<&'static str, String>>,
     conn: Option<MultiplexedConnection>,
     /// Whether the outage was logged (logged once, and its end once).
     down_logged: bool,
@@ -120,13 +125,14 @@ impl PublishingTask {
             if got == 0 && (closing || rx.is_closed()) {
                 break;
             }
-            // Remember the latest state before trying to send, so an outage loses none.
-            self.remember(&batch);
             if self.conn.is_none() && tokio::time::Instant::now() >= self.retry_at {
                 self.connect().await;
             }
             if self.conn.is_some() {
                 self.send(&mut batch).await;
+            } else {
+                // Kept, so an outage loses no state.
+                self.remember(batch.drain(..));
             }
             if closing {
                 break;
@@ -134,17 +140,16 @@ impl PublishingTask {
         }
     }
 
-    fn remember(&mut self, batch: &[Outgoing]) {
+    /// Keep the latest state of each hash (moved in: the health tick sends a dozen
+    /// fields per strategy every interval, not worth a copy each).
+    fn remember(&mut self, batch: impl Iterator<Item = Outgoing>) {
         for msg in batch {
             match msg {
                 Outgoing::State { key, fields } => {
-                    let entry = self.states.entry(key.clone()).or_default();
-                    for (k, v) in fields {
-                        entry.insert(k.clone(), v.clone());
-                    }
+                    self.states.entry(key).or_default().extend(fields);
                 }
                 Outgoing::Forget { key } => {
-                    self.states.remove(key);
+                    self.states.remove(&key);
                 }
                 Outgoing::Publish { .. } => {}
             }
@@ -166,7 +171,7 @@ impl PublishingTask {
                 }
                 let mut pipe = redis::pipe();
                 for (key, fields) in &self.states {
-                    let pairs: Vec<(&String, &String)> = fields.iter().collect();
+                    let pairs: Vec<(&&str, &String)> = fields.iter().collect();
                     pipe.hset_multiple(key, &pairs).ignore();
                 }
                 if self.states.is_empty() || pipe.query_async::<()>(&mut c).await.is_ok() {
@@ -185,9 +190,9 @@ impl PublishingTask {
 
     /// Send `batch` in one pipeline; a failure drops the connection.
     async fn send(&mut self, batch: &mut Vec<Outgoing>) {
-        let Some(c) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return;
-        };
+        }
         let mut pipe = redis::pipe();
         for msg in batch.drain(..) {
             match msg {
@@ -195,13 +200,33 @@ impl PublishingTask {
                     pipe.publish(channel, payload).ignore();
                 }
                 Outgoing::State { key, fields } => {
-                    pipe.hset_multiple(key, &fields).ignore();
+                    // Only the fields that changed: most of a health tick's are as
+                    // they were. Remembered before the answer, so a failed send loses
+                    // nothing (the reconnect rewrites every hash).
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(&key);
+                    let known = self.states.entry(key).or_default();
+                    let mut changed = false;
+                    for (field, value) in fields {
+                        if known.get(field) != Some(&value) {
+                            hset.arg(field).arg(&value);
+                            known.insert(field, value);
+                            changed = true;
+                        }
+                    }
+                    if changed {
+                        pipe.add_command(hset).ignore();
+                    }
                 }
                 Outgoing::Forget { key } => {
-                    pipe.del(key).ignore();
+                    pipe.del(&key).ignore();
+                    self.states.remove(&key);
                 }
             }
         }
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
         if let Err(err) = pipe.query_async::<()>(c).await {
             if !self.down_logged {
                 tracing::warn!(redis = %self.url, error = %err, "redis publish failed; reconnecting");

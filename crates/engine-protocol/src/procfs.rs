@@ -3,11 +3,9 @@
 //! memory, the command lines of the process table (to find executors), and the few
 //! machine-wide figures the benchmark reports.
 //!
-//! CPU and memory of the supervised executors are sampled through `sysinfo` by the
-//! manager's health sampler; what is here is what `sysinfo` does not give (start time
-//! in clock ticks, command-line scans without a full process-table refresh, PSS,
-//! per-thread scheduler time). Every function is blocking file I/O: async callers on
-//! a hot path run it on the blocking pool.
+//! The manager's health sampler reads CPU and memory of the supervised executors
+//! through [`StatFile`]s it keeps open. Every function is blocking file I/O: async
+//! callers on a hot path run it on the blocking pool.
 
 use std::fs;
 use std::path::Path;
@@ -59,6 +57,28 @@ impl ProcStat {
             cpu_ticks: field(14)? + field(15)?,
             rss_pages: field(24)?,
         })
+    }
+}
+
+/// `/proc/<pid>/stat`, opened once and read again from its start at each sample: one
+/// `pread` per read, no path lookup. Once the process is reaped a read fails (the
+/// kernel answers ESRCH), so a reused pid is never read through an old file.
+#[derive(Debug)]
+pub struct StatFile(fs::File);
+
+impl StatFile {
+    pub fn open(pid: u32) -> Option<StatFile> {
+        fs::File::open(format!("/proc/{pid}/stat"))
+            .ok()
+            .map(StatFile)
+    }
+
+    /// What the file says now (`None`: gone, a zombie, unreadable).
+    pub fn read(&self) -> Option<ProcStat> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        ProcStat::parse(std::str::from_utf8(&buf[..n]).ok()?)
     }
 }
 

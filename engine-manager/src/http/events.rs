@@ -1,29 +1,36 @@
-//! The Redis relay and `GET /api/events`. One task subscribes (with the configured
-//! prefix) to the channels a dashboard needs — `strategy:status:*`,
-//! `strategy:metrics:*`, `strategy:health` and `engine:health`, never the command
-//! channels, which can carry configs — checks each message as the recorder does
-//! ([`check_message`]), keeps the latest health per strategy in [`LiveCache`], and
-//! fans the messages out to every browser as server-sent events (`status`,
-//! `metrics`, `health`, `engine`).
+//! The Redis relay and `GET /api/events`. While at least one browser listens, one
+//! task subscribes (with the configured prefix) to the channels a dashboard needs —
+//! `strategy:status:*`, `strategy:metrics:*`, `strategy:health` and `engine:health`,
+//! never the command channels, which can carry configs — checks each message as the
+//! recorder does ([`check_message`]), adds other nodes' health to the
+//! [`LiveCache`] (this node's comes from its health sampler directly), and fans the
+//! messages out to every browser as server-sent events (`status`, `metrics`,
+//! `health`, `engine`). With no browser it holds no subscription: parsing every
+//! health message the manager itself published cost it more than anything else at
+//! 1,000 strategies (BENCHMARKS.md).
 //! A browser that falls behind gets a `resync` event and reloads the snapshot.
 
 use super::AppState;
+pub use crate::health::{HealthSample, LiveCache};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use engine_protocol::inbound::check_message;
-use engine_protocol::{glob_escape, EngineHealthMessage, HealthMessage};
+use engine_protocol::{glob_escape, HealthMessage};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How long a new browser's `hello` waits for the relay's subscription (Redis may be
+/// away: it is sent anyway then).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages buffered per browser before it is told to resync.
 pub const BROADCAST_CAPACITY: usize = 8192;
@@ -33,34 +40,6 @@ pub const BROADCAST_CAPACITY: usize = 8192;
 pub struct RelayedEvent {
     pub kind: &'static str,
     pub data: String,
-}
-
-/// A health sample and when it arrived.
-#[derive(Debug, Clone)]
-pub struct HealthSample {
-    pub message: HealthMessage,
-    pub received_at: DateTime<Utc>,
-}
-
-/// The latest `strategy:health` per strategy and the latest `engine:health`.
-#[derive(Debug, Default)]
-pub struct LiveCache {
-    health: Mutex<HashMap<Uuid, HealthSample>>,
-    engine: Mutex<Option<EngineHealthMessage>>,
-}
-
-impl LiveCache {
-    pub fn health(&self, id: Uuid) -> Option<HealthSample> {
-        self.health.lock().expect("health cache").get(&id).cloned()
-    }
-
-    pub fn all_health(&self) -> HashMap<Uuid, HealthSample> {
-        self.health.lock().expect("health cache").clone()
-    }
-
-    pub fn engine(&self) -> Option<EngineHealthMessage> {
-        self.engine.lock().expect("engine cache").clone()
-    }
 }
 
 /// What kind of channel a message came from.
@@ -112,6 +91,9 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
     let mut down_logged = false;
     let mut dropped: u64 = 0;
     loop {
+        if wait_for_a_browser(&state, &cancel).await.is_break() {
+            return;
+        }
         let connected = async {
             let mut pubsub = state.redis.get_async_pubsub().await?;
             pubsub.psubscribe(&patterns[..]).await?;
@@ -141,11 +123,13 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
                 }
             }
         };
-        if relay_subscription(&state, pubsub, &cancel, &mut dropped)
-            .await
-            .is_break()
-        {
-            return;
+        state.relay_subscribed.send_replace(true);
+        let ended = relay_subscription(&state, pubsub, &cancel, &mut dropped).await;
+        state.relay_subscribed.send_replace(false);
+        match ended {
+            Ended::Cancelled => return,
+            Ended::NoBrowser => continue,
+            Ended::Lost => {}
         }
         if !down_logged {
             tracing::warn!("dashboard event relay lost its Redis subscription; reconnecting");
@@ -158,22 +142,49 @@ pub async fn relay(state: Arc<AppState>, cancel: CancellationToken) {
     }
 }
 
-/// Relay one subscription's messages: `Break` once `cancel` fires, `Continue` when
-/// Redis ended the subscription (reconnect).
+/// Wait until a browser listens: `Break` if `cancel` fires first.
+async fn wait_for_a_browser(state: &AppState, cancel: &CancellationToken) -> ControlFlow<()> {
+    while state.sse_clients.load(Ordering::Acquire) == 0 {
+        tokio::select! {
+            _ = cancel.cancelled() => return ControlFlow::Break(()),
+            _ = state.clients_changed.notified() => {}
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// Why a subscription's relay ended.
+enum Ended {
+    /// The manager stops.
+    Cancelled,
+    /// The last browser left: unsubscribed.
+    NoBrowser,
+    /// Redis ended the subscription (reconnect).
+    Lost,
+}
+
+/// Relay one subscription's messages until the manager stops, the last browser
+/// leaves or Redis ends it.
 async fn relay_subscription(
     state: &AppState,
     mut pubsub: redis::aio::PubSub,
     cancel: &CancellationToken,
     dropped: &mut u64,
-) -> ControlFlow<()> {
+) -> Ended {
     let mut stream = pubsub.on_message();
     loop {
         let msg = tokio::select! {
-            _ = cancel.cancelled() => return ControlFlow::Break(()),
+            _ = cancel.cancelled() => return Ended::Cancelled,
+            _ = state.clients_changed.notified() => {
+                if state.sse_clients.load(Ordering::Acquire) == 0 {
+                    return Ended::NoBrowser;
+                }
+                continue;
+            }
             msg = stream.next() => msg,
         };
         let Some(msg) = msg else {
-            return ControlFlow::Continue(());
+            return Ended::Lost;
         };
         relay_message(
             state,
@@ -209,23 +220,16 @@ fn relay_message(state: &AppState, channel: &str, payload: &[u8], dropped: &mut 
         Kind::Status(_) => "status",
         Kind::Metrics(_) => "metrics",
         Kind::Health => {
-            if let Ok(message) = serde_json::from_value::<HealthMessage>(value.clone()) {
-                state.live.health.lock().expect("health cache").insert(
-                    message.strategy_id,
-                    HealthSample {
-                        message,
-                        received_at: Utc::now(),
-                    },
-                );
+            // Another node's strategy (this node's samples are in the cache already).
+            if value.get("node").and_then(Value::as_str) != Some(state.shared.node.as_str()) {
+                if let Ok(message) = serde_json::from_value::<HealthMessage>(value.clone()) {
+                    state.live.put_health(message, Utc::now());
+                }
             }
             "health"
         }
-        Kind::Engine => {
-            if let Ok(message) = serde_json::from_value::<EngineHealthMessage>(value.clone()) {
-                *state.live.engine.lock().expect("engine cache") = Some(message);
-            }
-            "engine"
-        }
+        // The cache keeps this node's own, from its health sampler.
+        Kind::Engine => "engine",
     };
     // Nobody listening is fine: the caches above are kept either way.
     let _ = state.events.send(Arc::new(RelayedEvent {
@@ -239,7 +243,9 @@ struct ClientGuard(Arc<AppState>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.0.sse_clients.fetch_sub(1, Ordering::Relaxed);
+        if self.0.sse_clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.clients_changed.notify_one();
+        }
     }
 }
 
@@ -248,7 +254,9 @@ impl Drop for ClientGuard {
 pub async fn stream(
     State(state): State<Arc<AppState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    state.sse_clients.fetch_add(1, Ordering::Relaxed);
+    if state.sse_clients.fetch_add(1, Ordering::AcqRel) == 0 {
+        state.clients_changed.notify_one();
+    }
     let guard = ClientGuard(state.clone());
     let rx = state.events.subscribe();
     let hello = Event::default().event("hello").data(
@@ -259,6 +267,13 @@ pub async fn stream(
         })
         .to_string(),
     );
+    // Sent once the relay is subscribed (it subscribes for the first browser).
+    let subscribed = state.relay_subscribed.subscribe();
+    let hello = async move {
+        let mut subscribed = subscribed;
+        let _ = tokio::time::timeout(SUBSCRIBE_WAIT, subscribed.wait_for(|s| *s)).await;
+        Ok(hello)
+    };
     let relayed = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let event = match rx.recv().await {
             Ok(ev) => Event::default().event(ev.kind).data(&ev.data),
@@ -269,7 +284,7 @@ pub async fn stream(
         };
         Some((Ok(event), (rx, guard)))
     });
-    let events = futures_util::stream::once(async move { Ok(hello) })
+    let events = futures_util::stream::once(hello)
         .chain(relayed)
         .take_until(state.shared.cancel.clone().cancelled_owned());
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -110,7 +110,7 @@ pub(crate) struct AppState {
     pub redis: redis::Client,
     /// A connection kept for `PING` (dropped when it fails; opened again on demand).
     pub redis_probe: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-    /// Latest health per strategy and of the engine, fed by the relay.
+    /// Latest health per strategy and of the engine (`Shared::health_cache`).
     pub live: Arc<LiveCache>,
     /// The relayed Redis messages, to every `/api/events` client.
     pub events: broadcast::Sender<Arc<events::RelayedEvent>>,
@@ -120,6 +120,12 @@ pub(crate) struct AppState {
     /// Bound to a loopback address: only loopback `Host` names are accepted.
     pub loopback: bool,
     pub sse_clients: AtomicUsize,
+    /// Told when the first browser connects and when the last one leaves: the relay
+    /// holds its Redis subscription only while one listens.
+    pub clients_changed: tokio::sync::Notify,
+    /// Whether the relay holds its subscription now (a new browser's `hello` waits
+    /// for it, so that nothing published after `hello` is missed).
+    pub relay_subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 /// The HTTP server, bound and ready to serve.
@@ -148,10 +154,12 @@ impl HttpServer {
         let state = Arc::new(AppState {
             access: shared.http_access.clone(),
             loopback: addr.ip().is_loopback(),
+            live: shared.health_cache.clone(),
             shared,
             redis,
             redis_probe: tokio::sync::Mutex::new(None),
-            live: Arc::new(LiveCache::default()),
+            clients_changed: tokio::sync::Notify::new(),
+            relay_subscribed: tokio::sync::watch::Sender::new(false),
             events,
             started: Instant::now(),
             sse_clients: AtomicUsize::new(0),

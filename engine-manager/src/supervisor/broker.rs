@@ -21,6 +21,11 @@ pub struct BrokerState {
 }
 
 impl BrokerState {
+    /// A report the row does not have yet (written within a second).
+    pub fn is_unwritten(&self) -> bool {
+        self.unwritten && self.latest.is_some()
+    }
+
     pub fn from_row(state: Option<Value>) -> Self {
         BrokerState {
             latest: state,

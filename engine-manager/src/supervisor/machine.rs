@@ -349,6 +349,15 @@ impl Machine {
         self.state.status()
     }
 
+    /// Whether a [`Event::Tick`] can do anything: the executor's state is not the
+    /// desired one (running where it should be paused, or the reverse).
+    pub fn wants_reconcile(&self) -> bool {
+        matches!(
+            (self.status(), self.desired),
+            (Status::Running, DesiredState::Paused) | (Status::Paused, DesiredState::Running)
+        )
+    }
+
     pub fn desired(&self) -> DesiredState {
         self.desired
     }

@@ -265,7 +265,10 @@ impl StrategySupervisor {
         Box::pin(self.begin(initial)).await;
         let cancel = self.shared.cancel.clone();
         let removed = self.removed.clone();
+        // Armed only while a tick has work (see `wants_second`): a thousand idle
+        // supervisors waking every second cost the manager more than anything else.
         let mut db_retry = tokio::time::interval(Duration::from_secs(1));
+        db_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = tokio::select! {
                 biased;
@@ -281,7 +284,7 @@ impl StrategySupervisor {
                 Some(request) = self.exec_rx.recv() => Wake::Exec(request),
                 Some(()) = lease_renewed(&mut self.fence_rx) => Wake::Renewed,
                 _ = sleep_until(self.machine.backoff_until()) => Wake::BackoffOver,
-                _ = db_retry.tick() => Wake::Second,
+                _ = db_retry.tick(), if self.wants_second() => Wake::Second,
             };
             // Boxed: what handling a wake-up awaits (a spawn, a stop, database
             // writes) is most of this task's size, and it is needed only while
@@ -376,6 +379,12 @@ impl StrategySupervisor {
         } else {
             tracing::info!("strategy deleted; its supervisor ended");
         }
+    }
+
+    /// Whether the one-second tick has something to do: a write to retry, or the
+    /// executor to bring back to the desired state.
+    fn wants_second(&self) -> bool {
+        self.journal.database_away() || self.broker.is_unwritten() || self.machine.wants_reconcile()
     }
 
     fn is_lost(&self) -> bool {

@@ -216,22 +216,22 @@ impl StrategySupervisor {
         self.shared.publisher.set_state(
             self.shared.channels.state_key(self.id),
             vec![
-                ("strategy_id".into(), self.id.to_string()),
-                ("name".into(), self.name.clone()),
-                ("status".into(), msg.status.to_string()),
+                ("strategy_id", self.id.to_string()),
+                ("name", self.name.clone()),
+                ("status", msg.status.to_string()),
                 (
-                    "pid".into(),
+                    "pid",
                     observed.pid.map(|p| p.to_string()).unwrap_or_default(),
                 ),
-                ("node".into(), self.shared.node.clone()),
-                ("restart_count".into(), observed.restart_count.to_string()),
+                ("node", self.shared.node.clone()),
+                ("restart_count", observed.restart_count.to_string()),
                 (
-                    "last_error".into(),
+                    "last_error",
                     observed.last_error.clone().unwrap_or_default(),
                 ),
-                ("updated_at".into(), msg.timestamp.to_rfc3339()),
+                ("updated_at", msg.timestamp.to_rfc3339()),
                 (
-                    "status_message".into(),
+                    "status_message",
                     serde_json::to_string(msg).unwrap_or_default(),
                 ),
             ],
