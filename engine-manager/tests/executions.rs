@@ -563,6 +563,77 @@ async fn bad_interval_input_is_refused_or_fails_in_words() {
     engine.finish().await;
 }
 
+/// `executions.recent` (the dashboard's sparkline) survives a manager restart: the
+/// executions published are written with the statistics' batches to
+/// `strategy_recent_executions` while the manager runs, and the next manager starts
+/// from them; what it executes then follows them.
+#[tokio::test]
+async fn the_last_executions_listed_survive_a_manager_restart() {
+    let mut engine = TestEngine::started().await;
+    let slow = json!({"execute_delay_ms": 20});
+    let id = add_interval(&engine, "remembered", "heartbeat", slow, 1, None).await;
+    let mut sub = executions(&engine, id).await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    sub.expect_n(3, "an execution", |_, m| m["outcome"] == "ok")
+        .await;
+    // Paused, its list holds still.
+    engine.run_ok(Some(id), "pause", json!({})).await;
+    // (started_at to the microsecond, as PostgreSQL keeps it; duration; outcome)
+    let recent = |base: String| async move {
+        let (_, body) = common::http_client::get(&base, "/api/strategies/remembered").await;
+        let list = body["executions"]["recent"].as_array().cloned();
+        let micros = |x: &Value| time_of(x, "started_at").timestamp_micros();
+        list.unwrap_or_default()
+            .iter()
+            .map(|x| {
+                (
+                    micros(x),
+                    x["duration_ms"].as_u64(),
+                    x["outcome"].to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = recent(engine.http_base().await).await;
+    assert!(before.len() >= 3, "{before:?}");
+    // Written while the manager runs, not only when it stops.
+    let stored = |pool: sqlx::PgPool| async move {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM strategy_recent_executions WHERE strategy_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n as usize
+    };
+    let kept = before.len();
+    wait_for("the executions in the database", DEADLINE, || async {
+        (stored(engine.pool.clone()).await == kept).then_some(())
+    })
+    .await;
+
+    engine.stop_manager().await;
+    engine.start_manager().await;
+    let after = recent(engine.http_base().await).await;
+    assert_eq!(after, before, "the same executions, in the same order");
+
+    // Executed again, its new executions follow the kept ones, in the database too
+    // (in the slots after theirs, overwriting none of them).
+    engine.run_ok(Some(id), "resume", json!({})).await;
+    let base = engine.http_base().await;
+    let grown = wait_for("a new execution listed and kept", DEADLINE, || {
+        let (base, pool) = (base.clone(), engine.pool.clone());
+        async move {
+            let list = recent(base).await;
+            (list.len() > kept && stored(pool).await == list.len()).then_some(list)
+        }
+    })
+    .await;
+    assert_eq!(grown[..before.len()], before[..]);
+    engine.finish().await;
+}
+
 /// The dashboard's execution sparkline draws `executions.recent` of
 /// `GET /api/strategies` (and `/api/strategies/{name}`): the last executions as
 /// published on `strategy:execution:{id}`, oldest first, with their durations.
