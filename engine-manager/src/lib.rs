@@ -289,6 +289,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     background.spawn("http", http::run(shared.clone(), redis_client.clone()));
 
     // Before the supervisors: they report `running` to it from their first step.
+    shared.recent_executions.load(&shared.pool).await;
     let executions = executions::task::Executions::new(shared.clone(), executions_inbox);
     background.spawn("interval executions", executions.run());
     let (rows, recovered, superseded) = load_until_ready(&shared, &shutdown).await?;

@@ -9,6 +9,7 @@
 mod common;
 
 use common::cluster::{start_node_with, Node};
+use common::db_proxy::DbProxy;
 use common::processes::{executors_in_proc, ExecutorSeen};
 use common::{sigkill, wait_for, TestEngine, DEADLINE};
 use serde_json::json;
@@ -461,77 +462,6 @@ async fn a_frozen_manager_wakes_to_find_its_strategies_taken_and_writes_nothing(
     a.kill().await;
     b.kill().await;
     engine.finish().await;
-}
-
-/// A TCP proxy to PostgreSQL that can cut every connection through it and refuse new
-/// ones (the database unreachable from one node only), then let them through again.
-struct DbProxy {
-    url: String,
-    cut: Arc<AtomicBool>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl DbProxy {
-    async fn start(db_url: &str) -> DbProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let parsed = url::Url::parse(db_url).unwrap();
-        let upstream = format!(
-            "{}:{}",
-            parsed.host_str().unwrap_or("127.0.0.1"),
-            parsed.port().unwrap_or(5432)
-        );
-        let mut through = parsed.clone();
-        through.set_host(Some("127.0.0.1")).unwrap();
-        through.set_port(Some(port)).unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (cut2, gen2) = (cut.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if cut2.load(Ordering::Acquire) {
-                    drop(client);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let (cut3, gen3) = (cut2.clone(), gen2.clone());
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let born = gen3.load(Ordering::Acquire);
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let severed = async {
-                        while !cut3.load(Ordering::Acquire) && gen3.load(Ordering::Acquire) == born
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = copy => {}
-                        _ = severed => {}
-                    }
-                });
-            }
-        });
-        DbProxy {
-            url: through.to_string(),
-            cut,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cut.store(true, Ordering::Release);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::Release);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@
 //! confirm stops every strategy), a config edit the strategy rejects shows its words
 //! and sends nothing while an accepted one is applied, the detail panel shows the
 //! log's last lines and the history, and a strategy whose executor is killed raises
-//! the alarm (banner and page title).
+//! the alarm (banner and page title). An interval strategy's row draws its last
+//! executions as a sparkline, one point per execution.
 //!
 //! It needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (`ops/test.sh` installs
 //! them); without them it fails and says how to install them, it never skips.
@@ -700,6 +701,119 @@ async fn a_run_started_from_the_page_moves_its_bar_and_shows_its_result() {
         .screenshot()
         .await
         .map(|png| std::fs::write(target_dir().join("dashboard-runs.png"), png));
+    browser.close().await;
+    engine.finish().await;
+}
+
+/// An interval strategy's execution sparkline as the page draws it: hidden or not,
+/// its polyline's points, its tooltip and the text beside it (`None`: no row yet).
+#[derive(Debug, serde::Deserialize)]
+struct Sparkline {
+    hidden: bool,
+    points: String,
+    title: String,
+    text: String,
+}
+
+impl Sparkline {
+    async fn of(browser: &Browser, id: Uuid) -> Option<Sparkline> {
+        let value = browser
+            .client()
+            .execute(
+                "const w = document.querySelector(arguments[0]); if (!w) return null; \
+                 return { hidden: w.hidden, title: w.title, \
+                          points: w.querySelector('polyline').getAttribute('points') || '', \
+                          text: w.querySelector('.val').textContent };",
+                vec![json!(format!("{} .metric.exec", row(id)))],
+            )
+            .await
+            .ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    fn point_count(&self) -> usize {
+        self.points.split_whitespace().count()
+    }
+}
+
+/// The executions of `name` the API lists (`executions.recent`), skipped ones left
+/// out as the sparkline leaves them out.
+async fn recent_ran(base: &str, name: &str) -> Vec<serde_json::Value> {
+    let (_, body) = common::http_client::get(base, &format!("/api/strategies/{name}")).await;
+    body["executions"]["recent"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|x| x["outcome"] != "skipped")
+        .collect()
+}
+
+/// The execution sparkline in the real page: an interval strategy executed a few
+/// times, then paused so that its list holds still; its row draws one point per
+/// execution the API lists (each published on `strategy:execution:{id}`), the
+/// tooltip names their durations and the text the last one; a continuous strategy
+/// has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_strategys_executions_are_drawn_as_a_sparkline() {
+    require_browser();
+    let engine = TestEngine::started().await;
+    let beat = engine
+        .add_strategy(
+            "dash-interval",
+            "heartbeat",
+            json!({"execute_delay_ms": 30}),
+            false,
+        )
+        .await;
+    sqlx::query("UPDATE strategy_configs SET execution_interval_s = 1 WHERE id = $1")
+        .bind(beat)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let continuous = engine.add_heartbeat("dash-continuous").await;
+    engine.run_ok(Some(continuous), "start", json!({})).await;
+    let mut executions = engine.subscribe(&engine.channels.execution(beat)).await;
+    engine.run_ok(Some(beat), "start", json!({})).await;
+    let published = executions
+        .expect_n(3, "an execution", |_, m| m["outcome"] == "ok")
+        .await;
+    engine.run_ok(Some(beat), "pause", json!({})).await;
+    let base = engine.http_base().await;
+    let listed = recent_ran(&base, "dash-interval").await;
+    assert!(listed.len() >= 3, "{listed:?}");
+    for (listed, message) in listed.iter().zip(&published) {
+        assert_eq!(listed["started_at"], message["started_at"], "{listed}");
+    }
+
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+    let n = listed.len();
+    let spark = wait_for("the sparkline with a point per execution", DEADLINE, || {
+        let browser = &browser;
+        async move {
+            let spark = Sparkline::of(browser, beat).await?;
+            (!spark.hidden && spark.point_count() == n).then_some(spark)
+        }
+    })
+    .await;
+    let durations: Vec<String> = listed
+        .iter()
+        .map(|x| x["duration_ms"].as_u64().unwrap().to_string())
+        .collect();
+    assert!(
+        spark.title.starts_with(&format!(
+            "last {} executions: {} ms",
+            listed.len(),
+            durations.join(", ")
+        )),
+        "{spark:?}"
+    );
+    assert_eq!(spark.text, format!("{} ms", durations.last().unwrap()));
+    // Paused, the list held still while the page drew it.
+    assert_eq!(recent_ran(&base, "dash-interval").await, listed);
+    let none = Sparkline::of(&browser, continuous).await;
+    assert!(none.is_some_and(|s| s.hidden && s.points.is_empty()));
     browser.close().await;
     engine.finish().await;
 }

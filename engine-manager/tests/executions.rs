@@ -10,9 +10,12 @@
 
 mod common;
 
-use common::{wait_for, Subscription, TestEngine, DEADLINE};
+use chrono::{DateTime, TimeDelta, Utc};
+use common::db_proxy::DbProxy;
+use common::{sigkill, wait_for, Subscription, TestEngine, DEADLINE};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The statistics columns of one strategy.
@@ -422,6 +425,96 @@ async fn statistics_survive_a_manager_restart_and_missed_executions_count_skippe
     engine.finish().await;
 }
 
+/// A time field of an execution message.
+fn time_of(msg: &Value, field: &str) -> DateTime<Utc> {
+    serde_json::from_value(msg[field].clone()).unwrap_or_else(|_| panic!("{field}: {msg}"))
+}
+
+/// A regression test: a slow database does not stall executions. The manager reaches
+/// PostgreSQL through a proxy that is then stalled (connections open, nothing
+/// passes: every query of the manager hangs) while the test reads the database
+/// directly. During the stall another interval strategy's executor is killed and
+/// restarted by the crash rules, so that a strategy reaches `running` and its
+/// interval row must be read while the database does not answer. The steady
+/// strategy's next five due times are each served once, on time, and published;
+/// after the stall its statistics in the row catch up with what was published.
+///
+/// Against the old executions task, which awaited its reads in its own loop, this
+/// fails: the restarted strategy's `running` made it await `interval_rows` with no
+/// timeout until the database answered, so no execution of any strategy was started
+/// and the five due times are not served within the window (and its refresh held
+/// the loop up to 1 s every 2 s besides, starting executions late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_does_not_stall_executions_and_statistics_catch_up() {
+    let mut engine = TestEngine::new().await;
+    let proxy = DbProxy::start(&engine.db_url).await;
+    engine.config.database_url.clone_from(&proxy.url);
+    engine.start_manager().await;
+    let steady = add_interval(&engine, "steady", "heartbeat", json!({}), 1, None).await;
+    let crasher = add_interval(&engine, "crasher", "heartbeat", json!({}), 1, None).await;
+    let mut sub = executions(&engine, steady).await;
+    let mut crasher_status = engine.subscribe(&engine.channels.status(crasher)).await;
+    engine.run_ok(Some(steady), "start", json!({})).await;
+    engine.run_ok(Some(crasher), "start", json!({})).await;
+    let mut published = sub
+        .expect_n(2, "an execution", |_, m| m["outcome"] == "ok")
+        .await;
+    let old_pid = engine.live_pid(crasher).await;
+
+    proxy.stall();
+    sigkill(old_pid);
+    crasher_status
+        .expect("the crashed strategy running again", |_, m| {
+            m["status"] == "running" && m["pid"].as_u64().is_some_and(|p| p != u64::from(old_pid))
+        })
+        .await;
+    // The executions task was told: from now on, five due times, each once.
+    let since = Utc::now();
+    let window = Duration::from_secs(8);
+    let during = tokio::time::timeout(window, async {
+        let mut during = Vec::new();
+        while during.len() < 5 {
+            let msg = sub.expect("an execution", |_, _| true).await;
+            published.push(msg.clone());
+            if time_of(&msg, "due_at") > since {
+                during.push(msg);
+            }
+        }
+        during
+    })
+    .await
+    .unwrap_or_else(|_| panic!("five due times within {window:?} of a stalled database"));
+    for pair in during.windows(2) {
+        let gap = time_of(&pair[1], "due_at") - time_of(&pair[0], "due_at");
+        assert_eq!(gap, TimeDelta::seconds(1), "each due time once: {pair:?}");
+    }
+    for msg in &during {
+        assert_eq!(msg["outcome"], "ok", "{msg}");
+        let late = time_of(msg, "started_at") - time_of(msg, "due_at");
+        assert!(
+            late < TimeDelta::milliseconds(500),
+            "started on time: {msg}"
+        );
+    }
+    // The stall was real: the manager could not record the new executor.
+    let row = engine.state(crasher).await;
+    assert_eq!(row.pid, Some(old_pid as i32), "{row:?}");
+
+    proxy.release();
+    let ok = published.iter().filter(|m| m["outcome"] == "ok").count() as i64;
+    assert_eq!(ok as usize, published.len(), "{published:?}");
+    let caught_up = wait_stats(&engine, steady, "the statistics caught up", |s| {
+        s.execution_count >= ok
+    })
+    .await;
+    assert_eq!(caught_up.failed_executions, 0, "{caught_up:?}");
+    assert_eq!(caught_up.skipped_executions, 0, "{caught_up:?}");
+    engine
+        .wait_running_with_new_pid(crasher, Some(old_pid))
+        .await;
+    engine.finish().await;
+}
+
 #[tokio::test]
 async fn bad_interval_input_is_refused_or_fails_in_words() {
     let engine = TestEngine::started().await;
@@ -470,6 +563,77 @@ async fn bad_interval_input_is_refused_or_fails_in_words() {
     engine.finish().await;
 }
 
+/// `executions.recent` (the dashboard's sparkline) survives a manager restart: the
+/// executions published are written with the statistics' batches to
+/// `strategy_recent_executions` while the manager runs, and the next manager starts
+/// from them; what it executes then follows them.
+#[tokio::test]
+async fn the_last_executions_listed_survive_a_manager_restart() {
+    let mut engine = TestEngine::started().await;
+    let slow = json!({"execute_delay_ms": 20});
+    let id = add_interval(&engine, "remembered", "heartbeat", slow, 1, None).await;
+    let mut sub = executions(&engine, id).await;
+    engine.run_ok(Some(id), "start", json!({})).await;
+    sub.expect_n(3, "an execution", |_, m| m["outcome"] == "ok")
+        .await;
+    // Paused, its list holds still.
+    engine.run_ok(Some(id), "pause", json!({})).await;
+    // (started_at to the microsecond, as PostgreSQL keeps it; duration; outcome)
+    let recent = |base: String| async move {
+        let (_, body) = common::http_client::get(&base, "/api/strategies/remembered").await;
+        let list = body["executions"]["recent"].as_array().cloned();
+        let micros = |x: &Value| time_of(x, "started_at").timestamp_micros();
+        list.unwrap_or_default()
+            .iter()
+            .map(|x| {
+                (
+                    micros(x),
+                    x["duration_ms"].as_u64(),
+                    x["outcome"].to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = recent(engine.http_base().await).await;
+    assert!(before.len() >= 3, "{before:?}");
+    // Written while the manager runs, not only when it stops.
+    let stored = |pool: sqlx::PgPool| async move {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM strategy_recent_executions WHERE strategy_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n as usize
+    };
+    let kept = before.len();
+    wait_for("the executions in the database", DEADLINE, || async {
+        (stored(engine.pool.clone()).await == kept).then_some(())
+    })
+    .await;
+
+    engine.stop_manager().await;
+    engine.start_manager().await;
+    let after = recent(engine.http_base().await).await;
+    assert_eq!(after, before, "the same executions, in the same order");
+
+    // Executed again, its new executions follow the kept ones, in the database too
+    // (in the slots after theirs, overwriting none of them).
+    engine.run_ok(Some(id), "resume", json!({})).await;
+    let base = engine.http_base().await;
+    let grown = wait_for("a new execution listed and kept", DEADLINE, || {
+        let (base, pool) = (base.clone(), engine.pool.clone());
+        async move {
+            let list = recent(base).await;
+            (list.len() > kept && stored(pool).await == list.len()).then_some(list)
+        }
+    })
+    .await;
+    assert_eq!(grown[..before.len()], before[..]);
+    engine.finish().await;
+}
+
 /// The dashboard's execution sparkline draws `executions.recent` of
 /// `GET /api/strategies` (and `/api/strategies/{name}`): the last executions as
 /// published on `strategy:execution:{id}`, oldest first, with their durations.
@@ -483,13 +647,9 @@ async fn the_api_lists_the_last_executions_the_dashboard_draws() {
     let mut sub = executions(&engine, id).await;
     engine.run_ok(Some(id), "start", json!({})).await;
     engine.run_ok(Some(id), "trigger", json!({})).await;
-    let mut published = Vec::new();
-    while published.len() < 3 {
-        published.push(
-            sub.expect("an execution", |_, m| m["outcome"] == "ok")
-                .await,
-        );
-    }
+    let published = sub
+        .expect_n(3, "an execution", |_, m| m["outcome"] == "ok")
+        .await;
 
     let recent = wait_for("the API lists the three executions", DEADLINE, || async {
         let (_, body) = common::http_client::get(&base, "/api/strategies/spark").await;

@@ -444,7 +444,8 @@ async fn the_manager_refuses_to_start_without_its_rights_and_says_which() {
             "the database role '{}' lacks what the manager needs: UPDATE on strategy_configs, \
              INSERT on strategy_commands, UPDATE on strategy_commands, DELETE on strategy_commands, \
              INSERT on strategy_metrics, DELETE on strategy_metrics, INSERT on strategy_events, \
-             DELETE on strategy_events, INSERT on engine_manager_lease, UPDATE on engine_manager_lease, \
+             DELETE on strategy_events, INSERT on strategy_recent_executions, \
+             DELETE on strategy_recent_executions, INSERT on engine_manager_lease, UPDATE on engine_manager_lease, \
              INSERT on strategy_runs, UPDATE on strategy_runs, INSERT on strategy_run_items, \
              UPDATE on strategy_schedules, USAGE on sequence public.strategy_metrics_id_seq, USAGE on sequence public.strategy_events_id_seq, \
              CREATE on schema public (to apply the migrations); run `engine-manager --setup-roles` \

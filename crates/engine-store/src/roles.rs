@@ -155,6 +155,10 @@ pub const MANAGER_NEEDS: &[(&str, &[&str])] = &[
     ),
     ("strategy_metrics", &["SELECT", "INSERT", "DELETE"]),
     ("strategy_events", &["SELECT", "INSERT", "DELETE"]),
+    (
+        "strategy_recent_executions",
+        &["SELECT", "INSERT", "DELETE"],
+    ),
     ("engine_manager_lease", &["SELECT", "INSERT", "UPDATE"]),
     ("strategy_runs", &["SELECT", "INSERT", "UPDATE"]),
     ("strategy_run_items", &["SELECT", "INSERT"]),

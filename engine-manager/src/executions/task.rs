@@ -3,7 +3,9 @@
 //! execution's end), it sends execute requests to the strategies' supervisors (which
 //! own the control links), answers `trigger` commands, publishes every execution on
 //! `strategy:execution:{id}` and writes the statistics in batches (at most
-//! [`WRITE_EVERY`] behind, through `engine-store`).
+//! [`WRITE_EVERY`] behind, through `engine-store`), with the executions published
+//! since the last batch (the last [`RECENT_KEPT`] of each strategy are kept in the
+//! database for the next manager's `executions.recent`).
 //!
 //! Edits of `execution_interval_s` / `max_execution_s` of a running strategy are
 //! picked up every [`REFRESH_EVERY`]: a strategy given an interval is planned, one
@@ -16,19 +18,24 @@
 //! a strategy whose row is not read yet waits for it.
 
 use super::plan::{first_due, Decision, ExecutionPlan, ExecutionStats, Schedule, Start, Trigger};
-use super::recent::RecentExecution;
+use super::recent::{RecentExecution, RECENT_KEPT};
 use crate::supervisor::{CommandError, Outcome};
 use crate::Shared;
 use chrono::{DateTime, TimeDelta, Utc};
 use engine_protocol::{ExecutionMessage, Status};
-use engine_store::executions::{self as store, ExecutionStatsRow, IntervalRow};
-use std::collections::{HashMap, HashSet};
+use engine_store::executions::{self as store, ExecutionStatsRow, IntervalRow, RecentExecutionRow};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-type StatsBatch = Vec<(Uuid, ExecutionStatsRow)>;
+/// One write: the changed statistics, and the executions published since the last.
+#[derive(Default)]
+struct StatsBatch {
+    stats: Vec<(Uuid, ExecutionStatsRow)>,
+    recent: Vec<(Uuid, RecentExecutionRow)>,
+}
 
 /// How often changed statistics are written (one statement for all of them).
 pub const WRITE_EVERY: Duration = Duration::from_millis(500);
@@ -158,6 +165,9 @@ pub struct Executions {
     reading: Option<Reading>,
     /// Statistics to write, newest per strategy.
     unwritten: HashMap<Uuid, ExecutionStatsRow>,
+    /// Executions published and not written yet, oldest first (the last
+    /// [`RECENT_KEPT`] of each strategy: no more are kept anyway).
+    recent_unwritten: HashMap<Uuid, VecDeque<RecentExecutionRow>>,
     /// The write under way: its rows come back if it failed.
     writing: Option<oneshot::Receiver<Result<(), StatsBatch>>>,
 }
@@ -179,6 +189,7 @@ impl Executions {
             deferred: Vec::new(),
             reading: None,
             unwritten: HashMap::new(),
+            recent_unwritten: HashMap::new(),
             writing: None,
         }
     }
@@ -478,17 +489,16 @@ impl Executions {
                     for command_id in commands {
                         self.reply(command_id, Err(error.clone()));
                     }
-                    if let Some(flight) = self.in_flight.get(&strategy_id) {
-                        let ms = (now - flight.started_at).num_milliseconds().max(0) as u64;
-                        let published = Published {
-                            trigger: flight.trigger,
-                            started_at: flight.started_at,
-                            due_at: flight.due_at,
-                            executor_started_at: None,
-                            duration_ms: ms,
-                            outcome: "timeout",
-                            error: Some(error),
-                        };
+                    let timed_out = self.in_flight.get(&strategy_id).map(|flight| Published {
+                        trigger: flight.trigger,
+                        started_at: flight.started_at,
+                        due_at: flight.due_at,
+                        executor_started_at: None,
+                        duration_ms: (now - flight.started_at).num_milliseconds().max(0) as u64,
+                        outcome: "timeout",
+                        error: Some(error),
+                    });
+                    if let Some(published) = timed_out {
                         self.publish(strategy_id, published);
                     }
                 }
@@ -554,7 +564,7 @@ impl Executions {
         let _ = reply.send(outcome);
     }
 
-    fn publish_skipped(&self, id: Uuid, due_at: DateTime<Utc>, error: String) {
+    fn publish_skipped(&mut self, id: Uuid, due_at: DateTime<Utc>, error: String) {
         let published = Published {
             trigger: Trigger::Schedule,
             started_at: due_at,
@@ -567,18 +577,22 @@ impl Executions {
         self.publish(id, published);
     }
 
-    fn publish(&self, id: Uuid, published: Published) {
+    fn publish(&mut self, id: Uuid, published: Published) {
         let Some(known) = self.known.get(&id) else {
             return;
         };
-        self.shared.recent_executions.record(
-            id,
-            RecentExecution {
-                started_at: published.started_at,
-                duration_ms: published.duration_ms,
-                outcome: published.outcome,
-            },
-        );
+        let recent = RecentExecution {
+            started_at: published.started_at,
+            duration_ms: published.duration_ms,
+            outcome: published.outcome,
+        };
+        let slot = self.shared.recent_executions.record(id, recent.clone());
+        let row = recent.to_row(slot);
+        let unwritten = self.recent_unwritten.entry(id).or_default();
+        if unwritten.len() == RECENT_KEPT {
+            unwritten.pop_front();
+        }
+        unwritten.push_back(row);
         let message = ExecutionMessage {
             strategy_id: id,
             name: known.name.clone(),
@@ -612,18 +626,19 @@ impl Executions {
             }
             self.writing = None;
         }
-        if self.unwritten.is_empty() {
+        if self.unwritten.is_empty() && self.recent_unwritten.is_empty() {
             return;
         }
-        let batch: StatsBatch = self.unwritten.drain().collect();
+        let batch = self.take_batch();
         let pool = self.shared.pool.clone();
         let (done, writing) = oneshot::channel();
         self.writing = Some(writing);
         self.shared.tracker.spawn(async move {
-            let result = match store::write_execution_stats(&pool, &batch).await {
+            let write = store::write_execution_stats(&pool, &batch.stats, &batch.recent);
+            let result = match write.await {
                 Ok(()) => Ok(()),
                 Err(err) => {
-                    tracing::warn!(error = %err, rows = batch.len(), "cannot write execution statistics; retrying");
+                    tracing::warn!(error = %err, rows = batch.stats.len(), "cannot write execution statistics; retrying");
                     Err(batch)
                 }
             };
@@ -631,10 +646,37 @@ impl Executions {
         });
     }
 
-    /// Rows of a failed write, unless newer ones replaced them meanwhile.
+    /// What is to be written now.
+    fn take_batch(&mut self) -> StatsBatch {
+        let recent = self
+            .recent_unwritten
+            .drain()
+            .flat_map(|(id, rows)| rows.into_iter().map(move |row| (id, row)))
+            .collect();
+        StatsBatch {
+            stats: self.unwritten.drain().collect(),
+            recent,
+        }
+    }
+
+    /// Rows of a failed write: its statistics unless newer ones replaced them
+    /// meanwhile, its executions before those published since (the last
+    /// [`RECENT_KEPT`] of each strategy).
     fn take_back(&mut self, failed: StatsBatch) {
-        for (id, row) in failed {
+        for (id, row) in failed.stats {
             self.unwritten.entry(id).or_insert(row);
+        }
+        let mut older: HashMap<Uuid, VecDeque<RecentExecutionRow>> = HashMap::new();
+        for (id, row) in failed.recent {
+            older.entry(id).or_default().push_back(row);
+        }
+        for (id, mut rows) in older {
+            let newer = self.recent_unwritten.remove(&id).unwrap_or_default();
+            rows.extend(newer);
+            while rows.len() > RECENT_KEPT {
+                rows.pop_front();
+            }
+            self.recent_unwritten.insert(id, rows);
         }
     }
 
@@ -648,8 +690,8 @@ impl Executions {
         for (id, stats) in self.plan.take_changed() {
             self.unwritten.insert(id, stats_to_row(&stats));
         }
-        let batch: StatsBatch = self.unwritten.drain().collect();
-        let write = store::write_execution_stats(&self.shared.pool, &batch);
+        let batch = self.take_batch();
+        let write = store::write_execution_stats(&self.shared.pool, &batch.stats, &batch.recent);
         match tokio::time::timeout(Duration::from_secs(2), write).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {

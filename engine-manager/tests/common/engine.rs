@@ -487,6 +487,20 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// The next `n` messages (after any already received) for which `pred` holds.
+    pub async fn expect_n(
+        &mut self,
+        n: usize,
+        what: &str,
+        pred: impl Fn(&str, &Value) -> bool,
+    ) -> Vec<Value> {
+        let mut taken = Vec::with_capacity(n);
+        while taken.len() < n {
+            taken.push(self.expect(what, &pred).await);
+        }
+        taken
+    }
+
     /// Every message received so far and not yet taken, as (channel, payload).
     pub fn drain(&mut self) -> Vec<(String, Value)> {
         let mut taken = Vec::new();

@@ -8,6 +8,8 @@
 //! - [`cgroups`]: where the manager puts an executor's limits group (cgroup v1).
 //! - [`cluster`]: cluster nodes (the manager binary with `--cluster`), owners, and
 //!   each strategy's executors across the nodes.
+//! - [`db_proxy`]: a TCP proxy between a manager and PostgreSQL that cuts or stalls
+//!   its connections.
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.
@@ -22,6 +24,7 @@
 
 pub mod cgroups;
 pub mod cluster;
+pub mod db_proxy;
 pub mod engine;
 pub mod http_client;
 pub mod log_capture;
