@@ -8,6 +8,7 @@
 //! - [`cgroups`]: where the manager puts an executor's limits group (cgroup v1).
 //! - [`cluster`]: cluster nodes (the manager binary with `--cluster`), owners, and
 //!   each strategy's executors across the nodes.
+//! - [`feed`]: market data: a token's ticks published until dropped.
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.
@@ -23,6 +24,7 @@
 pub mod cgroups;
 pub mod cluster;
 pub mod engine;
+pub mod feed;
 pub mod http_client;
 pub mod log_capture;
 pub mod manager_binary;
@@ -31,6 +33,7 @@ pub mod private_services;
 pub mod processes;
 
 pub use engine::{Subscription, TestEngine};
+pub use feed::Feed;
 pub use log_capture::LogCapture;
 pub use manager_binary::{manager_env, spawn_manager_binary, wait_lease};
 pub use operator::{
