@@ -41,12 +41,6 @@ async fn start_node(
     start_node_with(engine, name, &env).await
 }
 
-/// SIGSTOP or SIGCONT a node's manager.
-fn signal(node: &Node, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(node.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, signal).expect("signal the manager");
-}
-
 /// Reads `/proc` every 20 ms until stopped: every moment two executors of one strategy
 /// were alive together (on any of `sockets`), re-checked after the scan so that an
 /// executor that exited during it does not count.
@@ -452,13 +446,13 @@ async fn a_frozen_manager_wakes_to_find_its_strategies_taken_and_writes_nothing(
     let engine = TestEngine::new().await;
     let (a, b, on_a, _) = two_nodes_with_strategies(&engine, None).await;
     let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
-    signal(&a, rustix::process::Signal::STOP);
+    a.signal(rustix::process::Signal::STOP);
     wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
     let taken_at: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
         .fetch_one(&engine.pool)
         .await
         .unwrap();
-    signal(&a, rustix::process::Signal::CONT);
+    a.signal(rustix::process::Signal::CONT);
     assert_came_back_harmless(&engine, &a, &on_a, taken_at).await;
     sampler.check();
     a.kill().await;
@@ -660,7 +654,7 @@ async fn a_rolling_restart_of_every_node_keeps_every_strategy_up() {
         let name = node.name.clone();
         let log_path = node.state_dir.join("manager.log");
         let earlier = std::fs::read_to_string(&log_path).unwrap_or_default().len();
-        signal(&node, rustix::process::Signal::TERM);
+        node.signal(rustix::process::Signal::TERM);
         let exit = tokio::time::timeout(DEADLINE, node.child.wait())
             .await
             .expect("the node stops on SIGTERM")
@@ -782,9 +776,9 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
                 a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
             }
             Fault::Freeze => {
-                signal(&a, rustix::process::Signal::STOP);
+                a.signal(rustix::process::Signal::STOP);
                 tokio::time::sleep(two_leases).await;
-                signal(&a, rustix::process::Signal::CONT);
+                a.signal(rustix::process::Signal::CONT);
             }
             Fault::CutDatabase => {
                 proxy.cut();
