@@ -11,7 +11,7 @@ mod common;
 use common::cluster::{start_node_with, Node};
 use common::db_proxy::DbProxy;
 use common::processes::{executors_in_proc, ExecutorSeen};
-use common::{sigkill, wait_for, TestEngine, DEADLINE};
+use common::{sigkill, wait_for, Feed, TestEngine, DEADLINE};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 const LEASE: &str = "3s";
 const LEASE_TIME: Duration = Duration::from_secs(3);
+/// Time between two ticks of the fault suite's feed (each one an order of every
+/// running strategy).
+const TICK_EVERY: Duration = Duration::from_millis(200);
 
 /// Start cluster node `name` with a 3 s lease, its database reached at `database_url`
 /// (the test's own, or a proxy to it), and `extra` environment.
@@ -37,12 +40,6 @@ async fn start_node(
     }
     env.extend_from_slice(extra);
     start_node_with(engine, name, &env).await
-}
-
-/// SIGSTOP or SIGCONT a node's manager.
-fn signal(node: &Node, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(node.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, signal).expect("signal the manager");
 }
 
 /// Reads `/proc` every 20 ms until stopped: every moment two executors of one strategy
@@ -450,13 +447,13 @@ async fn a_frozen_manager_wakes_to_find_its_strategies_taken_and_writes_nothing(
     let engine = TestEngine::new().await;
     let (a, b, on_a, _) = two_nodes_with_strategies(&engine, None).await;
     let sampler = Sampler::start(vec![a.control_socket(), b.control_socket()]);
-    signal(&a, rustix::process::Signal::STOP);
+    a.signal(rustix::process::Signal::STOP);
     wait_running_on(&engine, &on_a, &b, Duration::from_secs(30)).await;
     let taken_at: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
         .fetch_one(&engine.pool)
         .await
         .unwrap();
-    signal(&a, rustix::process::Signal::CONT);
+    a.signal(rustix::process::Signal::CONT);
     assert_came_back_harmless(&engine, &a, &on_a, taken_at).await;
     sampler.check();
     a.kill().await;
@@ -587,7 +584,7 @@ async fn a_rolling_restart_of_every_node_keeps_every_strategy_up() {
         let name = node.name.clone();
         let log_path = node.state_dir.join("manager.log");
         let earlier = std::fs::read_to_string(&log_path).unwrap_or_default().len();
-        signal(&node, rustix::process::Signal::TERM);
+        node.signal(rustix::process::Signal::TERM);
         let exit = tokio::time::timeout(DEADLINE, node.child.wait())
             .await
             .expect("the node stops on SIGTERM")
@@ -658,11 +655,12 @@ enum Fault {
 }
 
 /// The cluster fault suite (CONTRACT.md §7): three nodes with a 3 s lease, nine
-/// strategies, and `CLUSTER_FAULT_ROUNDS` rounds (default 4: one of each fault) of a
+/// strategies trading paper orders on every tick of a feed, and `CLUSTER_FAULT_ROUNDS` rounds (default 4: one of each fault) of a
 /// fault on node-a while commands (pause, resume, restart) flow to random
 /// strategies. Checked throughout: never two executors of one strategy alive
 /// together (the /proc sampler); checked every round: every command ends, every
-/// strategy that should run runs on a live node with one executor, and no
+/// strategy that should run runs on a live node with one executor, no order was
+/// placed under an epoch the strategy had left (and orders still flow), and no
 /// `strategy_events` row is written by a node under an epoch the strategy had left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
@@ -675,7 +673,12 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
     let mut a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
     let b = start_node(&engine, "node-b", None, &[]).await;
     let c = start_node(&engine, "node-c", None, &[]).await;
-    let ids = start_strategies(&engine, "f", 9).await;
+    // The strategies trade on every tick of their token: orders flow throughout.
+    let token = format!("CF-{}", Uuid::new_v4().simple());
+    let ids = start_traders(&engine, "f", 9, &token).await;
+    let _feed = Feed::start(&engine, &token, &[100.0, 101.0], TICK_EVERY).await;
+    wait_every_strategy_trades(&engine, &ids).await;
+    let mut orders_before = 0;
     let sockets = vec![a.control_socket(), b.control_socket(), c.control_socket()];
     let sampler = Sampler::start(sockets);
     let op = engine.op();
@@ -703,9 +706,9 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
                 a = start_node(&engine, "node-a", Some(&proxy.url), &[]).await;
             }
             Fault::Freeze => {
-                signal(&a, rustix::process::Signal::STOP);
+                a.signal(rustix::process::Signal::STOP);
                 tokio::time::sleep(two_leases).await;
-                signal(&a, rustix::process::Signal::CONT);
+                a.signal(rustix::process::Signal::CONT);
             }
             Fault::CutDatabase => {
                 proxy.cut();
@@ -727,8 +730,11 @@ async fn cluster_fault_suite_kills_freezes_and_cuts_while_commands_flow() {
         // are paused there.
         let sockets = [a.control_socket(), b.control_socket(), c.control_socket()];
         wait_settled(&engine, &sockets, &ids, round).await;
+        // No order under an epoch the strategy had left; orders still flow.
+        orders_before = check_orders(&engine, &ids, round, orders_before).await;
     }
     sampler.check();
+    check_orders_at_end(&engine, &ids, rounds).await;
     let stale = stale_events(&engine, &ids).await;
     assert_eq!(
         stale, 0,
@@ -829,4 +835,202 @@ async fn stale_events(engine: &TestEngine, ids: &[Uuid]) -> i64 {
     .fetch_one(&engine.pool)
     .await
     .unwrap()
+}
+
+/// Add and start `n` `sma_crossover` strategies of `token` with a 1-tick fast and a
+/// 2-tick slow average: on a feed that turns at every tick, each tick is a cross and
+/// an order.
+async fn start_traders(engine: &TestEngine, prefix: &str, n: usize, token: &str) -> Vec<Uuid> {
+    let op = engine.op();
+    let config = json!({"token": token, "fast_period": 1, "slow_period": 2, "order_qty": 1.0});
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = op
+            .add_strategy(&format!("{prefix}-{i}"), "sma_crossover", config.clone())
+            .await;
+        op.run_ok(Some(id), "start", json!({})).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// An epoch a strategy was given (by a failover, move or drain), and when (the
+/// database's clock).
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Grant {
+    strategy_id: Uuid,
+    epoch: i64,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A live order as `strategy_orders` holds it (`at`: when it filled).
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct PlacedOrder {
+    strategy_id: Uuid,
+    client_order_id: String,
+    lease_epoch: i64,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The epochs `ids` were given, from the `failover`, `move` and `drain` events
+/// (each says `lease epoch N`).
+async fn grants(engine: &TestEngine, ids: &[Uuid]) -> Vec<Grant> {
+    sqlx::query_as(
+        "SELECT strategy_id, substring(error FROM 'lease epoch ([0-9]+)')::int8 AS epoch, at \
+         FROM strategy_events WHERE strategy_id = ANY($1) \
+           AND reason IN ('failover', 'move', 'drain') AND error ~ 'lease epoch [0-9]+'",
+    )
+    .bind(ids)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap()
+}
+
+/// Every live order of `ids`.
+async fn placed_orders(engine: &TestEngine, ids: &[Uuid]) -> Vec<PlacedOrder> {
+    sqlx::query_as(
+        "SELECT strategy_id, client_order_id, lease_epoch, at FROM strategy_orders \
+         WHERE strategy_id = ANY($1) AND run_id IS NULL ORDER BY at, id",
+    )
+    .bind(ids)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap()
+}
+
+/// What is wrong with `orders`, given the epochs the strategies were given: an order
+/// filled under an epoch lower than one its strategy had already been given before
+/// the fill (a stale owner traded), or whose client order id's `e{epoch}` is not the
+/// row's epoch.
+fn stale_orders(grants: &[Grant], orders: &[PlacedOrder]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for order in orders {
+        let in_id = order
+            .client_order_id
+            .strip_prefix('e')
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|epoch| epoch.parse::<i64>().ok());
+        if in_id != Some(order.lease_epoch) {
+            wrong.push(format!(
+                "order {} of {} is recorded under epoch {}, its id says {in_id:?}",
+                order.client_order_id, order.strategy_id, order.lease_epoch
+            ));
+        }
+        let newer = grants
+            .iter()
+            .filter(|g| g.strategy_id == order.strategy_id)
+            .filter(|g| g.epoch > order.lease_epoch && g.at < order.at)
+            .max_by_key(|g| g.epoch);
+        if let Some(g) = newer {
+            wrong.push(format!(
+                "order {} of {} filled at {} under epoch {}, after epoch {} was given at {}",
+                order.client_order_id,
+                order.strategy_id,
+                order.at,
+                order.lease_epoch,
+                g.epoch,
+                g.at
+            ));
+        }
+    }
+    wrong
+}
+
+/// The fault suite's check of a round: no stale order, and more orders than
+/// `before` (they flow); the count now.
+async fn check_orders(engine: &TestEngine, ids: &[Uuid], round: usize, before: usize) -> usize {
+    // The orders writer flushes every 100 ms: wait for orders of this round.
+    let placed = wait_for(
+        &format!("round {round}: orders beyond the {before} of earlier rounds"),
+        Duration::from_secs(30),
+        || async {
+            let placed = placed_orders(engine, ids).await;
+            (placed.len() > before).then_some(placed)
+        },
+    )
+    .await;
+    let stale = stale_orders(&grants(engine, ids).await, &placed);
+    assert!(stale.is_empty(), "round {round}: {stale:#?}");
+    eprintln!("round {round}: {} orders, none stale", placed.len());
+    placed.len()
+}
+
+#[test]
+fn the_order_check_flags_a_stale_epoch_and_an_id_that_disagrees() {
+    let strategy = Uuid::new_v4();
+    let t0 = chrono::Utc::now();
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    let order = |id: &str, epoch: i64, s: i64| PlacedOrder {
+        strategy_id: strategy,
+        client_order_id: id.to_string(),
+        lease_epoch: epoch,
+        at: at(s),
+    };
+    // Epoch 2 given at 10 s (a failover), epoch 3 at 20 s (a move).
+    let grants = [
+        Grant {
+            strategy_id: strategy,
+            epoch: 2,
+            at: at(10),
+        },
+        Grant {
+            strategy_id: strategy,
+            epoch: 3,
+            at: at(20),
+        },
+        // Another strategy's grant says nothing of this one's orders.
+        Grant {
+            strategy_id: Uuid::new_v4(),
+            epoch: 9,
+            at: at(1),
+        },
+    ];
+    let orders = [
+        order("e1-0000abcd-s1-1", 1, 5),  // fine: before epoch 2
+        order("e2-0000abcd-s2-1", 2, 11), // fine: its owner's
+        order("e1-0000abcd-s1-2", 1, 12), // stale: epoch 2 was given at 10 s
+        order("e3-0000abcd-s3-1", 2, 15), // its id disagrees with the row
+        order("e2-0000abcd-s2-2", 2, 21), // stale: epoch 3 was given at 20 s
+        order("e3-0000abcd-s3-2", 3, 22), // fine
+    ];
+    let wrong = stale_orders(&grants, &orders);
+    assert_eq!(wrong.len(), 3, "{wrong:#?}");
+    assert!(wrong[0].contains("e1-0000abcd-s1-2") && wrong[0].contains("after epoch 2"));
+    assert!(wrong[1].contains("e3-0000abcd-s3-1") && wrong[1].contains("its id says Some(3)"));
+    assert!(wrong[2].contains("e2-0000abcd-s2-2") && wrong[2].contains("after epoch 3"));
+    // Without the grants, only the disagreeing id is flagged.
+    assert_eq!(stale_orders(&[], &orders).len(), 1);
+}
+
+/// Wait until each of `ids` has placed an order (before the faults begin: the
+/// strategies on node-a trade too).
+async fn wait_every_strategy_trades(engine: &TestEngine, ids: &[Uuid]) {
+    wait_for("an order of every strategy", DEADLINE, || async {
+        let placed = placed_orders(engine, ids).await;
+        let all = ids
+            .iter()
+            .all(|id| placed.iter().any(|o| o.strategy_id == *id));
+        all.then_some(())
+    })
+    .await;
+}
+
+/// After the fault suite's `rounds`: no stale order (those a cut-off node wrote late
+/// included), and a strategy traded under two epochs (it failed over and traded on).
+async fn check_orders_at_end(engine: &TestEngine, ids: &[Uuid], rounds: usize) {
+    let placed = placed_orders(engine, ids).await;
+    let stale = stale_orders(&grants(engine, ids).await, &placed);
+    assert!(stale.is_empty(), "at the end: {stale:#?}");
+    let moved_on = ids.iter().any(|id| {
+        let epochs: std::collections::HashSet<i64> = placed
+            .iter()
+            .filter(|o| o.strategy_id == *id)
+            .map(|o| o.lease_epoch)
+            .collect();
+        epochs.len() > 1
+    });
+    assert!(
+        rounds == 0 || moved_on,
+        "a strategy that failed over traded under its new epoch too"
+    );
 }

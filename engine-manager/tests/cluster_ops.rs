@@ -595,3 +595,203 @@ async fn a_drain_of_a_hundred_strategies_is_done_in_seconds() {
     }
     engine.finish().await;
 }
+
+/// A 3 s lease and a 2 s start timeout: a drain or move without progress is ended
+/// after 32 s (the start timeout, 15 s to settle and 15 s to stop the executor).
+const QUICK: [(&str, &str); 2] = [("ENGINE_LEASE_TIME", "3s"), ("ENGINE_START_TIMEOUT", "2s")];
+const STALL_LIMIT: Duration = Duration::from_secs(32);
+
+/// A node row that beats, as a node of an older version that does not know `drain`
+/// would, and answers nothing; it beats until the task is aborted.
+async fn beating_node_that_never_answers(
+    engine: &TestEngine,
+    name: &str,
+) -> tokio::task::JoinHandle<()> {
+    sqlx::query(
+        "INSERT INTO engine_nodes (node, host, pid, boot_id, started_at, heartbeat_at, capacity, lease_ms) \
+         VALUES ($1, 'elsewhere', 1, 'boot', now(), now(), 10, 3000)",
+    )
+    .bind(name)
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    let pool = engine.pool.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        loop {
+            let _ = sqlx::query("UPDATE engine_nodes SET heartbeat_at = now() WHERE node = $1")
+                .bind(&name)
+                .execute(&pool)
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_of_a_node_that_never_answers_or_dies_end_failed_naming_it() {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    let a = start_node_with(&engine, "node-a", &QUICK).await;
+    let b = start_node_with(&engine, "node-b", &QUICK).await;
+    // node-old beats but never hands anything over (an older version); it owns one.
+    let beat = beating_node_that_never_answers(&engine, "node-old").await;
+    let old = op
+        .add_strategy("old-0", "heartbeat", json!({"interval_ms": 200}))
+        .await;
+    sqlx::query("UPDATE strategy_configs SET node = 'node-old', lease_epoch = 1 WHERE id = $1")
+        .bind(old)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let stalled = op.command(None, "drain", json!({"node": "node-old"})).await;
+    // node-b is frozen as its drain begins: it never hands over, and its lease runs out.
+    b.signal(rustix::process::Signal::STOP);
+    let died = op.command(None, "drain", json!({"node": "node-b"})).await;
+
+    let out = op.outcome(died, Duration::from_secs(30)).await;
+    assert_eq!(out.status, "failed");
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.contains("node 'node-b' stopped renewing its lease before its drain finished")
+            && error.contains("enginectl undrain node-b"),
+        "{error}"
+    );
+    let out = op.outcome(stalled, STALL_LIMIT * 2).await;
+    let took = sent.elapsed();
+    assert_eq!(out.status, "failed");
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.contains("node 'node-old' made no progress with its drain in")
+            && error.contains("older version that does not know drain")
+            && error.contains("`enginectl undrain node-old`"),
+        "{error}"
+    );
+    assert!(took >= STALL_LIMIT, "not before the stall limit: {took:?}");
+    assert!(took < STALL_LIMIT + Duration::from_secs(10), "{took:?}");
+    // It keeps what it owns, and stays draining.
+    assert_eq!(
+        owners(&engine, &[old]).await[&old].as_deref(),
+        Some("node-old")
+    );
+    let draining: bool =
+        sqlx::query_scalar("SELECT draining FROM engine_nodes WHERE node = 'node-old'")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert!(draining);
+    beat.abort();
+    b.signal(rustix::process::Signal::CONT);
+    a.kill().await;
+    b.kill().await;
+    engine.finish().await;
+}
+
+/// Wait until `move` row `command` has handed its strategy over (its `move` event).
+async fn wait_handed_over(engine: &TestEngine, command: Uuid) {
+    wait_for("the move's hand-over", DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM strategy_events WHERE command_id = $1 AND reason = 'move' \
+             AND error LIKE 'moved from node %'",
+        )
+        .bind(command)
+        .fetch_one(&engine.pool)
+        .await
+        .ok()?;
+        (n > 0).then_some(())
+    })
+    .await;
+}
+
+async fn command_status(engine: &TestEngine, command: Uuid) -> String {
+    sqlx::query_scalar("SELECT status FROM strategy_commands WHERE id = $1")
+        .bind(command)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_old_node_dies_after_the_hand_over_ends_once_it_runs_on_the_target() {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    // (The lease outlasts the start: an executor renews it once it has started.)
+    let slow_start = [("ENGINE_LEASE_TIME", "8s"), ("ENGINE_START_TIMEOUT", "20s")];
+    let a = start_node_with(&engine, "node-a", &slow_start).await;
+    // It takes 4 s to start: the old node dies while the target starts it.
+    let id = op
+        .add_strategy(
+            "slow-0",
+            "heartbeat",
+            json!({"interval_ms": 200, "start_delay_ms": 4000}),
+        )
+        .await;
+    op.run_ok(Some(id), "start", json!({})).await;
+    let b = start_node_with(&engine, "node-b", &slow_start).await;
+    let sent = Instant::now();
+    let moved = op
+        .command(Some(id), "move", json!({"node": "node-b"}))
+        .await;
+    wait_handed_over(&engine, moved).await;
+    a.kill().await;
+    assert_eq!(command_status(&engine, moved).await, "processing");
+
+    let out = op.outcome(moved, Duration::from_secs(30)).await;
+    assert_eq!(out.status, "executed", "{:?}", out.error);
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_each_runs_once_on_its_owner(&engine, &[&b], &[id], &["node-b"]).await;
+    b.kill().await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_node_dies_before_the_hand_over_ends_failed_naming_it() {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    let a = start_node_with(&engine, "node-a", &QUICK).await;
+    // It ignores its shutdown: the move stops it for the whole grace.
+    let id = op
+        .add_strategy(
+            "stuck-0",
+            "heartbeat",
+            json!({"interval_ms": 200, "shutdown_delay_ms": 60000}),
+        )
+        .await;
+    op.run_ok(Some(id), "start", json!({})).await;
+    // node-b, the target, has strategies: a failover goes to node-c.
+    let b = start_node_with(&engine, "node-b", &QUICK).await;
+    start_many(&engine, "b", 2).await;
+    let c = start_node_with(&engine, "node-c", &QUICK).await;
+    let moved = op
+        .command(Some(id), "move", json!({"node": "node-b"}))
+        .await;
+    wait_for("the move to be stopping the strategy", DEADLINE, || async {
+        let status = op.state(id).await.status;
+        (status == "stopping").then_some(())
+    })
+    .await;
+    a.kill().await;
+
+    let out = op.outcome(moved, STALL_LIMIT * 2).await;
+    assert_eq!(out.status, "failed");
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.contains("node 'node-a', which owned the strategy, stopped renewing its lease before it handed the strategy over to 'node-b'"),
+        "{error}: {:?}",
+        events(&engine, id).await
+    );
+    // It failed over, and runs.
+    wait_for("the strategy to run again", DEADLINE, || async {
+        let state = op.state(id).await;
+        (state.status == "running").then_some(())
+    })
+    .await;
+    b.kill().await;
+    c.kill().await;
+    engine.finish().await;
+}

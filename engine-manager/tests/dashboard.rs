@@ -218,11 +218,24 @@ fn row(id: Uuid) -> String {
 /// Publish on Redis, as an executor would, that strategy `id` (`name`) is in
 /// `backoff` with `error`: what the page shows comes through the manager's relay.
 async fn publish_backoff(engine: &TestEngine, id: Uuid, name: &str, error: &str) {
+    publish_status(
+        engine,
+        id,
+        name,
+        json!({"status": "backoff", "node": "test", "error": error}),
+    )
+    .await;
+}
+
+/// Publish on Redis a status message of strategy `id` (`name`) with `fields`.
+async fn publish_status(engine: &TestEngine, id: Uuid, name: &str, fields: serde_json::Value) {
     let mut redis = engine.redis_conn().await;
-    let message = json!({
-        "strategy_id": id, "name": name, "timestamp": chrono::Utc::now(),
-        "status": "backoff", "pid": null, "node": "test", "error": error,
+    let mut message = json!({
+        "strategy_id": id, "name": name, "timestamp": chrono::Utc::now(), "pid": null,
     });
+    for (key, value) in fields.as_object().unwrap() {
+        message[key] = value.clone();
+    }
     let _: () = redis::cmd("PUBLISH")
         .arg(engine.channels.status(id))
         .arg(message.to_string())
@@ -300,6 +313,16 @@ async fn dashboard_shows_live_state_and_sends_commands() {
             |t| t.contains("published on redis"),
         )
         .await;
+    // Outside a cluster no node owns a strategy: the node column says so (the
+    // message's `node` is only the manager's name).
+    let node = browser
+        .wait_text(
+            "the idle strategy's node",
+            &format!("{} .node", row(idle)),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert_eq!(node, "–");
 
     // Health arrives live for the running strategy.
     browser
@@ -392,6 +415,68 @@ async fn dashboard_shows_live_state_and_sends_commands() {
 }
 
 /// "2026-11-21 01:55:08.472 UTC"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_node_each_strategy_shows_its_node_and_follows_it() {
+    require_browser();
+    let mut engine = TestEngine::new().await;
+    engine.config.cluster = true;
+    engine.config.node = Some("dash-node".into());
+    engine.start_manager().await;
+    let running = engine.add_heartbeat("node-running").await;
+    let idle = engine.add_heartbeat("node-idle").await;
+    engine.run_ok(Some(running), "start", json!({})).await;
+    let base = engine.http_base().await;
+    // The API gives each strategy's owner.
+    let (_, body) = common::http_client::get(&base, "/api/strategies").await;
+    assert_eq!(body["cluster"], true, "{body}");
+    let listed = body["strategies"].as_array().unwrap();
+    let of = |id: Uuid| {
+        listed
+            .iter()
+            .find(|s| s["id"] == id.to_string())
+            .map(|s| s["node"].clone())
+    };
+    assert_eq!(of(running), Some(json!("dash-node")), "{body}");
+    assert_eq!(of(idle), Some(serde_json::Value::Null), "{body}");
+
+    let browser = Browser::start().await;
+    browser.client().goto(&format!("{base}/")).await.unwrap();
+    browser
+        .wait_text("the node column", "#strategies thead", |t| {
+            t.contains("node")
+        })
+        .await;
+    browser
+        .wait_text(
+            "the running strategy's node",
+            &format!("{} .node", row(running)),
+            |t| t == "dash-node",
+        )
+        .await;
+    browser
+        .wait_text(
+            "the unowned strategy's node",
+            &format!("{} .node", row(idle)),
+            |t| t == "–",
+        )
+        .await;
+    browser
+        .wait_text("the live connection", "#conn", |t| t == "live")
+        .await;
+    // Another node speaks for it (a move, a failover): the cell follows.
+    let moved = json!({"status": "running", "node": "dash-other"});
+    publish_status(&engine, running, "node-running", moved).await;
+    browser
+        .wait_text(
+            "the node after the move",
+            &format!("{} .node", row(running)),
+            |t| t == "dash-other",
+        )
+        .await;
+    browser.close().await;
+    engine.finish().await;
+}
+
 fn is_utc_with_date(text: &str) -> bool {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.3f UTC").is_ok()
 }

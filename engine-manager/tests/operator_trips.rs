@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{process_alive, wait_for, TestEngine, DEADLINE};
+use common::{process_alive, wait_for, Feed, TestEngine, DEADLINE};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -60,28 +60,9 @@ async fn add_on_fresh_token(engine: &TestEngine, name: &str, stem: &str) -> (Uui
     )
 }
 
-/// Publish a tick on `token` every 50 ms until dropped.
-struct Feed(tokio::task::JoinHandle<()>);
-
-impl Feed {
-    async fn start(engine: &TestEngine, token: &str) -> Feed {
-        let mut redis = engine.redis_conn().await;
-        let channel = engine.channels.live_data(token);
-        let token = token.to_string();
-        Feed(tokio::spawn(async move {
-            loop {
-                let tick = json!({"token": token, "price": 100.0, "timestamp": chrono::Utc::now()});
-                let _: Result<i64, _> = redis.publish(&channel, tick.to_string()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// A feed of `token` at 100, a tick every 50 ms, until dropped.
+async fn feed(engine: &TestEngine, token: &str) -> Feed {
+    Feed::start(engine, token, &[100.0], Duration::from_millis(50)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +155,7 @@ async fn tick_age_is_computed_from_the_time_of_the_last_tick() {
     engine.start_manager().await;
     let base = engine.http_base().await;
     let (id, token) = add_on_fresh_token(&engine, "ticking", "TICK").await;
-    let _feed = Feed::start(&engine, &token).await;
+    let _feed = feed(&engine, &token).await;
     engine.run_ok(Some(id), "start", json!({})).await;
     let tick_age = |body: &Value| body["metrics"]["tick_age_ms"].as_f64();
     wait_for("the API to know the last tick", DEADLINE, || async {
@@ -270,7 +251,7 @@ async fn a_strategy_whose_token_never_ticks_is_stale() {
     assert_eq!(value, 1.0, "{line}");
 
     // A tick at last clears it.
-    let _feed = Feed::start(&engine, &token).await;
+    let _feed = feed(&engine, &token).await;
     health
         .expect("doge no longer stale once ticks arrive", |_, m| {
             m["strategy_id"] == doge.to_string() && m["stale"] == false

@@ -22,6 +22,8 @@ pub struct StrategyOverview {
     pub pid: Option<i32>,
     pub last_error: Option<String>,
     pub restart_count: i32,
+    /// Its owner in a cluster (`None`: none, or no cluster).
+    pub node: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -39,7 +41,7 @@ pub struct StrategyOverview {
 /// The newest `strategy` metrics row among a strategy's last 64 rows (health rows
 /// interleave): bounded work per strategy however long the history is.
 const STRATEGY_SELECT: &str = "SELECT c.id, c.name, c.strategy_type, c.config, c.auto_start, \
-       c.desired_state, c.status, c.pid, c.last_error, c.restart_count, c.started_at, \
+       c.desired_state, c.status, c.pid, c.last_error, c.restart_count, c.node, c.started_at, \
        c.created_at, c.updated_at, m.\"timestamp\" AS metrics_at, m.pnl::float8 AS pnl, \
        m.positions_count, m.orders_count, m.success_rate, m.metrics, \
        c.execution_interval_s, c.max_execution_s, c.next_execution_at, c.last_execution_at, \

@@ -229,19 +229,72 @@ pub struct DrainRow {
     /// The node named exists and is alive.
     pub alive: bool,
     pub draining: bool,
+    /// Seconds since the drain last made progress: since the row was sent, or since
+    /// the named node last handed a strategy over (a `drain` event) after that.
+    pub stalled_s: f64,
 }
 
 /// Every `drain` command still `processing`, oldest first.
 pub async fn processing_drains(pool: &PgPool) -> Result<Vec<DrainRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT k.id, k.parameters, COALESCE({ALIVE}, false) AS alive, \
-             COALESCE(n.draining, false) AS draining \
+             COALESCE(n.draining, false) AS draining, \
+             EXTRACT(EPOCH FROM now() - GREATEST(k.created_at, \
+                 (SELECT max(e.at) FROM strategy_events e WHERE e.reason = 'drain' \
+                    AND e.node = k.parameters->>'node' AND e.at >= k.created_at)))::float8 AS stalled_s \
          FROM strategy_commands k \
          LEFT JOIN engine_nodes n ON jsonb_typeof(k.parameters) = 'object' \
              AND n.node = k.parameters->>'node' \
          WHERE k.status = 'processing' AND k.strategy_id IS NULL AND k.command = 'drain' \
          ORDER BY k.created_at, k.seq"
     ))
+    .fetch_all(pool)
+    .await
+}
+
+/// A `move` row still `processing`, as the sweep of stuck moves judges it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MoveRow {
+    pub id: Uuid,
+    pub strategy_id: Uuid,
+    /// The node it names (`None`: ill-formed; its claimer fails it).
+    pub target: Option<String>,
+    /// The node that handed the strategy over (the `move` event of the release,
+    /// which leaves the status as it was), if one has.
+    pub released_by: Option<String>,
+    pub released_by_alive: bool,
+    /// The strategy's owner now, and whether that node is alive.
+    pub owner: Option<String>,
+    pub owner_alive: bool,
+    /// Seconds since the move last made progress: since the row was sent, or since
+    /// its hand-over.
+    pub stalled_s: f64,
+    /// The node a failover took the strategy from after the row was sent (its owner
+    /// died before the hand-over), if one did.
+    pub taken_from: Option<String>,
+}
+
+/// Every `move` command still `processing`, oldest first.
+pub async fn processing_moves(pool: &PgPool) -> Result<Vec<MoveRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT k.id, k.strategy_id, k.parameters->>'node' AS target, r.node AS released_by, \
+             COALESCE((SELECT {ALIVE} FROM engine_nodes n WHERE n.node = r.node), false) AS released_by_alive, \
+             c.node AS owner, \
+             COALESCE((SELECT {ALIVE} FROM engine_nodes n WHERE n.node = c.node), false) AS owner_alive, \
+             EXTRACT(EPOCH FROM now() - GREATEST(k.created_at, r.at))::float8 AS stalled_s, \
+             (SELECT substring(f.error FROM '^node (.+) stopped renewing its lease') \
+                FROM strategy_events f WHERE f.strategy_id = k.strategy_id \
+                  AND f.reason = 'failover' AND f.at >= k.created_at \
+                ORDER BY f.at DESC LIMIT 1) AS taken_from \
+         FROM strategy_commands k JOIN strategy_configs c ON c.id = k.strategy_id \
+         LEFT JOIN LATERAL (SELECT e.node, e.at FROM strategy_events e \
+             WHERE e.strategy_id = k.strategy_id AND e.command_id = k.id AND e.reason = $1 \
+               AND e.old_status IS NOT DISTINCT FROM e.new_status \
+             ORDER BY e.at DESC LIMIT 1) r ON true \
+         WHERE k.status = 'processing' AND lower(btrim(k.command)) = 'move' \
+         ORDER BY k.created_at, k.seq"
+    ))
+    .bind(MOVE_REASON)
     .fetch_all(pool)
     .await
 }

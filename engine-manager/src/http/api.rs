@@ -118,6 +118,8 @@ fn strategy_json(
         "pid": row.pid,
         "last_error": row.last_error,
         "restart_count": row.restart_count,
+        // Its owner in a cluster; null outside one (or while no node owns it).
+        "node": row.node,
         "started_at": row.started_at,
         "uptime_s": uptime_s,
         "created_at": row.created_at,
@@ -164,6 +166,8 @@ pub async fn list_strategies(State(state): State<Arc<AppState>>) -> Result<Json<
     Ok(Json(json!({
         "generated_at": Utc::now(),
         "node": state.shared.node,
+        // Whether this manager is a cluster node (each strategy's `node` is its owner).
+        "cluster": state.shared.scope.node().is_some(),
         "strategies": list,
     })))
 }

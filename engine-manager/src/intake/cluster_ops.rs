@@ -6,12 +6,14 @@
 //! (all in parallel, as many as the other nodes have room for), and a node's start
 //! of the strategies moved to it.
 
-use super::{finish_with_retry, CommandIntake, IntakeError};
+use super::{CommandIntake, IntakeError};
 use crate::supervisor::error::render;
 use crate::supervisor::{Outcome, SupervisorCommand, SupervisorHandle};
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
-use engine_store::cluster_ops::{self as store, HandOverProgress, NodeLoad, OwnedStrategy};
+use engine_store::cluster_ops::{
+    self as store, HandOverProgress, MoveRow, NodeLoad, OwnedStrategy,
+};
 use engine_store::commands::{parse_command, CommandKind};
 use engine_store::manager::{self as db, CommandRow};
 use std::fmt;
@@ -27,6 +29,17 @@ const PROGRESS_POLL: Duration = Duration::from_millis(100);
 /// How long a handed-over strategy may take to run on its new node, beyond the
 /// start timeout (claims wake on a NOTIFY, else on the poll).
 const SETTLE_MARGIN: Duration = Duration::from_secs(15);
+
+/// Beyond the start timeout and [`SETTLE_MARGIN`]: what a drain or move may take
+/// to stop the executor (its 10 s grace) before it counts as stalled.
+const STOP_ALLOWANCE: Duration = Duration::from_secs(15);
+
+/// How long a drain or move may go without progress (a hand-over, or the strategy
+/// running on its target) before any node ends it `failed`: longer than its own node
+/// ever takes to end it.
+fn stall_limit(shared: &Shared) -> Duration {
+    shared.config.start_timeout + SETTLE_MARGIN + STOP_ALLOWANCE
+}
 
 /// Why a drain, undrain or move row ends `failed` (its words go to `error`).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +73,22 @@ pub enum ClusterOpError {
         "node '{node}' stopped renewing its lease before its drain finished; its strategies fail over to the other nodes by themselves (it stays draining: `enginectl undrain {node}` once it is back)"
     )]
     DrainerDied { node: String },
+    #[error(
+        "node '{node}' made no progress with its drain in {secs}s (it handed no strategy over): it may run an older version that does not know drain, or be stuck; it stays draining: restart it on this version and send the drain again, or `enginectl undrain {node}`"
+    )]
+    DrainStalled { node: String, secs: u64 },
+    #[error(
+        "node '{node}', which owned the strategy, stopped renewing its lease before it handed the strategy over to '{target}'; the strategy fails over to another node by itself: send the move again once it runs there (`enginectl list` shows its node)"
+    )]
+    MoverDied { node: String, target: String },
+    #[error(
+        "node '{node}', which owns the strategy, did not hand it over to '{target}' in {secs}s: it may run an older version that does not know move, or be stuck; check it (`enginectl nodes`) and send the move again"
+    )]
+    MoveStalled {
+        node: String,
+        target: String,
+        secs: u64,
+    },
     #[error("{0}")]
     DrainIncomplete(Box<DrainReport>),
     #[error("moved to node '{target}', but {problem}")]
@@ -134,9 +163,23 @@ impl fmt::Display for DrainReport {
 /// Why a moved strategy is not running on its target.
 #[derive(Debug)]
 pub enum MoveProblem {
-    StartedElsewhere { node: String },
-    FailedThere { error: String },
-    NotRunning { secs: u64, now: String },
+    StartedElsewhere {
+        node: String,
+    },
+    FailedThere {
+        error: String,
+    },
+    NotRunning {
+        secs: u64,
+        now: String,
+    },
+    /// The node that handed it over died (or restarted) before it saw the strategy
+    /// run on the target.
+    MoverDiedAfter {
+        node: String,
+        secs: u64,
+        now: String,
+    },
 }
 
 impl fmt::Display for MoveProblem {
@@ -150,6 +193,10 @@ impl fmt::Display for MoveProblem {
             MoveProblem::NotRunning { secs, now } => {
                 write!(f, "it was not running there after {secs}s ({now})")
             }
+            MoveProblem::MoverDiedAfter { node, secs, now } => write!(
+                f,
+                "node '{node}', which handed it over, died or restarted before it saw it run there, and it was not running there {secs}s after the hand-over ({now}); check the target (`enginectl nodes`, `enginectl list`)"
+            ),
         }
     }
 }
@@ -329,7 +376,8 @@ impl CommandIntake {
                 Ok(Outcome::Elsewhere) => return requeue(&shared, &dispatched, id).await,
                 Err(_) => return, // shutting down; the next manager finishes it
             };
-            finish_with_retry(&shared, id, result).await;
+            // Unless the sweep of stuck moves (another node's) ended it meanwhile.
+            finish_cluster_row(shared, id, result.map_err(|e| render(&e)));
         });
     }
 
@@ -410,7 +458,26 @@ impl CommandIntake {
         self.node_ops.checked = tokio::time::Instant::now();
         self.node_ops.woken = false;
         self.adopt_moved_in(&me).await;
+        self.sweep_stuck_moves().await;
         self.drain_poll(&me).await;
+    }
+
+    /// Any node ends the `move` rows that cannot end by themselves: the node that
+    /// handed the strategy over died before the end (ended as the strategy stands,
+    /// or `failed` once the stall limit passed), the owner died before the hand-over,
+    /// or the owner made no progress within [`stall_limit`] (an older version).
+    async fn sweep_stuck_moves(&self) {
+        let Ok(rows) = store::processing_moves(&self.shared.pool).await else {
+            return;
+        };
+        for row in rows {
+            if let Some(result) = judge_stuck_move(&self.shared, &row).await {
+                if let Err(e) = &result {
+                    tracing::warn!(command_id = %row.id, error = %render(e), "a move that could not end by itself ends");
+                }
+                finish_cluster_row(self.shared.clone(), row.id, result.map_err(|e| render(&e)));
+            }
+        }
     }
 
     async fn adopt_moved_in(&mut self, me: &str) {
@@ -466,6 +533,11 @@ impl CommandIntake {
             } else if !row.alive {
                 let died = ClusterOpError::DrainerDied { node };
                 finish_cluster_row(self.shared.clone(), row.id, Err(render(&died)));
+            } else if row.stalled_s >= stall_limit(&self.shared).as_secs_f64() {
+                let secs = row.stalled_s as u64;
+                let stalled = ClusterOpError::DrainStalled { node, secs };
+                tracing::warn!(command_id = %row.id, error = %render(&stalled), "a drain that made no progress ends");
+                finish_cluster_row(self.shared.clone(), row.id, Err(render(&stalled)));
             }
         }
         if store::is_draining(pool, me).await.ok().flatten() != Some(true) {
@@ -644,22 +716,8 @@ async fn wait_moved(
         match progress.as_deref() {
             Ok([]) => return Ok(()), // deleted meanwhile
             Ok([p, ..]) => {
-                match &p.started_on {
-                    Some(node) if node == target => return Ok(()),
-                    Some(node) => {
-                        return not_running(MoveProblem::StartedElsewhere { node: node.clone() })
-                    }
-                    None => {}
-                }
-                if p.failed_elsewhere && p.status == "error" {
-                    let error = p
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "no reason given".into());
-                    return not_running(MoveProblem::FailedThere { error });
-                }
-                if p.settled() {
-                    return Ok(());
+                if let Some(end) = judge_move(p, target) {
+                    return end.map_err(IntakeError::from);
                 }
                 now = where_now(p);
             }
@@ -673,6 +731,89 @@ async fn wait_moved(
             _ = shared.cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(PROGRESS_POLL) => {}
         }
+    }
+}
+
+/// How a handed-over move ends, as the strategy stands (`None`: not yet).
+fn judge_move(p: &HandOverProgress, target: &str) -> Option<Result<(), ClusterOpError>> {
+    let problem = match &p.started_on {
+        Some(node) if node == target => return Some(Ok(())),
+        Some(node) => MoveProblem::StartedElsewhere { node: node.clone() },
+        None if p.failed_elsewhere && p.status == "error" => MoveProblem::FailedThere {
+            error: p
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no reason given".into()),
+        },
+        None if p.settled() => return Some(Ok(())),
+        None => return None,
+    };
+    Some(Err(ClusterOpError::MoveNotRunning {
+        target: target.to_string(),
+        problem,
+    }))
+}
+
+/// How a `move` row that its own node cannot end ends (`None`: not stuck, or not
+/// yet). See [`CommandIntake::sweep_stuck_moves`].
+async fn judge_stuck_move(shared: &Shared, row: &MoveRow) -> Option<Result<(), ClusterOpError>> {
+    let target = row.target.clone()?;
+    let secs = row.stalled_s as u64;
+    let stalled = row.stalled_s >= stall_limit(shared).as_secs_f64();
+    match (&row.released_by, &row.owner) {
+        // Handed over by a node that died since (or restarted, and forgot it): end
+        // it as the strategy stands.
+        (Some(from), _) if !row.released_by_alive || stalled => {
+            let progress = store::hand_over_progress(
+                &shared.pool,
+                &[row.strategy_id],
+                row.id,
+                store::MOVE_REASON,
+                from,
+            )
+            .await
+            .ok()?;
+            let Some(p) = progress.first() else {
+                return Some(Ok(())); // deleted meanwhile
+            };
+            judge_move(p, &target).or_else(|| {
+                stalled.then(|| {
+                    Err(ClusterOpError::MoveNotRunning {
+                        target: target.clone(),
+                        problem: MoveProblem::MoverDiedAfter {
+                            node: from.clone(),
+                            secs,
+                            now: where_now(p),
+                        },
+                    })
+                })
+            })
+        }
+        // Its node waits for the strategy to run there, within its own limit.
+        (Some(_), _) => None,
+        (None, Some(owner)) if !row.owner_alive => Some(Err(ClusterOpError::MoverDied {
+            node: owner.clone(),
+            target,
+        })),
+        // Its owner died before the hand-over and a failover took it: to the target
+        // (done, by other means), or elsewhere (once the new owner has had the time
+        // to carry out a move it claimed since).
+        (None, Some(owner)) if row.taken_from.is_some() && row.owner_alive => {
+            let from = row.taken_from.clone().unwrap_or_default();
+            if *owner == target {
+                tracing::info!(command_id = %row.id, "move: node {from} died before the hand-over, and a failover took the strategy to {target} anyway");
+                Some(Ok(()))
+            } else {
+                stalled.then_some(Err(ClusterOpError::MoverDied { node: from, target }))
+            }
+        }
+        (None, owner) => stalled.then(|| {
+            Err(ClusterOpError::MoveStalled {
+                node: owner.clone().unwrap_or_else(|| "none".into()),
+                target,
+                secs,
+            })
+        }),
     }
 }
 

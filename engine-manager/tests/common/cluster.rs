@@ -28,6 +28,12 @@ impl Node {
         self.state_dir.join("control.sock")
     }
 
+    /// Send the manager `signal` (SIGSTOP, SIGCONT, SIGTERM…).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a manager pid");
+        rustix::process::kill_process(pid, signal).expect("signal the manager");
+    }
+
     /// Its executors, by strategy.
     pub fn executors(&self) -> HashMap<Uuid, Vec<u32>> {
         executors_alive_together(&self.control_socket())

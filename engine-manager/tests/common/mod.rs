@@ -10,6 +10,7 @@
 //!   each strategy's executors across the nodes.
 //! - [`db_proxy`]: a TCP proxy between a manager and PostgreSQL that cuts or stalls
 //!   its connections.
+//! - [`feed`]: market data: a token's ticks published until dropped.
 //! - [`engine`]: [`TestEngine`], one test's engine, on the machine's shared
 //!   PostgreSQL and Redis ([`TestEngine::new`]) or on private servers the test may
 //!   take away ([`TestEngine::on_private_services`]); Redis subscriptions.
@@ -26,6 +27,7 @@ pub mod cgroups;
 pub mod cluster;
 pub mod db_proxy;
 pub mod engine;
+pub mod feed;
 pub mod http_client;
 pub mod log_capture;
 pub mod manager_binary;
@@ -34,6 +36,7 @@ pub mod private_services;
 pub mod processes;
 
 pub use engine::{Subscription, TestEngine};
+pub use feed::Feed;
 pub use log_capture::LogCapture;
 pub use manager_binary::{manager_env, spawn_manager_binary, wait_lease};
 pub use operator::{

@@ -97,6 +97,8 @@
   let sortKey = "name";
   let snapshotTimer = null;
   let engine = null;
+  // This manager is a cluster node: each strategy's `node` is its owner.
+  let CLUSTER = false;
 
   // ---------- formatting ----------
   function fmtNum(v, digits) {
@@ -175,6 +177,7 @@
     const badge = document.createElement("span");
     badge.className = "badge status";
     statusCell.append(badge);
+    const node = td("node");
     const cpu = svgSpark("cpu");
     const mem = svgSpark("mem");
     const pnl = svgSpark("pnl");
@@ -206,7 +209,7 @@
     const outcome = document.createElement("div");
     outcome.className = "outcome";
     actCell.append(outcome);
-    tr.append(nameCell, statusCell, cpuCell, memCell, pnlCell, pnlTotal, pos, orders, restarts, tick, errCell, actCell);
+    tr.append(nameCell, statusCell, node, cpuCell, memCell, pnlCell, pnlTotal, pos, orders, restarts, tick, errCell, actCell);
     const row = {
       id,
       data: null,
@@ -216,7 +219,7 @@
       visible: true, // until the observer says otherwise
       behind: false, // changed while off screen
       tr,
-      els: { name, sub, exec, badge, cpu, mem, pnl, pnlTotal, pos, orders, restarts, tick, err, outcome, buttons },
+      els: { name, sub, exec, badge, node, cpu, mem, pnl, pnlTotal, pos, orders, restarts, tick, err, outcome, buttons },
     };
     byTr.set(tr, row);
     onScreen.observe(tr);
@@ -348,6 +351,7 @@
       row.lastStatus = d.status;
       for (const cmd of ACTIONS) e.buttons[cmd].disabled = row.pending || !ENABLED[cmd](d.status);
     }
+    setText(e.node, d.node || "–");
     const h = d.health;
     const fresh = h && LIVE.has(d.status);
     // Use against limit (CONTRACT §6) where a limit is set.
@@ -537,6 +541,7 @@
       const r = await fetch("/api/strategies", { cache: "no-store" });
       if (!r.ok) throw new Error("HTTP " + r.status);
       const body = await r.json();
+      CLUSTER = body.cluster === true;
       applySnapshot(body.strategies);
       if (body.node) setText($("eng-node"), body.node);
     } catch (err) {
@@ -583,6 +588,8 @@
     const d = row.data;
     d.status = msg.status;
     d.pid = msg.pid ?? null;
+    // In a cluster, the node that speaks for a strategy owns it (a move, a failover).
+    if (CLUSTER && msg.node) d.node = msg.node;
     if (msg.error) d.last_error = msg.error;
     if (msg.status === "starting" || (LIVE.has(msg.status) && !d.started_at)) d.started_at = msg.timestamp;
     if (!LIVE.has(msg.status)) d.started_at = null;
