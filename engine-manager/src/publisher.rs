@@ -78,6 +78,7 @@ pub fn start(
         conn: None,
         down_logged: false,
         retry_at: tokio::time::Instant::now(),
+        sends: [tokio::time::Instant::now() - STREAM_GAP * 2; 2],
     };
     (Publisher { tx }, task.run(rx, cancel))
 }
@@ -100,7 +101,12 @@ struct PublishingTask {
     down_logged: bool,
     /// No reconnection attempt before this.
     retry_at: tokio::time::Instant,
+    /// When the last two batches were sent (see [`PublishingTask::gather`]).
+    sends: [tokio::time::Instant; 2],
 }
+
+/// The longest a message waits for others while messages stream.
+const STREAM_GAP: Duration = Duration::from_millis(2);
 
 impl PublishingTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, cancel: CancellationToken) {
@@ -125,6 +131,9 @@ impl PublishingTask {
             if got == 0 && (closing || rx.is_closed()) {
                 break;
             }
+            if !closing {
+                self.gather(&mut rx, &mut batch, &cancel).await;
+            }
             if self.conn.is_none() && tokio::time::Instant::now() >= self.retry_at {
                 self.connect().await;
             }
@@ -138,6 +147,35 @@ impl PublishingTask {
                 break;
             }
         }
+    }
+
+    /// In a stream of messages (the last two sends were each within
+    /// [`STREAM_GAP`] of the one before), wait until [`STREAM_GAP`] after the last
+    /// send and take what came meanwhile: 1,000 interval executions a second then
+    /// cost a few hundred pipelines, not a thousand `writev`s and replies. A message
+    /// after a quiet moment (a command's `starting` or `running`) goes at once.
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        batch: &mut Vec<Outgoing>,
+        cancel: &CancellationToken,
+    ) {
+        let now = tokio::time::Instant::now();
+        let [before, last] = self.sends;
+        let streaming = last + STREAM_GAP > now && before + STREAM_GAP > last;
+        if streaming {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last + STREAM_GAP) => {}
+                _ = cancel.cancelled() => {}
+            }
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.sends = [last, tokio::time::Instant::now()];
     }
 
     /// Keep the latest state of each hash (moved in: the health tick sends a dozen
