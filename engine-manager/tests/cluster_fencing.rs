@@ -1219,3 +1219,45 @@ async fn a_dead_nodes_claimed_restart_and_pause_are_carried_out_once_by_the_new_
 async fn a_frozen_nodes_claimed_commands_are_taken_over_and_it_overwrites_nothing_on_waking() {
     claimed_commands_of_a_dead_node_end_on_the_new_owner(true).await;
 }
+
+/// A `stop` of a strategy that takes 6 s to shut down, claimed by node-a, which dies
+/// mid-stop: the strategy (stopped by an operator now, so wanted by nobody else) is
+/// claimed for its `processing` row, and node-b ends the row `executed`, with the
+/// strategy stopped and no executor of it anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_claimed_stop_of_a_slow_strategy_ends_on_the_new_owner() {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    let a = start_node(&engine, "node-a", None, &[]).await;
+    let id = op
+        .add_strategy(
+            "slow-stop",
+            "heartbeat",
+            json!({"interval_ms": 100, "shutdown_delay_ms": 6000}),
+        )
+        .await;
+    op.run_ok(Some(id), "start", json!({})).await;
+    let b = start_node(&engine, "node-b", None, &[]).await;
+    let stop = op.command(Some(id), "stop", json!({})).await;
+    let claimed_by = wait_processing(&engine, &[stop]).await;
+    assert_eq!(claimed_by, vec![Some("node-a".to_string())]);
+    let died = std::time::Instant::now();
+    a.kill().await;
+
+    let ends = LEASE_TIME + Duration::from_secs(12);
+    op.outcome(stop, ends).await;
+    let took = died.elapsed();
+    assert!(took < ends, "the row ended {took:?} after node-a died");
+    let rows = command_rows(&engine, &[stop]).await;
+    assert_eq!(
+        rows,
+        vec![("executed".to_string(), None, Some("node-b".to_string()))]
+    );
+    let state = op.wait_status(id, "stopped").await;
+    assert_eq!(state.pid, None);
+    assert_eq!(owned_by(&engine, &[id], "node-b").await, vec![id]);
+    let on_b = executors_in_proc(&b.control_socket());
+    assert!(on_b.iter().all(|e| e.strategy_id != id), "{on_b:?}");
+    b.kill().await;
+    engine.finish().await;
+}

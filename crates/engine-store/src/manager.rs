@@ -262,7 +262,9 @@ pub async fn load_strategies(
 /// `failover` event each, and their active runs come along under the new epoch, to be
 /// taken over by the new owner's run queue under the once-retry rule) that need an owner: those
 /// that should run (`desired_state` running or paused, or `auto_start` not stopped by
-/// an operator) and those with a pending command or a queued run. Only the least
+/// an operator) and those with a pending command, a `processing` one (its node
+/// died with it: the new owner takes it over, `cluster_ops::adopt_orphaned_commands`)
+/// or a queued run. Only the least
 /// loaded live node that is not draining claims (strategies owned over capacity,
 /// ties by name), and at most its share of what is unowned and `limit`, so that
 /// nodes starting together take turns; `FOR UPDATE SKIP LOCKED` and `node IS NULL`
@@ -289,7 +291,8 @@ pub async fn claim_strategies(
              WHERE (c.node IS NULL OR c.node NOT IN (SELECT node FROM alive)) \
                AND (c.desired_state IN ('running', 'paused') \
                  OR (c.auto_start AND NOT c.operator_stopped) \
-                 OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id AND k.status = 'pending') \
+                 OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id \
+                     AND k.status IN ('pending', 'processing')) \
                  OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id \
                      AND r.state IN ('queued', 'starting', 'running')))), \
          share AS ( \
