@@ -1151,6 +1151,23 @@ async fn assert_woken_node_overwrites_nothing(
     a.kill().await;
 }
 
+/// node-a alone takes a running strategy that takes 6 s to shut down, then node-b
+/// joins: the two nodes and the strategy.
+async fn slow_stopper_on_a(engine: &TestEngine) -> (Node, Node, Uuid) {
+    let op = engine.op();
+    let a = start_node(engine, "node-a", None, &[]).await;
+    let id = op
+        .add_strategy(
+            "slow-stop",
+            "heartbeat",
+            json!({"interval_ms": 100, "shutdown_delay_ms": 6000}),
+        )
+        .await;
+    op.run_ok(Some(id), "start", json!({})).await;
+    let b = start_node(engine, "node-b", None, &[]).await;
+    (a, b, id)
+}
+
 /// node-a claims a `restart` (slow: the strategy takes 6 s to shut down) and the
 /// `pause` behind it, and dies (`freeze`: SIGSTOPped, else killed with its executors)
 /// with both `processing`. node-b takes the strategy over by failover and the two rows
@@ -1160,16 +1177,7 @@ async fn assert_woken_node_overwrites_nothing(
 async fn claimed_commands_of_a_dead_node_end_on_the_new_owner(freeze: bool) {
     let engine = TestEngine::new().await;
     let op = engine.op();
-    let a = start_node(&engine, "node-a", None, &[]).await;
-    let id = op
-        .add_strategy(
-            "slow-stop",
-            "heartbeat",
-            json!({"interval_ms": 100, "shutdown_delay_ms": 6000}),
-        )
-        .await;
-    op.run_ok(Some(id), "start", json!({})).await;
-    let b = start_node(&engine, "node-b", None, &[]).await;
+    let (a, b, id) = slow_stopper_on_a(&engine).await;
     assert_eq!(owned_by(&engine, &[id], "node-a").await, vec![id]);
     let first_pid = op.state(id).await.pid.unwrap();
 
@@ -1228,16 +1236,7 @@ async fn a_frozen_nodes_claimed_commands_are_taken_over_and_it_overwrites_nothin
 async fn a_dead_nodes_claimed_stop_of_a_slow_strategy_ends_on_the_new_owner() {
     let engine = TestEngine::new().await;
     let op = engine.op();
-    let a = start_node(&engine, "node-a", None, &[]).await;
-    let id = op
-        .add_strategy(
-            "slow-stop",
-            "heartbeat",
-            json!({"interval_ms": 100, "shutdown_delay_ms": 6000}),
-        )
-        .await;
-    op.run_ok(Some(id), "start", json!({})).await;
-    let b = start_node(&engine, "node-b", None, &[]).await;
+    let (a, b, id) = slow_stopper_on_a(&engine).await;
     let stop = op.command(Some(id), "stop", json!({})).await;
     let claimed_by = wait_processing(&engine, &[stop]).await;
     assert_eq!(claimed_by, vec![Some("node-a".to_string())]);
