@@ -1,8 +1,10 @@
 //! The [`CommandIntake`]: claims command rows (woken by NOTIFY, with a poll as the
 //! safety net), checks them, hands each to its strategy's supervisor in `created_at`
 //! order, and records each outcome on the row. `cluster_ops`: drain, undrain and
-//! move, and a node's start of the strategies moved to it.
+//! move, and a node's start of the strategies moved to it. `adopt`: a cluster node's
+//! take-over of the commands a dead node had claimed for the strategies it owns now.
 
+mod adopt;
 mod cluster_ops;
 
 use crate::supervisor::error::render;
@@ -73,7 +75,8 @@ struct Global {
     part: Option<String>,
 }
 
-/// A command the previous manager left `processing`.
+/// A command the previous manager left `processing` (or, in a cluster, that a node
+/// which died had claimed for a strategy this node owns now: see `adopt`).
 struct Recovery<'a> {
     /// Its `created_at`.
     from: chrono::DateTime<chrono::Utc>,
@@ -148,19 +151,12 @@ impl CommandIntake {
         recovered: Vec<CommandRow>,
         superseded: HashMap<Uuid, HashSet<Uuid>>,
     ) {
-        let none = HashSet::new();
-        for row in recovered {
-            self.dispatched
-                .lock()
-                .expect("dispatched lock")
-                .first_time(row.id);
-            tracing::info!(command_id = %row.id, command = %row.command, "finishing a command the previous manager left processing");
-            let recovery = Recovery {
-                from: row.created_at,
-                superseded: superseded.get(&row.id).unwrap_or(&none),
-            };
-            self.dispatch(row, Some(recovery)).await;
-        }
+        self.recover(
+            recovered,
+            &superseded,
+            "the previous manager left processing",
+        )
+        .await;
         let cancel = self.shared.cancel.clone();
         let mut listener = None;
         let mut db_down = false;
@@ -185,12 +181,7 @@ impl CommandIntake {
                     let more = rows.len() as i64 == CLAIM_BATCH
                         || (cluster && rows.iter().any(|r| r.strategy_id.is_none()));
                     for row in rows {
-                        if !self
-                            .dispatched
-                            .lock()
-                            .expect("dispatched lock")
-                            .first_time(row.id)
-                        {
+                        if !self.first_dispatch(row.id) {
                             tracing::warn!(command_id = %row.id, command = %row.command, "a command came back as pending (a database crash undid its claim); it was already taken, and is not applied twice");
                             continue;
                         }
@@ -227,13 +218,50 @@ impl CommandIntake {
     /// deleted and lost strategies and the parts of dead nodes; in a cluster, drains
     /// and moves, then the claim of strategies that need an owner.
     async fn before_claim(&mut self, deletions_checked: &mut tokio::time::Instant) {
-        if deletions_checked.elapsed() >= self.shared.config.poll_interval {
+        let due = deletions_checked.elapsed() >= self.shared.config.poll_interval;
+        if due {
             *deletions_checked = tokio::time::Instant::now();
             self.check_deleted().await;
             self.fail_dead_parts().await;
         }
         self.cluster_poll().await;
-        self.claim_strategies().await;
+        let claimed = self.claim_strategies().await;
+        if due || claimed {
+            // Before this node claims their pending commands: those come after.
+            self.adopt_orphaned().await;
+        }
+    }
+
+    /// Finish commands left `processing` by a manager that is gone, in order, as
+    /// the start-up does: each once (`superseded`: for each, the strategies that
+    /// have been through it already, [`db::superseded_recovered`]).
+    async fn recover(
+        &mut self,
+        rows: Vec<CommandRow>,
+        superseded: &HashMap<Uuid, HashSet<Uuid>>,
+        left_by: &str,
+    ) {
+        let none = HashSet::new();
+        for row in rows {
+            if !self.first_dispatch(row.id) {
+                continue; // this manager has it in hand already
+            }
+            tracing::info!(command_id = %row.id, command = %row.command, "finishing a command {left_by}");
+            let recovery = Recovery {
+                from: row.created_at,
+                superseded: superseded.get(&row.id).unwrap_or(&none),
+            };
+            self.dispatch(row, Some(recovery)).await;
+        }
+    }
+
+    /// Whether command `id` has not been dispatched by this manager yet (see
+    /// [`Dispatched`]); it counts as dispatched from now on.
+    fn first_dispatch(&self, id: Uuid) -> bool {
+        self.dispatched
+            .lock()
+            .expect("dispatched lock")
+            .first_time(id)
     }
 
     async fn dispatch(&mut self, row: CommandRow, recovery: Option<Recovery<'_>>) {
@@ -441,28 +469,29 @@ impl CommandIntake {
     /// A cluster node: claim the strategies nobody owns that need an owner, when this
     /// node is the least loaded ([`db::claim_strategies`]), and start a supervisor for
     /// each, which acts as a manager's start-up does (a strategy that should run is
-    /// started). Commands for them are claimed next.
-    async fn claim_strategies(&mut self) {
+    /// started). Commands for them are claimed next. `true` when it claimed any.
+    async fn claim_strategies(&mut self) -> bool {
         let Some(node) = self.shared.scope.node() else {
-            return;
+            return false;
         };
         let claimed = match db::claim_strategies(&self.shared.pool, node, CLAIM_BATCH).await {
             Ok(claimed) => claimed,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot claim strategies for this node");
-                return;
+                return false;
             }
         };
-        if !claimed.is_empty() {
-            // The other nodes claim their share now, not at their next poll (a dead
-            // node's strategies come up sooner, spread over the live nodes).
-            let wake = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(engine_store::cluster_ops::NODE_OPS_CHANNEL)
-                .bind(node)
-                .execute(&self.shared.pool);
-            if let Err(err) = wake.await {
-                tracing::debug!(error = %err, "cannot wake the other nodes after a claim");
-            }
+        if claimed.is_empty() {
+            return false;
+        }
+        // The other nodes claim their share now, not at their next poll (a dead
+        // node's strategies come up sooner, spread over the live nodes).
+        let wake = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(engine_store::cluster_ops::NODE_OPS_CHANNEL)
+            .bind(node)
+            .execute(&self.shared.pool);
+        if let Err(err) = wake.await {
+            tracing::debug!(error = %err, "cannot wake the other nodes after a claim");
         }
         for id in claimed {
             let row = match db::load_strategy(&self.shared.pool, id).await {
@@ -487,6 +516,7 @@ impl CommandIntake {
             let handle = StrategySupervisor::spawn(self.shared.clone(), row, initial);
             self.supervisors.insert(id, handle);
         }
+        true
     }
 
     /// The supervisor of `id`, started on first use for a strategy added after boot.
@@ -566,7 +596,7 @@ async fn finish_with_retry(shared: &Shared, id: Uuid, result: Result<(), IntakeE
     let result = result.map_err(|e| render(&e));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match db::finish_command(&shared.pool, id, &result).await {
+        match db::finish_command(&shared.pool, id, &result, shared.scope.node()).await {
             Ok(written) => return shared.command_metrics.record(written.as_ref()),
             Err(err) => {
                 tracing::warn!(command_id = %id, error = %err, "could not record the command's outcome; retrying");

@@ -1034,3 +1034,229 @@ async fn check_orders_at_end(engine: &TestEngine, ids: &[Uuid], rounds: usize) {
         "a strategy that failed over traded under its new epoch too"
     );
 }
+
+/// Wait until every one of `commands` is `processing`; each row's `claimed_by`.
+async fn wait_processing(engine: &TestEngine, commands: &[Uuid]) -> Vec<Option<String>> {
+    let pool = engine.pool.clone();
+    wait_for("the commands to be claimed", DEADLINE, || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT status, claimed_by FROM strategy_commands \
+                 WHERE id = ANY($1) ORDER BY created_at, seq",
+            )
+            .bind(commands)
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            let claimed = rows.len() == commands.len()
+                && rows.iter().all(|(status, _)| status == "processing");
+            claimed.then(|| rows.into_iter().map(|(_, by)| by).collect())
+        }
+    })
+    .await
+}
+
+/// Each command's status, error and `claimed_by`, in `commands`' order.
+async fn command_rows(
+    engine: &TestEngine,
+    commands: &[Uuid],
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut rows = Vec::new();
+    for id in commands {
+        rows.push(
+            sqlx::query_as("SELECT status, error, claimed_by FROM strategy_commands WHERE id = $1")
+                .bind(id)
+                .fetch_one(&engine.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    rows
+}
+
+/// The events a command left: `(node, old status, new status)`, in order.
+async fn command_events(engine: &TestEngine, command: Uuid) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT node, COALESCE(old_status, ''), new_status FROM strategy_events \
+         WHERE command_id = $1 ORDER BY at",
+    )
+    .bind(command)
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap()
+}
+
+/// The strategy is paused on node-b, by its one executor (not node-a's first one);
+/// the pause (`commands[1]`) was applied once, there, and the restart (`commands[0]`)
+/// needed no second start (the failover's start came after it was sent). Returns
+/// the pause's events.
+async fn assert_applied_once_on_b(
+    engine: &TestEngine,
+    b: &Node,
+    id: Uuid,
+    first_pid: i32,
+    commands: &[Uuid; 2],
+) -> Vec<(String, String, String)> {
+    let [restart, pause] = *commands;
+    let state = engine.op().wait_status(id, "paused").await;
+    assert_eq!(owned_by(engine, &[id], "node-b").await, vec![id]);
+    let on_b = executors_in_proc(&b.control_socket());
+    let mine: Vec<u32> = on_b
+        .iter()
+        .filter(|e| e.strategy_id == id)
+        .map(|e| e.pid)
+        .collect();
+    assert_eq!(mine.len(), 1, "one executor on node-b: {on_b:?}");
+    assert_eq!(state.pid, Some(mine[0] as i32));
+    assert_ne!(state.pid, Some(first_pid));
+    let paused = command_events(engine, pause).await;
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert_eq!(paused[0].0, "node-b");
+    assert_eq!(paused[0].2, "paused");
+    let restarted = command_events(engine, restart).await;
+    assert!(
+        restarted
+            .iter()
+            .all(|(node, _, new)| node == "node-a" && new != "running"),
+        "{restarted:?}"
+    );
+    paused
+}
+
+/// A frozen node-a wakes: once it has dropped the strategy taken from it and beaten
+/// again, the rows and the pause's events are as node-b left them.
+async fn assert_woken_node_overwrites_nothing(
+    engine: &TestEngine,
+    a: Node,
+    commands: &[Uuid; 2],
+    rows: &[(String, Option<String>, Option<String>)],
+    paused: &[(String, String, String)],
+) {
+    a.signal(rustix::process::Signal::CONT);
+    let log = a.state_dir.join("manager.log");
+    wait_for(
+        "node-a to drop the strategy taken from it",
+        DEADLINE,
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("its supervisor here ended").then_some(())
+        },
+    )
+    .await;
+    let now = heartbeat(engine, "node-a").await;
+    wait_beat_after(engine, "node-a", now).await;
+    assert_eq!(command_rows(engine, commands).await, rows);
+    assert_eq!(command_events(engine, commands[1]).await, paused);
+    a.kill().await;
+}
+
+/// node-a alone takes a running strategy that takes 6 s to shut down, then node-b
+/// joins: the two nodes and the strategy.
+async fn slow_stopper_on_a(engine: &TestEngine) -> (Node, Node, Uuid) {
+    let op = engine.op();
+    let a = start_node(engine, "node-a", None, &[]).await;
+    let id = op
+        .add_strategy(
+            "slow-stop",
+            "heartbeat",
+            json!({"interval_ms": 100, "shutdown_delay_ms": 6000}),
+        )
+        .await;
+    op.run_ok(Some(id), "start", json!({})).await;
+    let b = start_node(engine, "node-b", None, &[]).await;
+    (a, b, id)
+}
+
+/// node-a claims a `restart` (slow: the strategy takes 6 s to shut down) and the
+/// `pause` behind it, and dies (`freeze`: SIGSTOPped, else killed with its executors)
+/// with both `processing`. node-b takes the strategy over by failover and the two rows
+/// with it: both end `executed` by node-b soon after the lease, in order, each applied
+/// once (one pause, on node-b's one executor). A frozen node-a that wakes writes no
+/// outcome over them.
+async fn claimed_commands_of_a_dead_node_end_on_the_new_owner(freeze: bool) {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    let (a, b, id) = slow_stopper_on_a(&engine).await;
+    assert_eq!(owned_by(&engine, &[id], "node-a").await, vec![id]);
+    let first_pid = op.state(id).await.pid.unwrap();
+
+    let restart = op.command(Some(id), "restart", json!({})).await;
+    let pause = op.command(Some(id), "pause", json!({})).await;
+    let commands = [restart, pause];
+    let claimed_by = wait_processing(&engine, &commands).await;
+    assert_eq!(claimed_by, vec![Some("node-a".to_string()); 2]);
+    let died = std::time::Instant::now();
+    let a = if freeze {
+        a.signal(rustix::process::Signal::STOP);
+        Some(a)
+    } else {
+        a.kill().await;
+        None
+    };
+
+    // The lease, then the failover's start: within the contract's 15 s.
+    let ends = LEASE_TIME + Duration::from_secs(12);
+    for command in commands {
+        op.outcome(command, ends).await;
+    }
+    let took = died.elapsed();
+    eprintln!("the rows ended {took:?} after node-a died");
+    assert!(took < ends, "the rows ended {took:?} after node-a died");
+    let rows = command_rows(&engine, &commands).await;
+    for (status, error, by) in &rows {
+        assert_eq!(status, "executed", "{rows:?}");
+        assert_eq!(error, &None);
+        assert_eq!(by.as_deref(), Some("node-b"), "{rows:?}");
+    }
+    let paused = assert_applied_once_on_b(&engine, &b, id, first_pid, &commands).await;
+
+    if let Some(a) = a {
+        assert_woken_node_overwrites_nothing(&engine, a, &commands, &rows, &paused).await;
+    }
+    b.kill().await;
+    engine.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_claimed_restart_and_pause_are_carried_out_once_by_the_new_owner() {
+    claimed_commands_of_a_dead_node_end_on_the_new_owner(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nodes_claimed_commands_are_taken_over_and_it_overwrites_nothing_on_waking() {
+    claimed_commands_of_a_dead_node_end_on_the_new_owner(true).await;
+}
+
+/// A `stop` of a strategy that takes 6 s to shut down, claimed by node-a, which dies
+/// mid-stop: the strategy (stopped by an operator now, so wanted by nobody else) is
+/// claimed for its `processing` row, and node-b ends the row `executed`, with the
+/// strategy stopped and no executor of it anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_claimed_stop_of_a_slow_strategy_ends_on_the_new_owner() {
+    let engine = TestEngine::new().await;
+    let op = engine.op();
+    let (a, b, id) = slow_stopper_on_a(&engine).await;
+    let stop = op.command(Some(id), "stop", json!({})).await;
+    let claimed_by = wait_processing(&engine, &[stop]).await;
+    assert_eq!(claimed_by, vec![Some("node-a".to_string())]);
+    let died = std::time::Instant::now();
+    a.kill().await;
+
+    let ends = LEASE_TIME + Duration::from_secs(12);
+    op.outcome(stop, ends).await;
+    let took = died.elapsed();
+    assert!(took < ends, "the row ended {took:?} after node-a died");
+    let rows = command_rows(&engine, &[stop]).await;
+    assert_eq!(
+        rows,
+        vec![("executed".to_string(), None, Some("node-b".to_string()))]
+    );
+    let state = op.wait_status(id, "stopped").await;
+    assert_eq!(state.pid, None);
+    assert_eq!(owned_by(&engine, &[id], "node-b").await, vec![id]);
+    let on_b = executors_in_proc(&b.control_socket());
+    assert!(on_b.iter().all(|e| e.strategy_id != id), "{on_b:?}");
+    b.kill().await;
+    engine.finish().await;
+}

@@ -6,6 +6,7 @@
 //!
 //! The claims of unowned strategies stay in [`crate::manager::claim_strategies`].
 
+use crate::manager::CommandRow;
 use crate::metrics::FinishedCommand;
 use crate::vocab::CommandStatus;
 use serde_json::Value;
@@ -194,18 +195,56 @@ pub async fn release_strategy(
     .await
 }
 
-/// Put a command this node claimed back to `pending` (the strategy is another
+/// Put a command node `node` claimed back to `pending` (the strategy is another
 /// node's now, which claims it next), and wake the claimers. `false` when the row is
-/// no longer `processing`.
-pub async fn requeue_command(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+/// no longer `processing`, or another node took it over meanwhile
+/// ([`adopt_orphaned_commands`]).
+pub async fn requeue_command(pool: &PgPool, id: Uuid, node: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "WITH back AS (UPDATE strategy_commands SET status = 'pending' \
-             WHERE id = $1 AND status = 'processing' RETURNING id) \
+        "WITH back AS (UPDATE strategy_commands SET status = 'pending', claimed_by = NULL \
+             WHERE id = $1 AND status = 'processing' \
+               AND (claimed_by IS NULL OR claimed_by = $2) RETURNING id) \
          SELECT EXISTS (SELECT 1 FROM back) FROM (SELECT pg_notify('strategy_commands', '')) AS woken",
     )
     .bind(id)
+    .bind(node)
     .fetch_one(pool)
     .await
+}
+
+/// Node `node` takes over the `processing` commands of the strategies it owns that
+/// a node which stopped renewing its lease had claimed (`claimed_by`: a dead node,
+/// or one with no `engine_nodes` row), oldest first: `claimed_by` becomes `node`, so
+/// each row is taken over once, and the dead node, should it come back, neither
+/// finishes nor requeues it ([`crate::manager::finish_command`], [`requeue_command`]).
+/// `move` rows are not taken: the sweep of stuck moves ends them. With the rows, in
+/// the same transaction, which strategies each has provably been through already
+/// ([`crate::manager::superseded_recovered`]): a row is taken with them or not at all.
+pub async fn adopt_orphaned_commands(
+    pool: &PgPool,
+    node: &str,
+) -> Result<(Vec<CommandRow>, Vec<(Uuid, Uuid)>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut rows: Vec<CommandRow> = sqlx::query_as(
+        "UPDATE strategy_commands k SET claimed_by = $1 \
+         FROM strategy_configs c \
+         WHERE k.status = 'processing' AND k.strategy_id = c.id AND c.node = $1 \
+           AND k.claimed_by IS NOT NULL AND k.claimed_by <> $1 \
+           AND lower(btrim(k.command)) <> 'move' \
+           AND NOT EXISTS (SELECT 1 FROM engine_nodes n WHERE n.node = k.claimed_by \
+               AND n.heartbeat_at > now() - n.lease_ms * interval '1 millisecond') \
+         RETURNING k.id, k.strategy_id, k.command, k.parameters, k.created_at, k.seq",
+    )
+    .bind(node)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok((rows, Vec::new()));
+    }
+    rows.sort_by_key(|r| (r.created_at, r.seq));
+    let superseded = crate::manager::superseded_recovered(&mut *tx).await?;
+    tx.commit().await?;
+    Ok((rows, superseded))
 }
 
 /// The strategies `node` owns that it has no supervisor for (moved to it; `known`

@@ -68,7 +68,8 @@ pub async fn claim_pending_node(
                  AND strategy_id IN (SELECT id FROM strategy_configs WHERE node = $2) \
                  AND ($3::timestamptz IS NULL OR (created_at, seq) < ($3, $4)) \
              ORDER BY created_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE strategy_commands c SET status = 'processing' FROM next WHERE c.id = next.id \
+         UPDATE strategy_commands c SET status = 'processing', claimed_by = $2 \
+         FROM next WHERE c.id = next.id \
          RETURNING c.id, c.strategy_id, c.command, c.parameters, c.created_at, c.seq",
     )
     .bind(limit)

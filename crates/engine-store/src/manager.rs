@@ -262,7 +262,9 @@ pub async fn load_strategies(
 /// `failover` event each, and their active runs come along under the new epoch, to be
 /// taken over by the new owner's run queue under the once-retry rule) that need an owner: those
 /// that should run (`desired_state` running or paused, or `auto_start` not stopped by
-/// an operator) and those with a pending command or a queued run. Only the least
+/// an operator) and those with a pending command, a `processing` one (its node
+/// died with it: the new owner takes it over, `cluster_ops::adopt_orphaned_commands`)
+/// or a queued run. Only the least
 /// loaded live node that is not draining claims (strategies owned over capacity,
 /// ties by name), and at most its share of what is unowned and `limit`, so that
 /// nodes starting together take turns; `FOR UPDATE SKIP LOCKED` and `node IS NULL`
@@ -289,7 +291,8 @@ pub async fn claim_strategies(
              WHERE (c.node IS NULL OR c.node NOT IN (SELECT node FROM alive)) \
                AND (c.desired_state IN ('running', 'paused') \
                  OR (c.auto_start AND NOT c.operator_stopped) \
-                 OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id AND k.status = 'pending') \
+                 OR EXISTS (SELECT 1 FROM strategy_commands k WHERE k.strategy_id = c.id \
+                     AND k.status IN ('pending', 'processing')) \
                  OR EXISTS (SELECT 1 FROM strategy_runs r WHERE r.strategy_id = c.id \
                      AND r.state IN ('queued', 'starting', 'running')))), \
          share AS ( \
@@ -486,7 +489,9 @@ pub const LIMITS_UNENFORCED: &str = "limits unenforced";
 /// previous manager (they wait in memory while the database is away), so its state
 /// now can be a later command's. Applying it again there would undo what came
 /// after, e.g. a recovered stop stopping a strategy that a later `start` had started.
-pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+pub async fn superseded_recovered(
+    db: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT c.id, e.strategy_id \
          FROM strategy_commands c \
@@ -503,16 +508,20 @@ pub async fn superseded_recovered(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sq
                          AND e.old_status IS DISTINCT FROM 'running' END)))",
     )
     .bind(CONFIG_UPDATED)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Record a command's outcome: `executed`, or `failed` with `error`. Returns the row
-/// as written (`None` when no row has the id), for the in-memory command counters.
+/// as written (`None` when no row has the id, or — a cluster node, `node` — when
+/// another node took the row over since this one claimed it:
+/// [`crate::cluster_ops::adopt_orphaned_commands`]), for the in-memory command
+/// counters.
 pub async fn finish_command(
     pool: &PgPool,
     id: Uuid,
     outcome: &Result<(), String>,
+    node: Option<&str>,
 ) -> Result<Option<crate::metrics::FinishedCommand>, sqlx::Error> {
     let (status, error) = match outcome {
         Ok(()) => (CommandStatus::Executed, None),
@@ -520,11 +529,13 @@ pub async fn finish_command(
     };
     sqlx::query_as(
         "UPDATE strategy_commands SET status = $2, error = $3, executed_at = now() WHERE id = $1 \
+           AND ($4::text IS NULL OR claimed_by IS NULL OR claimed_by = $4) \
          RETURNING command, status, extract(epoch FROM executed_at - created_at)::float8 AS latency_s",
     )
     .bind(id)
     .bind(status.as_str())
     .bind(error)
+    .bind(node)
     .fetch_optional(pool)
     .await
 }

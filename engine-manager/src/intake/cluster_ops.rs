@@ -850,9 +850,13 @@ pub(super) async fn requeue(shared: &Shared, dispatched: &Mutex<super::Dispatche
     dispatched.lock().expect("dispatched lock").forget(id);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match store::requeue_command(&shared.pool, id).await {
-            Ok(_) => {
+        match store::requeue_command(&shared.pool, id, &shared.node).await {
+            Ok(true) => {
                 tracing::info!(command_id = %id, "the strategy is another node's now: the command went back to pending for it");
+                return;
+            }
+            Ok(false) => {
+                tracing::info!(command_id = %id, "the strategy is another node's now, which has taken the command over (or finished it) already");
                 return;
             }
             Err(err) => {
