@@ -22,6 +22,7 @@
 //! left by a manager that stopped first is recorded by the next one at its start
 //! ([`record_left_runs`]).
 
+use crate::tasks::sleep_until;
 use crate::Shared;
 use engine_protocol::control::OrderReport;
 use engine_store::orders::{self as store, OrderRow};
@@ -355,13 +356,6 @@ impl Backlog {
             return Some(Instant::now());
         }
         self.since.map(|t| t + FLUSH_EVERY)
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

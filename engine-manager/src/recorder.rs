@@ -11,6 +11,7 @@
 //! written at once, each on its own pooled connection, because PostgreSQL spends an
 //! insert in its own backend and two backends use two cores.
 
+use crate::tasks::sleep_until;
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::inbound::{check_message, MessageRejected};
@@ -675,13 +676,6 @@ async fn prune_past_retention(shared: &Shared) {
         ),
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "could not prune strategy_commands"),
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

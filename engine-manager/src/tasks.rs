@@ -232,6 +232,14 @@ impl ManagerTasks {
     }
 }
 
+/// Sleep until `at`; never wake without one (a `select!` branch that is off).
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Run blocking `work` (file or `/proc` I/O) on the blocking pool and wait for it;
 /// a panic in it is resumed in the caller's task, so that it is reported as that
 /// task's.

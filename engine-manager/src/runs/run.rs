@@ -9,6 +9,7 @@ use super::prepare::{prepare, PrepareError, Prepared};
 use super::report::{Reporter, RunIdentity, Said};
 use super::CancelError;
 use crate::process::{Confine, ExecutorProcess, ExitInfo, RunSpawnSpec};
+use crate::tasks::sleep_until;
 use crate::Shared;
 use engine_protocol::backoff::Backoff;
 use engine_protocol::runs::{self as proto, RunEventType, RunState};
@@ -604,13 +605,6 @@ async fn wait(proc: &mut Option<ExecutorProcess>) -> ExitInfo {
     match proc {
         Some(proc) => proc.wait().await,
         None => ExitInfo::Unknown,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

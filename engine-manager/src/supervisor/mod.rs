@@ -29,6 +29,7 @@ use crate::config::RestartPolicy;
 use crate::executions::task::{ExecRequest, Message as ExecMessage};
 use crate::link::ControlLink;
 use crate::process::{ExecutorProcess, ExitInfo};
+use crate::tasks::sleep_until;
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::control::{ExecutorMessage, ManagerMessage};
@@ -739,13 +740,6 @@ async fn lease_renewed(
             Ok(()) => Some(()),
             Err(_) => pending().await,
         },
-        None => pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => pending().await,
     }
 }
