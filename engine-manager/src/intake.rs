@@ -165,8 +165,12 @@ impl CommandIntake {
             if listener.is_none() {
                 listener = listen(&self.shared).await;
             }
+            let due = deletions_checked.elapsed() >= self.shared.config.poll_interval;
+            if due {
+                deletions_checked = tokio::time::Instant::now();
+            }
             if !db_down {
-                self.before_claim(&mut deletions_checked).await;
+                self.before_claim(due).await;
             }
             match db::claim_pending(&self.shared.claim_pool, CLAIM_BATCH, &self.shared.scope).await
             {
@@ -186,6 +190,12 @@ impl CommandIntake {
                             continue;
                         }
                         self.dispatch(row, None).await;
+                    }
+                    if due {
+                        // After the claim: a command that woke the intake does not
+                        // wait for these checks.
+                        self.check_deleted().await;
+                        self.fail_dead_parts().await;
                     }
                     if more {
                         continue;
@@ -214,16 +224,11 @@ impl CommandIntake {
         }
     }
 
-    /// What comes before each claim of commands: every poll interval the check for
-    /// deleted and lost strategies and the parts of dead nodes; in a cluster, drains
-    /// and moves, then the claim of strategies that need an owner.
-    async fn before_claim(&mut self, deletions_checked: &mut tokio::time::Instant) {
-        let due = deletions_checked.elapsed() >= self.shared.config.poll_interval;
-        if due {
-            *deletions_checked = tokio::time::Instant::now();
-            self.check_deleted().await;
-            self.fail_dead_parts().await;
-        }
+    /// What comes before each claim of commands, in a cluster: drains and moves,
+    /// then the claim of strategies that need an owner, and (`due`: every poll
+    /// interval, or after such a claim) the commands of dead nodes. The check for
+    /// deleted and lost strategies and the parts of dead nodes come after the claim.
+    async fn before_claim(&mut self, due: bool) {
         self.cluster_poll().await;
         let claimed = self.claim_strategies().await;
         if due || claimed {

@@ -78,6 +78,9 @@ pub struct Shared {
     pub pool: PgPool,
     /// Claims only: `synchronous_commit = off` (see [`db::connect_claimer`]).
     pub claim_pool: PgPool,
+    /// `synchronous_commit = off`, for a `running` record whose command's outcome
+    /// (a synchronous commit) is written right after it ([`db::connect_unsynced`]).
+    pub unsynced_pool: PgPool,
     pub publisher: Publisher,
     pub channels: Channels,
     pub executor_path: PathBuf,
@@ -250,7 +253,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
     let mut background = ManagerTasks::default();
     let (publisher, redis_users) =
         start_redis_tasks(&config, &redis_client, &pool, &mut background);
-    let claim_pool = db::connect_claimer(&config.database_url)?;
+    let (claim_pool, unsynced_pool) = unsynced_pools(&config.database_url)?;
     let (runs_handle, runs_inbox) = runs::channel();
     let (executions_handle, executions_inbox) = executions::task::channel();
     let shared = Arc::new(Shared {
@@ -261,6 +264,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
         config,
         pool,
         claim_pool,
+        unsynced_pool,
         publisher,
         node,
         boot_id,
@@ -537,6 +541,12 @@ async fn detect_limits(pool: &PgPool, choice: limits::MechanismChoice) -> Arc<li
     limiter
 }
 
+/// The pools whose commits do not wait for the WAL flush: the claims', and the
+/// supervisors' for a `running` record a command's outcome follows.
+fn unsynced_pools(url: &str) -> Result<(PgPool, PgPool), ManagerError> {
+    Ok((db::connect_claimer(url)?, db::connect_unsynced(url, 2)?))
+}
+
 /// Stop every task (after `shutdown`, or the first task's `failure`), remove the
 /// control socket and close the pools.
 async fn stop(
@@ -553,6 +563,7 @@ async fn stop(
     let late = background.stop().await;
     let _ = tokio::fs::remove_file(socket).await;
     shared.claim_pool.close().await;
+    shared.unsynced_pool.close().await;
     shared.pool.close().await;
     match failure.or(late) {
         None => {

@@ -409,7 +409,9 @@ impl Started<'_> {
             let _ = stdin.write_all(input).await;
             let _ = stdin.shutdown().await;
         }
-        let start_ticks = blocking(move || start_ticks(pid)).await.unwrap_or(0);
+        // Read where it is: a /proc read never waits on a disk, and a hop to the
+        // blocking pool here would sit on every start's path.
+        let start_ticks = start_ticks(pid).unwrap_or(0);
         Ok(ExecutorProcess {
             pid,
             start_ticks,

@@ -271,8 +271,8 @@ impl Chunk {
         self.rows.len()
     }
 
-    /// The rows again, for the INSERT.
-    fn to_rows(&self) -> Vec<MetricsRow> {
+    /// The rows again, for the INSERT (`metrics` as the text kept here).
+    fn to_rows(&self) -> Vec<MetricsRow<&str>> {
         let mut start = 0;
         self.rows
             .iter()
@@ -289,8 +289,7 @@ impl Chunk {
                     success_rate: r.success_rate,
                     cpu_percent: r.cpu_percent,
                     memory_mb: r.memory_mb,
-                    // Text this process wrote from a Value: it parses.
-                    metrics: serde_json::from_str(text).unwrap_or(Value::Null),
+                    metrics: text,
                 }
             })
             .collect()
@@ -724,6 +723,17 @@ mod tests {
         PendingRow::split(row.clone()).0
     }
 
+    /// Rows as a chunk gives them back, with their `metrics` text parsed.
+    fn parsed(rows: Vec<MetricsRow<&str>>) -> Vec<MetricsRow> {
+        rows.into_iter()
+            .map(|r| {
+                let metrics: Value =
+                    serde_json::from_str(r.metrics).expect("text the recorder wrote");
+                r.with_metrics(metrics)
+            })
+            .collect()
+    }
+
     #[test]
     fn chunks_give_back_the_rows_they_keep() {
         let mut chunk = Chunk::default();
@@ -732,7 +742,7 @@ mod tests {
             chunk.push(&pending(r));
         }
         assert_eq!(chunk.len(), 50);
-        assert_eq!(chunk.to_rows(), rows);
+        assert_eq!(parsed(chunk.to_rows()), rows);
     }
 
     #[test]
@@ -747,7 +757,7 @@ mod tests {
             .take_due(start, false)
             .expect("a full batch is due at once");
         assert_eq!(full.len(), BATCH);
-        assert_eq!(full.to_rows()[0], row(0));
+        assert_eq!(parsed(full.to_rows())[0], row(0));
         assert!(
             backlog.take_due(start, false).is_none(),
             "the partial one waits"
@@ -766,9 +776,9 @@ mod tests {
         let again = backlog
             .take_due(later, true)
             .expect("anything when closing");
-        assert_eq!(again.to_rows()[0], row(BATCH));
+        assert_eq!(parsed(again.to_rows())[0], row(BATCH));
         assert_eq!(
-            backlog.take_due(later, true).unwrap().to_rows(),
+            parsed(backlog.take_due(later, true).unwrap().to_rows()),
             vec![row(99)]
         );
         assert!(backlog.take_due(later, true).is_none());

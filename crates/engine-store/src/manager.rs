@@ -122,9 +122,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
 /// undo a claim: the row is `pending` again, and the intake, which remembers the
 /// commands it dispatched, does not apply it twice.
 pub fn connect_claimer(url: &str) -> Result<PgPool, DbError> {
+    connect_unsynced(url, 1)
+}
+
+/// A pool whose commits do not wait for the WAL flush (`synchronous_commit = off`),
+/// for writes that a synchronous commit follows at once (the claim above; the
+/// `running` record of a command, whose outcome is written next): that commit
+/// makes them durable too, WAL being flushed in order.
+pub fn connect_unsynced(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
     let options = connect_options(url)?.options([("synchronous_commit", "off")]);
     Ok(PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .test_before_acquire(false)
         .connect_lazy_with(options))
@@ -644,24 +652,25 @@ pub async fn write_observed(
 /// Set `desired_state`; `operator_stopped` is true exactly when it was an operator's stop.
 /// `fence`: in a cluster, the writer's lease epoch; the write does nothing unless
 /// the row still has it (CONTRACT.md §7: a node that lost a strategy cannot change it).
+/// Returns the row as it is after the write (`None` if it is gone, or not this
+/// writer's under `fence`): a start spawns from it without reading the row again.
 pub async fn write_desired(
     pool: &PgPool,
     id: Uuid,
     desired: DesiredState,
     operator_stopped: bool,
     fence: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<StrategyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "UPDATE strategy_configs SET desired_state = $2, operator_stopped = $3, updated_at = now() \
-         WHERE id = $1 AND ($4::int8 IS NULL OR lease_epoch = $4)",
-    )
+         WHERE id = $1 AND ($4::int8 IS NULL OR lease_epoch = $4) RETURNING {STRATEGY_COLUMNS}"
+    ))
     .bind(id)
     .bind(desired.as_str())
     .bind(operator_stopped)
     .bind(fence)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .fetch_optional(pool)
+    .await
 }
 
 /// Keep the broker state an executor reported (latest wins; `updated_at` is left
@@ -727,9 +736,10 @@ pub async fn write_limits(
     Ok(())
 }
 
-/// A row for `strategy_metrics`.
+/// A row for `strategy_metrics`; its `metrics` a JSON object (`Value`), or (for
+/// [`insert_metrics`]) that object's JSON text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricsRow {
+pub struct MetricsRow<M = Value> {
     pub strategy_id: Uuid,
     pub timestamp: DateTime<Utc>,
     pub source: &'static str,
@@ -739,11 +749,32 @@ pub struct MetricsRow {
     pub success_rate: Option<f64>,
     pub cpu_percent: Option<f64>,
     pub memory_mb: Option<f64>,
-    pub metrics: Value,
+    pub metrics: M,
+}
+
+impl<M> MetricsRow<M> {
+    /// The same row with `metrics` in another form.
+    pub fn with_metrics<N>(self, metrics: N) -> MetricsRow<N> {
+        MetricsRow {
+            strategy_id: self.strategy_id,
+            timestamp: self.timestamp,
+            source: self.source,
+            pnl: self.pnl,
+            positions_count: self.positions_count,
+            orders_count: self.orders_count,
+            success_rate: self.success_rate,
+            cpu_percent: self.cpu_percent,
+            memory_mb: self.memory_mb,
+            metrics,
+        }
+    }
 }
 
 /// Insert a batch in one statement (rows of strategies that no longer exist are skipped).
-pub async fn insert_metrics(pool: &PgPool, rows: &[MetricsRow]) -> Result<u64, sqlx::Error> {
+/// `metrics` goes as the JSON text it is, cast to `jsonb` by PostgreSQL (which checks
+/// it): the recorder keeps rows as text, and parsing them back into values only to
+/// serialise them again cost more than anything else it does.
+pub async fn insert_metrics(pool: &PgPool, rows: &[MetricsRow<&str>]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -767,15 +798,15 @@ pub async fn insert_metrics(pool: &PgPool, rows: &[MetricsRow]) -> Result<u64, s
         success.push(r.success_rate);
         cpu.push(r.cpu_percent);
         mem.push(r.memory_mb);
-        metrics.push(r.metrics.clone());
+        metrics.push(r.metrics);
     }
     let result = sqlx::query(
         "INSERT INTO strategy_metrics (strategy_id, \"timestamp\", source, pnl, positions_count, \
              orders_count, success_rate, cpu_percent, memory_mb, metrics) \
          SELECT u.strategy_id, u.ts, u.source, u.pnl::numeric, u.positions_count, u.orders_count, \
-             u.success_rate, u.cpu_percent, u.memory_mb, u.metrics \
+             u.success_rate, u.cpu_percent, u.memory_mb, u.metrics::jsonb \
          FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], \
-             $6::int4[], $7::float8[], $8::float8[], $9::float8[], $10::jsonb[]) \
+             $6::int4[], $7::float8[], $8::float8[], $9::float8[], $10::text[]) \
              AS u(strategy_id, ts, source, pnl, positions_count, orders_count, success_rate, \
                   cpu_percent, memory_mb, metrics) \
          WHERE EXISTS (SELECT 1 FROM strategy_configs c WHERE c.id = u.strategy_id)",

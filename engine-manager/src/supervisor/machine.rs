@@ -230,6 +230,23 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// Whether performing it waits for something outside the manager (a process,
+    /// a reply, another node): its outcome is fed back as an event.
+    pub fn waits(&self) -> bool {
+        matches!(
+            self,
+            Effect::Spawn { .. }
+                | Effect::AwaitReady
+                | Effect::Shutdown { .. }
+                | Effect::Request { .. }
+                | Effect::Update { .. }
+                | Effect::CheckTarget { .. }
+                | Effect::Release { .. }
+        )
+    }
+}
+
 /// What the machine is told besides the event: facts about resources the shell owns,
 /// the clock, the policy, and the two random inputs (so tests can fix them).
 #[derive(Debug, Clone)]

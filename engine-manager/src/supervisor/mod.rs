@@ -174,6 +174,11 @@ pub struct StrategySupervisor {
     /// The secret values the running executor's config was given: hidden in its
     /// log's tail before that becomes an error.
     scrub: Scrub,
+    /// The row as the last `desired_state` write returned it, kept only until an
+    /// effect that waits: a spawn right after that write needs no read of its own.
+    fresh: Option<db::StrategyRow>,
+    /// The `starting` record, written while the executor starts up.
+    in_flight: Option<record::InFlight>,
 }
 
 /// What woke the supervisor's loop.
@@ -250,6 +255,8 @@ impl StrategySupervisor {
             exec_tx,
             killed_for: None,
             scrub: Scrub::default(),
+            fresh: None,
+            in_flight: None,
         };
         supervisor.apply_restart_policy(row.restart_policy.as_ref());
         let removed = supervisor.removed.clone();
@@ -466,6 +473,8 @@ impl StrategySupervisor {
                 }
             }
         }
+        self.fresh = None;
+        self.settle().await;
     }
 
     /// Feed an event that happens while an effect waits (a frame, an exit during a
@@ -483,6 +492,14 @@ impl StrategySupervisor {
     }
 
     async fn perform(&mut self, effect: Effect) -> Option<Event> {
+        if !matches!(effect, Effect::Spawn { .. }) && effect.waits() {
+            // Time passes: operators may edit the row meanwhile.
+            self.fresh = None;
+        }
+        if !matches!(effect, Effect::AwaitReady) {
+            // Whatever it does comes after the write in flight.
+            self.settle().await;
+        }
         match effect {
             Effect::Spawn { paused } => Some(self.spawn_executor(paused).await),
             Effect::AwaitReady => Some(self.await_ready().await),

@@ -143,6 +143,10 @@ impl StrategySupervisor {
                     Some(_) => {}
                     None => self.link = None,
                 },
+                written = in_flight(&mut self.in_flight) => {
+                    let landed = self.in_flight.take().expect("the write in flight");
+                    self.landed(landed, written);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let secs = self.shared.config.start_timeout.as_secs_f64();
                     self.kill_and_reap(Duration::from_secs(5)).await;
@@ -527,11 +531,18 @@ impl StrategySupervisor {
     /// Operators may edit `strategy_configs` directly: start from what the row says
     /// now (keeping what we had if the database cannot be read). Returns the owner and
     /// epoch the row names, when it was read.
+    /// The row `desired_state` was just written with, when nothing waited since
+    /// ([`Self::fresh`]), is as good as a read.
     pub(super) async fn reload_definition(&mut self) -> Option<(Option<String>, i64)> {
-        let load = db::load_strategy(&self.shared.pool, self.id);
-        let loaded = match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        let loaded = match self.fresh.take() {
+            Some(row) => Ok(Some(row)),
+            None => {
+                let load = db::load_strategy(&self.shared.pool, self.id);
+                match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
+                    Ok(result) => result,
+                    Err(_) => Err(sqlx::Error::PoolTimedOut),
+                }
+            }
         };
         match loaded {
             Ok(Some(row)) => {
@@ -550,5 +561,15 @@ impl StrategySupervisor {
                 None
             }
         }
+    }
+}
+
+/// The outcome of the write in flight; pending while there is none.
+async fn in_flight(
+    in_flight: &mut Option<super::record::InFlight>,
+) -> Result<Result<(), sqlx::Error>, tokio::sync::oneshot::error::RecvError> {
+    match in_flight {
+        Some(write) => write.outcome().await,
+        None => std::future::pending().await,
     }
 }

@@ -18,6 +18,22 @@ use uuid::Uuid;
 /// loop makes four a restart); past it the oldest go, and the loss is logged.
 pub const MAX_PENDING_EVENTS: usize = 512;
 
+/// A write of the row started by [`StrategySupervisor::record_behind`], and the
+/// status message that goes out once it lands.
+pub struct InFlight {
+    /// How many of the journal's pending events it writes (the oldest).
+    events: usize,
+    result: oneshot::Receiver<Result<(), sqlx::Error>>,
+    msg: StatusMessage,
+}
+
+impl InFlight {
+    /// The write's outcome (cancel-safe: a `select!` may drop this and call again).
+    pub async fn outcome(&mut self) -> Result<Result<(), sqlx::Error>, oneshot::error::RecvError> {
+        (&mut self.result).await
+    }
+}
+
 /// Writes not done yet, and what waits for them.
 #[derive(Default)]
 pub struct Journal {
@@ -74,8 +90,8 @@ impl Journal {
         !std::mem::replace(&mut self.desired_unwritten, true)
     }
 
-    /// The observed state and the pending events are written.
-    fn observed_written(&mut self) {
+    /// The observed state and the first `events` pending events are written.
+    fn observed_written(&mut self, events: usize) {
         if self.observed_unwritten {
             tracing::info!(
                 events = self.pending_events.len(),
@@ -90,7 +106,8 @@ impl Journal {
             );
             self.events_dropped = 0;
         }
-        self.pending_events.clear();
+        self.pending_events
+            .drain(..events.min(self.pending_events.len()));
         self.observed_unwritten = false;
     }
 
@@ -104,6 +121,7 @@ impl StrategySupervisor {
     /// Set `desired_state` (and `operator_stopped`) in the row; kept and retried every
     /// second if the database does not take it.
     pub(super) async fn write_desired(&mut self, desired: DesiredState, operator_stopped: bool) {
+        self.settle().await;
         let write = db::write_desired(
             &self.shared.pool,
             self.id,
@@ -112,7 +130,12 @@ impl StrategySupervisor {
             self.fence_epoch(),
         );
         match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => self.journal.desired_written(),
+            Ok(Ok(row)) => {
+                self.journal.desired_written();
+                // A start that follows at once spawns from it (one round trip
+                // fewer); any effect that waits in between drops it.
+                self.fresh = row;
+            }
             Ok(Err(err)) => {
                 if self.journal.desired_failed() {
                     tracing::warn!(error = %err, "could not record desired_state; retrying every second");
@@ -161,6 +184,7 @@ impl StrategySupervisor {
     }
 
     pub(super) async fn transition(&mut self, t: Transition) {
+        self.settle().await;
         let status = t.to;
         self.observed.status = status;
         if !matches!(
@@ -188,7 +212,13 @@ impl StrategySupervisor {
                 pid: self.observed.pid,
             });
         }
-        self.record().await;
+        let behind = status == Status::Starting && !self.journal.desired_unwritten;
+        if !behind {
+            // A command's `running`: its outcome, a synchronous commit, is written
+            // right after (and the pid it names is durable since `starting`).
+            let unsynced = status == Status::Running && self.replying.is_some();
+            self.record_to(unsynced).await;
+        }
         self.tell_executions(t.from, status);
         let msg = StatusMessage {
             strategy_id: self.id,
@@ -203,11 +233,77 @@ impl StrategySupervisor {
             source: Some("manager".to_string()),
             lease_epoch: self.fence_epoch(),
         };
-        self.publish_state(&msg);
+        if behind {
+            // `starting` is written while the executor starts up, off the path to
+            // `running` (which waits for it); it is announced once it is written.
+            self.record_behind(msg).await;
+        } else {
+            self.announce(&msg);
+        }
+    }
+
+    /// The status channel, the state hash and the live table, after the row.
+    fn announce(&self, msg: &StatusMessage) {
+        self.publish_state(msg);
         self.shared
             .publisher
-            .publish(self.shared.channels.status(self.id), &msg);
+            .publish(self.shared.channels.status(self.id), msg);
         self.publish_live();
+    }
+
+    /// Start writing the observed state and pending events without waiting for it;
+    /// [`Self::settle`] waits, and every other write settles first, so writes land
+    /// in order.
+    async fn record_behind(&mut self, msg: StatusMessage) {
+        self.settle().await;
+        let (done, result) = oneshot::channel();
+        let events: Vec<db::TransitionEvent> =
+            self.journal.pending_events.iter().cloned().collect();
+        let (pool, id, observed) = (self.shared.pool.clone(), self.id, self.observed.clone());
+        let (node, fence) = (self.shared.node.clone(), self.fence_epoch());
+        self.shared.tracker.spawn(async move {
+            let write = db::write_observed(&pool, id, &observed, &events, &node, fence);
+            let written = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
+                Ok(written) => written,
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            };
+            let _ = done.send(written);
+        });
+        self.in_flight = Some(InFlight {
+            events: self.journal.pending_events.len(),
+            result,
+            msg,
+        });
+    }
+
+    /// Wait for the write [`Self::record_behind`] started, if one is in flight, and
+    /// take in its outcome.
+    pub(super) async fn settle(&mut self) {
+        if let Some(mut in_flight) = self.in_flight.take() {
+            let written = in_flight.outcome().await;
+            self.landed(in_flight, written);
+        }
+    }
+
+    /// The outcome of the write behind: as [`Self::record`] would take it, then the
+    /// announcement.
+    pub(super) fn landed(
+        &mut self,
+        in_flight: InFlight,
+        written: Result<Result<(), sqlx::Error>, oneshot::error::RecvError>,
+    ) {
+        match written {
+            Ok(Ok(())) => self.journal.observed_written(in_flight.events),
+            Ok(Err(err)) => {
+                if self.journal.observed_failed() {
+                    tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
+                }
+            }
+            Err(_) => {
+                self.journal.observed_failed();
+            }
+        }
+        self.announce(&in_flight.msg);
     }
 
     /// `strategy:state:{id}`.
@@ -251,6 +347,7 @@ impl StrategySupervisor {
         error: Option<String>,
         command_id: Option<Uuid>,
     ) {
+        self.settle().await;
         let status = self.machine.status();
         self.journal.push_event(db::TransitionEvent {
             event_id: Uuid::new_v4(),
@@ -268,6 +365,13 @@ impl StrategySupervisor {
     /// Write the observed state and the events not written yet (kept, in order,
     /// until a write succeeds: an outage loses no history).
     async fn record(&mut self) {
+        self.record_to(false).await;
+    }
+
+    /// [`Self::record`]; `unsynced`: through [`crate::Shared::unsynced_pool`], for a
+    /// write that a synchronous commit follows at once.
+    async fn record_to(&mut self, unsynced: bool) {
+        self.settle().await;
         // desired_state goes to the row before any status that follows from it: a
         // row saying `stopped` with a stale `desired_state = running` would make the
         // next manager start the strategy again (and apply its stop twice).
@@ -281,8 +385,14 @@ impl StrategySupervisor {
         }
         let fence = self.fence_epoch();
         let events = self.journal.pending_events.make_contiguous();
+        let events_len = events.len();
+        let pool = if unsynced {
+            &self.shared.unsynced_pool
+        } else {
+            &self.shared.pool
+        };
         let write = db::write_observed(
-            &self.shared.pool,
+            pool,
             self.id,
             &self.observed,
             events,
@@ -294,7 +404,7 @@ impl StrategySupervisor {
             Err(_) => Err(sqlx::Error::PoolTimedOut),
         };
         match result {
-            Ok(()) => self.journal.observed_written(),
+            Ok(()) => self.journal.observed_written(events_len),
             Err(err) => {
                 if self.journal.observed_failed() {
                     tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
@@ -347,7 +457,7 @@ mod tests {
             journal.pending_events.front().map(|e| e.event_id),
             Some(Uuid::from_u128(3))
         );
-        journal.observed_written();
+        journal.observed_written(MAX_PENDING_EVENTS);
         assert!(journal.pending_events.is_empty());
         assert_eq!(journal.events_dropped, 0);
     }
