@@ -544,7 +544,7 @@ async fn detect_limits(pool: &PgPool, choice: limits::MechanismChoice) -> Arc<li
 /// The pools whose commits do not wait for the WAL flush: the claims', and the
 /// supervisors' for a `running` record a command's outcome follows.
 fn unsynced_pools(url: &str) -> Result<(PgPool, PgPool), ManagerError> {
-    Ok((db::connect_claimer(url)?, db::connect_unsynced(url, 2)?))
+    Ok((db::connect_claimer(url)?, db::connect_unsynced(url, 1)?))
 }
 
 /// Stop every task (after `shutdown`, or the first task's `failure`), remove the
