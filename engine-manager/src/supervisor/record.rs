@@ -463,6 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn a_write_takes_off_only_the_events_it_carried() {
+        // A write behind carries the two events pending when it started; one more
+        // came before it landed: that one stays for the next write.
+        let mut journal = Journal::default();
+        journal.push_event(event(0));
+        journal.push_event(event(1));
+        let carried = journal.pending_events.len();
+        journal.push_event(event(2));
+        journal.observed_written(carried);
+        assert_eq!(
+            journal
+                .pending_events
+                .iter()
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>(),
+            vec![Uuid::from_u128(2)]
+        );
+    }
+
+    #[test]
     fn an_outcome_waits_until_desired_state_is_recorded() {
         let mut journal = Journal::default();
         assert!(journal.desired_failed(), "the first failure is news");
