@@ -15,7 +15,7 @@ use crate::tasks::sleep_until;
 use crate::Shared;
 use chrono::{DateTime, Utc};
 use engine_protocol::inbound::{check_message, MessageRejected};
-use engine_protocol::{Channels, MetricsMessage};
+use engine_protocol::Channels;
 use engine_store::manager::{self as db, MetricsRow};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -156,6 +156,63 @@ pub enum Rejected {
     BadFields(#[source] serde_json::Error),
 }
 
+/// The fields of a [`MetricsMessage`] a row needs, checked as it checks them, but
+/// without its `#[serde(flatten)]` map of the other metrics: that copied every other
+/// field of every message (most of the recorder's work at 1,000 strategies).
+#[derive(Deserialize)]
+struct Checked<'a> {
+    #[allow(dead_code)] // checked: a string
+    name: &'a str,
+    timestamp: DateTime<Utc>,
+    metrics: CheckedMetrics,
+}
+
+/// [`engine_protocol::StrategyMetrics`]'s contract fields; the others are left in the
+/// object, which must be one.
+struct CheckedMetrics {
+    pnl: f64,
+    positions_count: i64,
+    orders_count: i64,
+    success_rate: f64,
+}
+
+impl<'de> Deserialize<'de> for CheckedMetrics {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            pnl: f64,
+            #[allow(dead_code)] // checked: a number when present
+            #[serde(default)]
+            pnl_total: Option<f64>,
+            positions_count: i64,
+            orders_count: i64,
+            success_rate: f64,
+        }
+        // A map only, as the flattened struct took it (a derived struct would also
+        // take an array, field by field).
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CheckedMetrics;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a metrics object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let f = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(CheckedMetrics {
+                    pnl: f.pnl,
+                    positions_count: f.positions_count,
+                    orders_count: f.orders_count,
+                    success_rate: f.success_rate,
+                })
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// Check one message from `strategy:metrics:{id}` and turn it into a row.
 pub fn parse_metrics(
     channels: &Channels,
@@ -168,7 +225,10 @@ pub fn parse_metrics(
     let value = Value::Object(check_message(payload, Some(channel_id))?);
     // Checked in place (no copy of the message); then the `metrics` object is moved
     // out of it for the row.
-    let msg = MetricsMessage::deserialize(&value).map_err(Rejected::BadFields)?;
+    let (timestamp, checked) = {
+        let msg = Checked::deserialize(&value).map_err(Rejected::BadFields)?;
+        (msg.timestamp, msg.metrics)
+    };
     let metrics = match value {
         Value::Object(mut object) => object.remove("metrics").unwrap_or(Value::Null),
         _ => Value::Null,
@@ -177,12 +237,12 @@ pub fn parse_metrics(
     let as_i32 = |x: i64| i32::try_from(x).ok();
     Ok(MetricsRow {
         strategy_id: channel_id,
-        timestamp: msg.timestamp,
+        timestamp,
         source: "strategy",
-        pnl: finite(msg.metrics.pnl),
-        positions_count: as_i32(msg.metrics.positions_count),
-        orders_count: as_i32(msg.metrics.orders_count),
-        success_rate: finite(msg.metrics.success_rate),
+        pnl: finite(checked.pnl),
+        positions_count: as_i32(checked.positions_count),
+        orders_count: as_i32(checked.orders_count),
+        success_rate: finite(checked.success_rate),
         cpu_percent: None,
         memory_mb: None,
         metrics,
@@ -782,6 +842,54 @@ mod tests {
             vec![row(99)]
         );
         assert!(backlog.take_due(later, true).is_none());
+    }
+
+    #[test]
+    fn the_check_takes_and_refuses_what_the_contracts_message_type_does() {
+        let c = Channels::default();
+        let id = Uuid::new_v4();
+        let ch = c.metrics(id);
+        let variants: Vec<(&str, Value)> = vec![
+            ("good", json!({})),
+            (
+                "extra fields of any kind",
+                json!({"m": {"beats": 3, "x": [1, {"y": null}], "s": "t"}}),
+            ),
+            ("pnl_total a number", json!({"m": {"pnl_total": 2.5}})),
+            ("pnl_total null", json!({"m": {"pnl_total": null}})),
+            ("pnl_total a string", json!({"m": {"pnl_total": "2"}})),
+            ("pnl a string", json!({"m": {"pnl": "lots"}})),
+            (
+                "positions_count a fraction",
+                json!({"m": {"positions_count": 1.5}}),
+            ),
+            ("orders_count negative", json!({"m": {"orders_count": -3}})),
+            ("success_rate missing", json!({"drop_m": "success_rate"})),
+            ("metrics an array", json!({"metrics": [0.0, 0, 0, 0.0]})),
+            ("metrics null", json!({"metrics": null})),
+            ("name a number", json!({"name": 7})),
+            ("name missing", json!({"drop": "name"})),
+            ("timestamp not a time", json!({"timestamp": "yesterday"})),
+        ];
+        for (what, change) in variants {
+            let mut msg = good(id);
+            if let Some(fields) = change.get("m").and_then(Value::as_object) {
+                for (k, v) in fields {
+                    msg["metrics"][k] = v.clone();
+                }
+            } else if let Some(field) = change.get("drop_m").and_then(Value::as_str) {
+                msg["metrics"].as_object_mut().unwrap().remove(field);
+            } else if let Some(field) = change.get("drop").and_then(Value::as_str) {
+                msg.as_object_mut().unwrap().remove(field);
+            } else {
+                for (k, v) in change.as_object().unwrap() {
+                    msg[k] = v.clone();
+                }
+            }
+            let contract = engine_protocol::MetricsMessage::deserialize(&msg).is_ok();
+            let ours = parse_metrics(&c, &ch, msg.to_string().as_bytes());
+            assert_eq!(ours.is_ok(), contract, "{what}: {msg} gave {ours:?}");
+        }
     }
 
     #[test]

@@ -176,9 +176,11 @@ pub struct StrategySupervisor {
     scrub: Scrub,
     /// The row as the last `desired_state` write returned it, kept only until an
     /// effect that waits: a spawn right after that write needs no read of its own.
-    fresh: Option<db::StrategyRow>,
+    /// Boxed, as `in_flight`: both are empty nearly always, and a thousand idle
+    /// supervisors would carry their size.
+    fresh: Option<Box<db::StrategyRow>>,
     /// The `starting` record, written while the executor starts up.
-    in_flight: Option<record::InFlight>,
+    in_flight: Option<Box<record::InFlight>>,
 }
 
 /// What woke the supervisor's loop.

@@ -535,7 +535,7 @@ impl StrategySupervisor {
     /// ([`Self::fresh`]), is as good as a read.
     pub(super) async fn reload_definition(&mut self) -> Option<(Option<String>, i64)> {
         let loaded = match self.fresh.take() {
-            Some(row) => Ok(Some(row)),
+            Some(row) => Ok(Some(*row)),
             None => {
                 let load = db::load_strategy(&self.shared.pool, self.id);
                 match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
@@ -566,7 +566,7 @@ impl StrategySupervisor {
 
 /// The outcome of the write in flight; pending while there is none.
 async fn in_flight(
-    in_flight: &mut Option<super::record::InFlight>,
+    in_flight: &mut Option<Box<super::record::InFlight>>,
 ) -> Result<Result<(), sqlx::Error>, tokio::sync::oneshot::error::RecvError> {
     match in_flight {
         Some(write) => write.outcome().await,

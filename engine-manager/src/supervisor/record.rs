@@ -134,7 +134,7 @@ impl StrategySupervisor {
                 self.journal.desired_written();
                 // A start that follows at once spawns from it (one round trip
                 // fewer); any effect that waits in between drops it.
-                self.fresh = row;
+                self.fresh = row.map(Box::new);
             }
             Ok(Err(err)) => {
                 if self.journal.desired_failed() {
@@ -269,11 +269,11 @@ impl StrategySupervisor {
             };
             let _ = done.send(written);
         });
-        self.in_flight = Some(InFlight {
+        self.in_flight = Some(Box::new(InFlight {
             events: self.journal.pending_events.len(),
             result,
             msg,
-        });
+        }));
     }
 
     /// Wait for the write [`Self::record_behind`] started, if one is in flight, and
@@ -289,7 +289,7 @@ impl StrategySupervisor {
     /// announcement.
     pub(super) fn landed(
         &mut self,
-        in_flight: InFlight,
+        in_flight: Box<InFlight>,
         written: Result<Result<(), sqlx::Error>, oneshot::error::RecvError>,
     ) {
         match written {
