@@ -7,7 +7,7 @@
 //! write the database does not take is retried every second, and until it lands the
 //! report in memory is what the next executor gets.
 
-use super::{StrategySupervisor, DB_WRITE_TIMEOUT};
+use super::{bounded, StrategySupervisor};
 use engine_store::manager as db;
 use serde_json::Value;
 
@@ -83,10 +83,7 @@ impl StrategySupervisor {
             return;
         };
         let write = db::write_broker_state(&self.shared.pool, self.id, state, self.fence_epoch());
-        let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
-        };
+        let result = bounded(write).await;
         match result {
             Ok(()) => {
                 if std::mem::take(&mut self.broker.write_failed) {

@@ -205,6 +205,15 @@ const EXEC_REQUESTS: usize = 4;
 /// retried every second, and the supervisor goes on serving its executor.
 const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `query` within [`DB_WRITE_TIMEOUT`] (past it, `PoolTimedOut`).
+async fn bounded<T>(
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(DB_WRITE_TIMEOUT, query)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
 impl StrategySupervisor {
     /// Start the supervisor task for `row`.
     pub fn spawn(shared: Arc<Shared>, row: db::StrategyRow, initial: Initial) -> SupervisorHandle {

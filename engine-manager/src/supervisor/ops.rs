@@ -5,7 +5,7 @@
 
 use super::error::{RequestError, StartError, StopError, UpdateError, ValidateFailure};
 use super::machine::Event;
-use super::{next_frame, wait_exit, StrategySupervisor, DB_WRITE_TIMEOUT};
+use super::{next_frame, wait_exit, StrategySupervisor};
 use crate::link::ControlLink;
 use crate::process::{Confine, ExecutorProcess, SpawnSpec};
 use chrono::Utc;
@@ -536,13 +536,7 @@ impl StrategySupervisor {
     pub(super) async fn reload_definition(&mut self) -> Option<(Option<String>, i64)> {
         let loaded = match self.fresh.take() {
             Some(row) => Ok(Some(*row)),
-            None => {
-                let load = db::load_strategy(&self.shared.pool, self.id);
-                match tokio::time::timeout(DB_WRITE_TIMEOUT, load).await {
-                    Ok(result) => result,
-                    Err(_) => Err(sqlx::Error::PoolTimedOut),
-                }
-            }
+            None => super::bounded(db::load_strategy(&self.shared.pool, self.id)).await,
         };
         match loaded {
             Ok(Some(row)) => {

@@ -5,7 +5,7 @@
 //! for is durable.
 
 use super::machine::Transition;
-use super::{Outcome, StrategySupervisor, DB_WRITE_TIMEOUT};
+use super::{bounded, Outcome, StrategySupervisor, DB_WRITE_TIMEOUT};
 use chrono::Utc;
 use engine_protocol::{Status, StatusMessage};
 use engine_store::manager as db;
@@ -263,11 +263,7 @@ impl StrategySupervisor {
         let (node, fence) = (self.shared.node.clone(), self.fence_epoch());
         self.shared.tracker.spawn(async move {
             let write = db::write_observed(&pool, id, &observed, &events, &node, fence);
-            let written = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
-                Ok(written) => written,
-                Err(_) => Err(sqlx::Error::PoolTimedOut),
-            };
-            let _ = done.send(written);
+            let _ = done.send(bounded(write).await);
         });
         self.in_flight = Some(Box::new(InFlight {
             events: self.journal.pending_events.len(),
@@ -293,17 +289,25 @@ impl StrategySupervisor {
         written: Result<Result<(), sqlx::Error>, oneshot::error::RecvError>,
     ) {
         match written {
-            Ok(Ok(())) => self.journal.observed_written(in_flight.events),
-            Ok(Err(err)) => {
-                if self.journal.observed_failed() {
-                    tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
-                }
-            }
+            Ok(result) => self.observed_outcome(in_flight.events, result),
             Err(_) => {
                 self.journal.observed_failed();
             }
         }
         self.announce(&in_flight.msg);
+    }
+
+    /// Take in the outcome of a write of the observed state that carried the first
+    /// `events` pending events.
+    fn observed_outcome(&mut self, events: usize, result: Result<(), sqlx::Error>) {
+        match result {
+            Ok(()) => self.journal.observed_written(events),
+            Err(err) => {
+                if self.journal.observed_failed() {
+                    tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
+                }
+            }
+        }
     }
 
     /// `strategy:state:{id}`.
@@ -399,18 +403,8 @@ impl StrategySupervisor {
             &self.shared.node,
             fence,
         );
-        let result = match tokio::time::timeout(DB_WRITE_TIMEOUT, write).await {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
-        };
-        match result {
-            Ok(()) => self.journal.observed_written(events_len),
-            Err(err) => {
-                if self.journal.observed_failed() {
-                    tracing::warn!(error = %err, "could not record the strategy's state; retrying every second");
-                }
-            }
-        }
+        let result = bounded(write).await;
+        self.observed_outcome(events_len, result);
     }
 
     pub(super) fn publish_live(&self) {
