@@ -79,9 +79,18 @@ impl Sampler {
     }
 
     /// Stop sampling; the number of samples, and the doubles seen.
-    async fn finish(self) -> (usize, Vec<String>) {
+    async fn finish(mut self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Release);
-        self.task.await.expect("sampler")
+        (&mut self.task).await.expect("sampler")
+    }
+}
+
+impl Drop for Sampler {
+    /// A test that panics before `finish` must not leave the sampling loop running:
+    /// the runtime waits for its blocking tasks, and the test would hang, its
+    /// failure never shown.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
